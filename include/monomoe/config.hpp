@@ -1,0 +1,73 @@
+// The configuration of one MoE layer, validated on the host before anything touches a GPU.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace monomoe {
+
+enum class Activation { relu, gelu, silu, swiglu };
+enum class DType {
+  bf16,  // bf16 inputs and weights, tensor cores, fp32 accumulation
+  tf32,  // fp32 inputs and weights, TF32 tensor-core math, fp32 accumulation
+  fp32,  // fp32 inputs and weights, strict fp32 FMA math
+};
+
+std::string_view to_string(Activation a);
+std::string_view to_string(DType d);
+// Parse "relu"/"gelu"/"silu"/"swiglu" and "bf16"/"tf32"/"fp32"; nullopt when unknown.
+std::optional<Activation> parse_activation(std::string_view s);
+std::optional<DType> parse_dtype(std::string_view s);
+
+// Bytes of one input/weight element of a dtype (2 for bf16, 4 otherwise).
+std::size_t element_bytes(DType d);
+
+// Limits the kernel is built for. Shapes are runtime values within these bounds.
+struct Limits {
+  static constexpr std::int64_t kShapeMultiple = 128;  // hidden and ffn must be multiples of this
+  static constexpr std::int64_t kMaxExperts = 256;
+  static constexpr std::int64_t kMaxTopK = 8;
+  static constexpr std::int64_t kMaxWorld = 64;
+  static constexpr std::int64_t kMaxTokens = std::int64_t{1} << 24;  // per rank per call
+  static constexpr std::int64_t kMaxHidden = 65536;
+  static constexpr std::int64_t kMaxFfn = 65536;
+};
+
+struct LayerConfig {
+  std::int64_t max_tokens = 8192;  // most tokens one rank passes to one forward()
+  std::int64_t hidden = 2048;      // H: model width
+  std::int64_t ffn = 2048;         // I: expert FFN width (swiglu: width of each of the two halves)
+  std::int64_t experts = 64;       // E: experts over all ranks, E % world_size == 0
+  std::int64_t topk = 2;           // k: experts per token, 1..min(E, 8)
+  Activation activation = Activation::gelu;
+  DType dtype = DType::bf16;
+  bool renormalize = true;       // rescale the top-k gate weights to sum to 1
+  double capacity_factor = 0.0;  // 0 = dropless; > 0 caps rows per (source rank, expert)
+  bool bias = true;              // experts carry b1 and b2
+  std::int64_t world_size = 1;
+  std::int64_t rank = 0;
+  double timeout_seconds = 5.0;  // bound on every wait inside the kernel
+
+  std::int64_t experts_per_rank() const { return experts / world_size; }
+  // Columns of W1: ffn, or 2*ffn for swiglu (gate half, then up half).
+  std::int64_t w1_columns() const { return activation == Activation::swiglu ? 2 * ffn : ffn; }
+  // Rows per (source rank, expert) kept when capacity_factor > 0, for a call with `tokens` tokens:
+  // max(1, ceil(capacity_factor * tokens * topk / experts)); unbounded (tokens) when dropless.
+  std::int64_t capacity(std::int64_t tokens) const;
+
+  // Throws ConfigError naming the first invalid field, its value and the limit. When
+  // device_memory_bytes > 0, also rejects a layer whose weights plus workspace exceed it.
+  void validate(std::size_t device_memory_bytes = 0) const;
+
+  // Device bytes one rank needs: its experts' weights, the replicated gate and the kernel's
+  // workspace sized for max_tokens. Throws ConfigError if the size overflows 64 bits.
+  std::size_t weight_bytes() const;
+  std::size_t workspace_bytes() const;
+
+  std::string describe() const;  // one line, for logs and benchmark headers
+};
+
+}  // namespace monomoe

@@ -1,0 +1,65 @@
+// The MoE layer: one persistent kernel launch per forward().
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "monomoe/communicator.hpp"
+#include "monomoe/config.hpp"
+
+namespace monomoe {
+
+// Device pointers to this rank's weights, owned by the caller and kept alive while the layer is used.
+// Element type: __nv_bfloat16 for DType::bf16, float for tf32 and fp32. Row-major layouts:
+//   gate [hidden, experts]                   (replicated on every rank)
+//   w1   [experts_per_rank, hidden, w1_columns]  (swiglu: columns [0, ffn) gate, [ffn, 2 ffn) up)
+//   b1   [experts_per_rank, w1_columns]       (nullptr when config.bias is false)
+//   w2   [experts_per_rank, ffn, hidden]
+//   b2   [experts_per_rank, hidden]           (nullptr when config.bias is false)
+struct ExpertWeights {
+  const void* gate = nullptr;
+  const void* w1 = nullptr;
+  const void* b1 = nullptr;
+  const void* w2 = nullptr;
+  const void* b2 = nullptr;
+};
+
+// What one forward() did, read back on request (reading synchronizes the stream).
+struct ForwardStats {
+  std::int64_t tokens = 0;
+  std::int64_t dropped = 0;                    // (token, expert) pairs over capacity, all experts
+  std::vector<std::int64_t> dropped_per_expert;  // [experts], counted at this rank as the source
+};
+
+class MoELayer {
+ public:
+  // Validates `config` against this GPU (ConfigError names the field), allocates the workspace once.
+  MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWeights& weights);
+  ~MoELayer();
+  MoELayer(const MoELayer&) = delete;
+  MoELayer& operator=(const MoELayer&) = delete;
+
+  // y[tokens, hidden] = MoE(x[tokens, hidden]) for 0 <= tokens <= config.max_tokens, same element
+  // type as the weights. Asynchronous on `stream`; a kernel-side failure (timeout, bad index) is
+  // raised as KernelError by the next call that synchronizes (stats(), or synchronize()).
+  void forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream);
+
+  // Waits for the last forward() and raises KernelError if the kernel reported one.
+  void synchronize();
+  ForwardStats stats();  // synchronizes
+
+  // Routing of the last forward() (synchronizes): expert id and gate weight of each token's choices,
+  // [tokens, topk] row-major. For tests and debugging.
+  void routing(std::vector<std::int32_t>& experts, std::vector<float>& weights);
+
+  const LayerConfig& config() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace monomoe

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what the build needs that the toolkit does not ship, into ignored folders of this repo:
+#   third_party/cutlass/include  CuTe/CUTLASS headers from the PyPI package nvidia-cutlass
+# and, when run as root on a Debian machine without them, GoogleTest and CMake from Debian.
+# Safe to run again: it skips what is already there.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+CUTLASS_VERSION=${CUTLASS_VERSION:-4.2.0.0}
+dest="$here/third_party/cutlass"
+
+if [ ! -f "$dest/include/cute/tensor.hpp" ] || [ "$(cat "$dest/VERSION" 2>/dev/null)" != "$CUTLASS_VERSION" ]; then
+  echo "setup-deps: fetching nvidia-cutlass==$CUTLASS_VERSION (CuTe headers) from PyPI"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "nvidia-cutlass==$CUTLASS_VERSION"
+  rm -rf "$dest" && mkdir -p "$dest"
+  # The wheel keeps the C++ headers under cutlass_library/source/include (see its setup.cfg).
+  python3 - "$tmp"/nvidia_cutlass-*.whl "$dest" <<'PY'
+import sys, zipfile, pathlib
+whl, dest = sys.argv[1], pathlib.Path(sys.argv[2])
+prefix = "cutlass_library/source/include/"
+n = 0
+with zipfile.ZipFile(whl) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            out = dest / "include" / name[len(prefix):]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(z.read(name))
+            n += 1
+if n == 0:
+    sys.exit("setup-deps: the wheel has no " + prefix + " folder")
+print(f"setup-deps: {n} header files in {dest / 'include'}")
+PY
+  echo "$CUTLASS_VERSION" > "$dest/VERSION"
+fi
+
+# GoogleTest: Debian's libgtest-dev ships the CMake package GTest.
+if [ ! -f /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake ] && [ ! -d /usr/include/gtest ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup-deps: installing GoogleTest from Debian"
+    apt-get update -qq && apt-get install -y -qq libgtest-dev >/dev/null
+  else
+    echo "setup-deps: GoogleTest is missing; install libgtest-dev (tests will not build)" >&2
+  fi
+fi

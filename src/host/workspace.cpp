@@ -1,0 +1,71 @@
+#include "host/workspace.hpp"
+
+#include <algorithm>
+
+#include "host/checked.hpp"
+
+namespace monomoe::detail {
+
+namespace {
+
+// Appends regions to a byte count, each 256-byte aligned, with overflow checks.
+class Arena {
+ public:
+  std::size_t take(std::size_t bytes, const char* what) {
+    const std::size_t at = round_up(end_, 256, what);
+    end_ = checked_add(at, bytes, what);
+    return at;
+  }
+  std::size_t size() const { return end_; }
+
+ private:
+  std::size_t end_ = 0;
+};
+
+}  // namespace
+
+WorkspacePlan plan_workspace(const LayerConfig& cfg) {
+  WorkspacePlan p;
+  const auto u = [](std::int64_t v) { return static_cast<std::size_t>(v); };
+  const std::size_t elem = element_bytes(cfg.dtype);
+  const std::int64_t local_experts = cfg.experts_per_rank();
+  p.max_tokens = cfg.max_tokens;
+  p.token_tiles = (cfg.max_tokens + TileShape::kRows - 1) / TileShape::kRows;
+  // A source sends a token to one local expert per choice, so at most min(k, local experts) copies.
+  const std::int64_t copies = std::min(cfg.topk, local_experts);
+  p.rows_in = static_cast<std::int64_t>(
+      checked_mul(checked_mul(u(cfg.world_size), u(cfg.max_tokens), "max_tokens"), u(copies),
+                  "max_tokens"));
+  // Each (source, expert) segment may end in a partial tile.
+  p.row_tiles = (p.rows_in + TileShape::kRows - 1) / TileShape::kRows +
+                cfg.world_size * local_experts;
+  const std::int64_t gemm0_cols = cfg.ffn / TileShape::kCols;
+  const std::int64_t gemm1_cols = cfg.hidden / TileShape::kCols;
+  const std::int64_t combine_cols =
+      (cfg.hidden + TileShape::kCombineCols - 1) / TileShape::kCombineCols;
+  p.max_tasks = static_cast<std::int64_t>(checked_add(
+      checked_mul(u(p.row_tiles), u(gemm0_cols + gemm1_cols), "max_tokens"),
+      checked_mul(u(p.token_tiles), u(combine_cols), "max_tokens"), "max_tokens"));
+
+  Arena a;
+  // Control: queue and barrier words, per-row-tile and per-token-tile counters, error record.
+  p.control_bytes = checked_mul(u(p.row_tiles + p.token_tiles + cfg.experts * 4 + 64), 4,
+                                "max_tokens");
+  p.control = a.take(p.control_bytes, "control");
+  const std::size_t choices = checked_mul(u(cfg.max_tokens), u(cfg.topk), "max_tokens");
+  p.topk_expert = a.take(checked_mul(choices, 4, "max_tokens"), "topk");
+  p.topk_weight = a.take(checked_mul(choices, 4, "max_tokens"), "topk");
+  p.tile_counts =
+      a.take(checked_mul(checked_mul(u(p.token_tiles), u(cfg.experts), "experts"), 4, "experts"),
+             "experts");
+  p.expert_rows = a.take(checked_mul(u(p.rows_in), 4, "max_tokens"), "max_tokens");
+  p.hidden_act = a.take(
+      checked_mul(checked_mul(u(p.rows_in), u(cfg.ffn), "ffn"), elem, "ffn"), "ffn");
+  p.stage = a.take(checked_mul(checked_mul(choices, u(cfg.hidden), "hidden"), elem, "hidden"),
+                   "hidden");
+  p.tasks = a.take(checked_mul(u(p.max_tasks), 16, "max_tokens"), "max_tokens");
+  p.total = a.size();
+  return p;
+}
+
+}  // namespace monomoe::detail
