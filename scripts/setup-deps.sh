@@ -35,11 +35,19 @@ PY
 fi
 
 # GoogleTest: Debian's libgtest-dev ships the CMake package GTest.
-if [ ! -f /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake ] && [ ! -d /usr/include/gtest ]; then
+# Where neither is present but third_party/googletest was carried in, the tests build that instead.
+if [ ! -f /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake ] && [ ! -d /usr/include/gtest ] &&
+   [ ! -f "$here/third_party/googletest/CMakeLists.txt" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup-deps: installing GoogleTest from Debian"
     apt-get update -qq && apt-get install -y -qq libgtest-dev >/dev/null
   else
     echo "setup-deps: GoogleTest is missing; install libgtest-dev (tests will not build)" >&2
   fi
+fi
+
+# GoogleTest sources for machines without it (the GPU machines): copied next to the CuTe headers so
+# that carrying third_party/ brings both. tests/CMakeLists.txt builds them when find_package fails.
+if [ -d /usr/src/googletest ] && [ ! -f "$here/third_party/googletest/CMakeLists.txt" ]; then
+  mkdir -p "$here/third_party" && cp -r /usr/src/googletest "$here/third_party/googletest"
 fi

@@ -1,0 +1,358 @@
+// The conventional, unfused MoE pipeline on one GPU (world_size 1), for side-by-side timing with
+// the fused kernel. One forward() is a chain of library calls and small kernels:
+//   1. gate logits [tokens, experts] in fp32: cublasGemmEx, strict fp32 math for every dtype (a
+//      TF32 gate could flip near-tied top-k choices that the reference resolves);
+//   2. gate_topk: softmax + top-k (ties to the lower expert) + renormalization;
+//   3. routing: stable radix sort of the (token, choice) slots by expert, which keeps each expert's
+//      tokens in ascending order; plan: counts, capacity, row offsets, GEMM pointer arrays;
+//   4. permute: x rows into an expert-contiguous buffer;
+//   5. per-expert row counts to the host (the one synchronization), then grouped GEMM0,
+//      bias + activation, grouped GEMM1 (cublasGemmGroupedBatchedEx, one group per expert with
+//      rows);
+//   6. combine: y_t = sum over j of kept_j * w_j * (out + b2), in ascending j.
+// cuBLAS is column-major: a row-major [m, n] matrix is its column-major transpose, so
+// C = A . B (row-major) is computed as C^T = B^T . A^T with the operands swapped and no transposes.
+//
+// Precision of the expert GEMMs: the cuBLAS docs' type table for cublasGemmGroupedBatchedEx pairs
+// bf16 inputs (compute type 32F) only with a bf16 output, so for DType::bf16 the GEMM outputs are
+// rounded to bf16 before the bias/activation (GEMM0) and before the combine (GEMM1), as in a
+// conventional bf16 pipeline. The fp32 paths keep fp32 outputs: tf32 uses
+// CUBLAS_COMPUTE_32F_FAST_TF32, fp32 CUBLAS_COMPUTE_32F_PEDANTIC (no TF32, no emulation).
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <cub/device/device_radix_sort.cuh>
+#include <string>
+#include <vector>
+
+#include "baseline/baseline.hpp"
+#include "baseline/check.hpp"
+#include "baseline/kernels.cuh"
+#include "baseline/resources.hpp"
+#include "host/checked.hpp"
+#include "monomoe/error.hpp"
+
+namespace monomoe::baseline {
+
+namespace {
+
+std::size_t sz(std::int64_t v) {
+  return static_cast<std::size_t>(v);
+}
+
+bool aligned16(const void* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
+}
+
+void require_pointer(const char* what, const void* p, bool needed) {
+  if (needed && p == nullptr) {
+    throw ConfigError(std::string("baseline::Pipeline: ") + what + " is nullptr");
+  }
+  if (p != nullptr && !aligned16(p)) {
+    throw ConfigError(std::string("baseline::Pipeline: ") + what +
+                      " must be 16-byte aligned (vector loads)");
+  }
+}
+
+}  // namespace
+
+struct Pipeline::Impl {
+  LayerConfig cfg;
+  ExpertWeights w;
+  std::size_t elem = 0;  // bytes of one input/weight element
+  Handles handles;
+  std::int64_t last_tokens = 0;
+  std::int64_t last_dropped = 0;
+  int sort_end_bit = 1;
+  std::size_t sort_bytes = 0;
+
+  // Routing, sized for max_tokens * topk slots.
+  DeviceBuffer logits, topk_expert, topk_weight, slot_id, sorted_expert, sorted_slot, sort_temp;
+  DeviceBuffer counts;  // [experts] counts, [experts] begin, [experts] offset, [experts + 1] kept
+  DeviceBuffer slot_row, row_expert, gemm_ptrs;
+  // Expert rows: permuted x (reused for the GEMM1 output: GEMM0 has read it by then, in stream
+  // order), GEMM0 output, activation.
+  DeviceBuffer xp, pre, h;
+
+  // Host-side arguments of the grouped GEMMs, [experts] each. Only the row counts change from
+  // call to call; every group holds one problem, and since nothing is transposed the leading
+  // dimensions are m (of A and C) and k (of B).
+  std::vector<int> rows_of, m0, k0, m1, k1, group_size;
+  std::vector<float> alpha, beta;
+  std::vector<cublasOperation_t> no_trans;
+
+  Impl(const LayerConfig& c, const ExpertWeights& weights);
+  std::int32_t* plan(int which) const {  // 0 count, 1 begin, 2 offset, 3 kept
+    return counts.as<std::int32_t>() + which * cfg.experts;
+  }
+  template <class T>
+  void forward(const void* x, int tokens, void* y, cudaStream_t stream);
+};
+
+Pipeline::Impl::Impl(const LayerConfig& c, const ExpertWeights& weights) : cfg(c), w(weights) {
+  cfg.validate();
+  if (cfg.world_size != 1) {
+    throw ConfigError("baseline::Pipeline: world_size = " + std::to_string(cfg.world_size) +
+                      " is not supported yet (the baseline runs on one GPU: world_size must be 1)");
+  }
+  require_pointer("weights.gate", w.gate, true);
+  require_pointer("weights.w1", w.w1, true);
+  require_pointer("weights.w2", w.w2, true);
+  require_pointer("weights.b1", w.b1, cfg.bias);
+  require_pointer("weights.b2", w.b2, cfg.bias);
+  if (!cfg.bias) w.b1 = w.b2 = nullptr;  // biases are ignored, not half-used
+  elem = element_bytes(cfg.dtype);
+
+  const std::size_t e = sz(cfg.experts);
+  const std::size_t slots = detail::checked_mul(sz(cfg.max_tokens), sz(cfg.topk), "max_tokens");
+  const auto bytes = [&](std::size_t n, std::size_t width, std::size_t el) {
+    return detail::checked_mul(detail::checked_mul(n, width, "max_tokens"), el, "max_tokens");
+  };
+  logits = DeviceBuffer(bytes(sz(cfg.max_tokens), e, sizeof(float)));
+  topk_expert = DeviceBuffer(bytes(slots, 1, 4));
+  topk_weight = DeviceBuffer(bytes(slots, 1, 4));
+  slot_id = DeviceBuffer(bytes(slots, 1, 4));
+  sorted_expert = DeviceBuffer(bytes(slots, 1, 4));
+  sorted_slot = DeviceBuffer(bytes(slots, 1, 4));
+  slot_row = DeviceBuffer(bytes(slots, 1, 4));
+  row_expert = DeviceBuffer(bytes(slots, 1, 4));
+  counts = DeviceBuffer((4 * e + 1) * sizeof(std::int32_t));
+  gemm_ptrs = DeviceBuffer(6 * e * sizeof(void*));
+  xp = DeviceBuffer(bytes(slots, sz(cfg.hidden), elem));
+  pre = DeviceBuffer(bytes(slots, sz(cfg.w1_columns()), elem));
+  h = DeviceBuffer(bytes(slots, sz(cfg.ffn), elem));
+
+  // The sort orders by expert id only: (expert, token) order comes from its stability, since the
+  // slots enter in token order. Temporary storage grows with the item count, so size it for the
+  // most slots; forward() checks its own call's need against it.
+  sort_end_bit =
+      std::max(1, static_cast<int>(std::bit_width(static_cast<unsigned>(cfg.experts - 1))));
+  MONOMOE_CUDA(cub::DeviceRadixSort::SortPairs(
+      nullptr, sort_bytes, static_cast<const std::uint32_t*>(nullptr),
+      static_cast<std::uint32_t*>(nullptr), static_cast<const std::int32_t*>(nullptr),
+      static_cast<std::int32_t*>(nullptr), static_cast<int>(slots), 0, sort_end_bit));
+  sort_temp = DeviceBuffer(sort_bytes);
+
+  MONOMOE_CUDA(cudaMallocHost(&handles.host_kept, (e + 1) * sizeof(int)));
+  MONOMOE_CUDA(cudaEventCreateWithFlags(&handles.done, cudaEventDisableTiming));
+  MONOMOE_CUBLAS(cublasCreate(&handles.blas));
+  // Each call's compute type sets its precision; the handle adds only that split-K reductions
+  // stay in fp32 even when the output is bf16.
+  MONOMOE_CUBLAS(cublasSetMathMode(
+      handles.blas, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH |
+                                              CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+
+  rows_of.reserve(e);
+  m0.assign(e, static_cast<int>(cfg.w1_columns()));  // pre^T [w1c, n] = W1_e^T [w1c, H] . xp^T
+  k0.assign(e, static_cast<int>(cfg.hidden));
+  m1.assign(e, static_cast<int>(cfg.hidden));  // out^T [H, n] = W2_e^T [H, ffn] . h^T [ffn, n]
+  k1.assign(e, static_cast<int>(cfg.ffn));
+  group_size.assign(e, 1);
+  alpha.assign(e, 1.f);
+  beta.assign(e, 0.f);
+  no_trans.assign(e, CUBLAS_OP_N);
+}
+
+template <class T>
+void Pipeline::Impl::forward(const void* x, int tokens, void* y, cudaStream_t stream) {
+  namespace k = kernels;
+  cublasHandle_t blas = handles.blas;
+  int* host_kept = handles.host_kept;
+  const int experts = static_cast<int>(cfg.experts);
+  const int topk = static_cast<int>(cfg.topk);
+  const int hidden = static_cast<int>(cfg.hidden);
+  const int ffn = static_cast<int>(cfg.ffn);
+  const int w1c = static_cast<int>(cfg.w1_columns());
+  const int slots = tokens * topk;
+  const cudaDataType_t type = cfg.dtype == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  cublasComputeType_t expert_compute = CUBLAS_COMPUTE_32F;
+  if (cfg.dtype == DType::tf32) expert_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+  if (cfg.dtype == DType::fp32) expert_compute = CUBLAS_COMPUTE_32F_PEDANTIC;
+
+  // The buffers are shared by all calls: a call on another stream must wait for the last one.
+  MONOMOE_CUDA(cudaStreamWaitEvent(stream, handles.done, 0));
+  MONOMOE_CUBLAS(cublasSetStream(blas, stream));
+
+  // 1. logits^T [E, T] = gate^T [E, H] . x^T [H, T]: fp32 output, strict fp32 math for every
+  // dtype (cublasGemmEx takes bf16 or fp32 inputs with an fp32 output under COMPUTE_32F_PEDANTIC).
+  const float one = 1.f, zero = 0.f;
+  MONOMOE_CUBLAS(cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, experts, tokens, hidden, &one, w.gate,
+                              type, experts, x, type, hidden, &zero, logits.as(), CUDA_R_32F,
+                              experts, CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT));
+
+  // 2. softmax + top-k, and the per-expert counts.
+  MONOMOE_CUDA(cudaMemsetAsync(plan(0), 0, sz(experts) * sizeof(std::int32_t), stream));
+  const k::GateParams gp{.logits = logits.as<float>(),
+                         .tokens = tokens,
+                         .experts = experts,
+                         .topk = topk,
+                         .renormalize = cfg.renormalize,
+                         .topk_expert = topk_expert.as<std::int32_t>(),
+                         .topk_weight = topk_weight.as<float>(),
+                         .slot_id = slot_id.as<std::int32_t>(),
+                         .expert_count = plan(0)};
+  const int gate_blocks = (tokens + k::kGateThreads / k::kWarp - 1) / (k::kGateThreads / k::kWarp);
+  k::gate_topk_kernel<<<gate_blocks, k::kGateThreads, 0, stream>>>(gp);
+  MONOMOE_CHECK_LAUNCH(gate_topk_kernel);
+
+  // 3. stable sort of the slots by expert, then the plan.
+  std::size_t need = 0;
+  MONOMOE_CUDA(cub::DeviceRadixSort::SortPairs(
+      nullptr, need, topk_expert.as<const std::uint32_t>(), sorted_expert.as<std::uint32_t>(),
+      slot_id.as<const std::int32_t>(), sorted_slot.as<std::int32_t>(), slots, 0, sort_end_bit,
+      stream));
+  if (need > sort_bytes) {
+    throw CudaError("baseline::Pipeline: cub::DeviceRadixSort needs " + std::to_string(need) +
+                    " bytes of temporary storage for " + std::to_string(slots) +
+                    " items, more than the " + std::to_string(sort_bytes) +
+                    " sized for max_tokens");
+  }
+  MONOMOE_CUDA(cub::DeviceRadixSort::SortPairs(
+      sort_temp.as(), need, topk_expert.as<const std::uint32_t>(),
+      sorted_expert.as<std::uint32_t>(), slot_id.as<const std::int32_t>(),
+      sorted_slot.as<std::int32_t>(), slots, 0, sort_end_bit, stream));
+
+  const std::size_t e = sz(experts);
+  const auto ptr_array = [&](std::size_t i) { return gemm_ptrs.as<void*>() + i * e; };
+  k::PlanParams pp{};
+  pp.experts = experts;
+  pp.slots = slots;
+  pp.capacity = static_cast<int>(cfg.capacity(tokens));
+  pp.expert_count = plan(0);
+  pp.expert_begin = plan(1);
+  pp.row_offset = plan(2);
+  pp.kept = plan(3);
+  pp.ptrs = {
+      const_cast<const void**>(ptr_array(0)), const_cast<const void**>(ptr_array(1)), ptr_array(2),
+      const_cast<const void**>(ptr_array(3)), const_cast<const void**>(ptr_array(4)), ptr_array(5)};
+  pp.w1 = static_cast<const char*>(w.w1);
+  pp.w2 = static_cast<const char*>(w.w2);
+  pp.xp = xp.as<const char>();
+  pp.pre = pre.as<char>();
+  pp.h = h.as<const char>();
+  pp.out = xp.as<char>();
+  pp.w1_stride = sz(hidden) * sz(w1c) * elem;
+  pp.w2_stride = sz(ffn) * sz(hidden) * elem;
+  pp.xp_row = sz(hidden) * elem;
+  pp.pre_row = sz(w1c) * elem;
+  pp.h_row = sz(ffn) * elem;
+  pp.out_row = sz(hidden) * elem;
+  k::plan_kernel<<<1, k::kPlanThreads, 0, stream>>>(pp);
+  MONOMOE_CHECK_LAUNCH(plan_kernel);
+
+  // 4. permute x into expert-contiguous rows.
+  const k::PermuteParams mp{.slots = slots,
+                            .topk = topk,
+                            .sorted_expert = sorted_expert.as<const std::uint32_t>(),
+                            .sorted_slot = sorted_slot.as<const std::int32_t>(),
+                            .expert_begin = plan(1),
+                            .row_offset = plan(2),
+                            .kept = plan(3),
+                            .x = static_cast<const char*>(x),
+                            .xp = xp.as<char>(),
+                            .row_bytes = sz(hidden) * elem,
+                            .slot_row = slot_row.as<std::int32_t>(),
+                            .row_expert = row_expert.as<std::int32_t>()};
+  const int permute_warps = k::kPermuteThreads / k::kWarp;
+  k::permute_kernel<<<(slots + permute_warps - 1) / permute_warps, k::kPermuteThreads, 0, stream>>>(
+      mp);
+  MONOMOE_CHECK_LAUNCH(permute_kernel);
+
+  // 5. the grouped GEMMs take their shapes on the host: read the kept rows per expert.
+  MONOMOE_CUDA(
+      cudaMemcpyAsync(host_kept, plan(3), (e + 1) * sizeof(int), cudaMemcpyDeviceToHost, stream));
+  MONOMOE_CUDA(cudaStreamSynchronize(stream));
+  last_dropped = host_kept[experts];
+  rows_of.clear();
+  long long rows = 0;
+  for (int ex = 0; ex < experts; ++ex) {  // ascending experts with rows: plan_kernel's order
+    if (host_kept[ex] > 0) rows_of.push_back(host_kept[ex]);
+    rows += host_kept[ex];
+  }
+  const int groups = static_cast<int>(rows_of.size());
+  if (groups > 0) {
+    MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
+        blas, no_trans.data(), no_trans.data(), m0.data(), rows_of.data(), k0.data(), alpha.data(),
+        const_cast<const void* const*>(ptr_array(0)), type, m0.data(),
+        const_cast<const void* const*>(ptr_array(1)), type, k0.data(), beta.data(), ptr_array(2),
+        type, m0.data(), groups, group_size.data(), expert_compute));
+
+    const k::ActivationParams<T> ap{.pre = pre.as<const T>(),
+                                    .b1 = static_cast<const T*>(w.b1),
+                                    .h = h.as<T>(),
+                                    .row_expert = row_expert.as<const std::int32_t>(),
+                                    .rows = rows,
+                                    .ffn = ffn,
+                                    .w1_cols = w1c,
+                                    .act = cfg.activation};
+    const long long vec_groups = rows * (ffn / 4);
+    const long long want = (vec_groups + k::kElementwiseThreads - 1) / k::kElementwiseThreads;
+    const int act_blocks = static_cast<int>(want < 65536 ? want : 65536);  // grid-stride beyond
+    k::activation_kernel<T><<<act_blocks, k::kElementwiseThreads, 0, stream>>>(ap);
+    MONOMOE_CHECK_LAUNCH(activation_kernel);
+
+    MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
+        blas, no_trans.data(), no_trans.data(), m1.data(), rows_of.data(), k1.data(), alpha.data(),
+        const_cast<const void* const*>(ptr_array(3)), type, m1.data(),
+        const_cast<const void* const*>(ptr_array(4)), type, k1.data(), beta.data(), ptr_array(5),
+        type, m1.data(), groups, group_size.data(), expert_compute));
+  }
+
+  // 6. weighted combine; writes every token.
+  const k::CombineParams<T> cp{.out = xp.as<const T>(),
+                               .b2 = static_cast<const T*>(w.b2),
+                               .slot_row = slot_row.as<const std::int32_t>(),
+                               .topk_expert = topk_expert.as<const std::int32_t>(),
+                               .topk_weight = topk_weight.as<const float>(),
+                               .y = static_cast<T*>(y),
+                               .topk = topk,
+                               .hidden = hidden};
+  k::combine_kernel<T><<<tokens, k::kCombineThreads, 0, stream>>>(cp);
+  MONOMOE_CHECK_LAUNCH(combine_kernel);
+  MONOMOE_CUDA(cudaEventRecord(handles.done, stream));
+}
+
+Pipeline::Pipeline(const LayerConfig& config, const ExpertWeights& weights)
+    : impl_(std::make_unique<Impl>(config, weights)) {}
+
+Pipeline::~Pipeline() = default;
+
+void Pipeline::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream) {
+  Impl& m = *impl_;
+  if (tokens < 0 || tokens > m.cfg.max_tokens) {
+    throw ConfigError("baseline::Pipeline::forward: tokens = " + std::to_string(tokens) +
+                      " must be in [0, max_tokens = " + std::to_string(m.cfg.max_tokens) + "]");
+  }
+  m.last_tokens = tokens;
+  m.last_dropped = 0;
+  if (tokens == 0) return;  // nothing to launch; routing() reads back empty
+  require_pointer("forward: x", x, true);
+  require_pointer("forward: y", y, true);
+  if (m.cfg.dtype == DType::bf16) {
+    m.forward<__nv_bfloat16>(x, static_cast<int>(tokens), y, stream);
+  } else {
+    m.forward<float>(x, static_cast<int>(tokens), y, stream);
+  }
+}
+
+void Pipeline::routing(std::vector<std::int32_t>& experts, std::vector<float>& weights) {
+  const Impl& m = *impl_;
+  const std::size_t n = sz(m.last_tokens) * sz(m.cfg.topk);
+  experts.resize(n);
+  weights.resize(n);
+  if (n == 0) return;
+  MONOMOE_CUDA(cudaEventSynchronize(m.handles.done));
+  MONOMOE_CUDA(cudaMemcpy(experts.data(), m.topk_expert.as(), n * sizeof(std::int32_t),
+                          cudaMemcpyDeviceToHost));
+  MONOMOE_CUDA(
+      cudaMemcpy(weights.data(), m.topk_weight.as(), n * sizeof(float), cudaMemcpyDeviceToHost));
+}
+
+std::int64_t Pipeline::dropped() const {
+  return impl_->last_dropped;
+}
+
+}  // namespace monomoe::baseline

@@ -1,0 +1,112 @@
+#include "monomoe/communicator.hpp"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <cstring>
+#include <string>
+
+#include "host/check.hpp"
+#include "monomoe/error.hpp"
+
+namespace monomoe {
+
+static_assert(sizeof(ncclUniqueId) == sizeof(UniqueId::bytes), "UniqueId must hold ncclUniqueId");
+
+UniqueId UniqueId::create() {
+  ncclUniqueId id;
+  MONOMOE_NCCL(ncclGetUniqueId(&id));
+  UniqueId out;
+  std::memcpy(out.bytes.data(), &id, sizeof(id));
+  return out;
+}
+
+std::string UniqueId::to_hex() const {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string s;
+  s.reserve(bytes.size() * 2);
+  for (char c : bytes) {
+    const auto b = static_cast<unsigned char>(c);
+    s.push_back(kDigits[b >> 4]);
+    s.push_back(kDigits[b & 15]);
+  }
+  return s;
+}
+
+UniqueId UniqueId::from_hex(const std::string& hex) {
+  if (hex.size() != 2 * sizeof(UniqueId::bytes)) {
+    throw ConfigError("unique id: expected " + std::to_string(2 * sizeof(UniqueId::bytes)) +
+                      " hex digits, got " + std::to_string(hex.size()));
+  }
+  const auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    throw ConfigError(std::string("unique id: '") + c + "' is not a hex digit");
+  };
+  UniqueId id;
+  for (std::size_t i = 0; i < id.bytes.size(); ++i) {
+    id.bytes[i] = static_cast<char>(nibble(hex[2 * i]) * 16 + nibble(hex[2 * i + 1]));
+  }
+  return id;
+}
+
+int nccl_compiled_version() { return NCCL_VERSION_CODE; }
+
+int nccl_runtime_version() {
+  int v = 0;
+  MONOMOE_NCCL(ncclGetVersion(&v));
+  return v;
+}
+
+void check_nccl_version() {
+  const int built = nccl_compiled_version();
+  const int loaded = nccl_runtime_version();
+  if (built != loaded) {
+    throw CudaError("NCCL version mismatch: monomoe was compiled against NCCL " +
+                    std::to_string(built) + " but loaded NCCL " + std::to_string(loaded) +
+                    " at run time; before NCCL 2.31 the device API needs one version (point "
+                    "LD_LIBRARY_PATH / the rpath at the NCCL it was built with)");
+  }
+}
+
+struct Communicator::Impl {
+  int rank = 0;
+  int world = 1;
+  int device = 0;
+  ncclComm_t comm = nullptr;
+};
+
+Communicator::Communicator(const UniqueId& id, int rank, int world, int device)
+    : impl_(std::make_unique<Impl>()) {
+  if (world < 1) throw ConfigError("Communicator: world = " + std::to_string(world) + " must be >= 1");
+  if (rank < 0 || rank >= world) {
+    throw ConfigError("Communicator: rank = " + std::to_string(rank) + " must be in [0, " +
+                      std::to_string(world - 1) + "]");
+  }
+  int devices = 0;
+  MONOMOE_CUDA(cudaGetDeviceCount(&devices));
+  if (device < 0 || device >= devices) {
+    throw ConfigError("Communicator: device = " + std::to_string(device) + " must be in [0, " +
+                      std::to_string(devices - 1) + "] (visible GPUs)");
+  }
+  check_nccl_version();
+  MONOMOE_CUDA(cudaSetDevice(device));
+  ncclUniqueId nid;
+  std::memcpy(&nid, id.bytes.data(), sizeof(nid));
+  impl_->rank = rank;
+  impl_->world = world;
+  impl_->device = device;
+  MONOMOE_NCCL(ncclCommInitRank(&impl_->comm, world, nid, rank));
+}
+
+Communicator::~Communicator() {
+  if (impl_ && impl_->comm) ncclCommDestroy(impl_->comm);
+}
+
+int Communicator::rank() const { return impl_->rank; }
+int Communicator::world() const { return impl_->world; }
+int Communicator::device() const { return impl_->device; }
+void* Communicator::nccl_comm() const { return impl_->comm; }
+
+}  // namespace monomoe

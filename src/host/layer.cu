@@ -1,0 +1,231 @@
+// MoELayer: owns the workspace, turns a forward() into one memset of the control words plus one
+// cooperative launch of the persistent kernel, and turns the kernel's error record into exceptions.
+#include <cuda_runtime_api.h>
+
+#include <sstream>
+#include <string>
+
+#include "device/launch.hpp"
+#include "host/check.hpp"
+#include "host/workspace.hpp"
+#include "monomoe/error.hpp"
+#include "monomoe/layer.hpp"
+
+namespace monomoe {
+
+static_assert(sizeof(device::Control) == 32, "workspace.cpp reserves 32 bytes for Control");
+static_assert(detail::TileShape::kRows == device::kTileRows &&
+              detail::TileShape::kCols == device::kTileCols &&
+              detail::TileShape::kCombineCols == device::kCombineCols);
+
+namespace {
+
+std::string describe_kernel_error(const device::ErrorRecord& e, double timeout_s) {
+  std::ostringstream os;
+  os << "monomoe kernel error (block " << e.block << "): ";
+  switch (static_cast<device::ErrorCode>(e.code)) {
+    case device::ErrorCode::timeout_barrier:
+      os << "grid barrier " << e.detail0 << " did not complete within " << timeout_s
+         << " s: some block never arrived";
+      break;
+    case device::ErrorCode::timeout_queue:
+      os << "task slot " << e.detail0 << " stayed empty for " << timeout_s
+         << " s: the task that should fill it was never published";
+      break;
+    case device::ErrorCode::bad_task:
+      os << "impossible task or queue overflow (" << e.detail0 << ", " << e.detail1 << ")";
+      break;
+    case device::ErrorCode::bad_route:
+      os << "token " << e.detail0 << " routed to expert " << e.detail1
+         << " (out of range: are there NaN/inf values in x or the gate weight?)";
+      break;
+    default: os << "code " << e.code << " (" << e.detail0 << ", " << e.detail1 << ")"; break;
+  }
+  return os.str();
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
+
+}  // namespace
+
+struct MoELayer::Impl {
+  LayerConfig cfg;
+  ExpertWeights weights;
+  int device = 0;
+  int grid = 0;
+  detail::WorkspacePlan plan;
+  unsigned char* ws = nullptr;
+  cudaStream_t last_stream = nullptr;
+  std::int64_t last_tokens = 0;
+
+  template <class T>
+  T* at(std::size_t offset) const {
+    return reinterpret_cast<T*>(ws + offset);
+  }
+
+  ~Impl() {
+    if (ws) cudaFree(ws);
+  }
+};
+
+MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWeights& weights)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.cfg = config;
+  m.weights = weights;
+  m.device = comm.device();
+  MONOMOE_CUDA(cudaSetDevice(m.device));
+  cudaDeviceProp prop{};
+  MONOMOE_CUDA(cudaGetDeviceProperties(&prop, m.device));
+  config.validate(prop.totalGlobalMem);
+  if (config.world_size != comm.world() || config.rank != comm.rank()) {
+    throw ConfigError("LayerConfig.world_size/rank = " + std::to_string(config.world_size) + "/" +
+                      std::to_string(config.rank) + " do not match the Communicator's " +
+                      std::to_string(comm.world()) + "/" + std::to_string(comm.rank()));
+  }
+  if (config.world_size != 1) {
+    throw ConfigError("LayerConfig.world_size = " + std::to_string(config.world_size) +
+                      ": this build runs the fused kernel on one GPU only (world_size 1)");
+  }
+  if (prop.major != 9) {
+    throw ConfigError("GPU '" + std::string(prop.name) + "' has compute capability " +
+                      std::to_string(prop.major) + "." + std::to_string(prop.minor) +
+                      "; this build targets sm_90a (Hopper)");
+  }
+  const auto need = [](const void* p, const char* name) {
+    if (!p) throw ConfigError(std::string("ExpertWeights.") + name + " is null");
+    if (!aligned16(p)) throw ConfigError(std::string("ExpertWeights.") + name + " is not 16-byte aligned");
+  };
+  need(weights.gate, "gate");
+  need(weights.w1, "w1");
+  need(weights.w2, "w2");
+  if (config.bias) {
+    need(weights.b1, "b1");
+    need(weights.b2, "b2");
+  }
+
+  const int per_sm = device::forward_blocks_per_sm(config.dtype);
+  if (per_sm < 1) {
+    throw CudaError("the kernel does not fit on one SM (" +
+                    std::to_string(device::forward_smem_bytes(config.dtype)) +
+                    " bytes of shared memory per block)");
+  }
+  m.grid = prop.multiProcessorCount * per_sm;
+  m.plan = detail::plan_workspace(config);
+  MONOMOE_CUDA(cudaMalloc(&m.ws, m.plan.total));
+  MONOMOE_CUDA(cudaMemset(m.ws + m.plan.error, 0, sizeof(device::ErrorRecord)));
+  // The gate is small: keep a copy padded to whole column tiles (the kernel's 16-byte loads then
+  // never straddle a row). Weights are read from the caller's memory at every forward otherwise.
+  const std::size_t elem = element_bytes(config.dtype);
+  const std::size_t ep = static_cast<std::size_t>(m.plan.experts_padded);
+  MONOMOE_CUDA(cudaMemset(m.ws + m.plan.gate, 0, config.hidden * ep * elem));
+  MONOMOE_CUDA(cudaMemcpy2D(m.ws + m.plan.gate, ep * elem, weights.gate, config.experts * elem,
+                            config.experts * elem, config.hidden, cudaMemcpyDeviceToDevice));
+  MONOMOE_CUDA(cudaDeviceSynchronize());
+}
+
+MoELayer::~MoELayer() = default;
+
+const LayerConfig& MoELayer::config() const { return impl_->cfg; }
+
+void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream) {
+  Impl& m = *impl_;
+  const LayerConfig& c = m.cfg;
+  if (tokens < 0 || tokens > c.max_tokens) {
+    throw ConfigError("forward: tokens = " + std::to_string(tokens) + " must be in [0, " +
+                      std::to_string(c.max_tokens) + "] (LayerConfig.max_tokens)");
+  }
+  m.last_stream = stream;
+  m.last_tokens = tokens;
+  MONOMOE_CUDA(cudaMemsetAsync(m.ws + m.plan.control, 0, m.plan.control_bytes, stream));
+  if (tokens == 0) return;
+  if (!x || !y || !aligned16(x) || !aligned16(y)) {
+    throw ConfigError("forward: x and y must be non-null and 16-byte aligned");
+  }
+
+  device::Params p{};
+  p.tokens = static_cast<int>(tokens);
+  p.hidden = static_cast<int>(c.hidden);
+  p.ffn = static_cast<int>(c.ffn);
+  p.experts = static_cast<int>(c.experts);
+  p.topk = static_cast<int>(c.topk);
+  p.experts_padded = static_cast<int>(m.plan.experts_padded);
+  p.capacity = static_cast<int>(c.capacity(tokens));
+  p.act = static_cast<device::Act>(static_cast<int>(c.activation));
+  p.renormalize = c.renormalize ? 1 : 0;
+  p.has_bias = c.bias ? 1 : 0;
+  p.timeout_ns = static_cast<long long>(c.timeout_seconds * 1e9);
+  p.token_tiles = static_cast<int>((tokens + device::kTileRows - 1) / device::kTileRows);
+  p.gemm0_col_tiles = static_cast<int>(c.w1_columns() / device::kTileCols);
+  p.gemm1_col_tiles = static_cast<int>(c.hidden / device::kTileCols);
+  p.combine_col_tiles =
+      static_cast<int>((c.hidden + device::kCombineCols - 1) / device::kCombineCols);
+  p.x = x;
+  p.y = y;
+  p.gate = m.ws + m.plan.gate;
+  p.w1 = m.weights.w1;
+  p.b1 = m.weights.b1;
+  p.w2 = m.weights.w2;
+  p.b2 = m.weights.b2;
+
+  p.control = m.at<device::Control>(m.plan.control);
+  int* words = m.at<int>(m.plan.control + sizeof(device::Control));
+  p.expert_count = words;
+  p.expert_dropped = p.expert_count + c.experts;
+  p.rowtile_done = p.expert_dropped + c.experts;
+  p.tokentile_done = p.rowtile_done + m.plan.row_tiles;
+  p.tokentile_target = p.tokentile_done + m.plan.token_tiles;
+  p.error = m.at<device::ErrorRecord>(m.plan.error);
+  p.logits = m.at<float>(m.plan.logits);
+  p.topk_expert = m.at<int>(m.plan.topk_expert);
+  p.topk_weight = m.at<float>(m.plan.topk_weight);
+  p.topk_kept = m.at<std::uint8_t>(m.plan.topk_kept);
+  p.tile_counts = m.at<int>(m.plan.tile_counts);
+  p.expert_rows = m.at<int>(m.plan.expert_rows);
+  p.hidden_act = m.ws + m.plan.hidden_act;
+  p.stage = m.ws + m.plan.stage;
+  p.tasks = m.at<device::Task>(m.plan.tasks);
+  p.max_tasks = static_cast<int>(m.plan.max_tasks);
+
+  MONOMOE_CUDA(device::launch_forward(c.dtype, p, m.grid, stream));
+}
+
+void MoELayer::synchronize() {
+  Impl& m = *impl_;
+  MONOMOE_CUDA(cudaStreamSynchronize(m.last_stream));
+  device::ErrorRecord rec{};
+  MONOMOE_CUDA(cudaMemcpy(&rec, m.ws + m.plan.error, sizeof(rec), cudaMemcpyDeviceToHost));
+  if (rec.code != 0) {
+    MONOMOE_CUDA(cudaMemset(m.ws + m.plan.error, 0, sizeof(rec)));
+    throw KernelError(describe_kernel_error(rec, m.cfg.timeout_seconds));
+  }
+}
+
+ForwardStats MoELayer::stats() {
+  synchronize();
+  Impl& m = *impl_;
+  ForwardStats s;
+  s.tokens = m.last_tokens;
+  std::vector<int> dropped(static_cast<std::size_t>(m.cfg.experts));
+  MONOMOE_CUDA(cudaMemcpy(dropped.data(),
+                          m.ws + m.plan.control + sizeof(device::Control) + m.cfg.experts * 4,
+                          dropped.size() * 4, cudaMemcpyDeviceToHost));
+  for (int d : dropped) {
+    s.dropped_per_expert.push_back(d);
+    s.dropped += d;
+  }
+  return s;
+}
+
+void MoELayer::routing(std::vector<std::int32_t>& experts, std::vector<float>& weights) {
+  synchronize();
+  Impl& m = *impl_;
+  const std::size_t n = static_cast<std::size_t>(m.last_tokens * m.cfg.topk);
+  experts.resize(n);
+  weights.resize(n);
+  if (n == 0) return;
+  MONOMOE_CUDA(cudaMemcpy(experts.data(), m.ws + m.plan.topk_expert, n * 4, cudaMemcpyDeviceToHost));
+  MONOMOE_CUDA(cudaMemcpy(weights.data(), m.ws + m.plan.topk_weight, n * 4, cudaMemcpyDeviceToHost));
+}
+
+}  // namespace monomoe

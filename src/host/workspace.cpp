@@ -29,8 +29,8 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   const auto u = [](std::int64_t v) { return static_cast<std::size_t>(v); };
   const std::size_t elem = element_bytes(cfg.dtype);
   const std::int64_t local_experts = cfg.experts_per_rank();
-  p.max_tokens = cfg.max_tokens;
   p.token_tiles = (cfg.max_tokens + TileShape::kRows - 1) / TileShape::kRows;
+  p.experts_padded = (cfg.experts + TileShape::kCols - 1) / TileShape::kCols * TileShape::kCols;
   // A source sends a token to one local expert per choice, so at most min(k, local experts) copies.
   const std::int64_t copies = std::min(cfg.topk, local_experts);
   p.rows_in = static_cast<std::int64_t>(
@@ -39,28 +39,42 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   // Each (source, expert) segment may end in a partial tile.
   p.row_tiles = (p.rows_in + TileShape::kRows - 1) / TileShape::kRows +
                 cfg.world_size * local_experts;
-  const std::int64_t gemm0_cols = cfg.ffn / TileShape::kCols;
+  // SwiGLU GEMM0 tiles produce half a tile of output columns each.
+  const std::int64_t gemm0_cols = cfg.w1_columns() / TileShape::kCols;
   const std::int64_t gemm1_cols = cfg.hidden / TileShape::kCols;
   const std::int64_t combine_cols =
       (cfg.hidden + TileShape::kCombineCols - 1) / TileShape::kCombineCols;
-  p.max_tasks = static_cast<std::int64_t>(checked_add(
+  const std::size_t tasks = checked_add(
       checked_mul(u(p.row_tiles), u(gemm0_cols + gemm1_cols), "max_tokens"),
-      checked_mul(u(p.token_tiles), u(combine_cols), "max_tokens"), "max_tokens"));
+      checked_mul(u(p.token_tiles), u(combine_cols), "max_tokens"), "max_tokens");
+  if (tasks > 0x7fffffffu) throw ConfigError("max_tokens: the task queue would exceed 2^31 slots");
+  p.max_tasks = static_cast<std::int64_t>(tasks);
 
   Arena a;
-  // Control: queue and barrier words, per-row-tile and per-token-tile counters, error record.
-  p.control_bytes = checked_mul(u(p.row_tiles + p.token_tiles + cfg.experts * 4 + 64), 4,
-                                "max_tokens");
+  constexpr std::size_t kControlHeader = 32;  // sizeof(device::Control), checked in layer.cu
+  p.control_bytes = checked_add(
+      kControlHeader,
+      checked_mul(u(2 * cfg.experts + p.row_tiles + 2 * p.token_tiles), 4, "max_tokens"),
+      "max_tokens");
   p.control = a.take(p.control_bytes, "control");
+  p.error = a.take(16, "error");
+  p.gate = a.take(checked_mul(checked_mul(u(cfg.hidden), u(p.experts_padded), "hidden"), elem,
+                              "hidden"),
+                  "hidden");
+  p.logits = a.take(
+      checked_mul(checked_mul(u(cfg.max_tokens), u(p.experts_padded), "max_tokens"), 4,
+                  "max_tokens"),
+      "max_tokens");
   const std::size_t choices = checked_mul(u(cfg.max_tokens), u(cfg.topk), "max_tokens");
   p.topk_expert = a.take(checked_mul(choices, 4, "max_tokens"), "topk");
   p.topk_weight = a.take(checked_mul(choices, 4, "max_tokens"), "topk");
+  p.topk_kept = a.take(choices, "topk");
   p.tile_counts =
       a.take(checked_mul(checked_mul(u(p.token_tiles), u(cfg.experts), "experts"), 4, "experts"),
              "experts");
   p.expert_rows = a.take(checked_mul(u(p.rows_in), 4, "max_tokens"), "max_tokens");
-  p.hidden_act = a.take(
-      checked_mul(checked_mul(u(p.rows_in), u(cfg.ffn), "ffn"), elem, "ffn"), "ffn");
+  p.hidden_act =
+      a.take(checked_mul(checked_mul(u(p.rows_in), u(cfg.ffn), "ffn"), elem, "ffn"), "ffn");
   p.stage = a.take(checked_mul(checked_mul(choices, u(cfg.hidden), "hidden"), elem, "hidden"),
                    "hidden");
   p.tasks = a.take(checked_mul(u(p.max_tasks), 16, "max_tokens"), "max_tokens");

@@ -12,28 +12,34 @@ namespace monomoe::detail {
 struct TileShape {
   static constexpr std::int64_t kRows = 128;        // rows (token copies) per GEMM task
   static constexpr std::int64_t kCols = 128;        // output columns per GEMM task
-  static constexpr std::int64_t kCombineCols = 512; // output columns per combine task
+  static constexpr std::int64_t kCombineCols = 512;  // output columns per combine task
 };
 
-// Byte offsets into one device allocation. Every region starts 256-byte aligned.
+// Byte offsets into one device allocation. Every region starts 256-byte aligned. The kernel's
+// Params (src/device/params.cuh) points into these regions.
 struct WorkspacePlan {
   // Sizes the plan was made for.
-  std::int64_t max_tokens = 0;
-  std::int64_t token_tiles = 0;  // ceil(max_tokens / kRows)
-  std::int64_t rows_in = 0;      // most rows (token copies) this rank's experts can receive
-  std::int64_t row_tiles = 0;    // most GEMM row tiles over all local (source, expert) segments
-  std::int64_t max_tasks = 0;    // queue capacity
+  std::int64_t token_tiles = 0;     // ceil(max_tokens / kRows)
+  std::int64_t experts_padded = 0;  // gate columns, padded to a multiple of kCols
+  std::int64_t rows_in = 0;         // most rows (token copies) this rank's experts can receive
+  std::int64_t row_tiles = 0;       // most GEMM row tiles over all (source, expert) segments
+  std::int64_t max_tasks = 0;       // queue capacity
 
-  // Control words: zeroed before every forward (one cudaMemsetAsync, no kernel).
+  // Control words, zeroed before every forward by one cudaMemsetAsync (no kernel): the Control
+  // header, then int expert_count[E], expert_dropped[E], rowtile_done[row_tiles],
+  // tokentile_done[token_tiles], tokentile_target[token_tiles].
   std::size_t control = 0, control_bytes = 0;
-  // Routing: top-k choice per token, per-(token tile, expert) counts, per-expert row lists.
-  std::size_t topk_expert = 0;   // int32 [max_tokens, k]
-  std::size_t topk_weight = 0;   // float [max_tokens, k]
-  std::size_t tile_counts = 0;   // int32 [token_tiles, experts]
-  std::size_t expert_rows = 0;   // int32 [rows_in]: token*k + choice, grouped by expert
-  std::size_t hidden_act = 0;    // elem [rows_in, ffn]: activation output of GEMM0
-  std::size_t stage = 0;         // elem [max_tokens * k, hidden]: expert outputs before combine
-  std::size_t tasks = 0;         // Task [max_tasks]
+  std::size_t error = 0;        // ErrorRecord, sticky until the host reads it
+  std::size_t gate = 0;         // elem [hidden, experts_padded]: zero-padded copy of the gate
+  std::size_t logits = 0;       // float [max_tokens, experts_padded]
+  std::size_t topk_expert = 0;  // int32 [max_tokens, k]
+  std::size_t topk_weight = 0;  // float [max_tokens, k]
+  std::size_t topk_kept = 0;    // uint8 [max_tokens, k]
+  std::size_t tile_counts = 0;  // int32 [token_tiles, experts]
+  std::size_t expert_rows = 0;  // int32 [rows_in]: token*k + choice, grouped by expert
+  std::size_t hidden_act = 0;   // elem [rows_in, ffn]: activation output of GEMM0
+  std::size_t stage = 0;        // elem [max_tokens * k, hidden]: expert outputs before combine
+  std::size_t tasks = 0;        // Task (16 bytes) [max_tasks]
   std::size_t total = 0;
 };
 

@@ -1,0 +1,403 @@
+// The float64 CPU reference of the MoE layer (DESIGN.md, "What the layer computes"), all ranks at
+// once. Three phases:
+//   1. gate: per token, logits in float64, a stable softmax, top-k with ties to the lower expert,
+//      and the (optionally renormalized) weights;
+//   2. capacity: per (source rank, expert), the first `cap` choices in ascending token order are
+//      kept, the rest dropped and counted (skipped when dropless);
+//   3. experts: for choice j = 0, 1, ..., k-1 in turn, every kept row (token, j) runs through
+//      FFN_{e_j} and y_t += w_j * FFN_{e_j}(x_t). Rows of one expert are processed in blocks so
+//      that a weight tile is read once per block, not once per token.
+// Determinism: every output element is a sum taken in one fixed order (ascending hidden/ffn index;
+// choices in ascending j) by one code path, whatever the blocking and thread count, and phases are
+// separated by joins. So the result is bit-identical for any number of threads.
+#include "reference/reference.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "monomoe/error.hpp"
+
+namespace monomoe::reference {
+
+namespace {
+
+std::size_t sz(std::int64_t v) {
+  return static_cast<std::size_t>(v);
+}
+
+// Runs job(item, worker) for item in [0, n) on up to `threads` workers (dynamic scheduling). Jobs
+// must write disjoint data. The first exception thrown by a job is rethrown after the join.
+template <class Job>
+void parallel_for(std::size_t n, int threads, const Job& job) {
+  const std::size_t workers = std::min(static_cast<std::size_t>(std::max(threads, 1)), n);
+  if (workers <= 1) {
+    for (std::size_t i = 0; i < n; ++i) job(i, std::size_t{0});
+    return;
+  }
+  std::atomic<std::size_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  std::vector<std::thread> pool;
+  pool.reserve(workers);
+  for (std::size_t w = 0; w < workers; ++w) {
+    pool.emplace_back([&, w] {
+      try {
+        for (std::size_t i = next++; i < n; i = next++) job(i, w);
+      } catch (...) {
+        const std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+        next = n;  // stop handing out work
+      }
+    });
+  }
+  for (std::thread& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+void require_size(const char* what, std::size_t have, std::size_t want) {
+  if (have != want) {
+    throw ConfigError(std::string("reference::run: Problem.") + what + " has " +
+                      std::to_string(have) + " values, expected " + std::to_string(want));
+  }
+}
+
+void validate_problem(const Problem& p) {
+  const LayerConfig& c = p.config;
+  LayerConfig any_rank = c;  // the reference runs every rank; config.rank is ignored
+  any_rank.rank = 0;
+  any_rank.validate();
+  const std::size_t world = sz(c.world_size);
+  if (p.tokens.size() != world) {
+    throw ConfigError("reference::run: Problem.tokens has " + std::to_string(p.tokens.size()) +
+                      " entries, expected world_size = " + std::to_string(world));
+  }
+  require_size("x (ranks)", p.x.size(), world);
+  for (std::size_t r = 0; r < world; ++r) {
+    if (p.tokens[r] < 0 || p.tokens[r] > c.max_tokens) {
+      throw ConfigError("reference::run: Problem.tokens[" + std::to_string(r) +
+                        "] = " + std::to_string(p.tokens[r]) +
+                        " must be in [0, max_tokens = " + std::to_string(c.max_tokens) + "]");
+    }
+    const std::string what = "x[" + std::to_string(r) + "]";
+    require_size(what.c_str(), p.x[r].size(), sz(p.tokens[r]) * sz(c.hidden));
+  }
+  const std::size_t e = sz(c.experts);
+  const std::size_t h = sz(c.hidden);
+  const std::size_t c1 = sz(c.w1_columns());
+  require_size("gate", p.gate.size(), h * e);
+  require_size("w1", p.w1.size(), e * h * c1);
+  require_size("w2", p.w2.size(), e * sz(c.ffn) * h);
+  if (c.bias) {
+    require_size("b1", p.b1.size(), e * c1);
+    require_size("b2", p.b2.size(), e * h);
+  }
+}
+
+// ---- Phase 1: gate
+// -------------------------------------------------------------------------------
+
+// Routes one token: writes its k experts, weights and margin.
+void route_token(const LayerConfig& c, const float* x, const float* gate, double* logits,
+                 double* prob, std::int32_t* expert, double* weight, double* margin) {
+  const std::size_t h = sz(c.hidden);
+  const std::size_t e = sz(c.experts);
+  const std::size_t k = sz(c.topk);
+  std::fill(logits, logits + e, 0.0);
+  for (std::size_t q = 0; q < h; ++q) {
+    const double xv = x[q];
+    const float* row = gate + q * e;
+    for (std::size_t j = 0; j < e; ++j) logits[j] += xv * static_cast<double>(row[j]);
+  }
+  // Stable softmax: subtract the largest logit (a NaN logit makes every probability NaN).
+  double top = logits[0];
+  bool nan = false;
+  for (std::size_t j = 0; j < e; ++j) {
+    nan = nan || std::isnan(logits[j]);
+    top = std::max(top, logits[j]);
+  }
+  double sum = 0.0;
+  for (std::size_t j = 0; j < e; ++j) {
+    prob[j] = nan ? std::numeric_limits<double>::quiet_NaN() : std::exp(logits[j] - top);
+    sum += prob[j];
+  }
+  for (std::size_t j = 0; j < e; ++j) prob[j] /= sum;
+
+  // Top-k by repeated selection: a strict '>' while scanning upwards keeps the lower index on ties
+  // (and never misbehaves on NaN, unlike a sort with an inconsistent comparator).
+  std::uint64_t taken[4] = {0, 0, 0, 0};  // bit set over <= 256 experts
+  const auto is_taken = [&](std::size_t j) { return (taken[j / 64] >> (j % 64)) & 1u; };
+  const auto best_free = [&]() {
+    std::size_t best = e;
+    for (std::size_t j = 0; j < e; ++j) {
+      if (is_taken(j)) continue;
+      if (best == e || prob[j] > prob[best]) best = j;
+    }
+    return best;
+  };
+  double chosen_sum = 0.0;
+  for (std::size_t j = 0; j < k; ++j) {
+    const std::size_t b = best_free();
+    taken[b / 64] |= std::uint64_t{1} << (b % 64);
+    expert[j] = static_cast<std::int32_t>(b);
+    weight[j] = prob[b];
+    chosen_sum += prob[b];
+  }
+  if (c.renormalize) {
+    for (std::size_t j = 0; j < k; ++j) weight[j] /= chosen_sum;
+  }
+  *margin = k == e ? 1.0 : prob[sz(expert[k - 1])] - prob[best_free()];
+}
+
+// ---- Phase 3: experts
+// ----------------------------------------------------------------------------
+
+// Tiles of the row-block GEMM. A weight tile (kDepthTile x kColTile floats, 128 KiB) stays in L2
+// while every group of kGroupRows rows of the block streams over it; a group's accumulators
+// (kGroupRows x kColTile doubles, 8 KiB) stay in L1.
+constexpr std::size_t kBlockRows = 32;  // rows (token copies) of one expert per work item
+constexpr std::size_t kGroupRows = 4;   // rows updated together by the inner loop
+constexpr std::size_t kColTile = 256;
+constexpr std::size_t kDepthTile = 128;
+static_assert(kBlockRows % kGroupRows == 0);
+
+// out[r, n] = sum_{d ascending} in[r, d] * w[d, n] for r < rows (a multiple of kGroupRows),
+// n < cols, d < depth. Each element is summed from 0.0 in ascending d by the same statement for
+// every row, so its value does not depend on the tiling or on the other rows of the block.
+void block_gemm(const double* in, std::size_t rows, std::size_t depth, const float* w,
+                std::size_t cols, double* out) {
+  double acc[kGroupRows][kColTile];
+  for (std::size_t n0 = 0; n0 < cols; n0 += kColTile) {
+    const std::size_t nn = std::min(kColTile, cols - n0);
+    for (std::size_t d0 = 0; d0 < depth; d0 += kDepthTile) {
+      const std::size_t dd = std::min(kDepthTile, depth - d0);
+      for (std::size_t r0 = 0; r0 < rows; r0 += kGroupRows) {
+        for (std::size_t g = 0; g < kGroupRows; ++g) {
+          if (d0 == 0) {
+            std::fill(acc[g], acc[g] + nn, 0.0);
+          } else {
+            std::memcpy(acc[g], out + (r0 + g) * cols + n0, nn * sizeof(double));
+          }
+        }
+        const double* a0 = in + (r0 + 0) * depth;
+        const double* a1 = in + (r0 + 1) * depth;
+        const double* a2 = in + (r0 + 2) * depth;
+        const double* a3 = in + (r0 + 3) * depth;
+        for (std::size_t d = d0; d < d0 + dd; ++d) {
+          const float* wr = w + d * cols + n0;
+          const double x0 = a0[d], x1 = a1[d], x2 = a2[d], x3 = a3[d];
+          for (std::size_t n = 0; n < nn; ++n) {
+            const double wv = wr[n];
+            acc[0][n] += x0 * wv;
+            acc[1][n] += x1 * wv;
+            acc[2][n] += x2 * wv;
+            acc[3][n] += x3 * wv;
+          }
+        }
+        for (std::size_t g = 0; g < kGroupRows; ++g) {
+          std::memcpy(out + (r0 + g) * cols + n0, acc[g], nn * sizeof(double));
+        }
+      }
+    }
+  }
+}
+static_assert(kGroupRows == 4, "block_gemm's inner loop is written for 4 rows");
+
+double act_relu(double v) {
+  return v > 0.0 ? v : 0.0;
+}
+double act_gelu(double v) {
+  return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+}
+double act_silu(double v) {
+  return v / (1.0 + std::exp(-v));
+}
+
+// One row of an expert's input: a kept choice of a token of a rank.
+struct Row {
+  std::int32_t rank;
+  std::int64_t token;
+};
+
+// A block of rows of one expert: the work item of phase 3.
+struct Block {
+  std::size_t expert;
+  std::size_t begin, end;  // into rows_of[expert]
+};
+
+// Scratch of one worker, sized for a block.
+struct Scratch {
+  std::vector<double> x, pre, act, out;
+};
+
+// y[row] += w * FFN_e(x[row]) for the rows of one block; `choice` names which top-k slot.
+void run_block(const Problem& p, Result& res, const std::vector<Row>& rows, const Block& blk,
+               std::size_t choice, Scratch& s) {
+  const LayerConfig& c = p.config;
+  const std::size_t h = sz(c.hidden);
+  const std::size_t f = sz(c.ffn);
+  const std::size_t c1 = sz(c.w1_columns());
+  const std::size_t k = sz(c.topk);
+  const std::size_t e = blk.expert;
+  const std::size_t n = blk.end - blk.begin;
+  const std::size_t padded = (n + kGroupRows - 1) / kGroupRows * kGroupRows;
+
+  s.x.assign(padded * h, 0.0);  // padding rows are zero and their outputs are never read
+  s.pre.resize(padded * c1);
+  s.act.resize(padded * f);
+  s.out.resize(padded * h);
+  for (std::size_t i = 0; i < n; ++i) {
+    const Row& row = rows[blk.begin + i];
+    const float* xr = p.x[sz(row.rank)].data() + sz(row.token) * h;
+    std::copy(xr, xr + h, s.x.begin() + static_cast<std::ptrdiff_t>(i * h));
+  }
+
+  block_gemm(s.x.data(), padded, h, p.w1.data() + e * h * c1, c1, s.pre.data());
+  const float* b1 = c.bias ? p.b1.data() + e * c1 : nullptr;
+  const auto b1_at = [&](std::size_t col) { return b1 ? static_cast<double>(b1[col]) : 0.0; };
+  for (std::size_t i = 0; i < padded; ++i) {
+    const double* pre = s.pre.data() + i * c1;
+    double* a = s.act.data() + i * f;
+    for (std::size_t q = 0; q < f; ++q) {
+      const double v = pre[q] + b1_at(q);
+      switch (c.activation) {
+        case Activation::relu:
+          a[q] = act_relu(v);
+          break;
+        case Activation::gelu:
+          a[q] = act_gelu(v);
+          break;
+        case Activation::silu:
+          a[q] = act_silu(v);
+          break;
+        case Activation::swiglu:
+          a[q] = act_silu(v) * (pre[f + q] + b1_at(f + q));
+          break;
+      }
+    }
+  }
+  block_gemm(s.act.data(), padded, f, p.w2.data() + e * f * h, h, s.out.data());
+
+  const float* b2 = c.bias ? p.b2.data() + e * h : nullptr;
+  for (std::size_t i = 0; i < n; ++i) {
+    const Row& row = rows[blk.begin + i];
+    RankResult& rr = res.ranks[sz(row.rank)];
+    const double w = rr.topk_weight[sz(row.token) * k + choice];
+    double* y = rr.y.data() + sz(row.token) * h;
+    const double* o = s.out.data() + i * h;
+    for (std::size_t q = 0; q < h; ++q) {
+      const double ffn = b2 ? o[q] + static_cast<double>(b2[q]) : o[q];
+      y[q] += w * ffn;
+    }
+  }
+}
+
+}  // namespace
+
+Result run(const Problem& p, int threads) {
+  if (threads < 0) {
+    throw ConfigError("reference::run: threads = " + std::to_string(threads) +
+                      " must be >= 0 (0 = all hardware threads)");
+  }
+  if (threads == 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  validate_problem(p);
+  const LayerConfig& c = p.config;
+  const std::size_t world = sz(c.world_size);
+  const std::size_t h = sz(c.hidden);
+  const std::size_t e = sz(c.experts);
+  const std::size_t k = sz(c.topk);
+
+  Result res;
+  res.ranks.resize(world);
+  res.dropped_per_expert.assign(e, 0);
+  for (std::size_t r = 0; r < world; ++r) {
+    RankResult& rr = res.ranks[r];
+    const std::size_t s = sz(p.tokens[r]);
+    rr.y.assign(s * h, 0.0);
+    rr.topk_expert.assign(s * k, 0);
+    rr.topk_weight.assign(s * k, 0.0);
+    rr.kept.assign(s * k, 1);
+    rr.topk_margin.assign(s, 0.0);
+    rr.dropped_per_expert.assign(e, 0);
+  }
+
+  // Phase 1: gate, over chunks of tokens of every rank.
+  constexpr std::size_t kGateChunk = 256;
+  struct Chunk {
+    std::size_t rank, begin, end;
+  };
+  std::vector<Chunk> chunks;
+  for (std::size_t r = 0; r < world; ++r) {
+    const std::size_t s = sz(p.tokens[r]);
+    for (std::size_t t = 0; t < s; t += kGateChunk)
+      chunks.push_back({r, t, std::min(s, t + kGateChunk)});
+  }
+  parallel_for(chunks.size(), threads, [&](std::size_t i, std::size_t) {
+    const Chunk& ch = chunks[i];
+    RankResult& rr = res.ranks[ch.rank];
+    std::vector<double> logits(e), prob(e);
+    for (std::size_t t = ch.begin; t < ch.end; ++t) {
+      route_token(c, p.x[ch.rank].data() + t * h, p.gate.data(), logits.data(), prob.data(),
+                  rr.topk_expert.data() + t * k, rr.topk_weight.data() + t * k, &rr.topk_margin[t]);
+    }
+  });
+
+  // Phase 2: capacity, serial. A token selects an expert at most once, so scanning tokens in
+  // ascending order keeps exactly the first `cap` tokens of each (source rank, expert).
+  if (c.capacity_factor > 0.0) {
+    for (std::size_t r = 0; r < world; ++r) {
+      RankResult& rr = res.ranks[r];
+      const std::int64_t cap = c.capacity(p.tokens[r]);
+      std::vector<std::int64_t> count(e, 0);
+      for (std::size_t slot = 0; slot < rr.topk_expert.size(); ++slot) {
+        const std::size_t ex = sz(rr.topk_expert[slot]);
+        if (count[ex] < cap) {
+          ++count[ex];
+        } else {
+          rr.kept[slot] = 0;
+          ++rr.dropped_per_expert[ex];
+          ++res.dropped_per_expert[ex];
+          ++res.dropped;
+        }
+      }
+    }
+  }
+
+  // Phase 3: experts, one pass per choice so that y_t sums its choices in ascending j. Within a
+  // pass each token has one row, so blocks write disjoint outputs.
+  std::vector<Scratch> scratch(static_cast<std::size_t>(threads));
+  std::vector<std::vector<Row>> rows_of(e);
+  std::vector<Block> blocks;
+  for (std::size_t j = 0; j < k; ++j) {
+    for (auto& rows : rows_of) rows.clear();
+    for (std::size_t r = 0; r < world; ++r) {
+      const RankResult& rr = res.ranks[r];
+      for (std::size_t t = 0; t < sz(p.tokens[r]); ++t) {
+        if (!rr.kept[t * k + j]) continue;
+        rows_of[sz(rr.topk_expert[t * k + j])].push_back(
+            {static_cast<std::int32_t>(r), static_cast<std::int64_t>(t)});
+      }
+    }
+    blocks.clear();
+    for (std::size_t ex = 0; ex < e; ++ex) {
+      for (std::size_t b = 0; b < rows_of[ex].size(); b += kBlockRows) {
+        blocks.push_back({ex, b, std::min(rows_of[ex].size(), b + kBlockRows)});
+      }
+    }
+    parallel_for(blocks.size(), threads, [&](std::size_t i, std::size_t worker) {
+      const Block& blk = blocks[i];
+      run_block(p, res, rows_of[blk.expert], blk, j, scratch[worker]);
+    });
+  }
+  return res;
+}
+
+}  // namespace monomoe::reference

@@ -27,13 +27,19 @@ struct Problem {
 Problem make_problem(const LayerConfig& config, const std::vector<std::int64_t>& tokens,
                      std::uint64_t seed);
 
-// Routing skew for tests: adds `bias` to gate column `expert` (every token then picks it first).
+// Routing skew for tests: sets feature 0 of every token of every rank to 1.0 and adds `bias` to
+// gate[0, expert] (rounded to bf16 for bf16 problems), so that logit `expert` of every token grows
+// by `bias`. A gate change alone cannot do this: x ~ U(-1, 1) flips the sign of any column's
+// contribution. With bias ~50 every token picks `expert` first (p ~ 1), and its other choices
+// get weights ~ e^-50 with tiny margins. Throws ConfigError if expert is not in [0, experts).
 void skew_gate_towards(Problem& p, std::int64_t expert, float bias);
 
 struct RankResult {
   std::vector<double> y;                     // [tokens, hidden]
   std::vector<std::int32_t> topk_expert;     // [tokens, topk], in descending probability
-  std::vector<double> topk_weight;           // [tokens, topk], renormalized if configured
+  // [tokens, topk], renormalized over the k choices if configured; a dropped choice keeps its
+  // weight here but contributes nothing, and the kept ones are not renormalized again.
+  std::vector<double> topk_weight;
   std::vector<std::uint8_t> kept;            // [tokens, topk]: 0 where capacity dropped the choice
   // Gap between the k-th and (k+1)-th gate probability of each token (1.0 when k == experts):
   // where it is tiny, a GPU's fp32 gate may legitimately pick the other expert.
@@ -48,13 +54,17 @@ struct Result {
 };
 
 // Runs the layer. threads = 0 uses std::thread::hardware_concurrency(). The result does not depend
-// on the thread count.
+// on the thread count (bit-identical). Top-k ties go to the lower expert index. With
+// capacity_factor > 0, each (source rank, expert) keeps the first config.capacity(tokens[r]) of
+// its choices in ascending token order. y_t sums kept w_j * FFN_{e_j}(x_t) over j = 0..k-1 in
+// that order. Throws ConfigError when the config or a tensor's size is invalid.
 Result run(const Problem& p, int threads = 0);
 
 // bf16 round-to-nearest-even of a float (what __float2bfloat16_rn does).
 float round_bf16(float v);
 
-// ||a - b|| / ||b|| over the elements where mask is non-zero (all when mask is empty).
+// ||a - b|| / ||b|| over the rows (of row_width elements) whose mask byte is non-zero (all rows
+// when mask is empty); ||a - b|| when ||b|| is 0; +inf if a compared value of a is NaN or inf.
 double relative_error(const std::vector<float>& a, const std::vector<double>& b,
                       std::int64_t row_width = 1, const std::vector<std::uint8_t>& row_mask = {});
 

@@ -1,0 +1,248 @@
+#include "bench/bench.hpp"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <ostream>
+#include <random>
+#include <vector>
+
+#include "baseline/baseline.hpp"
+#include "bench/device_problem.hpp"
+#include "host/check.hpp"
+#include "monomoe/monomoe.hpp"
+#include "reference/reference.hpp"
+
+namespace monomoe::bench {
+
+namespace {
+
+struct Timing {
+  double median_ms = 0.0, min_ms = 0.0, max_ms = 0.0;
+};
+
+// Times `call` with device events around each call after `warmup` untimed calls.
+Timing time_calls(const std::function<void()>& call, int warmup, int iterations,
+                  cudaStream_t stream) {
+  for (int i = 0; i < warmup; ++i) call();
+  MONOMOE_CUDA(cudaStreamSynchronize(stream));
+  std::vector<cudaEvent_t> ev(2 * static_cast<std::size_t>(iterations));
+  for (auto& e : ev) MONOMOE_CUDA(cudaEventCreate(&e));
+  for (int i = 0; i < iterations; ++i) {
+    MONOMOE_CUDA(cudaEventRecord(ev[2 * i], stream));
+    call();
+    MONOMOE_CUDA(cudaEventRecord(ev[2 * i + 1], stream));
+  }
+  MONOMOE_CUDA(cudaStreamSynchronize(stream));
+  std::vector<double> ms;
+  for (int i = 0; i < iterations; ++i) {
+    float t = 0.f;
+    MONOMOE_CUDA(cudaEventElapsedTime(&t, ev[2 * i], ev[2 * i + 1]));
+    ms.push_back(t);
+  }
+  for (auto& e : ev) cudaEventDestroy(e);
+  std::sort(ms.begin(), ms.end());
+  return {ms[ms.size() / 2], ms.front(), ms.back()};
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Reference for the rank-0 tokens that are checked: all of them for small or capacity-limited
+// configs (capacity couples tokens), else a random sample.
+struct Expected {
+  reference::Result result;
+  std::vector<std::int64_t> tokens;  // empty: all tokens
+};
+
+Expected expected_output(const reference::Problem& pr, int sample, std::uint64_t seed) {
+  const std::int64_t s = pr.tokens[0];
+  Expected ex;
+  if (pr.config.capacity_factor > 0.0 || s <= sample) {
+    ex.result = reference::run(pr);
+    return ex;
+  }
+  std::mt19937_64 rng(seed ^ 0x5eed);
+  for (int i = 0; i < sample; ++i) ex.tokens.push_back(static_cast<std::int64_t>(rng() % s));
+  ex.result = reference::run(sample_tokens(pr, ex.tokens));
+  return ex;
+}
+
+}  // namespace
+
+int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& progress) {
+  if (o.gpus != 1) {
+    throw ConfigError("bench: --gpus " + std::to_string(o.gpus) +
+                      ": this build runs on one GPU (expert parallelism comes next)");
+  }
+  LayerConfig cfg = o.config;
+  cfg.world_size = 1;
+  cfg.rank = 0;
+  cfg.validate();
+  const std::int64_t s = cfg.max_tokens;
+  out << "monomoe bench: " << cfg.describe() << "\n";
+  auto t0 = std::chrono::steady_clock::now();
+  progress << "[1/5] generating inputs (seed " << o.seed << ")..." << std::endl;
+  const reference::Problem pr = reference::make_problem(cfg, {s}, o.seed);
+  progress << "[2/5] reference on the CPU (" << (cfg.capacity_factor > 0 || s <= o.sample_tokens
+                                                     ? std::to_string(s)
+                                                     : std::to_string(o.sample_tokens))
+           << " tokens)..." << std::endl;
+  const Expected ex = expected_output(pr, o.sample_tokens, o.seed);
+  progress << "      done in " << std::fixed << std::setprecision(1) << seconds_since(t0) << " s"
+           << std::endl;
+
+  progress << "[3/5] uploading and checking correctness..." << std::endl;
+  Communicator comm(UniqueId::create(), 0, 1, 0);
+  DeviceProblem dev(pr, 0);
+  MoELayer layer(cfg, comm, dev.weights());
+  cudaStream_t stream = nullptr;
+  MONOMOE_CUDA(cudaStreamCreate(&stream));
+  dev.poison_y();
+  layer.forward(dev.x(), s, dev.y(), stream);
+  std::vector<std::int32_t> experts;
+  std::vector<float> weights;
+  layer.routing(experts, weights);
+  const Comparison fused = compare(pr, ex.result.ranks[0], dev.y_host(), experts, ex.tokens);
+  out << "correctness monomoe:  " << fused.summary() << "\n";
+
+  std::unique_ptr<baseline::Pipeline> base;
+  Comparison base_cmp;
+  if (o.baseline) {
+    base = std::make_unique<baseline::Pipeline>(cfg, dev.weights());
+    dev.poison_y();
+    base->forward(dev.x(), s, dev.y(), stream);
+    MONOMOE_CUDA(cudaStreamSynchronize(stream));
+    std::vector<float> bw;
+    base->routing(experts, bw);
+    base_cmp = compare(pr, ex.result.ranks[0], dev.y_host(), experts, ex.tokens);
+    out << "correctness baseline: " << base_cmp.summary() << "\n";
+  }
+  if (!fused.passed || (base && !base_cmp.passed)) {
+    out << "FAILED: output does not match the CPU reference; not timing\n";
+    return 1;
+  }
+
+  progress << "[4/5] timing monomoe (" << o.warmup << " warm-up + " << o.iterations
+           << " calls)..." << std::endl;
+  const Timing tf = time_calls([&] { layer.forward(dev.x(), s, dev.y(), stream); }, o.warmup,
+                               o.iterations, stream);
+  layer.synchronize();
+  Timing tb;
+  if (base) {
+    progress << "[5/5] timing the baseline pipeline..." << std::endl;
+    tb = time_calls([&] { base->forward(dev.x(), s, dev.y(), stream); }, o.warmup, o.iterations,
+                    stream);
+  }
+  const ForwardStats st = layer.stats();
+  MONOMOE_CUDA(cudaStreamDestroy(stream));
+
+  // Expert FFN work: every kept (token, expert) row through GEMM0 and GEMM1.
+  const double rows = static_cast<double>(s * cfg.topk - st.dropped);
+  const double flop =
+      rows * (2.0 * cfg.hidden * cfg.w1_columns() + 2.0 * cfg.ffn * cfg.hidden);
+  const auto tflops = [&](double ms) { return flop / (ms * 1e-3) / 1e12; };
+  const auto tokens_per_s = [&](double ms) { return static_cast<double>(s) / (ms * 1e-3); };
+  cudaDeviceProp prop{};
+  MONOMOE_CUDA(cudaGetDeviceProperties(&prop, 0));
+
+  out << std::fixed;
+  out << "\n" << std::left << std::setw(10) << "path" << std::right << std::setw(12) << "median ms"
+      << std::setw(10) << "min ms" << std::setw(14) << "tokens/s" << std::setw(14)
+      << "FFN TFLOP/s" << "\n";
+  const auto row = [&](const char* name, const Timing& t) {
+    out << std::left << std::setw(10) << name << std::right << std::setprecision(3)
+        << std::setw(12) << t.median_ms << std::setw(10) << t.min_ms << std::setprecision(0)
+        << std::setw(14) << tokens_per_s(t.median_ms) << std::setprecision(1) << std::setw(14)
+        << tflops(t.median_ms) << "\n";
+  };
+  row("monomoe", tf);
+  if (base) {
+    row("baseline", tb);
+    out << "speed-up (baseline / monomoe, median): " << std::setprecision(2)
+        << tb.median_ms / tf.median_ms << "x\n";
+  }
+  out << "device: " << prop.name << ", dropped rows: " << st.dropped << "\n";
+
+  if (!o.json_path.empty()) {
+    std::ofstream js(o.json_path);
+    js << std::setprecision(6) << "{\n  \"config\": \"" << cfg.describe() << "\",\n"
+       << "  \"device\": \"" << prop.name << "\",\n  \"gpus\": 1,\n  \"iterations\": "
+       << o.iterations << ",\n  \"correct\": " << (fused.passed ? "true" : "false")
+       << ",\n  \"rel_error\": " << fused.rel_error << ",\n  \"monomoe\": {\"median_ms\": "
+       << tf.median_ms << ", \"min_ms\": " << tf.min_ms << ", \"tflops\": "
+       << tflops(tf.median_ms) << ", \"tokens_per_s\": " << tokens_per_s(tf.median_ms) << "}";
+    if (base) {
+      js << ",\n  \"baseline\": {\"median_ms\": " << tb.median_ms << ", \"min_ms\": " << tb.min_ms
+         << ", \"tflops\": " << tflops(tb.median_ms) << "},\n  \"speedup\": "
+         << tb.median_ms / tf.median_ms;
+    }
+    js << "\n}\n";
+    if (!js) throw ConfigError("bench: cannot write --json " + o.json_path);
+    out << "wrote " << o.json_path << "\n";
+  }
+  return 0;
+}
+
+int run_check(const CheckOptions& o, std::ostream& out) {
+  if (o.gpus != 1) {
+    throw ConfigError("check: --gpus " + std::to_string(o.gpus) +
+                      ": this build runs on one GPU (expert parallelism comes next)");
+  }
+  std::mt19937_64 rng(o.seed);
+  const auto pick = [&](std::int64_t lo, std::int64_t hi) {
+    return lo + static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(hi - lo + 1));
+  };
+  Communicator comm(UniqueId::create(), 0, 1, 0);
+  int failed = 0;
+  for (int i = 0; i < o.cases; ++i) {
+    LayerConfig c;
+    c.dtype = static_cast<DType>(pick(0, 2));
+    c.activation = static_cast<Activation>(pick(0, 3));
+    c.hidden = 128 * pick(1, 4);
+    c.ffn = 128 * pick(1, 4);
+    c.experts = pick(1, 2) == 1 ? pick(1, 16) : pick(17, 256);
+    c.topk = pick(1, std::min<std::int64_t>(8, c.experts));
+    c.max_tokens = pick(1, 700);
+    c.bias = pick(0, 1) == 1;
+    c.renormalize = pick(0, 3) != 0;
+    c.capacity_factor = pick(0, 3) == 0 ? 0.25 * static_cast<double>(pick(1, 8)) : 0.0;
+    c.timeout_seconds = o.timeout_seconds;
+    const bool skew = pick(0, 4) == 0;
+    const std::uint64_t seed = rng();
+    reference::Problem pr = reference::make_problem(c, {c.max_tokens}, seed);
+    if (skew) reference::skew_gate_towards(pr, pick(0, c.experts - 1), 50.f);
+    const reference::Result ref = reference::run(pr);
+    bool ok = false;
+    std::string detail;
+    try {
+      DeviceProblem dev(pr, 0);
+      MoELayer layer(c, comm, dev.weights());
+      dev.poison_y();
+      layer.forward(dev.x(), c.max_tokens, dev.y(), nullptr);
+      const ForwardStats st = layer.stats();
+      std::vector<std::int32_t> experts;
+      std::vector<float> weights;
+      layer.routing(experts, weights);
+      const Comparison cmp = compare(pr, ref.ranks[0], dev.y_host(), experts);
+      ok = cmp.passed && st.dropped == ref.dropped;
+      detail = cmp.summary() + " dropped=" + std::to_string(st.dropped) + "/" +
+               std::to_string(ref.dropped);
+    } catch (const Error& e) {
+      detail = std::string("error: ") + e.what();
+    }
+    failed += ok ? 0 : 1;
+    out << "case " << i + 1 << "/" << o.cases << " " << (ok ? "PASS" : "FAIL") << "  "
+        << c.describe() << (skew ? " skewed" : "") << " seed=" << seed << "  " << detail
+        << std::endl;
+  }
+  out << (o.cases - failed) << " passed, " << failed << " failed" << std::endl;
+  return failed == 0 ? 0 : 1;
+}
+
+}  // namespace monomoe::bench

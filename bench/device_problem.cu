@@ -1,0 +1,185 @@
+#include "bench/device_problem.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <utility>
+
+#include "host/check.hpp"
+
+namespace monomoe::bench {
+
+namespace {
+
+// A device buffer holding float values converted to the element type of `dtype`.
+struct Buffer {
+  void* ptr = nullptr;
+  Buffer() = default;
+  Buffer(const float* v, std::size_t n, DType dtype) {
+    if (n == 0) return;
+    const std::size_t bytes = n * element_bytes(dtype);
+    MONOMOE_CUDA(cudaMalloc(&ptr, bytes));
+    if (dtype == DType::bf16) {
+      std::vector<__nv_bfloat16> h(n);
+      for (std::size_t i = 0; i < n; ++i) h[i] = __float2bfloat16_rn(v[i]);
+      MONOMOE_CUDA(cudaMemcpy(ptr, h.data(), bytes, cudaMemcpyHostToDevice));
+    } else {
+      MONOMOE_CUDA(cudaMemcpy(ptr, v, bytes, cudaMemcpyHostToDevice));
+    }
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer& operator=(Buffer&& o) noexcept {
+    std::swap(ptr, o.ptr);
+    return *this;
+  }
+  ~Buffer() {
+    if (ptr) cudaFree(ptr);
+  }
+};
+
+}  // namespace
+
+struct DeviceProblem::Impl {
+  DType dtype;
+  std::int64_t tokens = 0, hidden = 0;
+  Buffer x, y, gate, w1, b1, w2, b2;
+};
+
+DeviceProblem::DeviceProblem(const reference::Problem& pr, int rank) : impl_(std::make_unique<Impl>()) {
+  const LayerConfig& c = pr.config;
+  Impl& m = *impl_;
+  m.dtype = c.dtype;
+  m.tokens = pr.tokens.at(static_cast<std::size_t>(rank));
+  m.hidden = c.hidden;
+  const std::size_t el = static_cast<std::size_t>(c.experts_per_rank());
+  const std::size_t e0 = static_cast<std::size_t>(rank) * el;
+  const std::size_t h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
+  const std::size_t w1c = static_cast<std::size_t>(c.w1_columns());
+  const auto& xr = pr.x.at(static_cast<std::size_t>(rank));
+  m.x = Buffer(xr.data(), xr.size(), c.dtype);
+  std::vector<float> zeros(static_cast<std::size_t>(m.tokens) * h, 0.f);
+  m.y = Buffer(zeros.data(), zeros.size(), c.dtype);
+  m.gate = Buffer(pr.gate.data(), pr.gate.size(), c.dtype);
+  m.w1 = Buffer(pr.w1.data() + e0 * h * w1c, el * h * w1c, c.dtype);
+  m.w2 = Buffer(pr.w2.data() + e0 * f * h, el * f * h, c.dtype);
+  if (c.bias) {
+    m.b1 = Buffer(pr.b1.data() + e0 * w1c, el * w1c, c.dtype);
+    m.b2 = Buffer(pr.b2.data() + e0 * h, el * h, c.dtype);
+  }
+}
+
+DeviceProblem::~DeviceProblem() = default;
+
+ExpertWeights DeviceProblem::weights() const {
+  return ExpertWeights{impl_->gate.ptr, impl_->w1.ptr, impl_->b1.ptr, impl_->w2.ptr, impl_->b2.ptr};
+}
+const void* DeviceProblem::x() const { return impl_->x.ptr; }
+void* DeviceProblem::y() { return impl_->y.ptr; }
+std::int64_t DeviceProblem::tokens() const { return impl_->tokens; }
+
+void DeviceProblem::poison_y() {
+  // 0xFF bytes are a NaN in both bf16 and fp32.
+  if (impl_->y.ptr) {
+    MONOMOE_CUDA(cudaMemset(impl_->y.ptr, 0xFF,
+                            impl_->tokens * impl_->hidden * element_bytes(impl_->dtype)));
+  }
+}
+
+std::vector<float> DeviceProblem::y_host() const {
+  const std::size_t n = static_cast<std::size_t>(impl_->tokens * impl_->hidden);
+  std::vector<float> out(n);
+  if (n == 0) return out;
+  MONOMOE_CUDA(cudaDeviceSynchronize());
+  if (impl_->dtype == DType::bf16) {
+    std::vector<__nv_bfloat16> h(n);
+    MONOMOE_CUDA(cudaMemcpy(h.data(), impl_->y.ptr, n * 2, cudaMemcpyDeviceToHost));
+    for (std::size_t i = 0; i < n; ++i) out[i] = __bfloat162float(h[i]);
+  } else {
+    MONOMOE_CUDA(cudaMemcpy(out.data(), impl_->y.ptr, n * 4, cudaMemcpyDeviceToHost));
+  }
+  return out;
+}
+
+double tolerance(DType dtype) {
+  switch (dtype) {
+    case DType::fp32: return 1e-5;
+    case DType::tf32: return 2e-3;
+    case DType::bf16: return 2e-2;
+  }
+  return 0.0;
+}
+
+double margin_threshold(DType dtype) { return dtype == DType::tf32 ? 2e-3 : 1e-4; }
+
+std::string Comparison::summary() const {
+  std::ostringstream os;
+  os << (passed ? "PASS" : "FAIL") << " rel_err=" << rel_error << " compared=" << compared
+     << " ambiguous=" << ambiguous << " not_finite=" << not_finite
+     << " route_mismatch=" << route_mismatch;
+  return os.str();
+}
+
+Comparison compare(const reference::Problem& pr, const reference::RankResult& ref,
+                   const std::vector<float>& y, const std::vector<std::int32_t>& gpu_experts,
+                   const std::vector<std::int64_t>& tokens_checked) {
+  const LayerConfig& c = pr.config;
+  const std::size_t h = static_cast<std::size_t>(c.hidden);
+  const std::size_t k = static_cast<std::size_t>(c.topk);
+  Comparison out;
+  for (float v : y) out.not_finite += std::isfinite(v) ? 0 : 1;
+  const std::size_t n = tokens_checked.empty() ? ref.topk_margin.size() : tokens_checked.size();
+  double num = 0.0, den = 0.0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t t = tokens_checked.empty() ? i : static_cast<std::size_t>(tokens_checked[i]);
+    if (ref.topk_margin[i] < margin_threshold(c.dtype)) {
+      ++out.ambiguous;
+      continue;
+    }
+    ++out.compared;
+    if (!gpu_experts.empty()) {
+      for (std::size_t j = 0; j < k; ++j) {
+        if (gpu_experts[t * k + j] != ref.topk_expert[i * k + j]) {
+          ++out.route_mismatch;
+          break;
+        }
+      }
+    }
+    for (std::size_t q = 0; q < h; ++q) {
+      const double d = static_cast<double>(y[t * h + q]) - ref.y[i * h + q];
+      num += d * d;
+      den += ref.y[i * h + q] * ref.y[i * h + q];
+    }
+  }
+  out.rel_error = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  if (!std::isfinite(out.rel_error)) out.rel_error = std::numeric_limits<double>::infinity();
+  out.passed = out.not_finite == 0 && out.route_mismatch == 0 &&
+               out.rel_error <= tolerance(c.dtype) && (out.compared > 0 || n == 0);
+  return out;
+}
+
+reference::Problem sample_tokens(const reference::Problem& pr,
+                                 const std::vector<std::int64_t>& tokens) {
+  reference::Problem s;
+  s.config = pr.config;
+  s.config.world_size = 1;
+  s.config.max_tokens = std::max<std::int64_t>(1, static_cast<std::int64_t>(tokens.size()));
+  s.tokens = {static_cast<std::int64_t>(tokens.size())};
+  const std::size_t h = static_cast<std::size_t>(pr.config.hidden);
+  s.x.resize(1);
+  for (std::int64_t t : tokens) {
+    const float* row = pr.x[0].data() + static_cast<std::size_t>(t) * h;
+    s.x[0].insert(s.x[0].end(), row, row + h);
+  }
+  s.gate = pr.gate;
+  s.w1 = pr.w1;
+  s.b1 = pr.b1;
+  s.w2 = pr.w2;
+  s.b2 = pr.b2;
+  return s;
+}
+
+}  // namespace monomoe::bench

@@ -1,0 +1,64 @@
+// Device copies of a reference::Problem for one rank, and the comparison of a GPU output with the
+// CPU reference. Shared by the GPU tests and the `bench` / `check` commands.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "monomoe/layer.hpp"
+#include "reference/reference.hpp"
+
+namespace monomoe::bench {
+
+// Owns device buffers holding rank `rank`'s x and experts of `problem` in the layouts of
+// include/monomoe/layer.hpp (bf16 for DType::bf16, float otherwise), plus an output buffer.
+class DeviceProblem {
+ public:
+  DeviceProblem(const reference::Problem& problem, int rank);
+  ~DeviceProblem();
+  DeviceProblem(const DeviceProblem&) = delete;
+  DeviceProblem& operator=(const DeviceProblem&) = delete;
+
+  ExpertWeights weights() const;
+  const void* x() const;
+  void* y();
+  std::int64_t tokens() const;
+  void poison_y();                  // fills y with NaN so that unwritten outputs show
+  std::vector<float> y_host() const;  // y as float (synchronizes)
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Tolerance on ||y - ref|| / ||ref|| for a precision: fp32 1e-5, tf32 2e-3, bf16 2e-2.
+double tolerance(DType dtype);
+// Tokens whose gate margin (k-th minus (k+1)-th probability) is below this may legitimately route
+// differently on the GPU (fp32 gate vs float64 reference); they are left out of the comparison.
+double margin_threshold(DType dtype);
+
+struct Comparison {
+  double rel_error = 0.0;        // over the compared tokens
+  std::int64_t compared = 0;     // tokens compared
+  std::int64_t ambiguous = 0;    // tokens left out for a near-tie in the gate
+  std::int64_t not_finite = 0;   // output elements that are NaN/inf (unwritten or broken)
+  std::int64_t route_mismatch = 0;  // compared tokens whose expert choices differ
+  bool passed = false;
+  std::string summary() const;
+};
+
+// Compares y (all tokens of the rank) and, when non-empty, the GPU routing ([tokens, k] expert ids)
+// with the reference. When `tokens_checked` is empty, ref covers all tokens; otherwise ref row i is
+// token tokens_checked[i] (a sample_tokens() problem). Every element of y is checked for being finite.
+Comparison compare(const reference::Problem& problem, const reference::RankResult& ref,
+                   const std::vector<float>& y, const std::vector<std::int32_t>& gpu_experts,
+                   const std::vector<std::int64_t>& tokens_checked = {});
+
+// A sub-problem holding only the listed tokens of rank 0 (valid for dropless configs, where a
+// token's output does not depend on the other tokens): lets large configs be checked on a sample.
+reference::Problem sample_tokens(const reference::Problem& problem,
+                                 const std::vector<std::int64_t>& tokens);
+
+}  // namespace monomoe::bench

@@ -1,0 +1,17 @@
+# Shared by scripts/run.sh and scripts/test.sh: install dependencies, configure and build.
+# Picks PyTorch's NCCL when one is installed (that is the NCCL torchrun jobs load at run time),
+# else the CUDA toolkit's. Override with NCCL_ROOT=... and BUILD_DIR=...
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD_DIR=${BUILD_DIR:-$here/build}
+export NCCL_NVLS_ENABLE=0 NVSHMEM_DISABLE_NVLS=1  # monomoe never uses NVLink multicast
+
+"$here/scripts/setup-deps.sh"
+if [ -z "${NCCL_ROOT:-}" ]; then
+  torch_nccl=$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "nccl"))' 2>/dev/null || true)
+  if [ -n "$torch_nccl" ] && [ -f "$torch_nccl/include/nccl_device.h" ]; then NCCL_ROOT=$torch_nccl; fi
+fi
+gen=()
+command -v ninja >/dev/null && gen=(-G Ninja)
+cmake -S "$here" -B "$BUILD_DIR" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release ${NCCL_ROOT:+-DNCCL_ROOT="$NCCL_ROOT"}
+cmake --build "$BUILD_DIR" -j "$(nproc)"

@@ -1,0 +1,118 @@
+// Gate role: logits = x * gate for one tile of 128 tokens (tensor cores, fp32 accumulation), then an
+// fp32 softmax and top-k per token (ties toward the lower expert index), and the tile's per-expert
+// counts that routing turns into row positions.
+#pragma once
+
+#include "device/gemm/tile_gemm.cuh"
+#include "device/smem.cuh"
+#include "device/sync.cuh"
+
+namespace monomoe::device {
+
+// Warp-wide arg-max over (value, expert): the larger value wins, the lower expert on ties.
+__device__ __forceinline__ void warp_argmax(float& v, int& e) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, off);
+    const int oe = __shfl_xor_sync(0xffffffffu, e, off);
+    if (ov > v || (ov == v && oe < e)) {
+      v = ov;
+      e = oe;
+    }
+  }
+}
+
+template <class P>
+__device__ void gate_tile(const Params& p, KernelSmem<P>& sm, int tile) {
+  using Gemm = TileGemm<P>;
+  using Elem = typename P::Elem;
+  const Elem* x = static_cast<const Elem*>(p.x);
+  const int first = tile * kTileRows;
+  const int rows = min(kTileRows, p.tokens - first);
+  if (threadIdx.x < kTileRows) {
+    const int r = static_cast<int>(threadIdx.x);
+    sm.gemm.rows[r] = r < rows ? x + static_cast<long long>(first + r) * p.hidden : nullptr;
+  }
+  for (int n0 = 0; n0 < p.experts_padded; n0 += kTileCols) {
+    Gemm::run(sm.gemm, static_cast<const Elem*>(p.gate), p.experts_padded, n0, n0 + kTileCols / 2,
+              p.hidden);
+    const float* c = Gemm::result(sm.gemm);
+    for (int i = threadIdx.x; i < rows * (kTileCols / 4); i += kThreads) {
+      const int r = i / (kTileCols / 4);
+      const int col = (i % (kTileCols / 4)) * 4;
+      const float4 v = *reinterpret_cast<const float4*>(c + r * Gemm::kCPitch + col);
+      *reinterpret_cast<float4*>(p.logits + static_cast<long long>(first + r) * p.experts_padded +
+                                 n0 + col) = v;
+    }
+  }
+  if (threadIdx.x < kMaxExperts) sm.route.count[threadIdx.x] = 0;
+  __syncthreads();  // this block's logits are visible to all its threads
+
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  constexpr int kPerLane = kMaxExperts / 32;
+  for (int r = warp; r < rows; r += kThreads / 32) {
+    const int t = first + r;
+    const float* lg = p.logits + static_cast<long long>(t) * p.experts_padded;
+    float v[kPerLane];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int e = lane + 32 * i;
+      v[i] = e < p.experts ? lg[e] : -INFINITY;
+      mx = fmaxf(mx, v[i]);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    float sum = 0.f;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) sum += (lane + 32 * i < p.experts) ? expf(v[i] - mx) : 0.f;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+
+    float chosen_p[kMaxTopK];
+    int chosen_e[kMaxTopK];
+    float chosen_sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < kMaxTopK; ++j) {
+      if (j >= p.topk) break;
+      float bv = -INFINITY;
+      int be = 0x7fffffff;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {  // ascending expert ids: strict > keeps the lower one
+        if (v[i] > bv) {
+          bv = v[i];
+          be = lane + 32 * i;
+        }
+      }
+      warp_argmax(bv, be);
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        if (lane + 32 * i == be) v[i] = -INFINITY;
+      }
+      chosen_p[j] = expf(bv - mx) / sum;
+      chosen_e[j] = be;
+      chosen_sum += chosen_p[j];
+    }
+    if (lane == 0) {
+      const float scale = p.renormalize ? 1.f / chosen_sum : 1.f;
+#pragma unroll
+      for (int j = 0; j < kMaxTopK; ++j) {
+        if (j >= p.topk) break;
+        if (chosen_e[j] < 0 || chosen_e[j] >= p.experts) {  // a NaN logit selects nothing
+          raise_error(p, ErrorCode::bad_route, t, chosen_e[j]);
+          continue;
+        }
+        p.topk_expert[t * p.topk + j] = chosen_e[j];
+        p.topk_weight[t * p.topk + j] = chosen_p[j] * scale;
+        atomicAdd(&sm.route.count[chosen_e[j]], 1);
+      }
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < p.experts; e += kThreads) {
+    p.tile_counts[static_cast<long long>(tile) * p.experts + e] = sm.route.count[e];
+  }
+}
+
+}  // namespace monomoe::device

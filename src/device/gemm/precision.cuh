@@ -1,0 +1,77 @@
+// The three precisions and the CuTe building blocks each one uses for a 128x128 output tile computed
+// by 8 warps. These are the only template arguments of the kernel (instances.cu lists them).
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cute/tensor.hpp>
+
+#include "device/params.cuh"
+
+namespace monomoe::device {
+
+// bf16 operands on tensor cores (mma.sync m16n8k16), fp32 accumulation. Operand tiles are loaded
+// from shared memory with ldmatrix; B (weights stored [K, N], N contiguous) with its transposing form.
+struct PrecBf16 {
+  using Elem = cute::bfloat16_t;  // as stored in global memory
+  using SmemElem = cute::bfloat16_t;
+  static constexpr int kBlockK = 64;  // 128-byte rows in shared memory
+  static constexpr int kStages = 4;
+  using TiledMma = decltype(cute::make_tiled_mma(
+      cute::MMA_Atom<cute::SM80_16x8x16_F32BF16BF16F32_TN>{},
+      cute::Layout<cute::Shape<cute::_2, cute::_4, cute::_1>>{},
+      cute::Tile<cute::_32, cute::_64, cute::_16>{}));
+  using SmemAtomA = decltype(cute::composition(
+      cute::Swizzle<3, 3, 3>{},
+      cute::Layout<cute::Shape<cute::_8, cute::_64>, cute::Stride<cute::_64, cute::_1>>{}));
+  using SmemAtomB = decltype(cute::composition(
+      cute::Swizzle<3, 3, 3>{},
+      cute::Layout<cute::Shape<cute::_64, cute::_8>, cute::Stride<cute::_1, cute::_64>>{}));
+  using CopyA = cute::Copy_Atom<cute::SM75_U32x4_LDSM_N, SmemElem>;
+  using CopyB = cute::Copy_Atom<cute::SM75_U16x8_LDSM_T, SmemElem>;
+};
+
+// fp32 operands, TF32 tensor-core math (mma.sync m16n8k8), fp32 accumulation.
+struct PrecTf32 {
+  using Elem = float;
+  using SmemElem = cute::tfloat32_t;  // same bits as float; the tensor cores read the top 19
+  static constexpr int kBlockK = 32;
+  static constexpr int kStages = 4;
+  using TiledMma = decltype(cute::make_tiled_mma(
+      cute::MMA_Atom<cute::SM80_16x8x8_F32TF32TF32F32_TN>{},
+      cute::Layout<cute::Shape<cute::_2, cute::_4, cute::_1>>{},
+      cute::Tile<cute::_32, cute::_32, cute::_8>{}));
+  using SmemAtomA = decltype(cute::composition(
+      cute::Swizzle<3, 2, 3>{},
+      cute::Layout<cute::Shape<cute::_8, cute::_32>, cute::Stride<cute::_32, cute::_1>>{}));
+  using SmemAtomB = decltype(cute::composition(
+      cute::Swizzle<3, 2, 3>{},
+      cute::Layout<cute::Shape<cute::_32, cute::_8>, cute::Stride<cute::_1, cute::_32>>{}));
+  using CopyA = cute::Copy_Atom<cute::UniversalCopy<SmemElem>, SmemElem>;
+  using CopyB = cute::Copy_Atom<cute::UniversalCopy<SmemElem>, SmemElem>;
+};
+
+// Strict fp32: plain FMA on the CUDA cores, 16x16 threads each owning an 8x8 block of the tile.
+struct PrecFp32 {
+  using Elem = float;
+  using SmemElem = float;
+  static constexpr int kBlockK = 32;
+  static constexpr int kStages = 3;
+  using TiledMma = decltype(cute::make_tiled_mma(
+      cute::UniversalFMA<float, float, float, float>{},
+      cute::Layout<cute::Shape<cute::_16, cute::_16, cute::_1>>{}));
+  using SmemAtomA = PrecTf32::SmemAtomA;
+  using SmemAtomB = PrecTf32::SmemAtomB;
+  using CopyA = cute::Copy_Atom<cute::UniversalCopy<float>, float>;
+  using CopyB = cute::Copy_Atom<cute::UniversalCopy<float>, float>;
+};
+
+// Element conversions used by epilogues and the combine.
+__device__ __forceinline__ float to_float(cute::bfloat16_t v) { return static_cast<float>(v); }
+__device__ __forceinline__ float to_float(float v) { return v; }
+template <class Elem>
+__device__ __forceinline__ Elem from_float(float v) {
+  return static_cast<Elem>(v);
+}
+
+}  // namespace monomoe::device

@@ -1,0 +1,151 @@
+// One 128x128 output tile C = A[rows] * B[:, cols] computed by a whole block: rows of A are gathered
+// through a per-row pointer table (token rows of x, or rows of the activation buffer), B is a weight
+// matrix stored [K, N] with N contiguous. Global -> shared through a multi-stage cp.async pipeline,
+// shared -> registers and the MMAs through CuTe atoms (precision.cuh). The fp32 result is left in
+// shared memory for the caller's epilogue.
+#pragma once
+
+#include <cute/tensor.hpp>
+
+#include "device/gemm/precision.cuh"
+
+namespace monomoe::device {
+
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
+  const unsigned int dst = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
+  // src-size 0 zero-fills the 16 bytes without reading: rows past the tile's end become zeros.
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+template <class P>
+struct TileGemm {
+  using Elem = typename P::Elem;
+  using SmemElem = typename P::SmemElem;
+  static constexpr int kBK = P::kBlockK;
+  static constexpr int kStages = P::kStages;
+  static constexpr int kChunkElems = 16 / sizeof(Elem);  // elements per 16-byte copy
+  static constexpr int kCPitch = kTileCols + 4;           // fp32 result row pitch, padded for banks
+
+  using SmemLayoutA = decltype(cute::tile_to_shape(
+      typename P::SmemAtomA{},
+      cute::make_shape(cute::Int<kTileRows>{}, cute::Int<kBK>{}, cute::Int<kStages>{})));
+  using SmemLayoutB = decltype(cute::tile_to_shape(
+      typename P::SmemAtomB{},
+      cute::make_shape(cute::Int<kTileCols>{}, cute::Int<kBK>{}, cute::Int<kStages>{})));
+  static constexpr int kElemsA = cute::cosize_v<SmemLayoutA>;
+  static constexpr int kElemsB = cute::cosize_v<SmemLayoutB>;
+  static constexpr int kPipeBytes = (kElemsA + kElemsB) * static_cast<int>(sizeof(SmemElem));
+  static constexpr int kCBytes = kTileRows * kCPitch * 4;
+  static constexpr int kBufferBytes = kPipeBytes > kCBytes ? kPipeBytes : kCBytes;
+
+  // Shared memory of the GEMM: the operand pipeline, reused for the fp32 result once the MMAs end.
+  struct Smem {
+    alignas(128) unsigned char buffer[kBufferBytes];
+    const Elem* rows[kTileRows];  // A row sources; nullptr rows read as zeros
+  };
+
+  static_assert(sizeof(Elem) == sizeof(SmemElem));
+  static_assert(kTileRows * kBK / kChunkElems == 4 * kThreads, "A tile: 4 chunks per thread");
+  static_assert(kTileCols * kBK / kChunkElems == 4 * kThreads, "B tile: 4 chunks per thread");
+
+  static __device__ __forceinline__ const float* result(const Smem& sm) {
+    return reinterpret_cast<const float*>(sm.buffer);
+  }
+
+  // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage`.
+  static __device__ __forceinline__ void load_stage(Smem& sm, const Elem* b, int ldb, int col_lo,
+                                                    int col_hi, int kt, int stage) {
+    SmemElem* sa = reinterpret_cast<SmemElem*>(sm.buffer);
+    SmemElem* sb = sa + kElemsA;
+    constexpr int kChunksPerRowA = kBK / kChunkElems;
+    constexpr int kChunksPerRowB = kTileCols / kChunkElems;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int q = static_cast<int>(threadIdx.x) + i * kThreads;
+      const int r = q / kChunksPerRowA;
+      const int k = (q % kChunksPerRowA) * kChunkElems;
+      const Elem* src = sm.rows[r];
+      cp_async_16(sa + SmemLayoutA{}(r, k, stage), src ? src + kt * kBK + k : b, src != nullptr);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int q = static_cast<int>(threadIdx.x) + i * kThreads;
+      const int k = q / kChunksPerRowB;
+      const int n = (q % kChunksPerRowB) * kChunkElems;
+      // Columns [0, 64) of the tile come from col_lo, [64, 128) from col_hi: one tile can hold the
+      // gate and up halves of a SwiGLU expert.
+      const int col = n < kTileCols / 2 ? col_lo + n : col_hi + (n - kTileCols / 2);
+      const Elem* src = b + static_cast<long long>(kt * kBK + k) * ldb + col;
+      cp_async_16(sb + SmemLayoutB{}(n, k, stage), src, true);
+    }
+  }
+
+  // C[128 x 128] (fp32, in shared memory, pitch kCPitch) = A[rows, 0:K] * B[0:K, cols]. The caller
+  // fills sm.rows before the call; K is a multiple of kBK. Every thread of the block must call.
+  static __device__ void run(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi, int k_total) {
+    using namespace cute;
+    __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
+
+    typename P::TiledMma mma;
+    auto thr = mma.get_thread_slice(threadIdx.x);
+    SmemElem* sa_ptr = reinterpret_cast<SmemElem*>(sm.buffer);
+    Tensor sA = make_tensor(make_smem_ptr(sa_ptr), SmemLayoutA{});
+    Tensor sB = make_tensor(make_smem_ptr(sa_ptr + kElemsA), SmemLayoutB{});
+    Tensor tCrA = thr.partition_fragment_A(sA(_, _, 0));
+    Tensor tCrB = thr.partition_fragment_B(sB(_, _, 0));
+    Tensor acc = partition_fragment_C(mma, Shape<Int<kTileRows>, Int<kTileCols>>{});
+    clear(acc);
+
+    auto copy_a = make_tiled_copy_A(typename P::CopyA{}, mma);
+    auto thr_a = copy_a.get_thread_slice(threadIdx.x);
+    Tensor tXsA = thr_a.partition_S(sA);
+    Tensor tXrA = thr_a.retile_D(tCrA);
+    auto copy_b = make_tiled_copy_B(typename P::CopyB{}, mma);
+    auto thr_b = copy_b.get_thread_slice(threadIdx.x);
+    Tensor tXsB = thr_b.partition_S(sB);
+    Tensor tXrB = thr_b.retile_D(tCrB);
+
+    const int k_tiles = k_total / kBK;
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, s, s);
+      cp_async_commit();
+    }
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      cp_async_wait<kStages - 2>();
+      // Stage kt has landed for every thread, and every thread is done with stage kt-1, which the
+      // load below overwrites.
+      __syncthreads();
+      const int next = kt + kStages - 1;
+      if (next < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, next, next % kStages);
+      cp_async_commit();
+      const int stage = kt % kStages;
+      constexpr int kBlocks = decltype(size<2>(tCrA))::value;
+#pragma unroll
+      for (int kb = 0; kb < kBlocks; ++kb) {
+        copy(copy_a, tXsA(_, _, kb, stage), tXrA(_, _, kb));
+        copy(copy_b, tXsB(_, _, kb, stage), tXrB(_, _, kb));
+        gemm(mma, tCrA(_, _, kb), tCrB(_, _, kb), acc);
+      }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // all MMAs have read the pipeline: the buffer becomes the result tile
+
+    Tensor sC = make_tensor(
+        make_smem_ptr(reinterpret_cast<float*>(sm.buffer)),
+        make_layout(make_shape(Int<kTileRows>{}, Int<kTileCols>{}),
+                    make_stride(Int<kCPitch>{}, Int<1>{})));
+    Tensor tCsC = thr.partition_C(sC);
+    copy(acc, tCsC);
+    __syncthreads();
+  }
+};
+
+}  // namespace monomoe::device

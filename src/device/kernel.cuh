@@ -1,0 +1,49 @@
+// The persistent kernel: one launch computes the whole MoE layer. Every block runs the gate for its
+// token tiles, the routing phases (separated by grid barriers, since row positions need all counts),
+// then the task loop: GEMM0, GEMM1 and combine tasks of different tiles overlap until the queue's
+// task count, known exactly after routing, is exhausted.
+#pragma once
+
+#include "device/combine.cuh"
+#include "device/gate.cuh"
+#include "device/processor.cuh"
+#include "device/route.cuh"
+#include "device/subscriber.cuh"
+
+namespace monomoe::device {
+
+template <class P>
+__global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_constant__ Params p) {
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  auto& sm = *reinterpret_cast<KernelSmem<P>*>(smem_raw);
+
+  for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) gate_tile<P>(p, sm, tile);
+  if (!grid_barrier(p, 1)) return;
+
+  scan_tile_counts(p);
+  if (!grid_barrier(p, 2)) return;
+
+  summarize_routes(p, sm.route);
+  for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) scatter_tile(p, sm.route, tile);
+  if (!grid_barrier(p, 3)) return;
+
+  if (blockIdx.x == 0) publish_initial_tasks<P>(p, sm);
+  while (pop_task(p, sm.task, sm.route.total_tasks)) {
+    const Task task = sm.task.task;
+    switch (static_cast<TaskType>(task.head)) {
+      case TaskType::gemm0: run_gemm0<P>(p, sm, task.a, task.b); break;
+      case TaskType::gemm1: run_gemm1<P>(p, sm, task.a, task.b); break;
+      case TaskType::combine: run_combine<P>(p, task.a, task.b); break;
+      default:
+        if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, static_cast<int>(task.head), 0);
+        return;
+    }
+  }
+}
+
+template <class P>
+constexpr int kernel_smem_bytes() {
+  return static_cast<int>(sizeof(KernelSmem<P>));
+}
+
+}  // namespace monomoe::device

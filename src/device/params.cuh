@@ -1,0 +1,111 @@
+// Everything the persistent kernel needs, computed once on the host (host decides, device executes).
+#pragma once
+
+#include <cstdint>
+
+namespace monomoe::device {
+
+inline constexpr int kThreads = 256;   // 8 warps per block
+inline constexpr int kTileRows = 128;  // rows (token copies) per GEMM task and tokens per gate tile
+inline constexpr int kTileCols = 128;  // output columns per GEMM task
+inline constexpr int kCombineCols = 512;
+inline constexpr int kMaxExperts = 256;
+inline constexpr int kMaxTopK = 8;
+
+enum class Act : int { relu = 0, gelu = 1, silu = 2, swiglu = 3 };
+
+// Kernel-side errors; the host decodes them into KernelError messages (layer.cu).
+enum class ErrorCode : int {
+  none = 0,
+  timeout_barrier = 1,  // a grid barrier did not complete in time
+  timeout_queue = 2,    // a task slot stayed empty past the timeout
+  bad_task = 3,         // a task descriptor held an impossible value
+  bad_route = 4,        // routing produced an out-of-range expert or row
+  aborted = 5,          // another block reported an error first
+};
+
+// First error wins; sticky across forwards until the host reads and clears it.
+struct ErrorRecord {
+  int code;
+  int block;
+  int detail0;
+  int detail1;
+};
+static_assert(sizeof(ErrorRecord) == 16);
+
+enum class TaskType : std::uint32_t { gemm0 = 1, gemm1 = 2, combine = 3 };
+
+// One queue slot. `head` is written last with release semantics; zero means "not yet written".
+struct alignas(16) Task {
+  std::uint32_t head;  // TaskType, 0 while the slot is empty
+  std::int32_t a;      // gemm0/gemm1: row tile; combine: token tile
+  std::int32_t b;      // output column tile
+  std::int32_t c;      // unused (reserved for the source rank)
+};
+static_assert(sizeof(Task) == 16 && alignof(Task) == 16);
+
+// Control words, zeroed by one cudaMemsetAsync before every launch.
+struct Control {
+  unsigned int barrier;       // grid barrier arrivals (monotonic within a launch)
+  unsigned int queue_tail;    // slots reserved by producers
+  unsigned int queue_head;    // slots taken by consumers
+  int abort;                  // set by the first block that fails: every wait gives up
+  int pad[4];
+  // Followed in memory by (offsets in Params):
+  //   int expert_count[experts]      rows routed to each expert (before capacity)
+  //   int expert_dropped[experts]    rows dropped by capacity
+  //   int rowtile_done[row_tiles]    GEMM0 tasks finished per row tile
+  //   int tokentile_done[token_tiles] expert rows x GEMM1 column tiles finished per token tile
+  //   int tokentile_target[token_tiles] the value tokentile_done reaches when the tile is complete
+};
+
+struct Params {
+  // Shapes of this call.
+  int tokens;      // S, > 0
+  int hidden;      // H
+  int ffn;         // I
+  int experts;     // E
+  int topk;        // k
+  int experts_padded;   // gate columns after padding to a multiple of kTileCols
+  int capacity;    // rows kept per expert (tokens when dropless)
+  Act act;
+  int renormalize;
+  int has_bias;
+  long long timeout_ns;
+
+  // Derived counts.
+  int token_tiles;      // ceil(S / 128)
+  int gemm0_col_tiles;  // I / 128 (swiglu: 2I / 128, each producing 64 columns)
+  int gemm1_col_tiles;  // H / 128
+  int combine_col_tiles;
+
+  // Inputs and weights (element type of the instantiation).
+  const void* x;        // [S, H]
+  void* y;              // [S, H]
+  const void* gate;     // [H, experts_padded], zero-padded copy
+  const void* w1;       // [E, H, w1_columns]
+  const void* b1;       // [E, w1_columns] or nullptr
+  const void* w2;       // [E, I, H]
+  const void* b2;       // [E, H] or nullptr
+
+  // Workspace.
+  Control* control;
+  int* expert_count;
+  int* expert_dropped;
+  int* rowtile_done;
+  int* tokentile_done;
+  int* tokentile_target;       // expert rows kept in each token tile x gemm1_col_tiles
+  ErrorRecord* error;
+  float* logits;               // [S, experts_padded]
+  int* topk_expert;            // [S, k]
+  float* topk_weight;          // [S, k]
+  std::uint8_t* topk_kept;     // [S, k]
+  int* tile_counts;            // [token_tiles, E]: counts, then exclusive prefix over tiles
+  int* expert_rows;            // [rows]: token * k + choice, grouped by expert, token order inside
+  void* hidden_act;            // [rows, I]
+  void* stage;                 // [S * k, H]
+  Task* tasks;                 // [max_tasks]
+  int max_tasks;
+};
+
+}  // namespace monomoe::device

@@ -1,0 +1,125 @@
+// Processor role: runs GEMM tasks. GEMM0 (x * W1 + b1, activation) writes a 128-row tile of the
+// activation buffer; the last GEMM0 of a row tile publishes that tile's GEMM1 tasks. GEMM1 (h * W2 +
+// b2) writes each row to its (token, choice) slot of the stage buffer; the last contribution to a
+// token tile publishes that tile's combine tasks.
+#pragma once
+
+#include "device/epilogue.cuh"
+#include "device/queue.cuh"
+#include "device/smem.cuh"
+
+namespace monomoe::device {
+
+struct RowTile {
+  int expert;  // global expert id
+  int first;   // first row of the tile in expert_rows / hidden_act
+  int rows;    // valid rows, 1..128
+};
+
+__device__ __forceinline__ RowTile locate_row_tile(const Params& p, const RouteSmem& rs, int tile) {
+  int lo = 0, hi = p.experts;  // largest e with tile_base[e] <= tile; empty experts share a base
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) / 2;
+    if (rs.tile_base[mid] <= tile) lo = mid; else hi = mid;
+  }
+  const int m = tile - rs.tile_base[lo];
+  RowTile rt;
+  rt.expert = lo;
+  rt.first = rs.row_base[lo] + m * kTileRows;
+  rt.rows = min(kTileRows, rs.kept[lo] - m * kTileRows);
+  return rt;
+}
+
+// Makes this block's global writes visible GPU-wide before thread 0 signals a counter.
+__device__ __forceinline__ void publish_block_writes() {
+  __threadfence();
+  __syncthreads();
+}
+
+template <class P>
+__device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int col_tile) {
+  using Elem = typename P::Elem;
+  const RowTile rt = locate_row_tile(p, sm.route, tile);
+  if (rt.rows <= 0 || rt.expert >= p.experts) {
+    if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, tile, rt.rows);
+    return;
+  }
+  const Elem* x = static_cast<const Elem*>(p.x);
+  if (threadIdx.x < kTileRows) {
+    const int r = static_cast<int>(threadIdx.x);
+    const Elem* src = nullptr;
+    if (r < rt.rows) {
+      const int token = __ldcg(p.expert_rows + rt.first + r) / p.topk;
+      src = x + static_cast<long long>(token) * p.hidden;
+    }
+    sm.gemm.rows[r] = src;
+  }
+  const bool swiglu = p.act == Act::swiglu;
+  const int w1_cols = swiglu ? 2 * p.ffn : p.ffn;
+  const int out_cols = swiglu ? kTileCols / 2 : kTileCols;
+  const int col0 = col_tile * out_cols;
+  const int col_hi = swiglu ? p.ffn + col0 : col0 + kTileCols / 2;
+  const Elem* w1 = static_cast<const Elem*>(p.w1) + static_cast<long long>(rt.expert) * p.hidden * w1_cols;
+  TileGemm<P>::run(sm.gemm, w1, w1_cols, col0, col_hi, p.hidden);
+
+  const Elem* b1 = p.has_bias ? static_cast<const Elem*>(p.b1) + static_cast<long long>(rt.expert) * w1_cols
+                              : nullptr;
+  Elem* h = static_cast<Elem*>(p.hidden_act);
+  epilogue_gemm0<P>(TileGemm<P>::result(sm.gemm), TileGemm<P>::kCPitch, rt.rows, out_cols, swiglu,
+                    p.act, b1, col0, col_hi, h + static_cast<long long>(rt.first) * p.ffn + col0,
+                    p.ffn);
+
+  publish_block_writes();
+  if (threadIdx.x == 0) {
+    const int done = atomicAdd(p.rowtile_done + tile, 1) + 1;
+    if (done == p.gemm0_col_tiles) {
+      __threadfence();  // acquire side of the counter: all GEMM0 tiles of the row tile precede
+      push_tasks(p, TaskType::gemm1, tile, 0, p.gemm1_col_tiles);
+    }
+  }
+}
+
+template <class P>
+__device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int col_tile) {
+  using Elem = typename P::Elem;
+  const RowTile rt = locate_row_tile(p, sm.route, tile);
+  if (rt.rows <= 0 || rt.expert >= p.experts) {
+    if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, tile, rt.rows);
+    return;
+  }
+  const Elem* h = static_cast<const Elem*>(p.hidden_act);
+  if (threadIdx.x < kTileRows) {
+    const int r = static_cast<int>(threadIdx.x);
+    const bool valid = r < rt.rows;
+    const int id = valid ? __ldcg(p.expert_rows + rt.first + r) : -1;
+    sm.task.row_id[r] = id;
+    sm.task.token_tile[r] = valid ? id / p.topk / kTileRows : -1;
+    sm.gemm.rows[r] = valid ? h + static_cast<long long>(rt.first + r) * p.ffn : nullptr;
+  }
+  const int col0 = col_tile * kTileCols;
+  const Elem* w2 = static_cast<const Elem*>(p.w2) + static_cast<long long>(rt.expert) * p.ffn * p.hidden;
+  TileGemm<P>::run(sm.gemm, w2, p.hidden, col0, col0 + kTileCols / 2, p.ffn);
+
+  const Elem* b2 = p.has_bias ? static_cast<const Elem*>(p.b2) + static_cast<long long>(rt.expert) * p.hidden
+                              : nullptr;
+  epilogue_gemm1<P>(TileGemm<P>::result(sm.gemm), TileGemm<P>::kCPitch, rt.rows, sm.task.row_id, b2,
+                    col0, static_cast<Elem*>(p.stage), p.hidden);
+
+  publish_block_writes();
+  // One counter update per run of rows that share a token tile (rows are in token order).
+  if (static_cast<int>(threadIdx.x) < rt.rows) {
+    const int r = static_cast<int>(threadIdx.x);
+    const int tt = sm.task.token_tile[r];
+    if (r == 0 || sm.task.token_tile[r - 1] != tt) {
+      int len = 1;
+      while (r + len < rt.rows && sm.task.token_tile[r + len] == tt) ++len;
+      const int done = atomicAdd(p.tokentile_done + tt, len) + len;
+      if (done == __ldcg(p.tokentile_target + tt)) {
+        __threadfence();
+        push_tasks(p, TaskType::combine, tt, 0, p.combine_col_tiles);
+      }
+    }
+  }
+}
+
+}  // namespace monomoe::device

@@ -1,0 +1,49 @@
+// The task queue: a slot array in global memory. Producers reserve slots with one atomic on the tail
+// and publish each slot by a release store of its head word; consumers take slots in order with one
+// atomic on the head and acquire the head word. Atomics decide only where work runs.
+#pragma once
+
+#include "device/sync.cuh"
+
+namespace monomoe::device {
+
+// Publishes `count` tasks (type, a, b_first + i). One thread calls it.
+__device__ __forceinline__ void push_tasks(const Params& p, TaskType type, int a, int b_first,
+                                           int count) {
+  const unsigned int base = atomicAdd(&p.control->queue_tail, static_cast<unsigned int>(count));
+  if (base + count > static_cast<unsigned int>(p.max_tasks)) {
+    raise_error(p, ErrorCode::bad_task, static_cast<int>(base) + count, p.max_tasks);
+    return;
+  }
+  for (int i = 0; i < count; ++i) {
+    Task* slot = p.tasks + base + i;
+    slot->a = a;
+    slot->b = b_first + i;
+    slot->c = 0;
+    // Release: the fields above, and whatever this thread observed before, precede the head.
+    st_release_gpu(&slot->head, static_cast<unsigned int>(type));
+  }
+}
+
+// Takes the next task for the whole block (thread 0 waits, the block reads sm.task). Returns false
+// when all `total` tasks are taken or the launch aborted.
+__device__ __forceinline__ bool pop_task(const Params& p, TaskSmem& ts, int total) {
+  __syncthreads();  // everyone is done with the previous task descriptor
+  if (threadIdx.x == 0) {
+    ts.task.head = 0;
+    const unsigned int idx = atomicAdd(&p.control->queue_head, 1u);
+    if (idx < static_cast<unsigned int>(total)) {
+      Task* slot = p.tasks + idx;
+      if (wait_at_least(p, &slot->head, 1u, ErrorCode::timeout_queue, static_cast<int>(idx))) {
+        ts.task.head = slot->head;
+        ts.task.a = __ldcg(&slot->a);
+        ts.task.b = __ldcg(&slot->b);
+        ts.task.c = __ldcg(&slot->c);
+      }
+    }
+  }
+  __syncthreads();
+  return ts.task.head != 0;
+}
+
+}  // namespace monomoe::device

@@ -1,0 +1,88 @@
+// Routing: turns the gate's per-tile counts into each (token, choice)'s row in its expert's list.
+// Rows of one expert appear in ascending token order whatever the block count or timing, so the
+// capacity cut (the first `capacity` rows of each expert) and every later sum are deterministic.
+#pragma once
+
+#include "device/smem.cuh"
+#include "device/sync.cuh"
+
+namespace monomoe::device {
+
+// Phase 2 (after the first grid barrier): for each expert, an exclusive prefix of the per-tile
+// counts over token tiles, in place, and the expert's total. Threads of all blocks share experts.
+__device__ __forceinline__ void scan_tile_counts(const Params& p) {
+  const int g = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  for (int e = g; e < p.experts; e += static_cast<int>(gridDim.x * blockDim.x)) {
+    int run = 0;
+    for (int tile = 0; tile < p.token_tiles; ++tile) {
+      int* c = p.tile_counts + static_cast<long long>(tile) * p.experts + e;
+      const int n = __ldcg(c);
+      *c = run;
+      run += n;
+    }
+    p.expert_count[e] = run;
+  }
+}
+
+// Every block: rows kept per expert and the prefix sums that place experts' rows and row tiles.
+__device__ __forceinline__ void summarize_routes(const Params& p, RouteSmem& rs) {
+  for (int e = threadIdx.x; e < p.experts; e += kThreads) {
+    rs.kept[e] = min(__ldcg(p.expert_count + e), p.capacity);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int rows = 0, tiles = 0;
+    for (int e = 0; e < p.experts; ++e) {
+      rs.row_base[e] = rows;
+      rs.tile_base[e] = tiles;
+      rows += rs.kept[e];
+      tiles += (rs.kept[e] + kTileRows - 1) / kTileRows;
+    }
+    rs.row_base[p.experts] = rows;
+    rs.tile_base[p.experts] = tiles;
+    rs.row_tiles = tiles;
+    rs.total_tasks = tiles * (p.gemm0_col_tiles + p.gemm1_col_tiles) + p.token_tiles * p.combine_col_tiles;
+  }
+  __syncthreads();
+}
+
+// Phase 3: places the choices of one token tile. A choice's position within its expert is the tile's
+// prefix plus the number of earlier tokens of the tile that chose the same expert.
+__device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int tile) {
+  const int first = tile * kTileRows;
+  const int rows = min(kTileRows, p.tokens - first);
+  const int k = p.topk;
+  for (int i = threadIdx.x; i < rows * k; i += kThreads) {
+    rs.choice[i] = __ldcg(p.topk_expert + static_cast<long long>(first) * k + i);
+  }
+  __shared__ int kept_in_tile;
+  if (threadIdx.x == 0) kept_in_tile = 0;
+  __syncthreads();
+  if (static_cast<int>(threadIdx.x) < rows) {
+    const int r = static_cast<int>(threadIdx.x);
+    const int t = first + r;
+    int kept = 0;
+    for (int j = 0; j < k; ++j) {
+      const int e = rs.choice[r * k + j];
+      int earlier = 0;
+      for (int q = 0; q < r; ++q) {
+        for (int jj = 0; jj < k; ++jj) earlier += rs.choice[q * k + jj] == e;
+      }
+      const int pos = __ldcg(p.tile_counts + static_cast<long long>(tile) * p.experts + e) + earlier;
+      const bool keep = pos < p.capacity;
+      if (keep) {
+        p.expert_rows[rs.row_base[e] + pos] = t * k + j;
+        ++kept;
+      } else {
+        atomicAdd(p.expert_dropped + e, 1);
+      }
+      p.topk_kept[t * k + j] = keep ? 1 : 0;
+    }
+    atomicAdd(&kept_in_tile, kept);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) p.tokentile_target[tile] = kept_in_tile * p.gemm1_col_tiles;
+  __syncthreads();
+}
+
+}  // namespace monomoe::device

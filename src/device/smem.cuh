@@ -1,0 +1,35 @@
+// The kernel's shared memory: one struct per role, one union-free struct for the whole block.
+#pragma once
+
+#include "device/gemm/tile_gemm.cuh"
+#include "device/params.cuh"
+
+namespace monomoe::device {
+
+// Routing summary, computed by every block once the expert counts are known (route.cuh).
+struct RouteSmem {
+  int count[kMaxExperts];          // gate: this tile's rows per expert
+  int kept[kMaxExperts];           // rows each expert keeps after capacity
+  int row_base[kMaxExperts + 1];   // first row of each expert in expert_rows / hidden_act
+  int tile_base[kMaxExperts + 1];  // first row tile of each expert
+  int choice[kTileRows * kMaxTopK];  // scatter: the tile's expert choices
+  int row_tiles;                   // row tiles over all experts
+  int total_tasks;
+};
+
+// Per-task scratch of the processor and combine roles.
+struct TaskSmem {
+  Task task;
+  int row_id[kTileRows];     // GEMM1: token * k + choice of each row of the tile
+  int token_tile[kTileRows]; // GEMM1: token tile of each row (-1 past the end)
+  int queue_base;
+};
+
+template <class P>
+struct KernelSmem {
+  typename TileGemm<P>::Smem gemm;
+  RouteSmem route;
+  TaskSmem task;
+};
+
+}  // namespace monomoe::device

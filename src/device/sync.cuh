@@ -1,0 +1,81 @@
+// Ordering and waiting primitives. Every wait is bounded by the configured timeout and gives up when
+// any block has aborted, so a failure turns into an error record, never a hang.
+#pragma once
+
+#include <cstdint>
+
+#include "device/params.cuh"
+
+namespace monomoe::device {
+
+__device__ __forceinline__ long long global_ns() {
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+__device__ __forceinline__ unsigned int ld_acquire_gpu(const unsigned int* p) {
+  unsigned int v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void st_release_gpu(unsigned int* p, unsigned int v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ int ld_relaxed_gpu(const int* p) {
+  int v;
+  asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Records the first error (code, block, details) and raises the abort flag that every wait checks.
+__device__ __forceinline__ void raise_error(const Params& p, ErrorCode code, int d0, int d1) {
+  if (atomicCAS(&p.error->code, 0, static_cast<int>(code)) == 0) {
+    p.error->block = static_cast<int>(blockIdx.x);
+    p.error->detail0 = d0;
+    p.error->detail1 = d1;
+  }
+  atomicExch(&p.control->abort, 1);
+}
+
+__device__ __forceinline__ bool aborted(const Params& p) {
+  return ld_relaxed_gpu(&p.control->abort) != 0;
+}
+
+// Spins (one thread) until *word >= target with acquire semantics. Returns false on timeout or
+// abort; on timeout it records `code` itself.
+__device__ __forceinline__ bool wait_at_least(const Params& p, const unsigned int* word,
+                                              unsigned int target, ErrorCode code, int detail) {
+  const long long start = global_ns();
+  for (int spin = 0;; ++spin) {
+    if (ld_acquire_gpu(word) >= target) return true;
+    if ((spin & 63) == 63) {
+      if (aborted(p)) return false;
+      if (global_ns() - start > p.timeout_ns) {
+        raise_error(p, code, detail, static_cast<int>(target));
+        return false;
+      }
+    }
+    __nanosleep(64);
+  }
+}
+
+// Grid-wide barrier number `n` (1, 2, ...) of this launch. All blocks are co-resident (cooperative
+// launch). Returns false in every thread if it timed out or some block aborted.
+__device__ __forceinline__ bool grid_barrier(const Params& p, unsigned int n) {
+  __shared__ int ok;
+  // Each thread's fence publishes its own global writes before the block's arrival is counted.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    atomicAdd(&p.control->barrier, 1u);
+    ok = wait_at_least(p, &p.control->barrier, n * gridDim.x, ErrorCode::timeout_barrier,
+                       static_cast<int>(n));
+  }
+  __syncthreads();
+  return ok != 0;
+}
+
+}  // namespace monomoe::device

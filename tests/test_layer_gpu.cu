@@ -1,0 +1,247 @@
+// The fused kernel on one GPU against the float64 CPU reference (label gpu).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "bench/device_problem.hpp"
+#include "gpu_test.hpp"
+#include "monomoe/monomoe.hpp"
+#include "reference/reference.hpp"
+
+namespace monomoe {
+namespace {
+
+struct Case {
+  const char* name;
+  LayerConfig cfg;
+  std::int64_t tokens;
+  std::int64_t skew_expert = -1;  // >= 0: every token picks this expert first
+};
+
+LayerConfig small(DType dtype, Activation act) {
+  LayerConfig c;
+  c.max_tokens = 512;
+  c.hidden = 256;
+  c.ffn = 256;
+  c.experts = 8;
+  c.topk = 2;
+  c.dtype = dtype;
+  c.activation = act;
+  c.timeout_seconds = 10.0;
+  return c;
+}
+
+Communicator& single_gpu() {
+  static Communicator comm(UniqueId::create(), 0, 1, 0);
+  return comm;
+}
+
+// Runs the layer once on fresh inputs and compares every token with the reference.
+void check_case(const Case& tc, std::uint64_t seed) {
+  SCOPED_TRACE(tc.name);
+  reference::Problem pr = reference::make_problem(tc.cfg, {tc.tokens}, seed);
+  if (tc.skew_expert >= 0) reference::skew_gate_towards(pr, tc.skew_expert, 50.f);
+  const reference::Result ref = reference::run(pr);
+  bench::DeviceProblem dev(pr, 0);
+  MoELayer layer(tc.cfg, single_gpu(), dev.weights());
+  dev.poison_y();
+  layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
+  const ForwardStats stats = layer.stats();
+  std::vector<std::int32_t> experts;
+  std::vector<float> weights;
+  layer.routing(experts, weights);
+  const auto cmp = bench::compare(pr, ref.ranks[0], dev.y_host(), experts);
+  EXPECT_TRUE(cmp.passed) << cmp.summary();
+  EXPECT_EQ(stats.dropped, ref.dropped);
+  for (std::size_t e = 0; e < ref.dropped_per_expert.size(); ++e) {
+    EXPECT_EQ(stats.dropped_per_expert[e], ref.dropped_per_expert[e]) << "expert " << e;
+  }
+}
+
+TEST(LayerGpu, EveryPrecisionAndActivation) {
+  MONOMOE_REQUIRE_GPU();
+  std::uint64_t seed = 100;
+  for (DType d : {DType::bf16, DType::tf32, DType::fp32}) {
+    for (Activation a : {Activation::relu, Activation::gelu, Activation::silu, Activation::swiglu}) {
+      const std::string name = std::string(to_string(d)) + "/" + std::string(to_string(a));
+      check_case({name.c_str(), small(d, a), 300}, seed++);
+    }
+  }
+}
+
+TEST(LayerGpu, NoBiasNoRenormalize) {
+  MONOMOE_REQUIRE_GPU();
+  for (DType d : {DType::bf16, DType::fp32}) {
+    LayerConfig c = small(d, Activation::gelu);
+    c.bias = false;
+    c.renormalize = false;
+    check_case({"no-bias", c, 257}, 7);
+  }
+}
+
+TEST(LayerGpu, RoutingEdgeCases) {
+  MONOMOE_REQUIRE_GPU();
+  {
+    LayerConfig c = small(DType::bf16, Activation::silu);
+    c.experts = 16;
+    check_case({"skewed: all tokens to expert 5", c, 512, 5}, 11);
+  }
+  {
+    LayerConfig c = small(DType::fp32, Activation::relu);
+    c.experts = 64;
+    check_case({"experts without tokens", c, 10}, 12);
+  }
+  for (DType d : {DType::bf16, DType::tf32, DType::fp32}) {
+    check_case({"one token", small(d, Activation::gelu), 1}, 13);
+  }
+  {
+    LayerConfig c = small(DType::bf16, Activation::swiglu);
+    c.experts = 7;
+    c.topk = 3;
+    check_case({"odd experts 7, top-3", c, 333}, 14);
+  }
+  {
+    LayerConfig c = small(DType::fp32, Activation::gelu);
+    c.experts = 1;
+    c.topk = 1;
+    check_case({"one expert", c, 200}, 15);
+  }
+  {
+    LayerConfig c = small(DType::bf16, Activation::gelu);
+    c.experts = 255;
+    c.topk = 8;
+    check_case({"255 experts, top-8", c, 512}, 16);
+  }
+  {
+    LayerConfig c = small(DType::bf16, Activation::relu);
+    c.experts = 16;
+    c.capacity_factor = 0.5;
+    check_case({"capacity 0.5 drops rows", c, 512, 3}, 17);
+  }
+  {
+    LayerConfig c = small(DType::tf32, Activation::gelu);
+    c.hidden = 384;
+    c.ffn = 640;
+    check_case({"non-square 384 x 640", c, 129}, 18);
+  }
+}
+
+// Token counts change between calls on one layer, with no reallocation.
+TEST(LayerGpu, VariableTokensPerCall) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c = small(DType::bf16, Activation::gelu);
+  std::uint64_t seed = 40;
+  reference::Problem base = reference::make_problem(c, {c.max_tokens}, seed);
+  bench::DeviceProblem dev(base, 0);
+  MoELayer layer(c, single_gpu(), dev.weights());
+  for (std::int64_t tokens : {100, 37, 512, 1, 0, 255}) {
+    SCOPED_TRACE(tokens);
+    reference::Problem pr = base;
+    pr.tokens = {tokens};
+    pr.x[0].resize(static_cast<std::size_t>(tokens * c.hidden));
+    const reference::Result ref = reference::run(pr);
+    dev.poison_y();
+    layer.forward(dev.x(), tokens, dev.y(), nullptr);
+    std::vector<std::int32_t> experts;
+    std::vector<float> weights;
+    layer.routing(experts, weights);
+    std::vector<float> y = dev.y_host();
+    y.resize(static_cast<std::size_t>(tokens * c.hidden));
+    const auto cmp = bench::compare(pr, ref.ranks[0], y, experts);
+    EXPECT_TRUE(cmp.passed) << cmp.summary();
+  }
+}
+
+// Same inputs, bit-identical outputs.
+TEST(LayerGpu, Deterministic) {
+  MONOMOE_REQUIRE_GPU();
+  for (DType d : {DType::bf16, DType::fp32}) {
+    LayerConfig c = small(d, Activation::gelu);
+    c.experts = 16;
+    reference::Problem pr = reference::make_problem(c, {512}, 77);
+    bench::DeviceProblem dev(pr, 0);
+    MoELayer layer(c, single_gpu(), dev.weights());
+    std::vector<float> first;
+    for (int run = 0; run < 5; ++run) {
+      dev.poison_y();
+      layer.forward(dev.x(), 512, dev.y(), nullptr);
+      layer.synchronize();
+      const std::vector<float> y = dev.y_host();
+      if (run == 0) {
+        first = y;
+      } else {
+        ASSERT_EQ(0, std::memcmp(first.data(), y.data(), y.size() * sizeof(float))) << "run " << run;
+      }
+    }
+  }
+}
+
+// A large config checked on a random sample of tokens, plus every output written.
+TEST(LayerGpu, LargeSampled) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c;
+  c.max_tokens = 4096;
+  c.hidden = 1024;
+  c.ffn = 1024;
+  c.experts = 32;
+  c.topk = 2;
+  reference::Problem pr = reference::make_problem(c, {4096}, 5);
+  bench::DeviceProblem dev(pr, 0);
+  MoELayer layer(c, single_gpu(), dev.weights());
+  dev.poison_y();
+  layer.forward(dev.x(), 4096, dev.y(), nullptr);
+  std::vector<std::int32_t> experts;
+  std::vector<float> weights;
+  layer.routing(experts, weights);
+  std::mt19937_64 rng(9);
+  std::vector<std::int64_t> sample;
+  for (int i = 0; i < 512; ++i) sample.push_back(static_cast<std::int64_t>(rng() % 4096));
+  const reference::Result ref = reference::run(bench::sample_tokens(pr, sample));
+  const auto cmp = bench::compare(pr, ref.ranks[0], dev.y_host(), experts, sample);
+  EXPECT_TRUE(cmp.passed) << cmp.summary();
+}
+
+// Kernel-side failures become exceptions, and the layer works again afterwards.
+TEST(LayerGpu, KernelErrorsReachTheHost) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c = small(DType::fp32, Activation::gelu);
+  reference::Problem pr = reference::make_problem(c, {256}, 3);
+  pr.x[0][5 * c.hidden] = std::nanf("");  // token 5's logits become NaN: no expert can be chosen
+  bench::DeviceProblem bad(pr, 0);
+  MoELayer layer(c, single_gpu(), bad.weights());
+  layer.forward(bad.x(), 256, bad.y(), nullptr);
+  try {
+    layer.synchronize();
+    ADD_FAILURE() << "expected a KernelError";
+  } catch (const KernelError& e) {
+    EXPECT_NE(std::string(e.what()).find("NaN"), std::string::npos) << e.what();
+  }
+  pr.x[0][5 * c.hidden] = 0.5f;
+  const reference::Result ref = reference::run(pr);
+  bench::DeviceProblem good(pr, 0);  // same weights, x without the NaN
+  good.poison_y();
+  layer.forward(good.x(), 256, good.y(), nullptr);
+  std::vector<std::int32_t> experts;
+  std::vector<float> weights;
+  layer.routing(experts, weights);
+  EXPECT_TRUE(bench::compare(pr, ref.ranks[0], good.y_host(), experts).passed);
+}
+
+TEST(LayerGpu, InvalidForwardArguments) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c = small(DType::bf16, Activation::gelu);
+  reference::Problem pr = reference::make_problem(c, {16}, 1);
+  bench::DeviceProblem dev(pr, 0);
+  MoELayer layer(c, single_gpu(), dev.weights());
+  EXPECT_THROW(layer.forward(dev.x(), c.max_tokens + 1, dev.y(), nullptr), ConfigError);
+  EXPECT_THROW(layer.forward(dev.x(), -1, dev.y(), nullptr), ConfigError);
+  ExpertWeights missing = dev.weights();
+  missing.w2 = nullptr;
+  EXPECT_THROW(MoELayer(c, single_gpu(), missing), ConfigError);
+}
+
+}  // namespace
+}  // namespace monomoe
