@@ -18,13 +18,13 @@ t0=$(date +%s)
 rc=$?
 echo "build rc=$rc in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu-summary.log"
 if [ $rc -ne 0 ]; then grep -E "error|Error" "$OUT/gpu-build.log" | head -40; exit $rc; fi
-(cd build-gpu && ctest -L gpu --output-on-failure --timeout 300) > "$OUT/gpu-tests.log" 2>&1
+(cd build-gpu && ctest -L gpu --output-on-failure --timeout ${TEST_TIMEOUT:-150}) > "$OUT/gpu-tests.log" 2>&1
 echo "gpu tests rc=$?: $(grep -E 'tests passed|tests failed' "$OUT/gpu-tests.log")" | tee -a "$OUT/gpu-summary.log"
 grep -E "FAILED|Failure|PASS rel|FAIL rel|Expected|Which is|error" "$OUT/gpu-tests.log" | head -40
 [ "${1:-}" = quick ] && exit 0
-./build-gpu/tools/monomoe check --gpus 1 --cases 24 > "$OUT/gpu-check.log" 2>&1
+timeout 150 ./build-gpu/tools/monomoe check --gpus 1 --cases ${CASES:-24} > "$OUT/gpu-check.log" 2>&1
 echo "check rc=$?: $(tail -1 "$OUT/gpu-check.log")" | tee -a "$OUT/gpu-summary.log"
 grep FAIL "$OUT/gpu-check.log" | head -10
-./build-gpu/tools/monomoe bench --gpus 1 --json "$OUT/bench.json" > "$OUT/gpu-bench.log" 2>&1
+timeout 150 ./build-gpu/tools/monomoe bench --gpus 1 --json "$OUT/bench.json" > "$OUT/gpu-bench.log" 2>&1
 echo "bench rc=$?" | tee -a "$OUT/gpu-summary.log"
 tail -12 "$OUT/gpu-bench.log" | tee -a "$OUT/gpu-summary.log"
