@@ -5,18 +5,32 @@
 if(TARGET monomoe::nccl)
   return()
 endif()
-set(_nccl_hints ${NCCL_ROOT} $ENV{NCCL_ROOT})
-if(DEFINED CUDAToolkit_LIBRARY_ROOT)
-  list(APPEND _nccl_hints ${CUDAToolkit_LIBRARY_ROOT})
+# An NCCL_ROOT given by the user is searched alone (header and library must come from the same NCCL:
+# a wheel's lib/ holds only libnccl.so.2, which a plain search would pass over for the system's
+# libnccl.so). Without NCCL_ROOT: the CUDA toolkit, then system paths.
+set(_nccl_root ${NCCL_ROOT})
+if(NOT _nccl_root)
+  set(_nccl_root $ENV{NCCL_ROOT})
 endif()
-find_path(MONOMOE_NCCL_INCLUDE_DIR nccl_device.h
-  HINTS ${_nccl_hints} ${CUDAToolkit_INCLUDE_DIRS} PATH_SUFFIXES include NO_CACHE)
-find_library(MONOMOE_NCCL_LIBRARY NAMES nccl libnccl.so.2
-  HINTS ${_nccl_hints} ${CUDAToolkit_LIBRARY_DIR} PATH_SUFFIXES lib lib64 NO_CACHE)
+if(_nccl_root)
+  find_path(MONOMOE_NCCL_INCLUDE_DIR nccl_device.h
+    PATHS ${_nccl_root} PATH_SUFFIXES include NO_DEFAULT_PATH NO_CACHE)
+  find_library(MONOMOE_NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR
+    PATHS ${_nccl_root} PATH_SUFFIXES lib lib64 NO_DEFAULT_PATH NO_CACHE)
+else()
+  set(_nccl_hints)
+  if(DEFINED CUDAToolkit_LIBRARY_ROOT)
+    list(APPEND _nccl_hints ${CUDAToolkit_LIBRARY_ROOT})
+  endif()
+  find_path(MONOMOE_NCCL_INCLUDE_DIR nccl_device.h
+    HINTS ${_nccl_hints} ${CUDAToolkit_INCLUDE_DIRS} PATH_SUFFIXES include NO_CACHE)
+  find_library(MONOMOE_NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR
+    HINTS ${_nccl_hints} ${CUDAToolkit_LIBRARY_DIR} PATH_SUFFIXES lib lib64 NO_CACHE)
+endif()
 if(NOT MONOMOE_NCCL_INCLUDE_DIR OR NOT MONOMOE_NCCL_LIBRARY)
   message(FATAL_ERROR
     "monomoe needs NCCL >= 2.28 with its device API (the header nccl_device.h and libnccl.so).\n"
-    "  found header folder: '${MONOMOE_NCCL_INCLUDE_DIR}'  library: '${MONOMOE_NCCL_LIBRARY}'\n"
+    "  NCCL_ROOT: '${_nccl_root}'  found header folder: '${MONOMOE_NCCL_INCLUDE_DIR}'  library: '${MONOMOE_NCCL_LIBRARY}'\n"
     "Point CMake at an NCCL install with -DNCCL_ROOT=<prefix> (holding include/ and lib/), e.g. the\n"
     "PyTorch wheel's <venv>/lib/python3.12/site-packages/nvidia/nccl, or install the CUDA 13 toolkit.")
 endif()

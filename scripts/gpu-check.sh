@@ -18,6 +18,7 @@ t0=$(date +%s)
 rc=$?
 echo "build rc=$rc in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu-summary.log"
 if [ $rc -ne 0 ]; then grep -E "error|Error" "$OUT/gpu-build.log" | head -40; exit $rc; fi
+ldd build-gpu/libmonomoe.so 2>/dev/null | grep -i nccl | tee -a "$OUT/gpu-summary.log"
 (cd build-gpu && ctest -L gpu --output-on-failure --timeout ${TEST_TIMEOUT:-150}) > "$OUT/gpu-tests.log" 2>&1
 echo "gpu tests rc=$?: $(grep -E 'tests passed|tests failed' "$OUT/gpu-tests.log")" | tee -a "$OUT/gpu-summary.log"
 grep -E "FAILED|Failure|PASS rel|FAIL rel|Expected|Which is|error" "$OUT/gpu-tests.log" | head -40
