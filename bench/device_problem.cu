@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -113,7 +114,8 @@ double tolerance(DType dtype) {
   return 0.0;
 }
 
-double margin_threshold(DType dtype) { return dtype == DType::tf32 ? 2e-3 : 1e-4; }
+// Logit gaps below this may flip on the GPU (fp32 accumulation; tf32 rounds the gate's inputs).
+double margin_threshold(DType dtype) { return dtype == DType::tf32 ? 5e-3 : 1e-4; }
 
 std::string Comparison::summary() const {
   std::ostringstream os;
@@ -141,12 +143,13 @@ Comparison compare(const reference::Problem& pr, const reference::RankResult& re
     }
     ++out.compared;
     if (!gpu_experts.empty()) {
-      for (std::size_t j = 0; j < k; ++j) {
-        if (gpu_experts[t * k + j] != ref.topk_expert[i * k + j]) {
-          ++out.route_mismatch;
-          break;
-        }
-      }
+      // The chosen set must match; the order among chosen experts of nearly equal weight may not.
+      std::vector<std::int32_t> a(gpu_experts.begin() + t * k, gpu_experts.begin() + (t + 1) * k);
+      std::vector<std::int32_t> b(ref.topk_expert.begin() + i * k,
+                                  ref.topk_expert.begin() + (i + 1) * k);
+      std::sort(a.begin(), a.end());
+      std::sort(b.begin(), b.end());
+      out.route_mismatch += a == b ? 0 : 1;
     }
     for (std::size_t q = 0; q < h; ++q) {
       const double d = static_cast<double>(y[t * h + q]) - ref.y[i * h + q];

@@ -182,7 +182,7 @@ TEST(ReferenceHand, LiteralValues) {
   const double p0 = 1.0 / (1.0 + std::exp(-3.0));  // softmax(2, -1)[0]
   EXPECT_NEAR(r.ranks[0].topk_weight[0], p0, 1e-15);
   EXPECT_NEAR(r.ranks[0].y[0], 4.0 * p0, 1e-14);
-  EXPECT_NEAR(r.ranks[0].topk_margin[0], p0 - (1.0 - p0), 1e-15);
+  EXPECT_NEAR(r.ranks[0].topk_margin[0], 3.0, 1e-15);  // logit gap 2 - (-1)
 }
 
 TEST(ReferenceHand, ActivationsSanity) {
@@ -279,7 +279,7 @@ TEST(ReferenceRouting, TopKOfTheRecomputedSoftmax) {
         EXPECT_LE(prob[e], prob[last]) << "token " << t << ": expert " << e << " beats " << last;
         next = std::max(next, prob[e]);
       }
-      EXPECT_NEAR(rr.topk_margin[t], prob[last] - next, 1e-14);
+      EXPECT_NEAR(rr.topk_margin[t], std::log(prob[last] / next), 1e-9);  // the logit gap
       double wsum = 0.0;
       for (Idx j = 0; j < k; ++j) {
         const double pe = prob[ix(rr.topk_expert[t * k + j])];
@@ -323,7 +323,7 @@ TEST(ReferenceRouting, ExactTiesGoToTheLowerExpert) {
       } else {
         EXPECT_EQ(r.ranks[0].topk_expert[t * 2 + 1], 6);
         EXPECT_EQ(r.ranks[0].topk_weight[t * 2], r.ranks[0].topk_weight[t * 2 + 1]);
-        EXPECT_GT(r.ranks[0].topk_margin[t], 0.49);  // 1/2 - (a third choice ~e^-20)
+        EXPECT_GT(r.ranks[0].topk_margin[t], 10.0);  // logit gap ~20 to a third choice
       }
     }
   }

@@ -34,10 +34,17 @@ struct ErrorRecord {
 static_assert(sizeof(ErrorRecord) == 16);
 
 enum class TaskType : std::uint32_t { gemm0 = 1, gemm1 = 2, combine = 3 };
+inline constexpr unsigned int kMaxEpoch = (1u << 30) - 1;
 
-// One queue slot. `head` is written last with release semantics; zero means "not yet written".
+__host__ __device__ constexpr unsigned int task_head(unsigned int epoch, TaskType type) {
+  return (epoch << 2) | static_cast<unsigned int>(type);
+}
+
+// One queue slot. `head` is written last with release semantics: (epoch << 2) | TaskType, where
+// epoch numbers the forward calls of a layer. Slots are never cleared: a head from an earlier call
+// holds a smaller epoch and reads as empty.
 struct alignas(16) Task {
-  std::uint32_t head;  // TaskType, 0 while the slot is empty
+  std::uint32_t head;  // (epoch << 2) | TaskType
   std::int32_t a;      // gemm0/gemm1: row tile; combine: token tile
   std::int32_t b;      // output column tile
   std::int32_t c;      // unused (reserved for the source rank)
@@ -106,6 +113,7 @@ struct Params {
   void* stage;                 // [S * k, H]
   Task* tasks;                 // [max_tasks]
   int max_tasks;
+  unsigned int epoch;          // this call's number, 1 .. 2^30 - 1 (see Task)
 };
 
 }  // namespace monomoe::device

@@ -21,7 +21,7 @@ __device__ __forceinline__ void push_tasks(const Params& p, TaskType type, int a
     slot->b = b_first + i;
     slot->c = 0;
     // Release: the fields above, and whatever this thread observed before, precede the head.
-    st_release_gpu(&slot->head, static_cast<unsigned int>(type));
+    st_release_gpu(&slot->head, task_head(p.epoch, type));
   }
 }
 
@@ -34,8 +34,9 @@ __device__ __forceinline__ bool pop_task(const Params& p, TaskSmem& ts, int tota
     const unsigned int idx = atomicAdd(&p.control->queue_head, 1u);
     if (idx < static_cast<unsigned int>(total)) {
       Task* slot = p.tasks + idx;
-      if (wait_at_least(p, &slot->head, 1u, ErrorCode::timeout_queue, static_cast<int>(idx))) {
-        ts.task.head = slot->head;
+      if (wait_at_least(p, &slot->head, p.epoch << 2, ErrorCode::timeout_queue,
+                        static_cast<int>(idx))) {
+        ts.task.head = __ldcg(&slot->head) & 3u;
         ts.task.a = __ldcg(&slot->a);
         ts.task.b = __ldcg(&slot->b);
         ts.task.c = __ldcg(&slot->c);

@@ -28,7 +28,7 @@ __device__ void publish_initial_tasks(const Params& p, KernelSmem<P>& sm) {
       slot->a = i / p.gemm0_col_tiles;
       slot->b = i % p.gemm0_col_tiles;
       slot->c = 0;
-      st_release_gpu(&slot->head, static_cast<unsigned int>(TaskType::gemm0));
+      st_release_gpu(&slot->head, task_head(p.epoch, TaskType::gemm0));
     }
   }
   for (int tt = threadIdx.x; tt < p.token_tiles; tt += kThreads) {

@@ -57,6 +57,7 @@ struct MoELayer::Impl {
   unsigned char* ws = nullptr;
   cudaStream_t last_stream = nullptr;
   std::int64_t last_tokens = 0;
+  unsigned int epoch = 0;  // forward calls so far (the task slots' epoch, device/params.cuh)
 
   template <class T>
   T* at(std::size_t offset) const {
@@ -114,6 +115,7 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
   m.plan = detail::plan_workspace(config);
   MONOMOE_CUDA(cudaMalloc(&m.ws, m.plan.total));
   MONOMOE_CUDA(cudaMemset(m.ws + m.plan.error, 0, sizeof(device::ErrorRecord)));
+  MONOMOE_CUDA(cudaMemset(m.ws + m.plan.tasks, 0, m.plan.max_tasks * sizeof(device::Task)));
   // The gate is small: keep a copy padded to whole column tiles (the kernel's 16-byte loads then
   // never straddle a row). Weights are read from the caller's memory at every forward otherwise.
   const std::size_t elem = element_bytes(config.dtype);
@@ -186,6 +188,12 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   p.stage = m.ws + m.plan.stage;
   p.tasks = m.at<device::Task>(m.plan.tasks);
   p.max_tasks = static_cast<int>(m.plan.max_tasks);
+  // Task slots carry the call's epoch (device/params.cuh); when it would overflow, clear them.
+  if (++m.epoch > device::kMaxEpoch) {
+    MONOMOE_CUDA(cudaMemsetAsync(p.tasks, 0, m.plan.max_tasks * sizeof(device::Task), stream));
+    m.epoch = 1;
+  }
+  p.epoch = m.epoch;
 
   MONOMOE_CUDA(device::launch_forward(c.dtype, p, m.grid, stream));
 }

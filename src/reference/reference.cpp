@@ -154,7 +154,9 @@ void route_token(const LayerConfig& c, const float* x, const float* gate, double
   if (c.renormalize) {
     for (std::size_t j = 0; j < k; ++j) weight[j] /= chosen_sum;
   }
-  *margin = k == e ? 1.0 : prob[sz(expert[k - 1])] - prob[best_free()];
+  // The gap in logits, not in probabilities: softmax keeps the order, and a logit gap is what a GPU's
+  // rounding of the gate GEMM has to overcome (probabilities of e^-50 differ by nothing).
+  *margin = k == e ? 1.0 : logits[sz(expert[k - 1])] - logits[best_free()];
 }
 
 // ---- Phase 3: experts

@@ -41,8 +41,8 @@ struct RankResult {
   // weight here but contributes nothing, and the kept ones are not renormalized again.
   std::vector<double> topk_weight;
   std::vector<std::uint8_t> kept;            // [tokens, topk]: 0 where capacity dropped the choice
-  // Gap between the k-th and (k+1)-th gate probability of each token (1.0 when k == experts):
-  // where it is tiny, a GPU's fp32 gate may legitimately pick the other expert.
+  // Gap between the k-th and (k+1)-th gate logit of each token (1.0 when k == experts): where it
+  // is tiny, a GPU's fp32 gate may legitimately pick the other expert.
   std::vector<double> topk_margin;           // [tokens]
   std::vector<std::int64_t> dropped_per_expert;  // [experts], this rank as the source
 };

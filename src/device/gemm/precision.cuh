@@ -17,6 +17,7 @@ struct PrecBf16 {
   using SmemElem = cute::bfloat16_t;
   static constexpr int kBlockK = 64;  // 128-byte rows in shared memory
   static constexpr int kStages = 4;
+  static constexpr bool kRoundToTf32 = false;
   using TiledMma = decltype(cute::make_tiled_mma(
       cute::MMA_Atom<cute::SM80_16x8x16_F32BF16BF16F32_TN>{},
       cute::Layout<cute::Shape<cute::_2, cute::_4, cute::_1>>{},
@@ -37,6 +38,9 @@ struct PrecTf32 {
   using SmemElem = cute::tfloat32_t;  // same bits as float; the tensor cores read the top 19
   static constexpr int kBlockK = 32;
   static constexpr int kStages = 4;
+  // The tensor cores would truncate the low 13 bits (a biased error); operands are rounded to
+  // nearest in registers first.
+  static constexpr bool kRoundToTf32 = true;
   using TiledMma = decltype(cute::make_tiled_mma(
       cute::MMA_Atom<cute::SM80_16x8x8_F32TF32TF32F32_TN>{},
       cute::Layout<cute::Shape<cute::_2, cute::_4, cute::_1>>{},
@@ -57,6 +61,7 @@ struct PrecFp32 {
   using SmemElem = float;
   static constexpr int kBlockK = 32;
   static constexpr int kStages = 3;
+  static constexpr bool kRoundToTf32 = false;
   using TiledMma = decltype(cute::make_tiled_mma(
       cute::UniversalFMA<float, float, float, float>{},
       cute::Layout<cute::Shape<cute::_16, cute::_16, cute::_1>>{}));
@@ -65,6 +70,18 @@ struct PrecFp32 {
   using CopyA = cute::Copy_Atom<cute::UniversalCopy<float>, float>;
   using CopyB = cute::Copy_Atom<cute::UniversalCopy<float>, float>;
 };
+
+// Rounds every element of a register fragment of tfloat32_t to nearest (ties away), in place.
+template <class Fragment>
+__device__ __forceinline__ void round_to_tf32(Fragment&& frag) {
+  CUTE_UNROLL
+  for (int i = 0; i < cute::size(frag); ++i) {
+    const float f = __uint_as_float(frag(i).raw());
+    unsigned int r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(f));
+    frag(i) = cute::tfloat32_t::bitcast(r);
+  }
+}
 
 // Element conversions used by epilogues and the combine.
 __device__ __forceinline__ float to_float(cute::bfloat16_t v) { return static_cast<float>(v); }

@@ -132,6 +132,10 @@ struct TileGemm {
       for (int kb = 0; kb < kBlocks; ++kb) {
         copy(copy_a, tXsA(_, _, kb, stage), tXrA(_, _, kb));
         copy(copy_b, tXsB(_, _, kb, stage), tXrB(_, _, kb));
+        if constexpr (P::kRoundToTf32) {
+          round_to_tf32(tCrA(_, _, kb));
+          round_to_tf32(tCrB(_, _, kb));
+        }
         gemm(mma, tCrA(_, _, kb), tCrB(_, _, kb), acc);
       }
     }
