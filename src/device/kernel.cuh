@@ -14,8 +14,10 @@ namespace monomoe::device {
 
 template <class P>
 __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_constant__ Params p) {
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  auto& sm = *reinterpret_cast<KernelSmem<P>*>(smem_raw);
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  // wgmma's swizzled operand tiles need 1024-byte alignment; the launch adds that much slack.
+  const unsigned int misalign = static_cast<unsigned int>(__cvta_generic_to_shared(smem_raw)) & 1023u;
+  auto& sm = *reinterpret_cast<KernelSmem<P>*>(smem_raw + ((1024u - misalign) & 1023u));
 
   for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) gate_tile<P>(p, sm, tile);
   if (!grid_barrier(p, 1)) return;
@@ -43,7 +45,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
 
 template <class P>
 constexpr int kernel_smem_bytes() {
-  return static_cast<int>(sizeof(KernelSmem<P>));
+  return static_cast<int>(sizeof(KernelSmem<P>)) + 1024;  // + alignment slack (see the kernel)
 }
 
 }  // namespace monomoe::device

@@ -4,32 +4,31 @@
 
 #include <cuda_bf16.h>
 
+#include <cute/atom/mma_traits_sm90_gmma.hpp>
 #include <cute/tensor.hpp>
 
 #include "device/params.cuh"
 
 namespace monomoe::device {
 
-// bf16 operands on tensor cores (mma.sync m16n8k16), fp32 accumulation. Operand tiles are loaded
-// from shared memory with ldmatrix; B (weights stored [K, N], N contiguous) with its transposing form.
+// bf16 operands on Hopper's warpgroup tensor cores (wgmma m64n128k16, both operands read from
+// shared memory), fp32 accumulation: two warpgroups, 64 rows of the 128x128 tile each. A (token rows,
+// K contiguous) is K-major, B (weights stored [K, N], N contiguous) MN-major, both in the 128-byte
+// swizzled layouts wgmma reads.
 struct PrecBf16 {
   using Elem = cute::bfloat16_t;  // as stored in global memory
   using SmemElem = cute::bfloat16_t;
   static constexpr int kBlockK = 64;  // 128-byte rows in shared memory
-  static constexpr int kStages = 4;
+  static constexpr int kStages = 5;
   static constexpr bool kRoundToTf32 = false;
+  static constexpr bool kWgmma = true;
   using TiledMma = decltype(cute::make_tiled_mma(
-      cute::MMA_Atom<cute::SM80_16x8x16_F32BF16BF16F32_TN>{},
-      cute::Layout<cute::Shape<cute::_2, cute::_4, cute::_1>>{},
-      cute::Tile<cute::_32, cute::_64, cute::_16>{}));
-  using SmemAtomA = decltype(cute::composition(
-      cute::Swizzle<3, 3, 3>{},
-      cute::Layout<cute::Shape<cute::_8, cute::_64>, cute::Stride<cute::_64, cute::_1>>{}));
-  using SmemAtomB = decltype(cute::composition(
-      cute::Swizzle<3, 3, 3>{},
-      cute::Layout<cute::Shape<cute::_64, cute::_8>, cute::Stride<cute::_1, cute::_64>>{}));
-  using CopyA = cute::Copy_Atom<cute::SM75_U32x4_LDSM_N, SmemElem>;
-  using CopyB = cute::Copy_Atom<cute::SM75_U16x8_LDSM_T, SmemElem>;
+      cute::SM90::GMMA::MMA_64x128x16_F32BF16BF16_SS<cute::GMMA::Major::K, cute::GMMA::Major::MN>{},
+      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+  using SmemAtomA = cute::GMMA::Layout_K_SW128_Atom<SmemElem>;   // 8 x 64
+  using SmemAtomB = cute::GMMA::Layout_MN_SW128_Atom<SmemElem>;  // 64 x 8
+  using CopyA = void;  // wgmma reads shared memory itself
+  using CopyB = void;
 };
 
 // fp32 operands, TF32 tensor-core math (mma.sync m16n8k8), fp32 accumulation.
@@ -41,6 +40,7 @@ struct PrecTf32 {
   // The tensor cores would truncate the low 13 bits (a biased error); operands are rounded to
   // nearest in registers first.
   static constexpr bool kRoundToTf32 = true;
+  static constexpr bool kWgmma = false;  // wgmma's tf32 needs K-major B; the weights are N-major
   using TiledMma = decltype(cute::make_tiled_mma(
       cute::MMA_Atom<cute::SM80_16x8x8_F32TF32TF32F32_TN>{},
       cute::Layout<cute::Shape<cute::_2, cute::_4, cute::_1>>{},
@@ -62,6 +62,7 @@ struct PrecFp32 {
   static constexpr int kBlockK = 32;
   static constexpr int kStages = 3;
   static constexpr bool kRoundToTf32 = false;
+  static constexpr bool kWgmma = false;
   using TiledMma = decltype(cute::make_tiled_mma(
       cute::UniversalFMA<float, float, float, float>{},
       cute::Layout<cute::Shape<cute::_16, cute::_16, cute::_1>>{}));

@@ -47,7 +47,7 @@ struct TileGemm {
 
   // Shared memory of the GEMM: the operand pipeline, reused for the fp32 result once the MMAs end.
   struct Smem {
-    alignas(128) unsigned char buffer[kBufferBytes];
+    alignas(1024) unsigned char buffer[kBufferBytes];  // wgmma's swizzle atoms span 1024 bytes
     const Elem* rows[kTileRows];  // A row sources; nullptr rows read as zeros
   };
 
@@ -62,8 +62,10 @@ struct TileGemm {
   // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage`.
   static __device__ __forceinline__ void load_stage(Smem& sm, const Elem* b, int ldb, int col_lo,
                                                     int col_hi, int kt, int stage) {
-    SmemElem* sa = reinterpret_cast<SmemElem*>(sm.buffer);
-    SmemElem* sb = sa + kElemsA;
+    using namespace cute;
+    SmemElem* sa_ptr = reinterpret_cast<SmemElem*>(sm.buffer);
+    Tensor sa = make_tensor(make_smem_ptr(sa_ptr), SmemLayoutA{});
+    Tensor sb = make_tensor(make_smem_ptr(sa_ptr + kElemsA), SmemLayoutB{});
     constexpr int kChunksPerRowA = kBK / kChunkElems;
     constexpr int kChunksPerRowB = kTileCols / kChunkElems;
 #pragma unroll
@@ -72,7 +74,7 @@ struct TileGemm {
       const int r = q / kChunksPerRowA;
       const int k = (q % kChunksPerRowA) * kChunkElems;
       const Elem* src = sm.rows[r];
-      cp_async_16(sa + SmemLayoutA{}(r, k, stage), src ? src + kt * kBK + k : b, src != nullptr);
+      cp_async_16(&sa(r, k, stage), src ? src + kt * kBK + k : b, src != nullptr);
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -83,13 +85,83 @@ struct TileGemm {
       // gate and up halves of a SwiGLU expert.
       const int col = n < kTileCols / 2 ? col_lo + n : col_hi + (n - kTileCols / 2);
       const Elem* src = b + static_cast<long long>(kt * kBK + k) * ldb + col;
-      cp_async_16(sb + SmemLayoutB{}(n, k, stage), src, true);
+      cp_async_16(&sb(n, k, stage), src, true);
     }
   }
 
   // C[128 x 128] (fp32, in shared memory, pitch kCPitch) = A[rows, 0:K] * B[0:K, cols]. The caller
   // fills sm.rows before the call; K is a multiple of kBK. Every thread of the block must call.
   static __device__ void run(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi, int k_total) {
+    if constexpr (P::kWgmma) {
+      run_wgmma(sm, b, ldb, col_lo, col_hi, k_total);
+    } else {
+      run_mma_sync(sm, b, ldb, col_lo, col_hi, k_total);
+    }
+  }
+
+  // Hopper: wgmma reads both operands from the pipeline stage. Each k-tile: wait for its copies,
+  // make them visible to the async proxy, issue the warpgroup MMAs, then (once the previous k-tile's
+  // MMAs are done in both warpgroups) refill that k-tile's stage.
+  static __device__ void run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
+                                   int k_total) {
+    using namespace cute;
+    __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
+
+    typename P::TiledMma mma;
+    auto thr = mma.get_thread_slice(threadIdx.x);
+    SmemElem* sa_ptr = reinterpret_cast<SmemElem*>(sm.buffer);
+    Tensor sA = make_tensor(make_smem_ptr(sa_ptr), SmemLayoutA{});
+    Tensor sB = make_tensor(make_smem_ptr(sa_ptr + kElemsA), SmemLayoutB{});
+    Tensor tCsA = thr.partition_A(sA);  // (MMA, MMA_M, MMA_K, stage)
+    Tensor tCsB = thr.partition_B(sB);
+    Tensor tCrA = thr.make_fragment_A(tCsA);  // smem descriptors
+    Tensor tCrB = thr.make_fragment_B(tCsB);
+    Tensor acc = partition_fragment_C(mma, Shape<Int<kTileRows>, Int<kTileCols>>{});
+    clear(acc);
+
+    const int k_tiles = k_total / kBK;
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, s, s);
+      cp_async_commit();
+    }
+    warpgroup_fence_operand(acc);
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      cp_async_wait<kStages - 2>();
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async -> wgmma reads
+      __syncthreads();  // stage kt complete for every thread's copies
+      const int stage = kt % kStages;
+      warpgroup_arrive();
+      gemm(mma, tCrA(_, _, _, stage), tCrB(_, _, _, stage), acc);
+      warpgroup_commit_batch();
+      warpgroup_wait<1>();  // k-tile kt-1's MMAs are done in this warpgroup
+      __syncthreads();      // ... and in the other: its stage may be overwritten
+      const int next = kt + kStages - 1;
+      if (next < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, next, next % kStages);
+      cp_async_commit();
+    }
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(acc);
+    cp_async_wait<0>();
+    __syncthreads();  // all MMAs have read the pipeline: the buffer becomes the result tile
+    store_result(sm, thr, acc);
+  }
+
+  template <class ThrMma, class Acc>
+  static __device__ __forceinline__ void store_result(Smem& sm, const ThrMma& thr, const Acc& acc) {
+    using namespace cute;
+    Tensor sC = make_tensor(
+        make_smem_ptr(reinterpret_cast<float*>(sm.buffer)),
+        make_layout(make_shape(Int<kTileRows>{}, Int<kTileCols>{}),
+                    make_stride(Int<kCPitch>{}, Int<1>{})));
+    Tensor tCsC = thr.partition_C(sC);
+    copy(acc, tCsC);
+    __syncthreads();
+  }
+
+  // Ampere-style: ldmatrix/ld.shared into registers, mma.sync (tf32) or FMA (fp32).
+  static __device__ void run_mma_sync(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
+                                      int k_total) {
     using namespace cute;
     __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
 
@@ -141,14 +213,7 @@ struct TileGemm {
     }
     cp_async_wait<0>();
     __syncthreads();  // all MMAs have read the pipeline: the buffer becomes the result tile
-
-    Tensor sC = make_tensor(
-        make_smem_ptr(reinterpret_cast<float*>(sm.buffer)),
-        make_layout(make_shape(Int<kTileRows>{}, Int<kTileCols>{}),
-                    make_stride(Int<kCPitch>{}, Int<1>{})));
-    Tensor tCsC = thr.partition_C(sC);
-    copy(acc, tCsC);
-    __syncthreads();
+    store_result(sm, thr, acc);
   }
 };
 
