@@ -9,6 +9,7 @@
 #include <iomanip>
 #include <ostream>
 #include <random>
+#include <sstream>
 #include <vector>
 
 #include "baseline/baseline.hpp"
@@ -71,6 +72,31 @@ Expected expected_output(const reference::Problem& pr, int sample, std::uint64_t
   for (int i = 0; i < sample; ++i) ex.tokens.push_back(static_cast<std::int64_t>(rng() % s));
   ex.result = reference::run(sample_tokens(pr, ex.tokens));
   return ex;
+}
+
+// One traced forward: when the blocks finished each phase, and how busy they were in the task loop.
+void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaStream_t stream,
+                 std::ostream& out) {
+  layer.set_trace(true);
+  layer.forward(dev.x(), tokens, dev.y(), stream);
+  const std::vector<BlockTrace> tr = layer.trace();
+  layer.set_trace(false);
+  const auto stat = [&](auto field) {
+    std::vector<double> v;
+    for (const BlockTrace& b : tr) v.push_back(static_cast<double>(field(b)) * 1e-3);
+    std::sort(v.begin(), v.end());
+    std::ostringstream os;
+    os << std::fixed << std::setprecision(1) << "min " << v.front() << "  median " << v[v.size() / 2]
+       << "  max " << v.back() << " us";
+    return os.str();
+  };
+  out << "trace (one forward, " << tr.size() << " blocks, us from the first block's start):\n"
+      << "  gate done     " << stat([](const BlockTrace& b) { return b.gate_done; }) << "\n"
+      << "  routed        " << stat([](const BlockTrace& b) { return b.routed; }) << "\n"
+      << "  end           " << stat([](const BlockTrace& b) { return b.end; }) << "\n"
+      << "  queue wait    " << stat([](const BlockTrace& b) { return b.queue_wait_ns; }) << "\n"
+      << "  in GEMM tasks " << stat([](const BlockTrace& b) { return b.gemm_ns; }) << "\n"
+      << "  tasks/block   " << stat([](const BlockTrace& b) { return b.tasks * 1000; }) << "\n";
 }
 
 }  // namespace
@@ -140,6 +166,7 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& progress) 
                     stream);
   }
   const ForwardStats st = layer.stats();
+  if (o.trace) print_trace(layer, dev, s, stream, out);
   MONOMOE_CUDA(cudaStreamDestroy(stream));
 
   // Expert FFN work: every kept (token, expert) row through GEMM0 and GEMM1.

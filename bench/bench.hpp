@@ -19,6 +19,7 @@ struct BenchOptions {
   int sample_tokens = 512;  // tokens checked against the reference (all when the config is small)
   bool baseline = true;     // also time the conventional pipeline
   std::string json_path;    // write the results as JSON when non-empty
+  bool trace = false;       // print where the kernel's time goes (per-phase block times)
 };
 
 // Runs the benchmark and prints a table last. Returns the process exit code (0 = correct and timed,

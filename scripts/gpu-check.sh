@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build against PyTorch's NCCL (pinned by rpath), run the GPU tests, the
 # random-config check and the benchmark. Logs go to $OUT (or ./out) as gpu-*.log and bench.json.
-# Usage: scripts/gpu-check.sh [quick]   (quick: tests only, no bench)
+# Usage: scripts/gpu-check.sh [quick|bench]   (quick: tests only; bench: bench only)
+# Env: CASES (check cases, default 24), BENCH_ARGS (extra bench flags, e.g. --trace).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -9,7 +10,7 @@ OUT=${OUT:-$here/out}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast
 W=${NCCL_ROOT:-$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "nccl"))' 2>/dev/null)}
-echo "== $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD 2>/dev/null) NCCL_ROOT=$W" | tee "$OUT/gpu-summary.log"
+echo "== $(date -u +%FT%TZ) commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)} NCCL_ROOT=$W" | tee "$OUT/gpu-summary.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu-summary.log"
 [ -f third_party/cutlass/include/cute/tensor.hpp ] || { echo "third_party/ missing: carry it" >&2; exit 3; }
 export NCCL_ROOT=$W
@@ -19,6 +20,7 @@ rc=$?
 echo "build rc=$rc in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu-summary.log"
 if [ $rc -ne 0 ]; then grep -E "error|Error" "$OUT/gpu-build.log" | head -40; exit $rc; fi
 ldd build-gpu/libmonomoe.so 2>/dev/null | grep -i nccl | tee -a "$OUT/gpu-summary.log"
+if [ "${1:-}" != bench ]; then
 (cd build-gpu && ctest -L gpu --output-on-failure --timeout ${TEST_TIMEOUT:-150}) > "$OUT/gpu-tests.log" 2>&1
 echo "gpu tests rc=$?: $(grep -E 'tests passed|tests failed' "$OUT/gpu-tests.log")" | tee -a "$OUT/gpu-summary.log"
 grep -E "FAILED|Failure|PASS rel|FAIL rel|Expected|Which is|error" "$OUT/gpu-tests.log" | head -40
@@ -26,6 +28,7 @@ grep -E "FAILED|Failure|PASS rel|FAIL rel|Expected|Which is|error" "$OUT/gpu-tes
 timeout 150 ./build-gpu/tools/monomoe check --gpus 1 --cases ${CASES:-24} > "$OUT/gpu-check.log" 2>&1
 echo "check rc=$?: $(tail -1 "$OUT/gpu-check.log")" | tee -a "$OUT/gpu-summary.log"
 grep FAIL "$OUT/gpu-check.log" | head -10
-timeout 150 ./build-gpu/tools/monomoe bench --gpus 1 --json "$OUT/bench.json" > "$OUT/gpu-bench.log" 2>&1
+fi
+timeout 150 ./build-gpu/tools/monomoe bench --gpus 1 --json "$OUT/bench.json" ${BENCH_ARGS:-} > "$OUT/gpu-bench.log" 2>&1
 echo "bench rc=$?" | tee -a "$OUT/gpu-summary.log"
-tail -12 "$OUT/gpu-bench.log" | tee -a "$OUT/gpu-summary.log"
+tail -24 "$OUT/gpu-bench.log" | tee -a "$OUT/gpu-summary.log"

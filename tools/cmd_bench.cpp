@@ -42,6 +42,7 @@ int run_bench_command(const ParsedArgs& args) {
   o.sample_tokens = static_cast<int>(args.int_in("--sample", o.sample_tokens, 1, 1 << 30));
   o.baseline = !args.has("--no-baseline");
   o.json_path = args.string_or("--json", "");
+  o.trace = args.has("--trace");
   o.gpus = parse_gpus(args);
   return bench::run_bench(o, std::cout, std::cerr);
 }
@@ -79,6 +80,7 @@ Command bench_command() {
           {"--sample", "N", "tokens checked against the CPU reference (default 512)"},
           {"--no-baseline", "", "time monomoe only"},
           {"--json", "FILE", "also write the results as JSON to FILE"},
+          {"--trace", "", "also print per-phase times of one forward (profiling)"},
       }),
       .run = run_bench_command,
   };

@@ -34,6 +34,17 @@ struct ForwardStats {
   std::vector<std::int64_t> dropped_per_expert;  // [experts], counted at this rank as the source
 };
 
+// Where the time of one forward() went, per persistent block (profiling; see MoELayer::set_trace).
+// Times are nanoseconds from the earliest block start of that forward.
+struct BlockTrace {
+  std::int64_t gate_done = 0;      // its gate tiles computed
+  std::int64_t routed = 0;         // past the three routing barriers (row positions known)
+  std::int64_t end = 0;            // left the task loop
+  std::int64_t queue_wait_ns = 0;  // spent waiting for task slots to be published
+  std::int64_t gemm_ns = 0;        // spent in GEMM tasks (operands, MMAs, epilogue)
+  std::int64_t tasks = 0;          // tasks it ran
+};
+
 class MoELayer {
  public:
   // Validates `config` against this GPU (ConfigError names the field), allocates the workspace once.
@@ -54,6 +65,11 @@ class MoELayer {
   // Routing of the last forward() (synchronizes): expert id and gate weight of each token's choices,
   // [tokens, topk] row-major. For tests and debugging.
   void routing(std::vector<std::int32_t>& experts, std::vector<float>& weights);
+
+  // Profiling: while on, every forward() records per-block phase times (a few global stores per
+  // block); trace() (synchronizes) returns those of the last forward. Off by default.
+  void set_trace(bool on);
+  std::vector<BlockTrace> trace();
 
   const LayerConfig& config() const;
 

@@ -19,7 +19,10 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   const unsigned int misalign = static_cast<unsigned int>(__cvta_generic_to_shared(smem_raw)) & 1023u;
   auto& sm = *reinterpret_cast<KernelSmem<P>*>(smem_raw + ((1024u - misalign) & 1023u));
 
+  long long* trace = p.trace && threadIdx.x == 0 ? p.trace + blockIdx.x * kTraceSlots : nullptr;
+  if (trace) trace[0] = global_ns();
   for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) gate_tile<P>(p, sm, tile);
+  if (trace) trace[1] = global_ns();
   if (!grid_barrier(p, 1)) return;
 
   scan_tile_counts(p);
@@ -29,9 +32,14 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) scatter_tile(p, sm.route, tile);
   if (!grid_barrier(p, 3)) return;
 
+  if (trace) trace[2] = global_ns();
   if (blockIdx.x == 0) publish_initial_tasks<P>(p, sm);
+  long long wait_ns = 0, gemm_ns = 0, tasks = 0;
+  long long t_ask = trace ? global_ns() : 0;
   while (pop_task(p, sm.task, sm.route.total_tasks)) {
     const Task task = sm.task.task;
+    const long long t_got = trace ? global_ns() : 0;
+    if (trace) wait_ns += t_got - t_ask;
     switch (static_cast<TaskType>(task.head)) {
       case TaskType::gemm0: run_gemm0<P>(p, sm, task.a, task.b); break;
       case TaskType::gemm1: run_gemm1<P>(p, sm, task.a, task.b); break;
@@ -40,6 +48,17 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
         if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, static_cast<int>(task.head), 0);
         return;
     }
+    if (trace) {
+      t_ask = global_ns();
+      if (static_cast<TaskType>(task.head) != TaskType::combine) gemm_ns += t_ask - t_got;
+      ++tasks;
+    }
+  }
+  if (trace) {
+    trace[3] = global_ns();
+    trace[4] = wait_ns;
+    trace[5] = gemm_ns;
+    trace[6] = tasks;
   }
 }
 

@@ -11,6 +11,8 @@ inline constexpr int kTileCols = 128;  // output columns per GEMM task
 inline constexpr int kCombineCols = 512;
 inline constexpr int kMaxExperts = 256;
 inline constexpr int kMaxTopK = 8;
+// Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks.
+inline constexpr int kTraceSlots = 8;
 
 enum class Act : int { relu = 0, gelu = 1, silu = 2, swiglu = 3 };
 
@@ -114,6 +116,7 @@ struct Params {
   Task* tasks;                 // [max_tasks]
   int max_tasks;
   unsigned int epoch;          // this call's number, 1 .. 2^30 - 1 (see Task)
+  long long* trace;            // [grid, kTraceSlots] phase times, or nullptr (MoELayer::set_trace)
 };
 
 }  // namespace monomoe::device

@@ -58,6 +58,7 @@ struct MoELayer::Impl {
   cudaStream_t last_stream = nullptr;
   std::int64_t last_tokens = 0;
   unsigned int epoch = 0;  // forward calls so far (the task slots' epoch, device/params.cuh)
+  long long* trace = nullptr;  // [grid, kTraceSlots] while tracing is on
 
   template <class T>
   T* at(std::size_t offset) const {
@@ -66,6 +67,7 @@ struct MoELayer::Impl {
 
   ~Impl() {
     if (ws) cudaFree(ws);
+    if (trace) cudaFree(trace);
   }
 };
 
@@ -194,8 +196,38 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
     m.epoch = 1;
   }
   p.epoch = m.epoch;
+  p.trace = m.trace;
 
   MONOMOE_CUDA(device::launch_forward(c.dtype, p, m.grid, stream));
+}
+
+void MoELayer::set_trace(bool on) {
+  Impl& m = *impl_;
+  if (on && !m.trace) {
+    MONOMOE_CUDA(cudaMalloc(&m.trace, sizeof(long long) * device::kTraceSlots * m.grid));
+    MONOMOE_CUDA(cudaMemset(m.trace, 0, sizeof(long long) * device::kTraceSlots * m.grid));
+  } else if (!on && m.trace) {
+    synchronize();
+    MONOMOE_CUDA(cudaFree(m.trace));
+    m.trace = nullptr;
+  }
+}
+
+std::vector<BlockTrace> MoELayer::trace() {
+  synchronize();
+  Impl& m = *impl_;
+  std::vector<BlockTrace> out;
+  if (!m.trace) return out;
+  std::vector<long long> raw(static_cast<std::size_t>(device::kTraceSlots) * m.grid);
+  MONOMOE_CUDA(cudaMemcpy(raw.data(), m.trace, raw.size() * sizeof(long long),
+                          cudaMemcpyDeviceToHost));
+  long long t0 = raw[0];
+  for (int b = 0; b < m.grid; ++b) t0 = std::min(t0, raw[b * device::kTraceSlots]);
+  for (int b = 0; b < m.grid; ++b) {
+    const long long* r = raw.data() + b * device::kTraceSlots;
+    out.push_back({r[1] - t0, r[2] - t0, r[3] - t0, r[4], r[5], r[6]});
+  }
+  return out;
 }
 
 void MoELayer::synchronize() {
