@@ -56,9 +56,10 @@ __device__ __forceinline__ void smem_load8(const float* src, float (&v)[8]) {
 }
 
 // GEMM0: out[r, c] = act(C[r, c] + b1[col0 + c]) for c < out_cols; SwiGLU tiles hold the gate half
-// in columns [0, 64) and the up half in [64, 128): out = silu(gate + b1g) * (up + b1u).
+// in columns [0, half) and the up half in [half, 2 half): out = silu(gate + b1g) * (up + b1u).
 template <class P>
-__device__ __forceinline__ void epilogue_gemm0(const float* c, int pitch, int rows, int out_cols,
+__device__ __forceinline__ void epilogue_gemm0(const float* c, int pitch, int half, int rows,
+                                               int out_cols,
                                                bool swiglu, Act act, const typename P::Elem* b1,
                                                int col0, int col_hi, typename P::Elem* out,
                                                int out_pitch) {
@@ -76,7 +77,7 @@ __device__ __forceinline__ void epilogue_gemm0(const float* c, int pitch, int ro
     }
     if (swiglu) {
       float u[8];
-      smem_load8(c + r * pitch + kTileCols / 2 + cc, u);
+      smem_load8(c + r * pitch + half + cc, u);
       if (b1) {
         float b[8];
         load8(b1 + col_hi + cc, b);
@@ -93,15 +94,15 @@ __device__ __forceinline__ void epilogue_gemm0(const float* c, int pitch, int ro
   }
 }
 
-// GEMM1: stage[row_id[r], col0 + c] = C[r, c] + b2[col0 + c].
+// GEMM1: stage[row_id[r], col0 + c] = C[r, c] + b2[col0 + c] for c < cols.
 template <class P>
-__device__ __forceinline__ void epilogue_gemm1(const float* c, int pitch, int rows,
+__device__ __forceinline__ void epilogue_gemm1(const float* c, int pitch, int rows, int cols,
                                                const int* row_id, const typename P::Elem* b2,
                                                int col0, typename P::Elem* stage, int hidden) {
-  constexpr int kGroups = kTileCols / 8;
-  for (int i = threadIdx.x; i < rows * kGroups; i += kThreads) {
-    const int r = i / kGroups;
-    const int cc = (i % kGroups) * 8;
+  const int groups = cols / 8;
+  for (int i = threadIdx.x; i < rows * groups; i += kThreads) {
+    const int r = i / groups;
+    const int cc = (i % groups) * 8;
     float v[8];
     smem_load8(c + r * pitch + cc, v);
     if (b2) {

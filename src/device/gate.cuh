@@ -24,7 +24,7 @@ __device__ __forceinline__ void warp_argmax(float& v, int& e) {
 
 template <class P>
 __device__ void gate_tile(const Params& p, KernelSmem<P>& sm, int tile) {
-  using Gemm = TileGemm<P>;
+  using Gemm = TileGemm<P, kTileCols>;
   using Elem = typename P::Elem;
   const Elem* x = static_cast<const Elem*>(p.x);
   const int first = tile * kTileRows;
@@ -35,7 +35,7 @@ __device__ void gate_tile(const Params& p, KernelSmem<P>& sm, int tile) {
   }
   for (int n0 = 0; n0 < p.experts_padded; n0 += kTileCols) {
     Gemm::run(sm.gemm, static_cast<const Elem*>(p.gate), p.experts_padded, n0, n0 + kTileCols / 2,
-              p.hidden);
+              kTileCols / 2, kTileCols / 2, p.hidden);
     const float* c = Gemm::result(sm.gemm);
     for (int i = threadIdx.x; i < rows * (kTileCols / 4); i += kThreads) {
       const int r = i / (kTileCols / 4);

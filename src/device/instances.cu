@@ -46,6 +46,15 @@ int forward_smem_bytes(DType dtype) {
   return 0;
 }
 
+int expert_tile_cols(DType dtype) {
+  switch (dtype) {
+    case DType::bf16: return PrecBf16::kExpertBN;
+    case DType::tf32: return PrecTf32::kExpertBN;
+    case DType::fp32: return PrecFp32::kExpertBN;
+  }
+  return 0;
+}
+
 int forward_blocks_per_sm(DType dtype) {
   switch (dtype) {
     case DType::bf16: return blocks_per_sm<PrecBf16>();

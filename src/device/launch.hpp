@@ -12,6 +12,8 @@ namespace monomoe::device {
 int forward_smem_bytes(DType dtype);
 // Sets the kernel's shared-memory limit and returns how many blocks fit on one SM (0 if none).
 int forward_blocks_per_sm(DType dtype);
+// Output columns of one expert GEMM task (the kernel's BN for that precision).
+int expert_tile_cols(DType dtype);
 // Cooperative launch of `grid` blocks: the runtime refuses a grid that cannot be co-resident.
 cudaError_t launch_forward(DType dtype, const Params& params, int grid, cudaStream_t stream);
 

@@ -84,8 +84,8 @@ struct Params {
 
   // Derived counts.
   int token_tiles;      // ceil(S / 128)
-  int gemm0_col_tiles;  // I / 128 (swiglu: 2I / 128, each producing 64 columns)
-  int gemm1_col_tiles;  // H / 128
+  int gemm0_col_tiles;  // ceil(I / BN) (swiglu: I / (BN/2), each reading BN/2 gate + BN/2 up columns)
+  int gemm1_col_tiles;  // ceil(H / BN); BN = the precision's kExpertBN
   int combine_col_tiles;
 
   // Inputs and weights (element type of the instantiation).

@@ -54,20 +54,25 @@ __device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int col_
     }
     sm.gemm.rows[r] = src;
   }
+  using Gemm = TileGemm<P, P::kExpertBN>;
+  constexpr int kHalf = Gemm::kBN / 2;
   const bool swiglu = p.act == Act::swiglu;
   const int w1_cols = swiglu ? 2 * p.ffn : p.ffn;
-  const int out_cols = swiglu ? kTileCols / 2 : kTileCols;
-  const int col0 = col_tile * out_cols;
-  const int col_hi = swiglu ? p.ffn + col0 : col0 + kTileCols / 2;
+  // SwiGLU: kHalf gate columns (col0...) and the matching kHalf up columns (ffn + col0...) make
+  // kHalf outputs. Otherwise kBN consecutive columns, fewer in the last tile.
+  const int col0 = col_tile * (swiglu ? kHalf : Gemm::kBN);
+  const int col_hi = swiglu ? p.ffn + col0 : col0 + kHalf;
+  const int out_cols = swiglu ? kHalf : min(Gemm::kBN, p.ffn - col0);
+  const int valid_lo = min(kHalf, out_cols);
+  const int valid_hi = swiglu ? kHalf : max(0, out_cols - kHalf);
   const Elem* w1 = static_cast<const Elem*>(p.w1) + static_cast<long long>(rt.expert) * p.hidden * w1_cols;
-  TileGemm<P>::run(sm.gemm, w1, w1_cols, col0, col_hi, p.hidden);
+  Gemm::run(sm.gemm, w1, w1_cols, col0, col_hi, valid_lo, valid_hi, p.hidden);
 
   const Elem* b1 = p.has_bias ? static_cast<const Elem*>(p.b1) + static_cast<long long>(rt.expert) * w1_cols
                               : nullptr;
   Elem* h = static_cast<Elem*>(p.hidden_act);
-  epilogue_gemm0<P>(TileGemm<P>::result(sm.gemm), TileGemm<P>::kCPitch, rt.rows, out_cols, swiglu,
-                    p.act, b1, col0, col_hi, h + static_cast<long long>(rt.first) * p.ffn + col0,
-                    p.ffn);
+  epilogue_gemm0<P>(Gemm::result(sm.gemm), Gemm::kCPitch, kHalf, rt.rows, out_cols, swiglu, p.act,
+                    b1, col0, col_hi, h + static_cast<long long>(rt.first) * p.ffn + col0, p.ffn);
 
   publish_block_writes();
   if (threadIdx.x == 0) {
@@ -96,13 +101,17 @@ __device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int col_
     sm.task.token_tile[r] = valid ? id / p.topk / kTileRows : -1;
     sm.gemm.rows[r] = valid ? h + static_cast<long long>(rt.first + r) * p.ffn : nullptr;
   }
-  const int col0 = col_tile * kTileCols;
+  using Gemm = TileGemm<P, P::kExpertBN>;
+  constexpr int kHalf = Gemm::kBN / 2;
+  const int col0 = col_tile * Gemm::kBN;
+  const int out_cols = min(Gemm::kBN, p.hidden - col0);
   const Elem* w2 = static_cast<const Elem*>(p.w2) + static_cast<long long>(rt.expert) * p.ffn * p.hidden;
-  TileGemm<P>::run(sm.gemm, w2, p.hidden, col0, col0 + kTileCols / 2, p.ffn);
+  Gemm::run(sm.gemm, w2, p.hidden, col0, col0 + kHalf, min(kHalf, out_cols), max(0, out_cols - kHalf),
+            p.ffn);
 
   const Elem* b2 = p.has_bias ? static_cast<const Elem*>(p.b2) + static_cast<long long>(rt.expert) * p.hidden
                               : nullptr;
-  epilogue_gemm1<P>(TileGemm<P>::result(sm.gemm), TileGemm<P>::kCPitch, rt.rows, sm.task.row_id, b2,
+  epilogue_gemm1<P>(Gemm::result(sm.gemm), Gemm::kCPitch, rt.rows, out_cols, sm.task.row_id, b2,
                     col0, static_cast<Elem*>(p.stage), p.hidden);
 
   publish_block_writes();

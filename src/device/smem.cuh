@@ -27,7 +27,7 @@ struct TaskSmem {
 
 template <class P>
 struct KernelSmem {
-  typename TileGemm<P>::Smem gemm;
+  GemmSmem<P> gemm;
   RouteSmem route;
   TaskSmem task;
 };

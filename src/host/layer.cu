@@ -160,8 +160,12 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   p.has_bias = c.bias ? 1 : 0;
   p.timeout_ns = static_cast<long long>(c.timeout_seconds * 1e9);
   p.token_tiles = static_cast<int>((tokens + device::kTileRows - 1) / device::kTileRows);
-  p.gemm0_col_tiles = static_cast<int>(c.w1_columns() / device::kTileCols);
-  p.gemm1_col_tiles = static_cast<int>(c.hidden / device::kTileCols);
+  // Expert GEMM tasks are 128 x bn; SwiGLU tasks read bn/2 gate and bn/2 up columns.
+  const std::int64_t bn = device::expert_tile_cols(c.dtype);
+  p.gemm0_col_tiles = static_cast<int>(c.activation == Activation::swiglu
+                                           ? c.ffn / (bn / 2)
+                                           : (c.ffn + bn - 1) / bn);
+  p.gemm1_col_tiles = static_cast<int>((c.hidden + bn - 1) / bn);
   p.combine_col_tiles =
       static_cast<int>((c.hidden + device::kCombineCols - 1) / device::kCombineCols);
   p.x = x;

@@ -4,6 +4,8 @@
 
 #include <cuda_bf16.h>
 
+#include <type_traits>
+
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
 #include <cute/tensor.hpp>
 
@@ -11,20 +13,30 @@
 
 namespace monomoe::device {
 
-// bf16 operands on Hopper's warpgroup tensor cores (wgmma m64n128k16, both operands read from
-// shared memory), fp32 accumulation: two warpgroups, 64 rows of the 128x128 tile each. A (token rows,
-// K contiguous) is K-major, B (weights stored [K, N], N contiguous) MN-major, both in the 128-byte
-// swizzled layouts wgmma reads.
+// bf16 operands on Hopper's warpgroup tensor cores (wgmma m64nBNk16, both operands read from
+// shared memory), fp32 accumulation: two warpgroups, 64 rows of the 128 x BN tile each. A (token
+// rows, K contiguous) is K-major, B (weights stored [K, N], N contiguous) MN-major, both in the
+// 128-byte swizzled layouts wgmma reads. Expert GEMMs use 128 x 256 tiles: twice the MMA work per
+// byte of a 128 x 128 tile, which is what keeps the tensor cores fed from L2.
 struct PrecBf16 {
   using Elem = cute::bfloat16_t;  // as stored in global memory
   using SmemElem = cute::bfloat16_t;
   static constexpr int kBlockK = 64;  // 128-byte rows in shared memory
-  static constexpr int kStages = 5;
+  static constexpr int kStages = 4;
+  static constexpr int kExpertBN = 256;  // output columns of an expert GEMM task
   static constexpr bool kRoundToTf32 = false;
   static constexpr bool kWgmma = true;
-  using TiledMma = decltype(cute::make_tiled_mma(
-      cute::SM90::GMMA::MMA_64x128x16_F32BF16BF16_SS<cute::GMMA::Major::K, cute::GMMA::Major::MN>{},
-      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+  template <int BN>
+  using TiledMma = std::conditional_t<
+      BN == 256,
+      decltype(cute::make_tiled_mma(
+          cute::SM90::GMMA::MMA_64x256x16_F32BF16BF16_SS<cute::GMMA::Major::K,
+                                                         cute::GMMA::Major::MN>{},
+          cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{})),
+      decltype(cute::make_tiled_mma(
+          cute::SM90::GMMA::MMA_64x128x16_F32BF16BF16_SS<cute::GMMA::Major::K,
+                                                         cute::GMMA::Major::MN>{},
+          cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}))>;
   using SmemAtomA = cute::GMMA::Layout_K_SW128_Atom<SmemElem>;   // 8 x 64
   using SmemAtomB = cute::GMMA::Layout_MN_SW128_Atom<SmemElem>;  // 64 x 8
   using CopyA = void;  // wgmma reads shared memory itself
@@ -39,8 +51,10 @@ struct PrecTf32 {
   static constexpr int kStages = 4;
   // The tensor cores would truncate the low 13 bits (a biased error); operands are rounded to
   // nearest in registers first.
+  static constexpr int kExpertBN = 128;
   static constexpr bool kRoundToTf32 = true;
   static constexpr bool kWgmma = false;  // wgmma's tf32 needs K-major B; the weights are N-major
+  template <int BN>
   using TiledMma = decltype(cute::make_tiled_mma(
       cute::MMA_Atom<cute::SM80_16x8x8_F32TF32TF32F32_TN>{},
       cute::Layout<cute::Shape<cute::_2, cute::_4, cute::_1>>{},
@@ -63,6 +77,8 @@ struct PrecFp32 {
   static constexpr int kStages = 3;
   static constexpr bool kRoundToTf32 = false;
   static constexpr bool kWgmma = false;
+  static constexpr int kExpertBN = 128;
+  template <int BN>
   using TiledMma = decltype(cute::make_tiled_mma(
       cute::UniversalFMA<float, float, float, float>{},
       cute::Layout<cute::Shape<cute::_16, cute::_16, cute::_1>>{}));

@@ -24,36 +24,60 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
-template <class P>
-struct TileGemm {
-  using Elem = typename P::Elem;
+// Shared memory of the tile GEMMs of one precision: the operand pipeline, reused for the fp32
+// result once the MMAs end, sized for the widest tile (the expert GEMMs); the gate's narrower
+// tiles use a part of it.
+template <class P, int BN>
+struct TileShapes {
   using SmemElem = typename P::SmemElem;
   static constexpr int kBK = P::kBlockK;
   static constexpr int kStages = P::kStages;
-  static constexpr int kChunkElems = 16 / sizeof(Elem);  // elements per 16-byte copy
-  static constexpr int kCPitch = kTileCols + 4;           // fp32 result row pitch, padded for banks
-
   using SmemLayoutA = decltype(cute::tile_to_shape(
       typename P::SmemAtomA{},
       cute::make_shape(cute::Int<kTileRows>{}, cute::Int<kBK>{}, cute::Int<kStages>{})));
   using SmemLayoutB = decltype(cute::tile_to_shape(
       typename P::SmemAtomB{},
-      cute::make_shape(cute::Int<kTileCols>{}, cute::Int<kBK>{}, cute::Int<kStages>{})));
+      cute::make_shape(cute::Int<BN>{}, cute::Int<kBK>{}, cute::Int<kStages>{})));
   static constexpr int kElemsA = cute::cosize_v<SmemLayoutA>;
   static constexpr int kElemsB = cute::cosize_v<SmemLayoutB>;
   static constexpr int kPipeBytes = (kElemsA + kElemsB) * static_cast<int>(sizeof(SmemElem));
+  static constexpr int kCPitch = BN + 4;  // fp32 result row pitch, padded for banks
   static constexpr int kCBytes = kTileRows * kCPitch * 4;
   static constexpr int kBufferBytes = kPipeBytes > kCBytes ? kPipeBytes : kCBytes;
+};
 
-  // Shared memory of the GEMM: the operand pipeline, reused for the fp32 result once the MMAs end.
-  struct Smem {
-    alignas(1024) unsigned char buffer[kBufferBytes];  // wgmma's swizzle atoms span 1024 bytes
-    const Elem* rows[kTileRows];  // A row sources; nullptr rows read as zeros
-  };
+template <class P>
+struct GemmSmem {
+  static constexpr int kWide = TileShapes<P, P::kExpertBN>::kBufferBytes;
+  static constexpr int kNarrow = TileShapes<P, kTileCols>::kBufferBytes;
+  alignas(1024) unsigned char buffer[kWide > kNarrow ? kWide : kNarrow];  // wgmma: 1024-B atoms
+  const typename P::Elem* rows[kTileRows];  // A row sources; nullptr rows read as zeros
+};
+
+// One 128 x BN output tile. The B columns of the tile come in two halves of BN/2: [0, BN/2) from
+// col_lo, [BN/2, BN) from col_hi (a SwiGLU tile holds the gate and up halves of an expert); only the
+// first valid_lo / valid_hi columns of each half are read (the rest are zeros), so N need not be a
+// multiple of BN.
+template <class P, int BN>
+struct TileGemm : TileShapes<P, BN> {
+  using Shapes = TileShapes<P, BN>;
+  using Elem = typename P::Elem;
+  using SmemElem = typename P::SmemElem;
+  using Smem = GemmSmem<P>;
+  using typename Shapes::SmemLayoutA;
+  using typename Shapes::SmemLayoutB;
+  static constexpr int kBN = BN;
+  static constexpr int kBK = P::kBlockK;
+  static constexpr int kStages = P::kStages;
+  static constexpr int kElemsA = Shapes::kElemsA;
+  static constexpr int kCPitch = Shapes::kCPitch;
+  static constexpr int kChunkElems = 16 / sizeof(Elem);  // elements per 16-byte copy
+  static constexpr int kChunksA = kTileRows * kBK / kChunkElems / kThreads;  // per thread
+  static constexpr int kChunksB = BN * kBK / kChunkElems / kThreads;
 
   static_assert(sizeof(Elem) == sizeof(SmemElem));
-  static_assert(kTileRows * kBK / kChunkElems == 4 * kThreads, "A tile: 4 chunks per thread");
-  static_assert(kTileCols * kBK / kChunkElems == 4 * kThreads, "B tile: 4 chunks per thread");
+  static_assert(kChunksA * kChunkElems * kThreads == kTileRows * kBK, "A tile: whole chunks per thread");
+  static_assert(kChunksB * kChunkElems * kThreads == BN * kBK, "B tile: whole chunks per thread");
 
   static __device__ __forceinline__ const float* result(const Smem& sm) {
     return reinterpret_cast<const float*>(sm.buffer);
@@ -61,15 +85,16 @@ struct TileGemm {
 
   // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage`.
   static __device__ __forceinline__ void load_stage(Smem& sm, const Elem* b, int ldb, int col_lo,
-                                                    int col_hi, int kt, int stage) {
+                                                    int col_hi, int valid_lo, int valid_hi, int kt,
+                                                    int stage) {
     using namespace cute;
     SmemElem* sa_ptr = reinterpret_cast<SmemElem*>(sm.buffer);
     Tensor sa = make_tensor(make_smem_ptr(sa_ptr), SmemLayoutA{});
     Tensor sb = make_tensor(make_smem_ptr(sa_ptr + kElemsA), SmemLayoutB{});
     constexpr int kChunksPerRowA = kBK / kChunkElems;
-    constexpr int kChunksPerRowB = kTileCols / kChunkElems;
+    constexpr int kChunksPerRowB = BN / kChunkElems;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < kChunksA; ++i) {
       const int q = static_cast<int>(threadIdx.x) + i * kThreads;
       const int r = q / kChunksPerRowA;
       const int k = (q % kChunksPerRowA) * kChunkElems;
@@ -77,25 +102,27 @@ struct TileGemm {
       cp_async_16(&sa(r, k, stage), src ? src + kt * kBK + k : b, src != nullptr);
     }
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < kChunksB; ++i) {
       const int q = static_cast<int>(threadIdx.x) + i * kThreads;
       const int k = q / kChunksPerRowB;
       const int n = (q % kChunksPerRowB) * kChunkElems;
-      // Columns [0, 64) of the tile come from col_lo, [64, 128) from col_hi: one tile can hold the
-      // gate and up halves of a SwiGLU expert.
-      const int col = n < kTileCols / 2 ? col_lo + n : col_hi + (n - kTileCols / 2);
-      const Elem* src = b + static_cast<long long>(kt * kBK + k) * ldb + col;
-      cp_async_16(&sb(n, k, stage), src, true);
+      const bool hi = n >= BN / 2;
+      const int in_half = hi ? n - BN / 2 : n;
+      const bool valid = in_half < (hi ? valid_hi : valid_lo);
+      const int col = (hi ? col_hi : col_lo) + in_half;
+      const Elem* src = b + static_cast<long long>(kt * kBK + k) * ldb + (valid ? col : 0);
+      cp_async_16(&sb(n, k, stage), src, valid);
     }
   }
 
-  // C[128 x 128] (fp32, in shared memory, pitch kCPitch) = A[rows, 0:K] * B[0:K, cols]. The caller
+  // C[128 x BN] (fp32, in shared memory, pitch kCPitch) = A[rows, 0:K] * B[0:K, cols]. The caller
   // fills sm.rows before the call; K is a multiple of kBK. Every thread of the block must call.
-  static __device__ void run(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi, int k_total) {
+  static __device__ void run(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
+                             int valid_lo, int valid_hi, int k_total) {
     if constexpr (P::kWgmma) {
-      run_wgmma(sm, b, ldb, col_lo, col_hi, k_total);
+      run_wgmma(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total);
     } else {
-      run_mma_sync(sm, b, ldb, col_lo, col_hi, k_total);
+      run_mma_sync(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total);
     }
   }
 
@@ -103,11 +130,11 @@ struct TileGemm {
   // make them visible to the async proxy, issue the warpgroup MMAs, then (once the previous k-tile's
   // MMAs are done in both warpgroups) refill that k-tile's stage.
   static __device__ void run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
-                                   int k_total) {
+                                   int valid_lo, int valid_hi, int k_total) {
     using namespace cute;
     __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
 
-    typename P::TiledMma mma;
+    typename P::template TiledMma<BN> mma;
     auto thr = mma.get_thread_slice(threadIdx.x);
     SmemElem* sa_ptr = reinterpret_cast<SmemElem*>(sm.buffer);
     Tensor sA = make_tensor(make_smem_ptr(sa_ptr), SmemLayoutA{});
@@ -116,13 +143,13 @@ struct TileGemm {
     Tensor tCsB = thr.partition_B(sB);
     Tensor tCrA = thr.make_fragment_A(tCsA);  // smem descriptors
     Tensor tCrB = thr.make_fragment_B(tCsB);
-    Tensor acc = partition_fragment_C(mma, Shape<Int<kTileRows>, Int<kTileCols>>{});
+    Tensor acc = partition_fragment_C(mma, Shape<Int<kTileRows>, Int<BN>>{});
     clear(acc);
 
     const int k_tiles = k_total / kBK;
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
-      if (s < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, s, s);
+      if (s < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, s, s);
       cp_async_commit();
     }
     warpgroup_fence_operand(acc);
@@ -137,7 +164,7 @@ struct TileGemm {
       warpgroup_wait<1>();  // k-tile kt-1's MMAs are done in this warpgroup
       __syncthreads();      // ... and in the other: its stage may be overwritten
       const int next = kt + kStages - 1;
-      if (next < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, next, next % kStages);
+      if (next < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, next, next % kStages);
       cp_async_commit();
     }
     warpgroup_wait<0>();
@@ -152,7 +179,7 @@ struct TileGemm {
     using namespace cute;
     Tensor sC = make_tensor(
         make_smem_ptr(reinterpret_cast<float*>(sm.buffer)),
-        make_layout(make_shape(Int<kTileRows>{}, Int<kTileCols>{}),
+        make_layout(make_shape(Int<kTileRows>{}, Int<BN>{}),
                     make_stride(Int<kCPitch>{}, Int<1>{})));
     Tensor tCsC = thr.partition_C(sC);
     copy(acc, tCsC);
@@ -161,18 +188,18 @@ struct TileGemm {
 
   // Ampere-style: ldmatrix/ld.shared into registers, mma.sync (tf32) or FMA (fp32).
   static __device__ void run_mma_sync(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
-                                      int k_total) {
+                                      int valid_lo, int valid_hi, int k_total) {
     using namespace cute;
     __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
 
-    typename P::TiledMma mma;
+    typename P::template TiledMma<BN> mma;
     auto thr = mma.get_thread_slice(threadIdx.x);
     SmemElem* sa_ptr = reinterpret_cast<SmemElem*>(sm.buffer);
     Tensor sA = make_tensor(make_smem_ptr(sa_ptr), SmemLayoutA{});
     Tensor sB = make_tensor(make_smem_ptr(sa_ptr + kElemsA), SmemLayoutB{});
     Tensor tCrA = thr.partition_fragment_A(sA(_, _, 0));
     Tensor tCrB = thr.partition_fragment_B(sB(_, _, 0));
-    Tensor acc = partition_fragment_C(mma, Shape<Int<kTileRows>, Int<kTileCols>>{});
+    Tensor acc = partition_fragment_C(mma, Shape<Int<kTileRows>, Int<BN>>{});
     clear(acc);
 
     auto copy_a = make_tiled_copy_A(typename P::CopyA{}, mma);
@@ -187,7 +214,7 @@ struct TileGemm {
     const int k_tiles = k_total / kBK;
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
-      if (s < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, s, s);
+      if (s < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, s, s);
       cp_async_commit();
     }
     for (int kt = 0; kt < k_tiles; ++kt) {
@@ -196,7 +223,7 @@ struct TileGemm {
       // load below overwrites.
       __syncthreads();
       const int next = kt + kStages - 1;
-      if (next < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, next, next % kStages);
+      if (next < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, next, next % kStages);
       cp_async_commit();
       const int stage = kt % kStages;
       constexpr int kBlocks = decltype(size<2>(tCrA))::value;
