@@ -22,31 +22,46 @@ __device__ __forceinline__ void warp_argmax(float& v, int& e) {
   }
 }
 
+// Partial logits of one token tile over K slice `split` of p.gate_splits (the whole K when 1):
+// logits[split, t, :] = x[t, slice] * gate[slice, :].
 template <class P>
-__device__ void gate_tile(const Params& p, KernelSmem<P>& sm, int tile) {
+__device__ void gate_gemm(const Params& p, KernelSmem<P>& sm, int tile, int split) {
   using Gemm = TileGemm<P, kTileCols>;
   using Elem = typename P::Elem;
+  const int k_len = p.hidden / p.gate_splits;  // a multiple of the GEMM's K step (hidden % 128 == 0)
+  const int k0 = split * k_len;
   const Elem* x = static_cast<const Elem*>(p.x);
   const int first = tile * kTileRows;
   const int rows = min(kTileRows, p.tokens - first);
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
-    sm.gemm.rows[r] = r < rows ? x + static_cast<long long>(first + r) * p.hidden : nullptr;
+    sm.gemm.rows[r] = r < rows ? x + static_cast<long long>(first + r) * p.hidden + k0 : nullptr;
   }
+  float* out = p.logits + static_cast<long long>(split) * p.tokens * p.experts_padded;
+  const Elem* gate = static_cast<const Elem*>(p.gate) + static_cast<long long>(k0) * p.experts_padded;
   for (int n0 = 0; n0 < p.experts_padded; n0 += kTileCols) {
-    Gemm::run(sm.gemm, static_cast<const Elem*>(p.gate), p.experts_padded, n0, n0 + kTileCols / 2,
-              kTileCols / 2, kTileCols / 2, p.hidden);
+    Gemm::run(sm.gemm, gate, p.experts_padded, n0, n0 + kTileCols / 2, kTileCols / 2,
+              kTileCols / 2, k_len);
     const float* c = Gemm::result(sm.gemm);
     for (int i = threadIdx.x; i < rows * (kTileCols / 4); i += kThreads) {
       const int r = i / (kTileCols / 4);
       const int col = (i % (kTileCols / 4)) * 4;
       const float4 v = *reinterpret_cast<const float4*>(c + r * Gemm::kCPitch + col);
-      *reinterpret_cast<float4*>(p.logits + static_cast<long long>(first + r) * p.experts_padded +
-                                 n0 + col) = v;
+      *reinterpret_cast<float4*>(out + static_cast<long long>(first + r) * p.experts_padded + n0 +
+                                 col) = v;
     }
   }
+}
+
+// Softmax and top-k of one token tile from its logits (partials summed in split order: the same
+// bits whatever block computed them), and the tile's per-expert counts.
+template <class P>
+__device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
+  const int first = tile * kTileRows;
+  const int rows = min(kTileRows, p.tokens - first);
   if (threadIdx.x < kMaxExperts) sm.route.count[threadIdx.x] = 0;
-  __syncthreads();  // this block's logits are visible to all its threads
+  __syncthreads();  // logits written by this block (or before a grid barrier) are visible
+  const long long split_stride = static_cast<long long>(p.tokens) * p.experts_padded;
 
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
@@ -59,7 +74,12 @@ __device__ void gate_tile(const Params& p, KernelSmem<P>& sm, int tile) {
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int e = lane + 32 * i;
-      v[i] = e < p.experts ? lg[e] : -INFINITY;
+      if (e < p.experts) {
+        v[i] = __ldcg(lg + e);
+        for (int s = 1; s < p.gate_splits; ++s) v[i] += __ldcg(lg + s * split_stride + e);
+      } else {
+        v[i] = -INFINITY;
+      }
       mx = fmaxf(mx, v[i]);
     }
 #pragma unroll

@@ -21,16 +21,24 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
 
   long long* trace = p.trace && threadIdx.x == 0 ? p.trace + blockIdx.x * kTraceSlots : nullptr;
   if (trace) trace[0] = global_ns();
-  for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) gate_tile<P>(p, sm, tile);
+  // Gate GEMM over (token tile, K slice) items: with two slices twice as many blocks work on it.
+  // With one, each block routes the tiles it computed itself, with no barrier in between.
+  unsigned int barrier = 0;
+  const int gate_items = p.token_tiles * p.gate_splits;
+  for (int item = blockIdx.x; item < gate_items; item += gridDim.x) {
+    gate_gemm<P>(p, sm, item / p.gate_splits, item % p.gate_splits);
+  }
+  if (p.gate_splits > 1 && !grid_barrier(p, ++barrier)) return;
+  for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) gate_route<P>(p, sm, tile);
   if (trace) trace[1] = global_ns();
-  if (!grid_barrier(p, 1)) return;
+  if (!grid_barrier(p, ++barrier)) return;
 
   scan_tile_counts(p);
-  if (!grid_barrier(p, 2)) return;
+  if (!grid_barrier(p, ++barrier)) return;
 
   summarize_routes(p, sm.route);
   for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) scatter_tile(p, sm.route, tile);
-  if (!grid_barrier(p, 3)) return;
+  if (!grid_barrier(p, ++barrier)) return;
 
   if (trace) trace[2] = global_ns();
   if (blockIdx.x == 0) publish_initial_tasks<P>(p, sm);

@@ -105,7 +105,8 @@ struct Params {
   int* tokentile_done;
   int* tokentile_target;       // expert rows kept in each token tile x gemm1_col_tiles
   ErrorRecord* error;
-  float* logits;               // [S, experts_padded]
+  float* logits;               // [gate_splits, S, experts_padded]: partial sums over K slices
+  int gate_splits;             // 1, or 2 when K is split over two blocks per token tile
   int* topk_expert;            // [S, k]
   float* topk_weight;          // [S, k]
   std::uint8_t* topk_kept;     // [S, k]

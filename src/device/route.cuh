@@ -67,6 +67,16 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
   }
   __shared__ int kept_in_tile;
   if (threadIdx.x == 0) kept_in_tile = 0;
+  constexpr int kWords = kTileRows / 32;
+  for (int i = threadIdx.x; i < p.experts * kWords; i += kThreads) (&rs.row_mask[0][0])[i] = 0;
+  __syncthreads();
+  // Which rows chose each expert (a token chooses an expert at most once): OR is order-free.
+  for (int i = threadIdx.x; i < rows * k; i += kThreads) {
+    const int r = i / k;
+    const int e = rs.choice[i];
+    // An invalid choice (a NaN logit) was already reported by the gate; skip it here.
+    if (e >= 0 && e < p.experts) atomicOr(&rs.row_mask[e][r / 32], 1u << (r % 32));
+  }
   __syncthreads();
   if (static_cast<int>(threadIdx.x) < rows) {
     const int r = static_cast<int>(threadIdx.x);
@@ -74,10 +84,10 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
     int kept = 0;
     for (int j = 0; j < k; ++j) {
       const int e = rs.choice[r * k + j];
-      int earlier = 0;
-      for (int q = 0; q < r; ++q) {
-        for (int jj = 0; jj < k; ++jj) earlier += rs.choice[q * k + jj] == e;
-      }
+      if (e < 0 || e >= p.experts) continue;
+      // Earlier rows of the tile with the same expert: the set bits below r.
+      int earlier = __popc(rs.row_mask[e][r / 32] & ((1u << (r % 32)) - 1u));
+      for (int w = 0; w < r / 32; ++w) earlier += __popc(rs.row_mask[e][w]);
       const int pos = __ldcg(p.tile_counts + static_cast<long long>(tile) * p.experts + e) + earlier;
       const bool keep = pos < p.capacity;
       if (keep) {

@@ -13,6 +13,7 @@ struct RouteSmem {
   int row_base[kMaxExperts + 1];   // first row of each expert in expert_rows / hidden_act
   int tile_base[kMaxExperts + 1];  // first row tile of each expert
   int choice[kTileRows * kMaxTopK];  // scatter: the tile's expert choices
+  unsigned int row_mask[kMaxExperts][kTileRows / 32];  // scatter: rows of the tile per expert
   int row_tiles;                   // row tiles over all experts
   int total_tasks;
 };

@@ -185,6 +185,8 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   p.tokentile_target = p.tokentile_done + m.plan.token_tiles;
   p.error = m.at<device::ErrorRecord>(m.plan.error);
   p.logits = m.at<float>(m.plan.logits);
+  // Split the gate GEMM's K over two blocks per token tile when there are blocks to spare.
+  p.gate_splits = p.token_tiles * 2 <= m.grid ? 2 : 1;
   p.topk_expert = m.at<int>(m.plan.topk_expert);
   p.topk_weight = m.at<float>(m.plan.topk_weight);
   p.topk_kept = m.at<std::uint8_t>(m.plan.topk_kept);

@@ -61,8 +61,9 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   p.gate = a.take(checked_mul(checked_mul(u(cfg.hidden), u(p.experts_padded), "hidden"), elem,
                               "hidden"),
                   "hidden");
+  // Two partial sums per logit: the gate GEMM may split K in halves over two blocks (kernel.cuh).
   p.logits = a.take(
-      checked_mul(checked_mul(u(cfg.max_tokens), u(p.experts_padded), "max_tokens"), 4,
+      checked_mul(checked_mul(u(cfg.max_tokens), u(p.experts_padded), "max_tokens"), 8,
                   "max_tokens"),
       "max_tokens");
   const std::size_t choices = checked_mul(u(cfg.max_tokens), u(cfg.topk), "max_tokens");
