@@ -66,22 +66,31 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   constexpr int kPerLane = kMaxExperts / 32;
-  for (int r = warp; r < rows; r += kThreads / 32) {
-    const int t = first + r;
-    const float* lg = p.logits + static_cast<long long>(t) * p.experts_padded;
-    float v[kPerLane];
-    float mx = -INFINITY;
+  // A lane's logits of token row r: partial sums added in split order (-inf past the experts).
+  const auto load_row = [&](int r, float (&v)[kPerLane]) {
+    const float* lg = p.logits + static_cast<long long>(first + r) * p.experts_padded;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int e = lane + 32 * i;
+      v[i] = -INFINITY;
       if (e < p.experts) {
         v[i] = __ldcg(lg + e);
-        for (int s = 1; s < p.gate_splits; ++s) v[i] += __ldcg(lg + s * split_stride + e);
-      } else {
-        v[i] = -INFINITY;
+        if (p.gate_splits > 1) v[i] += __ldcg(lg + split_stride + e);
       }
-      mx = fmaxf(mx, v[i]);
     }
+  };
+  // Each warp walks its rows with the next row's loads in flight (the loop is latency-bound).
+  float next[kPerLane];
+  if (warp < rows) load_row(warp, next);
+  for (int r = warp; r < rows; r += kThreads / 32) {
+    const int t = first + r;
+    float v[kPerLane];
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) v[i] = next[i];
+    if (r + kThreads / 32 < rows) load_row(r + kThreads / 32, next);
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) mx = fmaxf(mx, v[i]);
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
     float sum = 0.f;
