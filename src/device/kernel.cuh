@@ -5,6 +5,7 @@
 #pragma once
 
 #include "device/combine.cuh"
+#include "device/ep.cuh"
 #include "device/gate.cuh"
 #include "device/processor.cuh"
 #include "device/route.cuh"
@@ -21,6 +22,8 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
 
   long long* trace = p.trace && threadIdx.x == 0 ? p.trace + blockIdx.x * kTraceSlots : nullptr;
   if (trace) trace[0] = global_ns();
+  const bool ep = p.world > 1;
+  if (ep && blockIdx.x == 0 && threadIdx.x == 0) announce_start(p);
   // Gate GEMM over (token tile, K slice) items: with two slices twice as many blocks work on it.
   // With one, each block routes the tiles it computed itself, with no barrier in between.
   unsigned int barrier = 0;
@@ -41,16 +44,26 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   if (!grid_barrier(p, ++barrier)) return;
 
   if (trace) trace[2] = global_ns();
-  if (blockIdx.x == 0) publish_initial_tasks<P>(p, sm);
+  if (!ep) {
+    if (blockIdx.x == 0) publish_initial_tasks<P>(p, sm);
+  } else if (blockIdx.x == 0) {
+    subscribe_ep<P>(p, sm);
+  } else if (static_cast<int>(blockIdx.x) <= p.dispatch_blocks) {
+    dispatch_rows<P>(p, sm);
+  }
   long long wait_ns = 0, gemm_ns = 0, tasks = 0;
   long long t_ask = trace ? global_ns() : 0;
-  while (pop_task(p, sm.task, sm.route.total_tasks)) {
+  while (pop_task(p, sm.task, ep ? -1 : sm.route.total_tasks)) {
     const Task task = sm.task.task;
     const long long t_got = trace ? global_ns() : 0;
     if (trace) wait_ns += t_got - t_ask;
     switch (static_cast<TaskType>(task.head)) {
-      case TaskType::gemm0: run_gemm0<P>(p, sm, task.a, task.b); break;
-      case TaskType::gemm1: run_gemm1<P>(p, sm, task.a, task.b); break;
+      case TaskType::gemm0:
+        if (ep) run_gemm0_ep<P>(p, sm, task.a, task.b); else run_gemm0<P>(p, sm, task.a, task.b);
+        break;
+      case TaskType::gemm1:
+        if (ep) run_gemm1_ep<P>(p, sm, task.a, task.b); else run_gemm1<P>(p, sm, task.a, task.b);
+        break;
       case TaskType::combine: run_combine<P>(p, task.a, task.b); break;
       default:
         if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, static_cast<int>(task.head), 0);

@@ -11,6 +11,7 @@ inline constexpr int kTileCols = 128;  // output columns per GEMM task
 inline constexpr int kCombineCols = 512;
 inline constexpr int kMaxExperts = 256;
 inline constexpr int kMaxTopK = 8;
+inline constexpr int kMaxWorld = 64;
 // Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks.
 inline constexpr int kTraceSlots = 8;
 
@@ -24,6 +25,7 @@ enum class ErrorCode : int {
   bad_task = 3,         // a task descriptor held an impossible value
   bad_route = 4,        // routing produced an out-of-range expert or row
   aborted = 5,          // another block reported an error first
+  timeout_peer = 6,     // world > 1: a peer rank did not start, send or return rows in time
 };
 
 // First error wins; sticky across forwards until the host reads and clears it.
@@ -59,13 +61,41 @@ struct Control {
   unsigned int queue_tail;    // slots reserved by producers
   unsigned int queue_head;    // slots taken by consumers
   int abort;                  // set by the first block that fails: every wait gives up
-  int pad[4];
+  unsigned int total_tasks;   // world > 1: tasks of this launch, valid once total_ready is set
+  unsigned int total_ready;   // world > 1: 1 once every source's header has arrived
+  unsigned int dispatch_next; // world > 1: next dispatch item to claim
+  int pad;
   // Followed in memory by (offsets in Params):
   //   int expert_count[experts]      rows routed to each expert (before capacity)
   //   int expert_dropped[experts]    rows dropped by capacity
   //   int rowtile_done[row_tiles]    GEMM0 tasks finished per row tile
   //   int tokentile_done[token_tiles] expert rows x GEMM1 column tiles finished per token tile
   //   int tokentile_target[token_tiles] the value tokentile_done reaches when the tile is complete
+};
+
+// world > 1: one row tile this rank's experts received (or kept from its own tokens), in the order
+// the subscriber met them. hidden_act rows [index * 128, index * 128 + rows) belong to it.
+struct RecvTile {
+  int source;        // rank the rows came from (== rank: rows are read from x via expert_rows)
+  int expert_local;  // local expert index
+  int first;         // first row: in the source's inbox segment, or in expert_rows when local
+  int rows;          // 1..128
+};
+static_assert(sizeof(RecvTile) == 16);
+
+// world > 1: byte offsets into the symmetric window (the same on every rank; ncclMemAlloc +
+// ncclCommWindowRegister). Peers write into it; the owner reads. See workspace.hpp.
+struct WindowLayout {
+  unsigned long long start;        // u64 [W]: epoch of the call each rank has started
+  unsigned long long header;       // int [W][El]: rows each source sends to each local expert
+  unsigned long long header_flag;  // u64 [W]: epoch once that source's header is written
+  unsigned long long arrived;      // u32 [W][tiles_per_source]: epoch once a row tile landed
+  unsigned long long done;         // int [token_tiles]: expert rows x col tiles returned (reset per call)
+  unsigned long long inbox;        // elem [W][rows_per_source][H]: rows from each source
+  unsigned long long ids;          // int [W][rows_per_source]: the source's token * k + choice of a row
+  unsigned long long stage;        // elem [S * k][H]: expert outputs returned for this rank's tokens
+  int rows_per_source;
+  int tiles_per_source;            // row tiles of one source's segment, (expert, tile) order
 };
 
 struct Params {
@@ -118,6 +148,17 @@ struct Params {
   int max_tasks;
   unsigned int epoch;          // this call's number, 1 .. 2^30 - 1 (see Task)
   long long* trace;            // [grid, kTraceSlots] phase times, or nullptr (MoELayer::set_trace)
+
+  // Expert parallelism (world > 1). Experts [rank * El, (rank + 1) * El) are local.
+  int world;
+  int rank;
+  int experts_local;
+  int dispatch_blocks;         // blocks 1..dispatch_blocks send rows before taking tasks
+  unsigned char* window;       // this rank's window (local pointer), or nullptr when world == 1
+  void* win;                   // the ncclWindow_t (an opaque handle), for peer pointers
+  WindowLayout wl;
+  RecvTile* recv_tiles;        // [max_recv_tiles]
+  int max_recv_tiles;
 };
 
 }  // namespace monomoe::device

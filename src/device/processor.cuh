@@ -36,6 +36,57 @@ __device__ __forceinline__ void publish_block_writes() {
   __syncthreads();
 }
 
+// GEMM0 of one row tile: hidden_act[hidden_row0 + r, cols of col_tile] = act(A[r] * W1[expert]
+// + b1) for r < rows, A rows from sm.gemm.rows (filled by the caller).
+template <class P>
+__device__ void gemm0_tile(const Params& p, KernelSmem<P>& sm, int expert, int rows,
+                           int hidden_row0, int col_tile) {
+  using Elem = typename P::Elem;
+  using Gemm = TileGemm<P, P::kExpertBN>;
+  constexpr int kHalf = Gemm::kBN / 2;
+  const bool swiglu = p.act == Act::swiglu;
+  const int w1_cols = swiglu ? 2 * p.ffn : p.ffn;
+  // SwiGLU: kHalf gate columns (col0...) and the matching kHalf up columns (ffn + col0...) make
+  // kHalf outputs. Otherwise kBN consecutive columns, fewer in the last tile.
+  const int col0 = col_tile * (swiglu ? kHalf : Gemm::kBN);
+  const int col_hi = swiglu ? p.ffn + col0 : col0 + kHalf;
+  const int out_cols = swiglu ? kHalf : min(Gemm::kBN, p.ffn - col0);
+  const int valid_lo = min(kHalf, out_cols);
+  const int valid_hi = swiglu ? kHalf : max(0, out_cols - kHalf);
+  const Elem* w1 = static_cast<const Elem*>(p.w1) + static_cast<long long>(expert) * p.hidden * w1_cols;
+  Gemm::run(sm.gemm, w1, w1_cols, col0, col_hi, valid_lo, valid_hi, p.hidden);
+
+  const Elem* b1 = p.has_bias ? static_cast<const Elem*>(p.b1) + static_cast<long long>(expert) * w1_cols
+                              : nullptr;
+  Elem* h = static_cast<Elem*>(p.hidden_act);
+  epilogue_gemm0<P>(Gemm::result(sm.gemm), Gemm::kCPitch, kHalf, rows, out_cols, swiglu, p.act,
+                    b1, col0, col_hi, h + static_cast<long long>(hidden_row0) * p.ffn + col0, p.ffn);
+}
+
+// GEMM1 of one row tile: stage[sm.task.row_id[r], cols of col_tile] = hidden_act[hidden_row0 + r]
+// * W2[expert] + b2 for r < rows. `stage` may be a peer's buffer.
+template <class P>
+__device__ void gemm1_tile(const Params& p, KernelSmem<P>& sm, int expert, int rows,
+                           int hidden_row0, int col_tile, typename P::Elem* stage) {
+  using Elem = typename P::Elem;
+  using Gemm = TileGemm<P, P::kExpertBN>;
+  constexpr int kHalf = Gemm::kBN / 2;
+  const Elem* h = static_cast<const Elem*>(p.hidden_act);
+  if (threadIdx.x < kTileRows) {
+    const int r = static_cast<int>(threadIdx.x);
+    sm.gemm.rows[r] = r < rows ? h + static_cast<long long>(hidden_row0 + r) * p.ffn : nullptr;
+  }
+  const int col0 = col_tile * Gemm::kBN;
+  const int out_cols = min(Gemm::kBN, p.hidden - col0);
+  const Elem* w2 = static_cast<const Elem*>(p.w2) + static_cast<long long>(expert) * p.ffn * p.hidden;
+  Gemm::run(sm.gemm, w2, p.hidden, col0, col0 + kHalf, min(kHalf, out_cols), max(0, out_cols - kHalf),
+            p.ffn);
+  const Elem* b2 = p.has_bias ? static_cast<const Elem*>(p.b2) + static_cast<long long>(expert) * p.hidden
+                              : nullptr;
+  epilogue_gemm1<P>(Gemm::result(sm.gemm), Gemm::kCPitch, rows, out_cols, sm.task.row_id, b2, col0,
+                    stage, p.hidden);
+}
+
 template <class P>
 __device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int col_tile) {
   using Elem = typename P::Elem;
@@ -54,25 +105,7 @@ __device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int col_
     }
     sm.gemm.rows[r] = src;
   }
-  using Gemm = TileGemm<P, P::kExpertBN>;
-  constexpr int kHalf = Gemm::kBN / 2;
-  const bool swiglu = p.act == Act::swiglu;
-  const int w1_cols = swiglu ? 2 * p.ffn : p.ffn;
-  // SwiGLU: kHalf gate columns (col0...) and the matching kHalf up columns (ffn + col0...) make
-  // kHalf outputs. Otherwise kBN consecutive columns, fewer in the last tile.
-  const int col0 = col_tile * (swiglu ? kHalf : Gemm::kBN);
-  const int col_hi = swiglu ? p.ffn + col0 : col0 + kHalf;
-  const int out_cols = swiglu ? kHalf : min(Gemm::kBN, p.ffn - col0);
-  const int valid_lo = min(kHalf, out_cols);
-  const int valid_hi = swiglu ? kHalf : max(0, out_cols - kHalf);
-  const Elem* w1 = static_cast<const Elem*>(p.w1) + static_cast<long long>(rt.expert) * p.hidden * w1_cols;
-  Gemm::run(sm.gemm, w1, w1_cols, col0, col_hi, valid_lo, valid_hi, p.hidden);
-
-  const Elem* b1 = p.has_bias ? static_cast<const Elem*>(p.b1) + static_cast<long long>(rt.expert) * w1_cols
-                              : nullptr;
-  Elem* h = static_cast<Elem*>(p.hidden_act);
-  epilogue_gemm0<P>(Gemm::result(sm.gemm), Gemm::kCPitch, kHalf, rt.rows, out_cols, swiglu, p.act,
-                    b1, col0, col_hi, h + static_cast<long long>(rt.first) * p.ffn + col0, p.ffn);
+  gemm0_tile<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile);
 
   publish_block_writes();
   if (threadIdx.x == 0) {
@@ -92,27 +125,14 @@ __device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int col_
     if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, tile, rt.rows);
     return;
   }
-  const Elem* h = static_cast<const Elem*>(p.hidden_act);
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
     const bool valid = r < rt.rows;
     const int id = valid ? __ldcg(p.expert_rows + rt.first + r) : -1;
     sm.task.row_id[r] = id;
     sm.task.token_tile[r] = valid ? id / p.topk / kTileRows : -1;
-    sm.gemm.rows[r] = valid ? h + static_cast<long long>(rt.first + r) * p.ffn : nullptr;
   }
-  using Gemm = TileGemm<P, P::kExpertBN>;
-  constexpr int kHalf = Gemm::kBN / 2;
-  const int col0 = col_tile * Gemm::kBN;
-  const int out_cols = min(Gemm::kBN, p.hidden - col0);
-  const Elem* w2 = static_cast<const Elem*>(p.w2) + static_cast<long long>(rt.expert) * p.ffn * p.hidden;
-  Gemm::run(sm.gemm, w2, p.hidden, col0, col0 + kHalf, min(kHalf, out_cols), max(0, out_cols - kHalf),
-            p.ffn);
-
-  const Elem* b2 = p.has_bias ? static_cast<const Elem*>(p.b2) + static_cast<long long>(rt.expert) * p.hidden
-                              : nullptr;
-  epilogue_gemm1<P>(Gemm::result(sm.gemm), Gemm::kCPitch, rt.rows, out_cols, sm.task.row_id, b2,
-                    col0, static_cast<Elem*>(p.stage), p.hidden);
+  gemm1_tile<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile, static_cast<Elem*>(p.stage));
 
   publish_block_writes();
   // One counter update per run of rows that share a token tile (rows are in token order).

@@ -3,6 +3,7 @@
 // atomic on the head and acquire the head word. Atomics decide only where work runs.
 #pragma once
 
+#include "device/smem.cuh"
 #include "device/sync.cuh"
 
 namespace monomoe::device {
@@ -25,14 +26,45 @@ __device__ __forceinline__ void push_tasks(const Params& p, TaskType type, int a
   }
 }
 
+// world > 1: the task count is known only once every source's header has arrived. Waits for slot
+// `idx` to fill or for the count to show that it never will. Returns true when the slot holds a task.
+__device__ __forceinline__ bool wait_slot_or_end(const Params& p, unsigned int idx) {
+  const Task* slot = p.tasks + idx;
+  const long long start = global_ns();
+  for (int spin = 0;; ++spin) {
+    if (ld_acquire_gpu(&slot->head) >= (p.epoch << 2)) return true;
+    if (ld_acquire_gpu(&p.control->total_ready) != 0 &&
+        idx >= __ldcg(&p.control->total_tasks)) {
+      return false;
+    }
+    if ((spin & 63) == 63) {
+      if (aborted(p)) return false;
+      if (global_ns() - start > p.timeout_ns) {
+        raise_error(p, ErrorCode::timeout_queue, static_cast<int>(idx), 0);
+        return false;
+      }
+    }
+    __nanosleep(64);
+  }
+}
+
 // Takes the next task for the whole block (thread 0 waits, the block reads sm.task). Returns false
-// when all `total` tasks are taken or the launch aborted.
+// when all `total` tasks are taken or the launch aborted. total < 0: the count comes from the
+// subscriber (world > 1).
 __device__ __forceinline__ bool pop_task(const Params& p, TaskSmem& ts, int total) {
   __syncthreads();  // everyone is done with the previous task descriptor
   if (threadIdx.x == 0) {
     ts.task.head = 0;
     const unsigned int idx = atomicAdd(&p.control->queue_head, 1u);
-    if (idx < static_cast<unsigned int>(total)) {
+    if (total < 0) {
+      if (wait_slot_or_end(p, idx)) {
+        const Task* slot = p.tasks + idx;
+        ts.task.head = __ldcg(&slot->head) & 3u;
+        ts.task.a = __ldcg(&slot->a);
+        ts.task.b = __ldcg(&slot->b);
+        ts.task.c = __ldcg(&slot->c);
+      }
+    } else if (idx < static_cast<unsigned int>(total)) {
       Task* slot = p.tasks + idx;
       if (wait_at_least(p, &slot->head, p.epoch << 2, ErrorCode::timeout_queue,
                         static_cast<int>(idx))) {

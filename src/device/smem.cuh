@@ -15,6 +15,7 @@ struct RouteSmem {
   int choice[kTileRows * kMaxTopK];  // scatter: the tile's expert choices
   unsigned int row_mask[kMaxExperts][kTileRows / 32];  // scatter: rows of the tile per expert
   int row_tiles;                   // row tiles over all experts
+  int source_tiles[kMaxWorld + 1]; // world > 1: first recv tile of each source (subscriber)
   int total_tasks;
 };
 

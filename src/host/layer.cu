@@ -1,7 +1,9 @@
 // MoELayer: owns the workspace, turns a forward() into one memset of the control words plus one
 // cooperative launch of the persistent kernel, and turns the kernel's error record into exceptions.
 #include <cuda_runtime_api.h>
+#include <nccl.h>
 
+#include <algorithm>
 #include <sstream>
 #include <string>
 
@@ -35,6 +37,14 @@ std::string describe_kernel_error(const device::ErrorRecord& e, double timeout_s
     case device::ErrorCode::bad_task:
       os << "impossible task or queue overflow (" << e.detail0 << ", " << e.detail1 << ")";
       break;
+    case device::ErrorCode::timeout_peer:
+      os << "rank " << e.detail0 << " did not " << (e.detail1 == 0   ? "start this forward"
+                                                    : e.detail1 == 1 ? "send its routing header"
+                                                    : e.detail1 == 2 ? "send a row tile"
+                                                                     : "return expert results")
+         << " within " << timeout_s
+         << " s: is every rank calling forward() the same number of times, and alive?";
+      break;
     case device::ErrorCode::bad_route:
       os << "token " << e.detail0 << " routed to expert " << e.detail1
          << " (out of range: are there NaN/inf values in x or the gate weight?)";
@@ -59,6 +69,10 @@ struct MoELayer::Impl {
   std::int64_t last_tokens = 0;
   unsigned int epoch = 0;  // forward calls so far (the task slots' epoch, device/params.cuh)
   long long* trace = nullptr;  // [grid, kTraceSlots] while tracing is on
+  // world > 1: the symmetric window peers write into.
+  ncclComm_t comm = nullptr;
+  unsigned char* window = nullptr;
+  ncclWindow_t win = nullptr;
 
   template <class T>
   T* at(std::size_t offset) const {
@@ -68,6 +82,8 @@ struct MoELayer::Impl {
   ~Impl() {
     if (ws) cudaFree(ws);
     if (trace) cudaFree(trace);
+    if (win) ncclCommWindowDeregister(comm, win);  // collective, like the registration
+    if (window) ncclMemFree(window);
   }
 };
 
@@ -85,10 +101,6 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
     throw ConfigError("LayerConfig.world_size/rank = " + std::to_string(config.world_size) + "/" +
                       std::to_string(config.rank) + " do not match the Communicator's " +
                       std::to_string(comm.world()) + "/" + std::to_string(comm.rank()));
-  }
-  if (config.world_size != 1) {
-    throw ConfigError("LayerConfig.world_size = " + std::to_string(config.world_size) +
-                      ": this build runs the fused kernel on one GPU only (world_size 1)");
   }
   if (prop.major != 9) {
     throw ConfigError("GPU '" + std::string(prop.name) + "' has compute capability " +
@@ -118,6 +130,17 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
   MONOMOE_CUDA(cudaMalloc(&m.ws, m.plan.total));
   MONOMOE_CUDA(cudaMemset(m.ws + m.plan.error, 0, sizeof(device::ErrorRecord)));
   MONOMOE_CUDA(cudaMemset(m.ws + m.plan.tasks, 0, m.plan.max_tasks * sizeof(device::Task)));
+  if (config.world_size > 1) {
+    // The window every rank's kernel writes into: same size and layout on every rank. Allocation
+    // and registration are collective: every rank constructs its MoELayer in the same order.
+    m.comm = static_cast<ncclComm_t>(comm.nccl_comm());
+    void* buf = nullptr;
+    MONOMOE_NCCL(ncclMemAlloc(&buf, m.plan.window.total));
+    m.window = static_cast<unsigned char*>(buf);
+    MONOMOE_CUDA(cudaMemset(m.window, 0, m.plan.window.total));
+    MONOMOE_NCCL(ncclCommWindowRegister(m.comm, m.window, m.plan.window.total, &m.win,
+                                        NCCL_WIN_COLL_SYMMETRIC));
+  }
   // The gate is small: keep a copy padded to whole column tiles (the kernel's 16-byte loads then
   // never straddle a row). Weights are read from the caller's memory at every forward otherwise.
   const std::size_t elem = element_bytes(config.dtype);
@@ -141,10 +164,16 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   }
   m.last_stream = stream;
   m.last_tokens = tokens;
-  MONOMOE_CUDA(cudaMemsetAsync(m.ws + m.plan.control, 0, m.plan.control_bytes, stream));
-  if (tokens == 0) return;
-  if (!x || !y || !aligned16(x) || !aligned16(y)) {
+  const bool ep = c.world_size > 1;
+  if (tokens > 0 && (!x || !y || !aligned16(x) || !aligned16(y))) {
     throw ConfigError("forward: x and y must be non-null and 16-byte aligned");
+  }
+  MONOMOE_CUDA(cudaMemsetAsync(m.ws + m.plan.control, 0, m.plan.control_bytes, stream));
+  // With peers, a rank without tokens still runs: it owns experts and receives rows.
+  if (tokens == 0 && !ep) return;
+  if (ep) {
+    MONOMOE_CUDA(cudaMemsetAsync(m.window + m.plan.window.reset, 0, m.plan.window.reset_bytes,
+                                 stream));
   }
 
   device::Params p{};
@@ -203,6 +232,32 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   }
   p.epoch = m.epoch;
   p.trace = m.trace;
+
+  p.world = static_cast<int>(c.world_size);
+  p.rank = static_cast<int>(c.rank);
+  p.experts_local = static_cast<int>(c.experts_per_rank());
+  p.recv_tiles = m.at<device::RecvTile>(m.plan.recv_tiles);
+  p.max_recv_tiles = static_cast<int>(m.plan.row_tiles);
+  if (ep) {
+    const auto& w = m.plan.window;
+    p.window = m.window;
+    p.win = m.win;
+    p.wl.start = w.start;
+    p.wl.header = w.header;
+    p.wl.header_flag = w.header_flag;
+    p.wl.arrived = w.arrived;
+    p.wl.done = w.done;
+    p.wl.inbox = w.inbox;
+    p.wl.ids = w.ids;
+    p.wl.stage = w.stage;
+    p.wl.rows_per_source = static_cast<int>(w.rows_per_source);
+    p.wl.tiles_per_source = static_cast<int>(w.tiles_per_source);
+    // Returned expert rows land in the window; their counters are the window's done words.
+    p.stage = m.window + w.stage;
+    p.tokentile_done = reinterpret_cast<int*>(m.window + w.done);
+    // ~16 SMs reach 90% of the NVLink store bandwidth (DEVICE-NOTES.md); the rest compute.
+    p.dispatch_blocks = std::min(16, m.grid - 1);
+  }
 
   MONOMOE_CUDA(device::launch_forward(c.dtype, p, m.grid, stream));
 }

@@ -37,8 +37,11 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
       checked_mul(checked_mul(u(cfg.world_size), u(cfg.max_tokens), "max_tokens"), u(copies),
                   "max_tokens"));
   // Each (source, expert) segment may end in a partial tile.
-  p.row_tiles = (p.rows_in + TileShape::kRows - 1) / TileShape::kRows +
-                cfg.world_size * local_experts;
+  const std::int64_t rows_per_source = cfg.max_tokens * copies;
+  const std::int64_t tiles_per_source =
+      (rows_per_source + TileShape::kRows - 1) / TileShape::kRows + local_experts;
+  p.row_tiles = static_cast<std::int64_t>(
+      checked_mul(u(cfg.world_size), u(tiles_per_source), "max_tokens"));
   // SwiGLU GEMM0 tiles produce half a tile of output columns each.
   const std::int64_t gemm0_cols = cfg.w1_columns() / TileShape::kCols;
   const std::int64_t gemm1_cols = cfg.hidden / TileShape::kCols;
@@ -74,12 +77,38 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
       a.take(checked_mul(checked_mul(u(p.token_tiles), u(cfg.experts), "experts"), 4, "experts"),
              "experts");
   p.expert_rows = a.take(checked_mul(u(p.rows_in), 4, "max_tokens"), "max_tokens");
+  // Row tile i of GEMM0/GEMM1 owns rows [i * 128, i * 128 + rows) when world > 1.
+  const std::size_t hidden_rows =
+      std::max(u(p.rows_in), checked_mul(u(p.row_tiles), u(TileShape::kRows), "max_tokens"));
   p.hidden_act =
-      a.take(checked_mul(checked_mul(u(p.rows_in), u(cfg.ffn), "ffn"), elem, "ffn"), "ffn");
+      a.take(checked_mul(checked_mul(hidden_rows, u(cfg.ffn), "ffn"), elem, "ffn"), "ffn");
   p.stage = a.take(checked_mul(checked_mul(choices, u(cfg.hidden), "hidden"), elem, "hidden"),
                    "hidden");
   p.tasks = a.take(checked_mul(u(p.max_tasks), 16, "max_tokens"), "max_tokens");
+  p.recv_tiles = a.take(checked_mul(u(p.row_tiles), 16, "max_tokens"), "max_tokens");
   p.total = a.size();
+
+  if (cfg.world_size > 1) {
+    auto& w = p.window;
+    w.rows_per_source = rows_per_source;
+    w.tiles_per_source = tiles_per_source;
+    const std::size_t world = u(cfg.world_size);
+    Arena b;
+    w.start = b.take(8 * world, "world_size");
+    w.header = b.take(checked_mul(world * 4, u(local_experts), "experts"), "experts");
+    w.header_flag = b.take(8 * world, "world_size");
+    w.arrived = b.take(checked_mul(world * 4, u(tiles_per_source), "max_tokens"), "max_tokens");
+    w.done = b.take(checked_mul(u(p.token_tiles), 4, "max_tokens"), "max_tokens");
+    w.reset = w.done;
+    w.reset_bytes = u(p.token_tiles) * 4;
+    const std::size_t rows_in = checked_mul(world, u(rows_per_source), "max_tokens");
+    w.inbox = b.take(checked_mul(checked_mul(rows_in, u(cfg.hidden), "hidden"), elem, "hidden"),
+                     "hidden");
+    w.ids = b.take(checked_mul(rows_in, 4, "max_tokens"), "max_tokens");
+    w.stage = b.take(checked_mul(checked_mul(choices, u(cfg.hidden), "hidden"), elem, "hidden"),
+                     "hidden");
+    w.total = b.size();
+  }
   return p;
 }
 

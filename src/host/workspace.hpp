@@ -40,7 +40,19 @@ struct WorkspacePlan {
   std::size_t hidden_act = 0;   // elem [rows_in, ffn]: activation output of GEMM0
   std::size_t stage = 0;        // elem [max_tokens * k, hidden]: expert outputs before combine
   std::size_t tasks = 0;        // Task (16 bytes) [max_tasks]
+  std::size_t recv_tiles = 0;   // RecvTile (16 bytes) [row_tiles] (world > 1)
   std::size_t total = 0;
+
+  // world > 1: the symmetric window (ncclMemAlloc, registered with NCCL), the same layout on every
+  // rank; byte offsets. Peers write into it. See device::WindowLayout.
+  struct Window {
+    std::int64_t rows_per_source = 0;   // max_tokens * min(k, local experts)
+    std::int64_t tiles_per_source = 0;  // ceil(rows_per_source / 128) + local experts
+    std::size_t start = 0, header = 0, header_flag = 0, arrived = 0, done = 0;
+    std::size_t inbox = 0, ids = 0, stage = 0;
+    std::size_t reset = 0, reset_bytes = 0;  // zeroed before every forward (the done counters)
+    std::size_t total = 0;
+  } window;
 };
 
 // Throws ConfigError (naming the field) if a size overflows.

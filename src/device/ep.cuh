@@ -1,0 +1,275 @@
+// Expert parallelism (world > 1) inside the persistent kernel, on top of the single-GPU phases:
+//   start    block 0 tells every peer "this rank runs call `epoch`" (after its per-call reset);
+//            nobody writes into a peer's window before that peer's start flag is seen.
+//   dispatch blocks 1..dispatch_blocks copy the rows routed to other ranks' experts into the owner's
+//            inbox, one row tile (<= 128 rows of one expert) per item, then raise the tile's
+//            arrival flag (the epoch). Rows for local experts are not copied: GEMM0 gathers them
+//            from x directly.
+//   subscriber  block 0 sends this rank's per-expert row counts (the header, zeros included) to
+//            every peer, reads every source's header, lists the row tiles its experts will
+//            receive (recv_tiles, in source then expert order: deterministic), publishes GEMM0
+//            tasks for each tile once it has landed, and combine tasks for each of its own token
+//            tiles once all their expert results have come back (the `done` counters that GEMM1
+//            blocks of every rank add to).
+//   GEMM1    writes each result row straight into the source rank's stage buffer, then adds to the
+//            source's `done` counter of that token tile.
+// The transport (transport.cuh) hides how peers are reached.
+#pragma once
+
+#include "device/processor.cuh"
+#include "device/transport.cuh"
+
+namespace monomoe::device {
+
+// Bounded wait (one thread) for a 64-bit flag of this rank's window to hold `value`.
+__device__ __forceinline__ bool wait_flag_u64(const Params& p, const unsigned long long* flag,
+                                              unsigned long long value, int peer, int what) {
+  const long long start = global_ns();
+  for (int spin = 0;; ++spin) {
+    if (ld_acquire_sys_u64(flag) == value) return true;
+    if ((spin & 63) == 63) {
+      if (aborted(p)) return false;
+      if (global_ns() - start > p.timeout_ns) {
+        raise_error(p, ErrorCode::timeout_peer, peer, what);
+        return false;
+      }
+    }
+    __nanosleep(100);
+  }
+}
+
+__device__ __forceinline__ bool wait_flag_u32(const Params& p, const unsigned int* flag,
+                                              unsigned int value, int peer, int what) {
+  const long long start = global_ns();
+  for (int spin = 0;; ++spin) {
+    if (ld_acquire_sys_u32(flag) == value) return true;
+    if ((spin & 63) == 63) {
+      if (aborted(p)) return false;
+      if (global_ns() - start > p.timeout_ns) {
+        raise_error(p, ErrorCode::timeout_peer, peer, what);
+        return false;
+      }
+    }
+    __nanosleep(100);
+  }
+}
+
+// Flag of row tile `tile` (counted over the segment: experts in order, then tiles) of `source`.
+__device__ __forceinline__ unsigned long long arrived_offset(const Params& p, int source, int tile) {
+  return p.wl.arrived + 4ull * (static_cast<unsigned long long>(source) * p.wl.tiles_per_source + tile);
+}
+
+// Block 0, thread 0, at kernel start: this rank has started call `epoch` (its window's per-call
+// counters were reset before the launch).
+__device__ __forceinline__ void announce_start(const Params& p) {
+  const LsaTransport tr(p);
+  for (int d = 0; d < p.world; ++d) tr.signal_u64(p.wl.start + 8ull * p.rank, d, p.epoch);
+}
+
+__device__ __forceinline__ bool peer_started(const Params& p, int peer) {
+  const auto* start = reinterpret_cast<const unsigned long long*>(p.window + p.wl.start);
+  return wait_flag_u64(p, start + peer, p.epoch, peer, 0);
+}
+
+// Dispatch role: row tiles of this rank's tokens bound for other ranks' experts, claimed one at a
+// time; each lands in the owner's inbox segment for this source, rows in expert then token order.
+template <class P>
+__device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm) {
+  using Elem = typename P::Elem;
+  const LsaTransport tr(p);
+  const Elem* x = static_cast<const Elem*>(p.x);
+  const int chunks = p.hidden * static_cast<int>(sizeof(Elem)) / 16;  // 16-byte pieces per row
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  for (;;) {
+    if (threadIdx.x == 0) sm.task.queue_base = static_cast<int>(atomicAdd(&p.control->dispatch_next, 1u));
+    __syncthreads();
+    const int item = sm.task.queue_base;
+    __syncthreads();
+    if (item >= sm.route.row_tiles || aborted(p)) return;
+    const RowTile rt = locate_row_tile(p, sm.route, item);
+    const int dest = rt.expert / p.experts_local;
+    if (dest == p.rank || rt.rows <= 0) continue;
+    if (threadIdx.x == 0) sm.task.task.a = peer_started(p, dest) ? 1 : 0;
+    __syncthreads();
+    if (!sm.task.task.a) return;
+    // Row i of segment (source = this rank) on `dest`: experts of `dest` in order, then positions.
+    const int seg_first = rt.first - sm.route.row_base[dest * p.experts_local];
+    Elem* inbox = tr.at<Elem>(p.wl.inbox, dest) +
+                  (static_cast<long long>(p.rank) * p.wl.rows_per_source + seg_first) * p.hidden;
+    int* ids = tr.at<int>(p.wl.ids, dest) + static_cast<long long>(p.rank) * p.wl.rows_per_source +
+               seg_first;
+    for (int r = warp; r < rt.rows; r += kThreads / 32) {
+      const int id = __ldcg(p.expert_rows + rt.first + r);
+      const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<long long>(id / p.topk) * p.hidden);
+      uint4* dst = reinterpret_cast<uint4*>(inbox + static_cast<long long>(r) * p.hidden);
+      for (int c = lane; c < chunks; c += 32) dst[c] = __ldg(src + c);
+      if (lane == 0) ids[r] = id;
+    }
+    __threadfence_system();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const int seg_tile = item - sm.route.tile_base[dest * p.experts_local];
+      tr.signal_u32(arrived_offset(p, p.rank, seg_tile), dest, p.epoch);
+    }
+  }
+}
+
+__device__ __forceinline__ bool valid_recv_tile(const Params& p, int i, const RecvTile& t) {
+  return i >= 0 && i < p.max_recv_tiles && t.rows > 0 && t.rows <= kTileRows && t.source >= 0 &&
+         t.source < p.world && t.expert_local >= 0 && t.expert_local < p.experts_local;
+}
+
+// GEMM0 of received tile i: rows from the inbox (or from x for this rank's own tokens).
+template <class P>
+__device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int col_tile) {
+  using Elem = typename P::Elem;
+  const RecvTile t = p.recv_tiles[i];
+  if (!valid_recv_tile(p, i, t)) {
+    if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, i, t.rows);
+    return;
+  }
+  if (threadIdx.x < kTileRows) {
+    const int r = static_cast<int>(threadIdx.x);
+    const Elem* src = nullptr;
+    if (r < t.rows) {
+      if (t.source == p.rank) {
+        const int token = __ldcg(p.expert_rows + t.first + r) / p.topk;
+        src = static_cast<const Elem*>(p.x) + static_cast<long long>(token) * p.hidden;
+      } else {
+        src = reinterpret_cast<const Elem*>(p.window + p.wl.inbox) +
+              (static_cast<long long>(t.source) * p.wl.rows_per_source + t.first + r) * p.hidden;
+      }
+    }
+    sm.gemm.rows[r] = src;
+  }
+  gemm0_tile<P>(p, sm, t.expert_local, t.rows, i * kTileRows, col_tile);
+  publish_block_writes();
+  if (threadIdx.x == 0) {
+    const int done = atomicAdd(p.rowtile_done + i, 1) + 1;
+    if (done == p.gemm0_col_tiles) {
+      __threadfence();
+      push_tasks(p, TaskType::gemm1, i, 0, p.gemm1_col_tiles);
+    }
+  }
+}
+
+// GEMM1 of received tile i: result rows go straight into the source rank's stage buffer, then the
+// source's per-token-tile counters learn how many rows landed.
+template <class P>
+__device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int col_tile) {
+  using Elem = typename P::Elem;
+  const RecvTile t = p.recv_tiles[i];
+  if (!valid_recv_tile(p, i, t)) {
+    if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, i, t.rows);
+    return;
+  }
+  const LsaTransport tr(p);
+  if (threadIdx.x < kTileRows) {
+    const int r = static_cast<int>(threadIdx.x);
+    const bool valid = r < t.rows;
+    int id = -1;
+    if (valid) {
+      id = t.source == p.rank
+               ? __ldcg(p.expert_rows + t.first + r)
+               : __ldcg(reinterpret_cast<const int*>(p.window + p.wl.ids) +
+                        static_cast<long long>(t.source) * p.wl.rows_per_source + t.first + r);
+    }
+    sm.task.row_id[r] = id;
+    sm.task.token_tile[r] = valid ? id / p.topk / kTileRows : -1;
+  }
+  gemm1_tile<P>(p, sm, t.expert_local, t.rows, i * kTileRows, col_tile,
+                tr.at<Elem>(p.wl.stage, t.source));
+  __threadfence_system();  // the result rows precede the counter update, also across GPUs
+  __syncthreads();
+  if (static_cast<int>(threadIdx.x) < t.rows) {
+    const int r = static_cast<int>(threadIdx.x);
+    const int tt = sm.task.token_tile[r];
+    if (r == 0 || sm.task.token_tile[r - 1] != tt) {
+      int len = 1;
+      while (r + len < t.rows && sm.task.token_tile[r + len] == tt) ++len;
+      tr.add(p.wl.done + 4ull * tt, t.source, len);
+    }
+  }
+}
+
+// Subscriber role (block 0) with world > 1. Returns once every task of this launch is published.
+template <class P>
+__device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
+  const LsaTransport tr(p);
+  const int el = p.experts_local;
+  if (threadIdx.x == 0) {
+    bool ok = true;
+    // 1. This rank's header to every rank: rows for each of its experts, zeros included.
+    for (int d = 0; d < p.world && ok; ++d) {
+      ok = peer_started(p, d);
+      if (!ok) break;
+      int* hdr = tr.at<int>(p.wl.header + 4ull * static_cast<unsigned long long>(p.rank) * el, d);
+      for (int e = 0; e < el; ++e) hdr[e] = sm.route.kept[d * el + e];
+      __threadfence_system();
+      tr.signal_u64(p.wl.header_flag + 8ull * p.rank, d, p.epoch);
+    }
+    // 2. Every source's header: the row tiles this rank will receive, in (source, expert) order.
+    //    Tiles of this rank's own tokens are ready now.
+    int n = 0;
+    const auto* hflag = reinterpret_cast<const unsigned long long*>(p.window + p.wl.header_flag);
+    const int* header = reinterpret_cast<const int*>(p.window + p.wl.header);
+    for (int s = 0; s < p.world && ok; ++s) {
+      sm.route.source_tiles[s] = n;
+      ok = wait_flag_u64(p, hflag + s, p.epoch, s, 1);
+      if (!ok) break;
+      int seg = 0;  // running row offset inside the source's inbox segment
+      for (int e = 0; e < el; ++e) {
+        const int rows = __ldcg(header + s * el + e);
+        for (int m = 0; m * kTileRows < rows; ++m) {
+          if (n >= p.max_recv_tiles) {
+            raise_error(p, ErrorCode::bad_task, n, p.max_recv_tiles);
+            ok = false;
+            break;
+          }
+          RecvTile t;
+          t.source = s;
+          t.expert_local = e;
+          t.first = (s == p.rank ? sm.route.row_base[p.rank * el + e] : seg) + m * kTileRows;
+          t.rows = min(kTileRows, rows - m * kTileRows);
+          p.recv_tiles[n] = t;
+          if (s == p.rank) push_tasks(p, TaskType::gemm0, n, 0, p.gemm0_col_tiles);
+          ++n;
+        }
+        seg += rows;
+      }
+    }
+    sm.route.source_tiles[p.world] = n;
+    sm.task.queue_base = ok ? n : -1;
+    if (ok) {
+      p.control->total_tasks = static_cast<unsigned int>(
+          n * (p.gemm0_col_tiles + p.gemm1_col_tiles) + p.token_tiles * p.combine_col_tiles);
+      __threadfence();
+      st_release_gpu(&p.control->total_ready, 1u);
+    }
+  }
+  __syncthreads();
+  const int n = sm.task.queue_base;
+  if (n < 0 || threadIdx.x >= 32) return;
+  // 3. Warp 0: GEMM0 tasks of remote tiles as they land, then combine tasks of this rank's token
+  //    tiles once their results are all back. Lanes work independently (each waits on its own).
+  const int lane = static_cast<int>(threadIdx.x);
+  const auto* arrived = reinterpret_cast<const unsigned int*>(p.window);
+  for (int i = lane; i < n; i += 32) {
+    const RecvTile t = p.recv_tiles[i];
+    if (t.source == p.rank) continue;
+    const int seg_tile = i - sm.route.source_tiles[t.source];
+    if (!wait_flag_u32(p, arrived + arrived_offset(p, t.source, seg_tile) / 4, p.epoch, t.source, 2)) {
+      return;
+    }
+    push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles);
+  }
+  const auto* done = reinterpret_cast<const unsigned int*>(p.window + p.wl.done);
+  for (int tt = lane; tt < p.token_tiles; tt += 32) {
+    const unsigned int target = static_cast<unsigned int>(__ldcg(p.tokentile_target + tt));
+    if (target > 0 && !wait_flag_u32(p, done + tt, target, -1, 3)) return;
+    push_tasks(p, TaskType::combine, tt, 0, p.combine_col_tiles);
+  }
+}
+
+}  // namespace monomoe::device
