@@ -14,6 +14,7 @@
 
 #include "baseline/baseline.hpp"
 #include "bench/device_problem.hpp"
+#include "launch/workers.hpp"
 #include "host/check.hpp"
 #include "monomoe/monomoe.hpp"
 #include "reference/reference.hpp"
@@ -57,20 +58,20 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 // Reference for the rank-0 tokens that are checked: all of them for small or capacity-limited
 // configs (capacity couples tokens), else a random sample.
 struct Expected {
-  reference::Result result;
+  reference::RankResult result;      // of the bench's rank
   std::vector<std::int64_t> tokens;  // empty: all tokens
 };
 
-Expected expected_output(const reference::Problem& pr, int sample, std::uint64_t seed) {
-  const std::int64_t s = pr.tokens[0];
+Expected expected_output(const reference::Problem& pr, int rank, int sample, std::uint64_t seed) {
+  const std::int64_t s = pr.tokens.at(static_cast<std::size_t>(rank));
   Expected ex;
   if (pr.config.capacity_factor > 0.0 || s <= sample) {
-    ex.result = reference::run(pr);
+    ex.result = reference::run(pr).ranks.at(static_cast<std::size_t>(rank));
     return ex;
   }
-  std::mt19937_64 rng(seed ^ 0x5eed);
+  std::mt19937_64 rng((seed ^ 0x5eed) + static_cast<std::uint64_t>(rank));
   for (int i = 0; i < sample; ++i) ex.tokens.push_back(static_cast<std::int64_t>(rng() % s));
-  ex.result = reference::run(sample_tokens(pr, ex.tokens));
+  ex.result = reference::run(sample_tokens(pr, ex.tokens, rank)).ranks[0];
   return ex;
 }
 
@@ -99,33 +100,33 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
       << "  tasks/block   " << stat([](const BlockTrace& b) { return b.tasks * 1000; }) << "\n";
 }
 
-}  // namespace
 
-int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& progress) {
-  if (o.gpus != 1) {
-    throw ConfigError("bench: --gpus " + std::to_string(o.gpus) +
-                      ": this build runs on one GPU (expert parallelism comes next)");
-  }
+// The bench of one rank: in-process for one GPU, in each forked worker for several. Rank 0 prints the
+// table; every rank checks its own tokens and prints its correctness lines.
+int bench_rank(const BenchOptions& o, int rank, int world, const UniqueId& id, std::ostream& out,
+               std::ostream& progress) {
   LayerConfig cfg = o.config;
-  cfg.world_size = 1;
-  cfg.rank = 0;
+  cfg.world_size = world;
+  cfg.rank = rank;
   cfg.validate();
   const std::int64_t s = cfg.max_tokens;
-  out << "monomoe bench: " << cfg.describe() << "\n";
+  const std::string tag = world > 1 ? "[rank " + std::to_string(rank) + "] " : "";
+  if (rank == 0) out << "monomoe bench: " << cfg.describe() << "\n";
   auto t0 = std::chrono::steady_clock::now();
   progress << "[1/5] generating inputs (seed " << o.seed << ")..." << std::endl;
-  const reference::Problem pr = reference::make_problem(cfg, {s}, o.seed);
+  const reference::Problem pr = reference::make_problem(
+      cfg, std::vector<std::int64_t>(static_cast<std::size_t>(world), s), o.seed);
   progress << "[2/5] reference on the CPU (" << (cfg.capacity_factor > 0 || s <= o.sample_tokens
                                                      ? std::to_string(s)
                                                      : std::to_string(o.sample_tokens))
            << " tokens)..." << std::endl;
-  const Expected ex = expected_output(pr, o.sample_tokens, o.seed);
+  const Expected ex = expected_output(pr, rank, o.sample_tokens, o.seed);
   progress << "      done in " << std::fixed << std::setprecision(1) << seconds_since(t0) << " s"
            << std::endl;
 
   progress << "[3/5] uploading and checking correctness..." << std::endl;
-  Communicator comm(UniqueId::create(), 0, 1, 0);
-  DeviceProblem dev(pr, 0);
+  Communicator comm(id, rank, world, rank);
+  DeviceProblem dev(pr, rank);
   MoELayer layer(cfg, comm, dev.weights());
   cudaStream_t stream = nullptr;
   MONOMOE_CUDA(cudaStreamCreate(&stream));
@@ -134,23 +135,30 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& progress) 
   std::vector<std::int32_t> experts;
   std::vector<float> weights;
   layer.routing(experts, weights);
-  const Comparison fused = compare(pr, ex.result.ranks[0], dev.y_host(), experts, ex.tokens);
-  out << "correctness monomoe:  " << fused.summary() << "\n";
+  const Comparison fused = compare(pr, ex.result, dev.y_host(), experts, ex.tokens);
+  out << tag << "correctness monomoe:  " << fused.summary() << std::endl;
+  // Rows of this rank's tokens that go to other ranks' experts: each travels out and back.
+  std::int64_t rows_out = 0;
+  for (std::int32_t e : experts) rows_out += e / cfg.experts_per_rank() != rank ? 1 : 0;
+  const double bytes = 2.0 * static_cast<double>(rows_out) * static_cast<double>(cfg.hidden) *
+                       static_cast<double>(element_bytes(cfg.dtype));
 
   std::unique_ptr<baseline::Pipeline> base;
   Comparison base_cmp;
   if (o.baseline) {
-    base = std::make_unique<baseline::Pipeline>(cfg, dev.weights());
+    base = std::make_unique<baseline::Pipeline>(cfg, dev.weights(), comm);
     dev.poison_y();
     base->forward(dev.x(), s, dev.y(), stream);
     MONOMOE_CUDA(cudaStreamSynchronize(stream));
     std::vector<float> bw;
     base->routing(experts, bw);
-    base_cmp = compare(pr, ex.result.ranks[0], dev.y_host(), experts, ex.tokens);
-    out << "correctness baseline: " << base_cmp.summary() << "\n";
+    base_cmp = compare(pr, ex.result, dev.y_host(), experts, ex.tokens);
+    out << tag << "correctness baseline: " << base_cmp.summary() << std::endl;
   }
   if (!fused.passed || (base && !base_cmp.passed)) {
-    out << "FAILED: output does not match the CPU reference; not timing\n";
+    // Every rank must take the same path (the layers' calls are collective): a failing rank exits
+    // and the others' next forward times out, naming it.
+    out << tag << "FAILED: output does not match the CPU reference; not timing" << std::endl;
     return 1;
   }
 
@@ -166,66 +174,98 @@ int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& progress) 
                     stream);
   }
   const ForwardStats st = layer.stats();
-  if (o.trace) print_trace(layer, dev, s, stream, out);
+  if (o.trace && world == 1) print_trace(layer, dev, s, stream, out);
   MONOMOE_CUDA(cudaStreamDestroy(stream));
+  const double base_bytes = base ? static_cast<double>(base->bytes_sent()) : 0.0;
+  if (rank != 0) return 0;
 
   // Expert FFN work: every kept (token, expert) row through GEMM0 and GEMM1.
   const double rows = static_cast<double>(s * cfg.topk - st.dropped);
   const double flop =
       rows * (2.0 * cfg.hidden * cfg.w1_columns() + 2.0 * cfg.ffn * cfg.hidden);
   const auto tflops = [&](double ms) { return flop / (ms * 1e-3) / 1e12; };
-  const auto tokens_per_s = [&](double ms) { return static_cast<double>(s) / (ms * 1e-3); };
+  // All ranks' tokens per second (every rank runs the same count in lockstep).
+  const auto tokens_per_s = [&](double ms) {
+    return static_cast<double>(s) * world / (ms * 1e-3);
+  };
   cudaDeviceProp prop{};
-  MONOMOE_CUDA(cudaGetDeviceProperties(&prop, 0));
+  MONOMOE_CUDA(cudaGetDeviceProperties(&prop, rank));
 
   out << std::fixed;
   out << "\n" << std::left << std::setw(10) << "path" << std::right << std::setw(12) << "median ms"
       << std::setw(10) << "min ms" << std::setw(14) << "tokens/s" << std::setw(14)
-      << "FFN TFLOP/s" << "\n";
-  const auto row = [&](const char* name, const Timing& t) {
+      << "FFN TFLOP/s";
+  if (world > 1) out << std::setw(12) << "MB sent" << std::setw(10) << "GB/s";
+  out << "\n";
+  const auto row = [&](const char* name, const Timing& t, double moved) {
     out << std::left << std::setw(10) << name << std::right << std::setprecision(3)
         << std::setw(12) << t.median_ms << std::setw(10) << t.min_ms << std::setprecision(0)
         << std::setw(14) << tokens_per_s(t.median_ms) << std::setprecision(1) << std::setw(14)
-        << tflops(t.median_ms) << "\n";
+        << tflops(t.median_ms);
+    if (world > 1) {
+      out << std::setw(12) << moved * 1e-6 << std::setw(10) << moved / (t.median_ms * 1e-3) * 1e-9;
+    }
+    out << "\n";
   };
-  row("monomoe", tf);
+  row("monomoe", tf, bytes);
   if (base) {
-    row("baseline", tb);
+    row("baseline", tb, base_bytes);
     out << "speed-up (baseline / monomoe, median): " << std::setprecision(2)
         << tb.median_ms / tf.median_ms << "x\n";
   }
-  out << "device: " << prop.name << ", dropped rows: " << st.dropped << "\n";
+  out << "device: " << world << " x " << prop.name << "; rank 0's view: dropped rows " << st.dropped;
+  if (world > 1) {
+    out << "; FFN TFLOP/s per GPU; MB sent = rank 0's rows to other ranks' experts, out and back";
+  }
+  out << "\n";
 
   if (!o.json_path.empty()) {
     std::ofstream js(o.json_path);
     js << std::setprecision(6) << "{\n  \"config\": \"" << cfg.describe() << "\",\n"
-       << "  \"device\": \"" << prop.name << "\",\n  \"gpus\": 1,\n  \"iterations\": "
+       << "  \"device\": \"" << prop.name << "\",\n  \"gpus\": " << world << ",\n  \"iterations\": "
        << o.iterations << ",\n  \"correct\": " << (fused.passed ? "true" : "false")
        << ",\n  \"rel_error\": " << fused.rel_error << ",\n  \"monomoe\": {\"median_ms\": "
        << tf.median_ms << ", \"min_ms\": " << tf.min_ms << ", \"tflops\": "
-       << tflops(tf.median_ms) << ", \"tokens_per_s\": " << tokens_per_s(tf.median_ms) << "}";
+       << tflops(tf.median_ms) << ", \"tokens_per_s\": " << tokens_per_s(tf.median_ms)
+       << ", \"bytes_sent\": " << bytes << "}";
     if (base) {
       js << ",\n  \"baseline\": {\"median_ms\": " << tb.median_ms << ", \"min_ms\": " << tb.min_ms
-         << ", \"tflops\": " << tflops(tb.median_ms) << "},\n  \"speedup\": "
+         << ", \"tflops\": " << tflops(tb.median_ms) << ", \"bytes_sent\": " << base_bytes
+         << "},\n  \"speedup\": "
          << tb.median_ms / tf.median_ms;
     }
     js << "\n}\n";
     if (!js) throw ConfigError("bench: cannot write --json " + o.json_path);
     out << "wrote " << o.json_path << "\n";
   }
+  out << std::flush;
   return 0;
 }
 
-int run_check(const CheckOptions& o, std::ostream& out) {
-  if (o.gpus != 1) {
-    throw ConfigError("check: --gpus " + std::to_string(o.gpus) +
-                      ": this build runs on one GPU (expert parallelism comes next)");
-  }
+}  // namespace
+
+int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& progress) {
+  if (o.gpus == 1) return bench_rank(o, 0, 1, UniqueId::create(), out, progress);
+  // One worker process per GPU; the parent only supervises (it never touches CUDA).
+  launch::SupervisorOptions so;
+  so.grace_seconds = std::max(5.0, 2.0 * o.config.timeout_seconds);
+  return launch::run_local_workers(o.gpus, [&](const launch::WorkerContext& w) {
+    std::ostream quiet(nullptr);
+    return bench_rank(o, w.rank, w.world, w.id, out, w.rank == 0 ? progress : quiet);
+  }, so);
+}
+
+namespace {
+
+// The random cases of one rank. Every rank draws the same cases (same seed), so the collective
+// layer constructions line up; each rank checks its own tokens.
+int check_rank(const CheckOptions& o, int rank, int world, const UniqueId& id, std::ostream& out) {
   std::mt19937_64 rng(o.seed);
   const auto pick = [&](std::int64_t lo, std::int64_t hi) {
     return lo + static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(hi - lo + 1));
   };
-  Communicator comm(UniqueId::create(), 0, 1, 0);
+  const std::string tag = world > 1 ? "[rank " + std::to_string(rank) + "] " : "";
+  Communicator comm(id, rank, world, rank);
   int failed = 0;
   for (int i = 0; i < o.cases; ++i) {
     LayerConfig c;
@@ -233,43 +273,71 @@ int run_check(const CheckOptions& o, std::ostream& out) {
     c.activation = static_cast<Activation>(pick(0, 3));
     c.hidden = 128 * pick(1, 4);
     c.ffn = 128 * pick(1, 4);
-    c.experts = pick(1, 2) == 1 ? pick(1, 16) : pick(17, 256);
+    if (world == 1) {
+      c.experts = pick(1, 2) == 1 ? pick(1, 16) : pick(17, 256);
+    } else {
+      c.experts = world * (pick(1, 2) == 1 ? pick(1, 4) : pick(5, 256 / world));
+    }
     c.topk = pick(1, std::min<std::int64_t>(8, c.experts));
     c.max_tokens = pick(1, 700);
     c.bias = pick(0, 1) == 1;
     c.renormalize = pick(0, 3) != 0;
     c.capacity_factor = pick(0, 3) == 0 ? 0.25 * static_cast<double>(pick(1, 8)) : 0.0;
     c.timeout_seconds = o.timeout_seconds;
+    c.world_size = world;
+    c.rank = rank;
     const bool skew = pick(0, 4) == 0;
+    const std::int64_t skew_expert = pick(0, c.experts - 1);
+    // Tokens per rank: different on each rank, now and then none.
+    std::vector<std::int64_t> tokens(static_cast<std::size_t>(world), c.max_tokens);
+    for (std::size_t r = 1; r < tokens.size(); ++r) {
+      tokens[r] = pick(0, 5) == 0 ? 0 : pick(1, c.max_tokens);
+    }
     const std::uint64_t seed = rng();
-    reference::Problem pr = reference::make_problem(c, {c.max_tokens}, seed);
-    if (skew) reference::skew_gate_towards(pr, pick(0, c.experts - 1), 50.f);
+    reference::Problem pr = reference::make_problem(c, tokens, seed);
+    if (skew) reference::skew_gate_towards(pr, skew_expert, 50.f);
     const reference::Result ref = reference::run(pr);
+    const reference::RankResult& mine = ref.ranks[static_cast<std::size_t>(rank)];
+    std::int64_t want_drops = 0;
+    for (std::int64_t d : mine.dropped_per_expert) want_drops += d;
     bool ok = false;
     std::string detail;
     try {
-      DeviceProblem dev(pr, 0);
+      DeviceProblem dev(pr, rank);
       MoELayer layer(c, comm, dev.weights());
       dev.poison_y();
-      layer.forward(dev.x(), c.max_tokens, dev.y(), nullptr);
+      layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
       const ForwardStats st = layer.stats();
       std::vector<std::int32_t> experts;
       std::vector<float> weights;
       layer.routing(experts, weights);
-      const Comparison cmp = compare(pr, ref.ranks[0], dev.y_host(), experts);
-      ok = cmp.passed && st.dropped == ref.dropped;
+      const Comparison cmp = compare(pr, mine, dev.y_host(), experts);
+      ok = cmp.passed && st.dropped == want_drops;
       detail = cmp.summary() + " dropped=" + std::to_string(st.dropped) + "/" +
-               std::to_string(ref.dropped);
+               std::to_string(want_drops);
     } catch (const Error& e) {
       detail = std::string("error: ") + e.what();
     }
     failed += ok ? 0 : 1;
-    out << "case " << i + 1 << "/" << o.cases << " " << (ok ? "PASS" : "FAIL") << "  "
-        << c.describe() << (skew ? " skewed" : "") << " seed=" << seed << "  " << detail
-        << std::endl;
+    if (rank == 0 || !ok) {
+      out << tag << "case " << i + 1 << "/" << o.cases << " " << (ok ? "PASS" : "FAIL") << "  "
+          << c.describe() << (skew ? " skewed" : "") << " tokens=" << tokens[rank]
+          << " seed=" << seed << "  " << detail << std::endl;
+    }
   }
-  out << (o.cases - failed) << " passed, " << failed << " failed" << std::endl;
+  out << tag << (o.cases - failed) << " passed, " << failed << " failed" << std::endl;
   return failed == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+int run_check(const CheckOptions& o, std::ostream& out) {
+  if (o.gpus == 1) return check_rank(o, 0, 1, UniqueId::create(), out);
+  launch::SupervisorOptions so;
+  so.grace_seconds = std::max(5.0, 2.0 * o.timeout_seconds);
+  return launch::run_local_workers(o.gpus, [&](const launch::WorkerContext& w) {
+    return check_rank(o, w.rank, w.world, w.id, out);
+  }, so);
 }
 
 }  // namespace monomoe::bench

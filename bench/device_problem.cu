@@ -165,16 +165,17 @@ Comparison compare(const reference::Problem& pr, const reference::RankResult& re
 }
 
 reference::Problem sample_tokens(const reference::Problem& pr,
-                                 const std::vector<std::int64_t>& tokens) {
+                                 const std::vector<std::int64_t>& tokens, int rank) {
   reference::Problem s;
   s.config = pr.config;
   s.config.world_size = 1;
+  s.config.rank = 0;
   s.config.max_tokens = std::max<std::int64_t>(1, static_cast<std::int64_t>(tokens.size()));
   s.tokens = {static_cast<std::int64_t>(tokens.size())};
   const std::size_t h = static_cast<std::size_t>(pr.config.hidden);
   s.x.resize(1);
   for (std::int64_t t : tokens) {
-    const float* row = pr.x[0].data() + static_cast<std::size_t>(t) * h;
+    const float* row = pr.x.at(static_cast<std::size_t>(rank)).data() + static_cast<std::size_t>(t) * h;
     s.x[0].insert(s.x[0].end(), row, row + h);
   }
   s.gate = pr.gate;

@@ -56,9 +56,10 @@ Comparison compare(const reference::Problem& problem, const reference::RankResul
                    const std::vector<float>& y, const std::vector<std::int32_t>& gpu_experts,
                    const std::vector<std::int64_t>& tokens_checked = {});
 
-// A sub-problem holding only the listed tokens of rank 0 (valid for dropless configs, where a
-// token's output does not depend on the other tokens): lets large configs be checked on a sample.
+// A one-rank sub-problem holding only the listed tokens of `rank` and all experts (valid for
+// dropless configs, where a token's output does not depend on the other tokens): lets large configs
+// be checked on a sample.
 reference::Problem sample_tokens(const reference::Problem& problem,
-                                 const std::vector<std::int64_t>& tokens);
+                                 const std::vector<std::int64_t>& tokens, int rank = 0);
 
 }  // namespace monomoe::bench

@@ -5,6 +5,8 @@
 #include <string>
 
 #include <cuda_runtime.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "bench/bench.hpp"
 #include "commands.hpp"
@@ -13,11 +15,23 @@
 namespace monomoe::cli {
 namespace {
 
+// GPUs the CUDA runtime sees, asked in a short-lived child: a process that has initialised CUDA
+// cannot fork workers that use it, and bench/check fork one worker per GPU.
+int visible_gpus() {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
+    _exit(n > 64 ? 64 : n);
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return 0;
+  return WEXITSTATUS(status);
+}
+
 // --gpus all|N: "all" means every visible GPU. Bounded by the visible count.
 int parse_gpus(const ParsedArgs& args) {
-  int visible = 0;
-  if (cudaGetDeviceCount(&visible) != cudaSuccess) visible = 0;
-  (void)cudaGetLastError();
+  const int visible = visible_gpus();
   if (visible == 0) {
     throw Error("no CUDA GPU is visible on this machine: bench and check need one "
                 "(run `monomoe info` to see what the driver reports)");

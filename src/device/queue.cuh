@@ -39,7 +39,9 @@ __device__ __forceinline__ bool wait_slot_or_end(const Params& p, unsigned int i
     }
     if ((spin & 63) == 63) {
       if (aborted(p)) return false;
-      if (global_ns() - start > p.timeout_ns) {
+      // Twice the bound: a slot stays empty because a peer is late, and the subscriber's own
+      // (single) bound names that peer first.
+      if (global_ns() - start > 2 * p.timeout_ns) {
         raise_error(p, ErrorCode::timeout_queue, static_cast<int>(idx), 0);
         return false;
       }
