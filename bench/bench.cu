@@ -14,8 +14,9 @@
 
 #include "baseline/baseline.hpp"
 #include "bench/device_problem.hpp"
-#include "launch/workers.hpp"
 #include "host/check.hpp"
+#include "launch/join.hpp"
+#include "launch/workers.hpp"
 #include "monomoe/monomoe.hpp"
 #include "reference/reference.hpp"
 
@@ -103,8 +104,10 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
 
 // The bench of one rank: in-process for one GPU, in each forked worker for several. Rank 0 prints the
 // table; every rank checks its own tokens and prints its correctness lines.
-int bench_rank(const BenchOptions& o, int rank, int world, const UniqueId& id, std::ostream& out,
+int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostream& out,
                std::ostream& progress) {
+  const int rank = w.rank;
+  const int world = w.world;
   LayerConfig cfg = o.config;
   cfg.world_size = world;
   cfg.rank = rank;
@@ -125,7 +128,8 @@ int bench_rank(const BenchOptions& o, int rank, int world, const UniqueId& id, s
            << std::endl;
 
   progress << "[3/5] uploading and checking correctness..." << std::endl;
-  Communicator comm(id, rank, world, rank);
+  Communicator comm(w.id, rank, world, w.device);
+  launch::finish_rendezvous(w);
   DeviceProblem dev(pr, rank);
   MoELayer layer(cfg, comm, dev.weights());
   cudaStream_t stream = nullptr;
@@ -189,7 +193,7 @@ int bench_rank(const BenchOptions& o, int rank, int world, const UniqueId& id, s
     return static_cast<double>(s) * world / (ms * 1e-3);
   };
   cudaDeviceProp prop{};
-  MONOMOE_CUDA(cudaGetDeviceProperties(&prop, rank));
+  MONOMOE_CUDA(cudaGetDeviceProperties(&prop, w.device));
 
   out << std::fixed;
   out << "\n" << std::left << std::setw(10) << "path" << std::right << std::setw(12) << "median ms"
@@ -244,28 +248,56 @@ int bench_rank(const BenchOptions& o, int rank, int world, const UniqueId& id, s
 
 }  // namespace
 
-int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& progress) {
-  if (o.gpus == 1) return bench_rank(o, 0, 1, UniqueId::create(), out, progress);
-  // One worker process per GPU; the parent only supervises (it never touches CUDA).
+// Supervision of forked workers: after one fails, the others get twice the kernel's wait bound to
+// report their own (peer timeout) error before they are killed.
+launch::SupervisorOptions supervision(double timeout_seconds) {
   launch::SupervisorOptions so;
-  so.grace_seconds = std::max(5.0, 2.0 * o.config.timeout_seconds);
-  return launch::run_local_workers(o.gpus, [&](const launch::WorkerContext& w) {
+  so.grace_seconds = std::max(5.0, 2.0 * timeout_seconds);
+  so.make_id = [] { return UniqueId::create(); };
+  return so;
+}
+
+// This process's place in a run started by another launcher (--join).
+launch::WorkerContext joined(const JoinOptions& j) {
+  return launch::join_from_environment(launch::process_environment(), j.rendezvous,
+                                       j.timeout_seconds, [] { return UniqueId::create(); });
+}
+
+int run_bench(const BenchOptions& o, std::ostream& out, std::ostream& progress) {
+  if (o.join.enabled) {
+    const launch::WorkerContext w = joined(o.join);
     std::ostream quiet(nullptr);
-    return bench_rank(o, w.rank, w.world, w.id, out, w.rank == 0 ? progress : quiet);
-  }, so);
+    return bench_rank(o, w, out, w.rank == 0 ? progress : quiet);
+  }
+  if (o.gpus == 1 && !o.isolate) {
+    launch::WorkerContext w;
+    w.id = UniqueId::create();
+    return bench_rank(o, w, out, progress);
+  }
+  // One worker process per GPU; the parent only supervises (it never touches CUDA).
+  return launch::run_local_workers(
+      o.gpus,
+      [&](const launch::WorkerContext& w) {
+        std::ostream quiet(nullptr);
+        return bench_rank(o, w, out, w.rank == 0 ? progress : quiet);
+      },
+      supervision(o.config.timeout_seconds));
 }
 
 namespace {
 
 // The random cases of one rank. Every rank draws the same cases (same seed), so the collective
 // layer constructions line up; each rank checks its own tokens.
-int check_rank(const CheckOptions& o, int rank, int world, const UniqueId& id, std::ostream& out) {
+int check_rank(const CheckOptions& o, const launch::WorkerContext& w, std::ostream& out) {
+  const int rank = w.rank;
+  const int world = w.world;
   std::mt19937_64 rng(o.seed);
   const auto pick = [&](std::int64_t lo, std::int64_t hi) {
     return lo + static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(hi - lo + 1));
   };
   const std::string tag = world > 1 ? "[rank " + std::to_string(rank) + "] " : "";
-  Communicator comm(id, rank, world, rank);
+  Communicator comm(w.id, rank, world, w.device);
+  launch::finish_rendezvous(w);
   int failed = 0;
   for (int i = 0; i < o.cases; ++i) {
     LayerConfig c;
@@ -332,12 +364,15 @@ int check_rank(const CheckOptions& o, int rank, int world, const UniqueId& id, s
 }  // namespace
 
 int run_check(const CheckOptions& o, std::ostream& out) {
-  if (o.gpus == 1) return check_rank(o, 0, 1, UniqueId::create(), out);
-  launch::SupervisorOptions so;
-  so.grace_seconds = std::max(5.0, 2.0 * o.timeout_seconds);
-  return launch::run_local_workers(o.gpus, [&](const launch::WorkerContext& w) {
-    return check_rank(o, w.rank, w.world, w.id, out);
-  }, so);
+  if (o.join.enabled) return check_rank(o, joined(o.join), out);
+  if (o.gpus == 1) {
+    launch::WorkerContext w;
+    w.id = UniqueId::create();
+    return check_rank(o, w, out);
+  }
+  return launch::run_local_workers(
+      o.gpus, [&](const launch::WorkerContext& w) { return check_rank(o, w, out); },
+      supervision(o.timeout_seconds));
 }
 
 }  // namespace monomoe::bench

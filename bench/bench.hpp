@@ -10,6 +10,14 @@
 
 namespace monomoe::bench {
 
+// Joining a run started by another launcher instead of forking workers (src/launch/join.hpp):
+// rank and world size from the launcher's environment, the NCCL id through a rendezvous file.
+struct JoinOptions {
+  bool enabled = false;
+  std::string rendezvous;         // empty: MONOMOE_RENDEZVOUS
+  double timeout_seconds = 60.0;  // how long ranks > 0 wait for rank 0's file
+};
+
 struct BenchOptions {
   LayerConfig config;       // max_tokens is the token count of every timed call
   int gpus = 1;
@@ -20,6 +28,8 @@ struct BenchOptions {
   bool baseline = true;     // also time the conventional pipeline
   std::string json_path;    // write the results as JSON when non-empty
   bool trace = false;       // print where the kernel's time goes (per-phase block times)
+  bool isolate = false;     // run even one GPU in a forked worker (the caller forks again later)
+  JoinOptions join;         // when enabled, `gpus` is ignored: the launcher started the ranks
 };
 
 // Runs the benchmark and prints a table last. Returns the process exit code (0 = correct and timed,
@@ -31,6 +41,7 @@ struct CheckOptions {
   int cases = 20;
   std::uint64_t seed = 1;
   double timeout_seconds = 10.0;
+  JoinOptions join;
 };
 
 // Runs `cases` random configurations against the reference, one PASS/FAIL line each. Returns 0 when

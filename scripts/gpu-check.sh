@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build against PyTorch's NCCL (pinned by rpath), run the GPU tests, the
 # random-config check and the benchmark. Logs go to $OUT (or ./out) as gpu-*.log and bench.json.
-# Usage: scripts/gpu-check.sh [quick|bench]   (quick: tests only; bench: bench only)
-# Env: CASES (check cases, default 24), BENCH_ARGS (extra bench flags, e.g. --trace).
+# Usage: scripts/gpu-check.sh [all|quick|bench]   (quick: tests + check; bench: bench (+ sweep) only)
+# Env: GPUS (bench/check GPUs, default all visible), CASES (check cases, default 24), BENCH_ARGS
+#      (extra bench flags, e.g. --trace), SWEEP (tokens|experts|gpus: also run a sweep), TESTS
+#      (ctest -R regex to run a subset), TEST_TIMEOUT (per test, default 150 s), COMMIT (for logs).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -20,15 +22,24 @@ rc=$?
 echo "build rc=$rc in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu-summary.log"
 if [ $rc -ne 0 ]; then grep -E "error|Error" "$OUT/gpu-build.log" | head -40; exit $rc; fi
 ldd build-gpu/libmonomoe.so 2>/dev/null | grep -i nccl | tee -a "$OUT/gpu-summary.log"
-if [ "${1:-}" != bench ]; then
-(cd build-gpu && ctest -L gpu --output-on-failure --timeout ${TEST_TIMEOUT:-150}) > "$OUT/gpu-tests.log" 2>&1
+GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
+mm=./build-gpu/tools/monomoe
+if [ "${1:-all}" != bench ]; then
+(cd build-gpu && ctest -L gpu ${TESTS:+-R "$TESTS"} --output-on-failure --timeout ${TEST_TIMEOUT:-150}) > "$OUT/gpu-tests.log" 2>&1
 echo "gpu tests rc=$?: $(grep -E 'tests passed|tests failed' "$OUT/gpu-tests.log")" | tee -a "$OUT/gpu-summary.log"
-grep -E "FAILED|Failure|PASS rel|FAIL rel|Expected|Which is|error" "$OUT/gpu-tests.log" | head -40
-[ "${1:-}" = quick ] && exit 0
-timeout 150 ./build-gpu/tools/monomoe check --gpus 1 --cases ${CASES:-24} > "$OUT/gpu-check.log" 2>&1
-echo "check rc=$?: $(tail -1 "$OUT/gpu-check.log")" | tee -a "$OUT/gpu-summary.log"
+grep -E "FAILED|Failure|PASS|FAIL|Expected|Which is|error|killed worker|SKIPPED" "$OUT/gpu-tests.log" | head -80
+timeout 200 $mm check --gpus $GPUS --cases ${CASES:-24} > "$OUT/gpu-check.log" 2>&1
+echo "check --gpus $GPUS rc=$?: $(tail -1 "$OUT/gpu-check.log")" | tee -a "$OUT/gpu-summary.log"
 grep FAIL "$OUT/gpu-check.log" | head -10
+[ "${1:-all}" = quick ] && exit 0
 fi
-timeout 150 ./build-gpu/tools/monomoe bench --gpus 1 --json "$OUT/bench.json" ${BENCH_ARGS:-} > "$OUT/gpu-bench.log" 2>&1
-echo "bench rc=$?" | tee -a "$OUT/gpu-summary.log"
-tail -24 "$OUT/gpu-bench.log" | tee -a "$OUT/gpu-summary.log"
+timeout 200 $mm bench --gpus $GPUS --json "$OUT/bench.json" ${BENCH_ARGS:-} > "$OUT/gpu-bench.log" 2>&1
+echo "bench --gpus $GPUS ${BENCH_ARGS:-} rc=$?" | tee -a "$OUT/gpu-summary.log"
+grep -E "correctness|FAILED" "$OUT/gpu-bench.log" | tee -a "$OUT/gpu-summary.log"
+tail -12 "$OUT/gpu-bench.log" | tee -a "$OUT/gpu-summary.log"
+if [ -n "${SWEEP:-}" ]; then
+  timeout 300 $mm bench --sweep "$SWEEP" --csv "$OUT/sweep-$SWEEP.csv" --plot "$OUT/sweep-$SWEEP.png" \
+    ${BENCH_ARGS:-} > "$OUT/gpu-sweep.log" 2>&1
+  echo "sweep $SWEEP rc=$?" | tee -a "$OUT/gpu-summary.log"
+  cat "$OUT/sweep-$SWEEP.csv" | tee -a "$OUT/gpu-summary.log"
+fi

@@ -1,12 +1,21 @@
-// The fused layer with expert parallelism over 2 and 4 GPUs (one forked process per GPU) against the
-// float64 CPU reference (label gpu). Skips when fewer GPUs are visible.
+// The fused layer and the bulk-synchronous baseline with expert parallelism over 2 and 4 GPUs (one
+// forked process per GPU) against the float64 CPU reference, and the failure paths: a rank that
+// never arrives, a worker killed mid-run (label gpu). Skips when fewer GPUs are visible.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
 #include <vector>
 
+#include "baseline/baseline.hpp"
 #include "bench/device_problem.hpp"
+#include "launch/workers.hpp"
 #include "monomoe/monomoe.hpp"
 #include "multi_gpu.hpp"
 #include "reference/reference.hpp"
@@ -96,6 +105,22 @@ int run_cases(int rank, int world, const UniqueId& id) {
     std::printf("[rank %d/%d] %s %s: %s\n", rank, world, ok ? "PASS" : "FAIL", tc.name,
                 detail.c_str());
     failed += ok ? 0 : 1;
+
+    // The conventional pipeline on the same inputs (its forward is collective too).
+    baseline::Pipeline pipe(c, dev.weights(), comm);
+    dev.poison_y();
+    pipe.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
+    std::vector<std::int32_t> experts;
+    std::vector<float> weights;
+    pipe.routing(experts, weights);
+    const bench::Comparison bc = bench::compare(pr, ref.ranks[rank], dev.y_host(), experts);
+    std::int64_t want_drops = 0;
+    for (std::int64_t d : ref.ranks[rank].dropped_per_expert) want_drops += d;
+    const bool bok = bc.passed && pipe.dropped() == want_drops;
+    std::printf("[rank %d/%d] %s baseline %s: %s dropped=%lld/%lld\n", rank, world,
+                bok ? "PASS" : "FAIL", tc.name, bc.summary().c_str(),
+                static_cast<long long>(pipe.dropped()), static_cast<long long>(want_drops));
+    failed += bok ? 0 : 1;
   }
   return failed;
 }
@@ -136,6 +161,51 @@ TEST(LayerMultiGpu, MissingRankTimesOut) {
   });
   EXPECT_EQ(status[0], 0) << "rank 0 should report rank 1's timeout";
   EXPECT_EQ(status[1], 0);
+}
+
+// A worker killed with SIGKILL after the collective set-up: the survivor's forward must report a
+// timeout naming the dead rank, and the supervisor must return non-zero once both are gone, within
+// a bound of a few wait timeouts.
+TEST(LayerMultiGpu, KilledWorkerIsReportedAndRunEnds) {
+  const int gpus = test::visible_gpus_without_cuda_init();
+  if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs, " << gpus << " visible";
+  const std::string note = "/tmp/monomoe-killed-worker-" + std::to_string(getpid());
+  std::remove(note.c_str());
+  launch::SupervisorOptions so;
+  so.grace_seconds = 30.0;
+  so.timeout_seconds = 120.0;
+  so.make_id = [] { return UniqueId::create(); };
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = launch::run_local_workers(2, [&](const launch::WorkerContext& w) {
+    Communicator comm(w.id, w.rank, w.world, w.device);
+    LayerConfig c = base(DType::bf16, Activation::gelu, 8, 2);
+    c.world_size = 2;
+    c.rank = w.rank;
+    c.timeout_seconds = 2.0;
+    reference::Problem pr = reference::make_problem(c, {200, 200}, 9);
+    bench::DeviceProblem dev(pr, w.rank);
+    MoELayer layer(c, comm, dev.weights());
+    if (w.rank == 1) raise(SIGKILL);  // dies after the collective construction
+    std::string outcome = "no error";
+    try {
+      layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
+      layer.synchronize();
+    } catch (const KernelError& e) {
+      outcome = e.what();
+    }
+    std::ofstream(note) << outcome;
+    return outcome.find("rank 1") != std::string::npos ? 0 : 3;
+  }, so);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::ifstream in(note);
+  const std::string outcome((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::remove(note.c_str());
+  std::printf("killed worker: supervisor status %d after %.1f s; rank 0: %s\n", rc, seconds,
+              outcome.c_str());
+  EXPECT_EQ(rc, 128 + SIGKILL) << "the supervisor reports the killed worker first";
+  EXPECT_NE(outcome.find("rank 1"), std::string::npos) << "rank 0 names the dead peer";
+  EXPECT_LT(seconds, 60.0);
 }
 
 }  // namespace

@@ -2,13 +2,16 @@
 // float64 CPU reference; bench then times it next to the conventional pipeline (bench/bench.hpp).
 #include <cstdlib>
 #include <iostream>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include <cuda_runtime.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "bench/bench.hpp"
+#include "bench/sweep.hpp"
 #include "commands.hpp"
 #include "monomoe/error.hpp"
 
@@ -46,6 +49,25 @@ int parse_gpus(const ParsedArgs& args) {
   return static_cast<int>(n);
 }
 
+// --join [--rendezvous PATH] [--join-timeout SEC]: take part in a run another launcher started.
+bench::JoinOptions parse_join(const ParsedArgs& args) {
+  bench::JoinOptions j;
+  j.enabled = args.has("--join");
+  if (!j.enabled) {
+    if (args.has("--rendezvous") || args.has("--join-timeout")) {
+      throw ConfigError("--rendezvous and --join-timeout need --join");
+    }
+    return j;
+  }
+  if (args.has("--gpus")) {
+    throw ConfigError("--gpus cannot be combined with --join: the launcher decides the ranks");
+  }
+  j.rendezvous = args.string_or("--rendezvous", "");
+  j.timeout_seconds = args.double_or("--join-timeout", j.timeout_seconds);
+  if (!(j.timeout_seconds > 0.0)) throw ConfigError("invalid --join-timeout: must be > 0 seconds");
+  return j;
+}
+
 int run_bench_command(const ParsedArgs& args) {
   const LayerFlags flags = parse_layer_flags(args);
   bench::BenchOptions o;
@@ -57,8 +79,56 @@ int run_bench_command(const ParsedArgs& args) {
   o.baseline = !args.has("--no-baseline");
   o.json_path = args.string_or("--json", "");
   o.trace = args.has("--trace");
+  o.join = parse_join(args);
+  if (o.join.enabled) {
+    if (args.has("--sweep")) throw ConfigError("--sweep cannot be combined with --join");
+    return bench::run_bench(o, std::cout, std::cerr);
+  }
+  const int visible = visible_gpus();
   o.gpus = parse_gpus(args);
-  return bench::run_bench(o, std::cout, std::cerr);
+  if (!args.has("--sweep")) return bench::run_bench(o, std::cout, std::cerr);
+
+  const std::string var = args.value("--sweep");
+  bench::SweepVariable v;
+  if (var == "tokens") {
+    v = bench::SweepVariable::tokens;
+  } else if (var == "experts") {
+    v = bench::SweepVariable::experts;
+  } else if (var == "gpus") {
+    v = bench::SweepVariable::gpus;
+  } else {
+    throw ConfigError(concat("invalid --sweep = ", var, ": must be tokens, experts or gpus"));
+  }
+  std::vector<std::int64_t> values = bench::default_sweep_values(v, visible);
+  if (args.has("--sweep-values")) {
+    values.clear();
+    std::stringstream ss(args.value("--sweep-values"));
+    for (std::string item; std::getline(ss, item, ',');) {
+      char* end = nullptr;
+      const long long n = std::strtoll(item.c_str(), &end, 10);
+      if (item.empty() || *end != '\0' || n <= 0) {
+        throw ConfigError(concat("invalid --sweep-values item '", item, "': a positive integer"));
+      }
+      values.push_back(n);
+    }
+  }
+  if (v == bench::SweepVariable::gpus) {
+    for (std::int64_t g : values) {
+      if (g > visible) {
+        throw ConfigError(concat("invalid --sweep-values: ", std::to_string(g), " GPUs, only ",
+                                 std::to_string(visible), " visible"));
+      }
+    }
+  }
+  const std::string csv = args.string_or("--csv", concat("sweep-", var, ".csv"));
+  const std::string png = args.string_or("--plot", concat("sweep-", var, ".png"));
+  const int rc = bench::run_sweep(o, v, values, csv, std::cout, std::cerr);
+  const std::string cmd = concat("python3 '", MONOMOE_PLOT_SCRIPT, "' '", csv, "' '", png, "'");
+  if (std::system(cmd.c_str()) != 0) {
+    std::cerr << "monomoe bench: no plot written; to draw it: scripts/setup-plot.sh && " << cmd
+              << "\n";
+  }
+  return rc;
 }
 
 int run_check_command(const ParsedArgs& args) {
@@ -69,7 +139,8 @@ int run_check_command(const ParsedArgs& args) {
   if (!(o.timeout_seconds > 0.0)) {
     throw ConfigError("invalid --timeout: must be > 0 seconds");
   }
-  o.gpus = parse_gpus(args);
+  o.join = parse_join(args);
+  if (!o.join.enabled) o.gpus = parse_gpus(args);
   return bench::run_check(o, std::cout);
 }
 
@@ -95,6 +166,16 @@ Command bench_command() {
           {"--no-baseline", "", "time monomoe only"},
           {"--json", "FILE", "also write the results as JSON to FILE"},
           {"--trace", "", "also print per-phase times of one forward (profiling)"},
+          {"--sweep", "tokens|experts|gpus", "run a series over one variable; CSV + PNG plot"},
+          {"--sweep-values", "A,B,...", "the series (default tokens 1024..16384, experts 8..128, "
+                                        "gpus 1,2,4.. up to the visible count)"},
+          {"--csv", "FILE", "sweep CSV (default sweep-<variable>.csv)"},
+          {"--plot", "FILE", "sweep plot (default sweep-<variable>.png; needs matplotlib)"},
+          {"--join", "", "join a run started by torchrun/mpirun/srun or by hand (rank and world "
+                          "from the environment; see README, Launchers)"},
+          {"--rendezvous", "PATH", "with --join: file through which rank 0 passes the NCCL id "
+                                   "(default $MONOMOE_RENDEZVOUS)"},
+          {"--join-timeout", "SEC", "with --join: how long ranks wait for rank 0's file (default 60)"},
       }),
       .run = run_bench_command,
   };
@@ -113,6 +194,11 @@ Command check_command() {
           {"--cases", "N", "random configurations to run (default 20)"},
           {"--seed", "N", "seed of the configuration generator (default 1)"},
           {"--timeout", "SEC", "kernel wait bound per case in seconds (default 10)"},
+          {"--join", "", "join a run started by torchrun/mpirun/srun or by hand (rank and world "
+                          "from the environment; see README, Launchers)"},
+          {"--rendezvous", "PATH", "with --join: file through which rank 0 passes the NCCL id "
+                                   "(default $MONOMOE_RENDEZVOUS)"},
+          {"--join-timeout", "SEC", "with --join: how long ranks wait for rank 0's file (default 60)"},
       },
       .run = run_check_command,
   };

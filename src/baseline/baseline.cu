@@ -1,5 +1,5 @@
-// The conventional, unfused MoE pipeline on one GPU (world_size 1), for side-by-side timing with
-// the fused kernel. One forward() is a chain of library calls and small kernels:
+// The conventional, unfused MoE pipeline, for side-by-side timing with the fused kernel. One
+// forward() is a chain of library calls and small kernels:
 //   1. gate logits [tokens, experts] in fp32: cublasGemmEx, strict fp32 math for every dtype (a
 //      TF32 gate could flip near-tied top-k choices that the reference resolves);
 //   2. gate_topk: softmax + top-k (ties to the lower expert) + renormalization;
@@ -10,6 +10,13 @@
 //      bias + activation, grouped GEMM1 (cublasGemmGroupedBatchedEx, one group per expert with
 //      rows);
 //   6. combine: y_t = sum over j of kept_j * w_j * (out + b2), in ascending j.
+// Expert parallel (world_size W > 1), between 4 and 6 as a bulk-synchronous pipeline does it:
+//   a. NCCL all-to-all of the kept row counts per (source, expert): rank r receives the counts of
+//      its experts from every source; they and the local counts go to the host (the one sync);
+//   b. NCCL all-to-all of the rows: the permuted rows are expert-sorted, hence grouped by owning
+//      rank, so each destination gets one contiguous slice; received rows are source-major;
+//   c. grouped GEMMs with one group per (source, local expert) with rows; the owner adds b2;
+//   d. the all-to-all back into the permuted layout, then the combine of step 6 (without b2).
 // cuBLAS is column-major: a row-major [m, n] matrix is its column-major transpose, so
 // C = A . B (row-major) is computed as C^T = B^T . A^T with the operands swapped and no transposes.
 //
@@ -20,6 +27,7 @@
 // CUBLAS_COMPUTE_32F_FAST_TF32, fp32 CUBLAS_COMPUTE_32F_PEDANTIC (no TF32, no emulation).
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <nccl.h>
 
 #include <algorithm>
 #include <bit>
@@ -57,6 +65,28 @@ void require_pointer(const char* what, const void* p, bool needed) {
   }
 }
 
+cudaDataType_t cuda_type(DType t) {
+  return t == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
+}
+
+ncclDataType_t nccl_type(DType t) {
+  return t == DType::bf16 ? ncclBfloat16 : ncclFloat32;
+}
+
+// Precision of the expert GEMMs (see the top of this file).
+cublasComputeType_t expert_compute_type(DType t) {
+  if (t == DType::tf32) return CUBLAS_COMPUTE_32F_FAST_TF32;
+  if (t == DType::fp32) return CUBLAS_COMPUTE_32F_PEDANTIC;
+  return CUBLAS_COMPUTE_32F;
+}
+
+// Grid of an elementwise kernel over `groups` 4-element groups (grid-stride beyond 65536 blocks).
+int elementwise_blocks(long long groups) {
+  const long long want =
+      (groups + kernels::kElementwiseThreads - 1) / kernels::kElementwiseThreads;
+  return static_cast<int>(std::max(1LL, std::min(want, 65536LL)));
+}
+
 }  // namespace
 
 struct Pipeline::Impl {
@@ -66,7 +96,17 @@ struct Pipeline::Impl {
   Handles handles;
   std::int64_t last_tokens = 0;
   std::int64_t last_dropped = 0;
+  std::int64_t last_bytes = 0;
   int sort_end_bit = 1;
+  // Expert parallelism (world > 1).
+  ncclComm_t comm = nullptr;
+  int world = 1, rank = 0, local_experts = 0;
+  DeviceBuffer recv;             // [world * slots, hidden]: rows received; then GEMM1's output
+  DeviceBuffer recv_counts;      // [world, local_experts]: kept rows of each source for my experts
+  DeviceBuffer recv_row_expert;  // [world * slots]: local expert of each received row
+  PinnedBuffer host_counts;      // [experts + 1] local kept counts and drops, then recv_counts
+  PinnedBuffer host_ptrs;        // [6, experts] GEMM pointer arrays, uploaded per call
+  PinnedBuffer host_row_expert;  // [world * slots]
   std::size_t sort_bytes = 0;
 
   // Routing, sized for max_tokens * topk slots.
@@ -84,20 +124,42 @@ struct Pipeline::Impl {
   std::vector<float> alpha, beta;
   std::vector<cublasOperation_t> no_trans;
 
-  Impl(const LayerConfig& c, const ExpertWeights& weights);
+  Impl(const LayerConfig& c, const ExpertWeights& weights, Communicator* communicator);
   std::int32_t* plan(int which) const {  // 0 count, 1 begin, 2 offset, 3 kept
     return counts.as<std::int32_t>() + which * cfg.experts;
   }
   template <class T>
   void forward(const void* x, int tokens, void* y, cudaStream_t stream);
+  // Steps 5 and 6 on one GPU; a-d and 6 across ranks.
+  template <class T>
+  void experts_local(int tokens, void* y, cudaStream_t stream);
+  template <class T>
+  void experts_parallel(int tokens, void* y, cudaStream_t stream);
+  template <class T>
+  void combine(int tokens, const void* out, const void* b2, void* y, cudaStream_t stream);
 };
 
-Pipeline::Impl::Impl(const LayerConfig& c, const ExpertWeights& weights) : cfg(c), w(weights) {
+Pipeline::Impl::Impl(const LayerConfig& c, const ExpertWeights& weights, Communicator* communicator)
+    : cfg(c), w(weights) {
   cfg.validate();
-  if (cfg.world_size != 1) {
+  if (communicator == nullptr && cfg.world_size != 1) {
     throw ConfigError("baseline::Pipeline: world_size = " + std::to_string(cfg.world_size) +
-                      " is not supported yet (the baseline runs on one GPU: world_size must be 1)");
+                      " needs a Communicator (use Pipeline(config, weights, comm)); without one "
+                      "world_size must be 1");
   }
+  if (communicator != nullptr) {
+    if (communicator->world() != cfg.world_size || communicator->rank() != cfg.rank) {
+      throw ConfigError("baseline::Pipeline: config world_size = " +
+                        std::to_string(cfg.world_size) + ", rank = " + std::to_string(cfg.rank) +
+                        " differ from the communicator's world " +
+                        std::to_string(communicator->world()) + ", rank " +
+                        std::to_string(communicator->rank()));
+    }
+    comm = static_cast<ncclComm_t>(communicator->nccl_comm());
+    world = communicator->world();
+    rank = communicator->rank();
+  }
+  local_experts = static_cast<int>(cfg.experts_per_rank());
   require_pointer("weights.gate", w.gate, true);
   require_pointer("weights.w1", w.w1, true);
   require_pointer("weights.w2", w.w2, true);
@@ -121,9 +183,20 @@ Pipeline::Impl::Impl(const LayerConfig& c, const ExpertWeights& weights) : cfg(c
   row_expert = DeviceBuffer(bytes(slots, 1, 4));
   counts = DeviceBuffer((4 * e + 1) * sizeof(std::int32_t));
   gemm_ptrs = DeviceBuffer(6 * e * sizeof(void*));
+  // Rows an expert-owning rank may hold: every source's slots (each token's choices are distinct
+  // experts, so all of them can land on one rank).
+  const std::size_t rows_cap = detail::checked_mul(slots, sz(world), "max_tokens");
   xp = DeviceBuffer(bytes(slots, sz(cfg.hidden), elem));
-  pre = DeviceBuffer(bytes(slots, sz(cfg.w1_columns()), elem));
-  h = DeviceBuffer(bytes(slots, sz(cfg.ffn), elem));
+  pre = DeviceBuffer(bytes(rows_cap, sz(cfg.w1_columns()), elem));
+  h = DeviceBuffer(bytes(rows_cap, sz(cfg.ffn), elem));
+  if (world > 1) {
+    recv = DeviceBuffer(bytes(rows_cap, sz(cfg.hidden), elem));
+    recv_counts = DeviceBuffer(e * sizeof(std::int32_t));
+    recv_row_expert = DeviceBuffer(rows_cap * sizeof(std::int32_t));
+    host_counts = PinnedBuffer((2 * e + 1) * sizeof(std::int32_t));
+    host_ptrs = PinnedBuffer(6 * e * sizeof(void*));
+    host_row_expert = PinnedBuffer(rows_cap * sizeof(std::int32_t));
+  }
 
   // The sort orders by expert id only: (expert, token) order comes from its stability, since the
   // slots enter in token order. Temporary storage grows with the item count, so size it for the
@@ -160,21 +233,23 @@ template <class T>
 void Pipeline::Impl::forward(const void* x, int tokens, void* y, cudaStream_t stream) {
   namespace k = kernels;
   cublasHandle_t blas = handles.blas;
-  int* host_kept = handles.host_kept;
   const int experts = static_cast<int>(cfg.experts);
   const int topk = static_cast<int>(cfg.topk);
   const int hidden = static_cast<int>(cfg.hidden);
-  const int ffn = static_cast<int>(cfg.ffn);
   const int w1c = static_cast<int>(cfg.w1_columns());
+  const int ffn = static_cast<int>(cfg.ffn);
   const int slots = tokens * topk;
-  const cudaDataType_t type = cfg.dtype == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
-  cublasComputeType_t expert_compute = CUBLAS_COMPUTE_32F;
-  if (cfg.dtype == DType::tf32) expert_compute = CUBLAS_COMPUTE_32F_FAST_TF32;
-  if (cfg.dtype == DType::fp32) expert_compute = CUBLAS_COMPUTE_32F_PEDANTIC;
+  const cudaDataType_t type = cuda_type(cfg.dtype);
 
   // The buffers are shared by all calls: a call on another stream must wait for the last one.
   MONOMOE_CUDA(cudaStreamWaitEvent(stream, handles.done, 0));
   MONOMOE_CUBLAS(cublasSetStream(blas, stream));
+  if (slots == 0) {  // a rank without tokens still takes part in the exchanges (world > 1)
+    MONOMOE_CUDA(cudaMemsetAsync(plan(3), 0, (sz(experts) + 1) * sizeof(std::int32_t), stream));
+    experts_parallel<T>(tokens, y, stream);
+    MONOMOE_CUDA(cudaEventRecord(handles.done, stream));
+    return;
+  }
 
   // 1. logits^T [E, T] = gate^T [E, H] . x^T [H, T]: fp32 output, strict fp32 math for every
   // dtype (cublasGemmEx takes bf16 or fp32 inputs with an fp32 output under COMPUTE_32F_PEDANTIC).
@@ -217,6 +292,8 @@ void Pipeline::Impl::forward(const void* x, int tokens, void* y, cudaStream_t st
 
   const std::size_t e = sz(experts);
   const auto ptr_array = [&](std::size_t i) { return gemm_ptrs.as<void*>() + i * e; };
+  // On one GPU the plan kernel fills the GEMM pointer arrays; across ranks experts_parallel()
+  // replaces them with those of the received rows.
   k::PlanParams pp{};
   pp.experts = experts;
   pp.slots = slots;
@@ -261,6 +338,42 @@ void Pipeline::Impl::forward(const void* x, int tokens, void* y, cudaStream_t st
       mp);
   MONOMOE_CHECK_LAUNCH(permute_kernel);
 
+  if (world == 1) {
+    experts_local<T>(tokens, y, stream);
+  } else {
+    experts_parallel<T>(tokens, y, stream);
+  }
+  MONOMOE_CUDA(cudaEventRecord(handles.done, stream));
+}
+
+template <class T>
+void Pipeline::Impl::combine(int tokens, const void* out, const void* b2, void* y,
+                             cudaStream_t stream) {
+  if (tokens == 0) return;
+  const kernels::CombineParams<T> cp{.out = static_cast<const T*>(out),
+                                     .b2 = static_cast<const T*>(b2),
+                                     .slot_row = slot_row.as<const std::int32_t>(),
+                                     .topk_expert = topk_expert.as<const std::int32_t>(),
+                                     .topk_weight = topk_weight.as<const float>(),
+                                     .y = static_cast<T*>(y),
+                                     .topk = static_cast<int>(cfg.topk),
+                                     .hidden = static_cast<int>(cfg.hidden)};
+  kernels::combine_kernel<T><<<tokens, kernels::kCombineThreads, 0, stream>>>(cp);
+  MONOMOE_CHECK_LAUNCH(combine_kernel);
+}
+
+template <class T>
+void Pipeline::Impl::experts_local(int tokens, void* y, cudaStream_t stream) {
+  namespace k = kernels;
+  cublasHandle_t blas = handles.blas;
+  int* host_kept = handles.host_kept;
+  const int experts = static_cast<int>(cfg.experts);
+  const int ffn = static_cast<int>(cfg.ffn);
+  const int w1c = static_cast<int>(cfg.w1_columns());
+  const cudaDataType_t type = cuda_type(cfg.dtype);
+  const cublasComputeType_t expert_compute = expert_compute_type(cfg.dtype);
+  const std::size_t e = sz(experts);
+  const auto ptr_array = [&](std::size_t i) { return gemm_ptrs.as<void*>() + i * e; };
   // 5. the grouped GEMMs take their shapes on the host: read the kept rows per expert.
   MONOMOE_CUDA(
       cudaMemcpyAsync(host_kept, plan(3), (e + 1) * sizeof(int), cudaMemcpyDeviceToHost, stream));
@@ -288,10 +401,8 @@ void Pipeline::Impl::forward(const void* x, int tokens, void* y, cudaStream_t st
                                     .ffn = ffn,
                                     .w1_cols = w1c,
                                     .act = cfg.activation};
-    const long long vec_groups = rows * (ffn / 4);
-    const long long want = (vec_groups + k::kElementwiseThreads - 1) / k::kElementwiseThreads;
-    const int act_blocks = static_cast<int>(want < 65536 ? want : 65536);  // grid-stride beyond
-    k::activation_kernel<T><<<act_blocks, k::kElementwiseThreads, 0, stream>>>(ap);
+    k::activation_kernel<T>
+        <<<elementwise_blocks(rows * (ffn / 4)), k::kElementwiseThreads, 0, stream>>>(ap);
     MONOMOE_CHECK_LAUNCH(activation_kernel);
 
     MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
@@ -302,21 +413,158 @@ void Pipeline::Impl::forward(const void* x, int tokens, void* y, cudaStream_t st
   }
 
   // 6. weighted combine; writes every token.
-  const k::CombineParams<T> cp{.out = xp.as<const T>(),
-                               .b2 = static_cast<const T*>(w.b2),
-                               .slot_row = slot_row.as<const std::int32_t>(),
-                               .topk_expert = topk_expert.as<const std::int32_t>(),
-                               .topk_weight = topk_weight.as<const float>(),
-                               .y = static_cast<T*>(y),
-                               .topk = topk,
-                               .hidden = hidden};
-  k::combine_kernel<T><<<tokens, k::kCombineThreads, 0, stream>>>(cp);
-  MONOMOE_CHECK_LAUNCH(combine_kernel);
-  MONOMOE_CUDA(cudaEventRecord(handles.done, stream));
+  combine<T>(tokens, xp.as(), w.b2, y, stream);
+}
+
+// Steps a-d and 6 (see the top of this file). Collective: every rank runs the same NCCL calls.
+template <class T>
+void Pipeline::Impl::experts_parallel(int tokens, void* y, cudaStream_t stream) {
+  namespace k = kernels;
+  cublasHandle_t blas = handles.blas;
+  const int experts = static_cast<int>(cfg.experts);
+  const int le = local_experts;
+  const int ffn = static_cast<int>(cfg.ffn);
+  const int w1c = static_cast<int>(cfg.w1_columns());
+  const std::size_t hidden = sz(cfg.hidden);
+  const std::size_t row_bytes = hidden * elem;
+  const cudaDataType_t type = cuda_type(cfg.dtype);
+  const ncclDataType_t ntype = nccl_type(cfg.dtype);
+  const cublasComputeType_t expert_compute = expert_compute_type(cfg.dtype);
+  const std::size_t e = sz(experts);
+
+  // a. counts: my kept rows of rank r's experts go to r; every source's counts of mine come back.
+  std::int32_t* kept = plan(3);
+  MONOMOE_NCCL(ncclGroupStart());
+  for (int r = 0; r < world; ++r) {
+    MONOMOE_NCCL(ncclSend(kept + r * le, sz(le), ncclInt32, r, comm, stream));
+    MONOMOE_NCCL(ncclRecv(recv_counts.as<std::int32_t>() + r * le, sz(le), ncclInt32, r, comm,
+                          stream));
+  }
+  MONOMOE_NCCL(ncclGroupEnd());
+  std::int32_t* hc = host_counts.as<std::int32_t>();
+  MONOMOE_CUDA(
+      cudaMemcpyAsync(hc, kept, (e + 1) * sizeof(std::int32_t), cudaMemcpyDeviceToHost, stream));
+  MONOMOE_CUDA(cudaMemcpyAsync(hc + e + 1, recv_counts.as(), e * sizeof(std::int32_t),
+                               cudaMemcpyDeviceToHost, stream));
+  MONOMOE_CUDA(cudaStreamSynchronize(stream));
+  last_dropped = hc[experts];
+  const std::int32_t* from = hc + e + 1;  // [source, local expert]
+
+  // Row slices: sent to r = my permuted rows of r's experts; received from s = source-major.
+  std::vector<std::size_t> send_off(sz(world) + 1, 0), recv_off(sz(world) + 1, 0);
+  for (int r = 0; r < world; ++r) {
+    std::size_t sent = 0, got = 0;
+    for (int j = 0; j < le; ++j) {
+      sent += sz(hc[r * le + j]);
+      got += sz(from[r * le + j]);
+    }
+    send_off[sz(r) + 1] = send_off[sz(r)] + sent;
+    recv_off[sz(r) + 1] = recv_off[sz(r)] + got;
+  }
+  std::size_t remote = 0;
+  for (int r = 0; r < world; ++r) {
+    if (r != rank) remote += send_off[sz(r) + 1] - send_off[sz(r)];
+  }
+  last_bytes = static_cast<std::int64_t>(2 * remote * row_bytes);
+  const auto exchange = [&](char* send_base, const std::vector<std::size_t>& send_at,
+                            char* recv_base, const std::vector<std::size_t>& recv_at) {
+    MONOMOE_NCCL(ncclGroupStart());
+    for (int r = 0; r < world; ++r) {
+      const std::size_t ns = send_at[sz(r) + 1] - send_at[sz(r)];
+      const std::size_t nr = recv_at[sz(r) + 1] - recv_at[sz(r)];
+      if (ns > 0) {
+        MONOMOE_NCCL(ncclSend(send_base + send_at[sz(r)] * row_bytes, ns * hidden, ntype, r, comm,
+                              stream));
+      }
+      if (nr > 0) {
+        MONOMOE_NCCL(ncclRecv(recv_base + recv_at[sz(r)] * row_bytes, nr * hidden, ntype, r, comm,
+                              stream));
+      }
+    }
+    MONOMOE_NCCL(ncclGroupEnd());
+  };
+
+  // b. the rows to their experts' ranks.
+  exchange(xp.as<char>(), send_off, recv.as<char>(), recv_off);
+
+  // c. one GEMM group per (source, local expert) with rows, source-major like the received rows.
+  void** hp = host_ptrs.as<void*>();
+  std::int32_t* hre = host_row_expert.as<std::int32_t>();
+  rows_of.clear();
+  std::size_t row = 0;
+  for (int s = 0; s < world; ++s) {
+    for (int j = 0; j < le; ++j) {
+      const int n = from[s * le + j];
+      if (n == 0) continue;
+      const std::size_t g = rows_of.size();
+      const std::size_t uj = sz(j);
+      hp[0 * e + g] = const_cast<char*>(static_cast<const char*>(w.w1)) +
+                      uj * hidden * sz(w1c) * elem;
+      hp[1 * e + g] = recv.as<char>() + row * row_bytes;
+      hp[2 * e + g] = pre.as<char>() + row * sz(w1c) * elem;
+      hp[3 * e + g] = const_cast<char*>(static_cast<const char*>(w.w2)) +
+                      uj * sz(ffn) * hidden * elem;
+      hp[4 * e + g] = h.as<char>() + row * sz(ffn) * elem;
+      hp[5 * e + g] = recv.as<char>() + row * row_bytes;  // GEMM0 has read these rows by then
+      if (cfg.bias) std::fill(hre + row, hre + row + n, j);
+      rows_of.push_back(n);
+      row += sz(n);
+    }
+  }
+  const int groups = static_cast<int>(rows_of.size());
+  const auto rows = static_cast<long long>(row);
+  if (groups > 0) {
+    MONOMOE_CUDA(cudaMemcpyAsync(gemm_ptrs.as(), hp, 6 * e * sizeof(void*), cudaMemcpyHostToDevice,
+                                 stream));
+    if (cfg.bias) {
+      MONOMOE_CUDA(cudaMemcpyAsync(recv_row_expert.as(), hre, row * sizeof(std::int32_t),
+                                   cudaMemcpyHostToDevice, stream));
+    }
+    const auto ptrs = [&](std::size_t i) { return gemm_ptrs.as<void*>() + i * e; };
+    MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
+        blas, no_trans.data(), no_trans.data(), m0.data(), rows_of.data(), k0.data(), alpha.data(),
+        const_cast<const void* const*>(ptrs(0)), type, m0.data(),
+        const_cast<const void* const*>(ptrs(1)), type, k0.data(), beta.data(), ptrs(2), type,
+        m0.data(), groups, group_size.data(), expert_compute));
+    const k::ActivationParams<T> ap{.pre = pre.as<const T>(),
+                                    .b1 = static_cast<const T*>(w.b1),
+                                    .h = h.as<T>(),
+                                    .row_expert = recv_row_expert.as<const std::int32_t>(),
+                                    .rows = rows,
+                                    .ffn = ffn,
+                                    .w1_cols = w1c,
+                                    .act = cfg.activation};
+    k::activation_kernel<T>
+        <<<elementwise_blocks(rows * (ffn / 4)), k::kElementwiseThreads, 0, stream>>>(ap);
+    MONOMOE_CHECK_LAUNCH(activation_kernel);
+    MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
+        blas, no_trans.data(), no_trans.data(), m1.data(), rows_of.data(), k1.data(), alpha.data(),
+        const_cast<const void* const*>(ptrs(3)), type, m1.data(),
+        const_cast<const void* const*>(ptrs(4)), type, k1.data(), beta.data(), ptrs(5), type,
+        m1.data(), groups, group_size.data(), expert_compute));
+    if (cfg.bias) {
+      const k::AddBiasParams<T> bp{.out = recv.as<T>(),
+                                   .b2 = static_cast<const T*>(w.b2),
+                                   .row_expert = recv_row_expert.as<const std::int32_t>(),
+                                   .rows = rows,
+                                   .hidden = static_cast<int>(hidden)};
+      k::add_bias_kernel<T>
+          <<<elementwise_blocks(rows * static_cast<long long>(hidden / 4)),
+             k::kElementwiseThreads, 0, stream>>>(bp);
+      MONOMOE_CHECK_LAUNCH(add_bias_kernel);
+    }
+  }
+
+  // d. results back into the permuted layout (xp: the dispatch read it before, in stream order).
+  exchange(recv.as<char>(), recv_off, xp.as<char>(), send_off);
+  combine<T>(tokens, xp.as(), nullptr, y, stream);
 }
 
 Pipeline::Pipeline(const LayerConfig& config, const ExpertWeights& weights)
-    : impl_(std::make_unique<Impl>(config, weights)) {}
+    : impl_(std::make_unique<Impl>(config, weights, nullptr)) {}
+
+Pipeline::Pipeline(const LayerConfig& config, const ExpertWeights& weights, Communicator& comm)
+    : impl_(std::make_unique<Impl>(config, weights, &comm)) {}
 
 Pipeline::~Pipeline() = default;
 
@@ -328,9 +576,10 @@ void Pipeline::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   }
   m.last_tokens = tokens;
   m.last_dropped = 0;
-  if (tokens == 0) return;  // nothing to launch; routing() reads back empty
-  require_pointer("forward: x", x, true);
-  require_pointer("forward: y", y, true);
+  m.last_bytes = 0;
+  if (tokens == 0 && m.world == 1) return;  // nothing to launch; routing() reads back empty
+  require_pointer("forward: x", x, tokens > 0);
+  require_pointer("forward: y", y, tokens > 0);
   if (m.cfg.dtype == DType::bf16) {
     m.forward<__nv_bfloat16>(x, static_cast<int>(tokens), y, stream);
   } else {
@@ -353,6 +602,10 @@ void Pipeline::routing(std::vector<std::int32_t>& experts, std::vector<float>& w
 
 std::int64_t Pipeline::dropped() const {
   return impl_->last_dropped;
+}
+
+std::int64_t Pipeline::bytes_sent() const {
+  return impl_->last_bytes;
 }
 
 }  // namespace monomoe::baseline

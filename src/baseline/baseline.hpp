@@ -1,6 +1,8 @@
 // The conventional, unfused expert-parallel MoE pipeline, for side-by-side timing against the fused
-// kernel: cuBLAS gate GEMM -> softmax/top-k kernel -> permute -> grouped GEMMs -> activation ->
-// grouped GEMMs -> un-permute and weighted combine. Same math and weight layouts as MoELayer.
+// kernel: cuBLAS gate GEMM -> softmax/top-k kernel -> permute -> [NCCL all-to-all of counts and
+// rows] -> grouped GEMMs -> activation -> grouped GEMMs -> [all-to-all back] -> un-permute and
+// weighted combine. Same math and weight layouts as MoELayer; bulk-synchronous (the host reads the
+// row counts once per forward, as such pipelines do).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -9,6 +11,7 @@
 #include <memory>
 #include <vector>
 
+#include "monomoe/communicator.hpp"
 #include "monomoe/config.hpp"
 #include "monomoe/layer.hpp"
 
@@ -16,9 +19,12 @@ namespace monomoe::baseline {
 
 class Pipeline {
  public:
-  // world_size must be 1 for now (the multi-GPU all-to-all version comes with expert parallelism).
-  // Allocates its buffers once for config.max_tokens.
+  // One GPU: config.world_size must be 1. Allocates its buffers once for config.max_tokens.
   Pipeline(const LayerConfig& config, const ExpertWeights& weights);
+  // Expert parallel over comm's ranks (config.world_size and rank must match comm's): weights are
+  // this rank's experts (MoELayer's layout). forward() is collective: every rank calls it, with
+  // its own token count (0 allowed). Buffers hold world_size * max_tokens * topk received rows.
+  Pipeline(const LayerConfig& config, const ExpertWeights& weights, Communicator& comm);
   ~Pipeline();
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;
@@ -30,6 +36,9 @@ class Pipeline {
   // Routing of the last forward(): [tokens, topk] expert ids and gate weights.
   void routing(std::vector<std::int32_t>& experts, std::vector<float>& weights);
   std::int64_t dropped() const;  // capacity drops of the last forward()
+  // Bytes of this rank's token rows that the last forward() sent to other ranks' experts, counted
+  // out and back (rows * hidden * element size * 2); 0 on one GPU. Counts headers are not included.
+  std::int64_t bytes_sent() const;
 
  private:
   struct Impl;

@@ -3,6 +3,7 @@
 //   plan       per-expert offsets, capacity, GEMM pointer arrays (one block)
 //   permute    sorted (expert, token) list -> expert-contiguous rows of x (one warp per row)
 //   activation bias + activation of the first grouped GEMM's output (elementwise)
+//   add_bias   out_row += b2 of its expert (expert parallel: the owner adds b2 before the return)
 //   combine    y_t = sum_j kept_j * w_j * (out_row + b2) in ascending j (one block per token)
 // The stable sort between gate_topk and plan is cub::DeviceRadixSort, called from the host.
 #pragma once
@@ -315,6 +316,34 @@ __global__ void __launch_bounds__(kElementwiseThreads) activation_kernel(Activat
       }
     }
     store4(p.h + r * p.ffn + q, out);
+  }
+}
+
+// ---- bias of GEMM1 rows (expert parallel) ---------------------------------------------------------
+
+template <class T>
+struct AddBiasParams {
+  T* out;                          // [rows, hidden]: GEMM1 output, in place
+  const T* b2;                     // [local experts, hidden]
+  const std::int32_t* row_expert;  // [rows]: local expert of each row
+  long long rows;
+  int hidden;
+};
+
+template <class T>
+__global__ void __launch_bounds__(kElementwiseThreads) add_bias_kernel(AddBiasParams<T> p) {
+  const long long groups_per_row = p.hidden / 4;
+  const long long total = p.rows * groups_per_row;
+  for (long long g = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; g < total;
+       g += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const long long r = g / groups_per_row;
+    const int q = static_cast<int>(g % groups_per_row) * 4;
+    float o[4], b[4];
+    load4(p.out + r * p.hidden + q, o);
+    load4(p.b2 + static_cast<long long>(p.row_expert[r]) * p.hidden + q, b);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) o[i] += b[i];
+    store4(p.out + r * p.hidden + q, o);
   }
 }
 

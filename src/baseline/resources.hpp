@@ -39,6 +39,32 @@ class DeviceBuffer {
   void* ptr_ = nullptr;
 };
 
+// One cudaMallocHost'd (pinned) allocation: host arrays that cudaMemcpyAsync reads or writes.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(std::size_t bytes) {
+    if (bytes > 0) MONOMOE_CUDA(cudaMallocHost(&ptr_, bytes));
+  }
+  PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)) {}
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
+    std::swap(ptr_, o.ptr_);
+    return *this;
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer() {
+    if (ptr_) cudaFreeHost(ptr_);
+  }
+  template <class T = void>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+};
+
 // The non-memory resources. A member, so that they are released even when the owner's constructor
 // throws half-way (a member's destructor runs then; the owner's does not).
 struct Handles {
