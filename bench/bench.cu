@@ -139,7 +139,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   std::vector<std::int32_t> experts;
   std::vector<float> weights;
   layer.routing(experts, weights);
-  const Comparison fused = compare(pr, ex.result, dev.y_host(), experts, ex.tokens);
+  const Comparison fused = compare(pr, ex.result, dev.y_host(), experts, ex.tokens, rank);
   out << tag << "correctness monomoe:  " << fused.summary() << std::endl;
   // Rows of this rank's tokens that go to other ranks' experts: each travels out and back.
   std::int64_t rows_out = 0;
@@ -156,7 +156,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     MONOMOE_CUDA(cudaStreamSynchronize(stream));
     std::vector<float> bw;
     base->routing(experts, bw);
-    base_cmp = compare(pr, ex.result, dev.y_host(), experts, ex.tokens);
+    base_cmp = compare(pr, ex.result, dev.y_host(), experts, ex.tokens, rank);
     out << tag << "correctness baseline: " << base_cmp.summary() << std::endl;
   }
   if (!fused.passed || (base && !base_cmp.passed)) {
@@ -330,8 +330,6 @@ int check_rank(const CheckOptions& o, const launch::WorkerContext& w, std::ostre
     if (skew) reference::skew_gate_towards(pr, skew_expert, 50.f);
     const reference::Result ref = reference::run(pr);
     const reference::RankResult& mine = ref.ranks[static_cast<std::size_t>(rank)];
-    std::int64_t want_drops = 0;
-    for (std::int64_t d : mine.dropped_per_expert) want_drops += d;
     bool ok = false;
     std::string detail;
     try {
@@ -343,10 +341,10 @@ int check_rank(const CheckOptions& o, const launch::WorkerContext& w, std::ostre
       std::vector<std::int32_t> experts;
       std::vector<float> weights;
       layer.routing(experts, weights);
-      const Comparison cmp = compare(pr, mine, dev.y_host(), experts);
-      ok = cmp.passed && st.dropped == want_drops;
+      const Comparison cmp = compare(pr, mine, dev.y_host(), experts, {}, rank);
+      ok = cmp.passed && st.dropped == cmp.expected_dropped;
       detail = cmp.summary() + " dropped=" + std::to_string(st.dropped) + "/" +
-               std::to_string(want_drops);
+               std::to_string(cmp.expected_dropped);
     } catch (const Error& e) {
       detail = std::string("error: ") + e.what();
     }

@@ -122,16 +122,45 @@ std::string Comparison::summary() const {
   os << (passed ? "PASS" : "FAIL") << " rel_err=" << rel_error << " compared=" << compared
      << " ambiguous=" << ambiguous << " not_finite=" << not_finite
      << " route_mismatch=" << route_mismatch;
+  if (forced > 0) os << " ties_forced=" << forced;
   return os.str();
 }
 
 Comparison compare(const reference::Problem& pr, const reference::RankResult& ref,
                    const std::vector<float>& y, const std::vector<std::int32_t>& gpu_experts,
-                   const std::vector<std::int64_t>& tokens_checked) {
+                   const std::vector<std::int64_t>& tokens_checked, int rank) {
   const LayerConfig& c = pr.config;
   const std::size_t h = static_cast<std::size_t>(c.hidden);
   const std::size_t k = static_cast<std::size_t>(c.topk);
+  const auto same_set = [&](const std::int32_t* a, const std::int32_t* b) {
+    std::vector<std::int32_t> u(a, a + k), v(b, b + k);
+    std::sort(u.begin(), u.end());
+    std::sort(v.begin(), v.end());
+    return u == v;
+  };
+  if (c.capacity_factor > 0.0 && tokens_checked.empty() && !gpu_experts.empty()) {
+    reference::ForcedRoutes forced;
+    forced.rank = rank;
+    for (std::size_t t = 0; t < ref.topk_margin.size(); ++t) {
+      if (ref.topk_margin[t] >= margin_threshold(c.dtype)) continue;
+      if (same_set(gpu_experts.data() + t * k, ref.topk_expert.data() + t * k)) continue;
+      forced.tokens.push_back(static_cast<std::int64_t>(t));
+      forced.experts.insert(forced.experts.end(), gpu_experts.begin() + t * k,
+                            gpu_experts.begin() + (t + 1) * k);
+    }
+    if (!forced.tokens.empty()) {
+      const reference::Result rerun = reference::run(pr, 0, forced);
+      Comparison out = compare(pr, rerun.ranks.at(static_cast<std::size_t>(rank)), y, gpu_experts,
+                               tokens_checked, rank);
+      out.forced = static_cast<std::int64_t>(forced.tokens.size());
+      return out;
+    }
+  }
   Comparison out;
+  if (tokens_checked.empty()) {
+    out.expected_dropped = 0;
+    for (std::int64_t d : ref.dropped_per_expert) out.expected_dropped += d;
+  }
   for (float v : y) out.not_finite += std::isfinite(v) ? 0 : 1;
   const std::size_t n = tokens_checked.empty() ? ref.topk_margin.size() : tokens_checked.size();
   double num = 0.0, den = 0.0;
@@ -144,12 +173,8 @@ Comparison compare(const reference::Problem& pr, const reference::RankResult& re
     ++out.compared;
     if (!gpu_experts.empty()) {
       // The chosen set must match; the order among chosen experts of nearly equal weight may not.
-      std::vector<std::int32_t> a(gpu_experts.begin() + t * k, gpu_experts.begin() + (t + 1) * k);
-      std::vector<std::int32_t> b(ref.topk_expert.begin() + i * k,
-                                  ref.topk_expert.begin() + (i + 1) * k);
-      std::sort(a.begin(), a.end());
-      std::sort(b.begin(), b.end());
-      out.route_mismatch += a == b ? 0 : 1;
+      out.route_mismatch +=
+          same_set(gpu_experts.data() + t * k, ref.topk_expert.data() + i * k) ? 0 : 1;
     }
     for (std::size_t q = 0; q < h; ++q) {
       const double d = static_cast<double>(y[t * h + q]) - ref.y[i * h + q];

@@ -45,16 +45,23 @@ struct Comparison {
   std::int64_t ambiguous = 0;    // tokens left out for a near-tie in the gate
   std::int64_t not_finite = 0;   // output elements that are NaN/inf (unwritten or broken)
   std::int64_t route_mismatch = 0;  // compared tokens whose expert choices differ
+  // Capacity-limited configs: near-tied tokens where the GPU chose other experts; the reference
+  // was rerun with the GPU's choices there (others' drops depend on them) and they are compared.
+  std::int64_t forced = 0;
+  // Drops of the rank in the reference compared against (-1 when only a sample was compared).
+  std::int64_t expected_dropped = -1;
   bool passed = false;
   std::string summary() const;
 };
 
-// Compares y (all tokens of the rank) and, when non-empty, the GPU routing ([tokens, k] expert ids)
-// with the reference. When `tokens_checked` is empty, ref covers all tokens; otherwise ref row i is
-// token tokens_checked[i] (a sample_tokens() problem). Every element of y is checked for being finite.
+// Compares y (all tokens of rank `rank`) and, when non-empty, the GPU routing ([tokens, k] expert
+// ids) with the reference. When `tokens_checked` is empty, ref covers all tokens; otherwise ref row
+// i is token tokens_checked[i] (a sample_tokens() problem). Every element of y is checked for being
+// finite. With a capacity limit and all tokens checked, near-tied tokens that the GPU routed
+// differently are forced into a rerun of the reference (see Comparison::forced).
 Comparison compare(const reference::Problem& problem, const reference::RankResult& ref,
                    const std::vector<float>& y, const std::vector<std::int32_t>& gpu_experts,
-                   const std::vector<std::int64_t>& tokens_checked = {});
+                   const std::vector<std::int64_t>& tokens_checked = {}, int rank = 0);
 
 // A one-rank sub-problem holding only the listed tokens of `rank` and all experts (valid for
 // dropless configs, where a token's output does not depend on the other tokens): lets large configs

@@ -437,6 +437,76 @@ TEST(ReferenceCapacity, DroplessNeverDrops) {
 // ---- Outputs
 // -------------------------------------------------------------------------------------
 
+// Forcing a token onto other experts: its weights are the reference's probabilities of them, the
+// other tokens are untouched, and under a capacity limit the forced token takes a slot of its new
+// expert, so a later token of that expert is dropped instead.
+TEST(ReferenceForced, ChoicesWeightsAndCapacityFollowTheForcedExperts) {
+  LayerConfig c = small_config(4, 1, Activation::gelu);
+  c.max_tokens = 8;
+  c.capacity_factor = 0.5;  // capacity(8) with 4 experts, top-1: 1 row per (source, expert)
+  Problem p = make_problem(c, {8}, 21);
+  skew_gate_towards(p, 2, 50.f);  // every token picks expert 2; the first one is kept
+  const Result plain = run(p);
+  ASSERT_EQ(plain.ranks[0].topk_expert[0], 2);
+  ASSERT_EQ(plain.ranks[0].kept[0], 1);
+  ASSERT_EQ(plain.ranks[0].kept[1], 0);
+
+  ForcedRoutes f;
+  f.tokens = {0};
+  f.experts = {1};
+  const Result forced = run(p, 0, f);
+  const RankResult& r = forced.ranks[0];
+  EXPECT_EQ(r.topk_expert[0], 1);
+  EXPECT_DOUBLE_EQ(r.topk_weight[0], 1.0);  // renormalized over its single choice
+  EXPECT_EQ(r.topk_margin[0], 1.0);
+  EXPECT_EQ(r.kept[1], 1) << "token 1 now holds expert 2's slot";
+  EXPECT_EQ(r.dropped_per_expert[2], plain.ranks[0].dropped_per_expert[2] - 1);
+  for (Idx t = 2; t < 8; ++t) EXPECT_EQ(r.topk_expert[t], plain.ranks[0].topk_expert[t]);
+
+  c.renormalize = false;
+  p.config = c;
+  const Result raw = run(p, 0, f);
+  const std::vector<double> prob = probabilities(p, 0, 0);
+  EXPECT_DOUBLE_EQ(raw.ranks[0].topk_weight[0], prob[1]);
+}
+
+TEST(ReferenceForced, SameChoicesGiveTheSameResult) {
+  LayerConfig c = small_config(8, 2, Activation::silu);
+  c.max_tokens = 64;
+  const Problem p = make_problem(c, {64}, 5);
+  const Result plain = run(p);
+  ForcedRoutes f;
+  for (std::int64_t t = 0; t < 64; t += 3) {
+    f.tokens.push_back(t);
+    f.experts.push_back(plain.ranks[0].topk_expert[ix(t) * 2]);
+    f.experts.push_back(plain.ranks[0].topk_expert[ix(t) * 2 + 1]);
+  }
+  const Result forced = run(p, 1, f);
+  EXPECT_EQ(forced.ranks[0].topk_expert, plain.ranks[0].topk_expert);
+  for (Idx i = 0; i < plain.ranks[0].y.size(); ++i) {
+    ASSERT_NEAR(forced.ranks[0].y[i], plain.ranks[0].y[i], 1e-12);
+  }
+}
+
+TEST(ReferenceForced, RejectsBadForcedRoutes) {
+  LayerConfig c = small_config(4, 2, Activation::relu);
+  c.max_tokens = 4;
+  const Problem p = make_problem(c, {4}, 1);
+  const auto fails = [&](ForcedRoutes f) {
+    try {
+      run(p, 0, f);
+    } catch (const ConfigError&) {
+      return true;
+    }
+    return false;
+  };
+  EXPECT_TRUE(fails({0, {4}, {0, 1}}));     // token out of range
+  EXPECT_TRUE(fails({0, {0}, {0, 4}}));     // expert out of range
+  EXPECT_TRUE(fails({0, {0}, {1, 1}}));     // repeated expert
+  EXPECT_TRUE(fails({0, {0}, {1}}));        // too few ids
+  EXPECT_TRUE(fails({1, {0}, {0, 1}}));     // rank out of range
+}
+
 TEST(ReferenceOutput, MatchesNaiveOnUnevenShapes) {
   // Widths that cross the reference's internal tiles, several row blocks per expert, odd E and k.
   LayerConfig c = small_config(5, 3, Activation::swiglu);

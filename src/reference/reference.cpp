@@ -305,6 +305,10 @@ void run_block(const Problem& p, Result& res, const std::vector<Row>& rows, cons
 }  // namespace
 
 Result run(const Problem& p, int threads) {
+  return run(p, threads, ForcedRoutes{});
+}
+
+Result run(const Problem& p, int threads, const ForcedRoutes& forced) {
   if (threads < 0) {
     throw ConfigError("reference::run: threads = " + std::to_string(threads) +
                       " must be >= 0 (0 = all hardware threads)");
@@ -342,13 +346,58 @@ Result run(const Problem& p, int threads) {
     for (std::size_t t = 0; t < s; t += kGateChunk)
       chunks.push_back({r, t, std::min(s, t + kGateChunk)});
   }
+  // Forced choices, by token of forced.rank: index into forced.experts, or -1.
+  std::vector<std::int64_t> forced_at;
+  if (!forced.tokens.empty()) {
+    if (forced.rank < 0 || sz(forced.rank) >= world) {
+      throw ConfigError("reference::run: forced.rank = " + std::to_string(forced.rank) +
+                        " must be in [0, " + std::to_string(world - 1) + "]");
+    }
+    if (forced.experts.size() != forced.tokens.size() * k) {
+      throw ConfigError("reference::run: forced.experts holds " +
+                        std::to_string(forced.experts.size()) + " ids, expected tokens * topk = " +
+                        std::to_string(forced.tokens.size() * k));
+    }
+    forced_at.assign(sz(p.tokens[sz(forced.rank)]), -1);
+    for (std::size_t i = 0; i < forced.tokens.size(); ++i) {
+      const std::int64_t t = forced.tokens[i];
+      if (t < 0 || sz(t) >= forced_at.size()) {
+        throw ConfigError("reference::run: forced token " + std::to_string(t) +
+                          " is not a token of rank " + std::to_string(forced.rank));
+      }
+      for (std::size_t j = 0; j < k; ++j) {
+        const std::int32_t ex = forced.experts[i * k + j];
+        if (ex < 0 || sz(ex) >= e) {
+          throw ConfigError("reference::run: forced expert " + std::to_string(ex) +
+                            " must be in [0, " + std::to_string(e - 1) + "]");
+        }
+        for (std::size_t q = 0; q < j; ++q) {
+          if (forced.experts[i * k + q] == ex) {
+            throw ConfigError("reference::run: forced token " + std::to_string(t) +
+                              " lists expert " + std::to_string(ex) + " twice");
+          }
+        }
+      }
+      forced_at[sz(t)] = static_cast<std::int64_t>(i);
+    }
+  }
   parallel_for(chunks.size(), threads, [&](std::size_t i, std::size_t) {
     const Chunk& ch = chunks[i];
     RankResult& rr = res.ranks[ch.rank];
     std::vector<double> logits(e), prob(e);
+    const bool forced_rank = !forced_at.empty() && ch.rank == sz(forced.rank);
     for (std::size_t t = ch.begin; t < ch.end; ++t) {
       route_token(c, p.x[ch.rank].data() + t * h, p.gate.data(), logits.data(), prob.data(),
                   rr.topk_expert.data() + t * k, rr.topk_weight.data() + t * k, &rr.topk_margin[t]);
+      if (!forced_rank || forced_at[t] < 0) continue;
+      const std::int32_t* chosen = forced.experts.data() + sz(forced_at[t]) * k;
+      double sum = 0.0;
+      for (std::size_t j = 0; j < k; ++j) sum += prob[sz(chosen[j])];
+      for (std::size_t j = 0; j < k; ++j) {
+        rr.topk_expert[t * k + j] = chosen[j];
+        rr.topk_weight[t * k + j] = c.renormalize ? prob[sz(chosen[j])] / sum : prob[sz(chosen[j])];
+      }
+      rr.topk_margin[t] = 1.0;
     }
   });
 

@@ -60,6 +60,20 @@ struct Result {
 // that order. Throws ConfigError when the config or a tensor's size is invalid.
 Result run(const Problem& p, int threads = 0);
 
+// Choices decided elsewhere for some tokens of one rank: a GPU's fp32 gate may pick another expert
+// where the reference's top-k is a near-tie, and with a capacity limit that moves other tokens of
+// the same (source, expert) across the capacity line. Rerunning the reference with the GPU's
+// choices on those tokens gives the result the GPU should match.
+struct ForcedRoutes {
+  int rank = 0;
+  std::vector<std::int64_t> tokens;   // tokens of `rank` whose choices are forced
+  std::vector<std::int32_t> experts;  // [tokens.size(), topk]: their experts
+};
+// run() with `forced` choices: those tokens take the listed experts, weighted by the reference's
+// own probabilities of them (renormalized over them when configured); margin 1.0. Throws
+// ConfigError on an out-of-range rank, token or expert, or a repeated expert within a token.
+Result run(const Problem& p, int threads, const ForcedRoutes& forced);
+
 // bf16 round-to-nearest-even of a float (what __float2bfloat16_rn does).
 float round_bf16(float v);
 
