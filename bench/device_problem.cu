@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -126,16 +127,22 @@ std::string Comparison::summary() const {
   return os.str();
 }
 
+// GCC 13 reports a false free-nonheap-object on inlined vector code here (GCC bug 108088).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wfree-nonheap-object"
 Comparison compare(const reference::Problem& pr, const reference::RankResult& ref,
                    const std::vector<float>& y, const std::vector<std::int32_t>& gpu_experts,
                    const std::vector<std::int64_t>& tokens_checked, int rank) {
   const LayerConfig& c = pr.config;
   const std::size_t h = static_cast<std::size_t>(c.hidden);
   const std::size_t k = static_cast<std::size_t>(c.topk);
+  // Fixed arrays, not vectors: GCC 13 warns falsely (free-nonheap-object) on the vector version.
   const auto same_set = [&](const std::int32_t* a, const std::int32_t* b) {
-    std::vector<std::int32_t> u(a, a + k), v(b, b + k);
-    std::sort(u.begin(), u.end());
-    std::sort(v.begin(), v.end());
+    std::array<std::int32_t, Limits::kMaxTopK> u{}, v{};
+    std::copy(a, a + k, u.begin());
+    std::copy(b, b + k, v.begin());
+    std::sort(u.begin(), u.begin() + static_cast<std::ptrdiff_t>(k));
+    std::sort(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k));
     return u == v;
   };
   if (c.capacity_factor > 0.0 && tokens_checked.empty() && !gpu_experts.empty()) {
@@ -188,6 +195,8 @@ Comparison compare(const reference::Problem& pr, const reference::RankResult& re
                out.rel_error <= tolerance(c.dtype) && (out.compared > 0 || n == 0);
   return out;
 }
+
+#pragma GCC diagnostic pop
 
 reference::Problem sample_tokens(const reference::Problem& pr,
                                  const std::vector<std::int64_t>& tokens, int rank) {
