@@ -136,14 +136,12 @@ Comparison compare(const reference::Problem& pr, const reference::RankResult& re
   const LayerConfig& c = pr.config;
   const std::size_t h = static_cast<std::size_t>(c.hidden);
   const std::size_t k = static_cast<std::size_t>(c.topk);
-  // Fixed arrays, not vectors: GCC 13 warns falsely (free-nonheap-object) on the vector version.
+  // Both hold k distinct experts: the sets are equal when every one of a is in b.
   const auto same_set = [&](const std::int32_t* a, const std::int32_t* b) {
-    std::array<std::int32_t, Limits::kMaxTopK> u{}, v{};
-    std::copy(a, a + k, u.begin());
-    std::copy(b, b + k, v.begin());
-    std::sort(u.begin(), u.begin() + static_cast<std::ptrdiff_t>(k));
-    std::sort(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k));
-    return u == v;
+    for (std::size_t i = 0; i < k; ++i) {
+      if (std::find(b, b + k, a[i]) == b + k) return false;
+    }
+    return true;
   };
   if (c.capacity_factor > 0.0 && tokens_checked.empty() && !gpu_experts.empty()) {
     reference::ForcedRoutes forced;
