@@ -136,10 +136,10 @@ Comparison compare(const reference::Problem& pr, const reference::RankResult& re
   const LayerConfig& c = pr.config;
   const std::size_t h = static_cast<std::size_t>(c.hidden);
   const std::size_t k = static_cast<std::size_t>(c.topk);
-  // Both hold k distinct experts: the sets are equal when every one of a is in b.
+  // Equal as sets of k ids each (both ways, so that a repeated id cannot pass).
   const auto same_set = [&](const std::int32_t* a, const std::int32_t* b) {
     for (std::size_t i = 0; i < k; ++i) {
-      if (std::find(b, b + k, a[i]) == b + k) return false;
+      if (std::find(b, b + k, a[i]) == b + k || std::find(a, a + k, b[i]) == a + k) return false;
     }
     return true;
   };
