@@ -1,7 +1,19 @@
-// Transport between ranks (world > 1): how a block reaches a peer's symmetric window. The kernel
-// only uses the operations below, so another transport (NCCL GIN put + signal across nodes) can take
-// the place of this one. LsaTransport is the same-node path: NVLink loads/stores through NCCL's peer
-// pointers (ncclGetPeerPointer on a window registered with NCCL_WIN_COLL_SYMMETRIC).
+// Transport between ranks (world > 1): how a block reaches a peer's symmetric window.
+//
+// The interface every transport provides (transport_gin.cuh has the inter-node one):
+//   put(coop, dst_offset, src_offset, bytes, peer)  copy `bytes` (a multiple of 16, 16-byte aligned
+//       offsets) from this rank's window to `peer`'s window; every thread of the warp `coop` calls it
+//   signal_add(slot, peer, value)  one thread, after its warp's puts to `peer` (and a __syncwarp):
+//       adds `value` to signal `slot` of `peer`, visible only after those puts' payload
+//   read_signal(slot)              this rank's signal `slot`, with acquire semantics
+// LsaTransport implements it with NVLink stores and flag words in the window (same node);
+// GinTransport with NCCL GIN put + signal (network, across nodes). Both are exercised by
+// tests/test_transport_gpu.cu. The fused kernel (ep.cuh) also uses LsaTransport's direct addressing
+// (at(): stores straight from registers into a peer's window), which only a load/store transport
+// has; a GIN build of the kernel stages rows in its own window and put()s them instead.
+//
+// LsaTransport is the same-node path: NVLink loads/stores through NCCL's peer pointers
+// (ncclGetPeerPointer on a window registered with NCCL_WIN_COLL_SYMMETRIC).
 //
 // Ordering contract (DESIGN.md): payload stores, then every writer thread's __threadfence_system()
 // and a __syncthreads(), then ONE release store (signal) or atomic (add) by one thread; the reader
@@ -32,13 +44,49 @@ __device__ __forceinline__ void st_release_sys_u32(unsigned int* p, unsigned int
   asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
+__device__ __forceinline__ void red_release_sys_add_u64(unsigned long long* p,
+                                                        unsigned long long v) {
+  asm volatile("red.release.sys.global.add.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
 struct LsaTransport {
   ncclWindow_t win;
   unsigned char* local;  // this rank's window
   int rank;
+  unsigned long long signal_base = 0;  // window offset of the u64 signal words (put/signal API)
 
   __device__ explicit LsaTransport(const Params& p)
       : win(static_cast<ncclWindow_t>(p.win)), local(p.window), rank(p.rank) {}
+  __device__ LsaTransport(ncclWindow_t window, int my_rank, unsigned long long signals_at)
+      : win(window),
+        local(static_cast<unsigned char*>(ncclGetLocalPointer(window, 0))),
+        rank(my_rank),
+        signal_base(signals_at) {}
+
+  // ---- The transport interface (see the top of this file) ----
+  template <class Coop>
+  __device__ __forceinline__ void put(Coop coop, unsigned long long dst_offset,
+                                      unsigned long long src_offset, unsigned long long bytes,
+                                      int peer) const {
+    const int4* src = reinterpret_cast<const int4*>(local + src_offset);
+    int4* dst = at<int4>(dst_offset, peer);
+    const unsigned long long n = bytes / sizeof(int4);
+    for (unsigned long long i = static_cast<unsigned long long>(coop.thread_rank()); i < n;
+         i += static_cast<unsigned long long>(coop.size())) {
+      dst[i] = src[i];
+    }
+    __threadfence_system();  // each writer's stores before the signal of its warp (contract)
+  }
+  __device__ __forceinline__ void signal_add(unsigned int slot, int peer,
+                                             unsigned long long value) const {
+    red_release_sys_add_u64(at<unsigned long long>(signal_base + 8ull * slot, peer), value);
+  }
+  __device__ __forceinline__ unsigned long long read_signal(unsigned int slot) const {
+    return ld_acquire_sys_u64(reinterpret_cast<const unsigned long long*>(local + signal_base +
+                                                                          8ull * slot));
+  }
+
+  // ---- Direct addressing (load/store transports only) ----
 
   // Address of byte `offset` of `peer`'s window (this rank's own window for peer == rank).
   template <class T>
