@@ -83,6 +83,7 @@ int run_cases(int rank, int world, const UniqueId& id) {
     bool ok = true;
     std::string detail;
     for (int call = 0; call < 2 && ok; ++call) {  // the second call reuses the window (epochs)
+      detail.clear();
       dev.poison_y();
       layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
       const ForwardStats st = layer.stats();
