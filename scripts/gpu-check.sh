@@ -4,7 +4,9 @@
 # Usage: scripts/gpu-check.sh [all|quick|bench]   (quick: tests + check; bench: bench (+ sweep) only)
 # Env: GPUS (bench/check GPUs, default all visible), CASES (check cases, default 24), BENCH_ARGS
 #      (extra bench flags, e.g. --trace), SWEEP (tokens|experts|gpus: also run a sweep), TESTS
-#      (ctest -R regex to run a subset), TEST_TIMEOUT (per test, default 150 s), COMMIT (for logs).
+#      (ctest -R regex to run a subset), TEST_TIMEOUT (per test, default 150 s), COMMIT (for logs),
+#      EXTRA_BENCH (more bench runs after the main one, ';'-separated flag sets, e.g.
+#      "--experts 128 --tokens 16384;--dtype fp32"; logs gpu-bench-extra-N.log).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -37,6 +39,14 @@ timeout 200 $mm bench --gpus $GPUS --json "$OUT/bench.json" ${BENCH_ARGS:-} > "$
 echo "bench --gpus $GPUS ${BENCH_ARGS:-} rc=$?" | tee -a "$OUT/gpu-summary.log"
 grep -E "correctness|FAILED" "$OUT/gpu-bench.log" | tee -a "$OUT/gpu-summary.log"
 tail -12 "$OUT/gpu-bench.log" | tee -a "$OUT/gpu-summary.log"
+if [ -n "${EXTRA_BENCH:-}" ]; then
+  IFS=';' read -ra extra <<< "$EXTRA_BENCH"
+  for i in "${!extra[@]}"; do
+    timeout 300 $mm bench --gpus $GPUS ${extra[$i]} > "$OUT/gpu-bench-extra-$i.log" 2>&1
+    echo "bench --gpus $GPUS ${extra[$i]} rc=$?" | tee -a "$OUT/gpu-summary.log"
+    tail -7 "$OUT/gpu-bench-extra-$i.log" | tee -a "$OUT/gpu-summary.log"
+  done
+fi
 if [ -n "${SWEEP:-}" ]; then
   timeout 300 $mm bench --sweep "$SWEEP" --csv "$OUT/sweep-$SWEEP.csv" --plot "$OUT/sweep-$SWEEP.png" \
     ${BENCH_ARGS:-} > "$OUT/gpu-sweep.log" 2>&1
