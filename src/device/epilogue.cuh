@@ -55,6 +55,60 @@ __device__ __forceinline__ void smem_load8(const float* src, float (&v)[8]) {
   v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
 }
 
+// One activation over 8 values, chosen at compile time (the epilogues switch once per tile, not
+// once per element).
+template <Act A>
+__device__ __forceinline__ void activate8(float (&v)[8]) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] = activate(A, v[j]);
+}
+
+// The GEMM0 epilogue over the rows of this thread, for one activation. With kThreads a multiple of
+// the column groups, every thread keeps one column group for all its rows, so its bias values are
+// loaded once per tile into registers instead of once per row.
+template <class P, Act A, bool kSwiglu>
+__device__ __forceinline__ void epilogue_gemm0_rows(const float* c, int pitch, int half, int rows,
+                                                    int groups, const typename P::Elem* b1,
+                                                    int col0, int col_hi, typename P::Elem* out,
+                                                    int out_pitch) {
+  const auto bias8 = [&](int col, float (&b)[8]) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) b[j] = 0.f;
+    if (b1) load8(b1 + col, b);
+  };
+  const auto one = [&](int r, int cc, const float (&bg)[8], const float (&bu)[8]) {
+    float v[8];
+    smem_load8(c + r * pitch + cc, v);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] += bg[j];
+    if constexpr (kSwiglu) {
+      float u[8];
+      smem_load8(c + r * pitch + half + cc, u);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = activate(Act::silu, v[j]) * (u[j] + bu[j]);
+    } else {
+      activate8<A>(v);
+    }
+    store8(out + static_cast<long long>(r) * out_pitch + cc, v);
+  };
+  float bg[8], bu[8];
+  if (kThreads % groups == 0) {
+    const int cc = (static_cast<int>(threadIdx.x) % groups) * 8;
+    bias8(col0 + cc, bg);
+    if constexpr (kSwiglu) bias8(col_hi + cc, bu);
+    for (int r = static_cast<int>(threadIdx.x) / groups; r < rows; r += kThreads / groups) {
+      one(r, cc, bg, bu);
+    }
+    return;
+  }
+  for (int i = threadIdx.x; i < rows * groups; i += kThreads) {
+    const int cc = (i % groups) * 8;
+    bias8(col0 + cc, bg);
+    if constexpr (kSwiglu) bias8(col_hi + cc, bu);
+    one(i / groups, cc, bg, bu);
+  }
+}
+
 // GEMM0: out[r, c] = act(C[r, c] + b1[col0 + c]) for c < out_cols; SwiGLU tiles hold the gate half
 // in columns [0, half) and the up half in [half, 2 half): out = silu(gate + b1g) * (up + b1u).
 template <class P>
@@ -64,33 +118,25 @@ __device__ __forceinline__ void epilogue_gemm0(const float* c, int pitch, int ha
                                                int col0, int col_hi, typename P::Elem* out,
                                                int out_pitch) {
   const int groups = out_cols / 8;
-  for (int i = threadIdx.x; i < rows * groups; i += kThreads) {
-    const int r = i / groups;
-    const int cc = (i % groups) * 8;
-    float v[8];
-    smem_load8(c + r * pitch + cc, v);
-    if (b1) {
-      float b[8];
-      load8(b1 + col0 + cc, b);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] += b[j];
-    }
-    if (swiglu) {
-      float u[8];
-      smem_load8(c + r * pitch + half + cc, u);
-      if (b1) {
-        float b[8];
-        load8(b1 + col_hi + cc, b);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) u[j] += b[j];
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] = activate(Act::silu, v[j]) * u[j];
-    } else {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] = activate(act, v[j]);
-    }
-    store8(out + static_cast<long long>(r) * out_pitch + cc, v);
+  if (groups == 0) return;
+  if (swiglu) {
+    epilogue_gemm0_rows<P, Act::swiglu, true>(c, pitch, half, rows, groups, b1, col0, col_hi, out,
+                                              out_pitch);
+    return;
+  }
+  switch (act) {
+    case Act::relu:
+      epilogue_gemm0_rows<P, Act::relu, false>(c, pitch, half, rows, groups, b1, col0, col_hi, out,
+                                               out_pitch);
+      break;
+    case Act::gelu:
+      epilogue_gemm0_rows<P, Act::gelu, false>(c, pitch, half, rows, groups, b1, col0, col_hi, out,
+                                               out_pitch);
+      break;
+    default:
+      epilogue_gemm0_rows<P, Act::silu, false>(c, pitch, half, rows, groups, b1, col0, col_hi, out,
+                                               out_pitch);
+      break;
   }
 }
 
@@ -100,18 +146,32 @@ __device__ __forceinline__ void epilogue_gemm1(const float* c, int pitch, int ro
                                                const int* row_id, const typename P::Elem* b2,
                                                int col0, typename P::Elem* stage, int hidden) {
   const int groups = cols / 8;
-  for (int i = threadIdx.x; i < rows * groups; i += kThreads) {
-    const int r = i / groups;
-    const int cc = (i % groups) * 8;
+  if (groups == 0) return;
+  const auto one = [&](int r, int cc, const float (&b)[8]) {
     float v[8];
     smem_load8(c + r * pitch + cc, v);
-    if (b2) {
-      float b[8];
-      load8(b2 + col0 + cc, b);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] += b[j];
-    }
+    for (int j = 0; j < 8; ++j) v[j] += b[j];
     store8(stage + static_cast<long long>(row_id[r]) * hidden + col0 + cc, v);
+  };
+  float b[8];
+  const auto bias8 = [&](int cc) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) b[j] = 0.f;
+    if (b2) load8(b2 + col0 + cc, b);
+  };
+  if (kThreads % groups == 0) {  // one column group per thread: its bias loaded once (see GEMM0)
+    const int cc = (static_cast<int>(threadIdx.x) % groups) * 8;
+    bias8(cc);
+    for (int r = static_cast<int>(threadIdx.x) / groups; r < rows; r += kThreads / groups) {
+      one(r, cc, b);
+    }
+    return;
+  }
+  for (int i = threadIdx.x; i < rows * groups; i += kThreads) {
+    const int cc = (i % groups) * 8;
+    bias8(cc);
+    one(i / groups, cc, b);
   }
 }
 
