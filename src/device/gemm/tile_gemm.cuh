@@ -108,31 +108,23 @@ struct TileGemm : TileShapes<P, BN> {
     bool b_valid;                // its column is inside the tile's valid columns
   };
 
-  static __device__ __forceinline__ ChunkPlan plan_chunks(Smem& sm, const Elem* b, int ldb,
-                                                          int col_lo, int col_hi, int valid_lo,
-                                                          int valid_hi) {
+  static __device__ __forceinline__ ChunkPlan plan_chunks(const Elem* b, int ldb, int col_lo,
+                                                          int col_hi, int valid_lo, int valid_hi) {
     using namespace cute;
-    // Offsets through the smem tensors, as wgmma reads them: the bf16 atoms swizzle the shared
-    // memory address itself (smem_ptr_flag), so the layout function alone would not give them.
-    SmemElem* base = reinterpret_cast<SmemElem*>(sm.buffer);
-    Tensor sa = make_tensor(make_smem_ptr(base), SmemLayoutA{});
-    Tensor sb = make_tensor(make_smem_ptr(base + kElemsA), SmemLayoutB{});
-    const auto off_a = [&](int r, int k, int s) { return static_cast<int>(&sa(r, k, s) - base); };
-    const auto off_b = [&](int n, int k, int s) {
-      return static_cast<int>(&sb(n, k, s) - (base + kElemsA));
-    };
+    const auto la = SmemLayoutA{};
+    const auto lb = SmemLayoutB{};
     const int t = static_cast<int>(threadIdx.x);
     ChunkPlan c;
     c.a_row0 = t / kChunksPerRowA;
     c.a_k = (t % kChunksPerRowA) * kChunkElems;
-    c.a_smem = off_a(c.a_row0, c.a_k, 0);
-    c.a_step = off_a(c.a_row0 + kRowsPerPassA, c.a_k, 0) - c.a_smem;
-    c.a_stage = off_a(c.a_row0, c.a_k, 1) - c.a_smem;
+    c.a_smem = static_cast<int>(la(c.a_row0, c.a_k, 0));
+    c.a_step = static_cast<int>(la(c.a_row0 + kRowsPerPassA, c.a_k, 0)) - c.a_smem;
+    c.a_stage = static_cast<int>(la(c.a_row0, c.a_k, 1)) - c.a_smem;
     const int k0 = t / kChunksPerRowB;
     const int n = (t % kChunksPerRowB) * kChunkElems;
-    c.b_smem = off_b(n, k0, 0);
-    c.b_step = off_b(n, k0 + kKPerPassB, 0) - c.b_smem;
-    c.b_stage = off_b(n, k0, 1) - c.b_smem;
+    c.b_smem = static_cast<int>(lb(n, k0, 0));
+    c.b_step = static_cast<int>(lb(n, k0 + kKPerPassB, 0)) - c.b_smem;
+    c.b_stage = static_cast<int>(lb(n, k0, 1)) - c.b_smem;
     const bool hi = n >= BN / 2;
     const int in_half = hi ? n - BN / 2 : n;
     c.b_valid = in_half < (hi ? valid_hi : valid_lo);
@@ -193,7 +185,7 @@ struct TileGemm : TileShapes<P, BN> {
     clear(acc);
 
     const int k_tiles = k_total / kBK;
-    const ChunkPlan chunks = plan_chunks(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi);
+    const ChunkPlan chunks = plan_chunks(b, ldb, col_lo, col_hi, valid_lo, valid_hi);
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
       if (s < k_tiles) load_stage(sm, chunks, ldb, s, s);
@@ -259,7 +251,7 @@ struct TileGemm : TileShapes<P, BN> {
     Tensor tXrB = thr_b.retile_D(tCrB);
 
     const int k_tiles = k_total / kBK;
-    const ChunkPlan chunks = plan_chunks(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi);
+    const ChunkPlan chunks = plan_chunks(b, ldb, col_lo, col_hi, valid_lo, valid_hi);
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
       if (s < k_tiles) load_stage(sm, chunks, ldb, s, s);
