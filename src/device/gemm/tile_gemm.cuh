@@ -83,35 +83,81 @@ struct TileGemm : TileShapes<P, BN> {
     return reinterpret_cast<const float*>(sm.buffer);
   }
 
-  // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage`.
-  static __device__ __forceinline__ void load_stage(Smem& sm, const Elem* b, int ldb, int col_lo,
-                                                    int col_hi, int valid_lo, int valid_hi, int kt,
-                                                    int stage) {
+  // Where this thread's cp.async chunks of a k-tile go and come from. Thread t copies the A chunks
+  // of rows t / kChunksPerRowA + i * kRowsPerPassA at one k offset, and the B chunks of k rows
+  // t / kChunksPerRowB + i * kKPerPassB at one column. Successive chunks of a thread are whole
+  // swizzle atoms apart (1024 bytes and more), and the 128-byte swizzles only mix address bits
+  // inside an atom, so chunk i lands at the first chunk's offset plus i times a fixed step; the
+  // stage adds a fixed step too. Computed once per tile, this keeps the swizzle arithmetic out of
+  // the main loop (the GPU tests check every layout against the CPU reference).
+  static constexpr int kChunksPerRowA = kBK / kChunkElems;
+  static constexpr int kChunksPerRowB = BN / kChunkElems;
+  static constexpr int kRowsPerPassA = kThreads / kChunksPerRowA;
+  static constexpr int kKPerPassB = kThreads / kChunksPerRowB;
+  static_assert(kThreads % kChunksPerRowA == 0 && kThreads % kChunksPerRowB == 0,
+                "a thread's chunks must share one column (B) and one k offset (A)");
+  static_assert(kRowsPerPassA % 8 == 0 && kKPerPassB % 8 == 0,
+                "successive chunks of a thread must be whole 8-row swizzle atoms apart");
+
+  struct ChunkPlan {
+    int a_row0, a_k;             // first A row of this thread, its k offset in the k-tile
+    int a_smem, a_step, a_stage;  // element offsets in the pipeline buffer
+    int b_smem, b_step, b_stage;
+    const Elem* b_src;           // this thread's first B chunk of k-tile 0
+    long long b_pass;            // elements between its successive B chunks (kKPerPassB rows)
+    bool b_valid;                // its column is inside the tile's valid columns
+  };
+
+  static __device__ __forceinline__ ChunkPlan plan_chunks(Smem& sm, const Elem* b, int ldb,
+                                                          int col_lo, int col_hi, int valid_lo,
+                                                          int valid_hi) {
     using namespace cute;
-    SmemElem* sa_ptr = reinterpret_cast<SmemElem*>(sm.buffer);
-    Tensor sa = make_tensor(make_smem_ptr(sa_ptr), SmemLayoutA{});
-    Tensor sb = make_tensor(make_smem_ptr(sa_ptr + kElemsA), SmemLayoutB{});
-    constexpr int kChunksPerRowA = kBK / kChunkElems;
-    constexpr int kChunksPerRowB = BN / kChunkElems;
+    // Offsets through the smem tensors, as wgmma reads them: the bf16 atoms swizzle the shared
+    // memory address itself (smem_ptr_flag), so the layout function alone would not give them.
+    SmemElem* base = reinterpret_cast<SmemElem*>(sm.buffer);
+    Tensor sa = make_tensor(make_smem_ptr(base), SmemLayoutA{});
+    Tensor sb = make_tensor(make_smem_ptr(base + kElemsA), SmemLayoutB{});
+    const auto off_a = [&](int r, int k, int s) { return static_cast<int>(&sa(r, k, s) - base); };
+    const auto off_b = [&](int n, int k, int s) {
+      return static_cast<int>(&sb(n, k, s) - (base + kElemsA));
+    };
+    const int t = static_cast<int>(threadIdx.x);
+    ChunkPlan c;
+    c.a_row0 = t / kChunksPerRowA;
+    c.a_k = (t % kChunksPerRowA) * kChunkElems;
+    c.a_smem = off_a(c.a_row0, c.a_k, 0);
+    c.a_step = off_a(c.a_row0 + kRowsPerPassA, c.a_k, 0) - c.a_smem;
+    c.a_stage = off_a(c.a_row0, c.a_k, 1) - c.a_smem;
+    const int k0 = t / kChunksPerRowB;
+    const int n = (t % kChunksPerRowB) * kChunkElems;
+    c.b_smem = off_b(n, k0, 0);
+    c.b_step = off_b(n, k0 + kKPerPassB, 0) - c.b_smem;
+    c.b_stage = off_b(n, k0, 1) - c.b_smem;
+    const bool hi = n >= BN / 2;
+    const int in_half = hi ? n - BN / 2 : n;
+    c.b_valid = in_half < (hi ? valid_hi : valid_lo);
+    const int col = (hi ? col_hi : col_lo) + in_half;
+    c.b_src = b + static_cast<long long>(k0) * ldb + (c.b_valid ? col : 0);
+    c.b_pass = static_cast<long long>(kKPerPassB) * ldb;
+    return c;
+  }
+
+  // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage`.
+  static __device__ __forceinline__ void load_stage(Smem& sm, const ChunkPlan& c, int ldb, int kt,
+                                                    int stage) {
+    SmemElem* base = reinterpret_cast<SmemElem*>(sm.buffer);
+    SmemElem* sa = base + c.a_smem + stage * c.a_stage;
+    SmemElem* sb = base + kElemsA + c.b_smem + stage * c.b_stage;
+    const int k = kt * kBK + c.a_k;
 #pragma unroll
     for (int i = 0; i < kChunksA; ++i) {
-      const int q = static_cast<int>(threadIdx.x) + i * kThreads;
-      const int r = q / kChunksPerRowA;
-      const int k = (q % kChunksPerRowA) * kChunkElems;
-      const Elem* src = sm.rows[r];
-      cp_async_16(&sa(r, k, stage), src ? src + kt * kBK + k : b, src != nullptr);
+      const Elem* src = sm.rows[c.a_row0 + i * kRowsPerPassA];
+      cp_async_16(sa + i * c.a_step, src ? src + k : c.b_src, src != nullptr);
     }
+    const Elem* bsrc = c.b_src + static_cast<long long>(kt) * kBK * ldb;
 #pragma unroll
     for (int i = 0; i < kChunksB; ++i) {
-      const int q = static_cast<int>(threadIdx.x) + i * kThreads;
-      const int k = q / kChunksPerRowB;
-      const int n = (q % kChunksPerRowB) * kChunkElems;
-      const bool hi = n >= BN / 2;
-      const int in_half = hi ? n - BN / 2 : n;
-      const bool valid = in_half < (hi ? valid_hi : valid_lo);
-      const int col = (hi ? col_hi : col_lo) + in_half;
-      const Elem* src = b + static_cast<long long>(kt * kBK + k) * ldb + (valid ? col : 0);
-      cp_async_16(&sb(n, k, stage), src, valid);
+      cp_async_16(sb + i * c.b_step, bsrc + i * c.b_pass, c.b_valid);
     }
   }
 
@@ -127,8 +173,8 @@ struct TileGemm : TileShapes<P, BN> {
   }
 
   // Hopper: wgmma reads both operands from the pipeline stage. Each k-tile: wait for its copies,
-  // make them visible to the async proxy, issue the warpgroup MMAs, then (once the previous k-tile's
-  // MMAs are done in both warpgroups) refill that k-tile's stage.
+  // make them visible to the async proxy, one barrier, issue the warpgroup MMAs, refill the stage
+  // of k-tile kt-2 (done in both warpgroups by then), and wait for k-tile kt-1's MMAs.
   static __device__ void run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
                                    int valid_lo, int valid_hi, int k_total) {
     using namespace cute;
@@ -147,25 +193,29 @@ struct TileGemm : TileShapes<P, BN> {
     clear(acc);
 
     const int k_tiles = k_total / kBK;
+    const ChunkPlan chunks = plan_chunks(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi);
+    static_assert(kStages >= 3, "one stage computing, one landing, one refilling");
+    // kStages - 2 k-tiles in flight ahead of the MMAs: the stage refilled in iteration kt last
+    // held k-tile kt-2, which both warpgroups finished before they reached this iteration's barrier
+    // (each waited for its k-tile kt-2 MMAs in iteration kt-1), so one barrier per k-tile suffices.
 #pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
-      if (s < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, s, s);
+    for (int s = 0; s < kStages - 2; ++s) {
+      if (s < k_tiles) load_stage(sm, chunks, ldb, s, s);
       cp_async_commit();
     }
     warpgroup_fence_operand(acc);
     for (int kt = 0; kt < k_tiles; ++kt) {
-      cp_async_wait<kStages - 2>();
+      cp_async_wait<kStages - 3>();
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async -> wgmma reads
-      __syncthreads();  // stage kt complete for every thread's copies
+      __syncthreads();  // stage kt complete for every thread's copies; k-tile kt-2 done everywhere
       const int stage = kt % kStages;
       warpgroup_arrive();
       gemm(mma, tCrA(_, _, _, stage), tCrB(_, _, _, stage), acc);
       warpgroup_commit_batch();
-      warpgroup_wait<1>();  // k-tile kt-1's MMAs are done in this warpgroup
-      __syncthreads();      // ... and in the other: its stage may be overwritten
-      const int next = kt + kStages - 1;
-      if (next < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, next, next % kStages);
+      const int next = kt + kStages - 2;
+      if (next < k_tiles) load_stage(sm, chunks, ldb, next, next % kStages);
       cp_async_commit();
+      warpgroup_wait<1>();  // k-tile kt-1's MMAs are done in this warpgroup
     }
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc);
@@ -212,9 +262,10 @@ struct TileGemm : TileShapes<P, BN> {
     Tensor tXrB = thr_b.retile_D(tCrB);
 
     const int k_tiles = k_total / kBK;
+    const ChunkPlan chunks = plan_chunks(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi);
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
-      if (s < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, s, s);
+      if (s < k_tiles) load_stage(sm, chunks, ldb, s, s);
       cp_async_commit();
     }
     for (int kt = 0; kt < k_tiles; ++kt) {
@@ -223,7 +274,7 @@ struct TileGemm : TileShapes<P, BN> {
       // load below overwrites.
       __syncthreads();
       const int next = kt + kStages - 1;
-      if (next < k_tiles) load_stage(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, next, next % kStages);
+      if (next < k_tiles) load_stage(sm, chunks, ldb, next, next % kStages);
       cp_async_commit();
       const int stage = kt % kStages;
       constexpr int kBlocks = decltype(size<2>(tCrA))::value;
