@@ -78,7 +78,7 @@ Expected expected_output(const reference::Problem& pr, int rank, int sample, std
 
 // One traced forward: when the blocks finished each phase, and how busy they were in the task loop.
 void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaStream_t stream,
-                 std::ostream& out) {
+                 std::ostream& out, const char* whose) {
   layer.set_trace(true);
   layer.forward(dev.x(), tokens, dev.y(), stream);
   const std::vector<BlockTrace> tr = layer.trace();
@@ -92,7 +92,8 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
        << "  max " << v.back() << " us";
     return os.str();
   };
-  out << "trace (one forward, " << tr.size() << " blocks, us from the first block's start):\n"
+  out << "trace (one forward, " << whose << tr.size()
+      << " blocks, us from the first block's start):\n"
       << "  gate done     " << stat([](const BlockTrace& b) { return b.gate_done; }) << "\n"
       << "  routed        " << stat([](const BlockTrace& b) { return b.routed; }) << "\n"
       << "  end           " << stat([](const BlockTrace& b) { return b.end; }) << "\n"
@@ -178,7 +179,11 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
                     stream);
   }
   const ForwardStats st = layer.stats();
-  if (o.trace && world == 1) print_trace(layer, dev, s, stream, out);
+  if (o.trace) {
+    // The forward is collective: every rank runs the traced one, rank 0 prints its own blocks.
+    std::ostringstream other_ranks;
+    print_trace(layer, dev, s, stream, rank == 0 ? out : other_ranks, world > 1 ? "rank 0, " : "");
+  }
   MONOMOE_CUDA(cudaStreamDestroy(stream));
   const double base_bytes = base ? static_cast<double>(base->bytes_sent()) : 0.0;
   if (rank != 0) return 0;
