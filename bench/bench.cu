@@ -96,6 +96,8 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
       << " blocks, us from the first block's start):\n"
       << "  gate done     " << stat([](const BlockTrace& b) { return b.gate_done; }) << "\n"
       << "  routed        " << stat([](const BlockTrace& b) { return b.routed; }) << "\n"
+      << "  first task    " << stat([](const BlockTrace& b) { return b.first_task; }) << "\n"
+      << "  last GEMM end " << stat([](const BlockTrace& b) { return b.last_gemm_end; }) << "\n"
       << "  end           " << stat([](const BlockTrace& b) { return b.end; }) << "\n"
       << "  queue wait    " << stat([](const BlockTrace& b) { return b.queue_wait_ns; }) << "\n"
       << "  in GEMM tasks " << stat([](const BlockTrace& b) { return b.gemm_ns; }) << "\n"

@@ -230,6 +230,50 @@ TEST(LayerGpu, KernelErrorsReachTheHost) {
   EXPECT_TRUE(bench::compare(pr, ref.ranks[0], good.y_host(), experts).passed);
 }
 
+// The profiling trace: one record per block, its phases in time order, every task counted, and
+// the output of a traced forward still right.
+TEST(LayerGpu, TraceIsOrderedAndCountsEveryTask) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c = small(DType::bf16, Activation::silu);
+  c.experts = 16;
+  reference::Problem pr = reference::make_problem(c, {512}, 21);
+  const reference::Result ref = reference::run(pr);
+  bench::DeviceProblem dev(pr, 0);
+  MoELayer layer(c, single_gpu(), dev.weights());
+  EXPECT_TRUE(layer.trace().empty());  // off by default
+  layer.set_trace(true);
+  dev.poison_y();
+  layer.forward(dev.x(), 512, dev.y(), nullptr);
+  const std::vector<BlockTrace> tr = layer.trace();
+  ASSERT_FALSE(tr.empty());
+  std::int64_t tasks = 0;
+  for (std::size_t b = 0; b < tr.size(); ++b) {
+    SCOPED_TRACE("block " + std::to_string(b));
+    const BlockTrace& t = tr[b];
+    EXPECT_GE(t.gate_done, 0);
+    EXPECT_LE(t.gate_done, t.routed);
+    EXPECT_LE(t.routed, t.first_task);
+    EXPECT_LE(t.first_task, t.end);
+    EXPECT_LE(t.routed, t.last_gemm_end);
+    EXPECT_LE(t.last_gemm_end, t.end);
+    EXPECT_LE(t.gemm_ns, t.end - t.routed);
+    tasks += t.tasks;
+  }
+  // 512 tokens x top-2 over 16 experts: every GEMM0, GEMM1 and combine task ran exactly once.
+  std::vector<std::int32_t> experts;
+  std::vector<float> weights;
+  layer.routing(experts, weights);
+  std::vector<std::int64_t> rows(static_cast<std::size_t>(c.experts), 0);
+  for (std::int32_t e : experts) ++rows[static_cast<std::size_t>(e)];
+  std::int64_t row_tiles = 0;
+  for (std::int64_t r : rows) row_tiles += (r + 127) / 128;
+  const std::int64_t expected = row_tiles * (c.ffn / 256 + c.hidden / 256) + (512 / 128) * 1;
+  EXPECT_EQ(tasks, expected);
+  EXPECT_TRUE(bench::compare(pr, ref.ranks[0], dev.y_host(), experts).passed);
+  layer.set_trace(false);
+  EXPECT_TRUE(layer.trace().empty());
+}
+
 TEST(LayerGpu, InvalidForwardArguments) {
   MONOMOE_REQUIRE_GPU();
   LayerConfig c = small(DType::bf16, Activation::gelu);

@@ -43,6 +43,8 @@ struct BlockTrace {
   std::int64_t queue_wait_ns = 0;  // spent waiting for task slots to be published
   std::int64_t gemm_ns = 0;        // spent in GEMM tasks (operands, MMAs, epilogue)
   std::int64_t tasks = 0;          // tasks it ran
+  std::int64_t first_task = 0;     // took its first task (its end when it ran none)
+  std::int64_t last_gemm_end = 0;  // finished its last GEMM task (the task loop's start if none)
 };
 
 class MoELayer {

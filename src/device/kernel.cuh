@@ -53,10 +53,14 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   }
   long long wait_ns = 0, gemm_ns = 0, tasks = 0;
   long long t_ask = trace ? global_ns() : 0;
+  long long first_task = 0, last_gemm_end = t_ask;
   while (pop_task(p, sm.task, ep ? -1 : sm.route.total_tasks)) {
     const Task task = sm.task.task;
     const long long t_got = trace ? global_ns() : 0;
-    if (trace) wait_ns += t_got - t_ask;
+    if (trace) {
+      wait_ns += t_got - t_ask;
+      if (tasks == 0) first_task = t_got;
+    }
     switch (static_cast<TaskType>(task.head)) {
       case TaskType::gemm0:
         if (ep) run_gemm0_ep<P>(p, sm, task.a, task.b); else run_gemm0<P>(p, sm, task.a, task.b);
@@ -64,14 +68,17 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
       case TaskType::gemm1:
         if (ep) run_gemm1_ep<P>(p, sm, task.a, task.b); else run_gemm1<P>(p, sm, task.a, task.b);
         break;
-      case TaskType::combine: run_combine<P>(p, task.a, task.b); break;
+      case TaskType::combine: run_combine<P>(p, sm.task, task.a, task.b); break;
       default:
         if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, static_cast<int>(task.head), 0);
         return;
     }
     if (trace) {
       t_ask = global_ns();
-      if (static_cast<TaskType>(task.head) != TaskType::combine) gemm_ns += t_ask - t_got;
+      if (static_cast<TaskType>(task.head) != TaskType::combine) {
+        gemm_ns += t_ask - t_got;
+        last_gemm_end = t_ask;
+      }
       ++tasks;
     }
   }
@@ -80,6 +87,8 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
     trace[4] = wait_ns;
     trace[5] = gemm_ns;
     trace[6] = tasks;
+    trace[7] = tasks > 0 ? first_task : trace[3];
+    trace[8] = last_gemm_end;
   }
 }
 

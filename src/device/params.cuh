@@ -12,8 +12,9 @@ inline constexpr int kCombineCols = 512;
 inline constexpr int kMaxExperts = 256;
 inline constexpr int kMaxTopK = 8;
 inline constexpr int kMaxWorld = 64;
-// Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks.
-inline constexpr int kTraceSlots = 8;
+// Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks, first task
+// taken, last GEMM task finished (the task loop's start when it ran none).
+inline constexpr int kTraceSlots = 9;
 
 enum class Act : int { relu = 0, gelu = 1, silu = 2, swiglu = 3 };
 
