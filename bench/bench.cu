@@ -101,6 +101,7 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
       << "  end           " << stat([](const BlockTrace& b) { return b.end; }) << "\n"
       << "  queue wait    " << stat([](const BlockTrace& b) { return b.queue_wait_ns; }) << "\n"
       << "  in GEMM tasks " << stat([](const BlockTrace& b) { return b.gemm_ns; }) << "\n"
+      << "  in combines   " << stat([](const BlockTrace& b) { return b.combine_ns; }) << "\n"
       << "  tasks/block   " << stat([](const BlockTrace& b) { return b.tasks * 1000; }) << "\n";
 }
 

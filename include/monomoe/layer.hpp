@@ -45,6 +45,7 @@ struct BlockTrace {
   std::int64_t tasks = 0;          // tasks it ran
   std::int64_t first_task = 0;     // took its first task (its end when it ran none)
   std::int64_t last_gemm_end = 0;  // finished its last GEMM task (the task loop's start if none)
+  std::int64_t combine_ns = 0;     // spent in combine tasks
 };
 
 class MoELayer {

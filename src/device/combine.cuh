@@ -3,69 +3,33 @@
 #pragma once
 
 #include "device/epilogue.cuh"
-#include "device/smem.cuh"
 
 namespace monomoe::device {
 
-// One task: 128 tokens x kCombineCols columns. The tile's gate weights go to shared memory first;
-// each thread then handles kBatch 8-column groups at a time, so that their stage loads are in
-// flight together (one group at a time left the task waiting on one load chain after another).
 template <class P>
-__device__ void run_combine(const Params& p, TaskSmem& ts, int token_tile, int col_tile) {
+__device__ void run_combine(const Params& p, int token_tile, int col_tile) {
   using Elem = typename P::Elem;
-  constexpr int kBatch = 4;
   const Elem* stage = static_cast<const Elem*>(p.stage);
   Elem* y = static_cast<Elem*>(p.y);
-  const int k = p.topk;
   const int first = token_tile * kTileRows;
   const int rows = min(kTileRows, p.tokens - first);
-  for (int i = threadIdx.x; i < rows * k; i += kThreads) {
-    const int id = first * k + i;
-    const bool kept = __ldcg(p.topk_kept + id) != 0;
-    ts.combine_kept[i] = kept ? 1 : 0;
-    ts.combine_weight[i] = kept ? __ldcg(p.topk_weight + id) : 0.f;
-  }
-  __syncthreads();
   const int col0 = col_tile * kCombineCols;
-  const int groups = min(kCombineCols, p.hidden - col0) / 8;
-  const int items = rows * groups;
-  for (int i0 = threadIdx.x; i0 < items; i0 += kThreads * kBatch) {
-    float acc[kBatch][8];
+  const int cols = min(kCombineCols, p.hidden - col0);
+  const int groups = cols / 8;
+  for (int i = threadIdx.x; i < rows * groups; i += kThreads) {
+    const int t = first + i / groups;
+    const int col = col0 + (i % groups) * 8;
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int j = 0; j < p.topk; ++j) {
+      const int id = t * p.topk + j;
+      if (!__ldcg(p.topk_kept + id)) continue;
+      const float w = __ldcg(p.topk_weight + id);
+      float v[8];
+      load8(stage + static_cast<long long>(id) * p.hidden + col, v);
 #pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-#pragma unroll
-      for (int q = 0; q < 8; ++q) acc[u][q] = 0.f;
+      for (int q = 0; q < 8; ++q) acc[q] = fmaf(w, v[q], acc[q]);
     }
-    for (int j = 0; j < k; ++j) {
-      float v[kBatch][8];
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const int i = i0 + u * kThreads;
-        const int r = i / groups;
-        if (i < items && ts.combine_kept[r * k + j]) {
-          const long long row = static_cast<long long>(first + r) * k + j;
-          load8(stage + row * p.hidden + col0 + (i % groups) * 8, v[u]);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const int i = i0 + u * kThreads;
-        const int r = i / groups;
-        if (i < items && ts.combine_kept[r * k + j]) {
-          const float w = ts.combine_weight[r * k + j];
-#pragma unroll
-          for (int q = 0; q < 8; ++q) acc[u][q] = fmaf(w, v[u][q], acc[u][q]);
-        }
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int i = i0 + u * kThreads;
-      if (i < items) {
-        store8(y + static_cast<long long>(first + i / groups) * p.hidden + col0 + (i % groups) * 8,
-               acc[u]);
-      }
-    }
+    store8(y + static_cast<long long>(t) * p.hidden + col, acc);
   }
 }
 

@@ -218,7 +218,6 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
       sm.route.source_tiles[s] = n;
       ok = wait_flag_u64(p, hflag + s, p.epoch, s, 1);
       if (!ok) break;
-      const int source_first = n;
       int seg = 0;  // running row offset inside the source's inbox segment
       for (int e = 0; e < el; ++e) {
         const int rows = __ldcg(header + s * el + e);
@@ -234,12 +233,10 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
           t.first = (s == p.rank ? sm.route.row_base[p.rank * el + e] : seg) + m * kTileRows;
           t.rows = min(kTileRows, rows - m * kTileRows);
           p.recv_tiles[n] = t;
+          if (s == p.rank) push_tasks(p, TaskType::gemm0, n, 0, p.gemm0_col_tiles);
           ++n;
         }
         seg += rows;
-      }
-      if (ok && s == p.rank) {  // this rank's own tiles: all ready, published in one batch
-        push_task_grid(p, TaskType::gemm0, source_first, n - source_first, p.gemm0_col_tiles);
       }
     }
     sm.route.source_tiles[p.world] = n;

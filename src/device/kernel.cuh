@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   } else if (static_cast<int>(blockIdx.x) <= p.dispatch_blocks) {
     dispatch_rows<P>(p, sm);
   }
-  long long wait_ns = 0, gemm_ns = 0, tasks = 0;
+  long long wait_ns = 0, gemm_ns = 0, combine_ns = 0, tasks = 0;
   long long t_ask = trace ? global_ns() : 0;
   long long first_task = 0, last_gemm_end = t_ask;
   while (pop_task(p, sm.task, ep ? -1 : sm.route.total_tasks)) {
@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
       case TaskType::gemm1:
         if (ep) run_gemm1_ep<P>(p, sm, task.a, task.b); else run_gemm1<P>(p, sm, task.a, task.b);
         break;
-      case TaskType::combine: run_combine<P>(p, sm.task, task.a, task.b); break;
+      case TaskType::combine: run_combine<P>(p, task.a, task.b); break;
       default:
         if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, static_cast<int>(task.head), 0);
         return;
@@ -78,6 +78,8 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
       if (static_cast<TaskType>(task.head) != TaskType::combine) {
         gemm_ns += t_ask - t_got;
         last_gemm_end = t_ask;
+      } else {
+        combine_ns += t_ask - t_got;
       }
       ++tasks;
     }
@@ -89,6 +91,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
     trace[6] = tasks;
     trace[7] = tasks > 0 ? first_task : trace[3];
     trace[8] = last_gemm_end;
+    trace[9] = combine_ns;
   }
 }
 

@@ -13,8 +13,8 @@ inline constexpr int kMaxExperts = 256;
 inline constexpr int kMaxTopK = 8;
 inline constexpr int kMaxWorld = 64;
 // Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks, first task
-// taken, last GEMM task finished (the task loop's start when it ran none).
-inline constexpr int kTraceSlots = 9;
+// taken, last GEMM task finished (the task loop's start when it ran none), combine time.
+inline constexpr int kTraceSlots = 10;
 
 enum class Act : int { relu = 0, gelu = 1, silu = 2, swiglu = 3 };
 

@@ -26,30 +26,6 @@ __device__ __forceinline__ void push_tasks(const Params& p, TaskType type, int a
   }
 }
 
-// Publishes the tasks (type, a, b) for a in [a_first, a_first + a_count) and b in [0, b_count), in
-// that (a-major) order, with one reservation and one fence for the whole batch instead of a release
-// store per slot. One thread calls it.
-__device__ __forceinline__ void push_task_grid(const Params& p, TaskType type, int a_first,
-                                               int a_count, int b_count) {
-  const int count = a_count * b_count;
-  if (count <= 0) return;
-  const unsigned int base = atomicAdd(&p.control->queue_tail, static_cast<unsigned int>(count));
-  if (base + count > static_cast<unsigned int>(p.max_tasks)) {
-    raise_error(p, ErrorCode::bad_task, static_cast<int>(base) + count, p.max_tasks);
-    return;
-  }
-  for (int i = 0; i < count; ++i) {
-    Task* slot = p.tasks + base + i;
-    slot->a = a_first + i / b_count;
-    slot->b = i % b_count;
-    slot->c = 0;
-  }
-  // Fence then strong stores: a release of everything above (and of what this thread observed
-  // before) for every head below.
-  __threadfence();
-  for (int i = 0; i < count; ++i) st_relaxed_gpu(&p.tasks[base + i].head, task_head(p.epoch, type));
-}
-
 // world > 1: the task count is known only once every source's header has arrived. Waits for slot
 // `idx` to fill or for the count to show that it never will. Returns true when the slot holds a task.
 __device__ __forceinline__ bool wait_slot_or_end(const Params& p, unsigned int idx) {

@@ -24,8 +24,6 @@ struct TaskSmem {
   Task task;
   int row_id[kTileRows];     // GEMM1: token * k + choice of each row of the tile
   int token_tile[kTileRows]; // GEMM1: token tile of each row (-1 past the end)
-  float combine_weight[kTileRows * kMaxTopK];        // combine: gate weight of each choice
-  unsigned char combine_kept[kTileRows * kMaxTopK];  // combine: 1 if capacity kept the choice
   int queue_base;
 };
 

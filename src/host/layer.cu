@@ -286,7 +286,7 @@ std::vector<BlockTrace> MoELayer::trace() {
   for (int b = 0; b < m.grid; ++b) t0 = std::min(t0, raw[b * device::kTraceSlots]);
   for (int b = 0; b < m.grid; ++b) {
     const long long* r = raw.data() + b * device::kTraceSlots;
-    out.push_back({r[1] - t0, r[2] - t0, r[3] - t0, r[4], r[5], r[6], r[7] - t0, r[8] - t0});
+    out.push_back({r[1] - t0, r[2] - t0, r[3] - t0, r[4], r[5], r[6], r[7] - t0, r[8] - t0, r[9]});
   }
   return out;
 }
