@@ -144,6 +144,17 @@ int run_check_command(const ParsedArgs& args) {
   return bench::run_check(o, std::cout);
 }
 
+// The flags of bench and check that join a run started by another launcher (README, Launchers).
+std::vector<Option> with_join_options(std::vector<Option> own) {
+  own.push_back({"--join", "", "join a run started by torchrun/mpirun/srun or by hand (rank and "
+                               "world from the environment; see README, Launchers)"});
+  own.push_back({"--rendezvous", "PATH", "with --join: file through which rank 0 passes the NCCL id "
+                                         "(default $MONOMOE_RENDEZVOUS)"});
+  own.push_back({"--join-timeout", "SEC",
+                 "with --join: how long ranks wait for rank 0's file (default 60)"});
+  return own;
+}
+
 }  // namespace
 
 Command bench_command() {
@@ -158,7 +169,7 @@ Command bench_command() {
           "--warmup untimed ones with CUDA events and prints the median latency, the expert-FFN\n"
           "TFLOP/s and the ratio. Exit status 1 when a result is wrong. Example:\n"
           "  monomoe bench --gpus 1 --experts 128 --topk 4 --json out.json",
-      .options = with_layer_options({
+      .options = with_join_options(with_layer_options({
           {"--gpus", "all|N", "GPUs to use, one worker each (default all visible)"},
           {"--warmup", "N", "untimed calls before timing (default 10)"},
           {"--iters", "N", "timed calls; the median is reported (default 50)"},
@@ -171,12 +182,7 @@ Command bench_command() {
                                         "gpus 1,2,4.. up to the visible count)"},
           {"--csv", "FILE", "sweep CSV (default sweep-<variable>.csv)"},
           {"--plot", "FILE", "sweep plot (default sweep-<variable>.png; needs matplotlib)"},
-          {"--join", "", "join a run started by torchrun/mpirun/srun or by hand (rank and world "
-                          "from the environment; see README, Launchers)"},
-          {"--rendezvous", "PATH", "with --join: file through which rank 0 passes the NCCL id "
-                                   "(default $MONOMOE_RENDEZVOUS)"},
-          {"--join-timeout", "SEC", "with --join: how long ranks wait for rank 0's file (default 60)"},
-      }),
+      })),
       .run = run_bench_command,
   };
 }
@@ -189,17 +195,12 @@ Command check_command() {
           "Draws --cases configurations (shapes, experts, top-k, activation, precision, capacity,\n"
           "skewed routing, token counts) from --seed, runs each on the GPU and compares it with\n"
           "the float64 reference. One PASS/FAIL line per case; exit status 1 if any fails.",
-      .options = {
+      .options = with_join_options({
           {"--gpus", "all|N", "GPUs to use (default all visible)"},
           {"--cases", "N", "random configurations to run (default 20)"},
           {"--seed", "N", "seed of the configuration generator (default 1)"},
           {"--timeout", "SEC", "kernel wait bound per case in seconds (default 10)"},
-          {"--join", "", "join a run started by torchrun/mpirun/srun or by hand (rank and world "
-                          "from the environment; see README, Launchers)"},
-          {"--rendezvous", "PATH", "with --join: file through which rank 0 passes the NCCL id "
-                                   "(default $MONOMOE_RENDEZVOUS)"},
-          {"--join-timeout", "SEC", "with --join: how long ranks wait for rank 0's file (default 60)"},
-      },
+      }),
       .run = run_check_command,
   };
 }

@@ -137,7 +137,46 @@ struct Pipeline::Impl {
   void experts_parallel(int tokens, void* y, cudaStream_t stream);
   template <class T>
   void combine(int tokens, const void* out, const void* b2, void* y, cudaStream_t stream);
+  // GEMM0 (grouped), bias + activation, GEMM1 (grouped) over the groups in rows_of, operands from
+  // gemm_ptrs (arrays 0-2: W1, rows, pre; 3-5: W2, h, out); row_expert names each row's expert
+  // for its bias.
+  template <class T>
+  void expert_ffn(long long rows, const std::int32_t* row_expert, cudaStream_t stream);
 };
+
+template <class T>
+void Pipeline::Impl::expert_ffn(long long rows, const std::int32_t* row_expert,
+                                cudaStream_t stream) {
+  namespace k = kernels;
+  const int groups = static_cast<int>(rows_of.size());
+  const cudaDataType_t type = cuda_type(cfg.dtype);
+  const cublasComputeType_t compute = expert_compute_type(cfg.dtype);
+  const auto ptrs = [&](std::size_t i) {
+    return gemm_ptrs.as<void*>() + i * static_cast<std::size_t>(cfg.experts);
+  };
+  MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
+      handles.blas, no_trans.data(), no_trans.data(), m0.data(), rows_of.data(), k0.data(),
+      alpha.data(), const_cast<const void* const*>(ptrs(0)), type, m0.data(),
+      const_cast<const void* const*>(ptrs(1)), type, k0.data(), beta.data(), ptrs(2), type,
+      m0.data(), groups, group_size.data(), compute));
+  const int ffn = static_cast<int>(cfg.ffn);
+  const k::ActivationParams<T> ap{.pre = pre.as<const T>(),
+                                  .b1 = static_cast<const T*>(w.b1),
+                                  .h = h.as<T>(),
+                                  .row_expert = row_expert,
+                                  .rows = rows,
+                                  .ffn = ffn,
+                                  .w1_cols = static_cast<int>(cfg.w1_columns()),
+                                  .act = cfg.activation};
+  k::activation_kernel<T>
+      <<<elementwise_blocks(rows * (ffn / 4)), k::kElementwiseThreads, 0, stream>>>(ap);
+  MONOMOE_CHECK_LAUNCH(activation_kernel);
+  MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
+      handles.blas, no_trans.data(), no_trans.data(), m1.data(), rows_of.data(), k1.data(),
+      alpha.data(), const_cast<const void* const*>(ptrs(3)), type, m1.data(),
+      const_cast<const void* const*>(ptrs(4)), type, k1.data(), beta.data(), ptrs(5), type,
+      m1.data(), groups, group_size.data(), compute));
+}
 
 Pipeline::Impl::Impl(const LayerConfig& c, const ExpertWeights& weights, Communicator* communicator)
     : cfg(c), w(weights) {
@@ -364,16 +403,9 @@ void Pipeline::Impl::combine(int tokens, const void* out, const void* b2, void* 
 
 template <class T>
 void Pipeline::Impl::experts_local(int tokens, void* y, cudaStream_t stream) {
-  namespace k = kernels;
-  cublasHandle_t blas = handles.blas;
   int* host_kept = handles.host_kept;
   const int experts = static_cast<int>(cfg.experts);
-  const int ffn = static_cast<int>(cfg.ffn);
-  const int w1c = static_cast<int>(cfg.w1_columns());
-  const cudaDataType_t type = cuda_type(cfg.dtype);
-  const cublasComputeType_t expert_compute = expert_compute_type(cfg.dtype);
   const std::size_t e = sz(experts);
-  const auto ptr_array = [&](std::size_t i) { return gemm_ptrs.as<void*>() + i * e; };
   // 5. the grouped GEMMs take their shapes on the host: read the kept rows per expert.
   MONOMOE_CUDA(
       cudaMemcpyAsync(host_kept, plan(3), (e + 1) * sizeof(int), cudaMemcpyDeviceToHost, stream));
@@ -385,32 +417,7 @@ void Pipeline::Impl::experts_local(int tokens, void* y, cudaStream_t stream) {
     if (host_kept[ex] > 0) rows_of.push_back(host_kept[ex]);
     rows += host_kept[ex];
   }
-  const int groups = static_cast<int>(rows_of.size());
-  if (groups > 0) {
-    MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
-        blas, no_trans.data(), no_trans.data(), m0.data(), rows_of.data(), k0.data(), alpha.data(),
-        const_cast<const void* const*>(ptr_array(0)), type, m0.data(),
-        const_cast<const void* const*>(ptr_array(1)), type, k0.data(), beta.data(), ptr_array(2),
-        type, m0.data(), groups, group_size.data(), expert_compute));
-
-    const k::ActivationParams<T> ap{.pre = pre.as<const T>(),
-                                    .b1 = static_cast<const T*>(w.b1),
-                                    .h = h.as<T>(),
-                                    .row_expert = row_expert.as<const std::int32_t>(),
-                                    .rows = rows,
-                                    .ffn = ffn,
-                                    .w1_cols = w1c,
-                                    .act = cfg.activation};
-    k::activation_kernel<T>
-        <<<elementwise_blocks(rows * (ffn / 4)), k::kElementwiseThreads, 0, stream>>>(ap);
-    MONOMOE_CHECK_LAUNCH(activation_kernel);
-
-    MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
-        blas, no_trans.data(), no_trans.data(), m1.data(), rows_of.data(), k1.data(), alpha.data(),
-        const_cast<const void* const*>(ptr_array(3)), type, m1.data(),
-        const_cast<const void* const*>(ptr_array(4)), type, k1.data(), beta.data(), ptr_array(5),
-        type, m1.data(), groups, group_size.data(), expert_compute));
-  }
+  if (!rows_of.empty()) expert_ffn<T>(rows, row_expert.as<const std::int32_t>(), stream);
 
   // 6. weighted combine; writes every token.
   combine<T>(tokens, xp.as(), w.b2, y, stream);
@@ -420,16 +427,13 @@ void Pipeline::Impl::experts_local(int tokens, void* y, cudaStream_t stream) {
 template <class T>
 void Pipeline::Impl::experts_parallel(int tokens, void* y, cudaStream_t stream) {
   namespace k = kernels;
-  cublasHandle_t blas = handles.blas;
   const int experts = static_cast<int>(cfg.experts);
   const int le = local_experts;
   const int ffn = static_cast<int>(cfg.ffn);
   const int w1c = static_cast<int>(cfg.w1_columns());
   const std::size_t hidden = sz(cfg.hidden);
   const std::size_t row_bytes = hidden * elem;
-  const cudaDataType_t type = cuda_type(cfg.dtype);
   const ncclDataType_t ntype = nccl_type(cfg.dtype);
-  const cublasComputeType_t expert_compute = expert_compute_type(cfg.dtype);
   const std::size_t e = sz(experts);
 
   // a. counts: my kept rows of rank r's experts go to r; every source's counts of mine come back.
@@ -520,28 +524,7 @@ void Pipeline::Impl::experts_parallel(int tokens, void* y, cudaStream_t stream) 
       MONOMOE_CUDA(cudaMemcpyAsync(recv_row_expert.as(), hre, row * sizeof(std::int32_t),
                                    cudaMemcpyHostToDevice, stream));
     }
-    const auto ptrs = [&](std::size_t i) { return gemm_ptrs.as<void*>() + i * e; };
-    MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
-        blas, no_trans.data(), no_trans.data(), m0.data(), rows_of.data(), k0.data(), alpha.data(),
-        const_cast<const void* const*>(ptrs(0)), type, m0.data(),
-        const_cast<const void* const*>(ptrs(1)), type, k0.data(), beta.data(), ptrs(2), type,
-        m0.data(), groups, group_size.data(), expert_compute));
-    const k::ActivationParams<T> ap{.pre = pre.as<const T>(),
-                                    .b1 = static_cast<const T*>(w.b1),
-                                    .h = h.as<T>(),
-                                    .row_expert = recv_row_expert.as<const std::int32_t>(),
-                                    .rows = rows,
-                                    .ffn = ffn,
-                                    .w1_cols = w1c,
-                                    .act = cfg.activation};
-    k::activation_kernel<T>
-        <<<elementwise_blocks(rows * (ffn / 4)), k::kElementwiseThreads, 0, stream>>>(ap);
-    MONOMOE_CHECK_LAUNCH(activation_kernel);
-    MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
-        blas, no_trans.data(), no_trans.data(), m1.data(), rows_of.data(), k1.data(), alpha.data(),
-        const_cast<const void* const*>(ptrs(3)), type, m1.data(),
-        const_cast<const void* const*>(ptrs(4)), type, k1.data(), beta.data(), ptrs(5), type,
-        m1.data(), groups, group_size.data(), expert_compute));
+    expert_ffn<T>(rows, recv_row_expert.as<const std::int32_t>(), stream);
     if (cfg.bias) {
       const k::AddBiasParams<T> bp{.out = recv.as<T>(),
                                    .b2 = static_cast<const T*>(w.b2),
