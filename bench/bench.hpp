@@ -38,6 +38,10 @@ int run_bench(const BenchOptions& options, std::ostream& out, std::ostream& prog
 
 struct CheckOptions {
   int gpus = 1;
+  // > 0: run every case with this many virtual ranks in one process on GPU `device` (the
+  // multi-rank path on one GPU; README, "Virtual ranks"), instead of one rank per GPU.
+  int virtual_ranks = 0;
+  int device = 0;
   int cases = 20;
   std::uint64_t seed = 1;
   double timeout_seconds = 10.0;

@@ -196,6 +196,18 @@ Comparison compare(const reference::Problem& pr, const reference::RankResult& re
 
 #pragma GCC diagnostic pop
 
+bool check_forward(MoELayer& layer, const DeviceProblem& dev, const reference::Problem& pr,
+                   const reference::RankResult& ref, int rank, std::string& summary) {
+  const ForwardStats st = layer.stats();
+  std::vector<std::int32_t> experts;
+  std::vector<float> weights;
+  layer.routing(experts, weights);
+  const Comparison cmp = compare(pr, ref, dev.y_host(), experts, {}, rank);
+  summary = cmp.summary() + " dropped=" + std::to_string(st.dropped) + "/" +
+            std::to_string(cmp.expected_dropped);
+  return cmp.passed && st.dropped == cmp.expected_dropped;
+}
+
 reference::Problem sample_tokens(const reference::Problem& pr,
                                  const std::vector<std::int64_t>& tokens, int rank) {
   reference::Problem s;

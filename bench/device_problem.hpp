@@ -63,6 +63,12 @@ Comparison compare(const reference::Problem& problem, const reference::RankResul
                    const std::vector<float>& y, const std::vector<std::int32_t>& gpu_experts,
                    const std::vector<std::int64_t>& tokens_checked = {}, int rank = 0);
 
+// The whole check of rank `rank`'s last forward() of `layer` (its output in dev.y()): every token
+// against `ref` as compare() does, the routing, and the drop count. Synchronizes. `summary` gets
+// the comparison's summary and "dropped=<layer>/<reference>".
+bool check_forward(MoELayer& layer, const DeviceProblem& dev, const reference::Problem& problem,
+                   const reference::RankResult& ref, int rank, std::string& summary);
+
 // A one-rank sub-problem holding only the listed tokens of `rank` and all experts (valid for
 // dropless configs, where a token's output does not depend on the other tokens): lets large configs
 // be checked on a sample.

@@ -2,7 +2,8 @@
 # One call on a GPU machine: build against PyTorch's NCCL (pinned by rpath), run the GPU tests, the
 # random-config check and the benchmark. Logs go to $OUT (or ./out) as gpu-*.log and bench.json.
 # Usage: scripts/gpu-check.sh [all|quick|bench]   (quick: tests + check; bench: bench (+ sweep) only)
-# Env: GPUS (bench/check GPUs, default all visible), CASES (check cases, default 24), BENCH_ARGS
+# Env: GPUS (bench/check GPUs, default all visible), CASES (check cases, default 24), VIRTUAL
+#      (virtual ranks of the one-GPU multi-rank check, default 4; 0 skips it), BENCH_ARGS
 #      (extra bench flags, e.g. --trace), SWEEP (tokens|experts|gpus: also run a sweep), TESTS
 #      (ctest -R regex to run a subset), TEST_TIMEOUT (per test, default 150 s), COMMIT (for logs),
 #      EXTRA_BENCH (more bench runs after the main one, ';'-separated flag sets, e.g.
@@ -33,6 +34,13 @@ grep -E "FAILED|Failure|PASS|FAIL|Expected|Which is|error|killed worker|SKIPPED"
 timeout 200 $mm check --gpus $GPUS --cases ${CASES:-24} > "$OUT/gpu-check.log" 2>&1
 echo "check --gpus $GPUS rc=$?: $(tail -1 "$OUT/gpu-check.log")" | tee -a "$OUT/gpu-summary.log"
 grep FAIL "$OUT/gpu-check.log" | head -10
+# The multi-rank path on one GPU (virtual ranks), whatever the machine has: every kernel change is
+# checked there too (the ctest run above already had the LayerVirtualRanks tests).
+if [ "${VIRTUAL:-4}" != 0 ]; then
+  timeout 300 $mm check --virtual-ranks ${VIRTUAL:-4} --cases ${CASES:-24} > "$OUT/gpu-check-virtual.log" 2>&1
+  echo "check --virtual-ranks ${VIRTUAL:-4} rc=$?: $(tail -1 "$OUT/gpu-check-virtual.log")" | tee -a "$OUT/gpu-summary.log"
+  grep FAIL "$OUT/gpu-check-virtual.log" | head -10
+fi
 [ "${1:-all}" = quick ] && exit 0
 fi
 timeout 200 $mm bench --gpus $GPUS --json "$OUT/bench.json" ${BENCH_ARGS:-} > "$OUT/gpu-bench.log" 2>&1

@@ -17,63 +17,21 @@
 #include "bench/device_problem.hpp"
 #include "launch/workers.hpp"
 #include "monomoe/monomoe.hpp"
+#include "ep_cases.hpp"
 #include "multi_gpu.hpp"
 #include "reference/reference.hpp"
 
 namespace monomoe {
 namespace {
 
-struct EpCase {
-  const char* name;
-  LayerConfig cfg;                    // world_size / rank filled per worker
-  std::vector<std::int64_t> tokens;   // per rank (resized to the world with the last value)
-  std::int64_t skew_expert = -1;
-};
-
-LayerConfig base(DType dtype, Activation act, std::int64_t experts, std::int64_t topk) {
-  LayerConfig c;
-  c.max_tokens = 384;
-  c.hidden = 256;
-  c.ffn = 256;
-  c.experts = experts;
-  c.topk = topk;
-  c.dtype = dtype;
-  c.activation = act;
-  c.timeout_seconds = 10.0;
-  return c;
-}
-
-std::vector<EpCase> cases(int w) {
-  std::vector<EpCase> v;
-  v.push_back({"bf16 gelu", base(DType::bf16, Activation::gelu, 4 * w, 2), {300, 200, 384, 1}});
-  v.push_back({"fp32 swiglu", base(DType::fp32, Activation::swiglu, 4 * w, 2), {129, 256, 7, 300}});
-  v.push_back({"tf32 relu top-8", base(DType::tf32, Activation::relu, 8 * w, 8), {200, 100, 150, 50}});
-  v.push_back({"bf16 silu, a rank with 0 tokens", base(DType::bf16, Activation::silu, 4 * w, 2),
-               {0, 300, 0, 128}});
-  v.push_back({"bf16 skewed to the last expert", base(DType::bf16, Activation::gelu, 4 * w, 2),
-               {384, 384, 384, 384}, 4 * w - 1});
-  {
-    LayerConfig c = base(DType::bf16, Activation::gelu, 4 * w, 2);
-    c.capacity_factor = 0.5;
-    v.push_back({"bf16 capacity 0.5 with drops", c, {384, 200, 384, 100}, 0});
-  }
-  v.push_back({"fp32 one expert per rank, top-1", base(DType::fp32, Activation::gelu, w, 1),
-               {250, 251, 252, 253}});
-  v.push_back({"bf16 32 experts per rank, top-4", base(DType::bf16, Activation::swiglu, 32 * w, 4),
-               {384, 333, 222, 111}});
-  return v;
-}
-
 // One worker: every case in order (the layer construction is collective, so all ranks walk the same
 // list). Returns the number of failed cases.
 int run_cases(int rank, int world, const UniqueId& id) {
   Communicator comm(id, rank, world, rank);
   int failed = 0;
-  for (EpCase tc : cases(world)) {
+  for (const test::EpCase& tc : test::ep_cases(world)) {
     LayerConfig c = tc.cfg;
-    c.world_size = world;
     c.rank = rank;
-    tc.tokens.resize(static_cast<std::size_t>(world), tc.tokens.back());
     reference::Problem pr = reference::make_problem(c, tc.tokens, 1234);
     if (tc.skew_expert >= 0) reference::skew_gate_towards(pr, tc.skew_expert, 50.f);
     const reference::Result ref = reference::run(pr);
@@ -83,24 +41,15 @@ int run_cases(int rank, int world, const UniqueId& id) {
     bool ok = true;
     std::string detail;
     for (int call = 0; call < 2 && ok; ++call) {  // the second call reuses the window (epochs)
-      detail.clear();
       dev.poison_y();
       layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
-      const ForwardStats st = layer.stats();
-      std::vector<std::int32_t> experts;
-      std::vector<float> weights;
-      layer.routing(experts, weights);
+      ok = bench::check_forward(layer, dev, pr, ref.ranks[rank], rank, detail);
       const std::vector<float> y = dev.y_host();
-      const bench::Comparison cmp = bench::compare(pr, ref.ranks[rank], y, experts, {}, rank);
-      const std::int64_t want_drops = cmp.expected_dropped;
-      ok = cmp.passed && st.dropped == want_drops;
       if (call == 0) first = y;
       if (call == 1 && ok && std::memcmp(first.data(), y.data(), y.size() * sizeof(float)) != 0) {
         ok = false;
-        detail = " second call differs bitwise";
+        detail += " second call differs bitwise";
       }
-      detail = cmp.summary() + " dropped=" + std::to_string(st.dropped) + "/" +
-               std::to_string(want_drops) + detail;
     }
     std::printf("[rank %d/%d] %s %s: %s\n", rank, world, ok ? "PASS" : "FAIL", tc.name,
                 detail.c_str());
@@ -142,7 +91,7 @@ TEST(LayerMultiGpu, MissingRankTimesOut) {
   if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs, " << gpus << " visible";
   const std::vector<int> status = test::run_forked(2, 120.0, [](int rank, const UniqueId& id) {
     Communicator comm(id, rank, 2, rank);
-    LayerConfig c = base(DType::bf16, Activation::gelu, 8, 2);
+    LayerConfig c = test::ep_base(DType::bf16, Activation::gelu, 8, 2);
     c.world_size = 2;
     c.rank = rank;
     c.timeout_seconds = 2.0;
@@ -178,7 +127,7 @@ TEST(LayerMultiGpu, KilledWorkerIsReportedAndRunEnds) {
   const auto t0 = std::chrono::steady_clock::now();
   const int rc = launch::run_local_workers(2, [&](const launch::WorkerContext& w) {
     Communicator comm(w.id, w.rank, w.world, w.device);
-    LayerConfig c = base(DType::bf16, Activation::gelu, 8, 2);
+    LayerConfig c = test::ep_base(DType::bf16, Activation::gelu, 8, 2);
     c.world_size = 2;
     c.rank = w.rank;
     c.timeout_seconds = 2.0;

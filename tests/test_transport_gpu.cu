@@ -1,9 +1,11 @@
-// The transport interface of src/device/transport.cuh, exercised the same way for both transports:
+// The transport interface of src/device/transport.cuh, exercised the same way for every transport:
 // every rank put()s a distinct pattern into each peer's window and signal_add()s it, waits (with a
 // bound) for all its peers' signals, then checks every received byte; two rounds, so signals keep
-// counting and the windows are reused. The NVLink path (LsaTransport) runs on 2 GPUs of one host;
-// the GIN path (GinTransport) is compiled here and runs where the communicator has GIN, else it
-// skips with the reason (one host without a GIN-capable NIC). Label gpu.
+// counting and the windows are reused. The load/store path (LsaTransport) runs on 2 and 4 GPUs of
+// one host through NCCL's peer pointers, and on one GPU between 2, 4 and 8 virtual ranks whose
+// windows share its memory (loopback); the GIN path (GinTransport) is compiled here and runs where
+// the communicator has GIN, else it skips with the reason (one host without a GIN-capable NIC).
+// Label gpu.
 #include <gtest/gtest.h>
 #include <nccl.h>
 #include <nccl_device.h>
@@ -16,6 +18,8 @@
 #include "device/transport.cuh"
 #include "device/transport_gin.cuh"
 #include "monomoe/communicator.hpp"
+#include "gpu_problem.hpp"
+#include "gpu_test.hpp"
 #include "multi_gpu.hpp"
 
 namespace monomoe {
@@ -90,10 +94,18 @@ __device__ void exchange(const Transport& t, unsigned char* local, int rank, int
   atomicAdd(result, wrong);
 }
 
-__global__ void lsa_kernel(ncclWindow_t win, int rank, int world, int round, Layout l, int* result,
-                           long long timeout_ns) {
-  const device::LsaTransport t(win, rank, l.signals);
+// table: every rank's window base, as LsaTransport reads it (NCCL's peer pointers, or W windows
+// of one GPU for virtual ranks).
+__global__ void lsa_kernel(unsigned char* const* table, int rank, int world, int round, Layout l,
+                           int* result, long long timeout_ns) {
+  const device::LsaTransport t(table, rank, l.signals);
   exchange(t, t.local, rank, world, round, l, result, timeout_ns);
+}
+
+__global__ void read_lsa_table(ncclWindow_t win, int world, unsigned char** table) {
+  for (int r = static_cast<int>(threadIdx.x); r < world; r += static_cast<int>(blockDim.x)) {
+    table[r] = device::lsa_window_base(win, r);
+  }
 }
 
 __global__ void gin_kernel(ncclDevComm comm, ncclWindow_t win, int rank, int world, int round,
@@ -146,6 +158,10 @@ int run_rank(Kind kind, int rank, int world, const UniqueId& id) {
       return kSkip;
     }
   }
+  unsigned char** table = nullptr;
+  CHECK_CUDA(cudaMalloc(&table, sizeof(unsigned char*) * world));
+  read_lsa_table<<<1, 32>>>(win, world, table);
+  CHECK_CUDA(cudaGetLastError());
   int* result = nullptr;
   CHECK_CUDA(cudaMalloc(&result, 2 * sizeof(int)));
   int failed = 0;
@@ -153,7 +169,7 @@ int run_rank(Kind kind, int rank, int world, const UniqueId& id) {
     CHECK_CUDA(cudaMemset(result, 0, 2 * sizeof(int)));
     const long long timeout_ns = 5'000'000'000LL;
     if (kind == Kind::lsa) {
-      lsa_kernel<<<1, 32 * world, 0>>>(win, rank, world, round, l, result, timeout_ns);
+      lsa_kernel<<<1, 32 * world, 0>>>(table, rank, world, round, l, result, timeout_ns);
     } else {
       gin_kernel<<<1, 32 * world, 0>>>(dev, win, rank, world, round, l, result, timeout_ns);
     }
@@ -168,6 +184,7 @@ int run_rank(Kind kind, int rank, int world, const UniqueId& id) {
     failed += ok ? 0 : 1;
   }
   cudaFree(result);
+  cudaFree(table);
   if (kind == Kind::gin) ncclDevCommDestroy(nc, &dev);
   ncclCommWindowDeregister(nc, win);
   ncclMemFree(buf);
@@ -185,9 +202,52 @@ void run(Kind kind, int world) {
   for (int r = 0; r < world; ++r) EXPECT_EQ(status[r], 0) << "rank " << r;
 }
 
+// W virtual ranks on one GPU: W windows in its memory, one single-block kernel per rank on its own
+// stream (they wait for each other's signals, with the bound).
+void run_loopback(int world) {
+  MONOMOE_REQUIRE_GPU();
+  const Layout l = layout(world);
+  std::vector<test::DeviceArray> windows;
+  std::vector<unsigned char*> bases;
+  for (int r = 0; r < world; ++r) {
+    windows.emplace_back(l.bytes);
+    MONOMOE_ASSERT_CUDA(cudaMemset(windows.back().get(), 0, l.bytes));
+    bases.push_back(static_cast<unsigned char*>(windows.back().get()));
+  }
+  test::DeviceArray table(sizeof(unsigned char*) * world);
+  MONOMOE_ASSERT_CUDA(cudaMemcpy(table.get(), bases.data(), table.bytes(), cudaMemcpyHostToDevice));
+  test::DeviceArray results(2 * sizeof(int) * world);
+  std::vector<cudaStream_t> streams(static_cast<std::size_t>(world));
+  for (cudaStream_t& s : streams) {
+    MONOMOE_ASSERT_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  }
+  for (int round = 1; round <= 2; ++round) {
+    MONOMOE_ASSERT_CUDA(cudaMemset(results.get(), 0, results.bytes()));
+    for (int r = 0; r < world; ++r) {
+      lsa_kernel<<<1, 32 * world, 0, streams[r]>>>(
+          static_cast<unsigned char* const*>(table.get()), r, world, round, l,
+          static_cast<int*>(results.get()) + 2 * r, 5'000'000'000LL);
+      MONOMOE_ASSERT_CUDA(cudaGetLastError());
+    }
+    MONOMOE_ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<int> host(2 * static_cast<std::size_t>(world));
+    MONOMOE_ASSERT_CUDA(
+        cudaMemcpy(host.data(), results.get(), results.bytes(), cudaMemcpyDeviceToHost));
+    for (int r = 0; r < world; ++r) {
+      EXPECT_EQ(host[2 * r], 0) << "virtual rank " << r << " round " << round << ": wrong words";
+      EXPECT_EQ(host[2 * r + 1], 0) << "virtual rank " << r << " round " << round
+                                    << ": signal wait timed out";
+    }
+  }
+  for (cudaStream_t s : streams) cudaStreamDestroy(s);
+}
+
 TEST(TransportGpu, LsaPutSignalTwoRanks) { run(Kind::lsa, 2); }
 TEST(TransportGpu, LsaPutSignalFourRanks) { run(Kind::lsa, 4); }
 TEST(TransportGpu, GinPutSignalTwoRanks) { run(Kind::gin, 2); }
+TEST(TransportGpu, LoopbackPutSignalTwoVirtualRanks) { run_loopback(2); }
+TEST(TransportGpu, LoopbackPutSignalFourVirtualRanks) { run_loopback(4); }
+TEST(TransportGpu, LoopbackPutSignalEightVirtualRanks) { run_loopback(8); }
 
 }  // namespace
 }  // namespace monomoe

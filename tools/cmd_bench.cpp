@@ -69,6 +69,11 @@ bench::JoinOptions parse_join(const ParsedArgs& args) {
 }
 
 int run_bench_command(const ParsedArgs& args) {
+  if (args.has("--virtual-ranks")) {
+    throw ConfigError("bench does not run virtual ranks: they share one GPU's SMs and move no byte "
+                      "over NVLink, so their times compare with nothing; check them with "
+                      "`monomoe check --virtual-ranks W`");
+  }
   const LayerFlags flags = parse_layer_flags(args);
   bench::BenchOptions o;
   o.config = flags.config;
@@ -140,6 +145,15 @@ int run_check_command(const ParsedArgs& args) {
     throw ConfigError("invalid --timeout: must be > 0 seconds");
   }
   o.join = parse_join(args);
+  if (args.has("--virtual-ranks")) {
+    if (args.has("--gpus") || o.join.enabled) {
+      throw ConfigError("--virtual-ranks runs every rank on one GPU: it cannot be combined with "
+                        "--gpus or --join");
+    }
+    o.virtual_ranks = static_cast<int>(args.int_in("--virtual-ranks", 2, 2, 64));
+    parse_gpus(args);  // a clear error when no GPU is visible
+    return bench::run_check(o, std::cout);
+  }
   if (!o.join.enabled) o.gpus = parse_gpus(args);
   return bench::run_check(o, std::cout);
 }
@@ -178,6 +192,8 @@ Command bench_command() {
           {"--json", "FILE", "also write the results as JSON to FILE"},
           {"--trace", "", "also print per-phase times of one forward (profiling)"},
           {"--sweep", "tokens|experts|gpus", "run a series over one variable; CSV + PNG plot"},
+          {"--virtual-ranks", "W", "refused: virtual ranks are a test harness (check "
+                                   "--virtual-ranks), their times compare with nothing"},
           {"--sweep-values", "A,B,...", "the series (default tokens 1024..16384, experts 8..128, "
                                         "gpus 1,2,4.. up to the visible count)"},
           {"--csv", "FILE", "sweep CSV (default sweep-<variable>.csv)"},
@@ -194,9 +210,12 @@ Command check_command() {
       .details =
           "Draws --cases configurations (shapes, experts, top-k, activation, precision, capacity,\n"
           "skewed routing, token counts) from --seed, runs each on the GPU and compares it with\n"
-          "the float64 reference. One PASS/FAIL line per case; exit status 1 if any fails.",
+          "the float64 reference. One PASS/FAIL line per case; exit status 1 if any fails.\n"
+          "With --virtual-ranks W every case runs W expert-parallel ranks in this process on\n"
+          "the first visible GPU (the multi-rank path without a second GPU; every rank checked).",
       .options = with_join_options({
           {"--gpus", "all|N", "GPUs to use (default all visible)"},
+          {"--virtual-ranks", "W", "W ranks (2..64) on one GPU instead of one rank per GPU"},
           {"--cases", "N", "random configurations to run (default 20)"},
           {"--seed", "N", "seed of the configuration generator (default 1)"},
           {"--timeout", "SEC", "kernel wait bound per case in seconds (default 10)"},

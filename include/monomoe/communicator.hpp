@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace monomoe {
 
@@ -26,13 +27,25 @@ class Communicator {
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;
 
+  // `world` virtual ranks of one process on GPU `device`: the multi-rank path of MoELayer on one
+  // GPU, for tests and `monomoe check --virtual-ranks` (README, "Virtual ranks"). There is no NCCL
+  // communicator behind them (nccl_comm() is null); each rank's symmetric window lives in that
+  // GPU's memory and peers reach it by plain loads and stores. Layers built on these run one
+  // kernel per rank, each on its own stream with its share of the SMs (see VirtualRanks). Not a
+  // performance mode, and the bulk-synchronous baseline refuses them. world in [2, 64].
+  static std::vector<std::unique_ptr<Communicator>> make_virtual(int world, int device);
+
   int rank() const;
   int world() const;
   int device() const;
-  void* nccl_comm() const;  // the ncclComm_t, for callers that issue their own collectives
+  bool is_virtual() const;
+  void* nccl_comm() const;  // the ncclComm_t (null for virtual ranks)
+
+  struct Impl;  // the library's own (src/host/communicator_impl.hpp)
+  Impl& impl() { return *impl_; }
 
  private:
-  struct Impl;
+  explicit Communicator(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -6,3 +6,4 @@
 #include "monomoe/error.hpp"
 #include "monomoe/layer.hpp"
 #include "monomoe/version.hpp"
+#include "monomoe/virtual_ranks.hpp"

@@ -194,6 +194,10 @@ Pipeline::Impl::Impl(const LayerConfig& c, const ExpertWeights& weights, Communi
                         std::to_string(communicator->world()) + ", rank " +
                         std::to_string(communicator->rank()));
     }
+    if (communicator->is_virtual()) {
+      throw ConfigError("baseline::Pipeline: the communicator holds virtual ranks (one GPU, no "
+                        "NCCL); the bulk-synchronous baseline needs one NCCL rank per GPU");
+    }
     comm = static_cast<ncclComm_t>(communicator->nccl_comm());
     world = communicator->world();
     rank = communicator->rank();

@@ -156,7 +156,10 @@ struct Params {
   int experts_local;
   int dispatch_blocks;         // blocks 1..dispatch_blocks send rows before taking tasks
   unsigned char* window;       // this rank's window (local pointer), or nullptr when world == 1
-  void* win;                   // the ncclWindow_t (an opaque handle), for peer pointers
+  // Every rank's window as this rank addresses it (peer_window[rank] == window): NCCL's LSA peer
+  // pointers for GPUs of one node, or the windows of virtual ranks in one GPU's memory
+  // (host/window.hpp). The load/store transport (transport.cuh) reaches peers through it.
+  unsigned char* peer_window[kMaxWorld];
   WindowLayout wl;
   RecvTile* recv_tiles;        // [max_recv_tiles]
   int max_recv_tiles;

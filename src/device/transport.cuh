@@ -6,18 +6,23 @@
 //   signal_add(slot, peer, value)  one thread, after its warp's puts to `peer` (and a __syncwarp):
 //       adds `value` to signal `slot` of `peer`, visible only after those puts' payload
 //   read_signal(slot)              this rank's signal `slot`, with acquire semantics
-// LsaTransport implements it with NVLink stores and flag words in the window (same node);
-// GinTransport with NCCL GIN put + signal (network, across nodes). Both are exercised by
-// tests/test_transport_gpu.cu. The fused kernel (ep.cuh) also uses LsaTransport's direct addressing
-// (at(): stores straight from registers into a peer's window), which only a load/store transport
-// has; a GIN build of the kernel stages rows in its own window and put()s them instead.
+// LsaTransport implements it with loads and stores through a table of every rank's window base
+// (flag words live in the windows); GinTransport with NCCL GIN put + signal (network, across
+// nodes). Both are exercised by tests/test_transport_gpu.cu. The fused kernel (ep.cuh) also uses
+// LsaTransport's direct addressing (at(): stores straight from registers into a peer's window),
+// which only a load/store transport has; a GIN build of the kernel stages rows in its own window
+// and put()s them instead.
 //
-// LsaTransport is the same-node path: NVLink loads/stores through NCCL's peer pointers
-// (ncclGetPeerPointer on a window registered with NCCL_WIN_COLL_SYMMETRIC).
+// LsaTransport ("load/store accessible", NCCL's name) serves two kinds of peers, told apart only
+// by who filled the table (host/window.hpp), never by a branch in the kernel:
+//   NVLink peers   NCCL's LSA pointers of a window registered with NCCL_WIN_COLL_SYMMETRIC
+//                  (ncclGetPeerPointer(win, 0, peer); the mapping is flat, so base + offset)
+//   virtual ranks  W windows in one GPU's memory, one per rank of this process (loopback): the
+//                  multi-rank code runs unchanged where only one GPU is available
 //
 // Ordering contract (DESIGN.md): payload stores, then every writer thread's __threadfence_system()
 // and a __syncthreads(), then ONE release store (signal) or atomic (add) by one thread; the reader
-// acquires the flag before it reads any payload.
+// acquires the flag before it reads any payload. System scope serves both kinds of peers.
 #pragma once
 
 #include <nccl.h>
@@ -49,19 +54,22 @@ __device__ __forceinline__ void red_release_sys_add_u64(unsigned long long* p,
   asm volatile("red.release.sys.global.add.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 
+// Base of `peer`'s window in this GPU's address space, for the table LsaTransport reads: what
+// ncclGetPeerPointer gives for offset 0 (host/window.cu and the transport test fill tables with it).
+__device__ __forceinline__ unsigned char* lsa_window_base(ncclWindow_t win, int peer) {
+  return static_cast<unsigned char*>(ncclGetPeerPointer(win, 0, peer));
+}
+
 struct LsaTransport {
-  ncclWindow_t win;
-  unsigned char* local;  // this rank's window
+  unsigned char* const* peers;  // [world]: every rank's window base; peers[rank] is this rank's
+  unsigned char* local;         // this rank's window
   int rank;
   unsigned long long signal_base = 0;  // window offset of the u64 signal words (put/signal API)
 
   __device__ explicit LsaTransport(const Params& p)
-      : win(static_cast<ncclWindow_t>(p.win)), local(p.window), rank(p.rank) {}
-  __device__ LsaTransport(ncclWindow_t window, int my_rank, unsigned long long signals_at)
-      : win(window),
-        local(static_cast<unsigned char*>(ncclGetLocalPointer(window, 0))),
-        rank(my_rank),
-        signal_base(signals_at) {}
+      : peers(p.peer_window), local(p.window), rank(p.rank) {}
+  __device__ LsaTransport(unsigned char* const* table, int my_rank, unsigned long long signals_at)
+      : peers(table), local(table[my_rank]), rank(my_rank), signal_base(signals_at) {}
 
   // ---- The transport interface (see the top of this file) ----
   template <class Coop>
@@ -91,8 +99,7 @@ struct LsaTransport {
   // Address of byte `offset` of `peer`'s window (this rank's own window for peer == rank).
   template <class T>
   __device__ __forceinline__ T* at(unsigned long long offset, int peer) const {
-    if (peer == rank) return reinterpret_cast<T*>(local + offset);
-    return static_cast<T*>(ncclGetPeerPointer(win, offset, peer));
+    return reinterpret_cast<T*>(peers[peer] + offset);
   }
   // Release store of a flag word in `peer`'s window (after the payload, see the contract above).
   __device__ __forceinline__ void signal_u64(unsigned long long offset, int peer,

@@ -5,8 +5,12 @@
 
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "host/check.hpp"
+#include "host/communicator_impl.hpp"
+#include "host/window.hpp"
+#include "monomoe/config.hpp"
 #include "monomoe/error.hpp"
 
 namespace monomoe {
@@ -40,13 +44,6 @@ void check_nccl_version() {
   }
 }
 
-struct Communicator::Impl {
-  int rank = 0;
-  int world = 1;
-  int device = 0;
-  ncclComm_t comm = nullptr;
-};
-
 Communicator::Communicator(const UniqueId& id, int rank, int world, int device)
     : impl_(std::make_unique<Impl>()) {
   if (world < 1) throw ConfigError("Communicator: world = " + std::to_string(world) + " must be >= 1");
@@ -70,6 +67,33 @@ Communicator::Communicator(const UniqueId& id, int rank, int world, int device)
   MONOMOE_NCCL(ncclCommInitRank(&impl_->comm, world, nid, rank));
 }
 
+Communicator::Communicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+std::vector<std::unique_ptr<Communicator>> Communicator::make_virtual(int world, int device) {
+  if (world < 2 || world > Limits::kMaxWorld) {
+    throw ConfigError("Communicator::make_virtual: world = " + std::to_string(world) +
+                      " must be in [2, " + std::to_string(Limits::kMaxWorld) + "]");
+  }
+  int devices = 0;
+  MONOMOE_CUDA(cudaGetDeviceCount(&devices));
+  if (device < 0 || device >= devices) {
+    throw ConfigError("Communicator::make_virtual: device = " + std::to_string(device) +
+                      " must be in [0, " + std::to_string(devices - 1) + "] (visible GPUs)");
+  }
+  MONOMOE_CUDA(cudaSetDevice(device));
+  const auto group = detail::make_virtual_group(world);
+  std::vector<std::unique_ptr<Communicator>> out;
+  for (int r = 0; r < world; ++r) {
+    auto impl = std::make_unique<Impl>();
+    impl->rank = r;
+    impl->world = world;
+    impl->device = device;
+    impl->group = group;
+    out.push_back(std::unique_ptr<Communicator>(new Communicator(std::move(impl))));
+  }
+  return out;
+}
+
 Communicator::~Communicator() {
   if (impl_ && impl_->comm) ncclCommDestroy(impl_->comm);
 }
@@ -77,6 +101,7 @@ Communicator::~Communicator() {
 int Communicator::rank() const { return impl_->rank; }
 int Communicator::world() const { return impl_->world; }
 int Communicator::device() const { return impl_->device; }
+bool Communicator::is_virtual() const { return impl_->group != nullptr; }
 void* Communicator::nccl_comm() const { return impl_->comm; }
 
 }  // namespace monomoe

@@ -1,14 +1,15 @@
 // MoELayer: owns the workspace, turns a forward() into one memset of the control words plus one
 // cooperative launch of the persistent kernel, and turns the kernel's error record into exceptions.
 #include <cuda_runtime_api.h>
-#include <nccl.h>
 
 #include <algorithm>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "device/launch.hpp"
 #include "host/check.hpp"
+#include "host/window.hpp"
 #include "host/workspace.hpp"
 #include "monomoe/error.hpp"
 #include "monomoe/layer.hpp"
@@ -70,9 +71,7 @@ struct MoELayer::Impl {
   unsigned int epoch = 0;  // forward calls so far (the task slots' epoch, device/params.cuh)
   long long* trace = nullptr;  // [grid, kTraceSlots] while tracing is on
   // world > 1: the symmetric window peers write into.
-  ncclComm_t comm = nullptr;
-  unsigned char* window = nullptr;
-  ncclWindow_t win = nullptr;
+  std::unique_ptr<detail::SymmetricWindow> window;
 
   template <class T>
   T* at(std::size_t offset) const {
@@ -82,8 +81,6 @@ struct MoELayer::Impl {
   ~Impl() {
     if (ws) cudaFree(ws);
     if (trace) cudaFree(trace);
-    if (win) ncclCommWindowDeregister(comm, win);  // collective, like the registration
-    if (window) ncclMemFree(window);
   }
 };
 
@@ -125,21 +122,24 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
                     std::to_string(device::forward_smem_bytes(config.dtype)) +
                     " bytes of shared memory per block)");
   }
-  m.grid = prop.multiProcessorCount * per_sm;
+  // Virtual ranks share one GPU: each rank's kernel gets its share of the SMs, so that all W run
+  // at the same time (their blocks wait for each other).
+  const int share = comm.is_virtual() ? comm.world() : 1;
+  m.grid = prop.multiProcessorCount * per_sm / share;
+  if (config.world_size > 1 && m.grid < 2) {
+    throw ConfigError("LayerConfig.world_size = " + std::to_string(config.world_size) +
+                      ": each virtual rank needs at least 2 blocks of the GPU's " +
+                      std::to_string(prop.multiProcessorCount * per_sm) +
+                      " (a subscriber and a processor)");
+  }
   m.plan = detail::plan_workspace(config);
   MONOMOE_CUDA(cudaMalloc(&m.ws, m.plan.total));
   MONOMOE_CUDA(cudaMemset(m.ws + m.plan.error, 0, sizeof(device::ErrorRecord)));
   MONOMOE_CUDA(cudaMemset(m.ws + m.plan.tasks, 0, m.plan.max_tasks * sizeof(device::Task)));
   if (config.world_size > 1) {
-    // The window every rank's kernel writes into: same size and layout on every rank. Allocation
-    // and registration are collective: every rank constructs its MoELayer in the same order.
-    m.comm = static_cast<ncclComm_t>(comm.nccl_comm());
-    void* buf = nullptr;
-    MONOMOE_NCCL(ncclMemAlloc(&buf, m.plan.window.total));
-    m.window = static_cast<unsigned char*>(buf);
-    MONOMOE_CUDA(cudaMemset(m.window, 0, m.plan.window.total));
-    MONOMOE_NCCL(ncclCommWindowRegister(m.comm, m.window, m.plan.window.total, &m.win,
-                                        NCCL_WIN_COLL_SYMMETRIC));
+    // The window every rank's kernel writes into: same size and layout on every rank. Opening it
+    // is collective: every rank constructs its MoELayer in the same order.
+    m.window = detail::SymmetricWindow::open(comm, m.plan.window.total);
   }
   // The gate is small: keep a copy padded to whole column tiles (the kernel's 16-byte loads then
   // never straddle a row). Weights are read from the caller's memory at every forward otherwise.
@@ -168,12 +168,14 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   if (tokens > 0 && (!x || !y || !aligned16(x) || !aligned16(y))) {
     throw ConfigError("forward: x and y must be non-null and 16-byte aligned");
   }
+  // Before anything is queued: a virtual peer without its layer is refused here.
+  const std::vector<unsigned char*> peers = ep ? m.window->peer_table() : std::vector<unsigned char*>{};
   MONOMOE_CUDA(cudaMemsetAsync(m.ws + m.plan.control, 0, m.plan.control_bytes, stream));
   // With peers, a rank without tokens still runs: it owns experts and receives rows.
   if (tokens == 0 && !ep) return;
   if (ep) {
-    MONOMOE_CUDA(cudaMemsetAsync(m.window + m.plan.window.reset, 0, m.plan.window.reset_bytes,
-                                 stream));
+    MONOMOE_CUDA(cudaMemsetAsync(m.window->local() + m.plan.window.reset, 0,
+                                 m.plan.window.reset_bytes, stream));
   }
 
   device::Params p{};
@@ -240,8 +242,8 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   p.max_recv_tiles = static_cast<int>(m.plan.row_tiles);
   if (ep) {
     const auto& w = m.plan.window;
-    p.window = m.window;
-    p.win = m.win;
+    p.window = m.window->local();
+    std::copy(peers.begin(), peers.end(), p.peer_window);
     p.wl.start = w.start;
     p.wl.header = w.header;
     p.wl.header_flag = w.header_flag;
@@ -253,8 +255,8 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
     p.wl.rows_per_source = static_cast<int>(w.rows_per_source);
     p.wl.tiles_per_source = static_cast<int>(w.tiles_per_source);
     // Returned expert rows land in the window; their counters are the window's done words.
-    p.stage = m.window + w.stage;
-    p.tokentile_done = reinterpret_cast<int*>(m.window + w.done);
+    p.stage = p.window + w.stage;
+    p.tokentile_done = reinterpret_cast<int*>(p.window + w.done);
     // ~16 SMs reach 90% of the NVLink store bandwidth (DEVICE-NOTES.md); the rest compute.
     p.dispatch_blocks = std::min(16, m.grid - 1);
   }

@@ -1,0 +1,26 @@
+// What stands behind a Communicator: an NCCL communicator, or one of W virtual ranks of this
+// process that share one GPU (and the registry of their windows, host/window.hpp).
+#pragma once
+
+#include <nccl.h>
+
+#include <memory>
+
+#include "monomoe/communicator.hpp"
+
+namespace monomoe::detail {
+struct VirtualGroup;  // host/window.cu
+}  // namespace monomoe::detail
+
+namespace monomoe {
+
+struct Communicator::Impl {
+  int rank = 0;
+  int world = 1;
+  int device = 0;
+  ncclComm_t comm = nullptr;                    // null for virtual ranks
+  std::shared_ptr<detail::VirtualGroup> group;  // virtual ranks: shared by the W communicators
+  int windows_opened = 0;  // symmetric windows opened so far (pairs the ranks' n-th windows)
+};
+
+}  // namespace monomoe

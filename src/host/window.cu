@@ -1,0 +1,133 @@
+#include "host/window.hpp"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#include <nccl_device.h>
+
+#include <mutex>
+#include <string>
+
+#include "device/transport.cuh"
+#include "host/check.hpp"
+#include "host/communicator_impl.hpp"
+#include "monomoe/error.hpp"
+
+namespace monomoe::detail {
+
+// The windows of W virtual ranks, by opening order: windows[n][r] is rank r's n-th window.
+struct VirtualGroup {
+  struct Entry {
+    unsigned char* base = nullptr;
+    std::size_t bytes = 0;
+  };
+  int world = 0;
+  std::mutex mu;  // the ranks may be driven from several host threads
+  std::vector<std::vector<Entry>> windows;
+};
+
+std::shared_ptr<VirtualGroup> make_virtual_group(int world) {
+  auto g = std::make_shared<VirtualGroup>();
+  g->world = world;
+  return g;
+}
+
+namespace {
+
+__global__ void read_lsa_bases(ncclWindow_t win, int world, unsigned char** out) {
+  for (int r = static_cast<int>(threadIdx.x); r < world; r += static_cast<int>(blockDim.x)) {
+    out[r] = device::lsa_window_base(win, r);
+  }
+}
+
+class NcclWindow final : public SymmetricWindow {
+ public:
+  NcclWindow(ncclComm_t comm, int world, std::size_t bytes) : comm_(comm) {
+    void* buf = nullptr;
+    MONOMOE_NCCL(ncclMemAlloc(&buf, bytes));
+    local_ = static_cast<unsigned char*>(buf);
+    MONOMOE_CUDA(cudaMemset(local_, 0, bytes));
+    MONOMOE_NCCL(ncclCommWindowRegister(comm_, local_, bytes, &win_, NCCL_WIN_COLL_SYMMETRIC));
+    // The peers' bases do not move while the window is registered: read them once.
+    unsigned char** table = nullptr;
+    MONOMOE_CUDA(cudaMalloc(&table, sizeof(unsigned char*) * static_cast<std::size_t>(world)));
+    read_lsa_bases<<<1, 32>>>(win_, world, table);
+    const cudaError_t launched = cudaGetLastError();
+    table_.resize(static_cast<std::size_t>(world));
+    const cudaError_t copied = cudaMemcpy(table_.data(), table, sizeof(unsigned char*) * table_.size(),
+                                          cudaMemcpyDeviceToHost);
+    cudaFree(table);
+    MONOMOE_CUDA(launched);
+    MONOMOE_CUDA(copied);
+  }
+  ~NcclWindow() override {
+    if (win_) ncclCommWindowDeregister(comm_, win_);  // collective, like the registration
+    if (local_) ncclMemFree(local_);
+  }
+  std::vector<unsigned char*> peer_table() const override { return table_; }
+
+ private:
+  ncclComm_t comm_;
+  ncclWindow_t win_ = nullptr;
+  std::vector<unsigned char*> table_;
+};
+
+class VirtualWindow final : public SymmetricWindow {
+ public:
+  VirtualWindow(std::shared_ptr<VirtualGroup> group, int rank, int index, std::size_t bytes)
+      : group_(std::move(group)), rank_(rank), index_(index), bytes_(bytes) {
+    MONOMOE_CUDA(cudaMalloc(&local_, bytes));
+    MONOMOE_CUDA(cudaMemset(local_, 0, bytes));
+    const std::lock_guard<std::mutex> lock(group_->mu);
+    auto& w = group_->windows;
+    while (static_cast<int>(w.size()) <= index_) {
+      w.emplace_back(static_cast<std::size_t>(group_->world));
+    }
+    w[static_cast<std::size_t>(index_)][static_cast<std::size_t>(rank_)] = {local_, bytes_};
+  }
+  ~VirtualWindow() override {
+    {
+      const std::lock_guard<std::mutex> lock(group_->mu);
+      group_->windows[static_cast<std::size_t>(index_)][static_cast<std::size_t>(rank_)] = {};
+    }
+    cudaFree(local_);
+  }
+  std::vector<unsigned char*> peer_table() const override {
+    const std::lock_guard<std::mutex> lock(group_->mu);
+    const auto& row = group_->windows[static_cast<std::size_t>(index_)];
+    std::vector<unsigned char*> table;
+    for (int r = 0; r < group_->world; ++r) {
+      const VirtualGroup::Entry& e = row[static_cast<std::size_t>(r)];
+      if (e.base == nullptr) {
+        throw ConfigError("virtual rank " + std::to_string(r) + " has no layer matching rank " +
+                          std::to_string(rank_) + "'s (window " + std::to_string(index_) +
+                          "): every virtual rank builds its MoELayer, in the same order, before "
+                          "any rank calls forward()");
+      }
+      if (e.bytes != bytes_) {
+        throw ConfigError("virtual rank " + std::to_string(r) + "'s layer differs from rank " +
+                          std::to_string(rank_) + "'s (window of " + std::to_string(e.bytes) +
+                          " vs " + std::to_string(bytes_) +
+                          " bytes): every rank needs the same LayerConfig but for rank");
+      }
+      table.push_back(e.base);
+    }
+    return table;
+  }
+
+ private:
+  std::shared_ptr<VirtualGroup> group_;
+  int rank_, index_;
+  std::size_t bytes_;
+};
+
+}  // namespace
+
+std::unique_ptr<SymmetricWindow> SymmetricWindow::open(Communicator& comm, std::size_t bytes) {
+  Communicator::Impl& c = comm.impl();
+  if (c.group) {
+    return std::make_unique<VirtualWindow>(c.group, c.rank, c.windows_opened++, bytes);
+  }
+  return std::make_unique<NcclWindow>(c.comm, c.world, bytes);
+}
+
+}  // namespace monomoe::detail

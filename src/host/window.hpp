@@ -1,0 +1,37 @@
+// The symmetric window of one rank (world > 1): this rank's memory that peers write into (the same
+// size and layout on every rank, workspace.hpp), and the table of every rank's window as this
+// rank's kernel addresses it (Params::peer_window, read by the load/store transport). The
+// Communicator decides which kind:
+//   NCCL     ncclMemAlloc + ncclCommWindowRegister(NCCL_WIN_COLL_SYMMETRIC), collective; the table
+//            holds NCCL's LSA peer pointers (NVLink), read once by a one-warp kernel
+//   virtual  cudaMalloc on the ranks' one GPU; rank r's n-th window pairs with every other virtual
+//            rank's n-th window (the order stands in for NCCL's collective registration)
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "monomoe/communicator.hpp"
+
+namespace monomoe::detail {
+
+class SymmetricWindow {
+ public:
+  // Zero-filled. Collective for NCCL ranks: every rank opens its windows in the same order.
+  static std::unique_ptr<SymmetricWindow> open(Communicator& comm, std::size_t bytes);
+  virtual ~SymmetricWindow() = default;
+
+  unsigned char* local() const { return local_; }
+  // Every rank's window base, [world]. Throws ConfigError when a virtual peer has not opened its
+  // matching window yet, or opened one of another size (a different LayerConfig).
+  virtual std::vector<unsigned char*> peer_table() const = 0;
+
+ protected:
+  unsigned char* local_ = nullptr;
+};
+
+struct VirtualGroup;
+std::shared_ptr<VirtualGroup> make_virtual_group(int world);
+
+}  // namespace monomoe::detail

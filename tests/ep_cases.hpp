@@ -1,0 +1,60 @@
+// The expert-parallel cases that every multi-rank test runs, on real GPUs (test_layer_multi_gpu.cu,
+// one forked process per GPU) and on virtual ranks of one GPU (test_virtual_ranks.cu): every
+// precision and activation, uneven and empty ranks, skewed routing, capacity with drops, 1 and 32
+// experts per rank. Small shapes: the float64 reference of all ranks stays fast.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "monomoe/config.hpp"
+
+namespace monomoe::test {
+
+struct EpCase {
+  const char* name;
+  LayerConfig cfg;                    // world_size / rank filled per rank
+  std::vector<std::int64_t> tokens;   // per rank (resized to the world with the last value)
+  std::int64_t skew_expert = -1;
+};
+
+inline LayerConfig ep_base(DType dtype, Activation act, std::int64_t experts, std::int64_t topk) {
+  LayerConfig c;
+  c.max_tokens = 384;
+  c.hidden = 256;
+  c.ffn = 256;
+  c.experts = experts;
+  c.topk = topk;
+  c.dtype = dtype;
+  c.activation = act;
+  c.timeout_seconds = 10.0;
+  return c;
+}
+
+// The cases for `w` ranks, tokens already resized to w entries.
+inline std::vector<EpCase> ep_cases(int w) {
+  std::vector<EpCase> v;
+  v.push_back({"bf16 gelu", ep_base(DType::bf16, Activation::gelu, 4 * w, 2), {300, 200, 384, 1}});
+  v.push_back({"fp32 swiglu", ep_base(DType::fp32, Activation::swiglu, 4 * w, 2), {129, 256, 7, 300}});
+  v.push_back({"tf32 relu top-8", ep_base(DType::tf32, Activation::relu, 8 * w, 8), {200, 100, 150, 50}});
+  v.push_back({"bf16 silu, a rank with 0 tokens", ep_base(DType::bf16, Activation::silu, 4 * w, 2),
+               {0, 300, 0, 128}});
+  v.push_back({"bf16 skewed to the last expert", ep_base(DType::bf16, Activation::gelu, 4 * w, 2),
+               {384, 384, 384, 384}, 4 * w - 1});
+  {
+    LayerConfig c = ep_base(DType::bf16, Activation::gelu, 4 * w, 2);
+    c.capacity_factor = 0.5;
+    v.push_back({"bf16 capacity 0.5 with drops", c, {384, 200, 384, 100}, 0});
+  }
+  v.push_back({"fp32 one expert per rank, top-1", ep_base(DType::fp32, Activation::gelu, w, 1),
+               {250, 251, 252, 253}});
+  v.push_back({"bf16 32 experts per rank, top-4", ep_base(DType::bf16, Activation::swiglu, 32 * w, 4),
+               {384, 333, 222, 111}});
+  for (EpCase& c : v) {
+    c.cfg.world_size = w;
+    c.tokens.resize(static_cast<std::size_t>(w), c.tokens.back());
+  }
+  return v;
+}
+
+}  // namespace monomoe::test

@@ -1,0 +1,129 @@
+// The multi-rank path of the fused layer on ONE GPU: W = 2, 4 and 8 virtual ranks (VirtualRanks)
+// run the expert-parallel cases of ep_cases.hpp against the float64 reference, exactly as the real
+// multi-GPU test does, twice each (the second call reuses the windows and must be bit-identical);
+// and a rank that never starts must be reported by the others within the timeout (label gpu).
+// What this cannot show: ordering and visibility across GPUs (NVLink); test_layer_multi_gpu.cu does.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bench/device_problem.hpp"
+#include "ep_cases.hpp"
+#include "gpu_test.hpp"
+#include "monomoe/monomoe.hpp"
+#include "reference/reference.hpp"
+
+namespace monomoe {
+namespace {
+
+// Every rank's device copy of a problem (x, weights, y).
+struct VirtualProblem {
+  std::vector<std::unique_ptr<bench::DeviceProblem>> ranks;
+  VirtualProblem(const reference::Problem& pr, int world) {
+    for (int r = 0; r < world; ++r) ranks.push_back(std::make_unique<bench::DeviceProblem>(pr, r));
+  }
+  std::vector<ExpertWeights> weights() const {
+    std::vector<ExpertWeights> w;
+    for (const auto& d : ranks) w.push_back(d->weights());
+    return w;
+  }
+  void forward(VirtualRanks& vr, const std::vector<bool>& run = {}) {
+    std::vector<const void*> x;
+    std::vector<std::int64_t> tokens;
+    std::vector<void*> y;
+    for (auto& d : ranks) {
+      d->poison_y();
+      x.push_back(d->x());
+      tokens.push_back(d->tokens());
+      y.push_back(d->y());
+    }
+    vr.forward(x, tokens, y, run);
+  }
+};
+
+void run_world(int world) {
+  MONOMOE_REQUIRE_GPU();
+  int failed = 0;
+  for (const test::EpCase& tc : test::ep_cases(world)) {
+    reference::Problem pr = reference::make_problem(tc.cfg, tc.tokens, 1234);
+    if (tc.skew_expert >= 0) reference::skew_gate_towards(pr, tc.skew_expert, 50.f);
+    const reference::Result ref = reference::run(pr);
+    VirtualProblem dev(pr, world);
+    VirtualRanks vr(tc.cfg, 0, dev.weights());
+    std::vector<std::vector<float>> first(static_cast<std::size_t>(world));
+    for (int call = 0; call < 2; ++call) {  // the second call reuses the windows (epochs)
+      dev.forward(vr);
+      std::string error;
+      try {
+        vr.synchronize();
+      } catch (const Error& e) {
+        error = e.what();
+      }
+      for (int r = 0; r < world; ++r) {
+        std::string detail = error;
+        bool ok = error.empty() &&
+                  bench::check_forward(vr.layer(r), *dev.ranks[r], pr, ref.ranks[r], r, detail);
+        const std::vector<float> y = dev.ranks[r]->y_host();
+        if (call == 0) first[r] = y;
+        if (call == 1 && ok &&
+            std::memcmp(first[r].data(), y.data(), y.size() * sizeof(float)) != 0) {
+          ok = false;
+          detail += " second call differs bitwise";
+        }
+        if (!ok || r == 0) {
+          std::printf("[virtual rank %d/%d, call %d] %s %s: %s\n", r, world, call,
+                      ok ? "PASS" : "FAIL", tc.name, detail.c_str());
+        }
+        failed += ok ? 0 : 1;
+        EXPECT_TRUE(ok) << tc.name << ", virtual rank " << r << ", call " << call << ": " << detail;
+      }
+    }
+  }
+  std::printf("%d virtual ranks: %d failed rank-calls\n", world, failed);
+}
+
+TEST(LayerVirtualRanks, TwoRanks) { run_world(2); }
+TEST(LayerVirtualRanks, FourRanks) { run_world(4); }
+TEST(LayerVirtualRanks, EightRanks) { run_world(8); }
+
+// One virtual rank never starts its forward: every other rank stops at its bounded wait and names
+// it; nothing hangs.
+TEST(LayerVirtualRanks, MissingRankTimesOut) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c = test::ep_base(DType::bf16, Activation::gelu, 16, 2);
+  c.world_size = 4;
+  c.timeout_seconds = 1.0;
+  const reference::Problem pr = reference::make_problem(c, {100, 100, 100, 100}, 5);
+  VirtualProblem dev(pr, 4);
+  VirtualRanks vr(c, 0, dev.weights());
+  dev.forward(vr, {true, true, false, true});
+  std::string error;
+  try {
+    vr.synchronize();
+  } catch (const KernelError& e) {
+    error = e.what();
+  }
+  std::printf("expected error: %s\n", error.c_str());
+  EXPECT_NE(error.find("rank 2 did not start"), std::string::npos) << error;
+}
+
+// Arguments that cannot make W ranks are refused before any GPU work.
+TEST(LayerVirtualRanks, RefusesBadArguments) {
+  LayerConfig c = test::ep_base(DType::bf16, Activation::gelu, 8, 2);
+  c.world_size = 1;
+  EXPECT_THROW(VirtualRanks(c, 0, {ExpertWeights{}}), ConfigError);
+  c.world_size = 4;
+  try {
+    VirtualRanks vr(c, 0, std::vector<ExpertWeights>(3));
+    ADD_FAILURE() << "three weight sets for four ranks were accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("world_size"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace monomoe
