@@ -68,13 +68,13 @@ __device__ __forceinline__ bool grid_barrier(const Params& p, unsigned int n) {
   __shared__ int ok;
   // Each thread's fence publishes its own global writes before the block's arrival is counted.
   __threadfence();
-  __syncthreads();
+  sync_workers();
   if (threadIdx.x == 0) {
     atomicAdd(&p.control->barrier, 1u);
     ok = wait_at_least(p, &p.control->barrier, n * gridDim.x, ErrorCode::timeout_barrier,
                        static_cast<int>(n));
   }
-  __syncthreads();
+  sync_workers();
   return ok != 0;
 }
 
