@@ -93,7 +93,9 @@ __global__ void __launch_bounds__(block_threads<P>(), 1) moe_forward_kernel(cons
     }
     __syncthreads();  // the ring's barriers are initialized and routing is known (or aborted)
     if (!sm.prepared) return;
-    // setmaxnreg: one branch per warpgroup role, under the register cap of __launch_bounds__.
+    // setmaxnreg: one branch per warpgroup role, under the register cap of __launch_bounds__
+    // (168 per thread for 384 threads). The workers' MMA and epilogue code needs more than that
+    // (it spills without the increase); the producer needs few.
     if (__shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0) == kThreads / 128) {
       setmaxnreg_dec<kProducerRegs>();
       produce_tasks<P>(p, sm);

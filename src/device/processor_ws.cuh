@@ -29,6 +29,7 @@ __device__ __forceinline__ bool make_tile_load(const Params& p, KernelSmem<P>& s
     const bool swiglu = p.act == Act::swiglu;
     out.col_lo = col_tile * (swiglu ? kBN / 2 : kBN);
     out.col_hi = swiglu ? p.ffn + out.col_lo : out.col_lo + kBN / 2;
+    out.n = swiglu ? 2 * p.ffn : p.ffn;
     out.k_tiles = p.hidden / P::kBlockK;
   } else {
     out.row = r < t.rows ? static_cast<const Elem*>(p.hidden_act) +
@@ -37,6 +38,7 @@ __device__ __forceinline__ bool make_tile_load(const Params& p, KernelSmem<P>& s
     out.b = &p.w2_map;
     out.col_lo = col_tile * kBN;
     out.col_hi = out.col_lo + kBN / 2;
+    out.n = p.hidden;
     out.k_tiles = p.ffn / P::kBlockK;
   }
   return true;

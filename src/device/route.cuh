@@ -13,8 +13,9 @@ namespace monomoe::device {
 // (a serial loop would pay one L2 round trip per tile).
 __device__ __forceinline__ void scan_tile_counts(const Params& p) {
   const int lane = static_cast<int>(threadIdx.x) % 32;
-  const int warp = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x) / 32;
-  const int warps = static_cast<int>(gridDim.x * blockDim.x) / 32;
+  // Workers only (kThreads per block): the bf16 kernel's producer warpgroup takes no part.
+  const int warp = static_cast<int>(blockIdx.x * kThreads + threadIdx.x) / 32;
+  const int warps = static_cast<int>(gridDim.x) * kThreads / 32;
   for (int e = warp; e < p.experts; e += warps) {
     int run = 0;
     for (int base = 0; base < p.token_tiles; base += 32) {

@@ -37,7 +37,6 @@ struct Sm90Tile {
   static constexpr int kStageElemsA = kBM * kBK;
   static constexpr int kStageElemsB = kBN * kBK;
   static constexpr int kBoxElems = kBoxCols * kBK;
-  static constexpr unsigned int kStageBytesB = kStageElemsB * sizeof(SmemElem);
   static constexpr int kChunks = kBK * static_cast<int>(sizeof(Elem)) / 16;  // 16-byte A pieces per row
 
   static_assert(kBN == 256 && kBK == kBoxCols, "a B stage is 4 boxes of 64 columns x 64 k rows");
@@ -74,6 +73,8 @@ struct TileLoad {
   const CUtensorMap* b;  // weights [experts][K][N] as a 3D tensor map
   int expert;           // z coordinate of B
   int col_lo, col_hi;   // B columns [col_lo, +128) and [col_hi, +128)
+  int n;                // B's columns: boxes at or past n are not loaded (their MMA columns are
+                        // never stored)
   int k_tiles;
 };
 
@@ -96,11 +97,16 @@ __device__ __forceinline__ bool load_tile(const Params& p, GemmSmem<P>& g, RingS
     typename T::SmemElem* sb = T::base(g) + T::kElemsA + ps.stage * T::kStageElemsB;
     if (leader) {
       if (kt == 0) ring.task[ps.stage] = task;  // published by the arrivals below
-      mbar_arrive_expect_tx(&ring.full[ps.stage], T::kStageBytesB);
+      // N is a multiple of 128: a box lies wholly inside B or wholly past its end.
+      const int boxes = 2 * ((t.col_lo < t.n ? 1 : 0) + (t.col_hi < t.n ? 1 : 0));
+      mbar_arrive_expect_tx(&ring.full[ps.stage], boxes * T::kBoxElems * sizeof(typename T::SmemElem));
 #pragma unroll
       for (int box = 0; box < 4; ++box) {
         const int col = (box < 2 ? t.col_lo : t.col_hi) + (box % 2) * T::kBoxCols;
-        tma_load_3d(sb + box * T::kBoxElems, t.b, &ring.full[ps.stage], col, kt * T::kBK, t.expert);
+        if (col < t.n) {
+          tma_load_3d(sb + box * T::kBoxElems, t.b, &ring.full[ps.stage], col, kt * T::kBK,
+                      t.expert);
+        }
       }
     }
     const Elem* src = row ? row + kt * T::kBK : dummy;
