@@ -14,17 +14,26 @@
 
 namespace monomoe::device {
 
-// What the producer loads for GEMM task (type, tile, col_tile): this thread's A row and B's place.
+// What the producer loads for GEMM task (type, tile, col_tile): this thread's A rows (those of
+// `plan`) and B's place.
 template <class P>
 __device__ __forceinline__ bool make_tile_load(const Params& p, KernelSmem<P>& sm, TaskType type,
-                                               int tile, int col_tile, int r, TileLoad& out) {
+                                               int tile, int col_tile, const APlan<P>& plan,
+                                               TileLoad& out) {
   using Elem = typename P::Elem;
   constexpr int kBN = P::kExpertBN;
   TileRows t;
   if (!tile_rows(p, sm.route, tile, t)) return false;
   out.expert = t.expert;
+#pragma unroll
+  for (int i = 0; i < APlan<P>::kPieces; ++i) {
+    const int r = plan.row0 + i * APlan<P>::kRowStep;
+    out.rows[i] = r >= t.rows                 ? nullptr
+                  : type == TaskType::gemm0 ? gemm0_row<Elem>(p, t, r)
+                                            : static_cast<const Elem*>(p.hidden_act) +
+                                                  static_cast<long long>(t.hidden_row0 + r) * p.ffn;
+  }
   if (type == TaskType::gemm0) {
-    out.row = r < t.rows ? gemm0_row<Elem>(p, t, r) : nullptr;
     out.b = &p.w1_map;
     const bool swiglu = p.act == Act::swiglu;
     out.col_lo = col_tile * (swiglu ? kBN / 2 : kBN);
@@ -32,9 +41,6 @@ __device__ __forceinline__ bool make_tile_load(const Params& p, KernelSmem<P>& s
     out.n = swiglu ? 2 * p.ffn : p.ffn;
     out.k_tiles = p.hidden / P::kBlockK;
   } else {
-    out.row = r < t.rows ? static_cast<const Elem*>(p.hidden_act) +
-                               static_cast<long long>(t.hidden_row0 + r) * p.ffn
-                         : nullptr;
     out.b = &p.w2_map;
     out.col_lo = col_tile * kBN;
     out.col_hi = out.col_lo + kBN / 2;
@@ -48,8 +54,8 @@ __device__ __forceinline__ bool make_tile_load(const Params& p, KernelSmem<P>& s
 template <class P>
 __device__ void produce_tasks(const Params& p, KernelSmem<P>& sm) {
   constexpr int kStages = Sm90Tile<P>::kStages;
-  const int r = static_cast<int>(threadIdx.x) - kThreads;  // this thread's A row of every tile
-  const RowPlan<P> plan(sm.gemm, r);
+  const int r = static_cast<int>(threadIdx.x) - kThreads;
+  const APlan<P> plan(sm.gemm, r);
   const int total = p.world > 1 ? -1 : sm.route.total_tasks;
   PipeState<kStages> ps;
   for (;;) {
@@ -70,7 +76,7 @@ __device__ void produce_tasks(const Params& p, KernelSmem<P>& sm) {
       ok = send_marker(p, sm.ring, ps, StageTask{task.head, task.a, task.b, 0});
     } else if (type == TaskType::gemm0 || type == TaskType::gemm1) {
       TileLoad tl;
-      ok = make_tile_load<P>(p, sm, type, task.a, task.b, r, tl) &&
+      ok = make_tile_load<P>(p, sm, type, task.a, task.b, plan, tl) &&
            load_tile<P>(p, sm.gemm, sm.ring, ps, plan, tl,
                         StageTask{task.head, task.a, task.b, tl.k_tiles});
     } else {

@@ -50,26 +50,32 @@ struct Sm90Tile {
   }
 };
 
-// Where this producer thread's A row goes in stage 0: the element offsets of its kChunks 16-byte
-// pieces (the swizzle moves each piece inside the row), through the layout wgmma reads.
+// The A pieces one producer thread copies per stage: 16-byte piece `chunk` (of the kChunks of a
+// row's k-tile) of rows row0 + i * kRowStep, i < kPieces. Eight consecutive threads cover one
+// row's 128 bytes: each warp reads whole lines of global memory and writes 4 consecutive 128-byte
+// smem rows (no bank conflicts). The 128-byte swizzle moves a piece by (row % 8), the same for all
+// i, so piece i lands at off + i * kRowStep rows.
 template <class P>
-struct RowPlan {
-  int off[Sm90Tile<P>::kChunks];
-  __device__ explicit RowPlan(GemmSmem<P>& g, int row) {
-    using T = Sm90Tile<P>;
+struct APlan {
+  using T = Sm90Tile<P>;
+  static constexpr int kRowStep = kProducerThreads / T::kChunks;  // 16 rows
+  static constexpr int kPieces = T::kBM / kRowStep;               // 8 per thread and stage
+  static_assert(kRowStep % 8 == 0, "piece i must keep the swizzle phase of piece 0");
+  int row0, chunk, off, step;
+  __device__ APlan(GemmSmem<P>& g, int t) : row0(t / T::kChunks), chunk(t % T::kChunks) {
     using namespace cute;
     typename T::SmemElem* b = T::base(g);
     Tensor sa = make_tensor(make_smem_ptr(b), typename T::SmemLayoutA{});
-#pragma unroll
-    for (int c = 0; c < T::kChunks; ++c) {
-      off[c] = static_cast<int>(&sa(row, c * (16 / static_cast<int>(sizeof(typename T::Elem))), 0) - b);
-    }
+    constexpr int kPieceElems = 16 / static_cast<int>(sizeof(typename T::Elem));
+    off = static_cast<int>(&sa(row0, chunk * kPieceElems, 0) - b);
+    step = static_cast<int>(&sa(row0 + kRowStep, chunk * kPieceElems, 0) - b) - off;
   }
 };
 
 // What the producer needs to load one tile.
 struct TileLoad {
-  const void* row;      // this thread's A row (K contiguous), nullptr past the tile's rows
+  const void* rows[APlan<PrecBf16>::kPieces];  // this thread's A rows (K contiguous), nullptr past
+                                               // the tile's rows
   const CUtensorMap* b;  // weights [experts][K][N] as a 3D tensor map
   int expert;           // z coordinate of B
   int col_lo, col_hi;   // B columns [col_lo, +128) and [col_hi, +128)
@@ -81,12 +87,12 @@ struct TileLoad {
 // Producer warpgroup: the k-tiles of one tile into the ring. The first stage carries `task`.
 template <class P, int Stages>
 __device__ __forceinline__ bool load_tile(const Params& p, GemmSmem<P>& g, RingSmem<Stages>& ring,
-                                          PipeState<Stages>& ps, const RowPlan<P>& plan,
+                                          PipeState<Stages>& ps, const APlan<P>& plan,
                                           const TileLoad& t, const StageTask& task) {
   using T = Sm90Tile<P>;
   using Elem = typename T::Elem;
+  constexpr int kPieceElems = 16 / static_cast<int>(sizeof(Elem));
   const bool leader = threadIdx.x == kThreads;
-  const Elem* row = static_cast<const Elem*>(t.row);
   const Elem* dummy = static_cast<const Elem*>(p.w1);  // a valid address for zero-filled copies
   for (int kt = 0; kt < t.k_tiles; ++kt, ps.advance()) {
     // The first lap waits for the phase before the barrier's first, which counts as completed.
@@ -109,10 +115,11 @@ __device__ __forceinline__ bool load_tile(const Params& p, GemmSmem<P>& g, RingS
         }
       }
     }
-    const Elem* src = row ? row + kt * T::kBK : dummy;
+    const int k = kt * T::kBK + plan.chunk * kPieceElems;
 #pragma unroll
-    for (int c = 0; c < T::kChunks; ++c) {
-      cp_async_16(sa + plan.off[c], src + c * (16 / static_cast<int>(sizeof(Elem))), row != nullptr);
+    for (int i = 0; i < APlan<P>::kPieces; ++i) {
+      const Elem* row = static_cast<const Elem*>(t.rows[i]);
+      cp_async_16(sa + plan.off + i * plan.step, row ? row + k : dummy, row != nullptr);
     }
     cp_async_arrive_noinc(&ring.full[ps.stage]);
   }
