@@ -12,7 +12,7 @@
 //            tiles once all their expert results have come back (the `done` counters that GEMM1
 //            blocks of every rank add to).
 //   GEMM1    writes each result row straight into the source rank's stage buffer, then adds to the
-//            source's `done` counter of that token tile (processor.cuh).
+//            source's `done` counter of that token tile.
 // The transport (transport.cuh) hides how peers are reached.
 #pragma once
 
@@ -83,15 +83,15 @@ __device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm) {
   const int lane = static_cast<int>(threadIdx.x) % 32;
   for (;;) {
     if (threadIdx.x == 0) sm.task.queue_base = static_cast<int>(atomicAdd(&p.control->dispatch_next, 1u));
-    sync_workers();
+    __syncthreads();
     const int item = sm.task.queue_base;
-    sync_workers();
+    __syncthreads();
     if (item >= sm.route.row_tiles || aborted(p)) return;
     const RowTile rt = locate_row_tile(p, sm.route, item);
     const int dest = rt.expert / p.experts_local;
     if (dest == p.rank || rt.rows <= 0) continue;
     if (threadIdx.x == 0) sm.task.task.a = peer_started(p, dest) ? 1 : 0;
-    sync_workers();
+    __syncthreads();
     if (!sm.task.task.a) return;
     // Row i of segment (source = this rank) on `dest`: experts of `dest` in order, then positions.
     const int seg_first = rt.first - sm.route.row_base[dest * p.experts_local];
@@ -107,10 +107,88 @@ __device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm) {
       if (lane == 0) ids[r] = id;
     }
     __threadfence_system();
-    sync_workers();
+    __syncthreads();
     if (threadIdx.x == 0) {
       const int seg_tile = item - sm.route.tile_base[dest * p.experts_local];
       tr.signal_u32(arrived_offset(p, p.rank, seg_tile), dest, p.epoch);
+    }
+  }
+}
+
+__device__ __forceinline__ bool valid_recv_tile(const Params& p, int i, const RecvTile& t) {
+  return i >= 0 && i < p.max_recv_tiles && t.rows > 0 && t.rows <= kTileRows && t.source >= 0 &&
+         t.source < p.world && t.expert_local >= 0 && t.expert_local < p.experts_local;
+}
+
+// GEMM0 of received tile i: rows from the inbox (or from x for this rank's own tokens).
+template <class P>
+__device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int col_tile) {
+  using Elem = typename P::Elem;
+  const RecvTile t = p.recv_tiles[i];
+  if (!valid_recv_tile(p, i, t)) {
+    if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, i, t.rows);
+    return;
+  }
+  if (threadIdx.x < kTileRows) {
+    const int r = static_cast<int>(threadIdx.x);
+    const Elem* src = nullptr;
+    if (r < t.rows) {
+      if (t.source == p.rank) {
+        const int token = __ldcg(p.expert_rows + t.first + r) / p.topk;
+        src = static_cast<const Elem*>(p.x) + static_cast<long long>(token) * p.hidden;
+      } else {
+        src = reinterpret_cast<const Elem*>(p.window + p.wl.inbox) +
+              (static_cast<long long>(t.source) * p.wl.rows_per_source + t.first + r) * p.hidden;
+      }
+    }
+    sm.gemm.rows[r] = src;
+  }
+  gemm0_tile<P>(p, sm, t.expert_local, t.rows, i * kTileRows, col_tile);
+  publish_block_writes();
+  if (threadIdx.x == 0) {
+    const int done = atomicAdd(p.rowtile_done + i, 1) + 1;
+    if (done == p.gemm0_col_tiles) {
+      __threadfence();
+      push_tasks(p, TaskType::gemm1, i, 0, p.gemm1_col_tiles);
+    }
+  }
+}
+
+// GEMM1 of received tile i: result rows go straight into the source rank's stage buffer, then the
+// source's per-token-tile counters learn how many rows landed.
+template <class P>
+__device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int col_tile) {
+  using Elem = typename P::Elem;
+  const RecvTile t = p.recv_tiles[i];
+  if (!valid_recv_tile(p, i, t)) {
+    if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, i, t.rows);
+    return;
+  }
+  const LsaTransport tr(p);
+  if (threadIdx.x < kTileRows) {
+    const int r = static_cast<int>(threadIdx.x);
+    const bool valid = r < t.rows;
+    int id = -1;
+    if (valid) {
+      id = t.source == p.rank
+               ? __ldcg(p.expert_rows + t.first + r)
+               : __ldcg(reinterpret_cast<const int*>(p.window + p.wl.ids) +
+                        static_cast<long long>(t.source) * p.wl.rows_per_source + t.first + r);
+    }
+    sm.task.row_id[r] = id;
+    sm.task.token_tile[r] = valid ? id / p.topk / kTileRows : -1;
+  }
+  gemm1_tile<P>(p, sm, t.expert_local, t.rows, i * kTileRows, col_tile,
+                tr.at<Elem>(p.wl.stage, t.source));
+  __threadfence_system();  // the result rows precede the counter update, also across GPUs
+  __syncthreads();
+  if (static_cast<int>(threadIdx.x) < t.rows) {
+    const int r = static_cast<int>(threadIdx.x);
+    const int tt = sm.task.token_tile[r];
+    if (r == 0 || sm.task.token_tile[r - 1] != tt) {
+      int len = 1;
+      while (r + len < t.rows && sm.task.token_tile[r + len] == tt) ++len;
+      tr.add(p.wl.done + 4ull * tt, t.source, len);
     }
   }
 }
@@ -170,7 +248,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
       st_release_gpu(&p.control->total_ready, 1u);
     }
   }
-  sync_workers();
+  __syncthreads();
   const int n = sm.task.queue_base;
   if (n < 0 || threadIdx.x >= 32) return;
   // 3. Warp 0: GEMM0 tasks of remote tiles as they land, then combine tasks of this rank's token

@@ -60,7 +60,7 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
   const int first = tile * kTileRows;
   const int rows = min(kTileRows, p.tokens - first);
   if (threadIdx.x < kMaxExperts) sm.route.count[threadIdx.x] = 0;
-  sync_workers();  // logits written by this block (or before a grid barrier) are visible
+  __syncthreads();  // logits written by this block (or before a grid barrier) are visible
   const long long split_stride = static_cast<long long>(p.tokens) * p.experts_padded;
 
   const int warp = static_cast<int>(threadIdx.x) / 32;
@@ -138,7 +138,7 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
       }
     }
   }
-  sync_workers();
+  __syncthreads();
   for (int e = threadIdx.x; e < p.experts; e += kThreads) {
     p.tile_counts[static_cast<long long>(tile) * p.experts + e] = sm.route.count[e];
   }

@@ -19,9 +19,8 @@ int blocks_per_sm() {
     return 0;
   }
   int blocks = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, moe_forward_kernel<P>,
-                                                    block_threads<P>(), smem_bytes<P>()) !=
-      cudaSuccess) {
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, moe_forward_kernel<P>, kThreads,
+                                                    smem_bytes<P>()) != cudaSuccess) {
     return 0;
   }
   return blocks;
@@ -32,7 +31,7 @@ cudaError_t launch(const Params& params, int grid, cudaStream_t stream) {
   Params copy = params;
   void* args[] = {&copy};
   return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&moe_forward_kernel<P>),
-                                     dim3(grid), dim3(block_threads<P>()), args,
+                                     dim3(grid), dim3(kThreads), args,
                                      static_cast<size_t>(smem_bytes<P>()), stream);
 }
 

@@ -1,30 +1,27 @@
 // The persistent kernel: one launch computes the whole MoE layer. Every block runs the gate for its
 // token tiles, the routing phases (separated by grid barriers, since row positions need all counts),
 // then the task loop: GEMM0, GEMM1 and combine tasks of different tiles overlap until the queue's
-// task count, known exactly after routing, is exhausted. The bf16 kernel's task loop is
-// warp-specialized (processor_ws.cuh): a producer warpgroup feeds the workers' tensor cores.
+// task count, known exactly after routing, is exhausted.
 #pragma once
 
 #include "device/combine.cuh"
 #include "device/ep.cuh"
 #include "device/gate.cuh"
 #include "device/processor.cuh"
-#include "device/processor_ws.cuh"
 #include "device/route.cuh"
 #include "device/subscriber.cuh"
-#include "device/trace.cuh"
 
 namespace monomoe::device {
 
 template <class P>
-constexpr int block_threads() {
-  return P::kWarpSpecialized ? kWsThreads : kThreads;
-}
+__global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_constant__ Params p) {
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  // wgmma's swizzled operand tiles need 1024-byte alignment; the launch adds that much slack.
+  const unsigned int misalign = static_cast<unsigned int>(__cvta_generic_to_shared(smem_raw)) & 1023u;
+  auto& sm = *reinterpret_cast<KernelSmem<P>*>(smem_raw + ((1024u - misalign) & 1023u));
 
-// Workers: the gate, the routing phases and the role this block takes before the task loop
-// (subscriber or dispatch, with peers). False when the launch aborted.
-template <class P>
-__device__ bool prepare(const Params& p, KernelSmem<P>& sm, TraceRecorder& trace) {
+  long long* trace = p.trace && threadIdx.x == 0 ? p.trace + blockIdx.x * kTraceSlots : nullptr;
+  if (trace) trace[0] = global_ns();
   const bool ep = p.world > 1;
   if (ep && blockIdx.x == 0 && threadIdx.x == 0) announce_start(p);
   // Gate GEMM over (token tile, K slice) items: with two slices twice as many blocks work on it.
@@ -34,19 +31,19 @@ __device__ bool prepare(const Params& p, KernelSmem<P>& sm, TraceRecorder& trace
   for (int item = blockIdx.x; item < gate_items; item += gridDim.x) {
     gate_gemm<P>(p, sm, item / p.gate_splits, item % p.gate_splits);
   }
-  if (p.gate_splits > 1 && !grid_barrier(p, ++barrier)) return false;
+  if (p.gate_splits > 1 && !grid_barrier(p, ++barrier)) return;
   for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) gate_route<P>(p, sm, tile);
-  trace.mark(1);
-  if (!grid_barrier(p, ++barrier)) return false;
+  if (trace) trace[1] = global_ns();
+  if (!grid_barrier(p, ++barrier)) return;
 
   scan_tile_counts(p);
-  if (!grid_barrier(p, ++barrier)) return false;
+  if (!grid_barrier(p, ++barrier)) return;
 
   summarize_routes(p, sm.route);
   for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) scatter_tile(p, sm.route, tile);
-  if (!grid_barrier(p, ++barrier)) return false;
+  if (!grid_barrier(p, ++barrier)) return;
 
-  trace.mark(2);
+  if (trace) trace[2] = global_ns();
   if (!ep) {
     if (blockIdx.x == 0) publish_initial_tasks<P>(p, sm);
   } else if (blockIdx.x == 0) {
@@ -54,58 +51,47 @@ __device__ bool prepare(const Params& p, KernelSmem<P>& sm, TraceRecorder& trace
   } else if (static_cast<int>(blockIdx.x) <= p.dispatch_blocks) {
     dispatch_rows<P>(p, sm);
   }
-  return true;
-}
-
-// Workers, tf32 and fp32: the block takes tasks one at a time and runs each with all its threads.
-template <class P>
-__device__ void task_loop(const Params& p, KernelSmem<P>& sm, TraceRecorder& trace) {
-  trace.loop_started();
-  while (pop_task(p, sm.task, p.world > 1 ? -1 : sm.route.total_tasks)) {
+  long long wait_ns = 0, gemm_ns = 0, combine_ns = 0, tasks = 0;
+  long long t_ask = trace ? global_ns() : 0;
+  long long first_task = 0, last_gemm_end = t_ask;
+  while (pop_task(p, sm.task, ep ? -1 : sm.route.total_tasks)) {
     const Task task = sm.task.task;
-    trace.task_taken();
+    const long long t_got = trace ? global_ns() : 0;
+    if (trace) {
+      wait_ns += t_got - t_ask;
+      if (tasks == 0) first_task = t_got;
+    }
     switch (static_cast<TaskType>(task.head)) {
-      case TaskType::gemm0: run_gemm0<P>(p, sm, task.a, task.b); break;
-      case TaskType::gemm1: run_gemm1<P>(p, sm, task.a, task.b); break;
+      case TaskType::gemm0:
+        if (ep) run_gemm0_ep<P>(p, sm, task.a, task.b); else run_gemm0<P>(p, sm, task.a, task.b);
+        break;
+      case TaskType::gemm1:
+        if (ep) run_gemm1_ep<P>(p, sm, task.a, task.b); else run_gemm1<P>(p, sm, task.a, task.b);
+        break;
       case TaskType::combine: run_combine<P>(p, task.a, task.b); break;
       default:
         if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, static_cast<int>(task.head), 0);
         return;
     }
-    trace.task_done(static_cast<TaskType>(task.head) != TaskType::combine);
+    if (trace) {
+      t_ask = global_ns();
+      if (static_cast<TaskType>(task.head) != TaskType::combine) {
+        gemm_ns += t_ask - t_got;
+        last_gemm_end = t_ask;
+      } else {
+        combine_ns += t_ask - t_got;
+      }
+      ++tasks;
+    }
   }
-  trace.loop_ended();
-}
-
-template <class P>
-__global__ void __launch_bounds__(block_threads<P>(), 1) moe_forward_kernel(const __grid_constant__ Params p) {
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
-  // wgmma's swizzled operand tiles need 1024-byte alignment; the launch adds that much slack.
-  const unsigned int misalign = static_cast<unsigned int>(__cvta_generic_to_shared(smem_raw)) & 1023u;
-  auto& sm = *reinterpret_cast<KernelSmem<P>*>(smem_raw + ((1024u - misalign) & 1023u));
-  TraceRecorder trace(p, threadIdx.x == 0);
-  trace.mark(0);
-  if constexpr (P::kWarpSpecialized) {
-    init_ring(sm.ring);
-    if (threadIdx.x < kThreads) {
-      const bool ok = prepare<P>(p, sm, trace);
-      if (threadIdx.x == 0) sm.prepared = ok ? 1 : 0;
-    }
-    __syncthreads();  // the ring's barriers are initialized and routing is known (or aborted)
-    if (!sm.prepared) return;
-    // setmaxnreg: one branch per warpgroup role, under the register cap of __launch_bounds__
-    // (168 per thread for 384 threads). The workers' MMA and epilogue code needs more than that
-    // (it spills without the increase); the producer needs few.
-    if (__shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0) == kThreads / 128) {
-      setmaxnreg_dec<kProducerRegs>();
-      produce_tasks<P>(p, sm);
-    } else {
-      setmaxnreg_inc<kConsumerRegs>();
-      consume_tasks<P>(p, sm, trace);
-    }
-  } else {
-    if (!prepare<P>(p, sm, trace)) return;
-    task_loop<P>(p, sm, trace);
+  if (trace) {
+    trace[3] = global_ns();
+    trace[4] = wait_ns;
+    trace[5] = gemm_ns;
+    trace[6] = tasks;
+    trace[7] = tasks > 0 ? first_task : trace[3];
+    trace[8] = last_gemm_end;
+    trace[9] = combine_ns;
   }
 }
 

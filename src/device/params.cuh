@@ -1,16 +1,11 @@
 // Everything the persistent kernel needs, computed once on the host (host decides, device executes).
 #pragma once
 
-#include <cuda.h>  // CUtensorMap (a type only)
-
 #include <cstdint>
 
 namespace monomoe::device {
 
-// Worker threads per block: 8 warps run every role (gate, routing, dispatch, subscriber, combine)
-// and, in the bf16 kernel, the expert GEMMs' MMAs; that kernel adds one producer warpgroup
-// (gemm/sm90_pipeline.cuh) that feeds them.
-inline constexpr int kThreads = 256;
+inline constexpr int kThreads = 256;   // 8 warps per block
 inline constexpr int kTileRows = 128;  // rows (token copies) per GEMM task and tokens per gate tile
 inline constexpr int kTileCols = 128;  // output columns per GEMM task
 inline constexpr int kCombineCols = 512;
@@ -20,13 +15,6 @@ inline constexpr int kMaxWorld = 64;
 // Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks, first task
 // taken, last GEMM task finished (the task loop's start when it ran none), combine time.
 inline constexpr int kTraceSlots = 10;
-
-// Barrier of the worker threads (named barrier 1): the roles the producer warpgroup takes no part
-// in synchronize with it, so they never wait for the producer. Orders shared memory like
-// __syncthreads() among the workers.
-__device__ __forceinline__ void sync_workers() {
-  asm volatile("bar.sync 1, %0;" ::"n"(kThreads) : "memory");
-}
 
 enum class Act : int { relu = 0, gelu = 1, silu = 2, swiglu = 3 };
 
@@ -39,7 +27,6 @@ enum class ErrorCode : int {
   bad_route = 4,        // routing produced an out-of-range expert or row
   aborted = 5,          // another block reported an error first
   timeout_peer = 6,     // world > 1: a peer rank did not start, send or return rows in time
-  timeout_pipeline = 7, // a GEMM pipeline stage was not filled or not released in time
 };
 
 // First error wins; sticky across forwards until the host reads and clears it.
@@ -113,12 +100,6 @@ struct WindowLayout {
 };
 
 struct Params {
-  // bf16 (the warp-specialized kernel): the weights as TMA tensor maps, [experts][K][N] with N
-  // innermost, read in boxes of 64 columns x 64 k rows with 128-byte swizzle (host: tensor_maps).
-  // First in the struct: CUtensorMap carries the alignment a tensor map in parameter space needs.
-  CUtensorMap w1_map;  // W1 [experts_local][hidden][w1_columns]
-  CUtensorMap w2_map;  // W2 [experts_local][ffn][hidden]
-
   // Shapes of this call.
   int tokens;      // S, > 0
   int hidden;      // H

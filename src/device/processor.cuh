@@ -1,16 +1,12 @@
 // Processor role: runs GEMM tasks. GEMM0 (x * W1 + b1, activation) writes a 128-row tile of the
 // activation buffer; the last GEMM0 of a row tile publishes that tile's GEMM1 tasks. GEMM1 (h * W2 +
-// b2) writes each row to its (token, choice) slot of the stage buffer (the source rank's, with
-// peers); the last contribution to a token tile publishes that tile's combine tasks (with peers, the
-// source's subscriber does, from the `done` counters GEMM1 adds to).
-// The helpers here say what a task's rows are and what follows a tile; the tile GEMMs themselves
-// are TileGemm (cp.async, tf32/fp32) or the Hopper pipeline (processor_ws.cuh, bf16).
+// b2) writes each row to its (token, choice) slot of the stage buffer; the last contribution to a
+// token tile publishes that tile's combine tasks.
 #pragma once
 
 #include "device/epilogue.cuh"
 #include "device/queue.cuh"
 #include "device/smem.cuh"
-#include "device/transport.cuh"
 
 namespace monomoe::device {
 
@@ -34,124 +30,11 @@ __device__ __forceinline__ RowTile locate_row_tile(const Params& p, const RouteS
   return rt;
 }
 
-__device__ __forceinline__ bool valid_recv_tile(const Params& p, int i, const RecvTile& t) {
-  return i >= 0 && i < p.max_recv_tiles && t.rows > 0 && t.rows <= kTileRows && t.source >= 0 &&
-         t.source < p.world && t.expert_local >= 0 && t.expert_local < p.experts_local;
-}
-
-// The rows of GEMM row tile `tile`: on one GPU a tile of the routed rows, with peers a received
-// tile (world > 1: recv_tiles, rows from the source's inbox segment or, for this rank's own
-// tokens, from x). Its rows are hidden_act rows [hidden_row0, hidden_row0 + rows).
-struct TileRows {
-  int expert;       // into this rank's weights
-  int rows;         // 1..128
-  int first;        // first row in expert_rows (local rows) or in the source's inbox segment
-  int source;       // rank the rows came from
-  int hidden_row0;
-};
-
-// False (and a bad_task error) when the task names no tile.
-__device__ __forceinline__ bool tile_rows(const Params& p, const RouteSmem& rs, int tile,
-                                          TileRows& t) {
-  bool ok;
-  if (p.world == 1) {
-    const RowTile rt = locate_row_tile(p, rs, tile);
-    t = {rt.expert, rt.rows, rt.first, 0, rt.first};
-    ok = rt.rows > 0 && rt.expert < p.experts;
-  } else {
-    const RecvTile r = p.recv_tiles[tile];
-    t = {r.expert_local, r.rows, r.first, r.source, tile * kTileRows};
-    ok = valid_recv_tile(p, tile, r);
-  }
-  if (!ok && threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, tile, t.rows);
-  return ok;
-}
-
-__device__ __forceinline__ bool local_rows(const Params& p, const TileRows& t) {
-  return p.world == 1 || t.source == p.rank;
-}
-
-// Row r (< t.rows) of a GEMM0 tile: the token's row of x, or the row that arrived in the inbox.
-template <class Elem>
-__device__ __forceinline__ const Elem* gemm0_row(const Params& p, const TileRows& t, int r) {
-  if (local_rows(p, t)) {
-    const int token = __ldcg(p.expert_rows + t.first + r) / p.topk;
-    return static_cast<const Elem*>(p.x) + static_cast<long long>(token) * p.hidden;
-  }
-  return reinterpret_cast<const Elem*>(p.window + p.wl.inbox) +
-         (static_cast<long long>(t.source) * p.wl.rows_per_source + t.first + r) * p.hidden;
-}
-
-// Where GEMM1 results of a tile go: this rank's stage buffer, or the source rank's.
-template <class Elem>
-__device__ __forceinline__ Elem* gemm1_stage(const Params& p, const TileRows& t) {
-  if (p.world == 1) return static_cast<Elem*>(p.stage);
-  return LsaTransport(p).at<Elem>(p.wl.stage, t.source);
-}
-
-// GEMM1: every row's (token, choice) id at its source and its token tile there (-1 past the end),
-// into ts (threads < 128).
-__device__ __forceinline__ void fill_row_ids(const Params& p, TaskSmem& ts, const TileRows& t) {
-  if (threadIdx.x < kTileRows) {
-    const int r = static_cast<int>(threadIdx.x);
-    int id = -1;
-    if (r < t.rows) {
-      id = local_rows(p, t) ? __ldcg(p.expert_rows + t.first + r)
-                            : __ldcg(reinterpret_cast<const int*>(p.window + p.wl.ids) +
-                                     static_cast<long long>(t.source) * p.wl.rows_per_source +
-                                     t.first + r);
-    }
-    ts.row_id[r] = id;
-    ts.token_tile[r] = id >= 0 ? id / p.topk / kTileRows : -1;
-  }
-}
-
-// Makes the workers' global writes visible GPU-wide before thread 0 signals a counter.
+// Makes this block's global writes visible GPU-wide before thread 0 signals a counter.
 __device__ __forceinline__ void publish_block_writes() {
   __threadfence();
-  sync_workers();
+  __syncthreads();
 }
-
-// After a GEMM0 tile's stores (all workers call): the last of its row tile publishes the GEMM1s.
-__device__ __forceinline__ void finish_gemm0(const Params& p, int tile) {
-  publish_block_writes();
-  if (threadIdx.x == 0) {
-    const int done = atomicAdd(p.rowtile_done + tile, 1) + 1;
-    if (done == p.gemm0_col_tiles) {
-      __threadfence();  // acquire side of the counter: all GEMM0 tiles of the row tile precede
-      push_tasks(p, TaskType::gemm1, tile, 0, p.gemm1_col_tiles);
-    }
-  }
-}
-
-// After a GEMM1 tile's stores (all workers call): one counter update per run of rows that share a
-// token tile (rows are in token order). One GPU: the last contribution to a token tile publishes
-// its combine tasks. With peers: the source's `done` counter, which its subscriber polls.
-__device__ __forceinline__ void finish_gemm1(const Params& p, const TaskSmem& ts, const TileRows& t) {
-  if (p.world == 1) {
-    publish_block_writes();
-  } else {
-    __threadfence_system();  // the result rows precede the counter update, also across GPUs
-    sync_workers();
-  }
-  if (static_cast<int>(threadIdx.x) >= t.rows) return;
-  const int r = static_cast<int>(threadIdx.x);
-  const int tt = ts.token_tile[r];
-  if (r > 0 && ts.token_tile[r - 1] == tt) return;
-  int len = 1;
-  while (r + len < t.rows && ts.token_tile[r + len] == tt) ++len;
-  if (p.world > 1) {
-    LsaTransport(p).add(p.wl.done + 4ull * tt, t.source, len);
-    return;
-  }
-  const int done = atomicAdd(p.tokentile_done + tt, len) + len;
-  if (done == __ldcg(p.tokentile_target + tt)) {
-    __threadfence();
-    push_tasks(p, TaskType::combine, tt, 0, p.combine_col_tiles);
-  }
-}
-
-// ---- The cp.async tile GEMM path (tf32, fp32) ----
 
 // GEMM0 of one row tile: hidden_act[hidden_row0 + r, cols of col_tile] = act(A[r] * W1[expert]
 // + b1) for r < rows, A rows from sm.gemm.rows (filled by the caller).
@@ -207,24 +90,65 @@ __device__ void gemm1_tile(const Params& p, KernelSmem<P>& sm, int expert, int r
 template <class P>
 __device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int col_tile) {
   using Elem = typename P::Elem;
-  TileRows t;
-  if (!tile_rows(p, sm.route, tile, t)) return;
+  const RowTile rt = locate_row_tile(p, sm.route, tile);
+  if (rt.rows <= 0 || rt.expert >= p.experts) {
+    if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, tile, rt.rows);
+    return;
+  }
+  const Elem* x = static_cast<const Elem*>(p.x);
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
-    sm.gemm.rows[r] = r < t.rows ? gemm0_row<Elem>(p, t, r) : nullptr;
+    const Elem* src = nullptr;
+    if (r < rt.rows) {
+      const int token = __ldcg(p.expert_rows + rt.first + r) / p.topk;
+      src = x + static_cast<long long>(token) * p.hidden;
+    }
+    sm.gemm.rows[r] = src;
   }
-  gemm0_tile<P>(p, sm, t.expert, t.rows, t.hidden_row0, col_tile);
-  finish_gemm0(p, tile);
+  gemm0_tile<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile);
+
+  publish_block_writes();
+  if (threadIdx.x == 0) {
+    const int done = atomicAdd(p.rowtile_done + tile, 1) + 1;
+    if (done == p.gemm0_col_tiles) {
+      __threadfence();  // acquire side of the counter: all GEMM0 tiles of the row tile precede
+      push_tasks(p, TaskType::gemm1, tile, 0, p.gemm1_col_tiles);
+    }
+  }
 }
 
 template <class P>
 __device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int col_tile) {
   using Elem = typename P::Elem;
-  TileRows t;
-  if (!tile_rows(p, sm.route, tile, t)) return;
-  fill_row_ids(p, sm.task, t);
-  gemm1_tile<P>(p, sm, t.expert, t.rows, t.hidden_row0, col_tile, gemm1_stage<Elem>(p, t));
-  finish_gemm1(p, sm.task, t);
+  const RowTile rt = locate_row_tile(p, sm.route, tile);
+  if (rt.rows <= 0 || rt.expert >= p.experts) {
+    if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, tile, rt.rows);
+    return;
+  }
+  if (threadIdx.x < kTileRows) {
+    const int r = static_cast<int>(threadIdx.x);
+    const bool valid = r < rt.rows;
+    const int id = valid ? __ldcg(p.expert_rows + rt.first + r) : -1;
+    sm.task.row_id[r] = id;
+    sm.task.token_tile[r] = valid ? id / p.topk / kTileRows : -1;
+  }
+  gemm1_tile<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile, static_cast<Elem*>(p.stage));
+
+  publish_block_writes();
+  // One counter update per run of rows that share a token tile (rows are in token order).
+  if (static_cast<int>(threadIdx.x) < rt.rows) {
+    const int r = static_cast<int>(threadIdx.x);
+    const int tt = sm.task.token_tile[r];
+    if (r == 0 || sm.task.token_tile[r - 1] != tt) {
+      int len = 1;
+      while (r + len < rt.rows && sm.task.token_tile[r + len] == tt) ++len;
+      const int done = atomicAdd(p.tokentile_done + tt, len) + len;
+      if (done == __ldcg(p.tokentile_target + tt)) {
+        __threadfence();
+        push_tasks(p, TaskType::combine, tt, 0, p.combine_col_tiles);
+      }
+    }
+  }
 }
 
 }  // namespace monomoe::device

@@ -50,32 +50,34 @@ __device__ __forceinline__ bool wait_slot_or_end(const Params& p, unsigned int i
   }
 }
 
-// One thread takes the next task: false when all `total` tasks are taken or the launch aborted.
-// total < 0: the count comes from the subscriber (world > 1). out.head holds the TaskType.
-__device__ __forceinline__ bool take_task(const Params& p, int total, Task& out) {
-  out.head = 0;
-  const unsigned int idx = atomicAdd(&p.control->queue_head, 1u);
-  const Task* slot = p.tasks + idx;
-  if (total < 0) {
-    if (!wait_slot_or_end(p, idx)) return false;
-  } else if (idx >= static_cast<unsigned int>(total) ||
-             !wait_at_least(p, &slot->head, p.epoch << 2, ErrorCode::timeout_queue,
-                            static_cast<int>(idx))) {
-    return false;
-  }
-  out.head = __ldcg(&slot->head) & 3u;
-  out.a = __ldcg(&slot->a);
-  out.b = __ldcg(&slot->b);
-  out.c = __ldcg(&slot->c);
-  return true;
-}
-
 // Takes the next task for the whole block (thread 0 waits, the block reads sm.task). Returns false
-// when all `total` tasks are taken or the launch aborted.
+// when all `total` tasks are taken or the launch aborted. total < 0: the count comes from the
+// subscriber (world > 1).
 __device__ __forceinline__ bool pop_task(const Params& p, TaskSmem& ts, int total) {
-  sync_workers();  // everyone is done with the previous task descriptor
-  if (threadIdx.x == 0) take_task(p, total, ts.task);
-  sync_workers();
+  __syncthreads();  // everyone is done with the previous task descriptor
+  if (threadIdx.x == 0) {
+    ts.task.head = 0;
+    const unsigned int idx = atomicAdd(&p.control->queue_head, 1u);
+    if (total < 0) {
+      if (wait_slot_or_end(p, idx)) {
+        const Task* slot = p.tasks + idx;
+        ts.task.head = __ldcg(&slot->head) & 3u;
+        ts.task.a = __ldcg(&slot->a);
+        ts.task.b = __ldcg(&slot->b);
+        ts.task.c = __ldcg(&slot->c);
+      }
+    } else if (idx < static_cast<unsigned int>(total)) {
+      Task* slot = p.tasks + idx;
+      if (wait_at_least(p, &slot->head, p.epoch << 2, ErrorCode::timeout_queue,
+                        static_cast<int>(idx))) {
+        ts.task.head = __ldcg(&slot->head) & 3u;
+        ts.task.a = __ldcg(&slot->a);
+        ts.task.b = __ldcg(&slot->b);
+        ts.task.c = __ldcg(&slot->c);
+      }
+    }
+  }
+  __syncthreads();
   return ts.task.head != 0;
 }
 

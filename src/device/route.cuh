@@ -13,9 +13,8 @@ namespace monomoe::device {
 // (a serial loop would pay one L2 round trip per tile).
 __device__ __forceinline__ void scan_tile_counts(const Params& p) {
   const int lane = static_cast<int>(threadIdx.x) % 32;
-  // Workers only (kThreads per block): the bf16 kernel's producer warpgroup takes no part.
-  const int warp = static_cast<int>(blockIdx.x * kThreads + threadIdx.x) / 32;
-  const int warps = static_cast<int>(gridDim.x) * kThreads / 32;
+  const int warp = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x) / 32;
+  const int warps = static_cast<int>(gridDim.x * blockDim.x) / 32;
   for (int e = warp; e < p.experts; e += warps) {
     int run = 0;
     for (int base = 0; base < p.token_tiles; base += 32) {
@@ -40,7 +39,7 @@ __device__ __forceinline__ void summarize_routes(const Params& p, RouteSmem& rs)
   for (int e = threadIdx.x; e < p.experts; e += kThreads) {
     rs.kept[e] = min(__ldcg(p.expert_count + e), p.capacity);
   }
-  sync_workers();
+  __syncthreads();
   if (threadIdx.x == 0) {
     int rows = 0, tiles = 0;
     for (int e = 0; e < p.experts; ++e) {
@@ -54,7 +53,7 @@ __device__ __forceinline__ void summarize_routes(const Params& p, RouteSmem& rs)
     rs.row_tiles = tiles;
     rs.total_tasks = tiles * (p.gemm0_col_tiles + p.gemm1_col_tiles) + p.token_tiles * p.combine_col_tiles;
   }
-  sync_workers();
+  __syncthreads();
 }
 
 // Phase 3: places the choices of one token tile. A choice's position within its expert is the tile's
@@ -70,7 +69,7 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
   if (threadIdx.x == 0) kept_in_tile = 0;
   constexpr int kWords = kTileRows / 32;
   for (int i = threadIdx.x; i < p.experts * kWords; i += kThreads) (&rs.row_mask[0][0])[i] = 0;
-  sync_workers();
+  __syncthreads();
   // Which rows chose each expert (a token chooses an expert at most once): OR is order-free.
   for (int i = threadIdx.x; i < rows * k; i += kThreads) {
     const int r = i / k;
@@ -78,7 +77,7 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
     // An invalid choice (a NaN logit) was already reported by the gate; skip it here.
     if (e >= 0 && e < p.experts) atomicOr(&rs.row_mask[e][r / 32], 1u << (r % 32));
   }
-  sync_workers();
+  __syncthreads();
   if (static_cast<int>(threadIdx.x) < rows) {
     const int r = static_cast<int>(threadIdx.x);
     const int t = first + r;
@@ -101,9 +100,9 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
     }
     atomicAdd(&kept_in_tile, kept);
   }
-  sync_workers();
+  __syncthreads();
   if (threadIdx.x == 0) p.tokentile_target[tile] = kept_in_tile * p.gemm1_col_tiles;
-  sync_workers();
+  __syncthreads();
 }
 
 }  // namespace monomoe::device

@@ -1,7 +1,6 @@
 // The kernel's shared memory: one struct per role, one union-free struct for the whole block.
 #pragma once
 
-#include "device/gemm/sm90_pipeline.cuh"
 #include "device/gemm/tile_gemm.cuh"
 #include "device/params.cuh"
 
@@ -30,11 +29,9 @@ struct TaskSmem {
 
 template <class P>
 struct KernelSmem {
-  GemmSmem<P> gemm;  // the bf16 kernel's task loop keeps its ring of stages here (sm90_pipeline)
+  GemmSmem<P> gemm;
   RouteSmem route;
   TaskSmem task;
-  RingSmem<P::kStages> ring;  // barriers and stage tasks of that ring
-  int prepared;               // the workers finished the phases before the task loop
 };
 
 }  // namespace monomoe::device

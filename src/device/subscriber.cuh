@@ -20,7 +20,7 @@ __device__ void publish_initial_tasks(const Params& p, KernelSmem<P>& sm) {
       raise_error(p, ErrorCode::bad_task, static_cast<int>(base) + n, p.max_tasks);
     }
   }
-  sync_workers();
+  __syncthreads();
   const int base = sm.task.queue_base;
   if (base + n <= p.max_tasks) {
     for (int i = threadIdx.x; i < n; i += kThreads) {

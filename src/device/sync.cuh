@@ -68,13 +68,13 @@ __device__ __forceinline__ bool grid_barrier(const Params& p, unsigned int n) {
   __shared__ int ok;
   // Each thread's fence publishes its own global writes before the block's arrival is counted.
   __threadfence();
-  sync_workers();
+  __syncthreads();
   if (threadIdx.x == 0) {
     atomicAdd(&p.control->barrier, 1u);
     ok = wait_at_least(p, &p.control->barrier, n * gridDim.x, ErrorCode::timeout_barrier,
                        static_cast<int>(n));
   }
-  sync_workers();
+  __syncthreads();
   return ok != 0;
 }
 

@@ -9,7 +9,6 @@
 
 #include "device/launch.hpp"
 #include "host/check.hpp"
-#include "host/tensor_maps.hpp"
 #include "host/window.hpp"
 #include "host/workspace.hpp"
 #include "monomoe/error.hpp"
@@ -47,10 +46,6 @@ std::string describe_kernel_error(const device::ErrorRecord& e, double timeout_s
          << " within " << timeout_s
          << " s: is every rank calling forward() the same number of times, and alive?";
       break;
-    case device::ErrorCode::timeout_pipeline:
-      os << "a GEMM pipeline stage (thread " << e.detail0 << ") was not filled or released within "
-         << 4 * timeout_s << " s";
-      break;
     case device::ErrorCode::bad_route:
       os << "token " << e.detail0 << " routed to expert " << e.detail1
          << " (out of range: are there NaN/inf values in x or the gate weight?)";
@@ -77,8 +72,6 @@ struct MoELayer::Impl {
   long long* trace = nullptr;  // [grid, kTraceSlots] while tracing is on
   // world > 1: the symmetric window peers write into.
   std::unique_ptr<detail::SymmetricWindow> window;
-  // bf16: the weights as TMA tensor maps (the kernel's producer warpgroup reads them).
-  CUtensorMap w1_map{}, w2_map{};
 
   template <class T>
   T* at(std::size_t offset) const {
@@ -148,13 +141,6 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
     // is collective: every rank constructs its MoELayer in the same order.
     m.window = detail::SymmetricWindow::open(comm, m.plan.window.total);
   }
-  if (config.dtype == DType::bf16) {
-    const std::int64_t el = config.experts_per_rank();
-    m.w1_map = detail::weight_tensor_map(weights.w1, el, config.hidden, config.w1_columns(),
-                                         config.dtype, "ExpertWeights.w1");
-    m.w2_map = detail::weight_tensor_map(weights.w2, el, config.ffn, config.hidden, config.dtype,
-                                         "ExpertWeights.w2");
-  }
   // The gate is small: keep a copy padded to whole column tiles (the kernel's 16-byte loads then
   // never straddle a row). Weights are read from the caller's memory at every forward otherwise.
   const std::size_t elem = element_bytes(config.dtype);
@@ -193,8 +179,6 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   }
 
   device::Params p{};
-  p.w1_map = m.w1_map;
-  p.w2_map = m.w2_map;
   p.tokens = static_cast<int>(tokens);
   p.hidden = static_cast<int>(c.hidden);
   p.ffn = static_cast<int>(c.ffn);

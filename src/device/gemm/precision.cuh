@@ -26,9 +26,6 @@ struct PrecBf16 {
   static constexpr int kExpertBN = 256;  // output columns of an expert GEMM task
   static constexpr bool kRoundToTf32 = false;
   static constexpr bool kWgmma = true;
-  // Expert GEMM tasks on the Hopper pipeline (TMA + cp.async producer warpgroup, processor_ws.cuh);
-  // the gate GEMM stays on TileGemm.
-  static constexpr bool kWarpSpecialized = true;
   template <int BN>
   using TiledMma = std::conditional_t<
       BN == 256,
@@ -57,7 +54,6 @@ struct PrecTf32 {
   static constexpr int kExpertBN = 128;
   static constexpr bool kRoundToTf32 = true;
   static constexpr bool kWgmma = false;  // wgmma's tf32 needs K-major B; the weights are N-major
-  static constexpr bool kWarpSpecialized = false;
   template <int BN>
   using TiledMma = decltype(cute::make_tiled_mma(
       cute::MMA_Atom<cute::SM80_16x8x8_F32TF32TF32F32_TN>{},
@@ -81,7 +77,6 @@ struct PrecFp32 {
   static constexpr int kStages = 3;
   static constexpr bool kRoundToTf32 = false;
   static constexpr bool kWgmma = false;
-  static constexpr bool kWarpSpecialized = false;
   static constexpr int kExpertBN = 128;
   template <int BN>
   using TiledMma = decltype(cute::make_tiled_mma(

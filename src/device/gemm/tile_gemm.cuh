@@ -178,7 +178,7 @@ struct TileGemm : TileShapes<P, BN> {
   static __device__ void run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
                                    int valid_lo, int valid_hi, int k_total) {
     using namespace cute;
-    sync_workers();  // sm.rows written by the caller; the previous result fully consumed
+    __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
 
     typename P::template TiledMma<BN> mma;
     auto thr = mma.get_thread_slice(threadIdx.x);
@@ -207,7 +207,7 @@ struct TileGemm : TileShapes<P, BN> {
     for (int kt = 0; kt < k_tiles; ++kt) {
       cp_async_wait<kStages - 3>();
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async -> wgmma reads
-      sync_workers();  // stage kt complete for every thread's copies; k-tile kt-2 done everywhere
+      __syncthreads();  // stage kt complete for every thread's copies; k-tile kt-2 done everywhere
       const int stage = kt % kStages;
       warpgroup_arrive();
       gemm(mma, tCrA(_, _, _, stage), tCrB(_, _, _, stage), acc);
@@ -220,7 +220,7 @@ struct TileGemm : TileShapes<P, BN> {
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc);
     cp_async_wait<0>();
-    sync_workers();  // all MMAs have read the pipeline: the buffer becomes the result tile
+    __syncthreads();  // all MMAs have read the pipeline: the buffer becomes the result tile
     store_result(sm, thr, acc);
   }
 
@@ -233,14 +233,14 @@ struct TileGemm : TileShapes<P, BN> {
                     make_stride(Int<kCPitch>{}, Int<1>{})));
     Tensor tCsC = thr.partition_C(sC);
     copy(acc, tCsC);
-    sync_workers();
+    __syncthreads();
   }
 
   // Ampere-style: ldmatrix/ld.shared into registers, mma.sync (tf32) or FMA (fp32).
   static __device__ void run_mma_sync(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
                                       int valid_lo, int valid_hi, int k_total) {
     using namespace cute;
-    sync_workers();  // sm.rows written by the caller; the previous result fully consumed
+    __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
 
     typename P::template TiledMma<BN> mma;
     auto thr = mma.get_thread_slice(threadIdx.x);
@@ -272,7 +272,7 @@ struct TileGemm : TileShapes<P, BN> {
       cp_async_wait<kStages - 2>();
       // Stage kt has landed for every thread, and every thread is done with stage kt-1, which the
       // load below overwrites.
-      sync_workers();
+      __syncthreads();
       const int next = kt + kStages - 1;
       if (next < k_tiles) load_stage(sm, chunks, ldb, next, next % kStages);
       cp_async_commit();
@@ -290,7 +290,7 @@ struct TileGemm : TileShapes<P, BN> {
       }
     }
     cp_async_wait<0>();
-    sync_workers();  // all MMAs have read the pipeline: the buffer becomes the result tile
+    __syncthreads();  // all MMAs have read the pipeline: the buffer becomes the result tile
     store_result(sm, thr, acc);
   }
 };
