@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
-#include <functional>
 #include <iomanip>
 #include <ostream>
 #include <random>
@@ -13,7 +12,10 @@
 #include <vector>
 
 #include "baseline/baseline.hpp"
+#include "bench/ceiling.hpp"
 #include "bench/device_problem.hpp"
+#include "bench/metrics.hpp"
+#include "bench/timing.hpp"
 #include "host/check.hpp"
 #include "launch/join.hpp"
 #include "launch/workers.hpp"
@@ -24,33 +26,10 @@ namespace monomoe::bench {
 
 namespace {
 
-struct Timing {
-  double median_ms = 0.0, min_ms = 0.0, max_ms = 0.0;
-};
-
-// Times `call` with device events around each call after `warmup` untimed calls.
-Timing time_calls(const std::function<void()>& call, int warmup, int iterations,
-                  cudaStream_t stream) {
-  for (int i = 0; i < warmup; ++i) call();
-  MONOMOE_CUDA(cudaStreamSynchronize(stream));
-  std::vector<cudaEvent_t> ev(2 * static_cast<std::size_t>(iterations));
-  for (auto& e : ev) MONOMOE_CUDA(cudaEventCreate(&e));
-  for (int i = 0; i < iterations; ++i) {
-    MONOMOE_CUDA(cudaEventRecord(ev[2 * i], stream));
-    call();
-    MONOMOE_CUDA(cudaEventRecord(ev[2 * i + 1], stream));
-  }
-  MONOMOE_CUDA(cudaStreamSynchronize(stream));
-  std::vector<double> ms;
-  for (int i = 0; i < iterations; ++i) {
-    float t = 0.f;
-    MONOMOE_CUDA(cudaEventElapsedTime(&t, ev[2 * i], ev[2 * i + 1]));
-    ms.push_back(t);
-  }
-  for (auto& e : ev) cudaEventDestroy(e);
-  std::sort(ms.begin(), ms.end());
-  return {ms[ms.size() / 2], ms.front(), ms.back()};
-}
+// The dense GEMM ceiling's calls: each is some 2 ms, so a few warm-ups settle cuBLAS's choice and
+// the clocks, and the median of 20 is stable without making the bench noticeably longer.
+constexpr int kCeilingWarmup = 5;
+constexpr int kCeilingIterations = 20;
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -120,10 +99,10 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   const std::string tag = world > 1 ? "[rank " + std::to_string(rank) + "] " : "";
   if (rank == 0) out << "monomoe bench: " << cfg.describe() << "\n";
   auto t0 = std::chrono::steady_clock::now();
-  progress << "[1/5] generating inputs (seed " << o.seed << ")..." << std::endl;
+  progress << "[1/7] generating inputs (seed " << o.seed << ")..." << std::endl;
   const reference::Problem pr = reference::make_problem(
       cfg, std::vector<std::int64_t>(static_cast<std::size_t>(world), s), o.seed);
-  progress << "[2/5] reference on the CPU (" << (cfg.capacity_factor > 0 || s <= o.sample_tokens
+  progress << "[2/7] reference on the CPU (" << (cfg.capacity_factor > 0 || s <= o.sample_tokens
                                                      ? std::to_string(s)
                                                      : std::to_string(o.sample_tokens))
            << " tokens)..." << std::endl;
@@ -131,7 +110,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   progress << "      done in " << std::fixed << std::setprecision(1) << seconds_since(t0) << " s"
            << std::endl;
 
-  progress << "[3/5] uploading and checking correctness..." << std::endl;
+  progress << "[3/7] uploading and checking correctness..." << std::endl;
   Communicator comm(w.id, rank, world, w.device);
   launch::finish_rendezvous(w);
   DeviceProblem dev(pr, rank);
@@ -170,16 +149,39 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     return 1;
   }
 
-  progress << "[4/5] timing monomoe (" << o.warmup << " warm-up + " << o.iterations
+  progress << "[4/7] timing monomoe (" << o.warmup << " warm-up + " << o.iterations
            << " calls)..." << std::endl;
   const Timing tf = time_calls([&] { layer.forward(dev.x(), s, dev.y(), stream); }, o.warmup,
                                o.iterations, stream);
   layer.synchronize();
   Timing tb;
   if (base) {
-    progress << "[5/5] timing the baseline pipeline..." << std::endl;
+    progress << "[5/7] timing the baseline pipeline..." << std::endl;
     tb = time_calls([&] { base->forward(dev.x(), s, dev.y(), stream); }, o.warmup, o.iterations,
                     stream);
+  }
+  // The baseline's expert FFN alone, rerun on the rows of its last timed forward. The rerun calls
+  // no NCCL, so every rank times its own (each GPU does the same work, as in the forwards) and
+  // rank 0 prints its own: with world > 1, the rows it received.
+  Timing tffn;
+  std::int64_t ffn_rows = 0;
+  if (base) {
+    ffn_rows = base->expert_ffn_rows();
+    progress << "[6/7] timing the baseline's expert FFN alone (" << ffn_rows << " rows)..."
+             << std::endl;
+    if (ffn_rows > 0) {
+      // The first rerun after a forward builds its pointer arrays (host round trips): untimed.
+      base->rerun_expert_ffn(stream);
+      tffn = time_calls([&] { base->rerun_expert_ffn(stream); }, o.warmup, o.iterations, stream);
+    }
+  }
+  // Every rank measures its own GPU's ceiling: no rank idles at a collective meanwhile.
+  DenseCeiling ceiling;
+  if (o.ceiling) {
+    ceiling = dense_ceiling_shape(cfg.dtype);
+    progress << "[7/7] dense GEMM ceiling (cuBLAS " << ceiling.m << " x " << ceiling.n << " x "
+             << ceiling.k << ", " << ceiling.math << ")..." << std::endl;
+    ceiling = measure_dense_ceiling(cfg.dtype, kCeilingWarmup, kCeilingIterations, stream);
   }
   const ForwardStats st = layer.stats();
   if (o.trace) {
@@ -191,11 +193,11 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   const double base_bytes = base ? static_cast<double>(base->bytes_sent()) : 0.0;
   if (rank != 0) return 0;
 
-  // Expert FFN work: every kept (token, expert) row through GEMM0 and GEMM1.
-  const double rows = static_cast<double>(s * cfg.topk - st.dropped);
-  const double flop =
-      rows * (2.0 * cfg.hidden * cfg.w1_columns() + 2.0 * cfg.ffn * cfg.hidden);
-  const auto tflops = [&](double ms) { return flop / (ms * 1e-3) / 1e12; };
+  // Expert FFN work: every kept (token, expert) row of rank 0's tokens through GEMM0 and GEMM1.
+  const double flop = ffn_flop(s * cfg.topk - st.dropped, cfg);
+  const auto ffn_tflops = [&](double ms) { return tflops(flop, ms); };
+  const double ffn_alone_tflops = tflops(ffn_flop(ffn_rows, cfg), tffn.median_ms);
+  const double floor_ms = compute_floor_ms(flop, ceiling.tflops);
   // All ranks' tokens per second (every rank runs the same count in lockstep).
   const auto tokens_per_s = [&](double ms) {
     return static_cast<double>(s) * world / (ms * 1e-3);
@@ -213,7 +215,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     out << std::left << std::setw(10) << name << std::right << std::setprecision(3)
         << std::setw(12) << t.median_ms << std::setw(10) << t.min_ms << std::setprecision(0)
         << std::setw(14) << tokens_per_s(t.median_ms) << std::setprecision(1) << std::setw(14)
-        << tflops(t.median_ms);
+        << ffn_tflops(t.median_ms);
     if (world > 1) {
       out << std::setw(12) << moved * 1e-6 << std::setw(10) << moved / (t.median_ms * 1e-3) * 1e-9;
     }
@@ -230,6 +232,28 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     out << "; FFN TFLOP/s per GPU; MB sent = rank 0's rows to other ranks' experts, out and back";
   }
   out << "\n";
+  // What the table's rates compare with: the baseline's GEMMs without its routing and exchanges,
+  // and the chip's dense GEMM rate with the time the FFN's FLOP take at it.
+  if (base) {
+    out << "baseline expert FFN alone (grouped GEMM0 + activation + grouped GEMM1"
+        << (world > 1 ? ", rank 0's own, on the rows it received" : "") << "): ";
+    if (ffn_rows == 0) {
+      out << "no rows\n";
+    } else {
+      out << std::setprecision(3) << tffn.median_ms << " ms median, " << std::setprecision(1)
+          << ffn_alone_tflops << " TFLOP/s, " << ffn_rows << " rows; " << std::setprecision(0)
+          << 100.0 * tffn.median_ms / tb.median_ms << " % of the baseline's median\n";
+    }
+  }
+  if (o.ceiling) {
+    out << "dense GEMM ceiling: " << std::setprecision(1) << ceiling.tflops
+        << " TFLOP/s (one cuBLAS GEMM " << ceiling.m << " x " << ceiling.n << " x " << ceiling.k
+        << ", " << ceiling.math << ", median of " << kCeilingIterations << ")\n"
+        << "compute floor: " << std::setprecision(3) << floor_ms << " ms (FFN FLOP"
+        << (world > 1 ? " of rank 0's tokens" : "")
+        << " / ceiling); monomoe median / floor: " << std::setprecision(2)
+        << tf.median_ms / floor_ms << "x\n";
+  }
 
   if (!o.json_path.empty()) {
     std::ofstream js(o.json_path);
@@ -238,13 +262,24 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
        << o.iterations << ",\n  \"correct\": " << (fused.passed ? "true" : "false")
        << ",\n  \"rel_error\": " << fused.rel_error << ",\n  \"monomoe\": {\"median_ms\": "
        << tf.median_ms << ", \"min_ms\": " << tf.min_ms << ", \"tflops\": "
-       << tflops(tf.median_ms) << ", \"tokens_per_s\": " << tokens_per_s(tf.median_ms)
+       << ffn_tflops(tf.median_ms) << ", \"tokens_per_s\": " << tokens_per_s(tf.median_ms)
        << ", \"bytes_sent\": " << bytes << "}";
     if (base) {
       js << ",\n  \"baseline\": {\"median_ms\": " << tb.median_ms << ", \"min_ms\": " << tb.min_ms
-         << ", \"tflops\": " << tflops(tb.median_ms) << ", \"bytes_sent\": " << base_bytes
+         << ", \"tflops\": " << ffn_tflops(tb.median_ms) << ", \"bytes_sent\": " << base_bytes
          << "},\n  \"speedup\": "
          << tb.median_ms / tf.median_ms;
+      js << ",\n  \"baseline_ffn\": {\"median_ms\": " << tffn.median_ms
+         << ", \"min_ms\": " << tffn.min_ms << ", \"tflops\": " << ffn_alone_tflops
+         << ", \"rows\": " << ffn_rows << "}";
+    }
+    if (o.ceiling) {
+      js << ",\n  \"dense_ceiling\": {\"tflops\": " << ceiling.tflops
+         << ", \"median_ms\": " << ceiling.timing.median_ms << ", \"m\": " << ceiling.m
+         << ", \"n\": " << ceiling.n << ", \"k\": " << ceiling.k << ", \"math\": \"" << ceiling.math
+         << "\"},\n  \"dense_ceiling_tflops\": " << ceiling.tflops
+         << ",\n  \"compute_floor_ms\": " << floor_ms
+         << ",\n  \"monomoe_over_floor\": " << tf.median_ms / floor_ms;
     }
     js << "\n}\n";
     if (!js) throw ConfigError("bench: cannot write --json " + o.json_path);

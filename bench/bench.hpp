@@ -25,7 +25,8 @@ struct BenchOptions {
   int iterations = 50;      // timed calls; the median is reported
   std::uint64_t seed = 1;
   int sample_tokens = 512;  // tokens checked against the reference (all when the config is small)
-  bool baseline = true;     // also time the conventional pipeline
+  bool baseline = true;     // also time the conventional pipeline and its expert FFN alone
+  bool ceiling = true;      // also measure the dense GEMM ceiling (bench/ceiling.hpp)
   std::string json_path;    // write the results as JSON when non-empty
   bool trace = false;       // print where the kernel's time goes (per-phase block times)
   bool isolate = false;     // run even one GPU in a forked worker (the caller forks again later)

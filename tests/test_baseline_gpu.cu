@@ -278,6 +278,45 @@ TEST(BaselineGpu, Deterministic) {
   }
 }
 
+// rerun_expert_ffn() repeats the last forward's expert FFN alone (bench times it that way): on any
+// stream, following each forward's row count as it grows, shrinks or drops to none, it leaves y,
+// the routing and the next forward's output bit for bit as they were.
+TEST(BaselineGpu, RerunExpertFfnAlone) {
+  MONOMOE_REQUIRE_GPU();
+  for (DType d : {DType::bf16, DType::tf32, DType::fp32}) {
+    LayerConfig c = small(d, Activation::swiglu);
+    c.capacity_factor = d == DType::tf32 ? 0.5 : 0.0;  // once with dropped rows
+    const reference::Problem pr = reference::make_problem(c, {c.max_tokens}, 91);
+    const test::DeviceWeights w = test::upload_weights(pr, 0);
+    const test::DeviceArray x = test::upload_x(pr, 0);
+    test::DeviceArray y = test::alloc_y(c, c.max_tokens);
+    baseline::Pipeline pipe(c, w.view());
+    const Stream other;
+    for (std::int64_t tokens : {37, 256, 0, 100}) {
+      SCOPED_TRACE(std::string(to_string(d)) + ", tokens " + std::to_string(tokens));
+      test::poison(y);
+      pipe.forward(x.get(), tokens, y.get(), nullptr);
+      const std::vector<float> first = test::download_y(y.get(), tokens, c);
+      std::vector<std::int32_t> experts, experts_after;
+      std::vector<float> weights, weights_after;
+      pipe.routing(experts, weights);
+      EXPECT_EQ(pipe.expert_ffn_rows(), tokens * c.topk - pipe.dropped());
+      for (int i = 0; i < 3; ++i) pipe.rerun_expert_ffn(i == 1 ? other.s : nullptr);
+      test::check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize after the reruns");
+      const std::vector<float> after = test::download_y(y.get(), tokens, c);
+      EXPECT_EQ(0, std::memcmp(first.data(), after.data(), after.size() * sizeof(float)))
+          << "a rerun wrote y";
+      pipe.routing(experts_after, weights_after);
+      EXPECT_EQ(experts, experts_after);
+      test::poison(y);
+      pipe.forward(x.get(), tokens, y.get(), nullptr);
+      const std::vector<float> again = test::download_y(y.get(), tokens, c);
+      EXPECT_EQ(0, std::memcmp(first.data(), again.data(), again.size() * sizeof(float)))
+          << "the forward after the reruns differs";
+    }
+  }
+}
+
 TEST(BaselineGpu, InvalidArguments) {
   MONOMOE_REQUIRE_GPU();
   const LayerConfig c = small(DType::fp32, Activation::gelu);

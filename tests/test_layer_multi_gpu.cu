@@ -70,6 +70,20 @@ int run_cases(int rank, int world, const UniqueId& id) {
                 bok ? "PASS" : "FAIL", tc.name, bc.summary().c_str(),
                 static_cast<long long>(pipe.dropped()), static_cast<long long>(want_drops));
     failed += bok ? 0 : 1;
+
+    // The FFN rerun that bench times on each rank (received rows, no NCCL) leaves the next
+    // collective forward's output bit for bit as it was.
+    const std::vector<float> base_y = dev.y_host();
+    for (int i = 0; i < 3; ++i) pipe.rerun_expert_ffn(nullptr);
+    dev.poison_y();
+    pipe.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
+    const std::vector<float> again = dev.y_host();
+    const bool rok = std::memcmp(base_y.data(), again.data(), again.size() * sizeof(float)) == 0;
+    std::printf(
+        "[rank %d/%d] %s baseline %s: forward after 3 FFN reruns on %lld received rows %s\n", rank,
+        world, rok ? "PASS" : "FAIL", tc.name, static_cast<long long>(pipe.expert_ffn_rows()),
+        rok ? "identical" : "differs");
+    failed += rok ? 0 : 1;
   }
   return failed;
 }

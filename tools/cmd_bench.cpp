@@ -82,6 +82,7 @@ int run_bench_command(const ParsedArgs& args) {
   o.iterations = static_cast<int>(args.int_in("--iters", o.iterations, 1, 100000));
   o.sample_tokens = static_cast<int>(args.int_in("--sample", o.sample_tokens, 1, 1 << 30));
   o.baseline = !args.has("--no-baseline");
+  o.ceiling = !args.has("--no-ceiling");
   o.json_path = args.string_or("--json", "");
   o.trace = args.has("--trace");
   o.join = parse_join(args);
@@ -181,14 +182,18 @@ Command bench_command() {
           "baseline with the float64 CPU reference on --sample tokens (all tokens for small\n"
           "configs) and checks every output was written; then times --iters calls of each after\n"
           "--warmup untimed ones with CUDA events and prints the median latency, the expert-FFN\n"
-          "TFLOP/s and the ratio. Exit status 1 when a result is wrong. Example:\n"
+          "TFLOP/s and the ratio. After the table: the baseline's expert FFN alone (its grouped\n"
+          "GEMMs and activation, rerun on its last forward's rows), the GPU's dense GEMM ceiling\n"
+          "(one large cuBLAS GEMM in the config's precision) and the compute floor (FFN FLOP /\n"
+          "ceiling) with monomoe's distance to it. Exit status 1 when a result is wrong. Example:\n"
           "  monomoe bench --gpus 1 --experts 128 --topk 4 --json out.json",
       .options = with_join_options(with_layer_options({
           {"--gpus", "all|N", "GPUs to use, one worker each (default all visible)"},
           {"--warmup", "N", "untimed calls before timing (default 10)"},
           {"--iters", "N", "timed calls; the median is reported (default 50)"},
           {"--sample", "N", "tokens checked against the CPU reference (default 512)"},
-          {"--no-baseline", "", "time monomoe only"},
+          {"--no-baseline", "", "time monomoe only (no baseline, no baseline FFN alone)"},
+          {"--no-ceiling", "", "skip the dense cuBLAS GEMM ceiling and the compute floor"},
           {"--json", "FILE", "also write the results as JSON to FILE"},
           {"--trace", "", "also print per-phase times of one forward (profiling)"},
           {"--sweep", "tokens|experts|gpus", "run a series over one variable; CSV + PNG plot"},

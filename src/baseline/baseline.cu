@@ -17,6 +17,8 @@
 //      rank, so each destination gets one contiguous slice; received rows are source-major;
 //   c. grouped GEMMs with one group per (source, local expert) with rows; the owner adds b2;
 //   d. the all-to-all back into the permuted layout, then the combine of step 6 (without b2).
+// rerun_expert_ffn() repeats only the grouped GEMMs and activation of 5 (or c) for timing them
+// apart; its GEMM1 writes a scratch buffer, since 5 and c write GEMM1 over their own input rows.
 // cuBLAS is column-major: a row-major [m, n] matrix is its column-major transpose, so
 // C = A . B (row-major) is computed as C^T = B^T . A^T with the operands swapped and no transposes.
 //
@@ -124,6 +126,17 @@ struct Pipeline::Impl {
   std::vector<float> alpha, beta;
   std::vector<cublasOperation_t> no_trans;
 
+  // The last forward()'s expert FFN, for rerun_expert_ffn(): its row count, the rows' experts
+  // (for the bias), and the buffer its GEMM1 wrote over its input rows (xp, or recv across ranks).
+  long long ffn_rows = 0;
+  const std::int32_t* ffn_row_expert = nullptr;
+  const char* ffn_out = nullptr;
+  // The rerun's copy of gemm_ptrs with GEMM1's outputs moved to rerun_out; built on the first
+  // rerun after each forward().
+  bool rerun_ready = false;
+  DeviceBuffer rerun_ptrs, rerun_out;
+  std::size_t rerun_out_bytes = 0;
+
   Impl(const LayerConfig& c, const ExpertWeights& weights, Communicator* communicator);
   std::int32_t* plan(int which) const {  // 0 count, 1 begin, 2 offset, 3 kept
     return counts.as<std::int32_t>() + which * cfg.experts;
@@ -138,21 +151,23 @@ struct Pipeline::Impl {
   template <class T>
   void combine(int tokens, const void* out, const void* b2, void* y, cudaStream_t stream);
   // GEMM0 (grouped), bias + activation, GEMM1 (grouped) over the groups in rows_of, operands from
-  // gemm_ptrs (arrays 0-2: W1, rows, pre; 3-5: W2, h, out); row_expert names each row's expert
-  // for its bias.
+  // ptr_arrays (gemm_ptrs, or rerun_ptrs; arrays 0-2: W1, rows, pre; 3-5: W2, h, out);
+  // row_expert names each row's expert for its bias.
   template <class T>
-  void expert_ffn(long long rows, const std::int32_t* row_expert, cudaStream_t stream);
+  void expert_ffn(long long rows, const std::int32_t* row_expert, void** ptr_arrays,
+                  cudaStream_t stream);
+  void prepare_rerun(cudaStream_t stream);
 };
 
 template <class T>
-void Pipeline::Impl::expert_ffn(long long rows, const std::int32_t* row_expert,
+void Pipeline::Impl::expert_ffn(long long rows, const std::int32_t* row_expert, void** ptr_arrays,
                                 cudaStream_t stream) {
   namespace k = kernels;
   const int groups = static_cast<int>(rows_of.size());
   const cudaDataType_t type = cuda_type(cfg.dtype);
   const cublasComputeType_t compute = expert_compute_type(cfg.dtype);
   const auto ptrs = [&](std::size_t i) {
-    return gemm_ptrs.as<void*>() + i * static_cast<std::size_t>(cfg.experts);
+    return ptr_arrays + i * static_cast<std::size_t>(cfg.experts);
   };
   MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
       handles.blas, no_trans.data(), no_trans.data(), m0.data(), rows_of.data(), k0.data(),
@@ -421,7 +436,12 @@ void Pipeline::Impl::experts_local(int tokens, void* y, cudaStream_t stream) {
     if (host_kept[ex] > 0) rows_of.push_back(host_kept[ex]);
     rows += host_kept[ex];
   }
-  if (!rows_of.empty()) expert_ffn<T>(rows, row_expert.as<const std::int32_t>(), stream);
+  ffn_rows = rows;
+  ffn_row_expert = row_expert.as<const std::int32_t>();
+  ffn_out = xp.as<const char>();
+  if (!rows_of.empty()) {
+    expert_ffn<T>(rows, row_expert.as<const std::int32_t>(), gemm_ptrs.as<void*>(), stream);
+  }
 
   // 6. weighted combine; writes every token.
   combine<T>(tokens, xp.as(), w.b2, y, stream);
@@ -521,6 +541,9 @@ void Pipeline::Impl::experts_parallel(int tokens, void* y, cudaStream_t stream) 
   }
   const int groups = static_cast<int>(rows_of.size());
   const auto rows = static_cast<long long>(row);
+  ffn_rows = rows;
+  ffn_row_expert = recv_row_expert.as<const std::int32_t>();
+  ffn_out = recv.as<const char>();
   if (groups > 0) {
     MONOMOE_CUDA(cudaMemcpyAsync(gemm_ptrs.as(), hp, 6 * e * sizeof(void*), cudaMemcpyHostToDevice,
                                  stream));
@@ -528,7 +551,7 @@ void Pipeline::Impl::experts_parallel(int tokens, void* y, cudaStream_t stream) 
       MONOMOE_CUDA(cudaMemcpyAsync(recv_row_expert.as(), hre, row * sizeof(std::int32_t),
                                    cudaMemcpyHostToDevice, stream));
     }
-    expert_ffn<T>(rows, recv_row_expert.as<const std::int32_t>(), stream);
+    expert_ffn<T>(rows, recv_row_expert.as<const std::int32_t>(), gemm_ptrs.as<void*>(), stream);
     if (cfg.bias) {
       const k::AddBiasParams<T> bp{.out = recv.as<T>(),
                                    .b2 = static_cast<const T*>(w.b2),
@@ -545,6 +568,39 @@ void Pipeline::Impl::experts_parallel(int tokens, void* y, cudaStream_t stream) 
   // d. results back into the permuted layout (xp: the dispatch read it before, in stream order).
   exchange(recv.as<char>(), recv_off, xp.as<char>(), send_off);
   combine<T>(tokens, xp.as(), nullptr, y, stream);
+}
+
+// The rerun's pointer arrays: the last forward()'s, with each group's GEMM1 output moved from
+// ffn_out to the same offset in rerun_out, so that a rerun never writes the rows it reads.
+void Pipeline::Impl::prepare_rerun(cudaStream_t stream) {
+  const std::size_t e = sz(cfg.experts);
+  const std::size_t row_bytes = sz(cfg.hidden) * elem;
+  const std::size_t out_bytes = sz(ffn_rows) * row_bytes;
+  if (out_bytes > rerun_out_bytes) {
+    rerun_out = DeviceBuffer(out_bytes);
+    rerun_out_bytes = out_bytes;
+  }
+  if (rerun_ptrs.as() == nullptr) rerun_ptrs = DeviceBuffer(6 * e * sizeof(void*));
+  std::vector<void*> p(6 * e);
+  MONOMOE_CUDA(cudaMemcpyAsync(p.data(), gemm_ptrs.as(), p.size() * sizeof(void*),
+                               cudaMemcpyDeviceToHost, stream));
+  MONOMOE_CUDA(cudaStreamSynchronize(stream));
+  const auto base = reinterpret_cast<std::uintptr_t>(ffn_out);
+  for (std::size_t g = 0; g < rows_of.size(); ++g) {
+    const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(p[5 * e + g]) - base;
+    // Groups tile [0, ffn_rows) rows of ffn_out; anything else would write past rerun_out.
+    if (at + sz(rows_of[g]) * row_bytes > out_bytes) {
+      throw CudaError("baseline::Pipeline::rerun_expert_ffn: GEMM1 output of group " +
+                      std::to_string(g) + " lies outside the last forward's " +
+                      std::to_string(ffn_rows) + " rows");
+    }
+    p[5 * e + g] = rerun_out.as<char>() + at;
+  }
+  MONOMOE_CUDA(cudaMemcpyAsync(rerun_ptrs.as(), p.data(), p.size() * sizeof(void*),
+                               cudaMemcpyHostToDevice, stream));
+  // p is pageable and about to go: the copy must have read it.
+  MONOMOE_CUDA(cudaStreamSynchronize(stream));
+  rerun_ready = true;
 }
 
 Pipeline::Pipeline(const LayerConfig& config, const ExpertWeights& weights)
@@ -564,6 +620,9 @@ void Pipeline::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   m.last_tokens = tokens;
   m.last_dropped = 0;
   m.last_bytes = 0;
+  m.ffn_rows = 0;
+  m.rows_of.clear();
+  m.rerun_ready = false;
   if (tokens == 0 && m.world == 1) return;  // nothing to launch; routing() reads back empty
   require_pointer("forward: x", x, tokens > 0);
   require_pointer("forward: y", y, tokens > 0);
@@ -593,6 +652,26 @@ std::int64_t Pipeline::dropped() const {
 
 std::int64_t Pipeline::bytes_sent() const {
   return impl_->last_bytes;
+}
+
+void Pipeline::rerun_expert_ffn(cudaStream_t stream) {
+  Impl& m = *impl_;
+  if (m.rows_of.empty()) return;
+  // Same buffers as forward(): a call on another stream waits for the last one.
+  MONOMOE_CUDA(cudaStreamWaitEvent(stream, m.handles.done, 0));
+  MONOMOE_CUBLAS(cublasSetStream(m.handles.blas, stream));
+  if (!m.rerun_ready) m.prepare_rerun(stream);
+  void** ptrs = m.rerun_ptrs.as<void*>();
+  if (m.cfg.dtype == DType::bf16) {
+    m.expert_ffn<__nv_bfloat16>(m.ffn_rows, m.ffn_row_expert, ptrs, stream);
+  } else {
+    m.expert_ffn<float>(m.ffn_rows, m.ffn_row_expert, ptrs, stream);
+  }
+  MONOMOE_CUDA(cudaEventRecord(m.handles.done, stream));
+}
+
+std::int64_t Pipeline::expert_ffn_rows() const {
+  return impl_->ffn_rows;
 }
 
 }  // namespace monomoe::baseline

@@ -40,6 +40,19 @@ class Pipeline {
   // out and back (rows * hidden * element size * 2); 0 on one GPU. Counts headers are not included.
   std::int64_t bytes_sent() const;
 
+  // Runs the expert FFN of the last forward() again, alone: grouped GEMM0, bias + activation,
+  // grouped GEMM1 over the same groups and row counts (with world > 1: the rows this rank
+  // received, not its own tokens' rows). For timing the baseline's GEMM part apart from routing
+  // and exchanges. It calls no NCCL, so each rank may run it any number of times, or never.
+  // GEMM1 writes a scratch buffer, not the rows it reads, so every call reads the same rows: those
+  // the last forward()'s GEMM1 left in place of the permuted rows (same count, grouping and scale).
+  // The first call after a forward() synchronizes the stream to build its pointer arrays and
+  // allocates the scratch (rows x hidden) if the one it has is smaller. The last forward()'s y
+  // and routing() are left as they were; nothing runs when it kept no rows.
+  void rerun_expert_ffn(cudaStream_t stream);
+  // Rows that the last forward()'s expert FFN computed on this rank.
+  std::int64_t expert_ffn_rows() const;
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
