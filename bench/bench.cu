@@ -133,7 +133,10 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   std::unique_ptr<baseline::Pipeline> base;
   Comparison base_cmp;
   if (o.baseline) {
-    base = std::make_unique<baseline::Pipeline>(cfg, dev.weights(), comm);
+    // The baseline takes [in, out] weights only: the same weights in that layout.
+    LayerConfig base_cfg = cfg;
+    base_cfg.weight_layout = WeightLayout::in_out;
+    base = std::make_unique<baseline::Pipeline>(base_cfg, dev.weights_in_out(), comm);
     dev.poison_y();
     base->forward(dev.x(), s, dev.y(), stream);
     MONOMOE_CUDA(cudaStreamSynchronize(stream));
@@ -380,6 +383,8 @@ CheckCase draw_case(std::mt19937_64& rng, int world, double timeout_seconds) {
     k.tokens[r] = pick(0, 5) == 0 ? 0 : pick(1, c.max_tokens);
   }
   k.seed = rng();
+  // Drawn last, so that the cases of a seed keep the shapes they had before the layout existed.
+  c.weight_layout = pick(0, 1) == 1 ? WeightLayout::out_in : WeightLayout::in_out;
   return k;
 }
 

@@ -43,12 +43,27 @@ struct Buffer {
   }
 };
 
+// Each of `count` row-major [rows, cols] matrices stored one after the other, transposed to
+// [cols, rows]: the [in, out] weights of the reference as [out, in].
+std::vector<float> transposed(const float* v, std::size_t count, std::size_t rows, std::size_t cols) {
+  std::vector<float> out(count * rows * cols);
+  for (std::size_t m = 0; m < count; ++m) {
+    const float* src = v + m * rows * cols;
+    float* dst = out.data() + m * rows * cols;
+    for (std::size_t r = 0; r < rows; ++r) {
+      for (std::size_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 struct DeviceProblem::Impl {
   DType dtype;
   std::int64_t tokens = 0, hidden = 0;
   Buffer x, y, gate, w1, b1, w2, b2;
+  Buffer gate_t, w1_t, w2_t;  // [in, out] copies when the config's layout is [out, in]
 };
 
 DeviceProblem::DeviceProblem(const reference::Problem& pr, int rank) : impl_(std::make_unique<Impl>()) {
@@ -68,6 +83,19 @@ DeviceProblem::DeviceProblem(const reference::Problem& pr, int rank) : impl_(std
   m.gate = Buffer(pr.gate.data(), pr.gate.size(), c.dtype);
   m.w1 = Buffer(pr.w1.data() + e0 * h * w1c, el * h * w1c, c.dtype);
   m.w2 = Buffer(pr.w2.data() + e0 * f * h, el * f * h, c.dtype);
+  if (c.weight_layout == WeightLayout::out_in) {
+    // The layer gets [out, in]; the [in, out] copies stay for weights_in_out() (the baseline).
+    m.gate_t = std::move(m.gate);  // move-assignment swaps: m.gate is empty after
+    m.w1_t = std::move(m.w1);
+    m.w2_t = std::move(m.w2);
+    const std::size_t e = static_cast<std::size_t>(c.experts);
+    const std::vector<float> gate = transposed(pr.gate.data(), 1, h, e);
+    const std::vector<float> w1 = transposed(pr.w1.data() + e0 * h * w1c, el, h, w1c);
+    const std::vector<float> w2 = transposed(pr.w2.data() + e0 * f * h, el, f, h);
+    m.gate = Buffer(gate.data(), gate.size(), c.dtype);
+    m.w1 = Buffer(w1.data(), w1.size(), c.dtype);
+    m.w2 = Buffer(w2.data(), w2.size(), c.dtype);
+  }
   if (c.bias) {
     m.b1 = Buffer(pr.b1.data() + e0 * w1c, el * w1c, c.dtype);
     m.b2 = Buffer(pr.b2.data() + e0 * h, el * h, c.dtype);
@@ -78,6 +106,11 @@ DeviceProblem::~DeviceProblem() = default;
 
 ExpertWeights DeviceProblem::weights() const {
   return ExpertWeights{impl_->gate.ptr, impl_->w1.ptr, impl_->b1.ptr, impl_->w2.ptr, impl_->b2.ptr};
+}
+ExpertWeights DeviceProblem::weights_in_out() const {
+  const Impl& m = *impl_;
+  if (!m.w1_t.ptr) return weights();
+  return ExpertWeights{m.gate_t.ptr, m.w1_t.ptr, m.b1.ptr, m.w2_t.ptr, m.b2.ptr};
 }
 const void* DeviceProblem::x() const { return impl_->x.ptr; }
 void* DeviceProblem::y() { return impl_->y.ptr; }

@@ -13,7 +13,8 @@
 namespace monomoe::bench {
 
 // Owns device buffers holding rank `rank`'s x and experts of `problem` in the layouts of
-// include/monomoe/layer.hpp (bf16 for DType::bf16, float otherwise), plus an output buffer.
+// include/monomoe/layer.hpp, in the config's weight_layout (bf16 for DType::bf16, float otherwise),
+// plus an output buffer.
 class DeviceProblem {
  public:
   DeviceProblem(const reference::Problem& problem, int rank);
@@ -21,7 +22,10 @@ class DeviceProblem {
   DeviceProblem(const DeviceProblem&) = delete;
   DeviceProblem& operator=(const DeviceProblem&) = delete;
 
-  ExpertWeights weights() const;
+  ExpertWeights weights() const;  // in the problem's LayerConfig.weight_layout
+  // The same weights stored [in, out] (for the baseline pipeline, which takes only that layout);
+  // a second copy on the device when the problem's layout is [out, in].
+  ExpertWeights weights_in_out() const;
   const void* x() const;
   void* y();
   std::int64_t tokens() const;

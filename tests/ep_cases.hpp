@@ -50,6 +50,12 @@ inline std::vector<EpCase> ep_cases(int w) {
                {250, 251, 252, 253}});
   v.push_back({"bf16 32 experts per rank, top-4", ep_base(DType::bf16, Activation::swiglu, 32 * w, 4),
                {384, 333, 222, 111}});
+  for (DType d : {DType::bf16, DType::tf32}) {
+    LayerConfig c = ep_base(d, Activation::swiglu, 4 * w, 2);
+    c.weight_layout = WeightLayout::out_in;
+    v.push_back({d == DType::bf16 ? "bf16 out-in weights" : "tf32 out-in weights", c,
+                 {300, 17, 384, 200}});
+  }
   for (EpCase& c : v) {
     c.cfg.world_size = w;
     c.tokens.resize(static_cast<std::size_t>(w), c.tokens.back());

@@ -272,6 +272,13 @@ TEST(Config, NamesRoundTrip) {
   for (const char* bad : {"", "fp16", "BF16", "fp32 ", "relu"}) {
     EXPECT_FALSE(parse_dtype(bad).has_value()) << bad;
   }
+  for (WeightLayout l : {WeightLayout::in_out, WeightLayout::out_in}) {
+    EXPECT_EQ(parse_weight_layout(to_string(l)), l) << to_string(l);
+  }
+  EXPECT_EQ(to_string(WeightLayout::out_in), "out-in");
+  for (const char* bad : {"", "in_out", "OUT-IN", "nk", "out-in "}) {
+    EXPECT_FALSE(parse_weight_layout(bad).has_value()) << bad;
+  }
   EXPECT_EQ(element_bytes(DType::bf16), 2u);
   EXPECT_EQ(element_bytes(DType::tf32), 4u);
   EXPECT_EQ(element_bytes(DType::fp32), 4u);
@@ -286,6 +293,9 @@ TEST(Config, DescribeNamesTheShape) {
                            "act=swiglu", "dtype=bf16", "world=4"}) {
     EXPECT_NE(d.find(part), std::string::npos) << part << " not in: " << d;
   }
+  EXPECT_EQ(d.find("weights="), std::string::npos) << "the default layout is not spelled out";
+  c.weight_layout = WeightLayout::out_in;
+  EXPECT_NE(c.describe().find("weights=out-in"), std::string::npos) << c.describe();
 }
 
 TEST(Config, ConfigErrorIsAMonomoeError) {

@@ -72,6 +72,28 @@ TEST(LayerGpu, EveryPrecisionAndActivation) {
   }
 }
 
+// Weights in PyTorch's nn.Linear layout ([out, in]): every precision and activation, a shape whose
+// widths are not multiples of the 256-column tiles, and capacity drops.
+TEST(LayerGpu, OutInWeightLayout) {
+  MONOMOE_REQUIRE_GPU();
+  std::uint64_t seed = 400;
+  for (DType d : {DType::bf16, DType::tf32, DType::fp32}) {
+    for (Activation a : {Activation::relu, Activation::gelu, Activation::silu, Activation::swiglu}) {
+      LayerConfig c = small(d, a);
+      c.weight_layout = WeightLayout::out_in;
+      const std::string name = "out-in " + std::string(to_string(d)) + "/" + std::string(to_string(a));
+      check_case({name.c_str(), c, 300}, seed++);
+    }
+    LayerConfig c = small(d, Activation::gelu);
+    c.weight_layout = WeightLayout::out_in;
+    c.hidden = 384;
+    c.ffn = 640;
+    c.experts = 16;
+    c.capacity_factor = 0.5;
+    check_case({"out-in, hidden 384, ffn 640, capacity 0.5", c, 512}, seed++);
+  }
+}
+
 TEST(LayerGpu, NoBiasNoRenormalize) {
   MONOMOE_REQUIRE_GPU();
   for (DType d : {DType::bf16, DType::fp32}) {

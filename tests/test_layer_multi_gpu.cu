@@ -56,7 +56,9 @@ int run_cases(int rank, int world, const UniqueId& id) {
     failed += ok ? 0 : 1;
 
     // The conventional pipeline on the same inputs (its forward is collective too).
-    baseline::Pipeline pipe(c, dev.weights(), comm);
+    LayerConfig base_cfg = c;  // the baseline takes [in, out] weights only
+    base_cfg.weight_layout = WeightLayout::in_out;
+    baseline::Pipeline pipe(base_cfg, dev.weights_in_out(), comm);
     dev.poison_y();
     pipe.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
     std::vector<std::int32_t> experts;

@@ -186,6 +186,9 @@ std::vector<Option> layer_options() {
       {"--act", "relu|gelu|silu|swiglu",
        with_default("expert activation", to_string(d.activation))},
       {"--dtype", "bf16|tf32|fp32", with_default("input/weight precision", to_string(d.dtype))},
+      {"--weight-layout", "in-out|out-in",
+       with_default("how expert and gate weights are stored; out-in is PyTorch nn.Linear's",
+                    to_string(d.weight_layout))},
       {"--no-renorm", "", "do not renormalize the top-k gate weights"},
       {"--capacity", "F",
        with_default("capacity factor per (source rank, expert); 0 = dropless",
@@ -221,6 +224,11 @@ LayerFlags parse_layer_flags(const ParsedArgs& args) {
     const auto d = parse_dtype(args.value("--dtype"));
     if (!d) bad_value("--dtype", args.value("--dtype"), "one of bf16, tf32, fp32");
     c.dtype = *d;
+  }
+  if (args.has("--weight-layout")) {
+    const auto l = parse_weight_layout(args.value("--weight-layout"));
+    if (!l) bad_value("--weight-layout", args.value("--weight-layout"), "one of in-out, out-in");
+    c.weight_layout = *l;
   }
   if (args.has("--no-renorm")) c.renormalize = false;
   c.capacity_factor = args.double_or("--capacity", c.capacity_factor);

@@ -16,11 +16,21 @@ enum class DType {
   fp32,  // fp32 inputs and weights, strict fp32 FMA math
 };
 
+// How each expert weight matrix is stored (row-major either way):
+enum class WeightLayout {
+  in_out,  // [in, out]: W1 [experts_per_rank, hidden, w1_columns], W2 [.., ffn, hidden],
+           //            gate [hidden, experts]
+  out_in,  // [out, in], PyTorch nn.Linear's `weight`: W1 [experts_per_rank, w1_columns, hidden],
+           //            W2 [.., hidden, ffn], gate [experts, hidden]
+};
+
 std::string_view to_string(Activation a);
 std::string_view to_string(DType d);
+std::string_view to_string(WeightLayout l);  // "in-out", "out-in"
 // Parse "relu"/"gelu"/"silu"/"swiglu" and "bf16"/"tf32"/"fp32"; nullopt when unknown.
 std::optional<Activation> parse_activation(std::string_view s);
 std::optional<DType> parse_dtype(std::string_view s);
+std::optional<WeightLayout> parse_weight_layout(std::string_view s);  // "in-out" / "out-in"
 
 // Bytes of one input/weight element of a dtype (2 for bf16, 4 otherwise).
 std::size_t element_bytes(DType d);
@@ -44,6 +54,7 @@ struct LayerConfig {
   std::int64_t topk = 2;           // k: experts per token, 1..min(E, 8)
   Activation activation = Activation::gelu;
   DType dtype = DType::bf16;
+  WeightLayout weight_layout = WeightLayout::in_out;  // of gate, W1 and W2 (biases: [experts, out])
   bool renormalize = true;       // rescale the top-k gate weights to sum to 1
   double capacity_factor = 0.0;  // 0 = dropless; > 0 caps rows per (source rank, expert)
   bool bias = true;              // experts carry b1 and b2

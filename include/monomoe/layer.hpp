@@ -13,12 +13,15 @@
 namespace monomoe {
 
 // Device pointers to this rank's weights, owned by the caller and kept alive while the layer is used.
-// Element type: __nv_bfloat16 for DType::bf16, float for tf32 and fp32. Row-major layouts:
-//   gate [hidden, experts]                   (replicated on every rank)
-//   w1   [experts_per_rank, hidden, w1_columns]  (swiglu: columns [0, ffn) gate, [ffn, 2 ffn) up)
-//   b1   [experts_per_rank, w1_columns]       (nullptr when config.bias is false)
-//   w2   [experts_per_rank, ffn, hidden]
-//   b2   [experts_per_rank, hidden]           (nullptr when config.bias is false)
+// Element type: __nv_bfloat16 for DType::bf16, float for tf32 and fp32. Row-major layouts, by
+// LayerConfig.weight_layout:
+//                 in_out                                  out_in (PyTorch nn.Linear's weight)
+//   gate          [hidden, experts]                       [experts, hidden]      (every rank)
+//   w1            [experts_per_rank, hidden, w1_columns]  [experts_per_rank, w1_columns, hidden]
+//   b1            [experts_per_rank, w1_columns]          (the same; nullptr when config.bias is false)
+//   w2            [experts_per_rank, ffn, hidden]         [experts_per_rank, hidden, ffn]
+//   b2            [experts_per_rank, hidden]              (the same; nullptr when config.bias is false)
+// SwiGLU's W1 outputs: [0, ffn) gate, [ffn, 2 ffn) up.
 struct ExpertWeights {
   const void* gate = nullptr;
   const void* w1 = nullptr;

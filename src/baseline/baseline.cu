@@ -196,6 +196,11 @@ void Pipeline::Impl::expert_ffn(long long rows, const std::int32_t* row_expert, 
 Pipeline::Impl::Impl(const LayerConfig& c, const ExpertWeights& weights, Communicator* communicator)
     : cfg(c), w(weights) {
   cfg.validate();
+  if (cfg.weight_layout != WeightLayout::in_out) {
+    throw ConfigError("baseline::Pipeline: LayerConfig.weight_layout = " +
+                      std::string(to_string(cfg.weight_layout)) +
+                      ": the baseline takes in-out weights only (pass a copy in that layout)");
+  }
   if (communicator == nullptr && cfg.world_size != 1) {
     throw ConfigError("baseline::Pipeline: world_size = " + std::to_string(cfg.world_size) +
                       " needs a Communicator (use Pipeline(config, weights, comm)); without one "

@@ -38,10 +38,13 @@ __device__ void gate_gemm(const Params& p, KernelSmem<P>& sm, int tile, int spli
     sm.gemm.rows[r] = r < rows ? x + static_cast<long long>(first + r) * p.hidden + k0 : nullptr;
   }
   float* out = p.logits + static_cast<long long>(split) * p.tokens * p.experts_padded;
-  const Elem* gate = static_cast<const Elem*>(p.gate) + static_cast<long long>(k0) * p.experts_padded;
+  // The padded gate copy is stored like the expert weights: [hidden, experts_padded], or
+  // [experts_padded, hidden] for [out, in] weights; this split's K slice starts at k0 either way.
+  const int ldb = P::kWeightsKMajor ? p.hidden : p.experts_padded;
+  const Elem* gate = static_cast<const Elem*>(p.gate) +
+                     (P::kWeightsKMajor ? k0 : static_cast<long long>(k0) * p.experts_padded);
   for (int n0 = 0; n0 < p.experts_padded; n0 += kTileCols) {
-    Gemm::run(sm.gemm, gate, p.experts_padded, n0, n0 + kTileCols / 2, kTileCols / 2,
-              kTileCols / 2, k_len);
+    Gemm::run(sm.gemm, gate, ldb, n0, n0 + kTileCols / 2, kTileCols / 2, kTileCols / 2, k_len);
     const float* c = Gemm::result(sm.gemm);
     for (int i = threadIdx.x; i < rows * (kTileCols / 4); i += kThreads) {
       const int r = i / (kTileCols / 4);

@@ -1,4 +1,7 @@
-// Host-side entry points of the persistent kernel (defined in instances.cu).
+// Host-side entry points of the persistent kernel. Its instantiations, all of them: one per
+// (precision, weight layout) = 3 x 2, compiled in two translation units, one per layout
+// (instances_in_out.cu, instances_out_in.cu, from instances.cuh), so that a build compiles them
+// in parallel. Activation, shapes, expert count and top-k are runtime values.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -9,12 +12,21 @@
 namespace monomoe::device {
 
 // Dynamic shared memory the kernel of `dtype` needs per block.
-int forward_smem_bytes(DType dtype);
+int forward_smem_bytes(DType dtype, WeightLayout layout);
 // Sets the kernel's shared-memory limit and returns how many blocks fit on one SM (0 if none).
-int forward_blocks_per_sm(DType dtype);
+int forward_blocks_per_sm(DType dtype, WeightLayout layout);
 // Output columns of one expert GEMM task (the kernel's BN for that precision).
 int expert_tile_cols(DType dtype);
 // Cooperative launch of `grid` blocks: the runtime refuses a grid that cannot be co-resident.
-cudaError_t launch_forward(DType dtype, const Params& params, int grid, cudaStream_t stream);
+cudaError_t launch_forward(DType dtype, WeightLayout layout, const Params& params, int grid,
+                           cudaStream_t stream);
+
+// The kernels of one weight layout (KMajorB: [out, in]), defined in instances.cuh.
+template <bool KMajorB>
+struct Instances {
+  static int smem_bytes(DType dtype);
+  static int blocks_per_sm(DType dtype);
+  static cudaError_t launch(DType dtype, const Params& params, int grid, cudaStream_t stream);
+};
 
 }  // namespace monomoe::device

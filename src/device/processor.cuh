@@ -53,8 +53,10 @@ __device__ void gemm0_tile(const Params& p, KernelSmem<P>& sm, int expert, int r
   const int out_cols = swiglu ? kHalf : min(Gemm::kBN, p.ffn - col0);
   const int valid_lo = min(kHalf, out_cols);
   const int valid_hi = swiglu ? kHalf : max(0, out_cols - kHalf);
+  // W1 of an expert: [hidden, w1_cols], or [w1_cols, hidden] for [out, in] weights.
   const Elem* w1 = static_cast<const Elem*>(p.w1) + static_cast<long long>(expert) * p.hidden * w1_cols;
-  Gemm::run(sm.gemm, w1, w1_cols, col0, col_hi, valid_lo, valid_hi, p.hidden);
+  Gemm::run(sm.gemm, w1, P::kWeightsKMajor ? p.hidden : w1_cols, col0, col_hi, valid_lo, valid_hi,
+            p.hidden);
 
   const Elem* b1 = p.has_bias ? static_cast<const Elem*>(p.b1) + static_cast<long long>(expert) * w1_cols
                               : nullptr;
@@ -78,9 +80,10 @@ __device__ void gemm1_tile(const Params& p, KernelSmem<P>& sm, int expert, int r
   }
   const int col0 = col_tile * Gemm::kBN;
   const int out_cols = min(Gemm::kBN, p.hidden - col0);
+  // W2 of an expert: [ffn, hidden], or [hidden, ffn] for [out, in] weights.
   const Elem* w2 = static_cast<const Elem*>(p.w2) + static_cast<long long>(expert) * p.ffn * p.hidden;
-  Gemm::run(sm.gemm, w2, p.hidden, col0, col0 + kHalf, min(kHalf, out_cols), max(0, out_cols - kHalf),
-            p.ffn);
+  Gemm::run(sm.gemm, w2, P::kWeightsKMajor ? p.ffn : p.hidden, col0, col0 + kHalf,
+            min(kHalf, out_cols), max(0, out_cols - kHalf), p.ffn);
   const Elem* b2 = p.has_bias ? static_cast<const Elem*>(p.b2) + static_cast<long long>(expert) * p.hidden
                               : nullptr;
   epilogue_gemm1<P>(Gemm::result(sm.gemm), Gemm::kCPitch, rows, out_cols, sm.task.row_id, b2, col0,

@@ -28,6 +28,21 @@ std::string_view to_string(DType d) {
   return "?";
 }
 
+std::string_view to_string(WeightLayout l) {
+  switch (l) {
+    case WeightLayout::in_out: return "in-out";
+    case WeightLayout::out_in: return "out-in";
+  }
+  return "?";
+}
+
+std::optional<WeightLayout> parse_weight_layout(std::string_view s) {
+  for (auto l : {WeightLayout::in_out, WeightLayout::out_in}) {
+    if (s == to_string(l)) return l;
+  }
+  return std::nullopt;
+}
+
 std::optional<Activation> parse_activation(std::string_view s) {
   for (auto a : {Activation::relu, Activation::gelu, Activation::silu, Activation::swiglu}) {
     if (s == to_string(a)) return a;
@@ -134,6 +149,7 @@ std::string LayerConfig::describe() const {
      << " topk=" << topk << " act=" << to_string(activation) << " dtype=" << to_string(dtype)
      << " renorm=" << (renormalize ? 1 : 0) << " capacity=" << capacity_factor
      << " bias=" << (bias ? 1 : 0) << " world=" << world_size;
+  if (weight_layout != WeightLayout::in_out) os << " weights=" << to_string(weight_layout);
   return os.str();
 }
 

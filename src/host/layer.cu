@@ -116,10 +116,10 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
     need(weights.b2, "b2");
   }
 
-  const int per_sm = device::forward_blocks_per_sm(config.dtype);
+  const int per_sm = device::forward_blocks_per_sm(config.dtype, config.weight_layout);
   if (per_sm < 1) {
     throw CudaError("the kernel does not fit on one SM (" +
-                    std::to_string(device::forward_smem_bytes(config.dtype)) +
+                    std::to_string(device::forward_smem_bytes(config.dtype, config.weight_layout)) +
                     " bytes of shared memory per block)");
   }
   // Virtual ranks share one GPU: each rank's kernel gets its share of the SMs, so that all W run
@@ -142,12 +142,19 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
     m.window = detail::SymmetricWindow::open(comm, m.plan.window.total);
   }
   // The gate is small: keep a copy padded to whole column tiles (the kernel's 16-byte loads then
-  // never straddle a row). Weights are read from the caller's memory at every forward otherwise.
+  // never straddle a row), stored like the caller's: [hidden, experts_padded], or [experts_padded,
+  // hidden] for [out, in] weights. Weights are read from the caller's memory at every forward
+  // otherwise.
   const std::size_t elem = element_bytes(config.dtype);
   const std::size_t ep = static_cast<std::size_t>(m.plan.experts_padded);
   MONOMOE_CUDA(cudaMemset(m.ws + m.plan.gate, 0, config.hidden * ep * elem));
-  MONOMOE_CUDA(cudaMemcpy2D(m.ws + m.plan.gate, ep * elem, weights.gate, config.experts * elem,
-                            config.experts * elem, config.hidden, cudaMemcpyDeviceToDevice));
+  if (config.weight_layout == WeightLayout::out_in) {
+    MONOMOE_CUDA(cudaMemcpy(m.ws + m.plan.gate, weights.gate, config.experts * config.hidden * elem,
+                            cudaMemcpyDeviceToDevice));
+  } else {
+    MONOMOE_CUDA(cudaMemcpy2D(m.ws + m.plan.gate, ep * elem, weights.gate, config.experts * elem,
+                              config.experts * elem, config.hidden, cudaMemcpyDeviceToDevice));
+  }
   MONOMOE_CUDA(cudaDeviceSynchronize());
 }
 
@@ -261,7 +268,7 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
     p.dispatch_blocks = std::min(16, m.grid - 1);
   }
 
-  MONOMOE_CUDA(device::launch_forward(c.dtype, p, m.grid, stream));
+  MONOMOE_CUDA(device::launch_forward(c.dtype, c.weight_layout, p, m.grid, stream));
 }
 
 void MoELayer::set_trace(bool on) {

@@ -1,5 +1,7 @@
 // The three precisions and the CuTe building blocks each one uses for a 128x128 output tile computed
-// by 8 warps. These are the only template arguments of the kernel (instances.cu lists them).
+// by 8 warps, each for both weight layouts: KMajorB = false for weights stored [in, out] ([K, N],
+// N contiguous), true for PyTorch's [out, in] ([N, K], K contiguous). These are the only template
+// arguments of the kernel (instances.cu lists them).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -15,9 +17,10 @@ namespace monomoe::device {
 
 // bf16 operands on Hopper's warpgroup tensor cores (wgmma m64nBNk16, both operands read from
 // shared memory), fp32 accumulation: two warpgroups, 64 rows of the 128 x BN tile each. A (token
-// rows, K contiguous) is K-major, B (weights stored [K, N], N contiguous) MN-major, both in the
-// 128-byte swizzled layouts wgmma reads. Expert GEMMs use 128 x 256 tiles: twice the MMA work per
-// byte of a 128 x 128 tile, which is what keeps the tensor cores fed from L2.
+// rows, K contiguous) is K-major, B MN-major ([in, out] weights) or K-major ([out, in]), both in
+// the 128-byte swizzled layouts wgmma reads. Expert GEMMs use 128 x 256 tiles: twice the MMA work
+// per byte of a 128 x 128 tile, which is what keeps the tensor cores fed from L2.
+template <bool KMajorB>
 struct PrecBf16 {
   using Elem = cute::bfloat16_t;  // as stored in global memory
   using SmemElem = cute::bfloat16_t;
@@ -26,24 +29,35 @@ struct PrecBf16 {
   static constexpr int kExpertBN = 256;  // output columns of an expert GEMM task
   static constexpr bool kRoundToTf32 = false;
   static constexpr bool kWgmma = true;
+  static constexpr bool kWeightsKMajor = KMajorB;
+  static constexpr cute::GMMA::Major kMajorB = KMajorB ? cute::GMMA::Major::K : cute::GMMA::Major::MN;
   template <int BN>
   using TiledMma = std::conditional_t<
       BN == 256,
       decltype(cute::make_tiled_mma(
-          cute::SM90::GMMA::MMA_64x256x16_F32BF16BF16_SS<cute::GMMA::Major::K,
-                                                         cute::GMMA::Major::MN>{},
+          cute::SM90::GMMA::MMA_64x256x16_F32BF16BF16_SS<cute::GMMA::Major::K, kMajorB>{},
           cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{})),
       decltype(cute::make_tiled_mma(
-          cute::SM90::GMMA::MMA_64x128x16_F32BF16BF16_SS<cute::GMMA::Major::K,
-                                                         cute::GMMA::Major::MN>{},
+          cute::SM90::GMMA::MMA_64x128x16_F32BF16BF16_SS<cute::GMMA::Major::K, kMajorB>{},
           cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}))>;
-  using SmemAtomA = cute::GMMA::Layout_K_SW128_Atom<SmemElem>;   // 8 x 64
-  using SmemAtomB = cute::GMMA::Layout_MN_SW128_Atom<SmemElem>;  // 64 x 8
+  using SmemAtomA = cute::GMMA::Layout_K_SW128_Atom<SmemElem>;  // 8 x 64
+  using SmemAtomB = std::conditional_t<KMajorB, cute::GMMA::Layout_K_SW128_Atom<SmemElem>,  // 8 x 64
+                                       cute::GMMA::Layout_MN_SW128_Atom<SmemElem>>;        // 64 x 8
   using CopyA = void;  // wgmma reads shared memory itself
   using CopyB = void;
 };
 
+// Shared-memory atoms of the fp32-element paths: rows of 32 K (K-major: A, and B of [out, in]
+// weights) or columns of 32 N (B of [in, out] weights), 16-byte pieces swizzled.
+using SmemAtomF32K = decltype(cute::composition(
+    cute::Swizzle<3, 2, 3>{},
+    cute::Layout<cute::Shape<cute::_8, cute::_32>, cute::Stride<cute::_32, cute::_1>>{}));
+using SmemAtomF32N = decltype(cute::composition(
+    cute::Swizzle<3, 2, 3>{},
+    cute::Layout<cute::Shape<cute::_32, cute::_8>, cute::Stride<cute::_1, cute::_32>>{}));
+
 // fp32 operands, TF32 tensor-core math (mma.sync m16n8k8), fp32 accumulation.
+template <bool KMajorB>
 struct PrecTf32 {
   using Elem = float;
   using SmemElem = cute::tfloat32_t;  // same bits as float; the tensor cores read the top 19
@@ -53,23 +67,21 @@ struct PrecTf32 {
   // nearest in registers first.
   static constexpr int kExpertBN = 128;
   static constexpr bool kRoundToTf32 = true;
-  static constexpr bool kWgmma = false;  // wgmma's tf32 needs K-major B; the weights are N-major
+  static constexpr bool kWgmma = false;  // wgmma's tf32 would need K-major B: a later step
+  static constexpr bool kWeightsKMajor = KMajorB;
   template <int BN>
   using TiledMma = decltype(cute::make_tiled_mma(
       cute::MMA_Atom<cute::SM80_16x8x8_F32TF32TF32F32_TN>{},
       cute::Layout<cute::Shape<cute::_2, cute::_4, cute::_1>>{},
       cute::Tile<cute::_32, cute::_32, cute::_8>{}));
-  using SmemAtomA = decltype(cute::composition(
-      cute::Swizzle<3, 2, 3>{},
-      cute::Layout<cute::Shape<cute::_8, cute::_32>, cute::Stride<cute::_32, cute::_1>>{}));
-  using SmemAtomB = decltype(cute::composition(
-      cute::Swizzle<3, 2, 3>{},
-      cute::Layout<cute::Shape<cute::_32, cute::_8>, cute::Stride<cute::_1, cute::_32>>{}));
+  using SmemAtomA = SmemAtomF32K;
+  using SmemAtomB = std::conditional_t<KMajorB, SmemAtomF32K, SmemAtomF32N>;
   using CopyA = cute::Copy_Atom<cute::UniversalCopy<SmemElem>, SmemElem>;
   using CopyB = cute::Copy_Atom<cute::UniversalCopy<SmemElem>, SmemElem>;
 };
 
 // Strict fp32: plain FMA on the CUDA cores, 16x16 threads each owning an 8x8 block of the tile.
+template <bool KMajorB>
 struct PrecFp32 {
   using Elem = float;
   using SmemElem = float;
@@ -77,13 +89,14 @@ struct PrecFp32 {
   static constexpr int kStages = 3;
   static constexpr bool kRoundToTf32 = false;
   static constexpr bool kWgmma = false;
+  static constexpr bool kWeightsKMajor = KMajorB;
   static constexpr int kExpertBN = 128;
   template <int BN>
   using TiledMma = decltype(cute::make_tiled_mma(
       cute::UniversalFMA<float, float, float, float>{},
       cute::Layout<cute::Shape<cute::_16, cute::_16, cute::_1>>{}));
-  using SmemAtomA = PrecTf32::SmemAtomA;
-  using SmemAtomB = PrecTf32::SmemAtomB;
+  using SmemAtomA = SmemAtomF32K;
+  using SmemAtomB = std::conditional_t<KMajorB, SmemAtomF32K, SmemAtomF32N>;
   using CopyA = cute::Copy_Atom<cute::UniversalCopy<float>, float>;
   using CopyB = cute::Copy_Atom<cute::UniversalCopy<float>, float>;
 };

@@ -1,6 +1,7 @@
 // One 128x128 output tile C = A[rows] * B[:, cols] computed by a whole block: rows of A are gathered
 // through a per-row pointer table (token rows of x, or rows of the activation buffer), B is a weight
-// matrix stored [K, N] with N contiguous. Global -> shared through a multi-stage cp.async pipeline,
+// matrix stored [K, N] with N contiguous, or [N, K] with K contiguous when the precision's
+// kWeightsKMajor says so (PyTorch's [out, in]); ldb is its row pitch. Global -> shared through a multi-stage cp.async pipeline,
 // shared -> registers and the MMAs through CuTe atoms (precision.cuh). The fp32 result is left in
 // shared memory for the caller's epilogue.
 #pragma once
@@ -98,14 +99,26 @@ struct TileGemm : TileShapes<P, BN> {
                 "a thread's chunks must share one column (B) and one k offset (A)");
   static_assert(kRowsPerPassA % 8 == 0 && kKPerPassB % 8 == 0,
                 "successive chunks of a thread must be whole 8-row swizzle atoms apart");
+  // K-major B ([out, in] weights: tile column n is weight row col_lo + n, or col_hi + n - BN/2 in
+  // the high half, K contiguous): B is copied like A, thread t taking piece t % kChunksPerRowBK of
+  // tile columns t / kChunksPerRowBK + i * kNPerPassB; the first kLoChunksB of them are in the low
+  // half.
+  static constexpr int kChunksPerRowBK = kBK / kChunkElems;
+  static constexpr int kNPerPassB = kThreads / kChunksPerRowBK;
+  static constexpr int kLoChunksB = (BN / 2) / kNPerPassB;
+  static_assert(kThreads % kChunksPerRowBK == 0 && kNPerPassB % 8 == 0 &&
+                    (BN / 2) % kNPerPassB == 0,
+                "K-major B: whole swizzle atoms between a thread's pieces, halves on piece bounds");
 
   struct ChunkPlan {
     int a_row0, a_k;             // first A row of this thread, its k offset in the k-tile
     int a_smem, a_step, a_stage;  // element offsets in the pipeline buffer
     int b_smem, b_step, b_stage;
-    const Elem* b_src;           // this thread's first B chunk of k-tile 0
-    long long b_pass;            // elements between its successive B chunks (kKPerPassB rows)
-    bool b_valid;                // its column is inside the tile's valid columns
+    const Elem* b_src;           // this thread's first B chunk of k-tile 0 (K-major: low half)
+    const Elem* b_src_hi;        // K-major: its first chunk of the high half
+    long long b_pass;            // elements between its successive B chunks (of one half)
+    bool b_valid;                // N-major: its column is inside the tile's valid columns
+    unsigned int b_valid_mask;   // K-major: bit i: chunk i's column is a valid one
   };
 
   static __device__ __forceinline__ ChunkPlan plan_chunks(Smem& sm, const Elem* b, int ldb,
@@ -128,17 +141,38 @@ struct TileGemm : TileShapes<P, BN> {
     c.a_smem = off_a(c.a_row0, c.a_k, 0);
     c.a_step = off_a(c.a_row0 + kRowsPerPassA, c.a_k, 0) - c.a_smem;
     c.a_stage = off_a(c.a_row0, c.a_k, 1) - c.a_smem;
-    const int k0 = t / kChunksPerRowB;
-    const int n = (t % kChunksPerRowB) * kChunkElems;
-    c.b_smem = off_b(n, k0, 0);
-    c.b_step = off_b(n, k0 + kKPerPassB, 0) - c.b_smem;
-    c.b_stage = off_b(n, k0, 1) - c.b_smem;
-    const bool hi = n >= BN / 2;
-    const int in_half = hi ? n - BN / 2 : n;
-    c.b_valid = in_half < (hi ? valid_hi : valid_lo);
-    const int col = (hi ? col_hi : col_lo) + in_half;
-    c.b_src = b + static_cast<long long>(k0) * ldb + (c.b_valid ? col : 0);
-    c.b_pass = static_cast<long long>(kKPerPassB) * ldb;
+    if constexpr (P::kWeightsKMajor) {
+      const int n0 = t / kChunksPerRowBK;
+      const int k = (t % kChunksPerRowBK) * kChunkElems;
+      c.b_smem = off_b(n0, k, 0);
+      c.b_step = off_b(n0 + kNPerPassB, k, 0) - c.b_smem;
+      c.b_stage = off_b(n0, k, 1) - c.b_smem;
+      c.b_valid_mask = 0;
+#pragma unroll
+      for (int i = 0; i < kChunksB; ++i) {
+        const bool hi = i >= kLoChunksB;
+        const int in_half = n0 + (hi ? i - kLoChunksB : i) * kNPerPassB;
+        if (in_half < (hi ? valid_hi : valid_lo)) c.b_valid_mask |= 1u << i;
+      }
+      // Invalid pieces are zero-filled from the matrix's first row (never read past it).
+      c.b_src = b + (c.b_valid_mask & 1u ? static_cast<long long>(col_lo + n0) * ldb + k : 0);
+      c.b_src_hi = b + ((c.b_valid_mask >> kLoChunksB) & 1u
+                            ? static_cast<long long>(col_hi + n0) * ldb + k
+                            : 0);
+      c.b_pass = static_cast<long long>(kNPerPassB) * ldb;
+    } else {
+      const int k0 = t / kChunksPerRowB;
+      const int n = (t % kChunksPerRowB) * kChunkElems;
+      c.b_smem = off_b(n, k0, 0);
+      c.b_step = off_b(n, k0 + kKPerPassB, 0) - c.b_smem;
+      c.b_stage = off_b(n, k0, 1) - c.b_smem;
+      const bool hi = n >= BN / 2;
+      const int in_half = hi ? n - BN / 2 : n;
+      c.b_valid = in_half < (hi ? valid_hi : valid_lo);
+      const int col = (hi ? col_hi : col_lo) + in_half;
+      c.b_src = b + static_cast<long long>(k0) * ldb + (c.b_valid ? col : 0);
+      c.b_pass = static_cast<long long>(kKPerPassB) * ldb;
+    }
     return c;
   }
 
@@ -154,10 +188,22 @@ struct TileGemm : TileShapes<P, BN> {
       const Elem* src = sm.rows[c.a_row0 + i * kRowsPerPassA];
       cp_async_16(sa + i * c.a_step, src ? src + k : c.b_src, src != nullptr);
     }
-    const Elem* bsrc = c.b_src + static_cast<long long>(kt) * kBK * ldb;
+    if constexpr (P::kWeightsKMajor) {
+      // A zero-filled piece passes the matrix's first row as its (unread) source.
+      const Elem* lo = c.b_src + kt * kBK;
+      const Elem* hi = c.b_src_hi + kt * kBK;
 #pragma unroll
-    for (int i = 0; i < kChunksB; ++i) {
-      cp_async_16(sb + i * c.b_step, bsrc + i * c.b_pass, c.b_valid);
+      for (int i = 0; i < kChunksB; ++i) {
+        const bool valid = (c.b_valid_mask >> i) & 1u;
+        const Elem* src = i < kLoChunksB ? lo + i * c.b_pass : hi + (i - kLoChunksB) * c.b_pass;
+        cp_async_16(sb + i * c.b_step, valid ? src : lo, valid);
+      }
+    } else {
+      const Elem* bsrc = c.b_src + static_cast<long long>(kt) * kBK * ldb;
+#pragma unroll
+      for (int i = 0; i < kChunksB; ++i) {
+        cp_async_16(sb + i * c.b_step, bsrc + i * c.b_pass, c.b_valid);
+      }
     }
   }
 

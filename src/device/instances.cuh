@@ -1,0 +1,68 @@
+// The members of Instances<KMajorB> (launch.hpp): the three precisions of one weight layout.
+// Included only by instances_in_out.cu and instances_out_in.cu, which instantiate it.
+#pragma once
+
+#include "device/kernel.cuh"
+#include "device/launch.hpp"
+
+namespace monomoe::device {
+
+namespace detail {
+
+template <class P>
+int blocks_per_sm() {
+  if (cudaFuncSetAttribute(moe_forward_kernel<P>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           kernel_smem_bytes<P>()) != cudaSuccess) {
+    return 0;
+  }
+  int blocks = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, moe_forward_kernel<P>, kThreads,
+                                                    kernel_smem_bytes<P>()) != cudaSuccess) {
+    return 0;
+  }
+  return blocks;
+}
+
+template <class P>
+cudaError_t launch(const Params& params, int grid, cudaStream_t stream) {
+  Params copy = params;
+  void* args[] = {&copy};
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&moe_forward_kernel<P>),
+                                     dim3(grid), dim3(kThreads), args,
+                                     static_cast<size_t>(kernel_smem_bytes<P>()), stream);
+}
+
+}  // namespace detail
+
+template <bool KMajorB>
+int Instances<KMajorB>::smem_bytes(DType dtype) {
+  switch (dtype) {
+    case DType::bf16: return kernel_smem_bytes<PrecBf16<KMajorB>>();
+    case DType::tf32: return kernel_smem_bytes<PrecTf32<KMajorB>>();
+    case DType::fp32: return kernel_smem_bytes<PrecFp32<KMajorB>>();
+  }
+  return 0;
+}
+
+template <bool KMajorB>
+int Instances<KMajorB>::blocks_per_sm(DType dtype) {
+  switch (dtype) {
+    case DType::bf16: return detail::blocks_per_sm<PrecBf16<KMajorB>>();
+    case DType::tf32: return detail::blocks_per_sm<PrecTf32<KMajorB>>();
+    case DType::fp32: return detail::blocks_per_sm<PrecFp32<KMajorB>>();
+  }
+  return 0;
+}
+
+template <bool KMajorB>
+cudaError_t Instances<KMajorB>::launch(DType dtype, const Params& params, int grid,
+                                       cudaStream_t stream) {
+  switch (dtype) {
+    case DType::bf16: return detail::launch<PrecBf16<KMajorB>>(params, grid, stream);
+    case DType::tf32: return detail::launch<PrecTf32<KMajorB>>(params, grid, stream);
+    case DType::fp32: return detail::launch<PrecFp32<KMajorB>>(params, grid, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace monomoe::device
