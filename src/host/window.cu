@@ -45,8 +45,13 @@ class NcclWindow final : public SymmetricWindow {
     void* buf = nullptr;
     MONOMOE_NCCL(ncclMemAlloc(&buf, bytes));
     local_ = static_cast<unsigned char*>(buf);
-    MONOMOE_CUDA(cudaMemset(local_, 0, bytes));
-    MONOMOE_NCCL(ncclCommWindowRegister(comm_, local_, bytes, &win_, NCCL_WIN_COLL_SYMMETRIC));
+    try {
+      MONOMOE_CUDA(cudaMemset(local_, 0, bytes));
+      MONOMOE_NCCL(ncclCommWindowRegister(comm_, local_, bytes, &win_, NCCL_WIN_COLL_SYMMETRIC));
+    } catch (...) {
+      ncclMemFree(local_);  // no destructor runs for a constructor that throws
+      throw;
+    }
     // The peers' bases do not move while the window is registered: read them once.
     unsigned char** table = nullptr;
     MONOMOE_CUDA(cudaMalloc(&table, sizeof(unsigned char*) * static_cast<std::size_t>(world)));
@@ -76,7 +81,11 @@ class VirtualWindow final : public SymmetricWindow {
   VirtualWindow(std::shared_ptr<VirtualGroup> group, int rank, int index, std::size_t bytes)
       : group_(std::move(group)), rank_(rank), index_(index), bytes_(bytes) {
     MONOMOE_CUDA(cudaMalloc(&local_, bytes));
-    MONOMOE_CUDA(cudaMemset(local_, 0, bytes));
+    const cudaError_t zeroed = cudaMemset(local_, 0, bytes);
+    if (zeroed != cudaSuccess) {
+      cudaFree(local_);  // no destructor runs for a constructor that throws
+      MONOMOE_CUDA(zeroed);
+    }
     const std::lock_guard<std::mutex> lock(group_->mu);
     auto& w = group_->windows;
     while (static_cast<int>(w.size()) <= index_) {

@@ -1,9 +1,9 @@
 // One 128x128 output tile C = A[rows] * B[:, cols] computed by a whole block: rows of A are gathered
 // through a per-row pointer table (token rows of x, or rows of the activation buffer), B is a weight
 // matrix stored [K, N] with N contiguous, or [N, K] with K contiguous when the precision's
-// kWeightsKMajor says so (PyTorch's [out, in]); ldb is its row pitch. Global -> shared through a multi-stage cp.async pipeline,
-// shared -> registers and the MMAs through CuTe atoms (precision.cuh). The fp32 result is left in
-// shared memory for the caller's epilogue.
+// kWeightsKMajor says so (PyTorch's [out, in]); ldb is its row pitch. Global -> shared through a
+// multi-stage cp.async pipeline, shared -> registers and the MMAs through CuTe atoms
+// (precision.cuh). The fp32 result is left in shared memory for the caller's epilogue.
 #pragma once
 
 #include <cute/tensor.hpp>
