@@ -1,7 +1,7 @@
 // The three precisions and the CuTe building blocks each one uses for a 128x128 output tile computed
 // by 8 warps, each for both weight layouts: KMajorB = false for weights stored [in, out] ([K, N],
 // N contiguous), true for PyTorch's [out, in] ([N, K], K contiguous). These are the only template
-// arguments of the kernel (instances.cu lists them).
+// arguments of the kernel (launch.hpp lists the instantiations).
 #pragma once
 
 #include <cuda_bf16.h>
