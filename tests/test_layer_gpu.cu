@@ -94,6 +94,36 @@ TEST(LayerGpu, OutInWeightLayout) {
   }
 }
 
+// The gate is read at every forward like the other weights: a gate changed in place between two
+// calls (as an optimizer step or a checkpoint load does) routes the second call, in both layouts.
+TEST(LayerGpu, GateChangedBetweenCallsTakesEffect) {
+  MONOMOE_REQUIRE_GPU();
+  for (WeightLayout layout : {WeightLayout::in_out, WeightLayout::out_in}) {
+    SCOPED_TRACE(std::string(to_string(layout)));
+    LayerConfig c = small(DType::bf16, Activation::gelu);
+    c.weight_layout = layout;
+    const reference::Problem pr = reference::make_problem(c, {300}, 77);
+    reference::Problem skewed = pr;
+    reference::skew_gate_towards(skewed, 5, 50.f);  // every token's first choice becomes expert 5
+    const reference::Result ref = reference::run(skewed);
+    bench::DeviceProblem dev(pr, 0);
+    const bench::DeviceProblem new_gate(skewed, 0);
+    MoELayer layer(c, single_gpu(), dev.weights());
+    layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
+    layer.synchronize();
+    const std::size_t gate_bytes = static_cast<std::size_t>(c.hidden * c.experts) * element_bytes(c.dtype);
+    MONOMOE_ASSERT_CUDA(cudaMemcpy(const_cast<void*>(dev.weights().gate), new_gate.weights().gate,
+                                   gate_bytes, cudaMemcpyDeviceToDevice));
+    dev.poison_y();
+    layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
+    std::vector<std::int32_t> experts;
+    std::vector<float> weights;
+    layer.routing(experts, weights);
+    const auto cmp = bench::compare(skewed, ref.ranks[0], dev.y_host(), experts);
+    EXPECT_TRUE(cmp.passed) << cmp.summary();
+  }
+}
+
 TEST(LayerGpu, NoBiasNoRenormalize) {
   MONOMOE_REQUIRE_GPU();
   for (DType d : {DType::bf16, DType::fp32}) {

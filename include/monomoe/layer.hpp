@@ -54,9 +54,8 @@ struct BlockTrace {
 class MoELayer {
  public:
   // Validates `config` against this GPU (ConfigError names the field), allocates the workspace once.
-  // The expert weights and biases are read from the caller's memory at every forward(); the gate
-  // is copied here once (padded to whole tiles), so later changes to weights.gate are not seen by
-  // this layer: build a new one after changing the gate.
+  // Every weight, the gate included, is read from the caller's memory at every forward(): changes
+  // between calls (an optimizer step, a new checkpoint copied in place) take effect.
   MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWeights& weights);
   ~MoELayer();
   MoELayer(const MoELayer&) = delete;

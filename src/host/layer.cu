@@ -73,6 +73,8 @@ struct MoELayer::Impl {
   // world > 1: the symmetric window peers write into.
   std::unique_ptr<detail::SymmetricWindow> window;
 
+  void copy_gate(cudaStream_t stream) const;
+
   template <class T>
   T* at(std::size_t offset) const {
     return reinterpret_cast<T*>(ws + offset);
@@ -141,21 +143,28 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
     // is collective: every rank constructs its MoELayer in the same order.
     m.window = detail::SymmetricWindow::open(comm, m.plan.window.total);
   }
-  // The gate is small: keep a copy padded to whole column tiles (the kernel's 16-byte loads then
-  // never straddle a row), stored like the caller's: [hidden, experts_padded], or [experts_padded,
-  // hidden] for [out, in] weights. Weights are read from the caller's memory at every forward
-  // otherwise.
-  const std::size_t elem = element_bytes(config.dtype);
-  const std::size_t ep = static_cast<std::size_t>(m.plan.experts_padded);
-  MONOMOE_CUDA(cudaMemset(m.ws + m.plan.gate, 0, config.hidden * ep * elem));
-  if (config.weight_layout == WeightLayout::out_in) {
-    MONOMOE_CUDA(cudaMemcpy(m.ws + m.plan.gate, weights.gate, config.experts * config.hidden * elem,
-                            cudaMemcpyDeviceToDevice));
-  } else {
-    MONOMOE_CUDA(cudaMemcpy2D(m.ws + m.plan.gate, ep * elem, weights.gate, config.experts * elem,
-                              config.experts * elem, config.hidden, cudaMemcpyDeviceToDevice));
-  }
+  // The padding of the gate's copy (see copy_gate) stays zero.
+  MONOMOE_CUDA(cudaMemset(m.ws + m.plan.gate, 0,
+                          config.hidden * m.plan.experts_padded * element_bytes(config.dtype)));
   MONOMOE_CUDA(cudaDeviceSynchronize());
+}
+
+// The gate is small: the kernel reads a copy padded to whole column tiles (its 16-byte loads then
+// never straddle a row), stored like the caller's: [hidden, experts_padded], or [experts_padded,
+// hidden] for [out, in] weights. It is refreshed on the stream before every launch (a few hundred
+// KB), so that the gate, like every other weight, is read from the caller's memory at each forward
+// and changes between calls take effect.
+void MoELayer::Impl::copy_gate(cudaStream_t stream) const {
+  const std::size_t elem = element_bytes(cfg.dtype);
+  const std::size_t e = static_cast<std::size_t>(cfg.experts);
+  const std::size_t h = static_cast<std::size_t>(cfg.hidden);
+  if (cfg.weight_layout == WeightLayout::out_in) {
+    MONOMOE_CUDA(cudaMemcpyAsync(ws + plan.gate, weights.gate, e * h * elem,
+                                 cudaMemcpyDeviceToDevice, stream));
+  } else {
+    MONOMOE_CUDA(cudaMemcpy2DAsync(ws + plan.gate, plan.experts_padded * elem, weights.gate,
+                                   e * elem, e * elem, h, cudaMemcpyDeviceToDevice, stream));
+  }
 }
 
 MoELayer::~MoELayer() = default;
@@ -184,6 +193,7 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
     MONOMOE_CUDA(cudaMemsetAsync(m.window->local() + m.plan.window.reset, 0,
                                  m.plan.window.reset_bytes, stream));
   }
+  m.copy_gate(stream);
 
   device::Params p{};
   p.tokens = static_cast<int>(tokens);
