@@ -13,5 +13,6 @@ if [ -z "${NCCL_ROOT:-}" ]; then
 fi
 gen=()
 command -v ninja >/dev/null && gen=(-G Ninja)
-cmake -S "$here" -B "$BUILD_DIR" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release ${NCCL_ROOT:+-DNCCL_ROOT="$NCCL_ROOT"}
+cmake -S "$here" -B "$BUILD_DIR" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release ${NCCL_ROOT:+-DNCCL_ROOT="$NCCL_ROOT"} \
+  -DPython_EXECUTABLE="$(command -v python3)"
 cmake --build "$BUILD_DIR" -j "$(nproc)"

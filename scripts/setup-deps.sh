@@ -46,6 +46,18 @@ if [ ! -f /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake ] && [ ! -d /u
   fi
 fi
 
+# Python: nanobind builds the extension monomoe._C, pytest runs python/tests, PyTorch runs the
+# module's tests. Each is installed from PyPI when missing; where that cannot be done (a machine
+# without a registry), the build goes on without the Python package and says so.
+for pkg in nanobind:nanobind pytest:pytest torch:torch; do
+  mod=${pkg%%:*}; dist=${pkg#*:}
+  if ! python3 -c "import $mod" >/dev/null 2>&1; then
+    echo "setup-deps: installing $dist from PyPI (for the Python package)"
+    python3 -m pip install --quiet "$dist" ||
+      echo "setup-deps: could not install $dist; the Python package or its tests will be skipped" >&2
+  fi
+done
+
 # GoogleTest sources for machines without it (the GPU machines): copied next to the CuTe headers so
 # that carrying third_party/ brings both. tests/CMakeLists.txt builds them when find_package fails.
 if [ -d /usr/src/googletest ] && [ ! -f "$here/third_party/googletest/CMakeLists.txt" ]; then

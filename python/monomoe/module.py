@@ -1,0 +1,204 @@
+"""monomoe.MoE: the fused layer as a torch.nn.Module, and the custom op it calls.
+
+The module holds the gate and this rank's experts as Parameters in ``nn.Linear`` layout
+([out, in]): ``gate`` [experts, hidden], ``w1`` [experts_per_rank, w1_columns, hidden] (SwiGLU:
+rows [0, ffn) gate, [ffn, 2 ffn) up), ``b1`` [experts_per_rank, w1_columns], ``w2``
+[experts_per_rank, hidden, ffn], ``b2`` [experts_per_rank, hidden]. The kernel reads them in place
+at every forward, so an optimizer step or ``load_state_dict`` between calls takes effect.
+
+With a process group of W > 1 ranks (one process per GPU, as torchrun starts them) rank r owns
+experts [r E/W, (r+1) E/W); building the module, its first forward after the parameters moved to
+new memory, and every forward are collective: all ranks do them in the same order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import weakref
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from . import _C
+
+_ACTIVATIONS = ("relu", "gelu", "silu", "swiglu")
+
+# The C++ layers by handle: the custom op takes an int, so that torch.compile sees tensors and an
+# int, never a Python object.
+_layers: dict = {}
+_handles = itertools.count(1)
+_communicators: dict = {}
+
+
+def _group_shape(group) -> tuple:
+    """(world, rank) of `group`; (1, 0) without torch.distributed or a group of one."""
+    if group is None or not dist.is_available() or not dist.is_initialized():
+        if group is not None:
+            raise _C.ConfigError("group: torch.distributed is not initialized "
+                                 "(call dist.init_process_group first)")
+        return 1, 0
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def _communicator(group, device: int) -> _C.Communicator:
+    """One NCCL communicator per (group, device); made collectively on first use. The NCCL id
+    travels from the group's rank 0 through torch.distributed."""
+    key = (id(group), device)
+    comm = _communicators.get(key)
+    if comm is None:
+        world, rank = _group_shape(group)
+        if world == 1:
+            uid = _C.unique_id()
+        else:
+            box = [_C.unique_id() if rank == 0 else None]
+            dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
+            uid = box[0]
+        comm = _C.Communicator(uid, rank, world, device)
+        _communicators[key] = comm
+    return comm
+
+
+@torch.library.custom_op("monomoe::moe_forward", mutates_args=(), device_types="cuda")
+def moe_forward(x: torch.Tensor, gate: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor],
+                w2: torch.Tensor, b2: Optional[torch.Tensor], handle: int) -> torch.Tensor:
+    """y = MoE(x) by the layer `handle` (built over exactly these weight tensors), on the current
+    stream. The weights are arguments so that graph capture and compilers see what it reads."""
+    y = torch.empty_like(x)
+    _layers[handle].forward(x.data_ptr(), x.shape[0], y.data_ptr(),
+                            torch.cuda.current_stream(x.device).cuda_stream)
+    return y
+
+
+@moe_forward.register_fake
+def _(x, gate, w1, b1, w2, b2, handle):
+    return torch.empty_like(x)
+
+
+def _no_backward(ctx, grad):
+    raise NotImplementedError("monomoe.MoE has no backward pass yet: use it for inference "
+                              "(torch.no_grad) or in front of frozen experts")
+
+
+moe_forward.register_autograd(_no_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+class MoE(torch.nn.Module):
+    """A Mixture-of-Experts layer: softmax gate, top-k routing, expert FFNs, weighted combine.
+
+    Args:
+        hidden, ffn, experts, topk: model width, expert FFN width (each half for SwiGLU), experts
+            over all ranks (divisible by the group's size), experts per token (1..8).
+        act: "relu", "gelu", "silu" or "swiglu".
+        dtype: torch.bfloat16 (tensor cores, fp32 accumulation) or torch.float32 (then
+            ``fp32_math`` = "tf32" for TF32 tensor-core math, or "fp32" for strict fp32).
+        group: the torch.distributed process group whose ranks share the experts (None: one GPU).
+        max_tokens: most tokens one forward may take on this rank.
+        capacity_factor: 0 = dropless; > 0 caps rows per (source rank, expert), drops counted.
+        bias, renormalize: experts with biases; top-k gate weights rescaled to sum to 1.
+        timeout: seconds every wait inside the kernel may take before it reports an error.
+        device: where the parameters live (default: the current CUDA device).
+    """
+
+    def __init__(self, hidden: int, ffn: int, experts: int, topk: int, act: str = "gelu",
+                 dtype: torch.dtype = torch.bfloat16, group=None, *, max_tokens: int = 8192,
+                 capacity_factor: float = 0.0, bias: bool = True, renormalize: bool = True,
+                 fp32_math: str = "tf32", timeout: float = 5.0, device=None):
+        super().__init__()
+        if act not in _ACTIVATIONS:
+            raise _C.ConfigError(f"act = {act!r}: must be one of {', '.join(_ACTIVATIONS)}")
+        if dtype == torch.bfloat16:
+            kernel_dtype = "bf16"
+        elif dtype == torch.float32:
+            if fp32_math not in ("tf32", "fp32"):
+                raise _C.ConfigError(f"fp32_math = {fp32_math!r}: must be 'tf32' or 'fp32'")
+            kernel_dtype = fp32_math
+        else:
+            raise _C.ConfigError(f"dtype = {dtype}: must be torch.bfloat16 or torch.float32")
+        world, rank = _group_shape(group)
+        cfg = _C.LayerConfig()
+        cfg.max_tokens, cfg.hidden, cfg.ffn, cfg.experts, cfg.topk = (max_tokens, hidden, ffn,
+                                                                       experts, topk)
+        cfg.activation, cfg.dtype, cfg.weight_layout = act, kernel_dtype, "out-in"
+        cfg.capacity_factor, cfg.bias, cfg.renormalize = capacity_factor, bias, renormalize
+        cfg.world_size, cfg.rank, cfg.timeout_seconds = world, rank, timeout
+        cfg.validate()  # ConfigError (a ValueError) names the field and its limit
+        self.config = cfg
+        self.group = group
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        kw = dict(device=device, dtype=dtype)
+        local, w1_rows = cfg.experts_per_rank(), cfg.w1_columns()
+        self.gate = torch.nn.Parameter(torch.empty(experts, hidden, **kw))
+        self.w1 = torch.nn.Parameter(torch.empty(local, w1_rows, hidden, **kw))
+        self.w2 = torch.nn.Parameter(torch.empty(local, hidden, ffn, **kw))
+        if bias:
+            self.b1 = torch.nn.Parameter(torch.empty(local, w1_rows, **kw))
+            self.b2 = torch.nn.Parameter(torch.empty(local, hidden, **kw))
+        else:
+            self.register_parameter("b1", None)
+            self.register_parameter("b2", None)
+        self._handle = None
+        self._pointers = None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        """nn.Linear's default: uniform in +-1/sqrt(fan_in) for weights and biases. With several
+        ranks the gate (replicated) comes from the group's rank 0 (collective)."""
+        hidden, ffn = self.config.hidden, self.config.ffn
+        for p, fan_in in ((self.gate, hidden), (self.w1, hidden), (self.b1, hidden),
+                          (self.w2, ffn), (self.b2, ffn)):
+            if p is not None:
+                bound = 1.0 / math.sqrt(fan_in)
+                p.uniform_(-bound, bound)
+        if self.config.world_size > 1:
+            dist.broadcast(self.gate.data, src=dist.get_global_rank(self.group, 0),
+                           group=self.group)
+
+    def extra_repr(self) -> str:
+        return self.config.describe()
+
+    @torch.compiler.disable
+    def _layer_handle(self) -> int:
+        """The C++ layer over the current parameter memory, (re)built when that memory moved."""
+        pointers = tuple(0 if p is None else p.data_ptr()
+                         for p in (self.gate, self.w1, self.b1, self.w2, self.b2))
+        if self._handle is None or pointers != self._pointers:
+            if self._handle is not None:
+                _layers.pop(self._handle, None)
+            device = self.gate.device.index
+            layer = _C.Layer(self.config, _communicator(self.group, device), *pointers)
+            self._handle = next(_handles)
+            _layers[self._handle] = layer
+            self._pointers = pointers
+            weakref.finalize(self, _layers.pop, self._handle, None)
+        return self._handle
+
+    def forward(self, x: torch.Tensor, topk_ids: Optional[torch.Tensor] = None,
+                topk_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """y[t] = sum over the top-k experts e of t of w[t, e] * FFN_e(x[t]); x: [tokens, hidden]
+        on this module's GPU, contiguous, in the module's dtype."""
+        if topk_ids is not None or topk_weights is not None:
+            raise NotImplementedError("topk_ids / topk_weights: routing chosen outside the layer "
+                                      "is not supported yet; the layer routes with its gate")
+        self._check_input(x)
+        return moe_forward(x, self.gate, self.w1, self.b1, self.w2, self.b2, self._layer_handle())
+
+    def _check_input(self, x) -> None:
+        cfg = self.config
+        if not isinstance(x, torch.Tensor):
+            raise _C.ConfigError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[1] != cfg.hidden:
+            raise _C.ConfigError(f"x: shape {tuple(x.shape)} must be [tokens, {cfg.hidden}]")
+        if x.dtype != self.gate.dtype:
+            raise _C.ConfigError(f"x: dtype {x.dtype} must be the module's {self.gate.dtype}")
+        if x.device.type != "cuda":
+            raise _C.ConfigError(f"x: on {x.device}, must be a CUDA tensor")
+        if x.device != self.gate.device:
+            raise _C.ConfigError(f"x: on {x.device}, must be on the module's {self.gate.device}")
+        if not x.is_contiguous():
+            raise _C.ConfigError("x: must be contiguous (call .contiguous())")
+        if x.shape[0] > cfg.max_tokens:
+            raise _C.ConfigError(f"x: {x.shape[0]} tokens, more than max_tokens = {cfg.max_tokens}")

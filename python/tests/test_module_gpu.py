@@ -1,0 +1,96 @@
+# monomoe.MoE on one GPU against a plain PyTorch implementation of the same layer (eager, fp32
+# math on the same weights), the gate read at every forward, and torch.compile of a module that
+# calls it. Marker gpu: skipped without a GPU.
+import pytest
+
+from conftest import cuda_or_skip
+
+pytestmark = pytest.mark.gpu
+
+
+def reference(m, x):
+    """The layer in plain PyTorch, fp32: softmax gate, top-k (ties to the lower expert),
+    renormalized weights, expert FFNs, weighted sum."""
+    import torch
+    import torch.nn.functional as F
+    cfg = m.config
+    xf = x.float()
+    probs = torch.softmax(xf @ m.gate.float().t(), dim=-1)
+    w, ids = torch.topk(probs, cfg.topk, dim=-1)
+    if cfg.renormalize:
+        w = w / w.sum(dim=-1, keepdim=True)
+    y = torch.zeros_like(xf)
+    for e in range(cfg.experts):
+        rows, slot = (ids == e).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            continue
+        h = xf[rows] @ m.w1[e].float().t()
+        if m.b1 is not None:
+            h = h + m.b1[e].float()
+        if cfg.activation == "swiglu":
+            h = F.silu(h[:, :cfg.ffn]) * h[:, cfg.ffn:]
+        else:
+            h = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}[cfg.activation](h)
+        o = h @ m.w2[e].float().t()
+        if m.b2 is not None:
+            o = o + m.b2[e].float()
+        y.index_add_(0, rows, o * w[rows, slot].unsqueeze(1))
+    return y
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@pytest.mark.parametrize("act", ["gelu", "swiglu"])
+@pytest.mark.parametrize("dtype_name", ["bf16", "tf32"])
+def test_matches_plain_pytorch(act, dtype_name):
+    torch = cuda_or_skip()
+    import monomoe
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    m = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=2, act=act, dtype=dtype, max_tokens=512)
+    x = torch.randn(300, 256, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        y = m(x)
+        ref = reference(m, x)
+    torch.cuda.synchronize()
+    assert torch.isfinite(y.float()).all()
+    assert rel_err(y, ref) < (2e-2 if dtype_name == "bf16" else 2e-3)
+
+
+def test_gate_change_between_calls_takes_effect():
+    torch = cuda_or_skip()
+    import monomoe
+    torch.manual_seed(1)
+    m = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=2, max_tokens=512)
+    x = torch.randn(200, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        m(x)
+        m.gate[5] += 10.0  # an in-place update, as an optimizer step makes
+        y = m(x)
+        ref = reference(m, x)
+    assert rel_err(y, ref) < 2e-2
+
+
+def test_torch_compile():
+    torch = cuda_or_skip()
+    import monomoe
+    torch.manual_seed(2)
+    m = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=2, max_tokens=512)
+    block = torch.nn.Sequential(torch.nn.LayerNorm(256, device="cuda", dtype=torch.bfloat16), m)
+    x = torch.randn(128, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        eager = block(x)
+        compiled = torch.compile(block)(x)
+    assert rel_err(compiled, eager) < 1e-2
+
+
+def test_errors_name_the_argument():
+    torch = cuda_or_skip()
+    import monomoe
+    m = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=2, max_tokens=64)
+    with pytest.raises(ValueError, match="max_tokens"):
+        m(torch.randn(65, 256, device="cuda", dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="contiguous"):
+        m(torch.randn(256, 32, device="cuda", dtype=torch.bfloat16).t())
