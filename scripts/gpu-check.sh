@@ -2,6 +2,8 @@
 # One call on a GPU machine: build against PyTorch's NCCL (pinned by rpath), run the GPU tests, the
 # random-config check and the benchmark. Logs go to $OUT (or ./out) as gpu-*.log and bench.json.
 # Usage: scripts/gpu-check.sh [all|quick|bench]   (quick: tests + check; bench: bench (+ sweep) only)
+# With 2 or more GPUs and the Python package built, it also runs examples/torch_moe_block.py under
+# torchrun on 2 GPUs.
 # Env: GPUS (bench/check GPUs, default all visible), CASES (check cases, default 24), VIRTUAL
 #      (virtual ranks of the one-GPU multi-rank check, default 4; 0 skips it), BENCH_ARGS
 #      (extra bench flags, e.g. --trace), SWEEP (tokens|experts|gpus: also run a sweep), TESTS
@@ -25,6 +27,11 @@ rc=$?
 echo "build rc=$rc in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu-summary.log"
 if [ $rc -ne 0 ]; then grep -E "error|Error" "$OUT/gpu-build.log" | head -40; exit $rc; fi
 ldd build-gpu/libmonomoe.so 2>/dev/null | grep -i nccl | tee -a "$OUT/gpu-summary.log"
+if ls build-gpu/python/monomoe/_C*.so >/dev/null 2>&1; then
+  echo "python package built: build-gpu/python (ctest python.gpu runs its GPU tests)" | tee -a "$OUT/gpu-summary.log"
+else
+  echo "python package NOT built (no nanobind for $(command -v python3)): python tests skipped" | tee -a "$OUT/gpu-summary.log"
+fi
 GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
 mm=./build-gpu/tools/monomoe
 if [ "${1:-all}" != bench ]; then
@@ -40,6 +47,12 @@ if [ "${VIRTUAL:-4}" != 0 ]; then
   timeout 300 $mm check --virtual-ranks ${VIRTUAL:-4} --cases ${CASES:-24} > "$OUT/gpu-check-virtual.log" 2>&1
   echo "check --virtual-ranks ${VIRTUAL:-4} rc=$?: $(tail -1 "$OUT/gpu-check-virtual.log")" | tee -a "$OUT/gpu-summary.log"
   grep FAIL "$OUT/gpu-check-virtual.log" | head -10
+fi
+if [ "$GPUS" -ge 2 ] && ls build-gpu/python/monomoe/_C*.so >/dev/null 2>&1; then
+  # The PyTorch example under torchrun on 2 GPUs (its latency next to the plain PyTorch block).
+  PYTHONPATH=$here/build-gpu/python timeout 300 torchrun --nproc-per-node 2 examples/torch_moe_block.py \
+    > "$OUT/gpu-torch-example.log" 2>&1
+  echo "torchrun examples/torch_moe_block.py rc=$?: $(grep 'block with' "$OUT/gpu-torch-example.log")" | tee -a "$OUT/gpu-summary.log"
 fi
 [ "${1:-all}" = quick ] && exit 0
 fi
