@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "bench/bench.hpp"
+#include "bench/soak.hpp"
 #include "bench/sweep.hpp"
 #include "commands.hpp"
 #include "monomoe/error.hpp"
@@ -159,6 +160,19 @@ int run_check_command(const ParsedArgs& args) {
   return bench::run_check(o, std::cout);
 }
 
+int run_soak_command(const ParsedArgs& args) {
+  const LayerFlags flags = parse_layer_flags(args);
+  bench::SoakOptions o;
+  o.config = flags.config;
+  o.seed = flags.seed;
+  o.calls = args.int_in("--calls", o.calls, 1, std::int64_t{1} << 40);
+  o.seconds = args.double_or("--seconds", o.seconds);
+  if (!(o.seconds >= 0.0)) throw ConfigError("invalid --seconds: must be >= 0 (0 = no limit)");
+  o.sample_tokens = static_cast<int>(args.int_in("--sample", o.sample_tokens, 1, 1 << 20));
+  o.gpus = parse_gpus(args);
+  return bench::run_soak(o, std::cout, std::cerr);
+}
+
 // The flags of bench and check that join a run started by another launcher (README, Launchers).
 std::vector<Option> with_join_options(std::vector<Option> own) {
   own.push_back({"--join", "", "join a run started by torchrun/mpirun/srun or by hand (rank and "
@@ -171,6 +185,31 @@ std::vector<Option> with_join_options(std::vector<Option> own) {
 }
 
 }  // namespace
+
+Command soak_command() {
+  return {
+      .name = "soak",
+      .summary = "Run many forwards in a row and watch for every way they can go wrong.",
+      .details =
+          "Runs --calls forwards of the layer given by the flags on every GPU, the token count\n"
+          "changing every call (0 and --tokens included) and the inputs rotating over 3 sets.\n"
+          "Every 100th call runs twice and must be bit-identical; every 500th call is compared\n"
+          "with the float64 CPU reference on --sample tokens (all tokens with a capacity limit\n"
+          "on one GPU; none with a capacity limit on several); device memory is read after the\n"
+          "first call and at the end and must not grow. Prints a progress line now and then and a\n"
+          "summary (calls, mismatches, max error, latency min/median/max, memory growth). Exit\n"
+          "status 1 on any mismatch, kernel error or growth. Example:\n"
+          "  monomoe soak --gpus 2 --calls 10000",
+      .options = with_layer_options({
+          {"--gpus", "all|N", "GPUs to use, one worker each (default all visible)"},
+          {"--calls", "N", "forwards per rank (default 10000)"},
+          {"--seconds", "T", "one GPU: stop after T seconds even if calls remain (default 0 = no "
+                             "limit)"},
+          {"--sample", "N", "tokens compared with the reference per checked call (default 64)"},
+      }),
+      .run = run_soak_command,
+  };
+}
 
 Command bench_command() {
   return {

@@ -11,5 +11,6 @@ Command info_command();       // tools/cmd_info.cpp
 Command reference_command();  // tools/cmd_reference.cpp
 Command bench_command();      // tools/cmd_bench.cpp
 Command check_command();      // tools/cmd_bench.cpp
+Command soak_command();       // tools/cmd_bench.cpp
 
 }  // namespace monomoe::cli

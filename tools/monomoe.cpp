@@ -19,6 +19,7 @@ constexpr Command (*kCommandFactories[])() = {
     reference_command,
     bench_command,
     check_command,
+    soak_command,
 };
 
 bool is_help(std::string_view w) {
