@@ -9,7 +9,8 @@
 #      (extra bench flags, e.g. --trace), SWEEP (tokens|experts|gpus: also run a sweep), TESTS
 #      (ctest -R regex to run a subset), TEST_TIMEOUT (per test, default 150 s), COMMIT (for logs),
 #      EXTRA_BENCH (more bench runs after the main one, ';'-separated flag sets, e.g.
-#      "--experts 128 --tokens 16384;--dtype fp32"; logs gpu-bench-extra-N.log).
+#      "--experts 128 --tokens 16384;--dtype fp32"; logs gpu-bench-extra-N.log), SOAK (calls of
+#      `monomoe soak` on the GPUS after the check; unset: no soak; log gpu-soak.log).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -47,6 +48,11 @@ if [ "${VIRTUAL:-4}" != 0 ]; then
   timeout 300 $mm check --virtual-ranks ${VIRTUAL:-4} --cases ${CASES:-24} > "$OUT/gpu-check-virtual.log" 2>&1
   echo "check --virtual-ranks ${VIRTUAL:-4} rc=$?: $(tail -1 "$OUT/gpu-check-virtual.log")" | tee -a "$OUT/gpu-summary.log"
   grep FAIL "$OUT/gpu-check-virtual.log" | head -10
+fi
+if [ -n "${SOAK:-}" ]; then
+  timeout 500 $mm soak --gpus $GPUS --calls "$SOAK" > "$OUT/gpu-soak.log" 2>&1
+  echo "soak --gpus $GPUS --calls $SOAK rc=$?" | tee -a "$OUT/gpu-summary.log"
+  tail -5 "$OUT/gpu-soak.log" | tee -a "$OUT/gpu-summary.log"
 fi
 if [ "$GPUS" -ge 2 ] && ls build-gpu/python/monomoe/_C*.so >/dev/null 2>&1; then
   # The PyTorch example under torchrun on 2 GPUs (its latency next to the plain PyTorch block).
