@@ -128,6 +128,30 @@ TEST(LayerMultiGpu, MissingRankTimesOut) {
   EXPECT_EQ(status[1], 0);
 }
 
+// Ranks that build different layers: every rank is refused at construction, naming the field.
+TEST(LayerMultiGpu, DifferentConfigsAreRefused) {
+  const int gpus = test::visible_gpus_without_cuda_init();
+  if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs, " << gpus << " visible";
+  const std::vector<int> status = test::run_forked(2, 120.0, [](int rank, const UniqueId& id) {
+    Communicator comm(id, rank, 2, rank);
+    LayerConfig c = test::ep_base(DType::bf16, Activation::gelu, 8, 2);
+    c.world_size = 2;
+    c.rank = rank;
+    reference::Problem pr = reference::make_problem(c, {100, 100}, 5);
+    if (rank == 1) c.ffn = 384;  // rank 1 builds wider experts
+    bench::DeviceProblem dev(pr, rank);
+    try {
+      MoELayer layer(c, comm, dev.weights());
+    } catch (const ConfigError& e) {
+      std::printf("[rank %d] expected error: %s\n", rank, e.what());
+      return std::strstr(e.what(), "ffn differs between ranks") != nullptr ? 0 : 3;
+    }
+    return 2;  // accepted: wrong
+  });
+  EXPECT_EQ(status[0], 0);
+  EXPECT_EQ(status[1], 0);
+}
+
 // A worker killed with SIGKILL after the collective set-up: the survivor's forward must report a
 // timeout naming the dead rank, and the supervisor must return non-zero once both are gone, within
 // a bound of a few wait timeouts.

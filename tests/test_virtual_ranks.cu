@@ -111,6 +111,29 @@ TEST(LayerVirtualRanks, MissingRankTimesOut) {
   EXPECT_NE(error.find("rank 2 did not start"), std::string::npos) << error;
 }
 
+// Ranks that build different layers are refused at construction, naming the field, before any
+// window is shared.
+TEST(LayerVirtualRanks, DifferentConfigsAreRefused) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c = test::ep_base(DType::bf16, Activation::gelu, 8, 2);
+  c.world_size = 2;
+  const reference::Problem pr = reference::make_problem(c, {100, 100}, 6);
+  const VirtualProblem dev(pr, 2);
+  auto comms = Communicator::make_virtual(2, 0);
+  LayerConfig c0 = c, c1 = c;
+  c1.rank = 1;
+  c1.max_tokens = 256;  // rank 1 was built for fewer tokens
+  MoELayer first(c0, *comms[0], dev.ranks[0]->weights());
+  try {
+    MoELayer second(c1, *comms[1], dev.ranks[1]->weights());
+    ADD_FAILURE() << "rank 1's different max_tokens was accepted";
+  } catch (const ConfigError& e) {
+    std::printf("expected error: %s\n", e.what());
+    EXPECT_NE(std::string(e.what()).find("max_tokens differs between ranks"), std::string::npos)
+        << e.what();
+  }
+}
+
 // Arguments that cannot make W ranks are refused before any GPU work.
 TEST(LayerVirtualRanks, RefusesBadArguments) {
   LayerConfig c = test::ep_base(DType::bf16, Activation::gelu, 8, 2);

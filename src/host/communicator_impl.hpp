@@ -21,6 +21,7 @@ struct Communicator::Impl {
   ncclComm_t comm = nullptr;                    // null for virtual ranks
   std::shared_ptr<detail::VirtualGroup> group;  // virtual ranks: shared by the W communicators
   int windows_opened = 0;  // symmetric windows opened so far (pairs the ranks' n-th windows)
+  int agreements = 0;      // agree_across_ranks() calls so far (pairs the ranks' n-th calls)
 };
 
 }  // namespace monomoe

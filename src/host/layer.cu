@@ -3,6 +3,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstring>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -139,6 +140,26 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
   MONOMOE_CUDA(cudaMemset(m.ws + m.plan.error, 0, sizeof(device::ErrorRecord)));
   MONOMOE_CUDA(cudaMemset(m.ws + m.plan.tasks, 0, m.plan.max_tasks * sizeof(device::Task)));
   if (config.world_size > 1) {
+    // Every rank must build the same layer (its window and its peers' have one layout): compared
+    // once, before anything is registered with the peers.
+    const auto bits = [](double v) {
+      std::int64_t b = 0;
+      std::memcpy(&b, &v, sizeof(b));
+      return b;
+    };
+    detail::agree_across_ranks(
+        comm, {{"max_tokens", config.max_tokens},
+               {"hidden", config.hidden},
+               {"ffn", config.ffn},
+               {"experts", config.experts},
+               {"topk", config.topk},
+               {"activation", static_cast<std::int64_t>(config.activation)},
+               {"dtype", static_cast<std::int64_t>(config.dtype)},
+               {"weight_layout", static_cast<std::int64_t>(config.weight_layout)},
+               {"renormalize", config.renormalize ? 1 : 0},
+               {"capacity_factor (bits)", bits(config.capacity_factor)},
+               {"bias", config.bias ? 1 : 0},
+               {"world_size", config.world_size}});
     // The window every rank's kernel writes into: same size and layout on every rank. Opening it
     // is collective: every rank constructs its MoELayer in the same order.
     m.window = detail::SymmetricWindow::open(comm, m.plan.window.total);

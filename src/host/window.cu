@@ -23,6 +23,8 @@ struct VirtualGroup {
   int world = 0;
   std::mutex mu;  // the ranks may be driven from several host threads
   std::vector<std::vector<Entry>> windows;
+  // agreements[n][r]: the values rank r gave to its n-th agree_across_ranks() (empty: not yet).
+  std::vector<std::vector<std::vector<std::int64_t>>> agreements;
 };
 
 std::shared_ptr<VirtualGroup> make_virtual_group(int world) {
@@ -130,6 +132,65 @@ class VirtualWindow final : public SymmetricWindow {
 };
 
 }  // namespace
+
+namespace {
+
+[[noreturn]] void disagree(const Field& f, int rank, std::int64_t mine, int other,
+                           std::int64_t theirs) {
+  throw ConfigError("LayerConfig." + std::string(f.name) + " differs between ranks: rank " +
+                    std::to_string(rank) + " has " + std::to_string(mine) + ", rank " +
+                    std::to_string(other) + " has " + std::to_string(theirs) +
+                    " (every rank builds its layer from the same config, but for its rank)");
+}
+
+}  // namespace
+
+void agree_across_ranks(Communicator& comm, const std::vector<Field>& fields) {
+  Communicator::Impl& c = comm.impl();
+  const std::size_t n = fields.size();
+  std::vector<std::int64_t> mine(n);
+  for (std::size_t i = 0; i < n; ++i) mine[i] = fields[i].value;
+  if (c.group) {
+    VirtualGroup& g = *c.group;
+    const std::lock_guard<std::mutex> lock(g.mu);
+    const std::size_t index = static_cast<std::size_t>(c.agreements++);
+    while (g.agreements.size() <= index) g.agreements.emplace_back(static_cast<std::size_t>(g.world));
+    auto& row = g.agreements[index];
+    row[static_cast<std::size_t>(c.rank)] = mine;
+    for (int r = 0; r < g.world; ++r) {
+      const auto& theirs = row[static_cast<std::size_t>(r)];
+      if (theirs.empty() || r == c.rank) continue;
+      for (std::size_t i = 0; i < n; ++i) {
+        if (theirs[i] != mine[i]) disagree(fields[i], c.rank, mine[i], r, theirs[i]);
+      }
+    }
+    return;
+  }
+  if (c.world == 1) return;
+  // All-gather through NCCL (the communicator's collectives run on the device).
+  std::int64_t* buf = nullptr;
+  const std::size_t bytes = n * sizeof(std::int64_t);
+  MONOMOE_CUDA(cudaMalloc(&buf, bytes * static_cast<std::size_t>(c.world)));
+  std::vector<std::int64_t> all(n * static_cast<std::size_t>(c.world));
+  try {
+    MONOMOE_CUDA(cudaMemcpy(buf + n * static_cast<std::size_t>(c.rank), mine.data(), bytes,
+                            cudaMemcpyHostToDevice));
+    MONOMOE_NCCL(ncclAllGather(buf + n * static_cast<std::size_t>(c.rank), buf, n, ncclInt64,
+                               c.comm, nullptr));
+    MONOMOE_CUDA(cudaMemcpy(all.data(), buf, all.size() * sizeof(std::int64_t),
+                            cudaMemcpyDeviceToHost));
+  } catch (...) {
+    cudaFree(buf);
+    throw;
+  }
+  cudaFree(buf);
+  for (int r = 0; r < c.world; ++r) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::int64_t theirs = all[static_cast<std::size_t>(r) * n + i];
+      if (theirs != mine[i]) disagree(fields[i], c.rank, mine[i], r, theirs);
+    }
+  }
+}
 
 std::unique_ptr<SymmetricWindow> SymmetricWindow::open(Communicator& comm, std::size_t bytes) {
   Communicator::Impl& c = comm.impl();

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -33,5 +34,15 @@ class SymmetricWindow {
 
 struct VirtualGroup;
 std::shared_ptr<VirtualGroup> make_virtual_group(int world);
+
+// Collective (every rank calls it in the same order): throws ConfigError naming the first field
+// whose value differs between ranks, with both values, on every rank that sees the difference.
+// NCCL ranks all-gather the values; a virtual rank compares them with those of the ranks that
+// have made their matching call already (so the last rank to call sees every difference).
+struct Field {
+  const char* name;
+  std::int64_t value;
+};
+void agree_across_ranks(Communicator& comm, const std::vector<Field>& fields);
 
 }  // namespace monomoe::detail
