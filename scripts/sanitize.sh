@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# compute-sanitizer over small configurations of every precision and activation (reliability):
+# memcheck, racecheck and synccheck on one GPU, and memcheck over 2 GPUs (forked workers) where
+# two are visible. A run passes when the tool reports 0 errors and the layer's output matches the
+# CPU reference (bench checks it first). Each run gets a long kernel timeout: under the tools the
+# blocks run far slower and the kernel's bounded waits must not fire.
+# Usage: scripts/sanitize.sh [BUILD_DIR]   (default: build-gpu, else build). Logs: $OUT or ./out.
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${1:-$([ -d "$here/build-gpu" ] && echo "$here/build-gpu" || echo "$here/build")}
+OUT=${OUT:-$here/out}
+mkdir -p "$OUT"
+log="$OUT/sanitize.log"
+: > "$log"
+export NCCL_NVLS_ENABLE=0 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast
+mm="$BUILD/tools/monomoe"
+cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+[ -x "$mm" ] || { echo "sanitize: no $mm (build first)" >&2; exit 2; }
+[ -x "$cs" ] || { echo "sanitize: no compute-sanitizer" >&2; exit 2; }
+small="--tokens 300 --hidden 256 --ffn 256 --experts 8 --topk 2 --timeout 300"
+once="--no-baseline --no-ceiling --warmup 0 --iters 1"
+runs=0
+failed=0
+run() {  # run <tool> <what> <monomoe args...>
+  local tool=$1 what=$2
+  shift 2
+  local out
+  out=$("$cs" --tool "$tool" --target-processes all --error-exitcode 99 --print-limit 20 \
+        "$mm" "$@" 2>&1)
+  local rc=$?
+  local summary
+  summary=$(echo "$out" | grep -E "ERROR SUMMARY" | tail -1)
+  runs=$((runs + 1))
+  { echo "== $tool $what: rc=$rc ${summary:-no summary}"; echo "$out" | tail -40; } >> "$log"
+  if [ $rc -ne 0 ]; then
+    failed=$((failed + 1))
+    echo "FAIL $tool $what (rc=$rc) ${summary}"
+  else
+    echo "ok   $tool $what ${summary}"
+  fi
+}
+for dtype in bf16 tf32 fp32; do
+  for act in relu gelu silu swiglu; do
+    for tool in memcheck racecheck synccheck; do
+      run "$tool" "$dtype/$act" bench --gpus 1 $small --dtype "$dtype" --act "$act" $once
+    done
+  done
+done
+run memcheck "bf16/gelu out-in" bench --gpus 1 $small --weight-layout out-in $once
+if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+  for dtype in bf16 tf32; do
+    run memcheck "$dtype 2 GPUs" bench --gpus 2 $small --experts 16 --dtype "$dtype" $once
+  done
+fi
+echo "sanitize: $((runs - failed)) of $runs runs clean (logs: $log)"
+[ $failed -eq 0 ]
