@@ -31,6 +31,20 @@ namespace {
 constexpr int kCeilingWarmup = 5;
 constexpr int kCeilingIterations = 20;
 
+// A late rank: one thread spins for `us` microseconds of the GPU's global timer on `stream`.
+__global__ void spin_kernel(long long ns) {
+  long long start = 0, now = 0;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  } while (now - start < ns);
+}
+
+void spin_on_stream(double us, cudaStream_t stream) {
+  spin_kernel<<<1, 1, 0, stream>>>(static_cast<long long>(us * 1e3));
+  MONOMOE_CUDA(cudaGetLastError());
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -154,8 +168,17 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
 
   progress << "[4/7] timing monomoe (" << o.warmup << " warm-up + " << o.iterations
            << " calls)..." << std::endl;
-  const Timing tf = time_calls([&] { layer.forward(dev.x(), s, dev.y(), stream); }, o.warmup,
-                               o.iterations, stream);
+  const bool straggler = rank == o.delay_rank && o.delay_us > 0.0;
+  const Timing tf = time_calls(
+      [&] {
+        if (straggler) spin_on_stream(o.delay_us, stream);
+        layer.forward(dev.x(), s, dev.y(), stream);
+      },
+      o.warmup, o.iterations, stream);
+  if (o.delay_rank >= 0 && rank == 0) {
+    out << "straggler: rank " << o.delay_rank << " waited " << o.delay_us
+        << " us before each timed forward of monomoe (rank 0's latency below includes it)\n";
+  }
   layer.synchronize();
   Timing tb;
   if (base) {

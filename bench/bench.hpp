@@ -29,6 +29,10 @@ struct BenchOptions {
   bool ceiling = true;      // also measure the dense GEMM ceiling (bench/ceiling.hpp)
   std::string json_path;    // write the results as JSON when non-empty
   bool trace = false;       // print where the kernel's time goes (per-phase block times)
+  // A straggler: rank `delay_rank` (-1: none) waits `delay_us` on its stream before each timed
+  // forward of monomoe (a spin kernel, inside the timed region), as a rank that arrives late does.
+  int delay_rank = -1;
+  double delay_us = 0.0;
   bool isolate = false;     // run even one GPU in a forked worker (the caller forks again later)
   JoinOptions join;         // when enabled, `gpus` is ignored: the launcher started the ranks
 };

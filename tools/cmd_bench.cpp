@@ -86,6 +86,14 @@ int run_bench_command(const ParsedArgs& args) {
   o.ceiling = !args.has("--no-ceiling");
   o.json_path = args.string_or("--json", "");
   o.trace = args.has("--trace");
+  if (args.has("--delay-us") != args.has("--delay-rank")) {
+    throw ConfigError("--delay-us and --delay-rank go together (a straggler: which rank, how long)");
+  }
+  o.delay_rank = static_cast<int>(args.int_in("--delay-rank", o.delay_rank, 0, 63));
+  o.delay_us = args.double_or("--delay-us", o.delay_us);
+  if (!(o.delay_us >= 0.0 && o.delay_us <= 1e7)) {
+    throw ConfigError("invalid --delay-us: must be in [0, 1e7] microseconds");
+  }
   o.join = parse_join(args);
   if (o.join.enabled) {
     if (args.has("--sweep")) throw ConfigError("--sweep cannot be combined with --join");
@@ -93,6 +101,10 @@ int run_bench_command(const ParsedArgs& args) {
   }
   const int visible = visible_gpus();
   o.gpus = parse_gpus(args);
+  if (o.delay_rank >= o.gpus) {
+    throw ConfigError(concat("invalid --delay-rank = ", std::to_string(o.delay_rank),
+                             ": must be below --gpus = ", std::to_string(o.gpus)));
+  }
   if (!args.has("--sweep")) return bench::run_bench(o, std::cout, std::cerr);
 
   const std::string var = args.value("--sweep");
@@ -235,6 +247,9 @@ Command bench_command() {
           {"--no-ceiling", "", "skip the dense cuBLAS GEMM ceiling and the compute floor"},
           {"--json", "FILE", "also write the results as JSON to FILE"},
           {"--trace", "", "also print per-phase times of one forward (profiling)"},
+          {"--delay-rank", "R", "with --delay-us: the rank that arrives late (a straggler)"},
+          {"--delay-us", "D", "rank R waits D microseconds on its stream before each timed "
+                              "forward of monomoe"},
           {"--sweep", "tokens|experts|gpus", "run a series over one variable; CSV + PNG plot"},
           {"--virtual-ranks", "W", "refused: virtual ranks are a test harness (check "
                                    "--virtual-ranks), their times compare with nothing"},
