@@ -89,7 +89,9 @@ int run_bench_command(const ParsedArgs& args) {
   if (args.has("--delay-us") != args.has("--delay-rank")) {
     throw ConfigError("--delay-us and --delay-rank go together (a straggler: which rank, how long)");
   }
-  o.delay_rank = static_cast<int>(args.int_in("--delay-rank", o.delay_rank, 0, 63));
+  if (args.has("--delay-rank")) {
+    o.delay_rank = static_cast<int>(args.int_in("--delay-rank", 0, 0, 63));
+  }
   o.delay_us = args.double_or("--delay-us", o.delay_us);
   if (!(o.delay_us >= 0.0 && o.delay_us <= 1e7)) {
     throw ConfigError("invalid --delay-us: must be in [0, 1e7] microseconds");
