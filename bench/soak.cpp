@@ -136,18 +136,22 @@ int soak_rank(const SoakOptions& o, const launch::WorkerContext& w, std::ostream
         std::vector<std::int32_t> experts;
         std::vector<float> weights;
         layer.routing(experts, weights);
+        // This call's rows only: the rows past them hold an earlier call's output (or a repeat's
+        // NaN poison).
+        std::vector<float> y = d.y_host();
+        y.resize(static_cast<std::size_t>(tokens * cfg.hidden));
         Comparison cmp;
         if (cfg.capacity_factor > 0.0) {
           reference::Problem one = pr;  // world == 1 here
           one.x[0].resize(static_cast<std::size_t>(tokens * cfg.hidden));
-          cmp = compare(one, reference::run(one).ranks[0], d.y_host(), experts, {}, 0);
+          cmp = compare(one, reference::run(one).ranks[0], y, experts, {}, 0);
         } else {
           std::vector<std::int64_t> sample;
           for (int s = 0; s < o.sample_tokens; ++s) {
             sample.push_back(static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(tokens)));
           }
           const reference::Problem sub = sample_tokens(pr, sample, rank);
-          cmp = compare(sub, reference::run(sub).ranks[0], d.y_host(), experts, sample, rank);
+          cmp = compare(sub, reference::run(sub).ranks[0], y, experts, sample, rank);
         }
         pr.tokens[static_cast<std::size_t>(rank)] = max;
         ++t.checks;
