@@ -105,10 +105,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
                std::ostream& progress) {
   const int rank = w.rank;
   const int world = w.world;
-  LayerConfig cfg = o.config;
-  cfg.world_size = world;
-  cfg.rank = rank;
-  cfg.validate();
+  const LayerConfig cfg = rank_config(o.config, rank, world);
   const std::int64_t s = cfg.max_tokens;
   const std::string tag = world > 1 ? "[rank " + std::to_string(rank) + "] " : "";
   if (rank == 0) out << "monomoe bench: " << cfg.describe() << "\n";
@@ -316,6 +313,13 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
 }
 
 }  // namespace
+
+LayerConfig rank_config(LayerConfig c, int rank, int world) {
+  c.world_size = world;
+  c.rank = rank;
+  c.validate();
+  return c;
+}
 
 // Supervision of forked workers: after one fails, the others get twice the kernel's wait bound to
 // report their own (peer timeout) error before they are killed.

@@ -37,6 +37,9 @@ struct BenchOptions {
   JoinOptions join;         // when enabled, `gpus` is ignored: the launcher started the ranks
 };
 
+// `c` as rank `rank` of `world` builds it, validated (ConfigError names the field).
+LayerConfig rank_config(LayerConfig c, int rank, int world);
+
 // Runs the benchmark and prints a table last. Returns the process exit code (0 = correct and timed,
 // 1 = a correctness check failed).
 int run_bench(const BenchOptions& options, std::ostream& out, std::ostream& progress);

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench.hpp"
 #include "bench/device_problem.hpp"
 #include "host/check.hpp"
 #include "launch/workers.hpp"
@@ -56,10 +57,7 @@ int soak_rank(const SoakOptions& o, const launch::WorkerContext& w, std::ostream
               std::ostream& progress) {
   const int rank = w.rank;
   const int world = w.world;
-  LayerConfig cfg = o.config;
-  cfg.world_size = world;
-  cfg.rank = rank;
-  cfg.validate();
+  const LayerConfig cfg = rank_config(o.config, rank, world);
   const std::int64_t max = cfg.max_tokens;
   const std::string tag = world > 1 ? "[rank " + std::to_string(rank) + "] " : "";
   const auto t0 = std::chrono::steady_clock::now();
