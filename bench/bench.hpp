@@ -37,6 +37,7 @@ struct BenchOptions {
   JoinOptions join;         // when enabled, `gpus` is ignored: the launcher started the ranks
 };
 
+// Shared by the drivers of bench/ (bench, check, soak):
 // `c` as rank `rank` of `world` builds it, validated (ConfigError names the field).
 LayerConfig rank_config(LayerConfig c, int rank, int world);
 

@@ -15,6 +15,7 @@
 
 #include "bench/bench.hpp"
 #include "bench/device_problem.hpp"
+#include "bench/ranks.hpp"
 #include "host/check.hpp"
 #include "launch/workers.hpp"
 #include "monomoe/monomoe.hpp"
@@ -218,16 +219,13 @@ int run_soak(const SoakOptions& o, std::ostream& out, std::ostream& progress) {
     throw ConfigError("soak: --seconds needs --gpus 1 (every rank must make the same number of "
                       "calls, and a time limit would differ between ranks)");
   }
-  launch::SupervisorOptions so;
-  so.grace_seconds = std::max(5.0, 2.0 * o.config.timeout_seconds);
-  so.make_id = [] { return UniqueId::create(); };
   std::ostringstream quiet;
   return launch::run_local_workers(
       o.gpus,
       [&](const launch::WorkerContext& w) {
         return soak_rank(o, w, out, w.rank == 0 ? progress : quiet);
       },
-      so);
+      supervision(o.config.timeout_seconds));
 }
 
 }  // namespace monomoe::bench
