@@ -3,6 +3,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <fstream>
 #include <iomanip>
@@ -136,11 +137,24 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   layer.routing(experts, weights);
   const Comparison fused = compare(pr, ex.result, dev.y_host(), experts, ex.tokens, rank);
   out << tag << "correctness monomoe:  " << fused.summary() << std::endl;
-  // Rows of this rank's tokens that go to other ranks' experts: each travels out and back.
-  std::int64_t rows_out = 0;
-  for (std::int32_t e : experts) rows_out += e / cfg.experts_per_rank() != rank ? 1 : 0;
-  const double bytes = 2.0 * static_cast<double>(rows_out) * static_cast<double>(cfg.hidden) *
-                       static_cast<double>(element_bytes(cfg.dtype));
+  // Rows of this rank's tokens that go to other ranks' experts: each travels out and back. The
+  // least a layer must move: one row per (token, other rank it routes to), each way.
+  std::int64_t rows_out = 0, rows_min = 0;
+  const std::size_t k = static_cast<std::size_t>(cfg.topk);
+  for (std::size_t t = 0; t * k < experts.size(); ++t) {
+    std::uint64_t peers = 0;  // ranks < 64 (Limits::kMaxWorld)
+    for (std::size_t j = 0; j < k; ++j) {
+      const auto owner = static_cast<int>(experts[t * k + j] / cfg.experts_per_rank());
+      if (owner == rank) continue;
+      ++rows_out;
+      peers |= std::uint64_t{1} << owner;
+    }
+    rows_min += std::popcount(peers);
+  }
+  const double row_bytes =
+      static_cast<double>(cfg.hidden) * static_cast<double>(element_bytes(cfg.dtype));
+  const double bytes = 2.0 * static_cast<double>(rows_out) * row_bytes;
+  const double bytes_min = 2.0 * static_cast<double>(rows_min) * row_bytes;
 
   std::unique_ptr<baseline::Pipeline> base;
   Comparison base_cmp;
@@ -256,6 +270,13 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     out << "; FFN TFLOP/s per GPU; MB sent = rank 0's rows to other ranks' experts, out and back";
   }
   out << "\n";
+  if (world > 1) {
+    out << "NVLink bytes of rank 0: monomoe " << std::setprecision(1) << bytes * 1e-6
+        << " MB (one row per routed choice, out and back); the least: " << bytes_min * 1e-6
+        << " MB (one row per token and peer rank, each way)";
+    if (bytes_min > 0) out << ", " << std::setprecision(2) << bytes / bytes_min << "x of it";
+    out << "\n";
+  }
   // What the table's rates compare with: the baseline's GEMMs without its routing and exchanges,
   // and the chip's dense GEMM rate with the time the FFN's FLOP take at it.
   if (base) {
@@ -287,7 +308,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
        << ",\n  \"rel_error\": " << fused.rel_error << ",\n  \"monomoe\": {\"median_ms\": "
        << tf.median_ms << ", \"min_ms\": " << tf.min_ms << ", \"tflops\": "
        << ffn_tflops(tf.median_ms) << ", \"tokens_per_s\": " << tokens_per_s(tf.median_ms)
-       << ", \"bytes_sent\": " << bytes << "}";
+       << ", \"bytes_sent\": " << bytes << ", \"bytes_least\": " << bytes_min << "}";
     if (base) {
       js << ",\n  \"baseline\": {\"median_ms\": " << tb.median_ms << ", \"min_ms\": " << tb.min_ms
          << ", \"tflops\": " << ffn_tflops(tb.median_ms) << ", \"bytes_sent\": " << base_bytes
