@@ -163,6 +163,8 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     LayerConfig base_cfg = cfg;
     base_cfg.weight_layout = WeightLayout::in_out;
     base = std::make_unique<baseline::Pipeline>(base_cfg, dev.weights_in_out(), comm);
+    base->use_cutlass_grouped_gemm(o.baseline_cutlass);
+    if (rank == 0 && o.baseline_cutlass) out << "baseline expert GEMMs: CUTLASS grouped GEMM\n";
     dev.poison_y();
     base->forward(dev.x(), s, dev.y(), stream);
     MONOMOE_CUDA(cudaStreamSynchronize(stream));

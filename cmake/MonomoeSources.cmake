@@ -9,4 +9,5 @@ set(MONOMOE_GPU_SOURCES
   ${PROJECT_SOURCE_DIR}/src/device/instances.cu
   ${PROJECT_SOURCE_DIR}/src/device/instances_in_out.cu
   ${PROJECT_SOURCE_DIR}/src/device/instances_out_in.cu
-  ${PROJECT_SOURCE_DIR}/src/baseline/baseline.cu)
+  ${PROJECT_SOURCE_DIR}/src/baseline/baseline.cu
+  ${PROJECT_SOURCE_DIR}/src/baseline/grouped_gemm.cu)

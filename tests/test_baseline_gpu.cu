@@ -124,8 +124,9 @@ struct Stream {
   Stream& operator=(const Stream&) = delete;
 };
 
-// Runs one case on a fresh pipeline, on a stream of its own.
-void check_case(const Case& tc, std::uint64_t seed) {
+// Runs one case on a fresh pipeline, on a stream of its own (its expert GEMMs on CUTLASS's grouped
+// GEMM when `cutlass`).
+void check_case(const Case& tc, std::uint64_t seed, bool cutlass = false) {
   SCOPED_TRACE(tc.name + ", seed " + std::to_string(seed));
   const reference::Problem pr = make(tc, seed);
   const reference::Result ref = reference::run(pr);
@@ -133,6 +134,7 @@ void check_case(const Case& tc, std::uint64_t seed) {
   const test::DeviceArray x = test::upload_x(pr, 0);
   test::DeviceArray y = test::alloc_y(tc.cfg, tc.tokens);
   baseline::Pipeline pipe(tc.cfg, w.view());
+  pipe.use_cutlass_grouped_gemm(cutlass);
   const Stream stream;
   pipe.forward(x.get(), tc.tokens, y.get(), stream.s);
   std::vector<std::int32_t> experts;
@@ -153,6 +155,28 @@ TEST(BaselineGpu, EveryPrecisionAndActivation) {
                  seed++);
     }
   }
+}
+
+// The expert GEMMs on CUTLASS's Hopper grouped GEMM (bf16): every activation, and groups whose
+// rows are not multiples of the tile (skewed routing, odd widths).
+TEST(BaselineGpu, CutlassGroupedGemm) {
+  MONOMOE_REQUIRE_GPU();
+  std::uint64_t seed = 600;
+  for (Activation a : {Activation::relu, Activation::gelu, Activation::silu, Activation::swiglu}) {
+    check_case({"cutlass bf16/" + std::string(to_string(a)), small(DType::bf16, a), 256}, seed++,
+               true);
+  }
+  LayerConfig c = small(DType::bf16, Activation::gelu);
+  c.hidden = 384;
+  c.ffn = 640;
+  c.experts = 16;
+  check_case({"cutlass bf16, hidden 384, ffn 640, 16 experts", c, 300}, seed++, true);
+  check_case({"cutlass bf16, skewed to expert 3", small(DType::bf16, Activation::swiglu), 256, 3},
+             seed++, true);
+  const reference::Problem tp = make({"tf32", small(DType::tf32, Activation::gelu), 8}, 1);
+  const test::DeviceWeights tw = test::upload_weights(tp, 0);
+  baseline::Pipeline tf32(tp.config, tw.view());
+  EXPECT_THROW(tf32.use_cutlass_grouped_gemm(true), ConfigError);
 }
 
 TEST(BaselineGpu, NoBiasNoRenormalize) {

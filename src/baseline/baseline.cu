@@ -34,12 +34,14 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <memory>
 #include <cub/device/device_radix_sort.cuh>
 #include <string>
 #include <vector>
 
 #include "baseline/baseline.hpp"
 #include "baseline/check.hpp"
+#include "baseline/grouped_gemm.hpp"
 #include "baseline/kernels.cuh"
 #include "baseline/resources.hpp"
 #include "host/checked.hpp"
@@ -123,6 +125,7 @@ struct Pipeline::Impl {
   // call to call; every group holds one problem, and since nothing is transposed the leading
   // dimensions are m (of A and C) and k (of B).
   std::vector<int> rows_of, m0, k0, m1, k1, group_size;
+  std::unique_ptr<CutlassGroupedGemm> cutlass;  // set: the expert GEMMs run on CUTLASS (bf16)
   std::vector<float> alpha, beta;
   std::vector<cublasOperation_t> no_trans;
 
@@ -169,11 +172,21 @@ void Pipeline::Impl::expert_ffn(long long rows, const std::int32_t* row_expert, 
   const auto ptrs = [&](std::size_t i) {
     return ptr_arrays + i * static_cast<std::size_t>(cfg.experts);
   };
-  MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
+  // Row-major operands of both GEMMs: pre[rows, w1_cols] = rows[rows, H] . W1[H, w1_cols] and
+  // out[rows, H] = h[rows, I] . W2[I, H], one group per expert (array 0/3: W, 1/4: A, 2/5: D).
+  const auto gemm0 = [&] {
+    if (cutlass) {
+      cutlass->run(rows_of, static_cast<int>(cfg.w1_columns()), static_cast<int>(cfg.hidden),
+                   ptrs(1), ptrs(0), ptrs(2), stream);
+      return;
+    }
+    MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
       handles.blas, no_trans.data(), no_trans.data(), m0.data(), rows_of.data(), k0.data(),
       alpha.data(), const_cast<const void* const*>(ptrs(0)), type, m0.data(),
       const_cast<const void* const*>(ptrs(1)), type, k0.data(), beta.data(), ptrs(2), type,
       m0.data(), groups, group_size.data(), compute));
+  };
+  gemm0();
   const int ffn = static_cast<int>(cfg.ffn);
   const k::ActivationParams<T> ap{.pre = pre.as<const T>(),
                                   .b1 = static_cast<const T*>(w.b1),
@@ -186,6 +199,10 @@ void Pipeline::Impl::expert_ffn(long long rows, const std::int32_t* row_expert, 
   k::activation_kernel<T>
       <<<elementwise_blocks(rows * (ffn / 4)), k::kElementwiseThreads, 0, stream>>>(ap);
   MONOMOE_CHECK_LAUNCH(activation_kernel);
+  if (cutlass) {
+    cutlass->run(rows_of, static_cast<int>(cfg.hidden), ffn, ptrs(4), ptrs(3), ptrs(5), stream);
+    return;
+  }
   MONOMOE_CUBLAS(cublasGemmGroupedBatchedEx(
       handles.blas, no_trans.data(), no_trans.data(), m1.data(), rows_of.data(), k1.data(),
       alpha.data(), const_cast<const void* const*>(ptrs(3)), type, m1.data(),
@@ -657,6 +674,15 @@ std::int64_t Pipeline::dropped() const {
 
 std::int64_t Pipeline::bytes_sent() const {
   return impl_->last_bytes;
+}
+
+void Pipeline::use_cutlass_grouped_gemm(bool on) {
+  Impl& m = *impl_;
+  if (on && m.cfg.dtype != DType::bf16) {
+    throw ConfigError("baseline::Pipeline: the CUTLASS grouped GEMM runs bf16 only; LayerConfig.dtype "
+                      "is " + std::string(to_string(m.cfg.dtype)));
+  }
+  m.cutlass = on ? std::make_unique<CutlassGroupedGemm>(static_cast<int>(m.cfg.experts)) : nullptr;
 }
 
 void Pipeline::rerun_expert_ffn(cudaStream_t stream) {

@@ -33,6 +33,11 @@ class Pipeline {
   // that the grouped GEMM takes on the host), as conventional pipelines do.
   void forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream);
 
+  // bf16 only: run the expert FFN's two grouped GEMMs on CUTLASS's Hopper pointer-array grouped
+  // GEMM (src/baseline/grouped_gemm.cu) instead of cublasGemmGroupedBatchedEx, which reaches about
+  // half its rate on MoE shapes. Throws ConfigError for other precisions.
+  void use_cutlass_grouped_gemm(bool on);
+
   // Routing of the last forward(): [tokens, topk] expert ids and gate weights.
   void routing(std::vector<std::int32_t>& experts, std::vector<float>& weights);
   std::int64_t dropped() const;  // capacity drops of the last forward()
