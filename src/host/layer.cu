@@ -206,7 +206,8 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
     throw ConfigError("forward: x and y must be non-null and 16-byte aligned");
   }
   // Before anything is queued: a virtual peer without its layer is refused here.
-  const std::vector<unsigned char*> peers = ep ? m.window->peer_table() : std::vector<unsigned char*>{};
+  device::Params p{};
+  if (ep) m.window->peer_table(p.peer_window);
   MONOMOE_CUDA(cudaMemsetAsync(m.ws + m.plan.control, 0, m.plan.control_bytes, stream));
   // With peers, a rank without tokens still runs: it owns experts and receives rows.
   if (tokens == 0 && !ep) return;
@@ -216,7 +217,6 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   }
   m.copy_gate(stream);
 
-  device::Params p{};
   p.tokens = static_cast<int>(tokens);
   p.hidden = static_cast<int>(c.hidden);
   p.ffn = static_cast<int>(c.ffn);
@@ -281,7 +281,6 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   if (ep) {
     const auto& w = m.plan.window;
     p.window = m.window->local();
-    std::copy(peers.begin(), peers.end(), p.peer_window);
     p.wl.start = w.start;
     p.wl.header = w.header;
     p.wl.header_flag = w.header_flag;

@@ -13,13 +13,12 @@ namespace monomoe {
 struct VirtualRanks::Impl {
   int world = 0;
   int device = 0;
-  std::vector<std::unique_ptr<Communicator>> comms;
+  std::vector<std::unique_ptr<Communicator>> comms;  // declared first: outlives the layers
   std::vector<std::unique_ptr<MoELayer>> layers;
   std::vector<cudaStream_t> streams;
   std::vector<bool> launched;
 
   ~Impl() {
-    layers.clear();  // before the communicators whose windows they hold
     for (cudaStream_t s : streams) cudaStreamDestroy(s);
   }
 };

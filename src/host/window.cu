@@ -4,6 +4,7 @@
 #include <nccl.h>
 #include <nccl_device.h>
 
+#include <algorithm>
 #include <mutex>
 #include <string>
 
@@ -14,15 +15,13 @@
 
 namespace monomoe::detail {
 
-// The windows of W virtual ranks, by opening order: windows[n][r] is rank r's n-th window.
+// The windows of W virtual ranks, by opening order: windows[n][r] is rank r's n-th window (null
+// until opened, and after it is closed). Their sizes agree: the layers compared their configs
+// (agree_across_ranks) before opening them.
 struct VirtualGroup {
-  struct Entry {
-    unsigned char* base = nullptr;
-    std::size_t bytes = 0;
-  };
   int world = 0;
   std::mutex mu;  // the ranks may be driven from several host threads
-  std::vector<std::vector<Entry>> windows;
+  std::vector<std::vector<unsigned char*>> windows;
   // agreements[n][r]: the values rank r gave to its n-th agree_across_ranks() (empty: not yet).
   std::vector<std::vector<std::vector<std::int64_t>>> agreements;
 };
@@ -70,7 +69,9 @@ class NcclWindow final : public SymmetricWindow {
     if (win_) ncclCommWindowDeregister(comm_, win_);  // collective, like the registration
     if (local_) ncclMemFree(local_);
   }
-  std::vector<unsigned char*> peer_table() const override { return table_; }
+  void peer_table(unsigned char** table) const override {
+    std::copy(table_.begin(), table_.end(), table);
+  }
 
  private:
   ncclComm_t comm_;
@@ -81,7 +82,7 @@ class NcclWindow final : public SymmetricWindow {
 class VirtualWindow final : public SymmetricWindow {
  public:
   VirtualWindow(std::shared_ptr<VirtualGroup> group, int rank, int index, std::size_t bytes)
-      : group_(std::move(group)), rank_(rank), index_(index), bytes_(bytes) {
+      : group_(std::move(group)), rank_(rank), index_(index) {
     MONOMOE_CUDA(cudaMalloc(&local_, bytes));
     const cudaError_t zeroed = cudaMemset(local_, 0, bytes);
     if (zeroed != cudaSuccess) {
@@ -93,42 +94,32 @@ class VirtualWindow final : public SymmetricWindow {
     while (static_cast<int>(w.size()) <= index_) {
       w.emplace_back(static_cast<std::size_t>(group_->world));
     }
-    w[static_cast<std::size_t>(index_)][static_cast<std::size_t>(rank_)] = {local_, bytes_};
+    w[static_cast<std::size_t>(index_)][static_cast<std::size_t>(rank_)] = local_;
   }
   ~VirtualWindow() override {
     {
       const std::lock_guard<std::mutex> lock(group_->mu);
-      group_->windows[static_cast<std::size_t>(index_)][static_cast<std::size_t>(rank_)] = {};
+      group_->windows[static_cast<std::size_t>(index_)][static_cast<std::size_t>(rank_)] = nullptr;
     }
     cudaFree(local_);
   }
-  std::vector<unsigned char*> peer_table() const override {
+  void peer_table(unsigned char** table) const override {
     const std::lock_guard<std::mutex> lock(group_->mu);
     const auto& row = group_->windows[static_cast<std::size_t>(index_)];
-    std::vector<unsigned char*> table;
     for (int r = 0; r < group_->world; ++r) {
-      const VirtualGroup::Entry& e = row[static_cast<std::size_t>(r)];
-      if (e.base == nullptr) {
+      table[r] = row[static_cast<std::size_t>(r)];
+      if (table[r] == nullptr) {
         throw ConfigError("virtual rank " + std::to_string(r) + " has no layer matching rank " +
                           std::to_string(rank_) + "'s (window " + std::to_string(index_) +
                           "): every virtual rank builds its MoELayer, in the same order, before "
                           "any rank calls forward()");
       }
-      if (e.bytes != bytes_) {
-        throw ConfigError("virtual rank " + std::to_string(r) + "'s layer differs from rank " +
-                          std::to_string(rank_) + "'s (window of " + std::to_string(e.bytes) +
-                          " vs " + std::to_string(bytes_) +
-                          " bytes): every rank needs the same LayerConfig but for rank");
-      }
-      table.push_back(e.base);
     }
-    return table;
   }
 
  private:
   std::shared_ptr<VirtualGroup> group_;
   int rank_, index_;
-  std::size_t bytes_;
 };
 
 }  // namespace

@@ -24,9 +24,9 @@ class SymmetricWindow {
   virtual ~SymmetricWindow() = default;
 
   unsigned char* local() const { return local_; }
-  // Every rank's window base, [world]. Throws ConfigError when a virtual peer has not opened its
-  // matching window yet, or opened one of another size (a different LayerConfig).
-  virtual std::vector<unsigned char*> peer_table() const = 0;
+  // Every rank's window base into table[0, world). Throws ConfigError when a virtual peer has not
+  // opened its matching window (or closed it). Called by every forward: no allocation.
+  virtual void peer_table(unsigned char** table) const = 0;
 
  protected:
   unsigned char* local_ = nullptr;
