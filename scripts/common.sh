@@ -6,6 +6,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-$here/build}
 export NCCL_NVLS_ENABLE=0 NVSHMEM_DISABLE_NVLS=1  # monomoe never uses NVLink multicast
 
+# Pure-Python build/test dependencies that setup-deps.sh put in third_party/python (nanobind, pytest).
+export PYTHONPATH="$here/third_party/python${PYTHONPATH:+:$PYTHONPATH}"
 "$here/scripts/setup-deps.sh"
 if [ -z "${NCCL_ROOT:-}" ]; then
   torch_nccl=$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "nccl"))' 2>/dev/null || true)
