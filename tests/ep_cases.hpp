@@ -48,6 +48,9 @@ inline std::vector<EpCase> ep_cases(int w) {
   }
   v.push_back({"fp32 one expert per rank, top-1", ep_base(DType::fp32, Activation::gelu, w, 1),
                {250, 251, 252, 253}});
+  // One expert per rank and a rank without tokens (`monomoe check --seed 11` drew it on 2 GPUs).
+  v.push_back({"bf16 one expert per rank, top-1, a rank with 0 tokens",
+               ep_base(DType::bf16, Activation::gelu, w, 1), {384, 0}});
   v.push_back({"bf16 32 experts per rank, top-4", ep_base(DType::bf16, Activation::swiglu, 32 * w, 4),
                {384, 333, 222, 111}});
   for (DType d : {DType::bf16, DType::tf32}) {

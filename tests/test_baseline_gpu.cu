@@ -170,6 +170,7 @@ TEST(BaselineGpu, CutlassGroupedGemm) {
   c.hidden = 384;
   c.ffn = 640;
   c.experts = 16;
+  c.max_tokens = 300;
   check_case({"cutlass bf16, hidden 384, ffn 640, 16 experts", c, 300}, seed++, true);
   check_case({"cutlass bf16, skewed to expert 3", small(DType::bf16, Activation::swiglu), 256, 3},
              seed++, true);

@@ -102,15 +102,24 @@ TEST(LayerGpu, GateChangedBetweenCallsTakesEffect) {
     SCOPED_TRACE(std::string(to_string(layout)));
     LayerConfig c = small(DType::bf16, Activation::gelu);
     c.weight_layout = layout;
-    const reference::Problem pr = reference::make_problem(c, {300}, 77);
+    // skew_gate_towards also pins feature 0 of every token to 1: the first call's problem gets
+    // the same x with a zero skew, so that the two calls differ only in the gate.
+    reference::Problem pr = reference::make_problem(c, {300}, 77);
     reference::Problem skewed = pr;
+    reference::skew_gate_towards(pr, 5, 0.f);
     reference::skew_gate_towards(skewed, 5, 50.f);  // every token's first choice becomes expert 5
-    const reference::Result ref = reference::run(skewed);
     bench::DeviceProblem dev(pr, 0);
     const bench::DeviceProblem new_gate(skewed, 0);
     MoELayer layer(c, single_gpu(), dev.weights());
     layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
-    layer.synchronize();
+    {
+      std::vector<std::int32_t> experts;
+      std::vector<float> weights;
+      layer.routing(experts, weights);
+      const auto first = bench::compare(pr, reference::run(pr).ranks[0], dev.y_host(), experts);
+      EXPECT_TRUE(first.passed) << "first call, old gate: " << first.summary();
+    }
+    const reference::Result ref = reference::run(skewed);
     const std::size_t gate_bytes = static_cast<std::size_t>(c.hidden * c.experts) * element_bytes(c.dtype);
     MONOMOE_ASSERT_CUDA(cudaMemcpy(const_cast<void*>(dev.weights().gate), new_gate.weights().gate,
                                    gate_bytes, cudaMemcpyDeviceToDevice));

@@ -29,6 +29,9 @@ __device__ __forceinline__ void push_tasks(const Params& p, TaskType type, int a
 // world > 1: the task count is known only once every source's header has arrived. Waits for slot
 // `idx` to fill or for the count to show that it never will. Returns true when the slot holds a task.
 __device__ __forceinline__ bool wait_slot_or_end(const Params& p, unsigned int idx) {
+  // Every block takes one index past the last task; those past the queue's end hold no slot (the
+  // task count never exceeds max_tasks), and reading them would read other buffers.
+  if (idx >= static_cast<unsigned int>(p.max_tasks)) return false;
   const Task* slot = p.tasks + idx;
   const long long start = global_ns();
   for (int spin = 0;; ++spin) {

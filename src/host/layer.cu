@@ -137,6 +137,9 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
   }
   m.plan = detail::plan_workspace(config);
   MONOMOE_CUDA(cudaMalloc(&m.ws, m.plan.total));
+  // Poisoned first: a read of anything the kernel did not write in this call (a slot past the
+  // queue, a stale tile) sees all ones, not a lucky zero. The words that must start at zero follow.
+  MONOMOE_CUDA(cudaMemset(m.ws, 0xff, m.plan.total));
   MONOMOE_CUDA(cudaMemset(m.ws + m.plan.error, 0, sizeof(device::ErrorRecord)));
   MONOMOE_CUDA(cudaMemset(m.ws + m.plan.tasks, 0, m.plan.max_tasks * sizeof(device::Task)));
   if (config.world_size > 1) {
