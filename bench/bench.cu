@@ -164,7 +164,10 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     base_cfg.weight_layout = WeightLayout::in_out;
     base = std::make_unique<baseline::Pipeline>(base_cfg, dev.weights_in_out(), comm);
     base->use_cutlass_grouped_gemm(o.baseline_cutlass);
-    if (rank == 0 && o.baseline_cutlass) out << "baseline expert GEMMs: CUTLASS grouped GEMM\n";
+    if (rank == 0) {
+      out << "baseline expert GEMMs: "
+          << (o.baseline_cutlass ? "CUTLASS sm90 grouped GEMM" : "cuBLAS grouped batched GEMM") << "\n";
+    }
     dev.poison_y();
     base->forward(dev.x(), s, dev.y(), stream);
     MONOMOE_CUDA(cudaStreamSynchronize(stream));
@@ -314,7 +317,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     if (base) {
       js << ",\n  \"baseline\": {\"median_ms\": " << tb.median_ms << ", \"min_ms\": " << tb.min_ms
          << ", \"tflops\": " << ffn_tflops(tb.median_ms) << ", \"bytes_sent\": " << base_bytes
-         << "},\n  \"speedup\": "
+         << ", \"expert_gemm\": \"" << (o.baseline_cutlass ? "cutlass" : "cublas") << "\"},\n  \"speedup\": "
          << tb.median_ms / tf.median_ms;
       js << ",\n  \"baseline_ffn\": {\"median_ms\": " << tffn.median_ms
          << ", \"min_ms\": " << tffn.min_ms << ", \"tflops\": " << ffn_alone_tflops

@@ -27,6 +27,7 @@ struct BenchOptions {
   int sample_tokens = 512;  // tokens checked against the reference (all when the config is small)
   bool baseline = true;     // also time the conventional pipeline and its expert FFN alone
   bool baseline_cutlass = false;  // its expert GEMMs on CUTLASS's grouped GEMM (bf16), not cuBLAS
+                                  // (the CLI's default for bf16: --baseline-gemm auto)
   bool ceiling = true;      // also measure the dense GEMM ceiling (bench/ceiling.hpp)
   std::string json_path;    // write the results as JSON when non-empty
   bool trace = false;       // print where the kernel's time goes (per-phase block times)

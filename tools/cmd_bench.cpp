@@ -83,15 +83,14 @@ int run_bench_command(const ParsedArgs& args) {
   o.iterations = static_cast<int>(args.int_in("--iters", o.iterations, 1, 100000));
   o.sample_tokens = static_cast<int>(args.int_in("--sample", o.sample_tokens, 1, 1 << 30));
   o.baseline = !args.has("--no-baseline");
-  if (args.has("--baseline-gemm")) {
-    const std::string g = args.value("--baseline-gemm");
-    if (g != "cublas" && g != "cutlass") {
-      throw ConfigError(concat("invalid --baseline-gemm = ", g, ": must be cublas or cutlass"));
-    }
-    o.baseline_cutlass = g == "cutlass";
-    if (o.baseline_cutlass && o.config.dtype != DType::bf16) {
-      throw ConfigError("--baseline-gemm cutlass runs bf16 only (--dtype bf16)");
-    }
+  // The strongest baseline we have for the precision: CUTLASS's grouped GEMM runs bf16 only.
+  const std::string g = args.string_or("--baseline-gemm", "auto");
+  if (g != "auto" && g != "cublas" && g != "cutlass") {
+    throw ConfigError(concat("invalid --baseline-gemm = ", g, ": must be auto, cublas or cutlass"));
+  }
+  o.baseline_cutlass = g == "cutlass" || (g == "auto" && o.config.dtype == DType::bf16);
+  if (g == "cutlass" && o.config.dtype != DType::bf16) {
+    throw ConfigError("--baseline-gemm cutlass runs bf16 only (--dtype bf16)");
   }
   o.ceiling = !args.has("--no-ceiling");
   o.json_path = args.string_or("--json", "");
@@ -256,9 +255,9 @@ Command bench_command() {
           {"--iters", "N", "timed calls; the median is reported (default 50)"},
           {"--sample", "N", "tokens checked against the CPU reference (default 512)"},
           {"--no-baseline", "", "time monomoe only (no baseline, no baseline FFN alone)"},
-          {"--baseline-gemm", "cublas|cutlass",
-           "the baseline's grouped expert GEMMs: cuBLAS (default) or CUTLASS's sm90 grouped GEMM "
-           "(bf16)"},
+          {"--baseline-gemm", "auto|cublas|cutlass",
+           "the baseline's grouped expert GEMMs: CUTLASS's sm90 grouped GEMM (bf16 only) or cuBLAS; "
+           "auto (default): CUTLASS for bf16, cuBLAS otherwise"},
           {"--no-ceiling", "", "skip the dense cuBLAS GEMM ceiling and the compute floor"},
           {"--json", "FILE", "also write the results as JSON to FILE"},
           {"--trace", "", "also print per-phase times of one forward (profiling)"},
