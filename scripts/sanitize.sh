@@ -5,6 +5,9 @@
 # CPU reference (bench checks it first). Each run gets a long kernel timeout: under the tools the
 # blocks run far slower and the kernel's bounded waits must not fire.
 # Usage: scripts/sanitize.sh [BUILD_DIR]   (default: build-gpu, else build). Logs: $OUT or ./out.
+# Env (subsets, for a short run): DTYPES (default "bf16 tf32 fp32"), ACTS (default
+# "relu gelu silu swiglu"), TOOLS (default "memcheck racecheck synccheck"), MULTI (0: skip the
+# 2-GPU memcheck runs).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${1:-$([ -d "$here/build-gpu" ] && echo "$here/build-gpu" || echo "$here/build")}
@@ -39,15 +42,15 @@ run() {  # run <tool> <what> <monomoe args...>
     echo "ok   $tool $what ${summary}"
   fi
 }
-for dtype in bf16 tf32 fp32; do
-  for act in relu gelu silu swiglu; do
-    for tool in memcheck racecheck synccheck; do
+for dtype in ${DTYPES:-bf16 tf32 fp32}; do
+  for act in ${ACTS:-relu gelu silu swiglu}; do
+    for tool in ${TOOLS:-memcheck racecheck synccheck}; do
       run "$tool" "$dtype/$act" bench --gpus 1 $small --dtype "$dtype" --act "$act" $once
     done
   done
 done
 run memcheck "bf16/gelu out-in" bench --gpus 1 $small --weight-layout out-in $once
-if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+if [ "${MULTI:-1}" != 0 ] && [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
   for dtype in bf16 tf32; do
     run memcheck "$dtype 2 GPUs" bench --gpus 2 $small --experts 16 --dtype "$dtype" $once
   done

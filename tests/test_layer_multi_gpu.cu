@@ -10,6 +10,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -195,6 +196,64 @@ TEST(LayerMultiGpu, KilledWorkerIsReportedAndRunEnds) {
   EXPECT_EQ(rc, 128 + SIGKILL) << "the supervisor reports the killed worker first";
   EXPECT_NE(outcome.find("rank 1"), std::string::npos) << "rank 0 names the dead peer";
   EXPECT_LT(seconds, 60.0);
+}
+
+// A worker stopped (SIGSTOP) after the collective set-up, for longer than the timeout: the other
+// rank's forward reports it within the timeout + 1 s, and destroying that rank's layer and
+// communicator afterwards returns (no collective teardown with a silent peer). The supervisor
+// kills the stopped worker at its run bound.
+TEST(LayerMultiGpu, StoppedWorkerIsReportedAndTeardownReturns) {
+  const int gpus = test::visible_gpus_without_cuda_init();
+  if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs, " << gpus << " visible";
+  const std::string note = "/tmp/monomoe-stopped-worker-" + std::to_string(getpid());
+  std::remove(note.c_str());
+  constexpr double kTimeout = 2.0;
+  launch::SupervisorOptions so;
+  so.timeout_seconds = 25.0;  // then the stopped worker is killed
+  so.make_id = [] { return UniqueId::create(); };
+  const int rc = launch::run_local_workers(2, [&](const launch::WorkerContext& w) {
+    std::string outcome = "no error";
+    double report_s = -1, teardown_s = -1;
+    {
+      auto comm = std::make_unique<Communicator>(w.id, w.rank, w.world, w.device);
+      LayerConfig c = test::ep_base(DType::bf16, Activation::gelu, 8, 2);
+      c.world_size = 2;
+      c.rank = w.rank;
+      c.timeout_seconds = kTimeout;
+      reference::Problem pr = reference::make_problem(c, {200, 200}, 10);
+      bench::DeviceProblem dev(pr, w.rank);
+      auto layer = std::make_unique<MoELayer>(c, *comm, dev.weights());
+      if (w.rank == 1) raise(SIGSTOP);  // stays stopped until the supervisor kills it
+      const auto t0 = std::chrono::steady_clock::now();
+      try {
+        layer->forward(dev.x(), dev.tokens(), dev.y(), nullptr);
+        layer->synchronize();
+      } catch (const KernelError& e) {
+        outcome = e.what();
+      }
+      const auto t1 = std::chrono::steady_clock::now();
+      report_s = std::chrono::duration<double>(t1 - t0).count();
+      layer.reset();
+      comm.reset();
+      const auto t2 = std::chrono::steady_clock::now();
+      teardown_s = std::chrono::duration<double>(t2 - t1).count();
+    }
+    std::ofstream(note) << report_s << " " << teardown_s << " " << outcome;
+    return 0;
+  }, so);
+  std::ifstream in(note);
+  double report_s = -1, teardown_s = -1;
+  in >> report_s >> teardown_s;
+  const std::string outcome((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::remove(note.c_str());
+  std::printf("stopped worker: supervisor status %d; rank 0 reported in %.2f s, tore down in %.2f s:"
+              "%s\n", rc, report_s, teardown_s, outcome.c_str());
+  EXPECT_NE(outcome.find("rank 1"), std::string::npos) << "rank 0 names the stopped peer";
+  EXPECT_GE(report_s, 0.0);
+  EXPECT_LE(report_s, kTimeout + 1.0);
+  EXPECT_GE(teardown_s, 0.0) << "rank 0 did not finish its teardown";
+  EXPECT_LT(teardown_s, 5.0);
+  EXPECT_EQ(rc, 124) << "the stopped worker is killed at the run bound";
 }
 
 }  // namespace

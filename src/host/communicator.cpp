@@ -95,7 +95,13 @@ std::vector<std::unique_ptr<Communicator>> Communicator::make_virtual(int world,
 }
 
 Communicator::~Communicator() {
-  if (impl_ && impl_->comm) ncclCommDestroy(impl_->comm);
+  if (impl_ && impl_->comm) {
+    if (impl_->peer_failed) {
+      ncclCommAbort(impl_->comm);  // returns without the peers (one of them is gone or stopped)
+    } else {
+      ncclCommDestroy(impl_->comm);
+    }
+  }
 }
 
 int Communicator::rank() const { return impl_->rank; }

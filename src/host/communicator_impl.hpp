@@ -22,6 +22,10 @@ struct Communicator::Impl {
   std::shared_ptr<detail::VirtualGroup> group;  // virtual ranks: shared by the W communicators
   int windows_opened = 0;  // symmetric windows opened so far (pairs the ranks' n-th windows)
   int agreements = 0;      // agree_across_ranks() calls so far (pairs the ranks' n-th calls)
+  // A layer's kernel found a peer unresponsive (a timeout naming it): collective teardown would
+  // wait for that peer forever, so windows skip their deregistration and the communicator is
+  // aborted (ncclCommAbort) instead of destroyed.
+  bool peer_failed = false;
 };
 
 }  // namespace monomoe

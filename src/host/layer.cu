@@ -10,6 +10,7 @@
 
 #include "device/launch.hpp"
 #include "host/check.hpp"
+#include "host/communicator_impl.hpp"
 #include "host/window.hpp"
 #include "host/workspace.hpp"
 #include "monomoe/error.hpp"
@@ -73,6 +74,7 @@ struct MoELayer::Impl {
   long long* trace = nullptr;  // [grid, kTraceSlots] while tracing is on
   // world > 1: the symmetric window peers write into.
   std::unique_ptr<detail::SymmetricWindow> window;
+  Communicator::Impl* comm = nullptr;  // the communicator the layer was built on (outlives it)
 
   void copy_gate(cudaStream_t stream) const;
 
@@ -93,6 +95,7 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
   m.cfg = config;
   m.weights = weights;
   m.device = comm.device();
+  m.comm = &comm.impl();
   MONOMOE_CUDA(cudaSetDevice(m.device));
   cudaDeviceProp prop{};
   MONOMOE_CUDA(cudaGetDeviceProperties(&prop, m.device));
@@ -340,6 +343,10 @@ void MoELayer::synchronize() {
   MONOMOE_CUDA(cudaMemcpy(&rec, m.ws + m.plan.error, sizeof(rec), cudaMemcpyDeviceToHost));
   if (rec.code != 0) {
     MONOMOE_CUDA(cudaMemset(m.ws + m.plan.error, 0, sizeof(rec)));
+    // A silent peer makes collective teardown unsafe (communicator_impl.hpp, peer_failed).
+    if (static_cast<device::ErrorCode>(rec.code) == device::ErrorCode::timeout_peer) {
+      m.comm->peer_failed = true;
+    }
     throw KernelError(describe_kernel_error(rec, m.cfg.timeout_seconds));
   }
 }

@@ -42,7 +42,8 @@ __global__ void read_lsa_bases(ncclWindow_t win, int world, unsigned char** out)
 
 class NcclWindow final : public SymmetricWindow {
  public:
-  NcclWindow(ncclComm_t comm, int world, std::size_t bytes) : comm_(comm) {
+  NcclWindow(Communicator::Impl& owner, int world, std::size_t bytes)
+      : owner_(owner), comm_(owner.comm) {
     void* buf = nullptr;
     MONOMOE_NCCL(ncclMemAlloc(&buf, bytes));
     local_ = static_cast<unsigned char*>(buf);
@@ -66,7 +67,9 @@ class NcclWindow final : public SymmetricWindow {
     MONOMOE_CUDA(copied);
   }
   ~NcclWindow() override {
-    if (win_) ncclCommWindowDeregister(comm_, win_);  // collective, like the registration
+    // Collective, like the registration: skipped when a peer stopped answering (the
+    // communicator's abort releases the registration without the peers).
+    if (win_ && !owner_.peer_failed) ncclCommWindowDeregister(comm_, win_);
     if (local_) ncclMemFree(local_);
   }
   void peer_table(unsigned char** table) const override {
@@ -74,6 +77,7 @@ class NcclWindow final : public SymmetricWindow {
   }
 
  private:
+  Communicator::Impl& owner_;  // outlives the window: a layer is destroyed before its communicator
   ncclComm_t comm_;
   ncclWindow_t win_ = nullptr;
   std::vector<unsigned char*> table_;
@@ -188,7 +192,7 @@ std::unique_ptr<SymmetricWindow> SymmetricWindow::open(Communicator& comm, std::
   if (c.group) {
     return std::make_unique<VirtualWindow>(c.group, c.rank, c.windows_opened++, bytes);
   }
-  return std::make_unique<NcclWindow>(c.comm, c.world, bytes);
+  return std::make_unique<NcclWindow>(c, c.world, bytes);
 }
 
 }  // namespace monomoe::detail
