@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "bench/device_problem.hpp"
@@ -335,17 +336,117 @@ TEST(LayerGpu, TraceIsOrderedAndCountsEveryTask) {
   EXPECT_TRUE(layer.trace().empty());
 }
 
-TEST(LayerGpu, InvalidForwardArguments) {
+// `fn` throws ConfigError whose message contains every piece of `names`.
+template <class Fn>
+void expect_config_error(Fn&& fn, std::initializer_list<const char*> names) {
+  try {
+    fn();
+    ADD_FAILURE() << "no ConfigError";
+  } catch (const ConfigError& e) {
+    for (const char* n : names) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+  }
+}
+
+TEST(LayerGpu, InvalidTokenCounts) {
   MONOMOE_REQUIRE_GPU();
   LayerConfig c = small(DType::bf16, Activation::gelu);
   reference::Problem pr = reference::make_problem(c, {16}, 1);
   bench::DeviceProblem dev(pr, 0);
   MoELayer layer(c, single_gpu(), dev.weights());
-  EXPECT_THROW(layer.forward(dev.x(), c.max_tokens + 1, dev.y(), nullptr), ConfigError);
-  EXPECT_THROW(layer.forward(dev.x(), -1, dev.y(), nullptr), ConfigError);
-  ExpertWeights missing = dev.weights();
-  missing.w2 = nullptr;
-  EXPECT_THROW(MoELayer(c, single_gpu(), missing), ConfigError);
+  expect_config_error([&] { layer.forward(dev.x(), c.max_tokens + 1, dev.y(), nullptr); },
+                      {"tokens", "max_tokens"});
+  expect_config_error([&] { layer.forward(dev.x(), -1, dev.y(), nullptr); }, {"tokens"});
+  // The layer still works after refusals.
+  dev.poison_y();
+  layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
+  layer.synchronize();
+  std::vector<std::int32_t> experts;
+  std::vector<float> weights;
+  layer.routing(experts, weights);
+  EXPECT_TRUE(bench::compare(pr, reference::run(pr).ranks[0], dev.y_host(), experts).passed);
+}
+
+// x and y: null, misaligned, host memory, pinned host memory, another GPU's memory.
+TEST(LayerGpu, InvalidForwardPointers) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c = small(DType::bf16, Activation::gelu);
+  reference::Problem pr = reference::make_problem(c, {16}, 1);
+  bench::DeviceProblem dev(pr, 0);
+  MoELayer layer(c, single_gpu(), dev.weights());
+  const auto bytes = static_cast<std::size_t>(c.max_tokens * c.hidden) * element_bytes(c.dtype);
+  std::vector<unsigned char> host(bytes + 16);
+  void* pinned = nullptr;
+  MONOMOE_ASSERT_CUDA(cudaMallocHost(&pinned, bytes));
+  char* x = static_cast<char*>(const_cast<void*>(dev.x()));
+  char* y = static_cast<char*>(dev.y());
+  struct Case {
+    const char* what;
+    const void* x;
+    void* y;
+    std::initializer_list<const char*> names;
+  };
+  const Case cases[] = {
+      {"null x", nullptr, y, {"x", "null"}},
+      {"null y", x, nullptr, {"y", "null"}},
+      {"misaligned x", x + 2, y, {"x", "aligned"}},
+      {"misaligned y", x, y + 4, {"y", "aligned"}},
+      {"host x", host.data(), y, {"x", "not CUDA memory"}},
+      {"host y", x, host.data(), {"y", "not CUDA memory"}},
+      {"pinned x", pinned, y, {"x", "pinned host memory"}},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.what);
+    expect_config_error([&] { layer.forward(k.x, dev.tokens(), k.y, nullptr); }, k.names);
+  }
+  int gpus = 0;
+  MONOMOE_ASSERT_CUDA(cudaGetDeviceCount(&gpus));
+  if (gpus >= 2) {
+    void* other = nullptr;
+    MONOMOE_ASSERT_CUDA(cudaSetDevice(1));
+    MONOMOE_ASSERT_CUDA(cudaMalloc(&other, bytes));
+    MONOMOE_ASSERT_CUDA(cudaSetDevice(0));
+    expect_config_error([&] { layer.forward(x, dev.tokens(), other, nullptr); },
+                        {"y", "memory of GPU 1", "runs on GPU 0"});
+    cudaFree(other);
+  } else {
+    std::printf("one GPU visible: the another-GPU case of y is not run\n");
+  }
+  cudaFreeHost(pinned);
+  // Zero tokens need no buffers; a good call still works.
+  layer.forward(nullptr, 0, nullptr, nullptr);
+  layer.synchronize();
+  dev.poison_y();
+  layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
+  layer.synchronize();
+}
+
+// Every weight pointer: null, misaligned, host memory; a bias only when the config has biases.
+TEST(LayerGpu, InvalidWeightPointers) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c = small(DType::bf16, Activation::gelu);
+  reference::Problem pr = reference::make_problem(c, {16}, 1);
+  bench::DeviceProblem dev(pr, 0);
+  std::vector<unsigned char> host(64);
+  const std::pair<const char*, const void* ExpertWeights::*> fields[] = {
+      {"gate", &ExpertWeights::gate}, {"w1", &ExpertWeights::w1}, {"b1", &ExpertWeights::b1},
+      {"w2", &ExpertWeights::w2},     {"b2", &ExpertWeights::b2}};
+  for (const auto& [name, field] : fields) {
+    SCOPED_TRACE(name);
+    const std::string full = std::string("ExpertWeights.") + name;
+    for (int kind = 0; kind < 3; ++kind) {
+      ExpertWeights w = dev.weights();
+      w.*field = kind == 0   ? nullptr
+                 : kind == 1 ? static_cast<const char*>(w.*field) + 2
+                             : static_cast<const void*>(host.data());
+      expect_config_error([&] { MoELayer layer(c, single_gpu(), w); },
+                          {full.c_str(), kind == 0 ? "null" : kind == 1 ? "aligned" : "not CUDA memory"});
+    }
+  }
+  LayerConfig nb = c;
+  nb.bias = false;
+  ExpertWeights w = dev.weights();
+  w.b1 = w.b2 = nullptr;
+  MoELayer layer(nb, single_gpu(), w);  // no biases: none needed
 }
 
 }  // namespace

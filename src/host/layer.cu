@@ -59,6 +59,31 @@ std::string describe_kernel_error(const device::ErrorRecord& e, double timeout_s
 
 bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
 
+// Throws ConfigError unless `p` is non-null, 16-byte aligned and memory that GPU `device` reads
+// at full speed: device memory of that GPU, or managed memory. `what` names the argument.
+void check_device_pointer(const void* p, const std::string& what, int device) {
+  if (!p) throw ConfigError(what + " is null");
+  if (!aligned16(p)) throw ConfigError(what + " is not 16-byte aligned");
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky-free error of an unknown pointer
+    a.type = cudaMemoryTypeUnregistered;
+  }
+  switch (a.type) {
+    case cudaMemoryTypeManaged: return;
+    case cudaMemoryTypeDevice:
+      if (a.device == device) return;
+      throw ConfigError(what + " is memory of GPU " + std::to_string(a.device) +
+                        "; this layer runs on GPU " + std::to_string(device));
+    case cudaMemoryTypeHost:
+      throw ConfigError(what + " is pinned host memory; it must be device memory of GPU " +
+                        std::to_string(device));
+    default:
+      throw ConfigError(what + " is not CUDA memory (a host pointer?); it must be device memory of "
+                        "GPU " + std::to_string(device));
+  }
+}
+
 }  // namespace
 
 struct MoELayer::Impl {
@@ -70,6 +95,8 @@ struct MoELayer::Impl {
   unsigned char* ws = nullptr;
   cudaStream_t last_stream = nullptr;
   std::int64_t last_tokens = 0;
+  const void* checked_x = nullptr;  // the last x and y found to be this GPU's memory
+  const void* checked_y = nullptr;
   unsigned int epoch = 0;  // forward calls so far (the task slots' epoch, device/params.cuh)
   long long* trace = nullptr;  // [grid, kTraceSlots] while tracing is on
   // world > 1: the symmetric window peers write into.
@@ -110,9 +137,8 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
                       std::to_string(prop.major) + "." + std::to_string(prop.minor) +
                       "; this build targets sm_90a (Hopper)");
   }
-  const auto need = [](const void* p, const char* name) {
-    if (!p) throw ConfigError(std::string("ExpertWeights.") + name + " is null");
-    if (!aligned16(p)) throw ConfigError(std::string("ExpertWeights.") + name + " is not 16-byte aligned");
+  const auto need = [&](const void* p, const char* name) {
+    check_device_pointer(p, std::string("ExpertWeights.") + name, m.device);
   };
   need(weights.gate, "gate");
   need(weights.w1, "w1");
@@ -208,8 +234,12 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   m.last_stream = stream;
   m.last_tokens = tokens;
   const bool ep = c.world_size > 1;
-  if (tokens > 0 && (!x || !y || !aligned16(x) || !aligned16(y))) {
-    throw ConfigError("forward: x and y must be non-null and 16-byte aligned");
+  if (tokens > 0 && (x != m.checked_x || y != m.checked_y)) {
+    // Where a pointer lives is asked once per new pointer (a driver call): callers reuse buffers.
+    check_device_pointer(x, "forward: x", m.device);
+    check_device_pointer(y, "forward: y", m.device);
+    m.checked_x = x;
+    m.checked_y = y;
   }
   // Before anything is queued: a virtual peer without its layer is refused here.
   device::Params p{};
