@@ -3,7 +3,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -334,6 +336,60 @@ TEST(LayerGpu, TraceIsOrderedAndCountsEveryTask) {
   EXPECT_TRUE(bench::compare(pr, ref.ranks[0], dev.y_host(), experts).passed);
   layer.set_trace(false);
   EXPECT_TRUE(layer.trace().empty());
+}
+
+// A token whose row of x holds a NaN or an inf: its routing is defined (NaN: the k lowest experts;
+// inf: by the infinite logits), its output is not finite, and every other token's output and
+// routing are bit-identical to the run without the poisoned row (dropless). No kernel error.
+TEST(LayerGpu, PoisonedRowIsIsolated) {
+  MONOMOE_REQUIRE_GPU();
+  for (DType d : {DType::bf16, DType::tf32, DType::fp32}) {
+    LayerConfig c = small(d, Activation::swiglu);
+    const reference::Problem clean = reference::make_problem(c, {300}, 88);
+    bench::DeviceProblem dev(clean, 0);
+    MoELayer layer(c, single_gpu(), dev.weights());
+    dev.poison_y();
+    layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
+    std::vector<std::int32_t> e0, e1;
+    std::vector<float> w0, w1;
+    layer.routing(e0, w0);
+    const std::vector<float> y0 = dev.y_host();
+    const auto h = static_cast<std::size_t>(c.hidden);
+    const auto k = static_cast<std::size_t>(c.topk);
+    for (float poison : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+      SCOPED_TRACE(std::string(to_string(d)) + (std::isnan(poison) ? " NaN" : " inf"));
+      constexpr std::size_t kBad = 131;  // in the second token tile
+      reference::Problem p = clean;
+      p.x[0][kBad * h + 5] = poison;
+      bench::DeviceProblem bad(p, 0);  // the same weights; this x has the poisoned row
+      bad.poison_y();
+      layer.forward(bad.x(), bad.tokens(), bad.y(), nullptr);
+      layer.synchronize();  // no kernel error
+      layer.routing(e1, w1);
+      const std::vector<float> y1 = bad.y_host();
+      std::size_t changed = 0;
+      for (std::size_t t = 0; t < 300; ++t) {
+        if (t == kBad) continue;
+        changed += std::memcmp(y0.data() + t * h, y1.data() + t * h, h * sizeof(float)) != 0;
+        changed += std::memcmp(e0.data() + t * k, e1.data() + t * k, k * sizeof(std::int32_t)) != 0;
+      }
+      EXPECT_EQ(changed, 0u) << "other tokens' outputs or routes changed";
+      std::vector<bool> seen(static_cast<std::size_t>(c.experts), false);
+      for (std::size_t j = 0; j < k; ++j) {
+        const std::int32_t e = e1[kBad * k + j];
+        ASSERT_GE(e, 0);
+        ASSERT_LT(e, c.experts);
+        EXPECT_FALSE(seen[static_cast<std::size_t>(e)]) << "expert " << e << " chosen twice";
+        seen[static_cast<std::size_t>(e)] = true;
+        if (std::isnan(poison)) {
+          EXPECT_EQ(e, static_cast<std::int32_t>(j));
+        }
+      }
+      std::size_t finite = 0;
+      for (std::size_t q = 0; q < h; ++q) finite += std::isfinite(y1[kBad * h + q]) ? 1 : 0;
+      EXPECT_EQ(finite, 0u) << "the poisoned token's output should not be finite";
+    }
+  }
 }
 
 // `fn` throws ConfigError whose message contains every piece of `names`.

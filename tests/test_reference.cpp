@@ -295,6 +295,45 @@ TEST(ReferenceRouting, TopKOfTheRecomputedSoftmax) {
   }
 }
 
+// A token with a NaN or inf in its row of x: NaN logits route to the k lowest experts (in order),
+// an inf feature routes by the infinite logits; either way its weights and output are not finite,
+// and every other token's output is exactly what it is without the poisoned row.
+TEST(ReferenceRouting, PoisonedRowRoutesDefinedAndStaysIsolated) {
+  LayerConfig c = small_config(8, 3, Activation::gelu);
+  const Problem clean = make_problem(c, {40}, 23);
+  const Result rc = run(clean, 2);
+  const std::size_t h = static_cast<std::size_t>(c.hidden);
+  for (float poison : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    SCOPED_TRACE(poison);
+    Problem p = clean;
+    p.x[0][7 * h + 5] = poison;
+    const Result r = run(p, 2);
+    const RankResult& rr = r.ranks[0];
+    std::vector<bool> chosen(8, false);
+    for (Idx j = 0; j < 3; ++j) {
+      const std::int32_t e = rr.topk_expert[7 * 3 + j];
+      ASSERT_GE(e, 0);
+      ASSERT_LT(e, 8);
+      EXPECT_FALSE(chosen[ix(e)]);
+      chosen[ix(e)] = true;
+      if (std::isnan(poison)) {
+        EXPECT_EQ(e, static_cast<std::int32_t>(j)) << "NaN: the lowest experts";
+      }
+      EXPECT_FALSE(std::isfinite(rr.topk_weight[7 * 3 + j]));
+    }
+    for (Idx t = 0; t < 40; ++t) {
+      for (Idx q = 0; q < h; ++q) {
+        const double v = rr.y[t * h + q];
+        if (t == 7) {
+          EXPECT_FALSE(std::isfinite(v));
+        } else {
+          ASSERT_EQ(v, rc.ranks[0].y[t * h + q]) << "token " << t << " changed";
+        }
+      }
+    }
+  }
+}
+
 TEST(ReferenceRouting, ExactTiesGoToTheLowerExpert) {
   // A zero gate ties every expert: the k lowest indices win, with equal weights and no margin.
   LayerConfig c = small_config(8, 3, Activation::relu);

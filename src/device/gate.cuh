@@ -118,6 +118,21 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
         }
       }
       warp_argmax(bv, be);
+      if (be >= p.experts) {
+        // Only NaN (or -inf) logits are left, as for a token with a NaN/inf in its row of x: the
+        // lowest expert not chosen yet (the CPU reference's rule). Its weight comes out NaN, so
+        // only this token's output is affected (docs: README, Reliability).
+        be = 0;
+        for (bool taken = true; taken;) {
+          taken = false;
+          for (int q = 0; q < j; ++q) {
+            if (chosen_e[q] == be) {
+              ++be;
+              taken = true;
+            }
+          }
+        }
+      }
 #pragma unroll
       for (int i = 0; i < kPerLane; ++i) {
         if (lane + 32 * i == be) v[i] = -INFINITY;
@@ -131,7 +146,7 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
 #pragma unroll
       for (int j = 0; j < kMaxTopK; ++j) {
         if (j >= p.topk) break;
-        if (chosen_e[j] < 0 || chosen_e[j] >= p.experts) {  // a NaN logit selects nothing
+        if (chosen_e[j] < 0 || chosen_e[j] >= p.experts) {  // cannot happen: see the fallback above
           raise_error(p, ErrorCode::bad_route, t, chosen_e[j]);
           continue;
         }

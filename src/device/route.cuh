@@ -74,7 +74,7 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
   for (int i = threadIdx.x; i < rows * k; i += kThreads) {
     const int r = i / k;
     const int e = rs.choice[i];
-    // An invalid choice (a NaN logit) was already reported by the gate; skip it here.
+    // An out-of-range choice was already reported as an error (bad_route); skip it here.
     if (e >= 0 && e < p.experts) atomicOr(&rs.row_mask[e][r / 32], 1u << (r % 32));
   }
   __syncthreads();

@@ -131,15 +131,23 @@ void route_token(const LayerConfig& c, const float* x, const float* gate, double
   }
   for (std::size_t j = 0; j < e; ++j) prob[j] /= sum;
 
-  // Top-k by repeated selection: a strict '>' while scanning upwards keeps the lower index on ties
-  // (and never misbehaves on NaN, unlike a sort with an inconsistent comparator).
+  // Top-k by repeated selection on the logits (the order of the probabilities where they are
+  // finite): a strict '>' while scanning upwards keeps the lower index on ties, and NaN or -inf
+  // logits are never larger than anything. When only those are left, as for a token with a NaN or
+  // inf in its row of x, the lowest expert not taken yet is chosen; its weight is then NaN.
   std::uint64_t taken[4] = {0, 0, 0, 0};  // bit set over <= 256 experts
   const auto is_taken = [&](std::size_t j) { return (taken[j / 64] >> (j % 64)) & 1u; };
   const auto best_free = [&]() {
     std::size_t best = e;
+    double best_logit = -std::numeric_limits<double>::infinity();
     for (std::size_t j = 0; j < e; ++j) {
-      if (is_taken(j)) continue;
-      if (best == e || prob[j] > prob[best]) best = j;
+      if (!is_taken(j) && logits[j] > best_logit) {
+        best = j;
+        best_logit = logits[j];
+      }
+    }
+    for (std::size_t j = 0; best == e && j < e; ++j) {
+      if (!is_taken(j)) best = j;
     }
     return best;
   };
