@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <bit>
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <iomanip>
 #include <ostream>
@@ -15,6 +16,7 @@
 #include "baseline/baseline.hpp"
 #include "bench/ceiling.hpp"
 #include "bench/device_problem.hpp"
+#include "bench/graph.hpp"
 #include "bench/metrics.hpp"
 #include "bench/ranks.hpp"
 #include "bench/timing.hpp"
@@ -135,7 +137,8 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   std::vector<std::int32_t> experts;
   std::vector<float> weights;
   layer.routing(experts, weights);
-  const Comparison fused = compare(pr, ex.result, dev.y_host(), experts, ex.tokens, rank);
+  const std::vector<float> y_forward = dev.y_host();
+  const Comparison fused = compare(pr, ex.result, y_forward, experts, ex.tokens, rank);
   out << tag << "correctness monomoe:  " << fused.summary() << std::endl;
   // Rows of this rank's tokens that go to other ranks' experts: each travels out and back. The
   // least a layer must move: one row per (token, other rank it routes to), each way.
@@ -184,12 +187,23 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   }
 
   progress << "[4/7] timing monomoe (" << o.warmup << " warm-up + " << o.iterations
-           << " calls)..." << std::endl;
+           << (o.graph ? " replays of a CUDA graph of one forward()" : " calls") << ")..."
+           << std::endl;
   const bool straggler = rank == o.delay_rank && o.delay_us > 0.0;
+  // --graph: one forward() captured (every rank captures its own; nothing runs while capturing).
+  std::unique_ptr<Graph> graph;
+  if (o.graph) {
+    graph = capture([&] { layer.forward(dev.x(), s, dev.y(), stream); }, stream);
+    dev.poison_y();  // the replays must write all of y
+  }
   const Timing tf = time_calls(
       [&] {
         if (straggler) spin_on_stream(o.delay_us, stream);
-        layer.forward(dev.x(), s, dev.y(), stream);
+        if (graph) {
+          graph->launch(stream);
+        } else {
+          layer.forward(dev.x(), s, dev.y(), stream);
+        }
       },
       o.warmup, o.iterations, stream);
   if (o.delay_rank >= 0 && rank == 0) {
@@ -197,6 +211,17 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
         << " us before each timed forward of monomoe (rank 0's latency below includes it)\n";
   }
   layer.synchronize();
+  bool graph_ok = true;
+  if (graph) {
+    // Same x, same layer: the last replay's y must be forward()'s, bit for bit.
+    const std::vector<float> y_graph = dev.y_host();
+    graph_ok = y_graph.size() == y_forward.size() &&
+               std::memcmp(y_graph.data(), y_forward.data(), y_graph.size() * sizeof(float)) == 0;
+    graph.reset();
+    out << tag << "graph: monomoe timed as replays of one forward() captured in a CUDA graph; "
+        << "their output is " << (graph_ok ? "bit-identical to" : "DIFFERENT from (FAILED)")
+        << " forward()'s" << std::endl;
+  }
   Timing tb;
   if (base) {
     progress << "[5/7] timing the baseline pipeline..." << std::endl;
@@ -234,7 +259,8 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   }
   MONOMOE_CUDA(cudaStreamDestroy(stream));
   const double base_bytes = base ? static_cast<double>(base->bytes_sent()) : 0.0;
-  if (rank != 0) return 0;
+  const int status = graph_ok ? 0 : 1;
+  if (rank != 0) return status;
 
   // Expert FFN work: every kept (token, expert) row of rank 0's tokens through GEMM0 and GEMM1.
   const double flop = ffn_flop(s * cfg.topk - st.dropped, cfg);
@@ -249,6 +275,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   MONOMOE_CUDA(cudaGetDeviceProperties(&prop, w.device));
 
   out << std::fixed;
+  if (o.graph) out << "\nmonomoe row: CUDA-graph replays (--graph)";
   out << "\n" << std::left << std::setw(10) << "path" << std::right << std::setw(12) << "median ms"
       << std::setw(10) << "min ms" << std::setw(14) << "tokens/s" << std::setw(14)
       << "FFN TFLOP/s";
@@ -309,11 +336,12 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     std::ofstream js(o.json_path);
     js << std::setprecision(6) << "{\n  \"config\": \"" << cfg.describe() << "\",\n"
        << "  \"device\": \"" << prop.name << "\",\n  \"gpus\": " << world << ",\n  \"iterations\": "
-       << o.iterations << ",\n  \"correct\": " << (fused.passed ? "true" : "false")
+       << o.iterations << ",\n  \"correct\": " << (fused.passed && graph_ok ? "true" : "false")
        << ",\n  \"rel_error\": " << fused.rel_error << ",\n  \"monomoe\": {\"median_ms\": "
        << tf.median_ms << ", \"min_ms\": " << tf.min_ms << ", \"tflops\": "
        << ffn_tflops(tf.median_ms) << ", \"tokens_per_s\": " << tokens_per_s(tf.median_ms)
-       << ", \"bytes_sent\": " << bytes << ", \"bytes_least\": " << bytes_min << "}";
+       << ", \"bytes_sent\": " << bytes << ", \"bytes_least\": " << bytes_min
+       << ", \"graph\": " << (o.graph ? "true" : "false") << "}";
     if (base) {
       js << ",\n  \"baseline\": {\"median_ms\": " << tb.median_ms << ", \"min_ms\": " << tb.min_ms
          << ", \"tflops\": " << ffn_tflops(tb.median_ms) << ", \"bytes_sent\": " << base_bytes
@@ -336,7 +364,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     out << "wrote " << o.json_path << "\n";
   }
   out << std::flush;
-  return 0;
+  return status;
 }
 
 }  // namespace

@@ -31,6 +31,9 @@ struct BenchOptions {
   bool ceiling = true;      // also measure the dense GEMM ceiling (bench/ceiling.hpp)
   std::string json_path;    // write the results as JSON when non-empty
   bool trace = false;       // print where the kernel's time goes (per-phase block times)
+  // Time replays of a CUDA graph captured from one forward() instead of forward() calls (same
+  // warm-up and median), and check that the replays' output is bit-identical to forward()'s.
+  bool graph = false;
   // A straggler: rank `delay_rank` (-1: none) waits `delay_us` on its stream before each timed
   // forward of monomoe (a spin kernel, inside the timed region), as a rank that arrives late does.
   int delay_rank = -1;

@@ -95,6 +95,7 @@ int run_bench_command(const ParsedArgs& args) {
   o.ceiling = !args.has("--no-ceiling");
   o.json_path = args.string_or("--json", "");
   o.trace = args.has("--trace");
+  o.graph = args.has("--graph");
   if (args.has("--delay-us") != args.has("--delay-rank")) {
     throw ConfigError("--delay-us and --delay-rank go together (a straggler: which rank, how long)");
   }
@@ -247,7 +248,10 @@ Command bench_command() {
           "TFLOP/s and the ratio. After the table: the baseline's expert FFN alone (its grouped\n"
           "GEMMs and activation, rerun on its last forward's rows), the GPU's dense GEMM ceiling\n"
           "(one large cuBLAS GEMM in the config's precision) and the compute floor (FFN FLOP /\n"
-          "ceiling) with monomoe's distance to it. Exit status 1 when a result is wrong. Example:\n"
+          "ceiling) with monomoe's distance to it. With --graph, monomoe's row times replays of a\n"
+          "CUDA graph captured from one forward() (the launch cost of a graph instead of the\n"
+          "host-side calls), and the replays' output must be bit-identical to forward()'s. Exit\n"
+          "status 1 when a result is wrong. Example:\n"
           "  monomoe bench --gpus 1 --experts 128 --topk 4 --json out.json",
       .options = with_join_options(with_layer_options({
           {"--gpus", "all|N", "GPUs to use, one worker each (default all visible)"},
@@ -261,6 +265,8 @@ Command bench_command() {
           {"--no-ceiling", "", "skip the dense cuBLAS GEMM ceiling and the compute floor"},
           {"--json", "FILE", "also write the results as JSON to FILE"},
           {"--trace", "", "also print per-phase times of one forward (profiling)"},
+          {"--graph", "", "time monomoe as replays of a CUDA graph of one forward() (checked "
+                          "bit-identical to forward())"},
           {"--delay-rank", "R", "with --delay-us: the rank that arrives late (a straggler)"},
           {"--delay-us", "D", "rank R waits D microseconds on its stream before each timed "
                               "forward of monomoe"},

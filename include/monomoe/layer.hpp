@@ -63,7 +63,24 @@ class MoELayer {
 
   // y[tokens, hidden] = MoE(x[tokens, hidden]) for 0 <= tokens <= config.max_tokens, same element
   // type as the weights. Asynchronous on `stream`; a kernel-side failure (timeout, bad index) is
-  // raised as KernelError by the next call that synchronizes (stats(), or synchronize()).
+  // raised as KernelError by the next call that synchronizes (stats(), or synchronize()). Calls of
+  // one layer must not overlap (they share its workspace): issue them on one stream, or order the
+  // streams.
+  //
+  // CUDA graphs: forward() only enqueues stream-ordered work (memsets, a device-to-device copy of
+  // the gate, two kernel launches; no host synchronization, no read of device memory), so it can
+  // be captured (cudaStreamBeginCapture on `stream`, any capture mode) and the graph replayed any
+  // number of times. The call's number (epoch) is kept and advanced on the device, so each replay
+  // is a new call, as a forward() would be.
+  //   May change between replays: the contents of x (same buffer), the contents of every weight,
+  //   the gate included (read at every replay); eager forward() calls may come in between.
+  //   May not: the x and y pointers, `tokens`, the weights' pointers (fixed at construction), and
+  //   set_trace() (the trace buffer is captured). With world > 1 every rank replays its own graph,
+  //   and all ranks make the same sequence of calls (replays and forward() calls alike), as for
+  //   forward(). The layer must outlive the graph.
+  // synchronize(), stats() and routing() wait for the stream of the last forward() call (the
+  // capturing stream for a captured one): after replaying on another stream, synchronize that
+  // stream first. They then report the last call that ran, replay or not.
   void forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream);
 
   // Waits for the last forward() and raises KernelError if the kernel reported one.

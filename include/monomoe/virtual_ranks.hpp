@@ -38,6 +38,11 @@ class VirtualRanks {
   // rank), its message prefixed with "virtual rank r: ".
   void synchronize();
   MoELayer& layer(int rank);
+  // The stream rank `rank`'s forward runs on (non-blocking, owned here). To capture the ranks into
+  // CUDA graphs, begin a capture on every rank's stream, call forward(), end every capture: one
+  // graph per rank, replayed on that rank's stream, so that the W kernels run side by side as
+  // forward() runs them (tests/test_graph_gpu.cu).
+  cudaStream_t stream(int rank) const;
 
  private:
   struct Impl;

@@ -9,6 +9,11 @@ at every forward, so an optimizer step or ``load_state_dict`` between calls take
 With a process group of W > 1 ranks (one process per GPU, as torchrun starts them) rank r owns
 experts [r E/W, (r+1) E/W); building the module, its first forward after the parameters moved to
 new memory, and every forward are collective: all ranks do them in the same order.
+
+CUDA graphs: a forward can be captured (``torch.cuda.graph``) and replayed with new contents in
+the same input tensor, the same token count and the parameters in the same memory (their values
+may change). Run one forward before capturing: it builds the C++ layer, which capture forbids.
+With several ranks every rank replays its own graph, all in the same order of calls.
 """
 
 from __future__ import annotations
@@ -166,6 +171,11 @@ class MoE(torch.nn.Module):
         pointers = tuple(0 if p is None else p.data_ptr()
                          for p in (self.gate, self.w1, self.b1, self.w2, self.b2))
         if self._handle is None or pointers != self._pointers:
+            if torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("monomoe.MoE: the layer is built (allocated) at the first "
+                                   "forward and again when the parameters move to new memory, "
+                                   "which CUDA-graph capture forbids: run one forward before "
+                                   "capturing")
             if self._handle is not None:
                 _layers.pop(self._handle, None)
             device = self.gate.device.index

@@ -1,6 +1,6 @@
 # monomoe.MoE on one GPU against a plain PyTorch implementation of the same layer (eager, fp32
-# math on the same weights), the gate read at every forward, and torch.compile of a module that
-# calls it. Marker gpu: skipped without a GPU.
+# math on the same weights), the gate read at every forward, torch.compile of a module that calls
+# it, and CUDA-graph capture and replay. Marker gpu: skipped without a GPU.
 import pytest
 
 from conftest import cuda_or_skip
@@ -94,3 +94,55 @@ def test_errors_name_the_argument():
         m(torch.randn(65, 256, device="cuda", dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="contiguous"):
         m(torch.randn(256, 32, device="cuda", dtype=torch.bfloat16).t())
+
+
+@pytest.mark.parametrize("dtype_name", ["bf16", "tf32"])
+def test_cuda_graph_replays_match_eager(dtype_name):
+    """m(x) captured once in a torch.cuda.CUDAGraph, replayed with new contents copied into the
+    static input (and, halfway, parameters changed in place): every replay bit-identical to an
+    eager call on the same x."""
+    torch = cuda_or_skip()
+    import monomoe
+    torch.manual_seed(3)
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    m = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=2, act="swiglu", dtype=dtype,
+                    max_tokens=512)
+    static_x = torch.randn(300, 256, device="cuda", dtype=dtype)
+    replays = 200
+    with torch.no_grad():
+        # torch's recipe: warm up on a side stream first; the first forward builds the C++ layer
+        # (an allocation, which capture forbids).
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            m(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = m(static_x)
+        for i in range(replays):
+            if i == replays // 2:
+                m.gate[5] += 3.0  # in place, as an optimizer step: replays read it like eager calls
+                m.w1.mul_(1.5)
+            x = torch.randn(300, 256, device="cuda", dtype=dtype)
+            static_x.copy_(x)
+            static_y.fill_(float("nan"))  # a replay that leaves an element unwritten shows
+            graph.replay()
+            eager = m(x)
+            torch.cuda.synchronize()
+            assert torch.isfinite(static_y.float()).all(), f"replay {i}: unwritten outputs"
+            assert torch.equal(static_y.view(torch.uint8), eager.view(torch.uint8)), \
+                f"replay {i}: not bit-identical to the eager call"
+        ref = reference(m, static_x)
+    assert rel_err(static_y, ref) < (2e-2 if dtype_name == "bf16" else 2e-3)
+
+
+def test_first_forward_inside_capture_is_refused():
+    torch = cuda_or_skip()
+    import monomoe
+    m = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=2, max_tokens=64)
+    x = torch.randn(16, 256, device="cuda", dtype=torch.bfloat16)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), pytest.raises(RuntimeError, match="run one forward before capturing"):
+        with torch.cuda.graph(graph):
+            m(x)

@@ -56,19 +56,20 @@ __device__ __forceinline__ bool wait_flag_u32(const Params& p, const unsigned in
 
 // Flag of row tile `tile` (counted over the segment: experts in order, then tiles) of `source`.
 __device__ __forceinline__ unsigned long long arrived_offset(const Params& p, int source, int tile) {
-  return p.wl.arrived + 4ull * (static_cast<unsigned long long>(source) * p.wl.tiles_per_source + tile);
+  return p.wl.arrived + 8ull * (static_cast<unsigned long long>(source) * p.wl.tiles_per_source + tile);
 }
 
 // Block 0, thread 0, at kernel start: this rank has started call `epoch` (its window's per-call
 // counters were reset before the launch).
 __device__ __forceinline__ void announce_start(const Params& p) {
   const LsaTransport tr(p);
-  for (int d = 0; d < p.world; ++d) tr.signal_u64(p.wl.start + 8ull * p.rank, d, p.epoch);
+  const unsigned long long epoch = call_epoch(p);
+  for (int d = 0; d < p.world; ++d) tr.signal_u64(p.wl.start + 8ull * p.rank, d, epoch);
 }
 
 __device__ __forceinline__ bool peer_started(const Params& p, int peer) {
   const auto* start = reinterpret_cast<const unsigned long long*>(p.window + p.wl.start);
-  return wait_flag_u64(p, start + peer, p.epoch, peer, 0);
+  return wait_flag_u64(p, start + peer, call_epoch(p), peer, 0);
 }
 
 // Dispatch role: row tiles of this rank's tokens bound for other ranks' experts, claimed one at a
@@ -110,7 +111,7 @@ __device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm) {
     __syncthreads();
     if (threadIdx.x == 0) {
       const int seg_tile = item - sm.route.tile_base[dest * p.experts_local];
-      tr.signal_u32(arrived_offset(p, p.rank, seg_tile), dest, p.epoch);
+      tr.signal_u64(arrived_offset(p, p.rank, seg_tile), dest, call_epoch(p));
     }
   }
 }
@@ -207,7 +208,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
       int* hdr = tr.at<int>(p.wl.header + 4ull * static_cast<unsigned long long>(p.rank) * el, d);
       for (int e = 0; e < el; ++e) hdr[e] = sm.route.kept[d * el + e];
       __threadfence_system();
-      tr.signal_u64(p.wl.header_flag + 8ull * p.rank, d, p.epoch);
+      tr.signal_u64(p.wl.header_flag + 8ull * p.rank, d, call_epoch(p));
     }
     // 2. Every source's header: the row tiles this rank will receive, in (source, expert) order.
     //    Tiles of this rank's own tokens are ready now.
@@ -216,7 +217,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
     const int* header = reinterpret_cast<const int*>(p.window + p.wl.header);
     for (int s = 0; s < p.world && ok; ++s) {
       sm.route.source_tiles[s] = n;
-      ok = wait_flag_u64(p, hflag + s, p.epoch, s, 1);
+      ok = wait_flag_u64(p, hflag + s, call_epoch(p), s, 1);
       if (!ok) break;
       int seg = 0;  // running row offset inside the source's inbox segment
       for (int e = 0; e < el; ++e) {
@@ -254,12 +255,13 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
   // 3. Warp 0: GEMM0 tasks of remote tiles as they land, then combine tasks of this rank's token
   //    tiles once their results are all back. Lanes work independently (each waits on its own).
   const int lane = static_cast<int>(threadIdx.x);
-  const auto* arrived = reinterpret_cast<const unsigned int*>(p.window);
+  const auto* arrived = reinterpret_cast<const unsigned long long*>(p.window);
   for (int i = lane; i < n; i += 32) {
     const RecvTile t = p.recv_tiles[i];
     if (t.source == p.rank) continue;
     const int seg_tile = i - sm.route.source_tiles[t.source];
-    if (!wait_flag_u32(p, arrived + arrived_offset(p, t.source, seg_tile) / 4, p.epoch, t.source, 2)) {
+    if (!wait_flag_u64(p, arrived + arrived_offset(p, t.source, seg_tile) / 8, call_epoch(p),
+                       t.source, 2)) {
       return;
     }
     push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles);

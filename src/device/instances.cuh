@@ -23,13 +23,21 @@ int blocks_per_sm() {
   return blocks;
 }
 
+// Cooperative (all blocks co-resident: the grid barriers need it) through the launch attribute,
+// which is documented for launches and graph nodes alike, so a captured forward() records it.
 template <class P>
 cudaError_t launch(const Params& params, int grid, cudaStream_t stream) {
-  Params copy = params;
-  void* args[] = {&copy};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&moe_forward_kernel<P>),
-                                     dim3(grid), dim3(kThreads), args,
-                                     static_cast<size_t>(kernel_smem_bytes<P>()), stream);
+  cudaLaunchAttribute cooperative{};
+  cooperative.id = cudaLaunchAttributeCooperative;
+  cooperative.val.cooperative = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = static_cast<size_t>(kernel_smem_bytes<P>());
+  config.stream = stream;
+  config.attrs = &cooperative;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, moe_forward_kernel<P>, params);
 }
 
 }  // namespace detail

@@ -18,8 +18,13 @@ int forward_blocks_per_sm(DType dtype, WeightLayout layout);
 // Output columns of one expert GEMM task (the kernel's BN for that precision).
 int expert_tile_cols(DType dtype);
 // Cooperative launch of `grid` blocks: the runtime refuses a grid that cannot be co-resident.
+// Launched with cudaLaunchKernelEx and the cooperative attribute, which stream capture records as a
+// cooperative kernel node: forward() can be captured into a CUDA graph.
 cudaError_t launch_forward(DType dtype, WeightLayout layout, const Params& params, int grid,
                            cudaStream_t stream);
+// Adds one to the layer's epoch word (Params::epoch) on `stream`: a one-thread kernel, enqueued
+// just before every launch_forward (epoch.cu says why it is a kernel and why it never wraps).
+cudaError_t advance_epoch(unsigned long long* epoch, cudaStream_t stream);
 
 // The kernels of one weight layout (KMajorB: [out, in]), defined in instances.cuh.
 template <bool KMajorB>

@@ -39,20 +39,23 @@ struct ErrorRecord {
 static_assert(sizeof(ErrorRecord) == 16);
 
 enum class TaskType : std::uint32_t { gemm0 = 1, gemm1 = 2, combine = 3 };
-inline constexpr unsigned int kMaxEpoch = (1u << 30) - 1;
 
-__host__ __device__ constexpr unsigned int task_head(unsigned int epoch, TaskType type) {
-  return (epoch << 2) | static_cast<unsigned int>(type);
+// Epochs number the forward calls of a layer: 1, 2, ... They are 64-bit and never wrap (2^62
+// calls at one per microsecond take 146,000 years), so a slot or a flag from an earlier call can
+// never read as this call's: nothing is ever cleared for an epoch, and no rank needs to agree with
+// its peers on when to clear. The count lives on the device (advance_epoch, launch.hpp), so a
+// CUDA graph replays with a new epoch each time.
+__host__ __device__ constexpr unsigned long long task_head(unsigned long long epoch,
+                                                           TaskType type) {
+  return (epoch << 2) | static_cast<unsigned long long>(type);
 }
 
-// One queue slot. `head` is written last with release semantics: (epoch << 2) | TaskType, where
-// epoch numbers the forward calls of a layer. Slots are never cleared: a head from an earlier call
-// holds a smaller epoch and reads as empty.
+// One queue slot. `head` is written last with release semantics: (epoch << 2) | TaskType. Slots
+// are never cleared: a head from an earlier call holds a smaller epoch and reads as empty.
 struct alignas(16) Task {
-  std::uint32_t head;  // (epoch << 2) | TaskType
-  std::int32_t a;      // gemm0/gemm1: row tile; combine: token tile
-  std::int32_t b;      // output column tile
-  std::int32_t c;      // unused (reserved for the source rank)
+  unsigned long long head;  // (epoch << 2) | TaskType
+  std::int32_t a;           // gemm0/gemm1: row tile; combine: token tile
+  std::int32_t b;           // output column tile
 };
 static_assert(sizeof(Task) == 16 && alignof(Task) == 16);
 
@@ -90,7 +93,7 @@ struct WindowLayout {
   unsigned long long start;        // u64 [W]: epoch of the call each rank has started
   unsigned long long header;       // int [W][El]: rows each source sends to each local expert
   unsigned long long header_flag;  // u64 [W]: epoch once that source's header is written
-  unsigned long long arrived;      // u32 [W][tiles_per_source]: epoch once a row tile landed
+  unsigned long long arrived;      // u64 [W][tiles_per_source]: epoch once a row tile landed
   unsigned long long done;         // int [token_tiles]: expert rows x col tiles returned (reset per call)
   unsigned long long inbox;        // elem [W][rows_per_source][H]: rows from each source
   unsigned long long ids;          // int [W][rows_per_source]: the source's token * k + choice of a row
@@ -147,7 +150,9 @@ struct Params {
   void* stage;                 // [S * k, H]
   Task* tasks;                 // [max_tasks]
   int max_tasks;
-  unsigned int epoch;          // this call's number, 1 .. 2^30 - 1 (see Task)
+  // This call's epoch (see task_head), in the workspace: advanced on the stream just before the
+  // launch (advance_epoch), never written during it. Read it with call_epoch() (sync.cuh).
+  const unsigned long long* epoch;
   long long* trace;            // [grid, kTraceSlots] phase times, or nullptr (MoELayer::set_trace)
 
   // Expert parallelism (world > 1). Experts [rank * El, (rank + 1) * El) are local.

@@ -16,13 +16,13 @@ __device__ __forceinline__ void push_tasks(const Params& p, TaskType type, int a
     raise_error(p, ErrorCode::bad_task, static_cast<int>(base) + count, p.max_tasks);
     return;
   }
+  const unsigned long long head = task_head(call_epoch(p), type);
   for (int i = 0; i < count; ++i) {
     Task* slot = p.tasks + base + i;
     slot->a = a;
     slot->b = b_first + i;
-    slot->c = 0;
     // Release: the fields above, and whatever this thread observed before, precede the head.
-    st_release_gpu(&slot->head, task_head(p.epoch, type));
+    st_release_gpu(&slot->head, head);
   }
 }
 
@@ -33,9 +33,10 @@ __device__ __forceinline__ bool wait_slot_or_end(const Params& p, unsigned int i
   // task count never exceeds max_tasks), and reading them would read other buffers.
   if (idx >= static_cast<unsigned int>(p.max_tasks)) return false;
   const Task* slot = p.tasks + idx;
+  const unsigned long long filled = call_epoch(p) << 2;  // heads of earlier calls are smaller
   const long long start = global_ns();
   for (int spin = 0;; ++spin) {
-    if (ld_acquire_gpu(&slot->head) >= (p.epoch << 2)) return true;
+    if (ld_acquire_gpu(&slot->head) >= filled) return true;
     if (ld_acquire_gpu(&p.control->total_ready) != 0 &&
         idx >= __ldcg(&p.control->total_tasks)) {
       return false;
@@ -67,16 +68,14 @@ __device__ __forceinline__ bool pop_task(const Params& p, TaskSmem& ts, int tota
         ts.task.head = __ldcg(&slot->head) & 3u;
         ts.task.a = __ldcg(&slot->a);
         ts.task.b = __ldcg(&slot->b);
-        ts.task.c = __ldcg(&slot->c);
       }
     } else if (idx < static_cast<unsigned int>(total)) {
       Task* slot = p.tasks + idx;
-      if (wait_at_least(p, &slot->head, p.epoch << 2, ErrorCode::timeout_queue,
+      if (wait_at_least(p, &slot->head, call_epoch(p) << 2, ErrorCode::timeout_queue,
                         static_cast<int>(idx))) {
         ts.task.head = __ldcg(&slot->head) & 3u;
         ts.task.a = __ldcg(&slot->a);
         ts.task.b = __ldcg(&slot->b);
-        ts.task.c = __ldcg(&slot->c);
       }
     }
   }

@@ -23,12 +23,12 @@ __device__ void publish_initial_tasks(const Params& p, KernelSmem<P>& sm) {
   __syncthreads();
   const int base = sm.task.queue_base;
   if (base + n <= p.max_tasks) {
+    const unsigned long long head = task_head(call_epoch(p), TaskType::gemm0);
     for (int i = threadIdx.x; i < n; i += kThreads) {
       Task* slot = p.tasks + base + i;
       slot->a = i / p.gemm0_col_tiles;
       slot->b = i % p.gemm0_col_tiles;
-      slot->c = 0;
-      st_release_gpu(&slot->head, task_head(p.epoch, TaskType::gemm0));
+      st_release_gpu(&slot->head, head);
     }
   }
   for (int tt = threadIdx.x; tt < p.token_tiles; tt += kThreads) {

@@ -19,10 +19,22 @@ __device__ __forceinline__ unsigned int ld_acquire_gpu(const unsigned int* p) {
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
+__device__ __forceinline__ unsigned long long ld_acquire_gpu(const unsigned long long* p) {
+  unsigned long long v;
+  asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
 
 __device__ __forceinline__ void st_release_gpu(unsigned int* p, unsigned int v) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
+__device__ __forceinline__ void st_release_gpu(unsigned long long* p, unsigned long long v) {
+  asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+// This launch's epoch. Written by advance_epoch before the launch (stream order, or the graph's
+// edge) and by nothing during it, so the read-only (non-coherent) path is safe.
+__device__ __forceinline__ unsigned long long call_epoch(const Params& p) { return __ldg(p.epoch); }
 
 __device__ __forceinline__ int ld_relaxed_gpu(const int* p) {
   int v;
@@ -44,10 +56,11 @@ __device__ __forceinline__ bool aborted(const Params& p) {
   return ld_relaxed_gpu(&p.control->abort) != 0;
 }
 
-// Spins (one thread) until *word >= target with acquire semantics. Returns false on timeout or
-// abort; on timeout it records `code` itself.
-__device__ __forceinline__ bool wait_at_least(const Params& p, const unsigned int* word,
-                                              unsigned int target, ErrorCode code, int detail) {
+// Spins (one thread) until *word >= target with acquire semantics (Word: unsigned int or unsigned
+// long long). Returns false on timeout or abort; on timeout it records `code` itself.
+template <class Word>
+__device__ __forceinline__ bool wait_at_least(const Params& p, const Word* word, Word target,
+                                              ErrorCode code, int detail) {
   const long long start = global_ns();
   for (int spin = 0;; ++spin) {
     if (ld_acquire_gpu(word) >= target) return true;

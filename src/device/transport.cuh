@@ -45,9 +45,6 @@ __device__ __forceinline__ unsigned int ld_acquire_sys_u32(const unsigned int* p
 __device__ __forceinline__ void st_release_sys_u64(unsigned long long* p, unsigned long long v) {
   asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
-__device__ __forceinline__ void st_release_sys_u32(unsigned int* p, unsigned int v) {
-  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
 
 __device__ __forceinline__ void red_release_sys_add_u64(unsigned long long* p,
                                                         unsigned long long v) {
@@ -105,10 +102,6 @@ struct LsaTransport {
   __device__ __forceinline__ void signal_u64(unsigned long long offset, int peer,
                                              unsigned long long value) const {
     st_release_sys_u64(at<unsigned long long>(offset, peer), value);
-  }
-  __device__ __forceinline__ void signal_u32(unsigned long long offset, int peer,
-                                             unsigned int value) const {
-    st_release_sys_u32(at<unsigned int>(offset, peer), value);
   }
   // Adds to a counter in `peer`'s window (several writers; the owner polls it).
   __device__ __forceinline__ void add(unsigned long long offset, int peer, int value) const {

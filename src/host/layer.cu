@@ -1,5 +1,6 @@
-// MoELayer: owns the workspace, turns a forward() into one memset of the control words plus one
-// cooperative launch of the persistent kernel, and turns the kernel's error record into exceptions.
+// MoELayer: owns the workspace, turns a forward() into memsets of the per-call words, the gate's
+// copy, the epoch's advance and one cooperative launch of the persistent kernel (all stream-ordered
+// and capturable into a CUDA graph), and turns the kernel's error record into exceptions.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -97,7 +98,6 @@ struct MoELayer::Impl {
   std::int64_t last_tokens = 0;
   const void* checked_x = nullptr;  // the last x and y found to be this GPU's memory
   const void* checked_y = nullptr;
-  unsigned int epoch = 0;  // forward calls so far (the task slots' epoch, device/params.cuh)
   long long* trace = nullptr;  // [grid, kTraceSlots] while tracing is on
   // world > 1: the symmetric window peers write into.
   std::unique_ptr<detail::SymmetricWindow> window;
@@ -171,6 +171,7 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
   MONOMOE_CUDA(cudaMemset(m.ws, 0xff, m.plan.total));
   MONOMOE_CUDA(cudaMemset(m.ws + m.plan.error, 0, sizeof(device::ErrorRecord)));
   MONOMOE_CUDA(cudaMemset(m.ws + m.plan.tasks, 0, m.plan.max_tasks * sizeof(device::Task)));
+  MONOMOE_CUDA(cudaMemset(m.ws + m.plan.epoch, 0, sizeof(unsigned long long)));  // no call yet
   if (config.world_size > 1) {
     // Every rank must build the same layer (its window and its peers' have one layout): compared
     // once, before anything is registered with the peers.
@@ -301,12 +302,10 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   p.stage = m.ws + m.plan.stage;
   p.tasks = m.at<device::Task>(m.plan.tasks);
   p.max_tasks = static_cast<int>(m.plan.max_tasks);
-  // Task slots carry the call's epoch (device/params.cuh); when it would overflow, clear them.
-  if (++m.epoch > device::kMaxEpoch) {
-    MONOMOE_CUDA(cudaMemsetAsync(p.tasks, 0, m.plan.max_tasks * sizeof(device::Task), stream));
-    m.epoch = 1;
-  }
-  p.epoch = m.epoch;
+  // The call's number stays on the device, advanced on the stream below: a graph replay is a new
+  // call, where an argument would repeat the captured one (device/epoch.cu).
+  auto* epoch = m.at<unsigned long long>(m.plan.epoch);
+  p.epoch = epoch;
   p.trace = m.trace;
 
   p.world = static_cast<int>(c.world_size);
@@ -334,6 +333,7 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
     p.dispatch_blocks = std::min(16, m.grid - 1);
   }
 
+  MONOMOE_CUDA(device::advance_epoch(epoch, stream));
   MONOMOE_CUDA(device::launch_forward(c.dtype, c.weight_layout, p, m.grid, stream));
 }
 

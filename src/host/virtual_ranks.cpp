@@ -66,6 +66,14 @@ MoELayer& VirtualRanks::layer(int rank) {
   return *impl_->layers[static_cast<std::size_t>(rank)];
 }
 
+cudaStream_t VirtualRanks::stream(int rank) const {
+  if (rank < 0 || rank >= impl_->world) {
+    throw ConfigError("VirtualRanks::stream: rank = " + std::to_string(rank) + " must be in [0, " +
+                      std::to_string(impl_->world - 1) + "]");
+  }
+  return impl_->streams[static_cast<std::size_t>(rank)];
+}
+
 void VirtualRanks::forward(const std::vector<const void*>& x,
                            const std::vector<std::int64_t>& tokens, const std::vector<void*>& y,
                            const std::vector<bool>& run) {
@@ -81,7 +89,11 @@ void VirtualRanks::forward(const std::vector<const void*>& x,
   need(tokens.size(), "tokens");
   need(y.size(), "y");
   if (!run.empty()) need(run.size(), "run");
-  MONOMOE_CUDA(cudaSetDevice(m.device));
+  // Set only when it differs: this may run while the streams are captured into CUDA graphs, where
+  // the fewer runtime calls besides the captured work, the fewer to doubt.
+  int current = -1;
+  MONOMOE_CUDA(cudaGetDevice(&current));
+  if (current != m.device) MONOMOE_CUDA(cudaSetDevice(m.device));
   for (std::size_t r = 0; r < w; ++r) {
     m.launched[r] = run.empty() || run[r];
     if (m.launched[r]) m.layers[r]->forward(x[r], tokens[r], y[r], m.streams[r]);

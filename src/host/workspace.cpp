@@ -61,6 +61,7 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
       "max_tokens");
   p.control = a.take(p.control_bytes, "control");
   p.error = a.take(16, "error");
+  p.epoch = a.take(8, "epoch");
   p.gate = a.take(checked_mul(checked_mul(u(cfg.hidden), u(p.experts_padded), "hidden"), elem,
                               "hidden"),
                   "hidden");
@@ -97,7 +98,7 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
     w.start = b.take(8 * world, "world_size");
     w.header = b.take(checked_mul(world * 4, u(local_experts), "experts"), "experts");
     w.header_flag = b.take(8 * world, "world_size");
-    w.arrived = b.take(checked_mul(world * 4, u(tiles_per_source), "max_tokens"), "max_tokens");
+    w.arrived = b.take(checked_mul(world * 8, u(tiles_per_source), "max_tokens"), "max_tokens");
     w.done = b.take(checked_mul(u(p.token_tiles), 4, "max_tokens"), "max_tokens");
     w.reset = w.done;
     w.reset_bytes = u(p.token_tiles) * 4;

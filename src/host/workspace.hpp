@@ -30,6 +30,7 @@ struct WorkspacePlan {
   // tokentile_done[token_tiles], tokentile_target[token_tiles].
   std::size_t control = 0, control_bytes = 0;
   std::size_t error = 0;        // ErrorRecord, sticky until the host reads it
+  std::size_t epoch = 0;        // u64: the last call's epoch, advanced on the device (never reset)
   std::size_t gate = 0;         // elem [hidden, experts_padded]: zero-padded copy of the gate
   std::size_t logits = 0;       // float [2, max_tokens, experts_padded]: K-half partial sums
   std::size_t topk_expert = 0;  // int32 [max_tokens, k]
