@@ -10,6 +10,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,6 +21,7 @@
 #include "monomoe/monomoe.hpp"
 #include "ep_cases.hpp"
 #include "multi_gpu.hpp"
+#include "poison_check.hpp"
 #include "reference/reference.hpp"
 
 namespace monomoe {
@@ -126,6 +128,50 @@ TEST(LayerMultiGpu, MissingRankTimesOut) {
     return 2;  // no error: wrong
   });
   EXPECT_EQ(status[0], 0) << "rank 0 should report rank 1's timeout";
+  EXPECT_EQ(status[1], 0);
+}
+
+// A NaN / inf in one token row of rank 1 on real GPUs: only that token's output and routing change,
+// on both ranks (poison_check.hpp).
+TEST(LayerMultiGpu, PoisonedRowIsIsolated) {
+  const int gpus = test::visible_gpus_without_cuda_init();
+  if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs, " << gpus << " visible";
+  const std::vector<int> status = test::run_forked(2, 120.0, [](int rank, const UniqueId& id) {
+    Communicator comm(id, rank, 2, rank);
+    LayerConfig c = test::ep_base(DType::bf16, Activation::swiglu, 8, 2);
+    c.world_size = 2;
+    c.rank = rank;
+    const reference::Problem clean = reference::make_problem(c, {200, 150}, 17);
+    bench::DeviceProblem dev(clean, rank);
+    MoELayer layer(c, comm, dev.weights());
+    layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
+    layer.synchronize();
+    std::vector<std::int32_t> e0, e1;
+    std::vector<float> w;
+    layer.routing(e0, w);
+    const std::vector<float> y0 = dev.y_host();
+    const auto h = static_cast<std::size_t>(c.hidden);
+    int bad_cases = 0;
+    for (float poison : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+      constexpr std::int64_t kBad = 17;
+      reference::Problem p = clean;
+      p.x[1][static_cast<std::size_t>(kBad) * h + 5] = poison;
+      bench::DeviceProblem bad(p, rank);
+      bad.poison_y();
+      layer.forward(bad.x(), bad.tokens(), bad.y(), nullptr);
+      layer.synchronize();  // a kernel error throws and fails the worker
+      layer.routing(e1, w);
+      const std::string v = test::poisoned_row_violations(
+          y0, e0, bad.y_host(), e1, bad.tokens(), c.hidden, c.topk, c.experts,
+          rank == 1 ? kBad : -1, std::isnan(poison));
+      if (!v.empty()) {
+        std::printf("[rank %d] %s: %s\n", rank, std::isnan(poison) ? "NaN" : "inf", v.c_str());
+        ++bad_cases;
+      }
+    }
+    return bad_cases;
+  });
+  EXPECT_EQ(status[0], 0);
   EXPECT_EQ(status[1], 0);
 }
 

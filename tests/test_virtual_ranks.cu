@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "ep_cases.hpp"
 #include "gpu_test.hpp"
 #include "monomoe/monomoe.hpp"
+#include "poison_check.hpp"
 #include "reference/reference.hpp"
 
 namespace monomoe {
@@ -89,6 +91,45 @@ void run_world(int world) {
 TEST(LayerVirtualRanks, TwoRanks) { run_world(2); }
 TEST(LayerVirtualRanks, FourRanks) { run_world(4); }
 TEST(LayerVirtualRanks, EightRanks) { run_world(8); }
+
+// A NaN / inf in one token row of rank 1 (routed to rank 0's experts when NaN): only that token's
+// output and routing change, on every rank (poison_check.hpp).
+TEST(LayerVirtualRanks, PoisonedRowIsIsolated) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c = test::ep_base(DType::bf16, Activation::swiglu, 8, 2);
+  c.world_size = 2;
+  const reference::Problem clean = reference::make_problem(c, {200, 150}, 17);
+  VirtualProblem dev(clean, 2);
+  VirtualRanks vr(c, 0, dev.weights());
+  dev.forward(vr);
+  vr.synchronize();
+  std::vector<std::vector<float>> y0(2);
+  std::vector<std::vector<std::int32_t>> e0(2);
+  std::vector<float> w;
+  for (int r = 0; r < 2; ++r) {
+    y0[r] = dev.ranks[r]->y_host();
+    vr.layer(r).routing(e0[r], w);
+  }
+  const auto h = static_cast<std::size_t>(c.hidden);
+  for (float poison : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    SCOPED_TRACE(std::isnan(poison) ? "NaN" : "inf");
+    constexpr std::int64_t kBad = 17;
+    reference::Problem p = clean;
+    p.x[1][static_cast<std::size_t>(kBad) * h + 5] = poison;
+    VirtualProblem bad(p, 2);  // the same weights (the layers keep reading dev's)
+    bad.forward(vr);
+    vr.synchronize();  // no kernel error
+    for (int r = 0; r < 2; ++r) {
+      std::vector<std::int32_t> e1;
+      vr.layer(r).routing(e1, w);
+      EXPECT_EQ(test::poisoned_row_violations(y0[r], e0[r], bad.ranks[r]->y_host(), e1,
+                                              bad.ranks[r]->tokens(), c.hidden, c.topk, c.experts,
+                                              r == 1 ? kBad : -1, std::isnan(poison)),
+                "")
+          << "rank " << r;
+    }
+  }
+}
 
 // One virtual rank never starts its forward: every other rank stops at its bounded wait and names
 // it; nothing hangs.
