@@ -35,6 +35,9 @@ struct ForwardStats {
   std::int64_t tokens = 0;
   std::int64_t dropped = 0;                    // (token, expert) pairs over capacity, all experts
   std::vector<std::int64_t> dropped_per_expert;  // [experts], counted at this rank as the source
+  // [experts / world]: rows this rank's experts ran (from every rank's tokens, after capacity).
+  // The experts with rows are those whose weights the forward read.
+  std::vector<std::int64_t> rows_per_local_expert;
 };
 
 // Where the time of one forward() went, per persistent block (profiling; see MoELayer::set_trace).

@@ -394,6 +394,25 @@ ForwardStats MoELayer::stats() {
     s.dropped_per_expert.push_back(d);
     s.dropped += d;
   }
+  // Rows per local expert: with peers, the routing headers every source sent (kept rows, per
+  // source and local expert) in this rank's window; alone, the expert counts capped by capacity.
+  const std::int64_t el = m.cfg.experts_per_rank();
+  s.rows_per_local_expert.assign(static_cast<std::size_t>(el), 0);
+  if (m.cfg.world_size > 1) {
+    std::vector<int> header(static_cast<std::size_t>(m.cfg.world_size * el));
+    MONOMOE_CUDA(cudaMemcpy(header.data(), m.window->local() + m.plan.window.header,
+                            header.size() * 4, cudaMemcpyDeviceToHost));
+    for (std::size_t i = 0; i < header.size(); ++i) {
+      s.rows_per_local_expert[i % static_cast<std::size_t>(el)] += header[i];
+    }
+  } else {
+    std::vector<int> count(static_cast<std::size_t>(el));
+    MONOMOE_CUDA(cudaMemcpy(count.data(), m.ws + m.plan.control + sizeof(device::Control),
+                            count.size() * 4, cudaMemcpyDeviceToHost));
+    for (std::size_t e = 0; e < count.size(); ++e) {
+      s.rows_per_local_expert[e] = count[e] - dropped[e];
+    }
+  }
   return s;
 }
 
