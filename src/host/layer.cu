@@ -26,7 +26,8 @@ static_assert(detail::TileShape::kRows == device::kTileRows &&
 
 namespace {
 
-std::string describe_kernel_error(const device::ErrorRecord& e, double timeout_s) {
+std::string describe_kernel_error(const device::ErrorRecord& e, const LayerConfig& cfg) {
+  const double timeout_s = cfg.timeout_seconds;
   std::ostringstream os;
   os << "monomoe kernel error (block " << e.block << "): ";
   switch (static_cast<device::ErrorCode>(e.code)) {
@@ -53,6 +54,20 @@ std::string describe_kernel_error(const device::ErrorRecord& e, double timeout_s
       os << "token " << e.detail0 << " routed to expert " << e.detail1
          << " (out of range: are there NaN/inf values in x or the gate weight?)";
       break;
+    case device::ErrorCode::given_id_out_of_range:
+    case device::ErrorCode::given_id_repeated: {
+      const int token = e.detail0 / static_cast<int>(cfg.topk);
+      const int choice = e.detail0 % static_cast<int>(cfg.topk);
+      os << "topk_ids[" << token << ", " << choice << "] = " << e.detail1;
+      if (static_cast<device::ErrorCode>(e.code) == device::ErrorCode::given_id_out_of_range) {
+        os << " is not an expert id in [0, " << cfg.experts << ")";
+      } else {
+        os << " repeats an expert that token " << token
+           << " already chose (a token's choices must be distinct)";
+      }
+      os << "; that choice was skipped (when several are bad, one is named)";
+      break;
+    }
     default: os << "code " << e.code << " (" << e.detail0 << ", " << e.detail1 << ")"; break;
   }
   return os.str();
@@ -104,6 +119,9 @@ struct MoELayer::Impl {
   Communicator::Impl* comm = nullptr;  // the communicator the layer was built on (outlives it)
 
   void copy_gate(cudaStream_t stream) const;
+  // forward(), with the caller's routing or (nullptr) the gate's.
+  void forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream,
+               const Routing* routing);
 
   template <class T>
   T* at(std::size_t offset) const {
@@ -226,14 +244,22 @@ MoELayer::~MoELayer() = default;
 const LayerConfig& MoELayer::config() const { return impl_->cfg; }
 
 void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream) {
-  Impl& m = *impl_;
+  impl_->forward(x, tokens, y, stream, nullptr);
+}
+
+void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream,
+                       const Routing& routing) {
+  impl_->forward(x, tokens, y, stream, &routing);
+}
+
+void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream,
+                             const Routing* routing) {
+  Impl& m = *this;
   const LayerConfig& c = m.cfg;
   if (tokens < 0 || tokens > c.max_tokens) {
     throw ConfigError("forward: tokens = " + std::to_string(tokens) + " must be in [0, " +
                       std::to_string(c.max_tokens) + "] (LayerConfig.max_tokens)");
   }
-  m.last_stream = stream;
-  m.last_tokens = tokens;
   const bool ep = c.world_size > 1;
   if (tokens > 0 && (x != m.checked_x || y != m.checked_y)) {
     // Where a pointer lives is asked once per new pointer (a driver call): callers reuse buffers.
@@ -242,6 +268,22 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
     m.checked_x = x;
     m.checked_y = y;
   }
+  if (routing && tokens > 0) {
+    const auto need = [&](const void* p, const char* name) {
+      if (!p) {
+        throw ConfigError(std::string("forward: Routing.") + name + " is null (tokens = " +
+                          std::to_string(tokens) + " > 0)");
+      }
+      if ((reinterpret_cast<std::uintptr_t>(p) & 3u) != 0) {
+        throw ConfigError(std::string("forward: Routing.") + name + " is not 4-byte aligned");
+      }
+    };
+    need(routing->topk_ids, "topk_ids");
+    need(routing->topk_weights, "topk_weights");
+  }
+  // Only a call that passed its checks becomes the one stats() and routing() read back.
+  m.last_stream = stream;
+  m.last_tokens = tokens;
   // Before anything is queued: a virtual peer without its layer is refused here.
   device::Params p{};
   if (ep) m.window->peer_table(p.peer_window);
@@ -252,7 +294,8 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
     MONOMOE_CUDA(cudaMemsetAsync(m.window->local() + m.plan.window.reset, 0,
                                  m.plan.window.reset_bytes, stream));
   }
-  m.copy_gate(stream);
+  const bool given = routing && tokens > 0;
+  if (!given) m.copy_gate(stream);  // a given routing leaves the gate unread
 
   p.tokens = static_cast<int>(tokens);
   p.hidden = static_cast<int>(c.hidden);
@@ -307,6 +350,8 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   auto* epoch = m.at<unsigned long long>(m.plan.epoch);
   p.epoch = epoch;
   p.trace = m.trace;
+  p.given_ids = given ? routing->topk_ids : nullptr;
+  p.given_weights = given ? routing->topk_weights : nullptr;
 
   p.world = static_cast<int>(c.world_size);
   p.rank = static_cast<int>(c.rank);
@@ -377,7 +422,7 @@ void MoELayer::synchronize() {
     if (static_cast<device::ErrorCode>(rec.code) == device::ErrorCode::timeout_peer) {
       m.comm->peer_failed = true;
     }
-    throw KernelError(describe_kernel_error(rec, m.cfg.timeout_seconds));
+    throw KernelError(describe_kernel_error(rec, m.cfg));
   }
 }
 
