@@ -377,24 +377,27 @@ TEST(LayerGpu, LargeSampled) {
   EXPECT_TRUE(cmp.passed) << cmp.summary();
 }
 
-// Kernel-side failures become exceptions, and the layer works again afterwards.
+// Kernel-side failures become exceptions, and the layer works again afterwards. The failure here:
+// a given routing with an expert id out of range (a NaN in x is not one: it routes by a defined
+// rule, see PoisonedRowIsIsolated).
 TEST(LayerGpu, KernelErrorsReachTheHost) {
   MONOMOE_REQUIRE_GPU();
   LayerConfig c = small(DType::fp32, Activation::gelu);
   reference::Problem pr = reference::make_problem(c, {256}, 3);
-  pr.x[0][5 * c.hidden] = std::nanf("");  // token 5's logits become NaN: no expert can be chosen
-  bench::DeviceProblem bad(pr, 0);
+  reference::Problem given = pr;
+  reference::give_random_routing(given, 4);
+  given.topk_ids[0][5 * static_cast<std::size_t>(c.topk) + 1] = static_cast<std::int32_t>(c.experts);
+  bench::DeviceProblem bad(given, 0);
   MoELayer layer(c, single_gpu(), bad.weights());
-  layer.forward(bad.x(), 256, bad.y(), nullptr);
+  layer.forward(bad.x(), 256, bad.y(), nullptr, bad.routing());
   try {
     layer.synchronize();
     ADD_FAILURE() << "expected a KernelError";
   } catch (const KernelError& e) {
-    EXPECT_NE(std::string(e.what()).find("NaN"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("topk_ids[5, 1]"), std::string::npos) << e.what();
   }
-  pr.x[0][5 * c.hidden] = 0.5f;
   const reference::Result ref = reference::run(pr);
-  bench::DeviceProblem good(pr, 0);  // same weights, x without the NaN
+  bench::DeviceProblem good(pr, 0);  // same weights and x, the layer's own gate
   good.poison_y();
   layer.forward(good.x(), 256, good.y(), nullptr);
   std::vector<std::int32_t> experts;
