@@ -50,6 +50,16 @@ struct VirtualProblem {
   }
 };
 
+// vr.synchronize()'s KernelError message, or "" when every rank finished without one.
+std::string synchronize_error(VirtualRanks& vr) {
+  try {
+    vr.synchronize();
+  } catch (const KernelError& e) {
+    return e.what();
+  }
+  return "";
+}
+
 void run_world(int world) {
   MONOMOE_REQUIRE_GPU();
   int failed = 0;
@@ -146,12 +156,7 @@ TEST(LayerVirtualRanks, MissingRankTimesOut) {
   VirtualProblem dev(pr, 4);
   VirtualRanks vr(c, 0, dev.weights());
   dev.forward(vr, {true, true, false, true});
-  std::string error;
-  try {
-    vr.synchronize();
-  } catch (const KernelError& e) {
-    error = e.what();
-  }
+  const std::string error = synchronize_error(vr);
   std::printf("expected error: %s\n", error.c_str());
   EXPECT_NE(error.find("rank 2 did not start"), std::string::npos) << error;
 }
@@ -171,12 +176,7 @@ TEST(LayerVirtualRanks, BadGivenIdIsReportedByItsRankOnly) {
   VirtualProblem dev(wrong, 4);
   VirtualRanks vr(c, 0, dev.weights());
   dev.forward(vr);
-  std::string error;
-  try {
-    vr.synchronize();
-  } catch (const KernelError& e) {
-    error = e.what();
-  }
+  const std::string error = synchronize_error(vr);
   std::printf("expected error: %s\n", error.c_str());
   EXPECT_NE(error.find("virtual rank 2: "), std::string::npos) << error;
   EXPECT_NE(error.find("topk_ids[3, 0] = 99 is not an expert id in [0, 16)"), std::string::npos)
