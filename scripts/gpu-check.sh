@@ -10,13 +10,17 @@
 #      (ctest -R regex to run a subset), TEST_TIMEOUT (per test, default 150 s), COMMIT (for logs),
 #      EXTRA_BENCH (more bench runs after the main one, ';'-separated flag sets, e.g.
 #      "--experts 128 --tokens 16384;--dtype fp32"; logs gpu-bench-extra-N.log), SOAK (calls of
-#      `monomoe soak` on the GPUS after the check; unset: no soak; log gpu-soak.log).
+#      `monomoe soak` on the GPUS after the check; unset: no soak; log gpu-soak.log), PIP (1: also
+#      `pip install --no-build-isolation` the package into build-gpu/pip, as a user would, and run
+#      the GPU pytest suite against that install; log gpu-pip.log).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 OUT=${OUT:-$here/out}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast
+# nanobind, pytest and scikit-build-core carried in third_party/python (scripts/setup-deps.sh)
+export PYTHONPATH=$here/third_party/python${PYTHONPATH:+:$PYTHONPATH}
 W=${NCCL_ROOT:-$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "nccl"))' 2>/dev/null)}
 echo "== $(date -u +%FT%TZ) commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)} NCCL_ROOT=$W" | tee "$OUT/gpu-summary.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu-summary.log"
@@ -59,6 +63,16 @@ if [ "$GPUS" -ge 2 ] && ls build-gpu/python/monomoe/_C*.so >/dev/null 2>&1; then
   PYTHONPATH=$here/build-gpu/python timeout 300 torchrun --nproc-per-node 2 examples/torch_moe_block.py \
     > "$OUT/gpu-torch-example.log" 2>&1
   echo "torchrun examples/torch_moe_block.py rc=$?: $(grep 'block with' "$OUT/gpu-torch-example.log")" | tee -a "$OUT/gpu-summary.log"
+fi
+if [ "${PIP:-0}" = 1 ]; then
+  # The package as `pip install .` builds it (scikit-build-core and nanobind from third_party/python:
+  # the GPU machines have no registry), then the GPU tests against that copy, not the build tree's.
+  rm -rf build-gpu/pip
+  { NCCL_ROOT=$W timeout 400 python3 -m pip install --no-build-isolation --no-deps --no-index \
+      --target build-gpu/pip . &&
+    PYTHONPATH=$here/build-gpu/pip:$here/third_party/python timeout 300 python3 -m pytest -q -rs \
+      -m gpu -p no:cacheprovider python/tests; } > "$OUT/gpu-pip.log" 2>&1
+  echo "pip install . + pytest -m gpu rc=$?: $(tail -1 "$OUT/gpu-pip.log")" | tee -a "$OUT/gpu-summary.log"
 fi
 [ "${1:-all}" = quick ] && exit 0
 fi

@@ -46,18 +46,20 @@ if [ ! -f /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake ] && [ ! -d /u
   fi
 fi
 
-# Python: nanobind builds the extension monomoe._C, pytest runs python/tests, PyTorch runs the
-# module's tests. nanobind and pytest are pure Python: when missing they go into third_party/python
+# Python: nanobind builds the extension monomoe._C, pytest runs python/tests, scikit-build-core is
+# the backend of `pip install .`, PyTorch runs the module's tests. nanobind, pytest and
+# scikit-build-core are pure Python: when missing they go into third_party/python
 # (on PYTHONPATH through scripts/common.sh), so that carrying third_party/ to a machine without a
 # registry (the GPU machines) brings them. PyTorch is installed from PyPI when missing. Where nothing
 # can be installed, the build goes on without the Python package and says so.
 pydeps="$here/third_party/python"
 export PYTHONPATH="$pydeps${PYTHONPATH:+:$PYTHONPATH}"
-for mod in nanobind pytest; do
+for pkg in nanobind:nanobind pytest:pytest scikit_build_core:scikit-build-core; do
+  mod=${pkg%%:*}; dist=${pkg#*:}
   if ! python3 -c "import $mod" >/dev/null 2>&1; then
-    echo "setup-deps: installing $mod from PyPI into third_party/python (for the Python package)"
-    python3 -m pip install --quiet --disable-pip-version-check --target "$pydeps" "$mod" ||
-      echo "setup-deps: could not install $mod; the Python package or its tests will be skipped" >&2
+    echo "setup-deps: installing $dist from PyPI into third_party/python (for the Python package)"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$pydeps" "$dist" ||
+      echo "setup-deps: could not install $dist; the Python package or its tests will be skipped" >&2
   fi
 done
 if ! python3 -c "import torch" >/dev/null 2>&1; then
