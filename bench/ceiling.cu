@@ -64,6 +64,14 @@ cublasComputeType_t compute_type(DType dtype) {
 
 }  // namespace
 
+void fill_uniform(void* p, std::int64_t n, DType dtype, std::uint64_t seed, cudaStream_t stream) {
+  if (dtype == DType::bf16) {
+    fill_uniform<__nv_bfloat16>(p, n, seed, stream);
+  } else {
+    fill_uniform<float>(p, n, seed, stream);
+  }
+}
+
 DenseCeiling dense_ceiling_shape(DType dtype) {
   DenseCeiling c;
   switch (dtype) {

@@ -31,4 +31,8 @@ DenseCeiling dense_ceiling_shape(DType dtype);
 // operands (3 x 128 MiB for bf16, 3 x 256 MiB for tf32, 3 x 64 MiB for fp32).
 DenseCeiling measure_dense_ceiling(DType dtype, int warmup, int iterations, cudaStream_t stream);
 
+// Fills n elements at p (bf16 for DType::bf16, float otherwise) with uniform values in [-1, 1)
+// from a counter-based generator of (seed, index), on `stream`: fresh inputs without a host copy.
+void fill_uniform(void* p, std::int64_t n, DType dtype, std::uint64_t seed, cudaStream_t stream);
+
 }  // namespace monomoe::bench

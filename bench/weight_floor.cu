@@ -2,11 +2,8 @@
 
 #include <cuda_runtime_api.h>
 
-#include <algorithm>
-
 #include "baseline/check.hpp"
 #include "host/check.hpp"
-#include "monomoe/error.hpp"
 
 namespace monomoe::bench {
 
@@ -68,20 +65,6 @@ double expert_weight_bytes(const LayerConfig& cfg) {
   double elems = h * w1 + f * h;
   if (cfg.bias) elems += w1 + h;
   return elems * static_cast<double>(element_bytes(cfg.dtype));
-}
-
-std::vector<std::int64_t> touched_experts_per_rank(const LayerConfig& cfg,
-                                                   const std::vector<int>& touched) {
-  if (touched.size() != static_cast<std::size_t>(cfg.experts)) {
-    throw ConfigError("touched_experts_per_rank: " + std::to_string(touched.size()) +
-                      " flags for " + std::to_string(cfg.experts) + " experts");
-  }
-  const std::int64_t el = cfg.experts_per_rank();
-  std::vector<std::int64_t> per_rank(static_cast<std::size_t>(cfg.world_size), 0);
-  for (std::int64_t e = 0; e < cfg.experts; ++e) {
-    if (touched[static_cast<std::size_t>(e)] != 0) ++per_rank[static_cast<std::size_t>(e / el)];
-  }
-  return per_rank;
 }
 
 }  // namespace monomoe::bench

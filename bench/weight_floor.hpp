@@ -7,7 +7,6 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
-#include <vector>
 
 #include "bench/timing.hpp"
 #include "monomoe/config.hpp"
@@ -26,11 +25,5 @@ HbmRead measure_hbm_read(std::size_t bytes, int warmup, int iterations, cudaStre
 
 // Bytes of one expert's weights (W1, W2 and the biases when the config has them).
 double expert_weight_bytes(const LayerConfig& cfg);
-
-// touched[e] != 0 for every expert that some token of any rank routed to (after capacity drops it
-// may still be read). Returns, for each rank r, how many of its experts [r E/W, (r+1) E/W) are
-// touched.
-std::vector<std::int64_t> touched_experts_per_rank(const LayerConfig& cfg,
-                                                   const std::vector<int>& touched);
 
 }  // namespace monomoe::bench

@@ -9,20 +9,20 @@
 // of forward() is legal under capture (cudaStreamCaptureModeGlobal refuses what is not), and
 // replays may interleave with forward() calls. Halfway, the weights change in place: replays read
 // them as forward() does.
-#include <cuda_bf16.h>
 #include <gtest/gtest.h>
 
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
-#include <type_traits>
 #include <vector>
 
+#include "bench/ceiling.hpp"
 #include "bench/device_problem.hpp"
 #include "bench/graph.hpp"
 #include "ep_cases.hpp"
 #include "gpu_test.hpp"
+#include "layer_gpu_test.hpp"
 #include "monomoe/monomoe.hpp"
 #include "reference/reference.hpp"
 
@@ -35,39 +35,7 @@ bool checked_against_reference(int replay) {
   return replay == 0 || replay == 1 || replay == kReplays / 2 || replay == kReplays - 1;
 }
 
-Communicator& single_gpu() {
-  static Communicator comm(UniqueId::create(), 0, 1, 0);
-  return comm;
-}
-
-// x[i] ~ U(-1, 1) from a hash (splitmix64's finalizer) of (seed, i), in the element type: new
-// inputs for every replay without a host round trip.
-template <class T>
-__global__ void fill_uniform(T* x, long long n, unsigned long long seed) {
-  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < n;
-       i += stride) {
-    unsigned long long z = seed * 0x9E3779B97F4A7C15ull + static_cast<unsigned long long>(i);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    const float u = static_cast<float>(z >> 40) * (2.0f / 16777216.0f) - 1.0f;  // 24 bits
-    if constexpr (std::is_same_v<T, float>) {
-      x[i] = u;
-    } else {
-      x[i] = __float2bfloat16_rn(u);
-    }
-  }
-}
-
-void fill_x(const void* x, std::int64_t elements, DType dtype, std::uint64_t seed, cudaStream_t s) {
-  void* dst = const_cast<void*>(x);  // DeviceProblem hands x out as const: the test rewrites it
-  if (dtype == DType::bf16) {
-    fill_uniform<<<64, 256, 0, s>>>(static_cast<__nv_bfloat16*>(dst), elements, seed);
-  } else {
-    fill_uniform<<<64, 256, 0, s>>>(static_cast<float*>(dst), elements, seed);
-  }
-}
+using test::single_gpu;
 
 // Bytes of a device buffer (synchronous).
 std::vector<unsigned char> bytes_of(const void* p, std::size_t n) {
@@ -285,7 +253,9 @@ void replay_and_compare(Replayer& t, Capture how, const char* name) {
       const std::uint64_t seed =
           1000003ull * static_cast<std::uint64_t>(i) + static_cast<std::uint64_t>(r);
       if (t.elements(r) == 0) continue;
-      fill_x(t.dev[r]->x(), t.elements(r), t.cfg.dtype, seed, t.streams[r]);
+      // DeviceProblem hands x out as const: the test rewrites it.
+      bench::fill_uniform(const_cast<void*>(t.dev[r]->x()), t.elements(r), t.cfg.dtype, seed,
+                          t.streams[r]);
       ASSERT_EQ(cudaSuccess, cudaMemsetAsync(t.dev[r]->y(), 0xff, t.y_bytes(r), t.streams[r]));
       ASSERT_EQ(cudaSuccess,
                 cudaMemsetAsync(t.y_forward[r]->ptr, 0x7f, t.y_bytes(r), t.streams[r]));
@@ -352,17 +322,9 @@ TEST(GraphReplay, OneGpu) {
   };
   std::uint64_t seed = 900;
   for (const Case& k : cases) {
-    LayerConfig c;
-    c.max_tokens = 512;
-    c.hidden = 256;
-    c.ffn = 256;
-    c.experts = 8;
-    c.topk = 2;
-    c.dtype = k.dtype;
-    c.activation = k.act;
+    LayerConfig c = test::small_layer_config(k.dtype, k.act);
     c.weight_layout = k.layout;
     c.capacity_factor = k.capacity;
-    c.timeout_seconds = 10.0;
     Replayer t(c, {300}, seed++);
     replay_and_compare(t, Capture::per_rank, k.name);
   }

@@ -12,6 +12,7 @@
 
 #include "bench/device_problem.hpp"
 #include "gpu_test.hpp"
+#include "layer_gpu_test.hpp"
 #include "monomoe/monomoe.hpp"
 #include "poison_check.hpp"
 #include "reference/reference.hpp"
@@ -27,23 +28,8 @@ struct Case {
   bool given_routing = false;     // a random router's routing passed to forward() (no gate)
 };
 
-LayerConfig small(DType dtype, Activation act) {
-  LayerConfig c;
-  c.max_tokens = 512;
-  c.hidden = 256;
-  c.ffn = 256;
-  c.experts = 8;
-  c.topk = 2;
-  c.dtype = dtype;
-  c.activation = act;
-  c.timeout_seconds = 10.0;
-  return c;
-}
-
-Communicator& single_gpu() {
-  static Communicator comm(UniqueId::create(), 0, 1, 0);
-  return comm;
-}
+LayerConfig small(DType dtype, Activation act) { return test::small_layer_config(dtype, act); }
+using test::single_gpu;
 
 // Runs the layer once on fresh inputs and compares every token with the reference.
 void check_case(const Case& tc, std::uint64_t seed) {
@@ -496,12 +482,18 @@ void expect_config_error(Fn&& fn, std::initializer_list<const char*> names) {
   }
 }
 
-TEST(LayerGpu, InvalidTokenCounts) {
-  MONOMOE_REQUIRE_GPU();
+// The subject of the argument-check tests: a small bf16 layer built over a 16-token problem.
+struct ArgumentCheckLayer {
   LayerConfig c = small(DType::bf16, Activation::gelu);
   reference::Problem pr = reference::make_problem(c, {16}, 1);
-  bench::DeviceProblem dev(pr, 0);
-  MoELayer layer(c, single_gpu(), dev.weights());
+  bench::DeviceProblem dev{pr, 0};
+  MoELayer layer{c, single_gpu(), dev.weights()};
+};
+
+TEST(LayerGpu, InvalidTokenCounts) {
+  MONOMOE_REQUIRE_GPU();
+  ArgumentCheckLayer subject;
+  auto& [c, pr, dev, layer] = subject;
   expect_config_error([&] { layer.forward(dev.x(), c.max_tokens + 1, dev.y(), nullptr); },
                       {"tokens", "max_tokens"});
   expect_config_error([&] { layer.forward(dev.x(), -1, dev.y(), nullptr); }, {"tokens"});
@@ -518,10 +510,8 @@ TEST(LayerGpu, InvalidTokenCounts) {
 // x and y: null, misaligned, host memory, pinned host memory, another GPU's memory.
 TEST(LayerGpu, InvalidForwardPointers) {
   MONOMOE_REQUIRE_GPU();
-  LayerConfig c = small(DType::bf16, Activation::gelu);
-  reference::Problem pr = reference::make_problem(c, {16}, 1);
-  bench::DeviceProblem dev(pr, 0);
-  MoELayer layer(c, single_gpu(), dev.weights());
+  ArgumentCheckLayer subject;
+  auto& [c, pr, dev, layer] = subject;
   const auto bytes = static_cast<std::size_t>(c.max_tokens * c.hidden) * element_bytes(c.dtype);
   std::vector<unsigned char> host(bytes + 16);
   void* pinned = nullptr;
@@ -601,10 +591,8 @@ TEST(LayerGpu, InvalidWeightPointers) {
 // A given routing: null or misaligned pointers are refused, naming the argument.
 TEST(LayerGpu, InvalidGivenRouting) {
   MONOMOE_REQUIRE_GPU();
-  LayerConfig c = small(DType::bf16, Activation::gelu);
-  reference::Problem pr = reference::make_problem(c, {16}, 1);
-  bench::DeviceProblem dev(pr, 0);
-  MoELayer layer(c, single_gpu(), dev.weights());
+  ArgumentCheckLayer subject;
+  auto& [c, pr, dev, layer] = subject;
   reference::give_random_routing(pr, 2);
   const bench::DeviceProblem given(pr, 0);
   const Routing ok = given.routing();
