@@ -13,6 +13,7 @@
 #include "baseline/baseline.hpp"
 #include "gpu_problem.hpp"
 #include "gpu_test.hpp"
+#include "layer_gpu_test.hpp"
 #include "monomoe/monomoe.hpp"
 #include "reference/reference.hpp"
 
@@ -35,15 +36,10 @@ double tolerance(DType d) {
   return 0.0;
 }
 
+// The layer tests' small config with room for 256 tokens (the baseline has no kernel wait bound).
 LayerConfig small(DType dtype, Activation act) {
-  LayerConfig c;
+  LayerConfig c = test::small_layer_config(dtype, act);
   c.max_tokens = 256;
-  c.hidden = 256;
-  c.ffn = 256;
-  c.experts = 8;
-  c.topk = 2;
-  c.dtype = dtype;
-  c.activation = act;
   return c;
 }
 
