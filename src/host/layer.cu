@@ -52,7 +52,7 @@ std::string describe_kernel_error(const device::ErrorRecord& e, const LayerConfi
       break;
     case device::ErrorCode::bad_route:
       os << "token " << e.detail0 << " routed to expert " << e.detail1
-         << " (out of range: are there NaN/inf values in x or the gate weight?)";
+         << " (out of range; NaN/inf logits route to the lowest experts, so this is a kernel bug)";
       break;
     case device::ErrorCode::given_id_out_of_range:
     case device::ErrorCode::given_id_repeated: {
