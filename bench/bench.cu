@@ -15,6 +15,7 @@
 
 #include "baseline/baseline.hpp"
 #include "bench/ceiling.hpp"
+#include "bench/weight_floor.hpp"
 #include "bench/device_problem.hpp"
 #include "bench/graph.hpp"
 #include "bench/metrics.hpp"
@@ -251,6 +252,9 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
              << ceiling.k << ", " << ceiling.math << ")..." << std::endl;
     ceiling = measure_dense_ceiling(cfg.dtype, kCeilingWarmup, kCeilingIterations, stream);
   }
+  // The HBM read rate for the weight-read floor: 2 GiB, far past L2, some 0.5 ms a call.
+  HbmRead hbm;
+  if (o.ceiling) hbm = measure_hbm_read(std::size_t{2} << 30, kCeilingWarmup, kCeilingIterations, stream);
   const ForwardStats st = layer.stats();
   if (o.trace) {
     // The forward is collective: every rank runs the traced one, rank 0 prints its own blocks.
@@ -267,6 +271,14 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   const auto ffn_tflops = [&](double ms) { return tflops(flop, ms); };
   const double ffn_alone_tflops = tflops(ffn_flop(ffn_rows, cfg), tffn.median_ms);
   const double floor_ms = compute_floor_ms(flop, ceiling.tflops);
+  // Weight-read floor: the weights of rank 0's experts that ran rows, and the gate, read once.
+  const std::int64_t touched = static_cast<std::int64_t>(
+      std::count_if(st.rows_per_local_expert.begin(), st.rows_per_local_expert.end(),
+                    [](std::int64_t r) { return r > 0; }));
+  const double weight_bytes =
+      static_cast<double>(touched) * expert_weight_bytes(cfg) +
+      static_cast<double>(cfg.hidden * cfg.experts) * static_cast<double>(element_bytes(cfg.dtype));
+  const double weight_floor_ms = o.ceiling ? weight_bytes / (hbm.tb_per_s * 1e12) * 1e3 : 0.0;
   // All ranks' tokens per second (every rank runs the same count in lockstep).
   const auto tokens_per_s = [&](double ms) {
     return static_cast<double>(s) * world / (ms * 1e-3);
@@ -330,6 +342,13 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
         << (world > 1 ? " of rank 0's tokens" : "")
         << " / ceiling); monomoe median / floor: " << std::setprecision(2)
         << tf.median_ms / floor_ms << "x\n";
+    out << "weight-read floor: " << std::setprecision(3) << weight_floor_ms << " ms (rank 0's "
+        << touched << " of " << cfg.experts_per_rank() << " experts ran rows: "
+        << std::setprecision(1) << weight_bytes * 1e-6 << " MB of their weights and the gate, at "
+        << std::setprecision(2) << hbm.tb_per_s << " TB/s, the HBM read rate measured here); "
+        << "monomoe median / weight floor: " << tf.median_ms / weight_floor_ms << "x";
+    if (base) out << ", baseline: " << tb.median_ms / weight_floor_ms << "x";
+    out << "\n";
   }
 
   if (!o.json_path.empty()) {
@@ -357,7 +376,10 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
          << ", \"n\": " << ceiling.n << ", \"k\": " << ceiling.k << ", \"math\": \"" << ceiling.math
          << "\"},\n  \"dense_ceiling_tflops\": " << ceiling.tflops
          << ",\n  \"compute_floor_ms\": " << floor_ms
-         << ",\n  \"monomoe_over_floor\": " << tf.median_ms / floor_ms;
+         << ",\n  \"monomoe_over_floor\": " << tf.median_ms / floor_ms
+         << ",\n  \"weight_floor\": {\"ms\": " << weight_floor_ms << ", \"bytes\": " << weight_bytes
+         << ", \"experts_with_rows\": " << touched << ", \"hbm_read_tb_per_s\": " << hbm.tb_per_s
+         << "},\n  \"monomoe_over_weight_floor\": " << tf.median_ms / weight_floor_ms;
     }
     js << "\n}\n";
     if (!js) throw ConfigError("bench: cannot write --json " + o.json_path);

@@ -26,15 +26,20 @@ struct CheckCase {
   bool skew = false;
   std::int64_t skew_expert = 0;
   std::uint64_t seed = 0;            // of the problem's inputs and weights
+  // Every rank passes a random router's routing (reference::give_random_routing) instead of the
+  // gate's: k distinct uniform experts, positive weights that need not sum to 1.
+  bool given_routing = false;
 
   reference::Problem problem() const {
     reference::Problem pr = reference::make_problem(config, tokens, seed);
     if (skew) reference::skew_gate_towards(pr, skew_expert, 50.f);
+    if (given_routing) reference::give_random_routing(pr, seed);
     return pr;
   }
   std::string describe(int rank) const {
-    return config.describe() + (skew ? " skewed" : "") + " tokens=" +
-           std::to_string(tokens[static_cast<std::size_t>(rank)]) + " seed=" + std::to_string(seed);
+    return config.describe() + (skew ? " skewed" : "") + (given_routing ? " given-routing" : "") +
+           " tokens=" + std::to_string(tokens[static_cast<std::size_t>(rank)]) +
+           " seed=" + std::to_string(seed);
   }
 };
 
@@ -72,6 +77,9 @@ CheckCase draw_case(std::mt19937_64& rng, int world, double timeout_seconds) {
   k.seed = rng();
   // Drawn last, so that the cases of a seed keep the shapes they had before the layout existed.
   c.weight_layout = pick(0, 1) == 1 ? WeightLayout::out_in : WeightLayout::in_out;
+  // One case in four routes outside the layer. Taken from the case's seed, not from `rng`, so that
+  // every --seed still draws the cases (shapes and seeds) it drew before given routing existed.
+  k.given_routing = (k.seed >> 32) % 4 == 0;
   return k;
 }
 
@@ -95,7 +103,7 @@ int check_rank(const CheckOptions& o, const launch::WorkerContext& w, std::ostre
       DeviceProblem dev(pr, rank);
       MoELayer layer(k.config, comm, dev.weights());
       dev.poison_y();
-      layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
+      dev.forward(layer);
       ok = check_forward(layer, dev, pr, ref.ranks[static_cast<std::size_t>(rank)], rank, detail);
     } catch (const Error& e) {
       detail = std::string("error: ") + e.what();
@@ -127,6 +135,7 @@ int check_virtual(const CheckOptions& o, std::ostream& out) {
       std::vector<const void*> x;
       std::vector<std::int64_t> tokens;
       std::vector<void*> y;
+      std::vector<Routing> routing;
       for (int r = 0; r < world; ++r) {
         dev.push_back(std::make_unique<DeviceProblem>(pr, r));
         dev.back()->poison_y();
@@ -134,9 +143,10 @@ int check_virtual(const CheckOptions& o, std::ostream& out) {
         x.push_back(dev.back()->x());
         tokens.push_back(dev.back()->tokens());
         y.push_back(dev.back()->y());
+        if (k.given_routing) routing.push_back(dev.back()->routing());
       }
       VirtualRanks vr(k.config, o.device, weights);
-      vr.forward(x, tokens, y);
+      vr.forward(x, tokens, y, {}, routing);
       vr.synchronize();
       for (int r = 0; r < world; ++r) {
         const auto i_r = static_cast<std::size_t>(r);

@@ -57,12 +57,34 @@ std::vector<float> transposed(const float* v, std::size_t count, std::size_t row
   return out;
 }
 
+// A device copy of host bytes (nullptr when empty).
+struct Bytes {
+  void* ptr = nullptr;
+  Bytes() = default;
+  Bytes(const void* v, std::size_t bytes) {
+    if (bytes == 0) return;
+    MONOMOE_CUDA(cudaMalloc(&ptr, bytes));
+    MONOMOE_CUDA(cudaMemcpy(ptr, v, bytes, cudaMemcpyHostToDevice));
+  }
+  Bytes(const Bytes&) = delete;
+  Bytes& operator=(const Bytes&) = delete;
+  Bytes& operator=(Bytes&& o) noexcept {
+    std::swap(ptr, o.ptr);
+    return *this;
+  }
+  ~Bytes() {
+    if (ptr) cudaFree(ptr);
+  }
+};
+
 }  // namespace
 
 struct DeviceProblem::Impl {
   DType dtype;
   std::int64_t tokens = 0, hidden = 0;
+  bool routing_given = false;
   Buffer x, y, gate, w1, b1, w2, b2;
+  Bytes topk_ids, topk_weights;  // int32 / float [tokens, topk] when the routing is given
   Buffer gate_t, w1_t, w2_t;  // [in, out] copies when the config's layout is [out, in]
 };
 
@@ -100,6 +122,13 @@ DeviceProblem::DeviceProblem(const reference::Problem& pr, int rank) : impl_(std
     m.b1 = Buffer(pr.b1.data() + e0 * w1c, el * w1c, c.dtype);
     m.b2 = Buffer(pr.b2.data() + e0 * h, el * h, c.dtype);
   }
+  m.routing_given = pr.routing_given();
+  if (m.routing_given) {
+    const auto& ids = pr.topk_ids.at(static_cast<std::size_t>(rank));
+    const auto& weights = pr.topk_weights.at(static_cast<std::size_t>(rank));
+    m.topk_ids = Bytes(ids.data(), ids.size() * sizeof(std::int32_t));
+    m.topk_weights = Bytes(weights.data(), weights.size() * sizeof(float));
+  }
 }
 
 DeviceProblem::~DeviceProblem() = default;
@@ -115,6 +144,19 @@ ExpertWeights DeviceProblem::weights_in_out() const {
 const void* DeviceProblem::x() const { return impl_->x.ptr; }
 void* DeviceProblem::y() { return impl_->y.ptr; }
 std::int64_t DeviceProblem::tokens() const { return impl_->tokens; }
+Routing DeviceProblem::routing() const {
+  return Routing{static_cast<const std::int32_t*>(impl_->topk_ids.ptr),
+                 static_cast<const float*>(impl_->topk_weights.ptr)};
+}
+bool DeviceProblem::routing_given() const { return impl_->routing_given; }
+
+void DeviceProblem::forward(MoELayer& layer, cudaStream_t stream) {
+  if (impl_->routing_given) {
+    layer.forward(x(), tokens(), y(), stream, routing());
+  } else {
+    layer.forward(x(), tokens(), y(), stream);
+  }
+}
 
 void DeviceProblem::poison_y() {
   // 0xFF bytes are a NaN in both bf16 and fp32.
@@ -254,6 +296,19 @@ reference::Problem sample_tokens(const reference::Problem& pr,
   for (std::int64_t t : tokens) {
     const float* row = pr.x.at(static_cast<std::size_t>(rank)).data() + static_cast<std::size_t>(t) * h;
     s.x[0].insert(s.x[0].end(), row, row + h);
+  }
+  if (pr.routing_given()) {
+    const std::size_t k = static_cast<std::size_t>(pr.config.topk);
+    const auto& ids = pr.topk_ids.at(static_cast<std::size_t>(rank));
+    const auto& weights = pr.topk_weights.at(static_cast<std::size_t>(rank));
+    s.topk_ids.resize(1);
+    s.topk_weights.resize(1);
+    for (std::int64_t t : tokens) {
+      const std::size_t at = static_cast<std::size_t>(t) * k;
+      s.topk_ids[0].insert(s.topk_ids[0].end(), ids.begin() + at, ids.begin() + at + k);
+      s.topk_weights[0].insert(s.topk_weights[0].end(), weights.begin() + at,
+                               weights.begin() + at + k);
+    }
   }
   s.gate = pr.gate;
   s.w1 = pr.w1;

@@ -14,7 +14,7 @@ namespace monomoe::bench {
 
 // Owns device buffers holding rank `rank`'s x and experts of `problem` in the layouts of
 // include/monomoe/layer.hpp, in the config's weight_layout (bf16 for DType::bf16, float otherwise),
-// plus an output buffer.
+// plus an output buffer, and the rank's given routing when the problem has one.
 class DeviceProblem {
  public:
   DeviceProblem(const reference::Problem& problem, int rank);
@@ -29,6 +29,12 @@ class DeviceProblem {
   const void* x() const;
   void* y();
   std::int64_t tokens() const;
+  // The rank's given routing (Problem.topk_ids / topk_weights) on the device; null pointers when
+  // the problem has none or the rank has no tokens.
+  Routing routing() const;
+  bool routing_given() const;
+  // forward() of `layer` on this rank's x and y, with the given routing when the problem has one.
+  void forward(MoELayer& layer, cudaStream_t stream = nullptr);
   void poison_y();                  // fills y with NaN so that unwritten outputs show
   std::vector<float> y_host() const;  // y as float (synchronizes)
 

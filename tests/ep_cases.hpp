@@ -1,7 +1,8 @@
 // The expert-parallel cases that every multi-rank test runs, on real GPUs (test_layer_multi_gpu.cu,
 // one forked process per GPU) and on virtual ranks of one GPU (test_virtual_ranks.cu): every
 // precision and activation, uneven and empty ranks, skewed routing, capacity with drops, 1 and 32
-// experts per rank. Small shapes: the float64 reference of all ranks stays fast.
+// experts per rank, and routing given by the caller (each rank its own tokens'). Small shapes: the
+// float64 reference of all ranks stays fast.
 #pragma once
 
 #include <cstdint>
@@ -16,7 +17,12 @@ struct EpCase {
   LayerConfig cfg;                    // world_size / rank filled per rank
   std::vector<std::int64_t> tokens;   // per rank (resized to the world with the last value)
   std::int64_t skew_expert = -1;
+  // Every rank passes a random router's routing of its tokens to forward() (no gate); the problem
+  // gets it from reference::give_random_routing(problem, kGivenRoutingSeed).
+  bool given_routing = false;
 };
+
+inline constexpr std::uint64_t kGivenRoutingSeed = 4321;
 
 inline LayerConfig ep_base(DType dtype, Activation act, std::int64_t experts, std::int64_t topk) {
   LayerConfig c;
@@ -59,6 +65,23 @@ inline std::vector<EpCase> ep_cases(int w) {
     v.push_back({d == DType::bf16 ? "bf16 out-in weights" : "tf32 out-in weights", c,
                  {300, 17, 384, 200}});
   }
+  // Routing given by the caller.
+  v.push_back({"bf16 gelu, given routing", ep_base(DType::bf16, Activation::gelu, 4 * w, 2),
+               {300, 200, 384, 1}, -1, true});
+  {
+    LayerConfig c = ep_base(DType::fp32, Activation::swiglu, 4 * w, 3);
+    c.capacity_factor = 0.5;
+    v.push_back({"fp32 swiglu top-3, given routing, capacity 0.5 with drops", c,
+                 {384, 200, 384, 100}, -1, true});
+  }
+  {
+    LayerConfig c = ep_base(DType::tf32, Activation::swiglu, 4 * w, 2);
+    c.weight_layout = WeightLayout::out_in;
+    v.push_back({"tf32 out-in weights, given routing, a rank with 0 tokens", c, {0, 300, 17, 200},
+                 -1, true});
+  }
+  v.push_back({"bf16 one expert per rank, top-1, given routing",
+               ep_base(DType::bf16, Activation::gelu, w, 1), {250, 0, 384, 7}, -1, true});
   for (EpCase& c : v) {
     c.cfg.world_size = w;
     c.tokens.resize(static_cast<std::size_t>(w), c.tokens.back());

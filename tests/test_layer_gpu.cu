@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -25,6 +26,7 @@ struct Case {
   LayerConfig cfg;
   std::int64_t tokens;
   std::int64_t skew_expert = -1;  // >= 0: every token picks this expert first
+  bool given_routing = false;     // a random router's routing passed to forward() (no gate)
 };
 
 LayerConfig small(DType dtype, Activation act) {
@@ -50,17 +52,23 @@ void check_case(const Case& tc, std::uint64_t seed) {
   SCOPED_TRACE(tc.name);
   reference::Problem pr = reference::make_problem(tc.cfg, {tc.tokens}, seed);
   if (tc.skew_expert >= 0) reference::skew_gate_towards(pr, tc.skew_expert, 50.f);
+  if (tc.given_routing) reference::give_random_routing(pr, seed);
   const reference::Result ref = reference::run(pr);
   bench::DeviceProblem dev(pr, 0);
   MoELayer layer(tc.cfg, single_gpu(), dev.weights());
   dev.poison_y();
-  layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
+  dev.forward(layer);
   const ForwardStats stats = layer.stats();
   std::vector<std::int32_t> experts;
   std::vector<float> weights;
   layer.routing(experts, weights);
   const auto cmp = bench::compare(pr, ref.ranks[0], dev.y_host(), experts);
   EXPECT_TRUE(cmp.passed) << cmp.summary();
+  if (tc.given_routing) {
+    // routing() reads back what was given, bit for bit.
+    EXPECT_EQ(experts, pr.topk_ids[0]);
+    EXPECT_EQ(weights, pr.topk_weights[0]);
+  }
   EXPECT_EQ(stats.dropped, ref.dropped);
   for (std::size_t e = 0; e < ref.dropped_per_expert.size(); ++e) {
     EXPECT_EQ(stats.dropped_per_expert[e], ref.dropped_per_expert[e]) << "expert " << e;
@@ -98,6 +106,106 @@ TEST(LayerGpu, OutInWeightLayout) {
     c.capacity_factor = 0.5;
     check_case({"out-in, hidden 384, ffn 640, capacity 0.5", c, 512}, seed++);
   }
+}
+
+// Routing given by the caller, from a random router (k distinct uniform experts, positive weights
+// that do not sum to 1): every precision, gelu and swiglu, both weight layouts, dropless and with
+// capacity drops (the reference drops by the same rule and keeps the weights as given).
+TEST(LayerGpu, GivenRouting) {
+  MONOMOE_REQUIRE_GPU();
+  std::uint64_t seed = 600;
+  for (DType d : {DType::bf16, DType::tf32, DType::fp32}) {
+    for (Activation a : {Activation::gelu, Activation::swiglu}) {
+      for (WeightLayout layout : {WeightLayout::in_out, WeightLayout::out_in}) {
+        for (double capacity : {0.0, 0.5}) {
+          LayerConfig c = small(d, a);
+          c.topk = 3;
+          c.weight_layout = layout;
+          c.capacity_factor = capacity;
+          const std::string name = "given routing " + std::string(to_string(d)) + "/" +
+                                   std::string(to_string(a)) + " " +
+                                   std::string(to_string(layout)) +
+                                   (capacity > 0 ? " capacity 0.5" : " dropless");
+          check_case({name.c_str(), c, 300, -1, true}, seed++);
+        }
+      }
+    }
+  }
+  // Edge cases: one token, every expert chosen by every token, many experts.
+  {
+    LayerConfig c = small(DType::fp32, Activation::gelu);
+    check_case({"given routing, one token", c, 1, -1, true}, seed++);
+    c.experts = 4;
+    c.topk = 4;
+    check_case({"given routing, top-4 of 4 experts", c, 200, -1, true}, seed++);
+    c = small(DType::bf16, Activation::swiglu);
+    c.experts = 255;
+    c.topk = 8;
+    c.capacity_factor = 1.0;
+    check_case({"given routing, 255 experts, top-8, capacity 1.0", c, 512, -1, true}, seed++);
+  }
+}
+
+// Ids the kernel cannot use (out of range either way, repeated within a token): the call raises
+// KernelError naming topk_ids, the token, the choice and the value; every other choice of that call
+// still runs (the other tokens' outputs match the reference); routing() shows the skipped choice as
+// expert -1; the same layer then works for a good given routing and for its own gate.
+TEST(LayerGpu, GivenRoutingBadIdsAreReported) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c = small(DType::fp32, Activation::gelu);
+  reference::Problem pr = reference::make_problem(c, {256}, 61);
+  reference::give_random_routing(pr, 62);
+  const reference::Result ref = reference::run(pr);
+  bench::DeviceProblem dev(pr, 0);
+  MoELayer layer(c, single_gpu(), dev.weights());
+  struct Bad {
+    std::int64_t token, choice;
+    std::int32_t id;
+    std::string message;
+  };
+  const std::int32_t repeat = pr.topk_ids[0][7 * 2];
+  const std::vector<Bad> bad = {
+      {5, 1, 8, "topk_ids[5, 1] = 8 is not an expert id in [0, 8)"},
+      {200, 0, -3, "topk_ids[200, 0] = -3 is not an expert id in [0, 8)"},
+      {7, 1, repeat,
+       "topk_ids[7, 1] = " + std::to_string(repeat) + " repeats an expert that token 7"},
+  };
+  for (const Bad& b : bad) {
+    SCOPED_TRACE(b.message);
+    reference::Problem wrong = pr;
+    const std::size_t slot = static_cast<std::size_t>(b.token * c.topk + b.choice);
+    wrong.topk_ids[0][slot] = b.id;
+    bench::DeviceProblem wdev(wrong, 0);  // the same x and weights; its ids hold the bad one
+    wdev.poison_y();
+    layer.forward(wdev.x(), 256, wdev.y(), nullptr, wdev.routing());
+    try {
+      layer.synchronize();
+      ADD_FAILURE() << "expected a KernelError";
+    } catch (const KernelError& e) {
+      std::printf("expected error: %s\n", e.what());
+      EXPECT_NE(std::string(e.what()).find(b.message), std::string::npos) << e.what();
+    }
+    std::vector<std::int32_t> experts;
+    std::vector<float> weights;
+    layer.routing(experts, weights);  // the error was read: this call does not raise it again
+    EXPECT_EQ(experts[slot], -1);
+    EXPECT_EQ(weights[slot], 0.f);
+    std::vector<std::uint8_t> others(256, 1);
+    others[static_cast<std::size_t>(b.token)] = 0;
+    const double err = reference::relative_error(wdev.y_host(), ref.ranks[0].y, c.hidden, others);
+    EXPECT_LE(err, bench::tolerance(c.dtype)) << "the other tokens of the call";
+  }
+  dev.poison_y();
+  dev.forward(layer);
+  std::string detail;
+  EXPECT_TRUE(bench::check_forward(layer, dev, pr, ref.ranks[0], 0, detail)) << detail;
+  reference::Problem gated = pr;  // the same layer routing with its own gate again
+  gated.topk_ids.clear();
+  gated.topk_weights.clear();
+  dev.poison_y();
+  layer.forward(dev.x(), 256, dev.y(), nullptr);
+  EXPECT_TRUE(bench::check_forward(layer, dev, gated, reference::run(gated).ranks[0], 0, detail))
+      << detail;
 }
 
 // The gate is read at every forward like the other weights: a gate changed in place between two
@@ -271,24 +379,27 @@ TEST(LayerGpu, LargeSampled) {
   EXPECT_TRUE(cmp.passed) << cmp.summary();
 }
 
-// Kernel-side failures become exceptions, and the layer works again afterwards.
+// Kernel-side failures become exceptions, and the layer works again afterwards. The failure here:
+// a given routing with an expert id out of range (a NaN in x is not one: it routes by a defined
+// rule, see PoisonedRowIsIsolated).
 TEST(LayerGpu, KernelErrorsReachTheHost) {
   MONOMOE_REQUIRE_GPU();
   LayerConfig c = small(DType::fp32, Activation::gelu);
   reference::Problem pr = reference::make_problem(c, {256}, 3);
-  pr.x[0][5 * c.hidden] = std::nanf("");  // token 5's logits become NaN: no expert can be chosen
-  bench::DeviceProblem bad(pr, 0);
+  reference::Problem given = pr;
+  reference::give_random_routing(given, 4);
+  given.topk_ids[0][5 * static_cast<std::size_t>(c.topk) + 1] = static_cast<std::int32_t>(c.experts);
+  bench::DeviceProblem bad(given, 0);
   MoELayer layer(c, single_gpu(), bad.weights());
-  layer.forward(bad.x(), 256, bad.y(), nullptr);
+  layer.forward(bad.x(), 256, bad.y(), nullptr, bad.routing());
   try {
     layer.synchronize();
     ADD_FAILURE() << "expected a KernelError";
   } catch (const KernelError& e) {
-    EXPECT_NE(std::string(e.what()).find("NaN"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("topk_ids[5, 1]"), std::string::npos) << e.what();
   }
-  pr.x[0][5 * c.hidden] = 0.5f;
   const reference::Result ref = reference::run(pr);
-  bench::DeviceProblem good(pr, 0);  // same weights, x without the NaN
+  bench::DeviceProblem good(pr, 0);  // same weights and x, the layer's own gate
   good.poison_y();
   layer.forward(good.x(), 256, good.y(), nullptr);
   std::vector<std::int32_t> experts;
@@ -632,6 +743,41 @@ TEST(LayerGpu, InvalidWeightPointers) {
   ExpertWeights w = dev.weights();
   w.b1 = w.b2 = nullptr;
   MoELayer layer(nb, single_gpu(), w);  // no biases: none needed
+}
+
+// A given routing: null or misaligned pointers are refused, naming the argument.
+TEST(LayerGpu, InvalidGivenRouting) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c = small(DType::bf16, Activation::gelu);
+  reference::Problem pr = reference::make_problem(c, {16}, 1);
+  bench::DeviceProblem dev(pr, 0);
+  MoELayer layer(c, single_gpu(), dev.weights());
+  reference::give_random_routing(pr, 2);
+  const bench::DeviceProblem given(pr, 0);
+  const Routing ok = given.routing();
+  const auto message = [&](const Routing& r, std::int64_t tokens) -> std::string {
+    try {
+      layer.forward(dev.x(), tokens, dev.y(), nullptr, r);
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(message({nullptr, ok.topk_weights}, 16).find("Routing.topk_ids is null"),
+            std::string::npos);
+  EXPECT_NE(message({ok.topk_ids, nullptr}, 16).find("Routing.topk_weights is null"),
+            std::string::npos);
+  const auto* odd_ids = reinterpret_cast<const std::int32_t*>(
+      reinterpret_cast<const char*>(ok.topk_ids) + 2);
+  EXPECT_NE(message({odd_ids, ok.topk_weights}, 16).find("topk_ids is not 4-byte aligned"),
+            std::string::npos);
+  const auto* odd_weights = reinterpret_cast<const float*>(
+      reinterpret_cast<const char*>(ok.topk_weights) + 1);
+  EXPECT_NE(message({ok.topk_ids, odd_weights}, 16).find("topk_weights is not 4-byte aligned"),
+            std::string::npos);
+  EXPECT_EQ(message(Routing{}, 0), "");  // no tokens: nothing to route
+  EXPECT_EQ(message(ok, 16), "");
+  layer.synchronize();
 }
 
 }  // namespace

@@ -37,6 +37,7 @@ int run_cases(int rank, int world, const UniqueId& id) {
     c.rank = rank;
     reference::Problem pr = reference::make_problem(c, tc.tokens, 1234);
     if (tc.skew_expert >= 0) reference::skew_gate_towards(pr, tc.skew_expert, 50.f);
+    if (tc.given_routing) reference::give_random_routing(pr, test::kGivenRoutingSeed);
     const reference::Result ref = reference::run(pr);
     bench::DeviceProblem dev(pr, rank);
     MoELayer layer(c, comm, dev.weights());
@@ -45,7 +46,7 @@ int run_cases(int rank, int world, const UniqueId& id) {
     std::string detail;
     for (int call = 0; call < 2 && ok; ++call) {  // the second call reuses the window (epochs)
       dev.poison_y();
-      layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
+      dev.forward(layer);  // with the rank's given routing when the case has one
       ok = bench::check_forward(layer, dev, pr, ref.ranks[rank], rank, detail);
       const std::vector<float> y = dev.y_host();
       if (call == 0) first = y;
@@ -57,6 +58,7 @@ int run_cases(int rank, int world, const UniqueId& id) {
     std::printf("[rank %d/%d] %s %s: %s\n", rank, world, ok ? "PASS" : "FAIL", tc.name,
                 detail.c_str());
     failed += ok ? 0 : 1;
+    if (tc.given_routing) continue;  // the baseline routes with its own gate only
 
     // The conventional pipeline on the same inputs (its forward is collective too).
     LayerConfig base_cfg = c;  // the baseline takes [in, out] weights only

@@ -546,6 +546,167 @@ TEST(ReferenceForced, RejectsBadForcedRoutes) {
   EXPECT_TRUE(fails({1, {0}, {0, 1}}));     // rank out of range
 }
 
+// ---- Routing given by the caller
+// ----------------------------------------------------------------
+
+// The given experts and weights are taken as they are: no softmax, no renormalization (the flag is
+// on here), margins 1.0, and the output is the naive sum over them.
+TEST(ReferenceGiven, ExpertsAndWeightsAreUsedAsGiven) {
+  LayerConfig c = small_config(8, 3, Activation::gelu);
+  c.world_size = 2;
+  c.renormalize = true;
+  Problem p = make_problem(c, {40, 17}, 31);
+  give_random_routing(p, 5);
+  const Result r = run(p, 2);
+  bool some_sum_is_not_one = false;
+  for (Idx rank = 0; rank < 2; ++rank) {
+    const RankResult& rr = r.ranks[rank];
+    EXPECT_EQ(rr.topk_expert, p.topk_ids[rank]);
+    for (Idx i = 0; i < rr.topk_weight.size(); ++i) {
+      ASSERT_EQ(rr.topk_weight[i], double(p.topk_weights[rank][i])) << i;
+    }
+    for (Idx t = 0; t < ix(p.tokens[rank]); ++t) {
+      const double sum =
+          rr.topk_weight[t * 3] + rr.topk_weight[t * 3 + 1] + rr.topk_weight[t * 3 + 2];
+      some_sum_is_not_one = some_sum_is_not_one || std::abs(sum - 1.0) > 0.01;
+      EXPECT_EQ(rr.topk_margin[t], 1.0);
+    }
+    for (std::uint8_t kept : rr.kept) EXPECT_EQ(kept, 1);
+    EXPECT_LT(rel_diff(rr.y, naive_y(p, rr, rank)), 1e-13);
+  }
+  EXPECT_TRUE(some_sum_is_not_one) << "the weights were renormalized";
+  EXPECT_EQ(r.dropped, 0);
+}
+
+// The gate is not read: a different gate gives bit for bit the same result.
+TEST(ReferenceGiven, TheGateIsNotRead) {
+  LayerConfig c = small_config(8, 2, Activation::swiglu);
+  Problem p = make_problem(c, {64}, 32);
+  give_random_routing(p, 6);
+  Problem skewed = p;
+  skewed.gate.assign(skewed.gate.size(), 0.0f);
+  skewed.gate[3] = 100.0f;
+  const Result a = run(p, 1);
+  const Result b = run(skewed, 3);
+  EXPECT_TRUE(same_bits(a.ranks[0].y, b.ranks[0].y));
+  EXPECT_EQ(a.ranks[0].topk_expert, b.ranks[0].topk_expert);
+}
+
+// Capacity applies to given routing by the gate's rule: per (source rank, expert), the first `cap`
+// choices in ascending token order are kept; the drops are counted and the kept weights unchanged.
+TEST(ReferenceGiven, CapacityDropsByTheSameRule) {
+  LayerConfig c = small_config(4, 2, Activation::relu);
+  c.world_size = 2;
+  c.max_tokens = 32;
+  c.capacity_factor = 0.5;  // cap: rank 0 ceil(0.5*32*2/4) = 8, rank 1 ceil(0.5*10*2/4) = 3
+  Problem p = make_problem(c, {32, 10}, 33);
+  // Every token's first choice is expert 1, the second one of 0, 2, 3 in turn: expert 1 overflows.
+  p.topk_ids.assign(2, {});
+  p.topk_weights.assign(2, {});
+  for (Idx rank = 0; rank < 2; ++rank) {
+    for (Idx t = 0; t < ix(p.tokens[rank]); ++t) {
+      const std::int32_t others[3] = {0, 2, 3};
+      p.topk_ids[rank].insert(p.topk_ids[rank].end(), {1, others[t % 3]});
+      p.topk_weights[rank].insert(p.topk_weights[rank].end(), {0.75f, 0.5f});
+    }
+  }
+  const Result r = run(p, 2);
+  std::int64_t all = 0;
+  for (Idx rank = 0; rank < 2; ++rank) {
+    const RankResult& rr = r.ranks[rank];
+    const std::int64_t cap = c.capacity(p.tokens[rank]);
+    ASSERT_EQ(cap, rank == 0 ? 8 : 3);
+    std::vector<std::int64_t> seen(4, 0), dropped(4, 0);
+    for (Idx slot = 0; slot < rr.kept.size(); ++slot) {
+      const Idx e = ix(p.topk_ids[rank][slot]);
+      EXPECT_EQ(rr.kept[slot], seen[e] < cap ? 1 : 0) << "rank " << rank << " slot " << slot;
+      dropped[e] += seen[e] < cap ? 0 : 1;
+      ++seen[e];
+    }
+    EXPECT_EQ(rr.dropped_per_expert, dropped) << "rank " << rank;
+    EXPECT_EQ(dropped[1], p.tokens[rank] - cap);
+    for (std::int64_t d : dropped) all += d;
+    EXPECT_EQ(rr.topk_weight[0], 0.75);
+    EXPECT_LT(rel_diff(rr.y, naive_y(p, rr, rank)), 1e-13);
+  }
+  EXPECT_EQ(r.dropped, all);
+  EXPECT_GT(all, 0);
+}
+
+TEST(ReferenceGiven, RejectsBadRouting) {
+  LayerConfig c = small_config(4, 2, Activation::relu);
+  c.max_tokens = 4;
+  Problem p = make_problem(c, {3}, 34);
+  give_random_routing(p, 7);
+  const auto error = [](const Problem& q, const ForcedRoutes& f = {}) -> std::string {
+    try {
+      run(q, 0, f);
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(error(p), "");
+  Problem q = p;
+  q.topk_ids[0][3] = 4;  // token 1, choice 1
+  EXPECT_NE(error(q).find("topk_ids[0][1, 1] = 4 is not an expert id in [0, 4)"), std::string::npos)
+      << error(q);
+  q.topk_ids[0][3] = -1;
+  EXPECT_NE(error(q).find("= -1 is not an expert id"), std::string::npos) << error(q);
+  q = p;
+  q.topk_ids[0][5] = q.topk_ids[0][4];  // token 2 lists one expert twice
+  EXPECT_NE(error(q).find("token 2 lists that expert twice"), std::string::npos) << error(q);
+  q = p;
+  q.topk_ids[0].pop_back();
+  EXPECT_NE(error(q).find("topk_ids[0] has 5 values, expected 6"), std::string::npos) << error(q);
+  q = p;
+  q.topk_weights.clear();
+  EXPECT_NE(error(q).find("topk_weights"), std::string::npos) << error(q);
+  EXPECT_NE(error(p, {0, {0}, {0, 1}}).find("forced routes with a given routing"),
+            std::string::npos);
+}
+
+TEST(ReferenceGiven, RandomRoutingIsDistinctPositiveAndSeeded) {
+  LayerConfig c = small_config(6, 3, Activation::gelu);
+  c.world_size = 2;
+  Problem a = make_problem(c, {50, 20}, 1);
+  Problem b = a, d = a;
+  give_random_routing(a, 8);
+  give_random_routing(b, 8);
+  give_random_routing(d, 9);
+  EXPECT_EQ(a.topk_ids, b.topk_ids);
+  EXPECT_EQ(a.topk_weights, b.topk_weights);
+  EXPECT_NE(a.topk_ids, d.topk_ids);
+  EXPECT_NE(a.topk_weights, d.topk_weights);
+  std::vector<int> uses(6, 0);
+  for (Idx rank = 0; rank < 2; ++rank) {
+    ASSERT_EQ(a.topk_ids[rank].size(), ix(a.tokens[rank]) * 3);
+    for (Idx t = 0; t < ix(a.tokens[rank]); ++t) {
+      const std::int32_t* ids = a.topk_ids[rank].data() + t * 3;
+      for (Idx j = 0; j < 3; ++j) {
+        ASSERT_GE(ids[j], 0);
+        ASSERT_LT(ids[j], 6);
+        ++uses[ix(ids[j])];
+        for (Idx q = 0; q < j; ++q) ASSERT_NE(ids[q], ids[j]) << "token " << t;
+        const float w = a.topk_weights[rank][t * 3 + j];
+        ASSERT_TRUE(w >= 0.1f && w <= 1.0f) << w;
+      }
+    }
+  }
+  for (int u : uses) EXPECT_GT(u, 0);  // 210 choices over 6 experts: every one is used
+  // k = E: every token lists every expert once.
+  c.topk = 6;
+  Problem all = make_problem(c, {10, 10}, 2);
+  give_random_routing(all, 3);
+  for (const auto& ids : all.topk_ids) {
+    for (Idx t = 0; t < 10; ++t) {
+      std::vector<std::int32_t> row(ids.begin() + long(t * 6), ids.begin() + long(t * 6 + 6));
+      std::sort(row.begin(), row.end());
+      EXPECT_EQ(row, (std::vector<std::int32_t>{0, 1, 2, 3, 4, 5}));
+    }
+  }
+}
+
 TEST(ReferenceOutput, MatchesNaiveOnUnevenShapes) {
   // Widths that cross the reference's internal tiles, several row blocks per expert, odd E and k.
   LayerConfig c = small_config(5, 3, Activation::swiglu);

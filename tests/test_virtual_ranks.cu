@@ -33,19 +33,32 @@ struct VirtualProblem {
     for (const auto& d : ranks) w.push_back(d->weights());
     return w;
   }
+  // One forward of every rank (with its given routing when the problem has one).
   void forward(VirtualRanks& vr, const std::vector<bool>& run = {}) {
     std::vector<const void*> x;
     std::vector<std::int64_t> tokens;
     std::vector<void*> y;
+    std::vector<Routing> routing;
     for (auto& d : ranks) {
       d->poison_y();
       x.push_back(d->x());
       tokens.push_back(d->tokens());
       y.push_back(d->y());
+      if (d->routing_given()) routing.push_back(d->routing());
     }
-    vr.forward(x, tokens, y, run);
+    vr.forward(x, tokens, y, run, routing);
   }
 };
+
+// vr.synchronize()'s KernelError message, or "" when every rank finished without one.
+std::string synchronize_error(VirtualRanks& vr) {
+  try {
+    vr.synchronize();
+  } catch (const KernelError& e) {
+    return e.what();
+  }
+  return "";
+}
 
 void run_world(int world) {
   MONOMOE_REQUIRE_GPU();
@@ -53,6 +66,7 @@ void run_world(int world) {
   for (const test::EpCase& tc : test::ep_cases(world)) {
     reference::Problem pr = reference::make_problem(tc.cfg, tc.tokens, 1234);
     if (tc.skew_expert >= 0) reference::skew_gate_towards(pr, tc.skew_expert, 50.f);
+    if (tc.given_routing) reference::give_random_routing(pr, test::kGivenRoutingSeed);
     const reference::Result ref = reference::run(pr);
     VirtualProblem dev(pr, world);
     VirtualRanks vr(tc.cfg, 0, dev.weights());
@@ -211,14 +225,42 @@ TEST(LayerVirtualRanks, MissingRankTimesOut) {
   VirtualProblem dev(pr, 4);
   VirtualRanks vr(c, 0, dev.weights());
   dev.forward(vr, {true, true, false, true});
-  std::string error;
-  try {
-    vr.synchronize();
-  } catch (const KernelError& e) {
-    error = e.what();
-  }
+  const std::string error = synchronize_error(vr);
   std::printf("expected error: %s\n", error.c_str());
   EXPECT_NE(error.find("rank 2 did not start"), std::string::npos) << error;
+}
+
+// A given routing with an id out of range on one rank: that rank's call raises KernelError naming
+// topk_ids, the token and the value, and skips that one choice; the launch still runs the whole
+// exchange, so every other rank's output is right and none of them reports an error or waits.
+TEST(LayerVirtualRanks, BadGivenIdIsReportedByItsRankOnly) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c = test::ep_base(DType::bf16, Activation::gelu, 16, 2);
+  c.world_size = 4;
+  reference::Problem pr = reference::make_problem(c, {100, 120, 90, 64}, 8);
+  reference::give_random_routing(pr, 9);
+  const reference::Result ref = reference::run(pr);
+  reference::Problem wrong = pr;
+  wrong.topk_ids[2][3 * 2 + 0] = 99;  // rank 2, token 3, choice 0
+  VirtualProblem dev(wrong, 4);
+  VirtualRanks vr(c, 0, dev.weights());
+  dev.forward(vr);
+  const std::string error = synchronize_error(vr);
+  std::printf("expected error: %s\n", error.c_str());
+  EXPECT_NE(error.find("virtual rank 2: "), std::string::npos) << error;
+  EXPECT_NE(error.find("topk_ids[3, 0] = 99 is not an expert id in [0, 16)"), std::string::npos)
+      << error;
+  for (int r = 0; r < 4; ++r) {
+    if (r == 2) continue;
+    std::string detail;
+    EXPECT_TRUE(bench::check_forward(vr.layer(r), *dev.ranks[r], pr, ref.ranks[r], r, detail))
+        << "rank " << r << ": " << detail;
+  }
+  std::vector<std::uint8_t> others(90, 1);
+  others[3] = 0;
+  const double err =
+      reference::relative_error(dev.ranks[2]->y_host(), ref.ranks[2].y, c.hidden, others);
+  EXPECT_LE(err, bench::tolerance(c.dtype)) << "rank 2's other tokens";
 }
 
 // Ranks that build different layers are refused at construction, naming the field, before any

@@ -30,11 +30,31 @@ struct ExpertWeights {
   const void* b2 = nullptr;
 };
 
+// Routing decided outside the layer (a sigmoid-with-bias router, group-limited top-k, ...), for one
+// forward(): device pointers owned by the caller, row-major [tokens, topk], read during that call.
+//   topk_ids      int32 expert ids in [0, experts), distinct within each token's k choices
+//   topk_weights  fp32 weights, used as they are: not renormalized (LayerConfig.renormalize applies
+//                 to the gate's own routing only); the caller's router decides what they sum to
+// The kernel then skips the gate (no gate GEMM, softmax or top-k; the gate weight is not read).
+// Capacity (capacity_factor > 0) drops by the gate's rule: per (source rank, expert), the first
+// capacity(tokens) choices in ascending token order are kept, the rest dropped and counted; kept
+// weights are not rescaled. An id out of range or repeated within its token is not used: that
+// choice is skipped (as a dropped one; routing() shows it as expert -1 with weight 0), the rest of
+// the call runs as usual (peers too), and the next synchronizing call raises KernelError naming
+// topk_ids, the token, the choice and the value (one of them when several are bad).
+struct Routing {
+  const std::int32_t* topk_ids = nullptr;
+  const float* topk_weights = nullptr;
+};
+
 // What one forward() did, read back on request (reading synchronizes the stream).
 struct ForwardStats {
   std::int64_t tokens = 0;
   std::int64_t dropped = 0;                    // (token, expert) pairs over capacity, all experts
   std::vector<std::int64_t> dropped_per_expert;  // [experts], counted at this rank as the source
+  // [experts / world]: rows this rank's experts ran (from every rank's tokens, after capacity).
+  // The experts with rows are those whose weights the forward read.
+  std::vector<std::int64_t> rows_per_local_expert;
 };
 
 // Where the time of one forward() went, per persistent block (profiling; see MoELayer::set_trace).
@@ -105,14 +125,20 @@ class MoELayer {
   // capturing stream for a captured one): after replaying on another stream, synchronize that
   // stream first. They then report the last call that ran, replay or not.
   void forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream);
+  // The same with the caller's routing instead of the gate's (see Routing). With world > 1 each
+  // rank passes its own tokens' routing, and ranks may use either form in any call. ConfigError
+  // names topk_ids or topk_weights when tokens > 0 and it is null or not 4-byte aligned.
+  void forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream,
+               const Routing& routing);
 
   // Waits for the last forward() and raises KernelError if the kernel reported one.
   void synchronize();
   ForwardStats stats();  // synchronizes
 
   // Routing of the last forward() (synchronizes): expert id and gate weight of each token's choices,
-  // [tokens, topk] row-major. For tests and debugging. Like stats(), only until another layer of
-  // the communicator runs.
+  // [tokens, topk] row-major; after a forward() with a Routing, the given ones (a skipped invalid
+  // choice reads expert -1, weight 0). For tests and debugging. Like stats(), only until another
+  // layer of the communicator runs.
   void routing(std::vector<std::int32_t>& experts, std::vector<float>& weights);
 
   // Profiling: while on, every forward() records per-block phase times (a few global stores per

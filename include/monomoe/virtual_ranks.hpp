@@ -38,9 +38,11 @@ class VirtualRanks {
   int world() const;
   // One forward on every rank r (x[r], tokens[r], y[r] as MoELayer::forward takes them), each on
   // its own stream; returns once all are launched. `run`, when given, leaves out the ranks whose
-  // entry is false (a rank that never starts: its peers must report it).
+  // entry is false (a rank that never starts: its peers must report it). `routing`, when given,
+  // is each rank's own tokens' routing (MoELayer::forward with a Routing).
   void forward(const std::vector<const void*>& x, const std::vector<std::int64_t>& tokens,
-               const std::vector<void*>& y, const std::vector<bool>& run = {});
+               const std::vector<void*>& y, const std::vector<bool>& run = {},
+               const std::vector<Routing>& routing = {});
   // Waits for every rank launched by the last forward(); throws the first rank's KernelError (by
   // rank), its message prefixed with "virtual rank r: ".
   void synchronize();

@@ -10,6 +10,10 @@ With a process group of W > 1 ranks (one process per GPU, as torchrun starts the
 experts [r E/W, (r+1) E/W); building the module, its first forward after the parameters moved to
 new memory, and every forward are collective: all ranks do them in the same order.
 
+``forward(x, topk_ids, topk_weights)`` takes a routing decided outside the layer (a
+sigmoid-with-bias router, group-limited top-k, ...): the kernel skips the gate and uses those
+experts and weights as they are (README, "Routing given by the caller").
+
 Many modules: the modules of one process group on one GPU build their C++ layers on one
 communicator, so they share one device workspace (and one symmetric window), sized for the
 largest: a model with many MoE layers pays the scratch memory of one, plus every module's
@@ -78,17 +82,26 @@ def _communicator(group, device: int) -> _C.Communicator:
 
 @torch.library.custom_op("monomoe::moe_forward", mutates_args=(), device_types="cuda")
 def moe_forward(x: torch.Tensor, gate: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor],
-                w2: torch.Tensor, b2: Optional[torch.Tensor], handle: int) -> torch.Tensor:
+                w2: torch.Tensor, b2: Optional[torch.Tensor], handle: int,
+                topk_ids: Optional[torch.Tensor] = None,
+                topk_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = MoE(x) by the layer `handle` (built over exactly these weight tensors), on the current
-    stream. The weights are arguments so that graph capture and compilers see what it reads."""
+    stream. The weights are arguments so that graph capture and compilers see what it reads; so is
+    a given routing (topk_ids int32, topk_weights float32, [tokens, topk], checked by MoE.forward),
+    which replaces the gate's."""
     y = torch.empty_like(x)
-    _layers[handle].forward(x.data_ptr(), x.shape[0], y.data_ptr(),
-                            torch.cuda.current_stream(x.device).cuda_stream)
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    if topk_ids is None and topk_weights is None:
+        _layers[handle].forward(x.data_ptr(), x.shape[0], y.data_ptr(), stream)
+    else:
+        _layers[handle].forward(x.data_ptr(), x.shape[0], y.data_ptr(), stream,
+                                topk_ids=0 if topk_ids is None else topk_ids.data_ptr(),
+                                topk_weights=0 if topk_weights is None else topk_weights.data_ptr())
     return y
 
 
 @moe_forward.register_fake
-def _(x, gate, w1, b1, w2, b2, handle):
+def _(x, gate, w1, b1, w2, b2, handle, topk_ids=None, topk_weights=None):
     return torch.empty_like(x)
 
 
@@ -112,7 +125,8 @@ class MoE(torch.nn.Module):
         group: the torch.distributed process group whose ranks share the experts (None: one GPU).
         max_tokens: most tokens one forward may take on this rank.
         capacity_factor: 0 = dropless; > 0 caps rows per (source rank, expert), drops counted.
-        bias, renormalize: experts with biases; top-k gate weights rescaled to sum to 1.
+        bias, renormalize: experts with biases; top-k gate weights rescaled to sum to 1 (the
+            gate's own routing only: a routing given to forward is used as it is).
         timeout: seconds every wait inside the kernel may take before it reports an error.
         device: where the parameters live (default: the current CUDA device).
     """
@@ -200,14 +214,30 @@ class MoE(torch.nn.Module):
     def forward(self, x: torch.Tensor, topk_ids: Optional[torch.Tensor] = None,
                 topk_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """y[t] = sum over the top-k experts e of t of w[t, e] * FFN_e(x[t]); x: [tokens, hidden]
-        on this module's GPU, contiguous, in the module's dtype."""
-        if topk_ids is not None or topk_weights is not None:
-            raise NotImplementedError("topk_ids / topk_weights: routing chosen outside the layer "
-                                      "is not supported yet; the layer routes with its gate")
-        self._check_input(x)
-        return moe_forward(x, self.gate, self.w1, self.b1, self.w2, self.b2, self._layer_handle())
+        on this module's GPU, contiguous, in the module's dtype.
 
-    def _check_input(self, x) -> None:
+        With topk_ids and topk_weights (both or neither: [tokens, topk], contiguous, on x's GPU;
+        ids torch.int32 or torch.int64, distinct within a token, in [0, experts); weights
+        torch.float32) the layer skips its gate and uses that routing as it is: the weights are
+        not renormalized, capacity_factor drops as for the gate's routing, and an id out of range
+        or repeated within a token skips that choice and raises monomoe.KernelError at the next
+        synchronizing call (MoE.synchronize). int64 ids are converted to int32 on the GPU (values
+        beyond int32 are clamped first, so they still fail as out of range). With several ranks
+        each passes its own tokens' routing."""
+        self._check_input(x, topk_ids, topk_weights)
+        if topk_ids is not None and topk_ids.dtype == torch.int64:
+            topk_ids = topk_ids.clamp(-2**31, 2**31 - 1).to(torch.int32)
+        return moe_forward(x, self.gate, self.w1, self.b1, self.w2, self.b2, self._layer_handle(),
+                           topk_ids, topk_weights)
+
+    @torch.compiler.disable
+    def synchronize(self) -> None:
+        """Waits for this module's last forward; raises monomoe.KernelError if its kernel reported
+        an error (a peer that did not answer within the timeout, a topk_ids value it skipped)."""
+        if self._handle is not None:
+            _layers[self._handle].synchronize()
+
+    def _check_input(self, x, topk_ids=None, topk_weights=None) -> None:
         cfg = self.config
         if not isinstance(x, torch.Tensor):
             raise _C.ConfigError(f"x: expected a torch.Tensor, got {type(x).__name__}")
@@ -215,11 +245,37 @@ class MoE(torch.nn.Module):
             raise _C.ConfigError(f"x: shape {tuple(x.shape)} must be [tokens, {cfg.hidden}]")
         if x.dtype != self.gate.dtype:
             raise _C.ConfigError(f"x: dtype {x.dtype} must be the module's {self.gate.dtype}")
-        if x.device.type != "cuda":
-            raise _C.ConfigError(f"x: on {x.device}, must be a CUDA tensor")
-        if x.device != self.gate.device:
-            raise _C.ConfigError(f"x: on {x.device}, must be on the module's {self.gate.device}")
         if not x.is_contiguous():
             raise _C.ConfigError("x: must be contiguous (call .contiguous())")
         if x.shape[0] > cfg.max_tokens:
             raise _C.ConfigError(f"x: {x.shape[0]} tokens, more than max_tokens = {cfg.max_tokens}")
+        routing = ()
+        if topk_ids is not None or topk_weights is not None:
+            routing = (("topk_ids", topk_ids), ("topk_weights", topk_weights))
+            self._check_routing(x, topk_ids, topk_weights)
+        # Devices last: everything above can be checked (and tested) on any device.
+        for name, t in (("x", x),) + routing:
+            if t.device.type != "cuda":
+                raise _C.ConfigError(f"{name}: on {t.device}, must be a CUDA tensor")
+            if t.device != self.gate.device:
+                raise _C.ConfigError(f"{name}: on {t.device}, must be on the module's "
+                                     f"{self.gate.device}")
+
+    def _check_routing(self, x, topk_ids, topk_weights) -> None:
+        k = self.config.topk
+        if topk_ids is None:
+            raise _C.ConfigError("topk_ids: missing; topk_weights was given (pass both or neither)")
+        if topk_weights is None:
+            raise _C.ConfigError("topk_weights: missing; topk_ids was given (pass both or neither)")
+        for name, t, dtypes in (("topk_ids", topk_ids, (torch.int32, torch.int64)),
+                                ("topk_weights", topk_weights, (torch.float32,))):
+            if not isinstance(t, torch.Tensor):
+                raise _C.ConfigError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+            if t.dtype not in dtypes:
+                raise _C.ConfigError(f"{name}: dtype {t.dtype} must be "
+                                     + " or ".join(str(d) for d in dtypes))
+            if t.dim() != 2 or t.shape[0] != x.shape[0] or t.shape[1] != k:
+                raise _C.ConfigError(f"{name}: shape {tuple(t.shape)} must be [tokens, topk] = "
+                                     f"[{x.shape[0]}, {k}]")
+            if not t.is_contiguous():
+                raise _C.ConfigError(f"{name}: must be contiguous (call .contiguous())")

@@ -3,12 +3,14 @@
 // their kind: ConfigError is a ValueError, CudaError and KernelError are RuntimeErrors, each with
 // the C++ message (the field and its limit, the call and its file:line, the kernel's record).
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -86,6 +88,9 @@ NB_MODULE(_C, m) {
           })
       .def("experts_per_rank", &LayerConfig::experts_per_rank)
       .def("w1_columns", &LayerConfig::w1_columns)
+      .def("capacity", &LayerConfig::capacity, "tokens"_a,
+           "rows kept per (source rank, expert) in a call with `tokens` tokens (tokens when "
+           "dropless)")
       .def("validate", [](const LayerConfig& c) { c.validate(); },
            "raises ConfigError (a ValueError) naming the first invalid field and its limit")
       .def("describe", &LayerConfig::describe)
@@ -124,12 +129,31 @@ NB_MODULE(_C, m) {
            "device addresses of this rank's weights, in config.weight_layout (0 for no bias)")
       .def("forward",
            [](MoELayer& l, std::uintptr_t x, std::int64_t tokens, std::uintptr_t y,
-              std::uintptr_t stream) {
-             l.forward(address(x), tokens, address(y), reinterpret_cast<cudaStream_t>(stream));
+              std::uintptr_t stream, std::optional<std::uintptr_t> topk_ids,
+              std::optional<std::uintptr_t> topk_weights) {
+             const auto s = reinterpret_cast<cudaStream_t>(stream);
+             if (!topk_ids && !topk_weights) {
+               l.forward(address(x), tokens, address(y), s);
+               return;
+             }
+             // Either one given: the routing overload, which names a missing (null) one.
+             const monomoe::Routing routing{
+                 static_cast<const std::int32_t*>(address(topk_ids.value_or(0))),
+                 static_cast<const float*>(address(topk_weights.value_or(0)))};
+             l.forward(address(x), tokens, address(y), s, routing);
            },
-           "x"_a, "tokens"_a, "y"_a, "stream"_a,
-           "y = MoE(x) on `stream` (asynchronous; kernel errors surface at synchronize/stats)")
+           "x"_a, "tokens"_a, "y"_a, "stream"_a, "topk_ids"_a = nb::none(),
+           "topk_weights"_a = nb::none(),
+           "y = MoE(x) on `stream` (asynchronous; kernel errors surface at synchronize/stats). "
+           "With topk_ids (int32) and topk_weights (float32), device addresses of [tokens, topk] "
+           "arrays, the layer skips its gate and uses that routing as it is")
       .def("synchronize", &MoELayer::synchronize)
+      .def("routing", [](MoELayer& l) {
+        std::vector<std::int32_t> experts;
+        std::vector<float> weights;
+        l.routing(experts, weights);
+        return std::make_tuple(experts, weights);
+      }, "(experts, weights) of the last forward, [tokens * topk] each, row-major (synchronizes)")
       .def("stats", [](MoELayer& l) {
         const monomoe::ForwardStats s = l.stats();
         return std::make_tuple(s.tokens, s.dropped, s.dropped_per_expert);

@@ -59,3 +59,14 @@ def test_error_kinds():
 def test_bad_unique_id_is_refused():
     with pytest.raises(ValueError, match="128 bytes"):
         _C.Communicator(b"short", 0, 1, 0)
+
+
+def test_capacity_rule():
+    # max(1, ceil(capacity_factor * tokens * topk / experts)), at most tokens; tokens when dropless.
+    c = config()
+    assert c.capacity(300) == 300
+    c.capacity_factor = 0.5
+    assert c.capacity(300) == 38  # ceil(0.5 * 300 * 2 / 8) = ceil(37.5)
+    assert c.capacity(1) == 1
+    c.capacity_factor = 100.0
+    assert c.capacity(10) == 10

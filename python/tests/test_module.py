@@ -1,5 +1,5 @@
 # monomoe.MoE without a GPU: parameters in nn.Linear layout on the meta device, state_dict, and
-# the argument checks of forward() (each error names the argument).
+# the argument checks of forward() (each error names the argument), a given routing's included.
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
@@ -58,9 +58,55 @@ def test_forward_argument_checks():
         m(torch.zeros(4, 256, dtype=torch.float32))
     with pytest.raises(ValueError, match="x: expected a torch.Tensor"):
         m([0.0] * 256)
-    with pytest.raises(NotImplementedError, match="topk_ids"):
-        m(x, topk_ids=torch.zeros(4, 2, dtype=torch.int64))
+
+
+def test_given_routing_argument_checks():
+    # Everything but the device is checked first, so these run on the CPU: each names the argument.
+    m = meta_moe(device="cpu", max_tokens=64)
+    x = torch.zeros(4, 256, dtype=torch.bfloat16)
+    ids = torch.zeros(4, 2, dtype=torch.int32)
+    w = torch.ones(4, 2, dtype=torch.float32)
+    cases = [
+        (dict(topk_ids=ids), "topk_weights: missing"),
+        (dict(topk_weights=w), "topk_ids: missing"),
+        (dict(topk_ids=[[0, 1]] * 4, topk_weights=w), "topk_ids: expected a torch.Tensor"),
+        (dict(topk_ids=ids.float(), topk_weights=w), "topk_ids: dtype torch.float32"),
+        (dict(topk_ids=ids.to(torch.int16), topk_weights=w), "topk_ids: dtype torch.int16"),
+        (dict(topk_ids=ids, topk_weights=w.to(torch.bfloat16)), "topk_weights: dtype"),
+        (dict(topk_ids=ids, topk_weights=w.double()), "topk_weights: dtype torch.float64"),
+        (dict(topk_ids=ids[:3], topk_weights=w), r"topk_ids: shape \(3, 2\) must be "
+                                                 r"\[tokens, topk\] = \[4, 2\]"),
+        (dict(topk_ids=ids, topk_weights=w[:, :1]), r"topk_weights: shape \(4, 1\)"),
+        (dict(topk_ids=ids.flatten(), topk_weights=w), r"topk_ids: shape \(8,\)"),
+        (dict(topk_ids=torch.zeros(2, 4, dtype=torch.int32).t(), topk_weights=w),
+         "topk_ids: must be contiguous"),
+        (dict(topk_ids=ids, topk_weights=torch.ones(2, 4).t()), "topk_weights: must be contiguous"),
+        # Well-formed: the device check comes last and names x first.
+        (dict(topk_ids=ids, topk_weights=w), "x: on cpu, must be a CUDA tensor"),
+        (dict(topk_ids=ids.long(), topk_weights=w), "x: on cpu, must be a CUDA tensor"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            m(x, **kw)
 
 
 def test_op_is_registered():
     assert hasattr(torch.ops.monomoe, "moe_forward")
+    # The given routing is part of the op's signature, so that torch.compile and graph capture see
+    # the tensors it reads.
+    schema = str(torch.ops.monomoe.moe_forward.default._schema)
+    assert "Tensor? topk_ids=None" in schema and "Tensor? topk_weights=None" in schema, schema
+
+
+def test_fake_implementation_takes_a_given_routing():
+    # What torch.compile traces with: the op's fake implementation, with and without a routing.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        x = torch.empty(4, 256, dtype=torch.bfloat16)
+        gate = torch.empty(8, 256, dtype=torch.bfloat16)
+        ids = torch.empty(4, 2, dtype=torch.int32)
+        w = torch.empty(4, 2)
+        op = torch.ops.monomoe.moe_forward
+        for y in (op(x, gate, gate, None, gate, None, 1, ids, w),
+                  op(x, gate, gate, None, gate, None, 1)):
+            assert y.shape == x.shape and y.dtype == x.dtype

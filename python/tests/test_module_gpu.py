@@ -1,5 +1,6 @@
 # monomoe.MoE on one GPU against a plain PyTorch implementation of the same layer (eager, fp32
-# math on the same weights), the gate read at every forward, torch.compile of a module that calls
+# math on the same weights), the gate read at every forward, a routing given to forward (with
+# capacity drops, int32 and int64 ids, a bad id reported), torch.compile of a module that calls
 # it, and CUDA-graph capture and replay. Marker gpu: skipped without a GPU.
 import pytest
 
@@ -8,20 +9,31 @@ from conftest import cuda_or_skip
 pytestmark = pytest.mark.gpu
 
 
-def reference(m, x):
+def reference(m, x, topk_ids=None, topk_weights=None):
     """The layer in plain PyTorch, fp32: softmax gate, top-k (ties to the lower expert),
-    renormalized weights, expert FFNs, weighted sum."""
+    renormalized weights, or the given experts and weights as they are; with a capacity factor,
+    each expert keeps its first capacity(tokens) choices in ascending token order; expert FFNs,
+    weighted sum."""
     import torch
     import torch.nn.functional as F
     cfg = m.config
     xf = x.float()
-    probs = torch.softmax(xf @ m.gate.float().t(), dim=-1)
-    w, ids = torch.topk(probs, cfg.topk, dim=-1)
-    if cfg.renormalize:
-        w = w / w.sum(dim=-1, keepdim=True)
+    if topk_ids is None:
+        probs = torch.softmax(xf @ m.gate.float().t(), dim=-1)
+        w, ids = torch.topk(probs, cfg.topk, dim=-1)
+        if cfg.renormalize:
+            w = w / w.sum(dim=-1, keepdim=True)
+    else:
+        ids, w = topk_ids.long(), topk_weights.float()
+    kept = torch.ones_like(ids, dtype=torch.bool)
+    if cfg.capacity_factor > 0:
+        cap = cfg.capacity(x.shape[0])
+        for e in range(cfg.experts):
+            rows, slot = (ids == e).nonzero(as_tuple=True)  # row-major: ascending tokens
+            kept[rows[cap:], slot[cap:]] = False
     y = torch.zeros_like(xf)
     for e in range(cfg.experts):
-        rows, slot = (ids == e).nonzero(as_tuple=True)
+        rows, slot = ((ids == e) & kept).nonzero(as_tuple=True)
         if rows.numel() == 0:
             continue
         h = xf[rows] @ m.w1[e].float().t()
@@ -81,6 +93,120 @@ def test_modules_of_different_sizes_share_the_workspace():
             assert torch.equal(yb, first_big)
         assert rel_err(ys, reference(small, xs)) < 2e-2
         assert rel_err(yb, reference(big, xb)) < 2e-3
+
+
+def random_routing(torch, tokens, experts, topk, ids_dtype):
+    """A router other than the softmax gate: k distinct uniform experts per token, positive
+    weights that do not sum to 1."""
+    ids = torch.rand(tokens, experts, device="cuda").argsort(dim=-1)[:, :topk].to(ids_dtype)
+    weights = torch.rand(tokens, topk, device="cuda") * 0.9 + 0.1
+    return ids.contiguous(), weights
+
+
+@pytest.mark.parametrize("capacity", [0.0, 0.5])
+@pytest.mark.parametrize("ids_dtype", ["int32", "int64"])
+@pytest.mark.parametrize("act", ["gelu", "swiglu"])
+@pytest.mark.parametrize("dtype_name", ["bf16", "tf32"])
+def test_given_routing_matches_plain_pytorch(dtype_name, act, ids_dtype, capacity):
+    torch = cuda_or_skip()
+    import monomoe
+    torch.manual_seed(3)
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    m = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=3, act=act, dtype=dtype, max_tokens=512,
+                    capacity_factor=capacity)
+    x = torch.randn(300, 256, device="cuda", dtype=dtype)
+    ids, w = random_routing(torch, 300, 8, 3, getattr(torch, ids_dtype))
+    with torch.no_grad():
+        y = m(x, topk_ids=ids, topk_weights=w)
+        ref = reference(m, x, ids, w)
+    m.synchronize()
+    assert torch.isfinite(y.float()).all()
+    assert rel_err(y, ref) < (2e-2 if dtype_name == "bf16" else 2e-3)
+    experts, weights = monomoe.module._layers[m._handle].routing()
+    assert experts == ids.flatten().tolist()
+    assert weights == w.flatten().tolist()
+    if capacity > 0:
+        _, dropped, _ = monomoe.module._layers[m._handle].stats()
+        assert dropped > 0
+
+
+# Runs in a child interpreter: on the GPU machine (2026-11-29) the first KernelError raised from
+# C++ into this process crashed the interpreter (a segfault in MoE.synchronize, not understood yet;
+# see docs/perf-log.md). In a child, a crash fails this test alone and the others still run.
+_BAD_ID_SCRIPT = r"""
+import torch, monomoe
+torch.manual_seed(4)
+m = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=2, max_tokens=512)
+x = torch.randn(100, 256, device="cuda", dtype=torch.bfloat16)
+ids = torch.rand(100, 8, device="cuda").argsort(dim=-1)[:, :2].contiguous()
+w = torch.rand(100, 2, device="cuda") * 0.9 + 0.1
+for bad_value in (8, 2**40):  # 2**40: beyond int32, clamped on conversion, still out of range
+    bad = ids.clone()
+    bad[17, 1] = bad_value
+    with torch.no_grad():
+        m(x, topk_ids=bad, topk_weights=w)
+        try:
+            m.synchronize()
+            print("no error")
+        except monomoe.KernelError as e:
+            print("KernelError:", e)
+    with torch.no_grad():  # the layer still works after the error
+        y = m(x, topk_ids=ids, topk_weights=w)
+        m.synchronize()
+    print("finite:", bool(torch.isfinite(y.float()).all()))
+"""
+
+
+def test_given_routing_bad_id_is_reported():
+    cuda_or_skip()
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", _BAD_ID_SCRIPT],
+                       capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, f"child exited with {r.returncode}:\n{out[-3000:]}"
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith(("KernelError", "no error"))]
+    assert len(lines) == 2, out
+    assert "topk_ids[17, 1] = 8 is not an expert id" in lines[0], lines[0]
+    assert "topk_ids[17, 1] = 2147483647" in lines[1], lines[1]
+    assert r.stdout.count("finite: True") == 2, out
+
+
+def test_given_routing_on_the_wrong_device_is_refused():
+    torch = cuda_or_skip()
+    import monomoe
+    m = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=2, max_tokens=64)
+    x = torch.randn(4, 256, device="cuda", dtype=torch.bfloat16)
+    ids = torch.zeros(4, 2, dtype=torch.int32)
+    ids[:, 1] = 1
+    w = torch.ones(4, 2)
+    with pytest.raises(ValueError, match="topk_ids: on cpu, must be a CUDA tensor"):
+        m(x, topk_ids=ids, topk_weights=w.cuda())
+    with pytest.raises(ValueError, match="topk_weights: on cpu, must be a CUDA tensor"):
+        m(x, topk_ids=ids.cuda(), topk_weights=w)
+
+
+def test_torch_compile_with_given_routing():
+    torch = cuda_or_skip()
+    import monomoe
+    torch.manual_seed(5)
+    m = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=2, max_tokens=512)
+    norm = torch.nn.LayerNorm(256, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(128, 256, device="cuda", dtype=torch.bfloat16)
+    # A sigmoid router with a bias, computed once outside the compiled region (a compiled router's
+    # rounding could flip a near-tie and make the two outputs differ by a whole choice).
+    scores = torch.sigmoid(x.float() @ m.gate.float().t() + 0.1)
+    w, ids = torch.topk(scores, 2, dim=-1)  # int64 ids: the conversion is compiled too
+
+    def block(x, ids, w):
+        return m(norm(x), topk_ids=ids, topk_weights=w * 2.0)
+
+    with torch.no_grad():
+        eager = block(x, ids, w)
+        compiled = torch.compile(block)(x, ids, w)
+        ref = reference(m, norm(x), ids, w * 2.0)
+    assert rel_err(compiled, eager) < 1e-2
+    assert rel_err(eager, ref) < 2e-2
 
 
 def test_gate_change_between_calls_takes_effect():

@@ -1,6 +1,7 @@
 // Gate role: logits = x * gate for one tile of 128 tokens (tensor cores, fp32 accumulation), then an
 // fp32 softmax and top-k per token (ties toward the lower expert index), and the tile's per-expert
-// counts that routing turns into row positions.
+// counts that routing turns into row positions. Or, when the caller routed, its choices taken as
+// they are (take_given_routing), leaving the same per-token arrays and counts.
 #pragma once
 
 #include "device/gemm/tile_gemm.cuh"
@@ -148,6 +149,7 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
         if (j >= p.topk) break;
         if (chosen_e[j] < 0 || chosen_e[j] >= p.experts) {  // cannot happen: see the fallback above
           raise_error(p, ErrorCode::bad_route, t, chosen_e[j]);
+          p.topk_expert[t * p.topk + j] = -1;  // skipped by routing and combine
           continue;
         }
         p.topk_expert[t * p.topk + j] = chosen_e[j];
@@ -159,6 +161,49 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
   __syncthreads();
   for (int e = threadIdx.x; e < p.experts; e += kThreads) {
     p.tile_counts[static_cast<long long>(tile) * p.experts + e] = sm.route.count[e];
+  }
+}
+
+// The gate role when the caller routed (p.given_ids): one token tile's experts and weights copied
+// as they are (no GEMM, no softmax, no renormalization) into topk_expert / topk_weight, and the
+// tile's per-expert counts, as gate_route leaves them. One thread per token. An id out of
+// [0, experts), or one the token already chose, is recorded as an error (the host names the token
+// and choice) and its choice stored as expert -1 with weight 0: routing and combine pass over it
+// like a dropped choice, so no index leaves its buffer and the launch, peers included, ends as
+// usual.
+__device__ __forceinline__ void take_given_routing(const Params& p, RouteSmem& rs, int tile) {
+  const int first = tile * kTileRows;
+  const int rows = min(kTileRows, p.tokens - first);
+  if (threadIdx.x < kMaxExperts) rs.count[threadIdx.x] = 0;
+  __syncthreads();
+  if (static_cast<int>(threadIdx.x) < rows) {
+    const int base = (first + static_cast<int>(threadIdx.x)) * p.topk;  // < 2^24 * 8
+    int chosen[kMaxTopK];
+#pragma unroll
+    for (int j = 0; j < kMaxTopK; ++j) {
+      if (j >= p.topk) break;
+      int e = __ldg(p.given_ids + base + j);
+      if (e < 0 || e >= p.experts) {
+        record_error(p, ErrorCode::given_id_out_of_range, base + j, e);
+        e = -1;
+      } else {
+        for (int q = 0; q < j; ++q) {
+          if (chosen[q] == e) {
+            record_error(p, ErrorCode::given_id_repeated, base + j, e);
+            e = -1;
+            break;
+          }
+        }
+      }
+      chosen[j] = e;
+      p.topk_expert[base + j] = e;
+      p.topk_weight[base + j] = e >= 0 ? __ldg(p.given_weights + base + j) : 0.f;
+      if (e >= 0) atomicAdd(&rs.count[e], 1);
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < p.experts; e += kThreads) {
+    p.tile_counts[static_cast<long long>(tile) * p.experts + e] = rs.count[e];
   }
 }
 

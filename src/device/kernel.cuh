@@ -1,7 +1,8 @@
 // The persistent kernel: one launch computes the whole MoE layer. Every block runs the gate for its
-// token tiles, the routing phases (separated by grid barriers, since row positions need all counts),
-// then the task loop: GEMM0, GEMM1 and combine tasks of different tiles overlap until the queue's
-// task count, known exactly after routing, is exhausted.
+// token tiles (or takes the routing the caller gave), the routing phases (separated by grid
+// barriers, since row positions need all counts), then the task loop: GEMM0, GEMM1 and combine
+// tasks of different tiles overlap until the queue's task count, known exactly after routing, is
+// exhausted.
 #pragma once
 
 #include "device/combine.cuh"
@@ -24,15 +25,23 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   if (trace) trace[0] = global_ns();
   const bool ep = p.world > 1;
   if (ep && blockIdx.x == 0 && threadIdx.x == 0) announce_start(p);
-  // Gate GEMM over (token tile, K slice) items: with two slices twice as many blocks work on it.
-  // With one, each block routes the tiles it computed itself, with no barrier in between.
+  // Every token tile's choices and weights (topk_expert, topk_weight) and per-expert counts.
   unsigned int barrier = 0;
-  const int gate_items = p.token_tiles * p.gate_splits;
-  for (int item = blockIdx.x; item < gate_items; item += gridDim.x) {
-    gate_gemm<P>(p, sm, item / p.gate_splits, item % p.gate_splits);
+  if (p.given_ids) {
+    // The caller routed: its choices replace the gate GEMM, softmax and top-k.
+    for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) {
+      take_given_routing(p, sm.route, tile);
+    }
+  } else {
+    // Gate GEMM over (token tile, K slice) items: with two slices twice as many blocks work on it.
+    // With one, each block routes the tiles it computed itself, with no barrier in between.
+    const int gate_items = p.token_tiles * p.gate_splits;
+    for (int item = blockIdx.x; item < gate_items; item += gridDim.x) {
+      gate_gemm<P>(p, sm, item / p.gate_splits, item % p.gate_splits);
+    }
+    if (p.gate_splits > 1 && !grid_barrier(p, ++barrier)) return;
+    for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) gate_route<P>(p, sm, tile);
   }
-  if (p.gate_splits > 1 && !grid_barrier(p, ++barrier)) return;
-  for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) gate_route<P>(p, sm, tile);
   if (trace) trace[1] = global_ns();
   if (!grid_barrier(p, ++barrier)) return;
 

@@ -27,6 +27,10 @@ enum class ErrorCode : int {
   bad_route = 4,        // routing produced an out-of-range expert or row
   aborted = 5,          // another block reported an error first
   timeout_peer = 6,     // world > 1: a peer rank did not start, send or return rows in time
+  // A routing given by the caller (Params::given_ids): a choice the kernel skips and reports,
+  // details (token * k + choice, id). Recorded without aborting the launch (record_error).
+  given_id_out_of_range = 7,  // not in [0, experts)
+  given_id_repeated = 8,      // the same expert as an earlier choice of the token
 };
 
 // First error wins; sticky across forwards until the host reads and clears it.
@@ -158,6 +162,11 @@ struct Params {
   // the launch (advance_epoch), never written during it. Read it with call_epoch() (sync.cuh).
   const unsigned long long* epoch;
   long long* trace;            // [grid, kTraceSlots] phase times, or nullptr (MoELayer::set_trace)
+
+  // Routing given by the caller (MoELayer::forward with a Routing), or nullptr: the gate routes.
+  // The caller's memory, read once by the gate phase (gate.cuh, take_given_routing).
+  const int* given_ids;        // [S, k] expert ids
+  const float* given_weights;  // [S, k] their weights, used as they are
 
   // Expert parallelism (world > 1). Experts [rank * El, (rank + 1) * El) are local.
   int world;

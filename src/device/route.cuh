@@ -70,11 +70,13 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
   constexpr int kWords = kTileRows / 32;
   for (int i = threadIdx.x; i < p.experts * kWords; i += kThreads) (&rs.row_mask[0][0])[i] = 0;
   __syncthreads();
-  // Which rows chose each expert (a token chooses an expert at most once): OR is order-free.
+  // Which rows chose each expert (a token chooses an expert at most once; the gate skips a given
+  // routing's repeats): OR is order-free.
   for (int i = threadIdx.x; i < rows * k; i += kThreads) {
     const int r = i / k;
     const int e = rs.choice[i];
-    // An out-of-range choice was already reported as an error (bad_route); skip it here.
+    // An invalid choice (a bad given id, or an out-of-range gate choice: reported as errors) is
+    // skipped here.
     if (e >= 0 && e < p.experts) atomicOr(&rs.row_mask[e][r / 32], 1u << (r % 32));
   }
   __syncthreads();
@@ -84,7 +86,10 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
     int kept = 0;
     for (int j = 0; j < k; ++j) {
       const int e = rs.choice[r * k + j];
-      if (e < 0 || e >= p.experts) continue;
+      if (e < 0 || e >= p.experts) {
+        p.topk_kept[t * k + j] = 0;  // skipped like a dropped choice: combine reads no row for it
+        continue;
+      }
       // Earlier rows of the tile with the same expert: the set bits below r.
       int earlier = __popc(rs.row_mask[e][r / 32] & ((1u << (r % 32)) - 1u));
       for (int w = 0; w < r / 32; ++w) earlier += __popc(rs.row_mask[e][w]);

@@ -42,13 +42,20 @@ __device__ __forceinline__ int ld_relaxed_gpu(const int* p) {
   return v;
 }
 
-// Records the first error (code, block, details) and raises the abort flag that every wait checks.
-__device__ __forceinline__ void raise_error(const Params& p, ErrorCode code, int d0, int d1) {
+// Records the first error (code, block, details) for the host, without stopping the launch: for
+// bad input that the kernel steps around (a given routing's invalid choice, skipped), so that this
+// launch and the peers that wait for it finish as usual, and the host still reports it.
+__device__ __forceinline__ void record_error(const Params& p, ErrorCode code, int d0, int d1) {
   if (atomicCAS(&p.error->code, 0, static_cast<int>(code)) == 0) {
     p.error->block = static_cast<int>(blockIdx.x);
     p.error->detail0 = d0;
     p.error->detail1 = d1;
   }
+}
+
+// Records the first error and raises the abort flag that every wait checks.
+__device__ __forceinline__ void raise_error(const Params& p, ErrorCode code, int d0, int d1) {
+  record_error(p, code, d0, d1);
   atomicExch(&p.control->abort, 1);
 }
 

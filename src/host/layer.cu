@@ -28,7 +28,8 @@ static_assert(detail::TileShape::kRows == device::kTileRows &&
 
 namespace {
 
-std::string describe_kernel_error(const device::ErrorRecord& e, double timeout_s) {
+std::string describe_kernel_error(const device::ErrorRecord& e, const LayerConfig& cfg) {
+  const double timeout_s = cfg.timeout_seconds;
   std::ostringstream os;
   os << "monomoe kernel error (block " << e.block << "): ";
   switch (static_cast<device::ErrorCode>(e.code)) {
@@ -55,6 +56,20 @@ std::string describe_kernel_error(const device::ErrorRecord& e, double timeout_s
       os << "token " << e.detail0 << " routed to expert " << e.detail1
          << " (out of range: are there NaN/inf values in x or the gate weight?)";
       break;
+    case device::ErrorCode::given_id_out_of_range:
+    case device::ErrorCode::given_id_repeated: {
+      const int token = e.detail0 / static_cast<int>(cfg.topk);
+      const int choice = e.detail0 % static_cast<int>(cfg.topk);
+      os << "topk_ids[" << token << ", " << choice << "] = " << e.detail1;
+      if (static_cast<device::ErrorCode>(e.code) == device::ErrorCode::given_id_out_of_range) {
+        os << " is not an expert id in [0, " << cfg.experts << ")";
+      } else {
+        os << " repeats an expert that token " << token
+           << " already chose (a token's choices must be distinct)";
+      }
+      os << "; that choice was skipped (when several are bad, one is named)";
+      break;
+    }
     default: os << "code " << e.code << " (" << e.detail0 << ", " << e.detail1 << ")"; break;
   }
   return os.str();
@@ -110,6 +125,9 @@ struct MoELayer::Impl {
   void copy_gate(cudaStream_t stream) const;
   // stats() and routing() read what the last call left in the shared area.
   void check_last_call(const char* what) const;
+  // forward(), with the caller's routing or (nullptr) the gate's.
+  void forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream,
+               const Routing* routing);
 
   // This layer's region at `offset` (WorkspacePlan), at the shared workspace's current address.
   template <class T = unsigned char>
@@ -248,14 +266,22 @@ MoELayer::~MoELayer() = default;
 const LayerConfig& MoELayer::config() const { return impl_->cfg; }
 
 void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream) {
-  Impl& m = *impl_;
+  impl_->forward(x, tokens, y, stream, nullptr);
+}
+
+void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream,
+                       const Routing& routing) {
+  impl_->forward(x, tokens, y, stream, &routing);
+}
+
+void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream,
+                             const Routing* routing) {
+  Impl& m = *this;
   const LayerConfig& c = m.cfg;
   if (tokens < 0 || tokens > c.max_tokens) {
     throw ConfigError("forward: tokens = " + std::to_string(tokens) + " must be in [0, " +
                       std::to_string(c.max_tokens) + "] (LayerConfig.max_tokens)");
   }
-  m.last_stream = stream;
-  m.last_tokens = tokens;
   const bool ep = c.world_size > 1;
   if (tokens > 0 && (x != m.checked_x || y != m.checked_y)) {
     // Where a pointer lives is asked once per new pointer (a driver call): callers reuse buffers.
@@ -264,6 +290,22 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
     m.checked_x = x;
     m.checked_y = y;
   }
+  if (routing && tokens > 0) {
+    const auto need = [&](const void* p, const char* name) {
+      if (!p) {
+        throw ConfigError(std::string("forward: Routing.") + name + " is null (tokens = " +
+                          std::to_string(tokens) + " > 0)");
+      }
+      if ((reinterpret_cast<std::uintptr_t>(p) & 3u) != 0) {
+        throw ConfigError(std::string("forward: Routing.") + name + " is not 4-byte aligned");
+      }
+    };
+    need(routing->topk_ids, "topk_ids");
+    need(routing->topk_weights, "topk_weights");
+  }
+  // Only a call that passed its checks becomes the one stats() and routing() read back.
+  m.last_stream = stream;
+  m.last_tokens = tokens;
   // Before anything is queued: a virtual peer without its layer is refused here.
   device::Params p{};
   if (ep) m.shared->window().peer_table(p.peer_window);
@@ -275,7 +317,8 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
     MONOMOE_CUDA(cudaMemsetAsync(m.shared->window_body() + m.plan.window.reset, 0,
                                  m.plan.window.reset_bytes, stream));
   }
-  m.copy_gate(stream);
+  const bool given = routing && tokens > 0;
+  if (!given) m.copy_gate(stream);  // a given routing leaves the gate unread
 
   p.tokens = static_cast<int>(tokens);
   p.hidden = static_cast<int>(c.hidden);
@@ -332,6 +375,8 @@ void MoELayer::forward(const void* x, std::int64_t tokens, void* y, cudaStream_t
   auto* epoch = reinterpret_cast<unsigned long long*>(m.shared->base() + fixed.epoch);
   p.epoch = epoch;
   p.trace = m.trace;
+  p.given_ids = given ? routing->topk_ids : nullptr;
+  p.given_weights = given ? routing->topk_weights : nullptr;
 
   p.world = static_cast<int>(c.world_size);
   p.rank = static_cast<int>(c.rank);
@@ -403,7 +448,7 @@ void MoELayer::synchronize() {
     if (static_cast<device::ErrorCode>(rec.code) == device::ErrorCode::timeout_peer) {
       m.comm->peer_failed = true;
     }
-    throw KernelError(describe_kernel_error(rec, m.cfg.timeout_seconds));
+    throw KernelError(describe_kernel_error(rec, m.cfg));
   }
 }
 
@@ -420,6 +465,25 @@ ForwardStats MoELayer::stats() {
   for (int d : dropped) {
     s.dropped_per_expert.push_back(d);
     s.dropped += d;
+  }
+  // Rows per local expert: with peers, the routing headers every source sent (kept rows, per
+  // source and local expert) in this rank's window; alone, the expert counts capped by capacity.
+  const std::int64_t el = m.cfg.experts_per_rank();
+  s.rows_per_local_expert.assign(static_cast<std::size_t>(el), 0);
+  if (m.cfg.world_size > 1) {
+    std::vector<int> header(static_cast<std::size_t>(m.cfg.world_size * el));
+    MONOMOE_CUDA(cudaMemcpy(header.data(), m.shared->window_body() + m.plan.window.header,
+                            header.size() * 4, cudaMemcpyDeviceToHost));
+    for (std::size_t i = 0; i < header.size(); ++i) {
+      s.rows_per_local_expert[i % static_cast<std::size_t>(el)] += header[i];
+    }
+  } else {
+    std::vector<int> count(static_cast<std::size_t>(el));
+    MONOMOE_CUDA(cudaMemcpy(count.data(), m.at(m.plan.control + sizeof(device::Control)),
+                            count.size() * 4, cudaMemcpyDeviceToHost));
+    for (std::size_t e = 0; e < count.size(); ++e) {
+      s.rows_per_local_expert[e] = count[e] - dropped[e];
+    }
   }
   return s;
 }

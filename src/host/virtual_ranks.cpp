@@ -114,7 +114,7 @@ cudaStream_t VirtualRanks::stream(int rank) const {
 
 void VirtualRanks::forward(const std::vector<const void*>& x,
                            const std::vector<std::int64_t>& tokens, const std::vector<void*>& y,
-                           const std::vector<bool>& run) {
+                           const std::vector<bool>& run, const std::vector<Routing>& routing) {
   Impl& m = *impl_;
   const std::size_t w = static_cast<std::size_t>(m.world);
   const auto need = [&](std::size_t n, const char* what) {
@@ -127,6 +127,7 @@ void VirtualRanks::forward(const std::vector<const void*>& x,
   need(tokens.size(), "tokens");
   need(y.size(), "y");
   if (!run.empty()) need(run.size(), "run");
+  if (!routing.empty()) need(routing.size(), "routing");
   // Set only when it differs: this may run while the streams are captured into CUDA graphs, where
   // the fewer runtime calls besides the captured work, the fewer to doubt.
   int current = -1;
@@ -134,7 +135,12 @@ void VirtualRanks::forward(const std::vector<const void*>& x,
   if (current != m.ranks->device) MONOMOE_CUDA(cudaSetDevice(m.ranks->device));
   for (std::size_t r = 0; r < w; ++r) {
     m.launched[r] = run.empty() || run[r];
-    if (m.launched[r]) m.layers[r]->forward(x[r], tokens[r], y[r], m.ranks->streams[r]);
+    if (!m.launched[r]) continue;
+    if (routing.empty()) {
+      m.layers[r]->forward(x[r], tokens[r], y[r], m.ranks->streams[r]);
+    } else {
+      m.layers[r]->forward(x[r], tokens[r], y[r], m.ranks->streams[r], routing[r]);
+    }
   }
 }
 

@@ -30,7 +30,17 @@ std::uint64_t mix64(std::uint64_t z) {
 }
 
 // Stream ids. Each names one tensor (or slice); `index` is the expert or the rank.
-enum class Stream : std::uint64_t { x = 1, gate = 2, w1 = 3, b1 = 4, w2 = 5, b2 = 6 };
+// give_random_routing's streams (routing_ids, routing_weights) are indexed by the rank.
+enum class Stream : std::uint64_t {
+  x = 1,
+  gate = 2,
+  w1 = 3,
+  b1 = 4,
+  w2 = 5,
+  b2 = 6,
+  routing_ids = 7,
+  routing_weights = 8,
+};
 
 class UniformStream {
  public:
@@ -40,9 +50,12 @@ class UniformStream {
 
   // Element i uniform in [-a, a), with 24 random bits (all a float can hold in [0.5, 1)).
   float at(std::uint64_t i, double a) const {
-    const std::uint64_t r = mix64(key_ + (i + 1) * 0x9E3779B97F4A7C15ull);
-    const double u = static_cast<double>(r >> 40) * 0x1.0p-24;  // [0, 1)
+    const double u = static_cast<double>(bits(i) >> 40) * 0x1.0p-24;  // [0, 1)
     return static_cast<float>((2.0 * u - 1.0) * a);
+  }
+  // Element i as 64 random bits.
+  std::uint64_t bits(std::uint64_t i) const {
+    return mix64(key_ + (i + 1) * 0x9E3779B97F4A7C15ull);
   }
 
  private:
@@ -171,6 +184,37 @@ void skew_gate_towards(Problem& p, std::int64_t expert, float bias) {
   float& g = p.gate[sz(expert)];  // row 0, column `expert`
   g += bias;
   if (c.dtype == DType::bf16) g = round_bf16(g);
+}
+
+void give_random_routing(Problem& p, std::uint64_t seed) {
+  const LayerConfig& c = p.config;
+  const std::size_t e = sz(c.experts);
+  const std::size_t k = sz(c.topk);
+  if (k < 1 || k > e) {
+    throw ConfigError("reference::give_random_routing: topk = " + std::to_string(c.topk) +
+                      " must be in [1, experts = " + std::to_string(c.experts) + "]");
+  }
+  const std::size_t world = p.tokens.size();
+  p.topk_ids.assign(world, {});
+  p.topk_weights.assign(world, {});
+  std::vector<std::int32_t> deck(e);
+  for (std::size_t r = 0; r < world; ++r) {
+    const UniformStream ids(seed, Stream::routing_ids, r);
+    const UniformStream weights(seed, Stream::routing_weights, r);
+    const std::size_t choices = sz(p.tokens[r]) * k;
+    p.topk_ids[r].resize(choices);
+    p.topk_weights[r].resize(choices);
+    for (std::size_t t = 0; t < sz(p.tokens[r]); ++t) {
+      // The first k steps of a Fisher-Yates shuffle: k distinct experts, each equally likely.
+      for (std::size_t i = 0; i < e; ++i) deck[i] = static_cast<std::int32_t>(i);
+      for (std::size_t j = 0; j < k; ++j) {
+        const std::size_t pick = j + ids.bits(t * k + j) % (e - j);
+        std::swap(deck[j], deck[pick]);
+        p.topk_ids[r][t * k + j] = deck[j];
+        p.topk_weights[r][t * k + j] = 0.55f + weights.at(t * k + j, 0.45);  // [0.1, 1)
+      }
+    }
+  }
 }
 
 // ---- Numeric helpers shared with the GPU checks -------------------------------------------------

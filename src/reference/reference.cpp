@@ -1,7 +1,7 @@
 // The float64 CPU reference of the MoE layer (DESIGN.md, "What the layer computes"), all ranks at
 // once. Three phases:
 //   1. gate: per token, logits in float64, a stable softmax, top-k with ties to the lower expert,
-//      and the (optionally renormalized) weights;
+//      and the (optionally renormalized) weights; or the routing the problem gives, as it is;
 //   2. capacity: per (source rank, expert), the first `cap` choices in ascending token order are
 //      kept, the rest dropped and counted (skipped when dropless);
 //   3. experts: for choice j = 0, 1, ..., k-1 in turn, every kept row (token, j) runs through
@@ -99,6 +99,33 @@ void validate_problem(const Problem& p) {
   if (c.bias) {
     require_size("b1", p.b1.size(), e * c1);
     require_size("b2", p.b2.size(), e * h);
+  }
+  if (!p.routing_given() && p.topk_weights.empty()) return;
+  // A given routing: sizes, and ids as the kernel accepts them (in range, distinct per token).
+  require_size("topk_ids (ranks)", p.topk_ids.size(), world);
+  require_size("topk_weights (ranks)", p.topk_weights.size(), world);
+  const std::size_t k = sz(c.topk);
+  for (std::size_t r = 0; r < world; ++r) {
+    std::string rank = "[";  // built by appending: GCC 12 warns falsely on "[" + std::string
+    rank += std::to_string(r);
+    rank += ']';
+    require_size(("topk_ids" + rank).c_str(), p.topk_ids[r].size(), sz(p.tokens[r]) * k);
+    require_size(("topk_weights" + rank).c_str(), p.topk_weights[r].size(), sz(p.tokens[r]) * k);
+    for (std::size_t t = 0; t < sz(p.tokens[r]); ++t) {
+      const std::int32_t* ids = p.topk_ids[r].data() + t * k;
+      for (std::size_t j = 0; j < k; ++j) {
+        const auto at = [&] {
+          return "reference::run: Problem.topk_ids" + rank + "[" + std::to_string(t) + ", " +
+                 std::to_string(j) + "] = " + std::to_string(ids[j]);
+        };
+        if (ids[j] < 0 || sz(ids[j]) >= e) {
+          throw ConfigError(at() + " is not an expert id in [0, " + std::to_string(e) + ")");
+        }
+        if (std::find(ids, ids + j, ids[j]) != ids + j) {
+          throw ConfigError(at() + ": token " + std::to_string(t) + " lists that expert twice");
+        }
+      }
+    }
   }
 }
 
@@ -356,6 +383,11 @@ Result run(const Problem& p, int threads, const ForcedRoutes& forced) {
   }
   // Forced choices, by token of forced.rank: index into forced.experts, or -1.
   std::vector<std::int64_t> forced_at;
+  if (!forced.tokens.empty() && p.routing_given()) {
+    throw ConfigError(
+        "reference::run: forced routes with a given routing (Problem.topk_ids): "
+        "a given routing has no near-ties to force");
+  }
   if (!forced.tokens.empty()) {
     if (forced.rank < 0 || sz(forced.rank) >= world) {
       throw ConfigError("reference::run: forced.rank = " + std::to_string(forced.rank) +
@@ -394,6 +426,17 @@ Result run(const Problem& p, int threads, const ForcedRoutes& forced) {
     RankResult& rr = res.ranks[ch.rank];
     std::vector<double> logits(e), prob(e);
     const bool forced_rank = !forced_at.empty() && ch.rank == sz(forced.rank);
+    if (p.routing_given()) {
+      // The caller's router decided: its experts and weights as they are.
+      const std::vector<std::int32_t>& ids = p.topk_ids[ch.rank];
+      const std::vector<float>& weights = p.topk_weights[ch.rank];
+      for (std::size_t slot = ch.begin * k; slot < ch.end * k; ++slot) {
+        rr.topk_expert[slot] = ids[slot];
+        rr.topk_weight[slot] = static_cast<double>(weights[slot]);
+      }
+      for (std::size_t t = ch.begin; t < ch.end; ++t) rr.topk_margin[t] = 1.0;
+      return;
+    }
     for (std::size_t t = ch.begin; t < ch.end; ++t) {
       route_token(c, p.x[ch.rank].data() + t * h, p.gate.data(), logits.data(), prob.data(),
                   rr.topk_expert.data() + t * k, rr.topk_weight.data() + t * k, &rr.topk_margin[t]);

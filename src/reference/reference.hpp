@@ -20,6 +20,13 @@ struct Problem {
   std::vector<float> b1;                     // [experts, w1_columns] (empty when !config.bias)
   std::vector<float> w2;                     // [experts, ffn, hidden]
   std::vector<float> b2;                     // [experts, hidden] (empty when !config.bias)
+  // Routing given by the caller (MoELayer::forward with a Routing), or both empty: the gate routes.
+  // [world][tokens[r] * topk]: each token's expert ids (distinct, in [0, experts)) and weights,
+  // used as they are: no softmax, no renormalization; the gate is not read.
+  std::vector<std::vector<std::int32_t>> topk_ids;
+  std::vector<std::vector<float>> topk_weights;
+
+  bool routing_given() const { return !topk_ids.empty(); }
 };
 
 // Makes a problem with fresh inputs from `seed`: x ~ U(-1, 1); weights scaled by 1/sqrt(fan-in) so
@@ -34,15 +41,21 @@ Problem make_problem(const LayerConfig& config, const std::vector<std::int64_t>&
 // get weights ~ e^-50 with tiny margins. Throws ConfigError if expert is not in [0, experts).
 void skew_gate_towards(Problem& p, std::int64_t expert, float bias);
 
+// Gives every token of every rank a routing from a router other than the softmax gate: k distinct
+// experts drawn uniformly, weights uniform in [0.1, 1) (not summing to 1), from `seed` (the same
+// values for any thread count). Sets p.topk_ids and p.topk_weights.
+void give_random_routing(Problem& p, std::uint64_t seed);
+
 struct RankResult {
   std::vector<double> y;                     // [tokens, hidden]
-  std::vector<std::int32_t> topk_expert;     // [tokens, topk], in descending probability
-  // [tokens, topk], renormalized over the k choices if configured; a dropped choice keeps its
-  // weight here but contributes nothing, and the kept ones are not renormalized again.
+  std::vector<std::int32_t> topk_expert;     // [tokens, topk], in descending probability (or given)
+  // [tokens, topk], renormalized over the k choices if configured (given weights: as given); a
+  // dropped choice keeps its weight here but contributes nothing, and the kept ones are not
+  // renormalized again.
   std::vector<double> topk_weight;
   std::vector<std::uint8_t> kept;            // [tokens, topk]: 0 where capacity dropped the choice
-  // Gap between the k-th and (k+1)-th gate logit of each token (1.0 when k == experts): where it
-  // is tiny, a GPU's fp32 gate may legitimately pick the other expert.
+  // Gap between the k-th and (k+1)-th gate logit of each token (1.0 when k == experts or the
+  // routing is given): where it is tiny, a GPU's fp32 gate may legitimately pick the other expert.
   std::vector<double> topk_margin;           // [tokens]
   std::vector<std::int64_t> dropped_per_expert;  // [experts], this rank as the source
 };
@@ -54,7 +67,8 @@ struct Result {
 };
 
 // Runs the layer. threads = 0 uses std::thread::hardware_concurrency(). The result does not depend
-// on the thread count (bit-identical). Top-k ties go to the lower expert index. With
+// on the thread count (bit-identical). Top-k ties go to the lower expert index; with a given routing
+// (Problem.topk_ids) the tokens take it as it is (margin 1.0). With
 // capacity_factor > 0, each (source rank, expert) keeps the first config.capacity(tokens[r]) of
 // its choices in ascending token order. y_t sums kept w_j * FFN_{e_j}(x_t) over j = 0..k-1 in
 // that order. Throws ConfigError when the config or a tensor's size is invalid.
@@ -71,7 +85,8 @@ struct ForcedRoutes {
 };
 // run() with `forced` choices: those tokens take the listed experts, weighted by the reference's
 // own probabilities of them (renormalized over them when configured); margin 1.0. Throws
-// ConfigError on an out-of-range rank, token or expert, or a repeated expert within a token.
+// ConfigError on an out-of-range rank, token or expert, or a repeated expert within a token; and
+// when the problem's routing is given (there is no near-tie to force).
 Result run(const Problem& p, int threads, const ForcedRoutes& forced);
 
 // bf16 round-to-nearest-even of a float (what __float2bfloat16_rn does).
