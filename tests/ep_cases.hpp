@@ -89,4 +89,26 @@ inline std::vector<EpCase> ep_cases(int w) {
   return v;
 }
 
+// Two layers for the tests of layers sharing their communicator's workspace and window ("Many
+// layers", include/monomoe/layer.hpp), for `w` ranks: different precisions, activations, weight
+// layouts and shapes, the second larger in everything that sizes the shared memory (task slots,
+// arrival flags per source, the layers' areas of the workspace and of the window), so that
+// building it after the first ran grows everything under the first.
+inline std::vector<EpCase> shared_workspace_pair(int w) {
+  std::vector<EpCase> v;
+  v.push_back({"bf16 gelu in-out, 384 tokens", ep_base(DType::bf16, Activation::gelu, 4 * w, 2),
+               {300, 200, 384, 1}});
+  LayerConfig big = ep_base(DType::tf32, Activation::swiglu, 8 * w, 4);
+  big.max_tokens = 768;
+  big.hidden = 384;
+  big.ffn = 384;
+  big.weight_layout = WeightLayout::out_in;
+  v.push_back({"tf32 swiglu out-in, 768 tokens, hidden 384, top-4", big, {700, 513, 0, 768}});
+  for (EpCase& c : v) {
+    c.cfg.world_size = w;
+    c.tokens.resize(static_cast<std::size_t>(w), c.tokens.back());
+  }
+  return v;
+}
+
 }  // namespace monomoe::test

@@ -2,7 +2,8 @@
 // contents each time (written by a kernel, no host round trip), every replay compared bit for bit
 // with a forward() of the same x on the same layer, a few also with the float64 reference. On one
 // GPU, and on 2 and 4 virtual ranks: one graph per rank replayed on that rank's stream (as each
-// process of a real multi-GPU job would), and all ranks captured into one graph.
+// process of a real multi-GPU job would), and all ranks captured into one graph; and two layers
+// that share their communicator's workspace, each with its graph, replayed in turn.
 //
 // What it shows: the epoch advances on the device (a replay that repeated the captured epoch would
 // take the previous call's task slots and flags for its own, and hang or mix results), every step
@@ -328,6 +329,127 @@ TEST(GraphReplay, OneGpu) {
     Replayer t(c, {300}, seed++);
     replay_and_compare(t, Capture::per_rank, k.name);
   }
+}
+
+// Two layers of one communicator share its workspace ("Many layers", layer.hpp), each captured
+// into its own graph on one stream; the graphs are replayed in turn with new inputs, each replay
+// bit-identical to a forward() of the same layer on the same x, with a third layer's forward()
+// calls in between. While the captured layers live, a layer that would need more memory is
+// refused (building it would move the memory under their graphs); one that fits is built.
+TEST(GraphReplay, LayersSharingAWorkspace) {
+  MONOMOE_REQUIRE_GPU();
+  constexpr int kTurns = 200;
+  LayerConfig big;
+  big.max_tokens = 768;
+  big.hidden = 384;
+  big.ffn = 384;
+  big.experts = 12;
+  big.topk = 4;
+  big.dtype = DType::tf32;
+  big.activation = Activation::swiglu;
+  big.weight_layout = WeightLayout::out_in;
+  big.timeout_seconds = 10.0;
+  LayerConfig small = big;
+  small.max_tokens = 512;
+  small.hidden = 256;
+  small.ffn = 256;
+  small.experts = 8;
+  small.topk = 2;
+  small.dtype = DType::bf16;
+  small.activation = Activation::gelu;
+  small.weight_layout = WeightLayout::in_out;
+  struct Layer {
+    reference::Problem pr;
+    std::unique_ptr<bench::DeviceProblem> dev;  // the graph's x and y
+    std::unique_ptr<DeviceBuffer> y_forward;
+    std::unique_ptr<MoELayer> layer;
+    std::unique_ptr<bench::Graph> graph;
+    std::size_t y_bytes = 0;
+  };
+  std::vector<Layer> layers(3);
+  const LayerConfig configs[] = {big, small, small};
+  const std::int64_t tokens[] = {700, 300, 129};
+  for (std::size_t l = 0; l < 3; ++l) {
+    Layer& L = layers[l];
+    L.pr = reference::make_problem(configs[l], {tokens[l]}, 990 + l);
+    L.dev = std::make_unique<bench::DeviceProblem>(L.pr, 0);
+    L.y_bytes = static_cast<std::size_t>(tokens[l] * configs[l].hidden) *
+                element_bytes(configs[l].dtype);
+    L.y_forward = std::make_unique<DeviceBuffer>(L.y_bytes);
+  }
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaSuccess, cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (std::size_t l = 0; l < 2; ++l) {
+    Layer& L = layers[l];
+    L.layer = std::make_unique<MoELayer>(configs[l], single_gpu(), L.dev->weights());
+    L.graph = bench::capture(
+        [&] { L.layer->forward(L.dev->x(), tokens[l], L.dev->y(), stream); }, stream);
+    ASSERT_NE(L.graph, nullptr);
+  }
+  {
+    LayerConfig larger = big;
+    larger.max_tokens = 2 * big.max_tokens;  // the same weights' shapes, more scratch memory
+    try {
+      MoELayer refused(larger, single_gpu(), layers[0].dev->weights());
+      ADD_FAILURE() << "a layer larger than the shared workspace was built under captured graphs";
+    } catch (const ConfigError& e) {
+      std::printf("expected error: %s\n", e.what());
+      EXPECT_NE(std::string(e.what()).find("captur"), std::string::npos) << e.what();
+    }
+  }
+  layers[2].layer = std::make_unique<MoELayer>(configs[2], single_gpu(), layers[2].dev->weights());
+  int mismatches = 0;
+  for (int i = 0; i < kTurns && mismatches < 5; ++i) {
+    for (std::size_t l = 0; l < 2; ++l) {
+      Layer& L = layers[l];
+      fill_x(L.dev->x(), tokens[l] * configs[l].hidden, configs[l].dtype,
+             7919ull * static_cast<std::uint64_t>(i) + l, stream);
+      ASSERT_EQ(cudaSuccess, cudaMemsetAsync(L.dev->y(), 0xff, L.y_bytes, stream));
+      ASSERT_EQ(cudaSuccess, cudaMemsetAsync(L.y_forward->ptr, 0x7f, L.y_bytes, stream));
+    }
+    try {
+      // Replays and forward() calls of the three layers, one after another on the stream.
+      layers[0].graph->launch(stream);
+      layers[1].graph->launch(stream);
+      if (i % 10 == 0) {
+        layers[2].layer->forward(layers[2].dev->x(), tokens[2], layers[2].dev->y(), stream);
+      }
+      for (std::size_t l = 0; l < 2; ++l) {
+        layers[l].layer->forward(layers[l].dev->x(), tokens[l], layers[l].y_forward->ptr, stream);
+      }
+      for (Layer& L : layers) L.layer->synchronize();
+    } catch (const Error& e) {
+      FAIL() << "turn " << i << ": " << e.what();
+    }
+    for (std::size_t l = 0; l < 2; ++l) {
+      const auto replayed = bytes_of(layers[l].dev->y(), layers[l].y_bytes);
+      const auto called = bytes_of(layers[l].y_forward->ptr, layers[l].y_bytes);
+      if (replayed.size() != layers[l].y_bytes || replayed != called) {
+        ++mismatches;
+        ADD_FAILURE() << "turn " << i << ", layer " << l << ": replay not bit-identical to "
+                      << "forward(): " << first_difference(replayed, called,
+                                                           element_bytes(configs[l].dtype));
+      }
+    }
+  }
+  // Each layer's last x against the float64 reference, by a forward() of its own.
+  for (std::size_t l = 0; l < 3; ++l) {
+    Layer& L = layers[l];
+    reference::Problem pr = L.pr;
+    pr.x[0] = x_as_float(L.dev->x(), tokens[l] * configs[l].hidden, configs[l].dtype);
+    const reference::Result ref = reference::run(pr);
+    ASSERT_EQ(cudaSuccess, cudaMemsetAsync(L.dev->y(), 0xff, L.y_bytes, stream));
+    L.layer->forward(L.dev->x(), tokens[l], L.dev->y(), stream);
+    std::string detail;
+    EXPECT_TRUE(bench::check_forward(*L.layer, *L.dev, pr, ref.ranks[0], 0, detail))
+        << "layer " << l << ": " << detail;
+    std::printf("[layers sharing a workspace] layer %zu: %s\n", l, detail.c_str());
+  }
+  std::printf("[layers sharing a workspace] %d turns: %d replays not bit-identical to forward()\n",
+              kTurns, mismatches);
+  for (Layer& L : layers) L.graph.reset();
+  layers.clear();
+  cudaStreamDestroy(stream);
 }
 
 void virtual_ranks(int world, Capture how) {

@@ -5,12 +5,14 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "bench/device_problem.hpp"
+#include "gpu_problem.hpp"
 #include "gpu_test.hpp"
 #include "layer_gpu_test.hpp"
 #include "monomoe/monomoe.hpp"
@@ -469,6 +471,151 @@ TEST(LayerGpu, PoisonedRowIsIsolated) {
                 "");
     }
   }
+}
+
+// One layer of a test that builds several on one communicator: its problem on the device, the
+// reference, and its first output (later calls must repeat it bit for bit).
+struct SharedCase {
+  reference::Problem pr;
+  reference::Result ref;
+  std::unique_ptr<bench::DeviceProblem> dev;
+  std::unique_ptr<MoELayer> layer;
+  std::vector<float> first;
+
+  SharedCase(const LayerConfig& c, std::int64_t tokens, std::uint64_t seed)
+      : pr(reference::make_problem(c, {tokens}, seed)),
+        ref(reference::run(pr)),
+        dev(std::make_unique<bench::DeviceProblem>(pr, 0)) {}
+  void build() { layer = std::make_unique<MoELayer>(pr.config, single_gpu(), dev->weights()); }
+
+  // One forward into a poisoned y, checked against the reference (routing, drops, every token)
+  // and against the first call's output. Returns false, with the reason added as a failure.
+  bool call(const std::string& label) {
+    dev->poison_y();
+    layer->forward(dev->x(), dev->tokens(), dev->y(), nullptr);
+    std::string detail;
+    bool ok = bench::check_forward(*layer, *dev, pr, ref.ranks[0], 0, detail);
+    const std::vector<float> y = dev->y_host();
+    if (first.empty()) {
+      first = y;
+    } else if (ok && std::memcmp(first.data(), y.data(), y.size() * sizeof(float)) != 0) {
+      ok = false;
+      detail += " differs bitwise from this layer's first call";
+    }
+    std::printf("[%s] %s %s: %s\n", label.c_str(), ok ? "PASS" : "FAIL",
+                pr.config.describe().c_str(), detail.c_str());
+    EXPECT_TRUE(ok) << label << ": " << detail;
+    return ok;
+  }
+};
+
+// Layers of different configs on one communicator share its workspace ("Many layers",
+// layer.hpp). The second, larger in every size of the shared memory (task slots, the layers'
+// area), is built after the first ran, so the workspace grows and moves under the first; a third
+// that fits is built later (no growth: the area is refilled with all ones). Then they run in
+// turn, several rounds, every output checked against the float64 reference and bit-identical to
+// the same layer's first call.
+TEST(LayerGpu, LayersOfDifferentConfigsShareOneWorkspace) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig a = small(DType::bf16, Activation::gelu);
+  a.experts = 16;
+  a.capacity_factor = 0.5;  // drops counted in the shared control words
+  LayerConfig b = small(DType::fp32, Activation::swiglu);
+  b.max_tokens = 1024;
+  b.hidden = 384;
+  b.ffn = 512;
+  b.experts = 20;  // gate padded to 128 columns, as a's
+  b.topk = 4;
+  b.weight_layout = WeightLayout::out_in;
+  b.renormalize = false;
+  LayerConfig c = small(DType::tf32, Activation::relu);
+  c.bias = false;
+  std::vector<SharedCase> layers;
+  layers.emplace_back(a, 300, 61);
+  layers.emplace_back(b, 1000, 62);
+  layers.emplace_back(c, 200, 63);
+  ASSERT_GT(b.workspace_bytes(), a.workspace_bytes());
+  ASSERT_LE(c.workspace_bytes(), b.workspace_bytes());
+  layers[0].build();
+  layers[0].call("a alone");
+  layers[1].build();  // grows the workspace under a
+  // The shared area now holds b's construction poison: a's last results are gone, and say so.
+  EXPECT_THROW(layers[0].layer->stats(), ConfigError);
+  layers[0].call("a after b was built");
+  layers[1].call("b");
+  EXPECT_THROW(layers[0].layer->stats(), ConfigError);  // b ran since
+  layers[2].build();
+  for (int round = 0; round < 3; ++round) {
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      layers[l].call("round " + std::to_string(round) + ", layer " +
+                     std::string(1, static_cast<char>('a' + l)));
+    }
+  }
+  // Destroyed in another order than built: the others keep the memory.
+  layers[1].layer.reset();
+  layers[0].call("a after b was destroyed");
+  layers[2].call("c after b was destroyed");
+}
+
+// The memory of many layers: 32 layers of the default config (hidden 2048, ffn 2048, 64 experts,
+// top-2, 8192 tokens, bf16) over the same weights cost what one does: they share one workspace
+// (each further layer costs its weights, counted once here, and host memory). Prints both.
+TEST(LayerGpu, ManyLayersCostOneWorkspace) {
+  MONOMOE_REQUIRE_GPU();
+  const LayerConfig c;
+  const auto u = [](std::int64_t v) { return static_cast<std::size_t>(v); };
+  const std::size_t elem = element_bytes(c.dtype);
+  const std::size_t el = u(c.experts_per_rank());
+  const auto zeros = [](std::size_t bytes) {
+    test::DeviceArray a(bytes);
+    test::check_cuda(cudaMemset(a.get(), 0, bytes), "cudaMemset");
+    return a;
+  };
+  const auto used = [] {
+    std::size_t free = 0, total = 0;
+    test::check_cuda(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+    return total - free;
+  };
+  const std::size_t at_start = used();
+  // Zero weights and tokens: every logit ties, routing is defined (the lowest experts), and the
+  // memory is what matters here.
+  const test::DeviceArray gate = zeros(u(c.hidden * c.experts) * elem);
+  const test::DeviceArray w1 = zeros(el * u(c.hidden * c.w1_columns()) * elem);
+  const test::DeviceArray b1 = zeros(el * u(c.w1_columns()) * elem);
+  const test::DeviceArray w2 = zeros(el * u(c.ffn * c.hidden) * elem);
+  const test::DeviceArray b2 = zeros(el * u(c.hidden) * elem);
+  const test::DeviceArray x = zeros(u(c.max_tokens * c.hidden) * elem);
+  test::DeviceArray y(u(c.max_tokens * c.hidden) * elem);
+  const ExpertWeights w{gate.get(), w1.get(), b1.get(), w2.get(), b2.get()};
+  const auto run = [&](MoELayer& layer) {
+    layer.forward(x.get(), c.max_tokens, y.get(), nullptr);
+    layer.synchronize();
+  };
+  {
+    MoELayer warm(c, single_gpu(), w);  // loads the kernel's code, then frees its memory
+    run(warm);
+  }
+  const std::size_t weights_and_buffers = used() - at_start;
+  const std::size_t before = used();
+  std::vector<std::unique_ptr<MoELayer>> layers;
+  layers.push_back(std::make_unique<MoELayer>(c, single_gpu(), w));
+  run(*layers.back());
+  const std::size_t one = used() - before;
+  for (int i = 1; i < 32; ++i) layers.push_back(std::make_unique<MoELayer>(c, single_gpu(), w));
+  for (auto& l : layers) run(*l);
+  const std::size_t all = used() - before;
+  const double mib = 1.0 / (1 << 20);
+  std::printf("default config: %s\n", c.describe().c_str());
+  std::printf("weights (shared by the layers), x and y: %.1f MiB (cudaMemGetInfo)\n",
+              weights_and_buffers * mib);
+  std::printf("device memory of  1 layer : %.1f MiB (%.1f MiB with the weights, x and y)\n",
+              one * mib, (one + weights_and_buffers) * mib);
+  std::printf("device memory of 32 layers: %.1f MiB (%.1f MiB with the weights, x and y); "
+              "32 private workspaces would take %.1f MiB\n",
+              all * mib, (all + weights_and_buffers) * mib, 32.0 * c.workspace_bytes() * mib);
+  EXPECT_GE(one, c.workspace_bytes() / 2) << "the layer's workspace was not counted";
+  EXPECT_LE(static_cast<double>(all), 1.05 * static_cast<double>(one))
+      << "32 layers: " << all << " bytes, one: " << one;
 }
 
 // `fn` throws ConfigError whose message contains every piece of `names`.

@@ -106,6 +106,71 @@ void run_world(int world) {
 TEST(LayerMultiGpu, TwoRanks) { run_world(2); }
 TEST(LayerMultiGpu, FourRanks) { run_world(4); }
 
+// Two layers of different configs on one communicator per GPU share its workspace and its NCCL
+// window ("Many layers", layer.hpp): the larger is built after the smaller ran, so every rank
+// grows its workspace and reopens its window (collectively, at the same layer) under the smaller;
+// then they run in turn, every output checked against the float64 reference at each call and
+// bit-identical to that layer's first. Returns the number of failed calls.
+int run_shared(int rank, int world, const UniqueId& id) {
+  Communicator comm(id, rank, world, rank);
+  struct Layer {
+    const test::EpCase* tc = nullptr;
+    reference::Problem pr;
+    reference::Result ref;
+    std::unique_ptr<bench::DeviceProblem> dev;
+    std::unique_ptr<MoELayer> layer;
+    std::vector<float> first;
+  };
+  const std::vector<test::EpCase> pair = test::shared_workspace_pair(world);
+  std::vector<Layer> layers(pair.size());
+  for (std::size_t l = 0; l < pair.size(); ++l) {
+    Layer& L = layers[l];
+    L.tc = &pair[l];
+    L.pr = reference::make_problem(pair[l].cfg, pair[l].tokens, 700 + l);
+    L.ref = reference::run(L.pr);
+    L.dev = std::make_unique<bench::DeviceProblem>(L.pr, rank);
+  }
+  int failed = 0;
+  const auto build = [&](Layer& L) {
+    LayerConfig c = L.tc->cfg;
+    c.rank = rank;
+    L.layer = std::make_unique<MoELayer>(c, comm, L.dev->weights());
+  };
+  const auto call = [&](Layer& L, const char* when) {
+    L.dev->poison_y();
+    L.layer->forward(L.dev->x(), L.dev->tokens(), L.dev->y(), nullptr);
+    std::string detail;
+    bool ok = bench::check_forward(*L.layer, *L.dev, L.pr, L.ref.ranks[rank], rank, detail);
+    const std::vector<float> y = L.dev->y_host();
+    if (L.first.empty()) {
+      L.first = y;
+    } else if (ok && std::memcmp(L.first.data(), y.data(), y.size() * sizeof(float)) != 0) {
+      ok = false;
+      detail += " differs bitwise from this layer's first call";
+    }
+    std::printf("[rank %d/%d] %s %s (%s): %s\n", rank, world, ok ? "PASS" : "FAIL", L.tc->name,
+                when, detail.c_str());
+    failed += ok ? 0 : 1;
+  };
+  build(layers[0]);
+  call(layers[0], "alone");
+  build(layers[1]);  // collective: every rank grows its window here
+  for (int round = 0; round < 3; ++round) {
+    for (Layer& L : layers) call(L, "in turn");
+  }
+  layers[0].layer.reset();  // not the last layer: no collective teardown yet
+  call(layers[1], "after the first was destroyed");
+  return failed;
+}
+
+TEST(LayerMultiGpu, LayersOfDifferentConfigsShareOneWorkspace) {
+  const int gpus = test::visible_gpus_without_cuda_init();
+  if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs, " << gpus << " visible";
+  const std::vector<int> status = test::run_forked(
+      2, 300.0, [](int rank, const UniqueId& id) { return run_shared(rank, 2, id); });
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(status[r], 0) << "rank " << r << " (failed calls or crash)";
+}
+
 // A rank that never calls forward(): the others must report a timeout naming it, not hang.
 TEST(LayerMultiGpu, MissingRankTimesOut) {
   const int gpus = test::visible_gpus_without_cuda_init();

@@ -106,6 +106,75 @@ TEST(LayerVirtualRanks, TwoRanks) { run_world(2); }
 TEST(LayerVirtualRanks, FourRanks) { run_world(4); }
 TEST(LayerVirtualRanks, EightRanks) { run_world(8); }
 
+// Two layers of different configs on the same virtual ranks (the second VirtualRanks built on the
+// first's ranks) share each rank's workspace and window ("Many layers", layer.hpp): the larger is
+// built after the smaller ran, so every rank's workspace grows and its window is reopened (the
+// ranks' n-th windows pair up again) under the smaller; then they run in turn, every rank's output
+// checked against the float64 reference at each call and bit-identical to that layer's first.
+void run_shared(int world) {
+  MONOMOE_REQUIRE_GPU();
+  struct Layer {
+    const test::EpCase* tc;
+    reference::Problem pr;
+    reference::Result ref;
+    std::unique_ptr<VirtualProblem> dev;
+    std::unique_ptr<VirtualRanks> vr;
+    std::vector<std::vector<float>> first;
+  };
+  const std::vector<test::EpCase> pair = test::shared_workspace_pair(world);
+  std::vector<Layer> layers(pair.size());
+  for (std::size_t l = 0; l < pair.size(); ++l) {
+    Layer& L = layers[l];
+    L.tc = &pair[l];
+    L.pr = reference::make_problem(pair[l].cfg, pair[l].tokens, 700 + l);
+    L.ref = reference::run(L.pr);
+    L.dev = std::make_unique<VirtualProblem>(L.pr, world);
+    L.first.resize(static_cast<std::size_t>(world));
+  }
+  int failed = 0;
+  const auto call = [&](Layer& L, const std::string& label) {
+    L.dev->forward(*L.vr);
+    std::string error;
+    try {
+      L.vr->synchronize();
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    for (int r = 0; r < world; ++r) {
+      std::string detail = error;
+      bool ok = error.empty() && bench::check_forward(L.vr->layer(r), *L.dev->ranks[r], L.pr,
+                                                      L.ref.ranks[r], r, detail);
+      const std::vector<float> y = L.dev->ranks[r]->y_host();
+      if (L.first[r].empty()) {
+        L.first[r] = y;
+      } else if (ok && std::memcmp(L.first[r].data(), y.data(), y.size() * sizeof(float)) != 0) {
+        ok = false;
+        detail += " differs bitwise from this layer's first call";
+      }
+      if (!ok || r == 0) {
+        std::printf("[virtual rank %d/%d, %s] %s %s: %s\n", r, world, label.c_str(),
+                    ok ? "PASS" : "FAIL", L.tc->name, detail.c_str());
+      }
+      failed += ok ? 0 : 1;
+      EXPECT_TRUE(ok) << L.tc->name << ", virtual rank " << r << ", " << label << ": " << detail;
+    }
+  };
+  layers[0].vr = std::make_unique<VirtualRanks>(pair[0].cfg, 0, layers[0].dev->weights());
+  call(layers[0], "alone");
+  layers[1].vr = std::make_unique<VirtualRanks>(pair[1].cfg, *layers[0].vr, layers[1].dev->weights());
+  for (int round = 0; round < 3; ++round) {
+    for (Layer& L : layers) call(L, "round " + std::to_string(round));
+  }
+  // The ranks outlive the VirtualRanks that made them; the other layer keeps the memory.
+  layers[0].vr.reset();
+  call(layers[1], "after the first was destroyed");
+  std::printf("%d virtual ranks, two layers sharing the workspace: %d failed rank-calls\n", world,
+              failed);
+}
+
+TEST(LayerVirtualRanks, TwoRanksShareOneWorkspace) { run_shared(2); }
+TEST(LayerVirtualRanks, FourRanksShareOneWorkspace) { run_shared(4); }
+
 // A NaN / inf in one token row of rank 1 (routed to rank 0's experts when NaN): only that token's
 // output and routing change, on every rank (poison_check.hpp).
 TEST(LayerVirtualRanks, PoisonedRowIsIsolated) {

@@ -74,7 +74,9 @@ struct LayerConfig {
   void validate(std::size_t device_memory_bytes = 0) const;
 
   // Device bytes one rank needs: its experts' weights, the replicated gate and the kernel's
-  // workspace sized for max_tokens. Throws ConfigError if the size overflows 64 bits.
+  // workspace sized for max_tokens. Throws ConfigError if the size overflows 64 bits. The layers
+  // built on one Communicator share one workspace, the size of the largest one's (layer.hpp,
+  // "Many layers").
   std::size_t weight_bytes() const;
   std::size_t workspace_bytes() const;
 

@@ -71,11 +71,32 @@ struct BlockTrace {
   std::int64_t combine_ns = 0;     // spent in combine tasks
 };
 
+// Many layers: the layers built on one Communicator share one device workspace and, with
+// world > 1, one symmetric window, sized for the largest of them, so a model of 30-60 MoE layers
+// pays for the scratch memory of one layer plus every layer's weights. The memory is made by the
+// first layer, grows when a larger layer is built (at its construction: the device is
+// synchronized, the memory reallocated, and the window reopened, collectively with world > 1),
+// and is freed with the last layer. Hence:
+//   - layers of one communicator must not run at the same time: call them on one stream (a model
+//     runs them one after another anyway) or order their streams;
+//   - stats() and routing() read what the last call left in the shared memory: read them before
+//     another layer of the communicator runs or is built (they throw ConfigError otherwise; a
+//     graph replay of another layer in between goes unnoticed);
+//   - a kernel error of any layer is reported by the next synchronize() of any of them;
+//   - CUDA graphs: a captured forward() holds the memory's addresses. Building a layer that needs
+//     more memory than the shared workspace holds would move it and break the graphs of the other
+//     layers, so while a layer whose forward() was captured lives, such a construction throws
+//     ConfigError: build every layer (or the largest first) before capturing. Layers that fit
+//     may still be built (their construction refills the shared scratch area with all ones,
+//     which the graphs do not mind).
+// With world > 1, every rank builds and destroys its layers in the same order with the same
+// configs, so that every rank grows its window at the same layer (the configs are compared).
 class MoELayer {
  public:
-  // Validates `config` against this GPU (ConfigError names the field), allocates the workspace once.
-  // Every weight, the gate included, is read from the caller's memory at every forward(): changes
-  // between calls (an optimizer step, a new checkpoint copied in place) take effect.
+  // Validates `config` against this GPU (ConfigError names the field) and makes room for it in the
+  // workspace the communicator's layers share (see "Many layers" above). Every weight, the gate
+  // included, is read from the caller's memory at every forward(): changes between calls (an
+  // optimizer step, a new checkpoint copied in place) take effect.
   MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWeights& weights);
   ~MoELayer();
   MoELayer(const MoELayer&) = delete;
@@ -84,8 +105,8 @@ class MoELayer {
   // y[tokens, hidden] = MoE(x[tokens, hidden]) for 0 <= tokens <= config.max_tokens, same element
   // type as the weights. Asynchronous on `stream`; a kernel-side failure (timeout, bad index) is
   // raised as KernelError by the next call that synchronizes (stats(), or synchronize()). Calls of
-  // one layer must not overlap (they share its workspace): issue them on one stream, or order the
-  // streams.
+  // one layer, and of all the layers of one communicator, must not overlap (they share one
+  // workspace): issue them on one stream, or order the streams.
   //
   // CUDA graphs: forward() only enqueues stream-ordered work (memsets, a device-to-device copy of
   // the gate, two kernel launches; no host synchronization, no read of device memory), so it can
@@ -97,7 +118,9 @@ class MoELayer {
   //   May not: the x and y pointers, `tokens`, the weights' pointers (fixed at construction), and
   //   set_trace() (the trace buffer is captured). With world > 1 every rank replays its own graph,
   //   and all ranks make the same sequence of calls (replays and forward() calls alike), as for
-  //   forward(). The layer must outlive the graph.
+  //   forward(). The layer must outlive the graph. Other layers of the communicator may run
+  //   between replays (in order on the stream), and further layers may be built as long as they
+  //   fit in the shared workspace ("Many layers" above).
   // synchronize(), stats() and routing() wait for the stream of the last forward() call (the
   // capturing stream for a captured one): after replaying on another stream, synchronize that
   // stream first. They then report the last call that ran, replay or not.
@@ -114,7 +137,8 @@ class MoELayer {
 
   // Routing of the last forward() (synchronizes): expert id and gate weight of each token's choices,
   // [tokens, topk] row-major; after a forward() with a Routing, the given ones (a skipped invalid
-  // choice reads expert -1, weight 0). For tests and debugging.
+  // choice reads expert -1, weight 0). For tests and debugging. Like stats(), only until another
+  // layer of the communicator runs.
   void routing(std::vector<std::int32_t>& experts, std::vector<float>& weights);
 
   // Profiling: while on, every forward() records per-block phase times (a few global stores per

@@ -24,6 +24,13 @@ class VirtualRanks {
   // config.world_size = W in [2, 64] (config.rank is ignored); weights[r] are rank r's weights,
   // as MoELayer takes them. Builds W virtual communicators and W layers on GPU `device`.
   VirtualRanks(const LayerConfig& config, int device, const std::vector<ExpertWeights>& weights);
+  // Another layer on the ranks of `same_ranks` (their communicators and streams, kept alive by
+  // both): as the layers of a model built on one Communicator per rank, the two share each rank's
+  // workspace and window (README, "Many layers") and must not run at the same time; each rank's
+  // calls run in order on its one stream. config.world_size must be same_ranks.world(). Building
+  // is collective over the ranks, as it is for MoELayer.
+  VirtualRanks(const LayerConfig& config, const VirtualRanks& same_ranks,
+               const std::vector<ExpertWeights>& weights);
   ~VirtualRanks();
   VirtualRanks(const VirtualRanks&) = delete;
   VirtualRanks& operator=(const VirtualRanks&) = delete;
@@ -47,7 +54,9 @@ class VirtualRanks {
   cudaStream_t stream(int rank) const;
 
  private:
+  struct Ranks;
   struct Impl;
+  void build_layers(const LayerConfig& config, const std::vector<ExpertWeights>& weights);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -14,10 +14,20 @@ new memory, and every forward are collective: all ranks do them in the same orde
 sigmoid-with-bias router, group-limited top-k, ...): the kernel skips the gate and uses those
 experts and weights as they are (README, "Routing given by the caller").
 
+Many modules: the modules of one process group on one GPU build their C++ layers on one
+communicator, so they share one device workspace (and one symmetric window), sized for the
+largest: a model with many MoE layers pays the scratch memory of one, plus every module's
+parameters. So they must run one after another (a model does: one stream, or ordered streams), a
+module built later that is larger than all before grows that memory (at its first forward: the
+device is synchronized), and the memory goes with the last module.
+
 CUDA graphs: a forward can be captured (``torch.cuda.graph``) and replayed with new contents in
 the same input tensor, the same token count and the parameters in the same memory (their values
 may change). Run one forward before capturing: it builds the C++ layer, which capture forbids.
-With several ranks every rank replays its own graph, all in the same order of calls.
+With several ranks every rank replays its own graph, all in the same order of calls. Run every
+module once before capturing any: while a captured module lives, the first forward of a module
+that needs more memory than the shared workspace holds raises ValueError (growing it would move
+the memory under the captured graphs).
 """
 
 from __future__ import annotations
@@ -53,7 +63,8 @@ def _group_shape(group) -> tuple:
 
 def _communicator(group, device: int) -> _C.Communicator:
     """One NCCL communicator per (group, device); made collectively on first use. The NCCL id
-    travels from the group's rank 0 through torch.distributed."""
+    travels from the group's rank 0 through torch.distributed. The layers built on it share one
+    workspace (see the module's docstring, "Many modules")."""
     key = (id(group), device)
     comm = _communicators.get(key)
     if comm is None:

@@ -71,6 +71,30 @@ def test_matches_plain_pytorch(act, dtype_name):
     assert rel_err(y, ref) < (2e-2 if dtype_name == "bf16" else 2e-3)
 
 
+def test_modules_of_different_sizes_share_the_workspace():
+    """Modules on one GPU (one communicator) share its workspace: a larger module built after a
+    smaller one ran grows it under the smaller; called in turn, both match plain PyTorch and
+    repeat their first outputs bit for bit."""
+    torch = cuda_or_skip()
+    import monomoe
+    torch.manual_seed(5)
+    small = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=2, max_tokens=512)
+    big = monomoe.MoE(hidden=384, ffn=384, experts=12, topk=4, act="swiglu", dtype=torch.float32,
+                      max_tokens=1024)
+    xs = torch.randn(300, 256, device="cuda", dtype=torch.bfloat16)
+    xb = torch.randn(1000, 384, device="cuda", dtype=torch.float32)
+    with torch.no_grad():
+        first_small = small(xs)  # builds the small layer and runs it
+        first_big = big(xb)      # builds the big one: the shared workspace grows
+        for _ in range(3):
+            ys, yb = small(xs), big(xb)
+            torch.cuda.synchronize()
+            assert torch.equal(ys, first_small)
+            assert torch.equal(yb, first_big)
+        assert rel_err(ys, reference(small, xs)) < 2e-2
+        assert rel_err(yb, reference(big, xb)) < 2e-3
+
+
 def random_routing(torch, tokens, experts, topk, ids_dtype):
     """A router other than the softmax gate: k distinct uniform experts per token, positive
     weights that do not sum to 1."""

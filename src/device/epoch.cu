@@ -1,4 +1,5 @@
-// The layer's call counter on the device: every forward() advances it by one on its stream just
+// The call counter on the device, one for all the layers of a Communicator (they share it with
+// their workspace, host/workspace.hpp): every forward() advances it by one on its stream just
 // before the persistent kernel, which reads it as the call's epoch (device/params.cuh). Keeping the
 // count on the device, not in a kernel argument, is what lets a CUDA graph captured from one
 // forward() replay as a new call each time.

@@ -22,8 +22,8 @@ int expert_tile_cols(DType dtype);
 // cooperative kernel node: forward() can be captured into a CUDA graph.
 cudaError_t launch_forward(DType dtype, WeightLayout layout, const Params& params, int grid,
                            cudaStream_t stream);
-// Adds one to the layer's epoch word (Params::epoch) on `stream`: a one-thread kernel, enqueued
-// just before every launch_forward (epoch.cu says why it is a kernel and why it never wraps).
+// Adds one to the epoch word (Params::epoch, one per Communicator) on `stream`: a one-thread
+// kernel, enqueued just before every launch_forward (epoch.cu says why it is a kernel and why it never wraps).
 cudaError_t advance_epoch(unsigned long long* epoch, cudaStream_t stream);
 
 // The kernels of one weight layout (KMajorB: [out, in]), defined in instances.cuh.

@@ -44,11 +44,13 @@ static_assert(sizeof(ErrorRecord) == 16);
 
 enum class TaskType : std::uint32_t { gemm0 = 1, gemm1 = 2, combine = 3 };
 
-// Epochs number the forward calls of a layer: 1, 2, ... They are 64-bit and never wrap (2^62
-// calls at one per microsecond take 146,000 years), so a slot or a flag from an earlier call can
-// never read as this call's: nothing is ever cleared for an epoch, and no rank needs to agree with
-// its peers on when to clear. The count lives on the device (advance_epoch, launch.hpp), so a
-// CUDA graph replays with a new epoch each time.
+// Epochs number the forward calls of all the layers built on one Communicator, which share one
+// epoch word, task slots and window flags (host/workspace.hpp, SharedLayout): 1, 2, ... They are
+// 64-bit and never wrap (2^62 calls at one per microsecond take 146,000 years), so a slot or a flag
+// from an earlier call, of this layer or another, can never read as this call's: nothing is ever
+// cleared for an epoch, and no rank needs to agree with its peers on when to clear. The count
+// lives on the device (advance_epoch, launch.hpp), so a CUDA graph replays with a new epoch each
+// time.
 __host__ __device__ constexpr unsigned long long task_head(unsigned long long epoch,
                                                            TaskType type) {
   return (epoch << 2) | static_cast<unsigned long long>(type);
@@ -92,7 +94,9 @@ struct RecvTile {
 static_assert(sizeof(RecvTile) == 16);
 
 // world > 1: byte offsets into the symmetric window (the same on every rank; ncclMemAlloc +
-// ncclCommWindowRegister). Peers write into it; the owner reads. See workspace.hpp.
+// ncclCommWindowRegister). Peers write into it; the owner reads. The u64 flags (start, header_flag,
+// arrived) lie in the window's prefix that only ever holds epochs, shared by every layer of the
+// communicator; the rest is this layer's. See workspace.hpp (SharedLayout).
 struct WindowLayout {
   unsigned long long start;        // u64 [W]: epoch of the call each rank has started
   unsigned long long header;       // int [W][El]: rows each source sends to each local expert
@@ -154,8 +158,8 @@ struct Params {
   void* stage;                 // [S * k, H]
   Task* tasks;                 // [max_tasks]
   int max_tasks;
-  // This call's epoch (see task_head), in the workspace: advanced on the stream just before the
-  // launch (advance_epoch), never written during it. Read it with call_epoch() (sync.cuh).
+  // This call's epoch (see task_head), in the shared workspace: advanced on the stream just before
+  // the launch (advance_epoch), never written during it. Read it with call_epoch() (sync.cuh).
   const unsigned long long* epoch;
   long long* trace;            // [grid, kTraceSlots] phase times, or nullptr (MoELayer::set_trace)
 

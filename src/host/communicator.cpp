@@ -9,6 +9,7 @@
 
 #include "host/check.hpp"
 #include "host/communicator_impl.hpp"
+#include "host/shared_workspace.hpp"
 #include "host/window.hpp"
 #include "monomoe/config.hpp"
 #include "monomoe/error.hpp"
@@ -95,6 +96,10 @@ std::vector<std::unique_ptr<Communicator>> Communicator::make_virtual(int world,
 }
 
 Communicator::~Communicator() {
+  // A layer outliving its communicator breaks the contract, but its window must still go first.
+  if (impl_) {
+    if (const auto ws = impl_->workspace.lock()) ws->close_window();
+  }
   if (impl_ && impl_->comm) {
     if (impl_->peer_failed) {
       ncclCommAbort(impl_->comm);  // returns without the peers (one of them is gone or stopped)

@@ -9,7 +9,8 @@
 #include "monomoe/communicator.hpp"
 
 namespace monomoe::detail {
-struct VirtualGroup;  // host/window.cu
+struct VirtualGroup;    // host/window.cu
+class SharedWorkspace;  // host/shared_workspace.hpp
 }  // namespace monomoe::detail
 
 namespace monomoe {
@@ -22,6 +23,9 @@ struct Communicator::Impl {
   std::shared_ptr<detail::VirtualGroup> group;  // virtual ranks: shared by the W communicators
   int windows_opened = 0;  // symmetric windows opened so far (pairs the ranks' n-th windows)
   int agreements = 0;      // agree_across_ranks() calls so far (pairs the ranks' n-th calls)
+  // The workspace and window that the layers built on this communicator share; held by the
+  // layers, made by the first and freed with the last.
+  std::weak_ptr<detail::SharedWorkspace> workspace;
   // A layer's kernel found a peer unresponsive (a timeout naming it): collective teardown would
   // wait for that peer forever, so windows skip their deregistration and the communicator is
   // aborted (ncclCommAbort) instead of destroyed.

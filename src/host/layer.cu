@@ -1,6 +1,7 @@
-// MoELayer: owns the workspace, turns a forward() into memsets of the per-call words, the gate's
-// copy, the epoch's advance and one cooperative launch of the persistent kernel (all stream-ordered
-// and capturable into a CUDA graph), and turns the kernel's error record into exceptions.
+// MoELayer: lays out its regions in the workspace its communicator's layers share, turns a
+// forward() into memsets of the per-call words, the gate's copy, the epoch's advance and one
+// cooperative launch of the persistent kernel (all stream-ordered and capturable into a CUDA
+// graph), and turns the kernel's error record into exceptions.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include "device/launch.hpp"
 #include "host/check.hpp"
 #include "host/communicator_impl.hpp"
+#include "host/shared_workspace.hpp"
 #include "host/window.hpp"
 #include "host/workspace.hpp"
 #include "monomoe/error.hpp"
@@ -107,30 +109,38 @@ struct MoELayer::Impl {
   ExpertWeights weights;
   int device = 0;
   int grid = 0;
-  detail::WorkspacePlan plan;
-  unsigned char* ws = nullptr;
+  detail::WorkspacePlan plan;  // this layer's regions in the shared areas
+  // The workspace and window of every layer on the communicator. Its addresses are read at each
+  // call: a larger layer built later moves them.
+  std::shared_ptr<detail::SharedWorkspace> shared;
+  std::uint64_t last_call = 0;  // this layer's last forward() among the communicator's calls
+  bool captured = false;        // a forward() was captured into a CUDA graph: the memory is pinned
   cudaStream_t last_stream = nullptr;
   std::int64_t last_tokens = 0;
   const void* checked_x = nullptr;  // the last x and y found to be this GPU's memory
   const void* checked_y = nullptr;
-  long long* trace = nullptr;  // [grid, kTraceSlots] while tracing is on
-  // world > 1: the symmetric window peers write into.
-  std::unique_ptr<detail::SymmetricWindow> window;
+  long long* trace = nullptr;          // [grid, kTraceSlots] while tracing is on
   Communicator::Impl* comm = nullptr;  // the communicator the layer was built on (outlives it)
 
   void copy_gate(cudaStream_t stream) const;
+  // stats() and routing() read what the last call left in the shared area.
+  void check_last_call(const char* what) const;
   // forward(), with the caller's routing or (nullptr) the gate's.
   void forward(const void* x, std::int64_t tokens, void* y, cudaStream_t stream,
                const Routing* routing);
 
-  template <class T>
+  // This layer's region at `offset` (WorkspacePlan), at the shared workspace's current address.
+  template <class T = unsigned char>
   T* at(std::size_t offset) const {
-    return reinterpret_cast<T*>(ws + offset);
+    return reinterpret_cast<T*>(shared->body() + offset);
+  }
+  device::ErrorRecord* error() const {
+    return reinterpret_cast<device::ErrorRecord*>(shared->base() + shared->layout().error);
   }
 
   ~Impl() {
-    if (ws) cudaFree(ws);
     if (trace) cudaFree(trace);
+    if (captured) shared->release_capture();
   }
 };
 
@@ -183,16 +193,10 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
                       " (a subscriber and a processor)");
   }
   m.plan = detail::plan_workspace(config);
-  MONOMOE_CUDA(cudaMalloc(&m.ws, m.plan.total));
-  // Poisoned first: a read of anything the kernel did not write in this call (a slot past the
-  // queue, a stale tile) sees all ones, not a lucky zero. The words that must start at zero follow.
-  MONOMOE_CUDA(cudaMemset(m.ws, 0xff, m.plan.total));
-  MONOMOE_CUDA(cudaMemset(m.ws + m.plan.error, 0, sizeof(device::ErrorRecord)));
-  MONOMOE_CUDA(cudaMemset(m.ws + m.plan.tasks, 0, m.plan.max_tasks * sizeof(device::Task)));
-  MONOMOE_CUDA(cudaMemset(m.ws + m.plan.epoch, 0, sizeof(unsigned long long)));  // no call yet
+  m.shared = detail::SharedWorkspace::of(comm);
   if (config.world_size > 1) {
     // Every rank must build the same layer (its window and its peers' have one layout): compared
-    // once, before anything is registered with the peers.
+    // once, before anything is registered with the peers (or the shared window grows).
     const auto bits = [](double v) {
       std::int64_t b = 0;
       std::memcpy(&b, &v, sizeof(b));
@@ -210,32 +214,50 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
                {"renormalize", config.renormalize ? 1 : 0},
                {"capacity_factor (bits)", bits(config.capacity_factor)},
                {"bias", config.bias ? 1 : 0},
-               {"world_size", config.world_size}});
-    // The window every rank's kernel writes into: same size and layout on every rank. Opening it
-    // is collective: every rank constructs its MoELayer in the same order.
-    m.window = detail::SymmetricWindow::open(comm, m.plan.window.total);
+               {"world_size", config.world_size},
+               // The shared window's layout also depends on the layers built before this one.
+               {"shared window's arrival flags per source (of the layers built before)",
+                m.shared->layout().arrived_per_source, false},
+               {"shared window's bytes (of the layers built before)",
+                static_cast<std::int64_t>(m.shared->window_bytes()), false}});
   }
-  // The padding of the gate's copy (see copy_gate) stays zero.
-  MONOMOE_CUDA(cudaMemset(m.ws + m.plan.gate, 0,
-                          config.hidden * m.plan.experts_padded * element_bytes(config.dtype)));
-  MONOMOE_CUDA(cudaDeviceSynchronize());
+  // The workspace, and the window every rank's kernel writes into (same size and layout on every
+  // rank), shared with the communicator's other layers; growing the window is collective: every
+  // rank constructs its layers in the same order.
+  m.shared->reserve(m.plan);
 }
 
 // The gate is small: the kernel reads a copy padded to whole column tiles (its 16-byte loads then
 // never straddle a row), stored like the caller's: [hidden, experts_padded], or [experts_padded,
 // hidden] for [out, in] weights. It is refreshed on the stream before every launch (a few hundred
 // KB), so that the gate, like every other weight, is read from the caller's memory at each forward
-// and changes between calls take effect.
+// and changes between calls take effect. The padding is zeroed with it: other layers' data lands
+// there between calls (routing reads no padded logit, but the gate GEMM computes them).
 void MoELayer::Impl::copy_gate(cudaStream_t stream) const {
   const std::size_t elem = element_bytes(cfg.dtype);
   const std::size_t e = static_cast<std::size_t>(cfg.experts);
+  const std::size_t ep = static_cast<std::size_t>(plan.experts_padded);
   const std::size_t h = static_cast<std::size_t>(cfg.hidden);
+  unsigned char* copy = at(plan.gate);
   if (cfg.weight_layout == WeightLayout::out_in) {
-    MONOMOE_CUDA(cudaMemcpyAsync(ws + plan.gate, weights.gate, e * h * elem,
-                                 cudaMemcpyDeviceToDevice, stream));
+    MONOMOE_CUDA(
+        cudaMemcpyAsync(copy, weights.gate, e * h * elem, cudaMemcpyDeviceToDevice, stream));
+    if (ep > e) MONOMOE_CUDA(cudaMemsetAsync(copy + e * h * elem, 0, (ep - e) * h * elem, stream));
   } else {
-    MONOMOE_CUDA(cudaMemcpy2DAsync(ws + plan.gate, plan.experts_padded * elem, weights.gate,
-                                   e * elem, e * elem, h, cudaMemcpyDeviceToDevice, stream));
+    MONOMOE_CUDA(cudaMemcpy2DAsync(copy, ep * elem, weights.gate, e * elem, e * elem, h,
+                                   cudaMemcpyDeviceToDevice, stream));
+    if (ep > e) {
+      MONOMOE_CUDA(cudaMemset2DAsync(copy + e * elem, ep * elem, 0, (ep - e) * elem, h, stream));
+    }
+  }
+}
+
+void MoELayer::Impl::check_last_call(const char* what) const {
+  if (last_call != 0 && last_call != shared->calls()) {
+    throw ConfigError(std::string(what) +
+                      ": another layer on this communicator ran forward() (or was built) after "
+                      "this layer's last forward(); the layers share one workspace, so read a "
+                      "layer's results before the next layer runs");
   }
 }
 
@@ -286,12 +308,13 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   m.last_tokens = tokens;
   // Before anything is queued: a virtual peer without its layer is refused here.
   device::Params p{};
-  if (ep) m.window->peer_table(p.peer_window);
-  MONOMOE_CUDA(cudaMemsetAsync(m.ws + m.plan.control, 0, m.plan.control_bytes, stream));
+  if (ep) m.shared->window().peer_table(p.peer_window);
+  m.last_call = m.shared->begin_call(stream, m.captured);
+  MONOMOE_CUDA(cudaMemsetAsync(m.at(m.plan.control), 0, m.plan.control_bytes, stream));
   // With peers, a rank without tokens still runs: it owns experts and receives rows.
   if (tokens == 0 && !ep) return;
   if (ep) {
-    MONOMOE_CUDA(cudaMemsetAsync(m.window->local() + m.plan.window.reset, 0,
+    MONOMOE_CUDA(cudaMemsetAsync(m.shared->window_body() + m.plan.window.reset, 0,
                                  m.plan.window.reset_bytes, stream));
   }
   const bool given = routing && tokens > 0;
@@ -319,7 +342,7 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
       static_cast<int>((c.hidden + device::kCombineCols - 1) / device::kCombineCols);
   p.x = x;
   p.y = y;
-  p.gate = m.ws + m.plan.gate;
+  p.gate = m.at(m.plan.gate);
   p.w1 = m.weights.w1;
   p.b1 = m.weights.b1;
   p.w2 = m.weights.w2;
@@ -332,7 +355,7 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.rowtile_done = p.expert_dropped + c.experts;
   p.tokentile_done = p.rowtile_done + m.plan.row_tiles;
   p.tokentile_target = p.tokentile_done + m.plan.token_tiles;
-  p.error = m.at<device::ErrorRecord>(m.plan.error);
+  p.error = m.error();
   p.logits = m.at<float>(m.plan.logits);
   // Split the gate GEMM's K over two blocks per token tile when there are blocks to spare.
   p.gate_splits = p.token_tiles * 2 <= m.grid ? 2 : 1;
@@ -341,13 +364,15 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.topk_kept = m.at<std::uint8_t>(m.plan.topk_kept);
   p.tile_counts = m.at<int>(m.plan.tile_counts);
   p.expert_rows = m.at<int>(m.plan.expert_rows);
-  p.hidden_act = m.ws + m.plan.hidden_act;
-  p.stage = m.ws + m.plan.stage;
-  p.tasks = m.at<device::Task>(m.plan.tasks);
+  p.hidden_act = m.at(m.plan.hidden_act);
+  p.stage = m.at(m.plan.stage);
+  const detail::SharedLayout& fixed = m.shared->layout();
+  p.tasks = reinterpret_cast<device::Task*>(m.shared->base() + fixed.tasks);
   p.max_tasks = static_cast<int>(m.plan.max_tasks);
   // The call's number stays on the device, advanced on the stream below: a graph replay is a new
-  // call, where an argument would repeat the captured one (device/epoch.cu).
-  auto* epoch = m.at<unsigned long long>(m.plan.epoch);
+  // call, where an argument would repeat the captured one (device/epoch.cu). One for all the
+  // communicator's layers (workspace.hpp, SharedLayout).
+  auto* epoch = reinterpret_cast<unsigned long long*>(m.shared->base() + fixed.epoch);
   p.epoch = epoch;
   p.trace = m.trace;
   p.given_ids = given ? routing->topk_ids : nullptr;
@@ -360,20 +385,21 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.max_recv_tiles = static_cast<int>(m.plan.row_tiles);
   if (ep) {
     const auto& w = m.plan.window;
-    p.window = m.window->local();
-    p.wl.start = w.start;
-    p.wl.header = w.header;
-    p.wl.header_flag = w.header_flag;
-    p.wl.arrived = w.arrived;
-    p.wl.done = w.done;
-    p.wl.inbox = w.inbox;
-    p.wl.ids = w.ids;
-    p.wl.stage = w.stage;
+    const std::size_t body = fixed.window_body;
+    p.window = m.shared->window().local();
+    p.wl.start = fixed.start;  // the epoch flags: the window's shared prefix
+    p.wl.header_flag = fixed.header_flag;
+    p.wl.arrived = fixed.arrived;
+    p.wl.header = body + w.header;  // the rest: this layer's area
+    p.wl.done = body + w.done;
+    p.wl.inbox = body + w.inbox;
+    p.wl.ids = body + w.ids;
+    p.wl.stage = body + w.stage;
     p.wl.rows_per_source = static_cast<int>(w.rows_per_source);
     p.wl.tiles_per_source = static_cast<int>(w.tiles_per_source);
     // Returned expert rows land in the window; their counters are the window's done words.
-    p.stage = p.window + w.stage;
-    p.tokentile_done = reinterpret_cast<int*>(p.window + w.done);
+    p.stage = p.window + p.wl.stage;
+    p.tokentile_done = reinterpret_cast<int*>(p.window + p.wl.done);
     // ~16 SMs reach 90% of the NVLink store bandwidth (DEVICE-NOTES.md); the rest compute.
     p.dispatch_blocks = std::min(16, m.grid - 1);
   }
@@ -415,9 +441,9 @@ void MoELayer::synchronize() {
   Impl& m = *impl_;
   MONOMOE_CUDA(cudaStreamSynchronize(m.last_stream));
   device::ErrorRecord rec{};
-  MONOMOE_CUDA(cudaMemcpy(&rec, m.ws + m.plan.error, sizeof(rec), cudaMemcpyDeviceToHost));
+  MONOMOE_CUDA(cudaMemcpy(&rec, m.error(), sizeof(rec), cudaMemcpyDeviceToHost));
   if (rec.code != 0) {
-    MONOMOE_CUDA(cudaMemset(m.ws + m.plan.error, 0, sizeof(rec)));
+    MONOMOE_CUDA(cudaMemset(m.error(), 0, sizeof(rec)));
     // A silent peer makes collective teardown unsafe (communicator_impl.hpp, peer_failed).
     if (static_cast<device::ErrorCode>(rec.code) == device::ErrorCode::timeout_peer) {
       m.comm->peer_failed = true;
@@ -429,11 +455,12 @@ void MoELayer::synchronize() {
 ForwardStats MoELayer::stats() {
   synchronize();
   Impl& m = *impl_;
+  m.check_last_call("stats()");
   ForwardStats s;
   s.tokens = m.last_tokens;
   std::vector<int> dropped(static_cast<std::size_t>(m.cfg.experts));
   MONOMOE_CUDA(cudaMemcpy(dropped.data(),
-                          m.ws + m.plan.control + sizeof(device::Control) + m.cfg.experts * 4,
+                          m.at(m.plan.control + sizeof(device::Control) + m.cfg.experts * 4),
                           dropped.size() * 4, cudaMemcpyDeviceToHost));
   for (int d : dropped) {
     s.dropped_per_expert.push_back(d);
@@ -445,14 +472,14 @@ ForwardStats MoELayer::stats() {
   s.rows_per_local_expert.assign(static_cast<std::size_t>(el), 0);
   if (m.cfg.world_size > 1) {
     std::vector<int> header(static_cast<std::size_t>(m.cfg.world_size * el));
-    MONOMOE_CUDA(cudaMemcpy(header.data(), m.window->local() + m.plan.window.header,
+    MONOMOE_CUDA(cudaMemcpy(header.data(), m.shared->window_body() + m.plan.window.header,
                             header.size() * 4, cudaMemcpyDeviceToHost));
     for (std::size_t i = 0; i < header.size(); ++i) {
       s.rows_per_local_expert[i % static_cast<std::size_t>(el)] += header[i];
     }
   } else {
     std::vector<int> count(static_cast<std::size_t>(el));
-    MONOMOE_CUDA(cudaMemcpy(count.data(), m.ws + m.plan.control + sizeof(device::Control),
+    MONOMOE_CUDA(cudaMemcpy(count.data(), m.at(m.plan.control + sizeof(device::Control)),
                             count.size() * 4, cudaMemcpyDeviceToHost));
     for (std::size_t e = 0; e < count.size(); ++e) {
       s.rows_per_local_expert[e] = count[e] - dropped[e];
@@ -464,12 +491,13 @@ ForwardStats MoELayer::stats() {
 void MoELayer::routing(std::vector<std::int32_t>& experts, std::vector<float>& weights) {
   synchronize();
   Impl& m = *impl_;
+  m.check_last_call("routing()");
   const std::size_t n = static_cast<std::size_t>(m.last_tokens * m.cfg.topk);
   experts.resize(n);
   weights.resize(n);
   if (n == 0) return;
-  MONOMOE_CUDA(cudaMemcpy(experts.data(), m.ws + m.plan.topk_expert, n * 4, cudaMemcpyDeviceToHost));
-  MONOMOE_CUDA(cudaMemcpy(weights.data(), m.ws + m.plan.topk_weight, n * 4, cudaMemcpyDeviceToHost));
+  MONOMOE_CUDA(cudaMemcpy(experts.data(), m.at(m.plan.topk_expert), n * 4, cudaMemcpyDeviceToHost));
+  MONOMOE_CUDA(cudaMemcpy(weights.data(), m.at(m.plan.topk_weight), n * 4, cudaMemcpyDeviceToHost));
 }
 
 }  // namespace monomoe

@@ -10,23 +10,27 @@
 
 namespace monomoe {
 
-struct VirtualRanks::Impl {
-  int world = 0;
+// The W ranks: their communicators and streams, shared by every VirtualRanks built on them.
+struct VirtualRanks::Ranks {
   int device = 0;
-  std::vector<std::unique_ptr<Communicator>> comms;  // declared first: outlives the layers
-  std::vector<std::unique_ptr<MoELayer>> layers;
+  std::vector<std::unique_ptr<Communicator>> comms;
   std::vector<cudaStream_t> streams;
-  std::vector<bool> launched;
 
-  ~Impl() {
+  ~Ranks() {
     for (cudaStream_t s : streams) cudaStreamDestroy(s);
   }
 };
 
-VirtualRanks::VirtualRanks(const LayerConfig& config, int device,
-                           const std::vector<ExpertWeights>& weights)
-    : impl_(std::make_unique<Impl>()) {
-  Impl& m = *impl_;
+struct VirtualRanks::Impl {
+  int world = 0;
+  std::shared_ptr<Ranks> ranks;  // declared first: outlives the layers
+  std::vector<std::unique_ptr<MoELayer>> layers;
+  std::vector<bool> launched;
+};
+
+namespace {
+
+void check_weights(const LayerConfig& config, const std::vector<ExpertWeights>& weights) {
   if (config.world_size < 2) {
     throw ConfigError("VirtualRanks: LayerConfig.world_size = " +
                       std::to_string(config.world_size) + " must be >= 2");
@@ -35,20 +39,54 @@ VirtualRanks::VirtualRanks(const LayerConfig& config, int device,
     throw ConfigError("VirtualRanks: weights has " + std::to_string(weights.size()) +
                       " entries, LayerConfig.world_size is " + std::to_string(config.world_size));
   }
-  m.world = static_cast<int>(config.world_size);
-  m.device = device;
-  m.comms = Communicator::make_virtual(m.world, device);
+}
+
+}  // namespace
+
+void VirtualRanks::build_layers(const LayerConfig& config,
+                                const std::vector<ExpertWeights>& weights) {
+  Impl& m = *impl_;
   for (int r = 0; r < m.world; ++r) {
     LayerConfig c = config;
     c.rank = r;
-    m.layers.push_back(std::make_unique<MoELayer>(c, *m.comms[static_cast<std::size_t>(r)],
+    m.layers.push_back(std::make_unique<MoELayer>(c, *m.ranks->comms[static_cast<std::size_t>(r)],
                                                   weights[static_cast<std::size_t>(r)]));
+  }
+  m.launched.assign(static_cast<std::size_t>(m.world), false);
+}
+
+VirtualRanks::VirtualRanks(const LayerConfig& config, int device,
+                           const std::vector<ExpertWeights>& weights)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  check_weights(config, weights);
+  m.world = static_cast<int>(config.world_size);
+  m.ranks = std::make_shared<Ranks>();
+  m.ranks->device = device;
+  m.ranks->comms = Communicator::make_virtual(m.world, device);
+  for (int r = 0; r < m.world; ++r) {
     cudaStream_t s = nullptr;
     // Non-blocking: no implicit synchronization with the legacy stream may serialize the ranks.
     MONOMOE_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    m.streams.push_back(s);
+    m.ranks->streams.push_back(s);
   }
-  m.launched.assign(static_cast<std::size_t>(m.world), false);
+  build_layers(config, weights);
+}
+
+VirtualRanks::VirtualRanks(const LayerConfig& config, const VirtualRanks& same_ranks,
+                           const std::vector<ExpertWeights>& weights)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  check_weights(config, weights);
+  if (config.world_size != same_ranks.world()) {
+    throw ConfigError(
+        "VirtualRanks: LayerConfig.world_size = " + std::to_string(config.world_size) +
+        " differs from the shared ranks' " + std::to_string(same_ranks.world()));
+  }
+  m.world = same_ranks.world();
+  m.ranks = same_ranks.impl_->ranks;
+  MONOMOE_CUDA(cudaSetDevice(m.ranks->device));
+  build_layers(config, weights);
 }
 
 VirtualRanks::~VirtualRanks() {
@@ -71,7 +109,7 @@ cudaStream_t VirtualRanks::stream(int rank) const {
     throw ConfigError("VirtualRanks::stream: rank = " + std::to_string(rank) + " must be in [0, " +
                       std::to_string(impl_->world - 1) + "]");
   }
-  return impl_->streams[static_cast<std::size_t>(rank)];
+  return impl_->ranks->streams[static_cast<std::size_t>(rank)];
 }
 
 void VirtualRanks::forward(const std::vector<const void*>& x,
@@ -94,14 +132,14 @@ void VirtualRanks::forward(const std::vector<const void*>& x,
   // the fewer runtime calls besides the captured work, the fewer to doubt.
   int current = -1;
   MONOMOE_CUDA(cudaGetDevice(&current));
-  if (current != m.device) MONOMOE_CUDA(cudaSetDevice(m.device));
+  if (current != m.ranks->device) MONOMOE_CUDA(cudaSetDevice(m.ranks->device));
   for (std::size_t r = 0; r < w; ++r) {
     m.launched[r] = run.empty() || run[r];
     if (!m.launched[r]) continue;
     if (routing.empty()) {
-      m.layers[r]->forward(x[r], tokens[r], y[r], m.streams[r]);
+      m.layers[r]->forward(x[r], tokens[r], y[r], m.ranks->streams[r]);
     } else {
-      m.layers[r]->forward(x[r], tokens[r], y[r], m.streams[r], routing[r]);
+      m.layers[r]->forward(x[r], tokens[r], y[r], m.ranks->streams[r], routing[r]);
     }
   }
 }

@@ -132,10 +132,12 @@ namespace {
 
 [[noreturn]] void disagree(const Field& f, int rank, std::int64_t mine, int other,
                            std::int64_t theirs) {
-  throw ConfigError("LayerConfig." + std::string(f.name) + " differs between ranks: rank " +
-                    std::to_string(rank) + " has " + std::to_string(mine) + ", rank " +
-                    std::to_string(other) + " has " + std::to_string(theirs) +
-                    " (every rank builds its layer from the same config, but for its rank)");
+  throw ConfigError(
+      (f.of_config ? "LayerConfig." : "") + std::string(f.name) + " differs between ranks: rank " +
+      std::to_string(rank) + " has " + std::to_string(mine) + ", rank " + std::to_string(other) +
+      " has " + std::to_string(theirs) +
+      (f.of_config ? " (every rank builds its layer from the same config, but for its rank)"
+                   : " (every rank builds and destroys the same layers in the same order)"));
 }
 
 }  // namespace

@@ -42,6 +42,7 @@ std::shared_ptr<VirtualGroup> make_virtual_group(int world);
 struct Field {
   const char* name;
   std::int64_t value;
+  bool of_config = true;  // a LayerConfig field; false: what the communicator's earlier layers made
 };
 void agree_across_ranks(Communicator& comm, const std::vector<Field>& fields);
 

@@ -53,6 +53,7 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   if (tasks > 0x7fffffffu) throw ConfigError("max_tokens: the task queue would exceed 2^31 slots");
   p.max_tasks = static_cast<std::int64_t>(tasks);
 
+  p.world = cfg.world_size;
   Arena a;
   constexpr std::size_t kControlHeader = 32;  // sizeof(device::Control), checked in layer.cu
   p.control_bytes = checked_add(
@@ -60,8 +61,6 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
       checked_mul(u(2 * cfg.experts + p.row_tiles + 2 * p.token_tiles), 4, "max_tokens"),
       "max_tokens");
   p.control = a.take(p.control_bytes, "control");
-  p.error = a.take(16, "error");
-  p.epoch = a.take(8, "epoch");
   p.gate = a.take(checked_mul(checked_mul(u(cfg.hidden), u(p.experts_padded), "hidden"), elem,
                               "hidden"),
                   "hidden");
@@ -85,9 +84,8 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
       a.take(checked_mul(checked_mul(hidden_rows, u(cfg.ffn), "ffn"), elem, "ffn"), "ffn");
   p.stage = a.take(checked_mul(checked_mul(choices, u(cfg.hidden), "hidden"), elem, "hidden"),
                    "hidden");
-  p.tasks = a.take(checked_mul(u(p.max_tasks), 16, "max_tokens"), "max_tokens");
   p.recv_tiles = a.take(checked_mul(u(p.row_tiles), 16, "max_tokens"), "max_tokens");
-  p.total = a.size();
+  p.body_bytes = a.size();
 
   if (cfg.world_size > 1) {
     auto& w = p.window;
@@ -95,10 +93,7 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
     w.tiles_per_source = tiles_per_source;
     const std::size_t world = u(cfg.world_size);
     Arena b;
-    w.start = b.take(8 * world, "world_size");
     w.header = b.take(checked_mul(world * 4, u(local_experts), "experts"), "experts");
-    w.header_flag = b.take(8 * world, "world_size");
-    w.arrived = b.take(checked_mul(world * 8, u(tiles_per_source), "max_tokens"), "max_tokens");
     w.done = b.take(checked_mul(u(p.token_tiles), 4, "max_tokens"), "max_tokens");
     w.reset = w.done;
     w.reset_bytes = u(p.token_tiles) * 4;
@@ -108,9 +103,34 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
     w.ids = b.take(checked_mul(rows_in, 4, "max_tokens"), "max_tokens");
     w.stage = b.take(checked_mul(checked_mul(choices, u(cfg.hidden), "hidden"), elem, "hidden"),
                      "hidden");
-    w.total = b.size();
+    w.body_bytes = b.size();
   }
+  const SharedLayout alone = plan_shared(p.max_tasks, p.world, p.window.tiles_per_source);
+  p.total = checked_add(alone.body, p.body_bytes, "max_tokens");
   return p;
+}
+
+SharedLayout plan_shared(std::int64_t task_slots, std::int64_t world,
+                         std::int64_t arrived_per_source) {
+  const auto u = [](std::int64_t v) { return static_cast<std::size_t>(v); };
+  SharedLayout s;
+  s.task_slots = task_slots;
+  s.world = world;
+  s.arrived_per_source = arrived_per_source;
+  Arena a;
+  s.epoch = a.take(8, "epoch");
+  s.error = a.take(16, "error");
+  s.tasks = a.take(checked_mul(u(task_slots), 16, "max_tokens"), "max_tokens");
+  s.body = round_up(a.size(), 256, "max_tokens");
+  if (world > 1) {
+    Arena b;
+    s.start = b.take(8 * u(world), "world_size");
+    s.header_flag = b.take(8 * u(world), "world_size");
+    s.arrived =
+        b.take(checked_mul(u(world) * 8, u(arrived_per_source), "max_tokens"), "max_tokens");
+    s.window_body = round_up(b.size(), 256, "max_tokens");
+  }
+  return s;
 }
 
 }  // namespace monomoe::detail
