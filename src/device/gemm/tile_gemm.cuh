@@ -19,6 +19,14 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool v
                "r"(valid ? 16 : 0)
                : "memory");
 }
+// One 16-byte st.shared (a plain float4 store through the generic pointer was split into four
+// 32-bit stores).
+__device__ __forceinline__ void st_shared_16(void* smem, float4 v) {
+  const unsigned int dst = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
+  asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(dst), "f"(v.x), "f"(v.y), "f"(v.z),
+               "f"(v.w)
+               : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -230,7 +238,7 @@ struct TileGemm : TileShapes<P, BN> {
       v[j] = valid ? __ldcg(reinterpret_cast<const float4*>(src)) : make_float4(0.f, 0.f, 0.f, 0.f);
     });
     for_each_chunk(sm, c, ldb, kt, stage, [&](int j, SmemElem* dst, const Elem*, bool) {
-      *reinterpret_cast<float4*>(dst) = rna_tf32(v[j]);
+      st_shared_16(dst, rna_tf32(v[j]));
     });
   }
 
