@@ -2,7 +2,8 @@
 // through a per-row pointer table (token rows of x, or rows of the activation buffer), B is a weight
 // matrix stored [K, N] with N contiguous, or [N, K] with K contiguous when the precision's
 // kWeightsKMajor says so (PyTorch's [out, in]); ldb is its row pitch. Global -> shared through a
-// multi-stage cp.async pipeline, shared -> registers and the MMAs through CuTe atoms
+// multi-stage cp.async pipeline (tf32 on wgmma: through registers, rounded to tf32 on the way),
+// then wgmma from shared memory, or shared -> registers and mma.sync / FMA, through CuTe atoms
 // (precision.cuh). The fp32 result is left in shared memory for the caller's epilogue.
 #pragma once
 
