@@ -491,8 +491,15 @@ TEST(LayerGpu, TraceIsOrderedAndCountsEveryTask) {
 // routing are bit-identical to the run without the poisoned row (dropless). No kernel error.
 TEST(LayerGpu, PoisonedRowIsIsolated) {
   MONOMOE_REQUIRE_GPU();
-  for (DType d : {DType::bf16, DType::tf32, DType::fp32}) {
+  // Every precision, and tf32 with [out, in] weights, whose operands are rounded on the way to
+  // shared memory (wgmma) instead of in registers.
+  const std::pair<DType, WeightLayout> kinds[] = {{DType::bf16, WeightLayout::in_out},
+                                                  {DType::tf32, WeightLayout::in_out},
+                                                  {DType::fp32, WeightLayout::in_out},
+                                                  {DType::tf32, WeightLayout::out_in}};
+  for (const auto& [d, layout] : kinds) {
     LayerConfig c = small(d, Activation::swiglu);
+    c.weight_layout = layout;
     const reference::Problem clean = reference::make_problem(c, {300}, 88);
     bench::DeviceProblem dev(clean, 0);
     MoELayer layer(c, single_gpu(), dev.weights());
@@ -504,7 +511,8 @@ TEST(LayerGpu, PoisonedRowIsIsolated) {
     const std::vector<float> y0 = dev.y_host();
     const auto h = static_cast<std::size_t>(c.hidden);
     for (float poison : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
-      SCOPED_TRACE(std::string(to_string(d)) + (std::isnan(poison) ? " NaN" : " inf"));
+      SCOPED_TRACE(std::string(to_string(d)) + " " + std::string(to_string(layout)) +
+                   (std::isnan(poison) ? " NaN" : " inf"));
       constexpr std::size_t kBad = 131;  // in the second token tile
       reference::Problem p = clean;
       p.x[0][kBad * h + 5] = poison;
