@@ -55,6 +55,11 @@ for dtype in ${DTYPES:-bf16 tf32 fp32}; do
   done
 done
 run memcheck "bf16/gelu out-in" bench --gpus 1 $small --weight-layout out-in $once
+# tf32 with out-in weights runs on wgmma, its operands stored to shared memory by st.shared.
+for tool in ${TOOLS:-memcheck racecheck synccheck}; do
+  run "$tool" "tf32/swiglu out-in" bench --gpus 1 $small --dtype tf32 --act swiglu \
+    --weight-layout out-in $once
+done
 if [ "${MULTI:-1}" != 0 ] && [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
   for dtype in bf16 tf32; do
     run memcheck "$dtype 2 GPUs" bench --gpus 2 $small --experts 16 --dtype "$dtype" $once

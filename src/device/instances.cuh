@@ -42,8 +42,16 @@ cudaError_t launch(const Params& params, int grid, cudaStream_t stream) {
 
 }  // namespace detail
 
+// sm_90's opt-in limit of shared memory per block (227 KB): every kernel's one block per SM
+// (__launch_bounds__(kThreads, 1)) must fit it; blocks_per_sm() asks the runtime the same at run
+// time.
+inline constexpr int kMaxSmemPerBlock = 227 * 1024;
+
 template <bool KMajorB>
 int Instances<KMajorB>::smem_bytes(DType dtype) {
+  static_assert(kernel_smem_bytes<PrecBf16<KMajorB>>() <= kMaxSmemPerBlock);
+  static_assert(kernel_smem_bytes<PrecTf32<KMajorB>>() <= kMaxSmemPerBlock);
+  static_assert(kernel_smem_bytes<PrecFp32<KMajorB>>() <= kMaxSmemPerBlock);
   switch (dtype) {
     case DType::bf16: return kernel_smem_bytes<PrecBf16<KMajorB>>();
     case DType::tf32: return kernel_smem_bytes<PrecTf32<KMajorB>>();

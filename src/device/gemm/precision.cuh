@@ -1,7 +1,7 @@
-// The three precisions and the CuTe building blocks each one uses for a 128x128 output tile computed
-// by 8 warps, each for both weight layouts: KMajorB = false for weights stored [in, out] ([K, N],
-// N contiguous), true for PyTorch's [out, in] ([N, K], K contiguous). These are the only template
-// arguments of the kernel (launch.hpp lists the instantiations).
+// The three precisions and the CuTe building blocks each one uses for a 128x128 output tile
+// computed by 8 warps (bf16: 128x256), each for both weight layouts: KMajorB = false for weights
+// stored [in, out] ([K, N], N contiguous), true for PyTorch's [out, in] ([N, K], K contiguous).
+// These are the only template arguments of the kernel (launch.hpp lists the instantiations).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -56,28 +56,42 @@ using SmemAtomF32N = decltype(cute::composition(
     cute::Swizzle<3, 2, 3>{},
     cute::Layout<cute::Shape<cute::_32, cute::_8>, cute::Stride<cute::_1, cute::_32>>{}));
 
-// fp32 operands, TF32 tensor-core math (mma.sync m16n8k8), fp32 accumulation.
+// fp32 operands, TF32 tensor-core math, fp32 accumulation. wgmma's tf32 form reads both operands
+// K-major (it has no transpose for 32-bit types), so only [out, in] weights (KMajorB) run on it:
+// wgmma m64n128k8 per warpgroup, two warpgroups of 64 rows, tiles in the 128-byte swizzled K-major
+// layout (8 rows of 32 elements per atom). [in, out] weights keep SM80 mma.sync m16n8k8.
+// The tensor cores would truncate the low 13 bits of each fp32 operand (a biased error: 2.3e-3
+// against the 2e-3 tolerance in the run of 2026-11-23); both paths round to nearest (ties away)
+// first: mma.sync in registers after ld.shared, wgmma while each k-tile passes through registers
+// on its way to shared memory (tile_gemm.cuh, run_wgmma).
 template <bool KMajorB>
 struct PrecTf32 {
   using Elem = float;
   using SmemElem = cute::tfloat32_t;  // same bits as float; the tensor cores read the top 19
-  static constexpr int kBlockK = 32;
-  static constexpr int kStages = 4;
-  // The tensor cores would truncate the low 13 bits (a biased error); operands are rounded to
-  // nearest in registers first.
-  static constexpr int kExpertBN = 128;
+  static constexpr int kBlockK = 32;  // 128-byte rows in shared memory
+  // wgmma: one more stage, so that two batches of MMAs stay pending while a thread waits for the
+  // loads of a refill (tile_gemm.cuh, run_wgmma); 5 x 32 KB.
+  static constexpr int kStages = KMajorB ? 5 : 4;
+  static constexpr int kExpertBN = 128;  // the same for both layouts (expert_tile_cols)
   static constexpr bool kRoundToTf32 = true;
-  static constexpr bool kWgmma = false;  // wgmma's tf32 would need K-major B: a later step
+  static constexpr bool kWgmma = KMajorB;
   static constexpr bool kWeightsKMajor = KMajorB;
   template <int BN>
-  using TiledMma = decltype(cute::make_tiled_mma(
-      cute::MMA_Atom<cute::SM80_16x8x8_F32TF32TF32F32_TN>{},
-      cute::Layout<cute::Shape<cute::_2, cute::_4, cute::_1>>{},
-      cute::Tile<cute::_32, cute::_32, cute::_8>{}));
-  using SmemAtomA = SmemAtomF32K;
-  using SmemAtomB = std::conditional_t<KMajorB, SmemAtomF32K, SmemAtomF32N>;
-  using CopyA = cute::Copy_Atom<cute::UniversalCopy<SmemElem>, SmemElem>;
-  using CopyB = cute::Copy_Atom<cute::UniversalCopy<SmemElem>, SmemElem>;
+  using TiledMma = std::conditional_t<
+      KMajorB,
+      decltype(cute::make_tiled_mma(cute::SM90::GMMA::MMA_64x128x8_F32TF32TF32_SS_TN<>{},
+                                    cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{})),
+      decltype(cute::make_tiled_mma(cute::MMA_Atom<cute::SM80_16x8x8_F32TF32TF32F32_TN>{},
+                                    cute::Layout<cute::Shape<cute::_2, cute::_4, cute::_1>>{},
+                                    cute::Tile<cute::_32, cute::_32, cute::_8>{}))>;
+  using SmemAtomA =
+      std::conditional_t<KMajorB, cute::GMMA::Layout_K_SW128_Atom<SmemElem>,  // 8 x 32
+                         SmemAtomF32K>;
+  using SmemAtomB =
+      std::conditional_t<KMajorB, cute::GMMA::Layout_K_SW128_Atom<SmemElem>, SmemAtomF32N>;
+  using CopyA = std::conditional_t<KMajorB, void,  // wgmma reads shared memory itself
+                                   cute::Copy_Atom<cute::UniversalCopy<SmemElem>, SmemElem>>;
+  using CopyB = CopyA;
 };
 
 // Strict fp32: plain FMA on the CUDA cores, 16x16 threads each owning an 8x8 block of the tile.
@@ -101,15 +115,23 @@ struct PrecFp32 {
   using CopyB = cute::Copy_Atom<cute::UniversalCopy<float>, float>;
 };
 
+// fp32 -> tf32 rounded to nearest, ties away from zero, as a float (low 13 bits zero).
+__device__ __forceinline__ float rna_tf32(float f) {
+  unsigned int r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(f));
+  return __uint_as_float(r);
+}
+__device__ __forceinline__ float4 rna_tf32(float4 v) {
+  return make_float4(rna_tf32(v.x), rna_tf32(v.y), rna_tf32(v.z), rna_tf32(v.w));
+}
+
 // Rounds every element of a register fragment of tfloat32_t to nearest (ties away), in place.
 template <class Fragment>
 __device__ __forceinline__ void round_to_tf32(Fragment&& frag) {
   CUTE_UNROLL
   for (int i = 0; i < cute::size(frag); ++i) {
-    const float f = __uint_as_float(frag(i).raw());
-    unsigned int r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(f));
-    frag(i) = cute::tfloat32_t::bitcast(r);
+    frag(i) = cute::tfloat32_t::bitcast(
+        __float_as_uint(rna_tf32(__uint_as_float(frag(i).raw()))));
   }
 }
 

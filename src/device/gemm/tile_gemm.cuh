@@ -2,7 +2,8 @@
 // through a per-row pointer table (token rows of x, or rows of the activation buffer), B is a weight
 // matrix stored [K, N] with N contiguous, or [N, K] with K contiguous when the precision's
 // kWeightsKMajor says so (PyTorch's [out, in]); ldb is its row pitch. Global -> shared through a
-// multi-stage cp.async pipeline, shared -> registers and the MMAs through CuTe atoms
+// multi-stage cp.async pipeline (tf32 on wgmma: through registers, rounded to tf32 on the way),
+// then wgmma from shared memory, or shared -> registers and mma.sync / FMA, through CuTe atoms
 // (precision.cuh). The fp32 result is left in shared memory for the caller's epilogue.
 #pragma once
 
@@ -17,6 +18,14 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool v
   // src-size 0 zero-fills the 16 bytes without reading: rows past the tile's end become zeros.
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem),
                "r"(valid ? 16 : 0)
+               : "memory");
+}
+// One 16-byte st.shared (a plain float4 store through the generic pointer was split into four
+// 32-bit stores).
+__device__ __forceinline__ void st_shared_16(void* smem, float4 v) {
+  const unsigned int dst = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
+  asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(dst), "f"(v.x), "f"(v.y), "f"(v.z),
+               "f"(v.w)
                : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
@@ -176,9 +185,13 @@ struct TileGemm : TileShapes<P, BN> {
     return c;
   }
 
-  // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage`.
-  static __device__ __forceinline__ void load_stage(Smem& sm, const ChunkPlan& c, int ldb, int kt,
-                                                    int stage) {
+  // Calls copy(j, smem destination, global source, valid) for each of this thread's chunks of
+  // k-tile `kt` in pipeline stage `stage`: j = 0..kChunksA-1 for A, kChunksA.. for B. An invalid
+  // chunk (a row past the tile's end, a column past the valid ones) must become zeros; its source
+  // is then an address inside B (the matrix's first row), not to be read.
+  template <class Copy>
+  static __device__ __forceinline__ void for_each_chunk(Smem& sm, const ChunkPlan& c, int ldb,
+                                                        int kt, int stage, Copy&& copy) {
     SmemElem* base = reinterpret_cast<SmemElem*>(sm.buffer);
     SmemElem* sa = base + c.a_smem + stage * c.a_stage;
     SmemElem* sb = base + kElemsA + c.b_smem + stage * c.b_stage;
@@ -186,25 +199,48 @@ struct TileGemm : TileShapes<P, BN> {
 #pragma unroll
     for (int i = 0; i < kChunksA; ++i) {
       const Elem* src = sm.rows[c.a_row0 + i * kRowsPerPassA];
-      cp_async_16(sa + i * c.a_step, src ? src + k : c.b_src, src != nullptr);
+      copy(i, sa + i * c.a_step, src ? src + k : c.b_src, src != nullptr);
     }
     if constexpr (P::kWeightsKMajor) {
-      // A zero-filled piece passes the matrix's first row as its (unread) source.
       const Elem* lo = c.b_src + kt * kBK;
       const Elem* hi = c.b_src_hi + kt * kBK;
 #pragma unroll
       for (int i = 0; i < kChunksB; ++i) {
         const bool valid = (c.b_valid_mask >> i) & 1u;
         const Elem* src = i < kLoChunksB ? lo + i * c.b_pass : hi + (i - kLoChunksB) * c.b_pass;
-        cp_async_16(sb + i * c.b_step, valid ? src : lo, valid);
+        copy(kChunksA + i, sb + i * c.b_step, valid ? src : lo, valid);
       }
     } else {
       const Elem* bsrc = c.b_src + static_cast<long long>(kt) * kBK * ldb;
 #pragma unroll
       for (int i = 0; i < kChunksB; ++i) {
-        cp_async_16(sb + i * c.b_step, bsrc + i * c.b_pass, c.b_valid);
+        copy(kChunksA + i, sb + i * c.b_step, bsrc + i * c.b_pass, c.b_valid);
       }
     }
+  }
+
+  // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage`.
+  static __device__ __forceinline__ void load_stage(Smem& sm, const ChunkPlan& c, int ldb, int kt,
+                                                    int stage) {
+    for_each_chunk(sm, c, ldb, kt, stage, [](int, SmemElem* dst, const Elem* src, bool valid) {
+      cp_async_16(dst, src, valid);
+    });
+  }
+
+  // The same k-tile through registers, rounded to tf32 on the way (tf32 on wgmma: the tensor cores
+  // would truncate, see precision.cuh). ld.global.cg reads L2, as cp.async.cg does (GEMM1 reads
+  // rows that other blocks wrote in this launch). Every load is issued before the first store
+  // waits for one.
+  static __device__ __forceinline__ void load_stage_rounded(Smem& sm, const ChunkPlan& c, int ldb,
+                                                            int kt, int stage) {
+    static_assert(sizeof(Elem) == 4, "fp32 chunks");
+    float4 v[kChunksA + kChunksB];
+    for_each_chunk(sm, c, ldb, kt, stage, [&](int j, SmemElem*, const Elem* src, bool valid) {
+      v[j] = valid ? __ldcg(reinterpret_cast<const float4*>(src)) : make_float4(0.f, 0.f, 0.f, 0.f);
+    });
+    for_each_chunk(sm, c, ldb, kt, stage, [&](int j, SmemElem* dst, const Elem*, bool) {
+      st_shared_16(dst, rna_tf32(v[j]));
+    });
   }
 
   // C[128 x BN] (fp32, in shared memory, pitch kCPitch) = A[rows, 0:K] * B[0:K, cols]. The caller
@@ -220,10 +256,17 @@ struct TileGemm : TileShapes<P, BN> {
 
   // Hopper: wgmma reads both operands from the pipeline stage. Each k-tile: wait for its copies,
   // make them visible to the async proxy, one barrier, issue the warpgroup MMAs, refill the stage
-  // of k-tile kt-2 (done in both warpgroups by then), and wait for k-tile kt-1's MMAs.
+  // of k-tile kt+2, and wait until at most kInFlight batches of MMAs are pending (k-tiles
+  // kt-kInFlight+1..kt). bf16 refills with cp.async (kStages 4, one batch pending); tf32
+  // (P::kRoundToTf32) through registers, rounding on the way (kStages 5, two batches pending): the
+  // thread waits for its loads before it stores, while the tensor cores work through the pending
+  // batches. (Keeping the loads in registers across an iteration instead pushed the tf32 kernel
+  // past 255 registers into spills.)
+  static constexpr int kInFlight = kStages - 3;  // MMA batches pending after each k-tile
   static __device__ void run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
                                    int valid_lo, int valid_hi, int k_total) {
     using namespace cute;
+    constexpr bool kStaged = P::kRoundToTf32;
     __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
 
     typename P::template TiledMma<BN> mma;
@@ -240,32 +283,43 @@ struct TileGemm : TileShapes<P, BN> {
 
     const int k_tiles = k_total / kBK;
     const ChunkPlan chunks = plan_chunks(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi);
-    static_assert(kStages >= 3, "one stage computing, one landing, one refilling");
-    // kStages - 2 k-tiles in flight ahead of the MMAs: the stage refilled in iteration kt last
-    // held k-tile kt-2, which both warpgroups finished before they reached this iteration's barrier
-    // (each waited for its k-tile kt-2 MMAs in iteration kt-1), so one barrier per k-tile suffices.
+    static_assert(kInFlight >= 1, "one stage computing, one landing, one refilling, + pending");
+    // Two k-tiles in flight ahead of the MMAs: the stage refilled in iteration kt last held k-tile
+    // kt+2-kStages = kt-1-kInFlight, whose MMAs both warpgroups finished before they reached this
+    // iteration's barrier (each left at most k-tiles kt-kInFlight..kt-1 pending in iteration kt-1),
+    // so one barrier per k-tile suffices.
 #pragma unroll
-    for (int s = 0; s < kStages - 2; ++s) {
-      if (s < k_tiles) load_stage(sm, chunks, ldb, s, s);
-      cp_async_commit();
+    for (int s = 0; s < 2; ++s) {
+      if constexpr (kStaged) {
+        if (s < k_tiles) load_stage_rounded(sm, chunks, ldb, s, s);
+      } else {
+        if (s < k_tiles) load_stage(sm, chunks, ldb, s, s);
+        cp_async_commit();
+      }
     }
     warpgroup_fence_operand(acc);
     for (int kt = 0; kt < k_tiles; ++kt) {
-      cp_async_wait<kStages - 3>();
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async -> wgmma reads
-      __syncthreads();  // stage kt complete for every thread's copies; k-tile kt-2 done everywhere
+      // One group per k-tile; the newest (k-tile kt+1) may still be landing.
+      if constexpr (!kStaged) cp_async_wait<1>();
+      // This thread's writes of stage kt (cp.async or st.shared) -> the async proxy's wgmma reads.
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      __syncthreads();  // stage kt complete for every thread's copies; k-tile kt-1-kInFlight done
       const int stage = kt % kStages;
       warpgroup_arrive();
       gemm(mma, tCrA(_, _, _, stage), tCrB(_, _, _, stage), acc);
       warpgroup_commit_batch();
-      const int next = kt + kStages - 2;
-      if (next < k_tiles) load_stage(sm, chunks, ldb, next, next % kStages);
-      cp_async_commit();
-      warpgroup_wait<1>();  // k-tile kt-1's MMAs are done in this warpgroup
+      const int next = kt + 2;
+      if constexpr (kStaged) {
+        if (next < k_tiles) load_stage_rounded(sm, chunks, ldb, next, next % kStages);
+      } else {
+        if (next < k_tiles) load_stage(sm, chunks, ldb, next, next % kStages);
+        cp_async_commit();
+      }
+      warpgroup_wait<kInFlight>();
     }
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc);
-    cp_async_wait<0>();
+    if constexpr (!kStaged) cp_async_wait<0>();
     __syncthreads();  // all MMAs have read the pipeline: the buffer becomes the result tile
     store_result(sm, thr, acc);
   }
