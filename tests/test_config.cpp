@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "host/checked.hpp"
+#include "host/text.hpp"
 #include "monomoe/config.hpp"
 #include "monomoe/error.hpp"
 
@@ -307,3 +308,14 @@ TEST(Config, ConfigErrorIsAMonomoeError) {
 
 }  // namespace
 }  // namespace monomoe
+
+TEST(Config, TextCatFormatsWithoutStreams) {
+  using monomoe::text::cat;
+  EXPECT_EQ(cat("rank ", 3, " took ", 1.5, " s"), "rank 3 took 1.5 s");
+  EXPECT_EQ(cat(-7, "/", std::size_t{18446744073709551615u}), "-7/18446744073709551615");
+  EXPECT_EQ(cat(2.0, " ", 0.1, " ", 1.25f, " ", true, false), "2 0.1 1.25 10");
+  EXPECT_EQ(cat(std::string("a"), std::string_view("b"), "c"), "abc");
+  monomoe::LayerConfig c;
+  c.capacity_factor = 1.25;
+  EXPECT_NE(c.describe().find("capacity=1.25 bias=1"), std::string::npos) << c.describe();
+}

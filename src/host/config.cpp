@@ -1,9 +1,9 @@
 #include "monomoe/config.hpp"
 
 #include <cmath>
-#include <sstream>
 
 #include "host/checked.hpp"
+#include "host/text.hpp"
 #include "host/workspace.hpp"
 #include "monomoe/error.hpp"
 
@@ -117,11 +117,10 @@ void LayerConfig::validate(std::size_t device_memory_bytes) const {
   const std::size_t workspace = workspace_bytes();
   const std::size_t total = detail::checked_add(weights, workspace, "max_tokens");
   if (device_memory_bytes > 0 && total > device_memory_bytes) {
-    std::ostringstream os;
-    os << "needs " << total << " bytes of device memory (weights " << weights << " + workspace "
-       << workspace << "), more than the GPU's " << device_memory_bytes
-       << "; lower max_tokens, experts, hidden or ffn";
-    reject("max_tokens", std::to_string(max_tokens), os.str());
+    reject("max_tokens", std::to_string(max_tokens),
+           text::cat("needs ", total, " bytes of device memory (weights ", weights, " + workspace ",
+                     workspace, "), more than the GPU's ", device_memory_bytes,
+                     "; lower max_tokens, experts, hidden or ffn"));
   }
 }
 
@@ -144,13 +143,12 @@ std::size_t LayerConfig::weight_bytes() const {
 std::size_t LayerConfig::workspace_bytes() const { return detail::plan_workspace(*this).total; }
 
 std::string LayerConfig::describe() const {
-  std::ostringstream os;
-  os << "tokens=" << max_tokens << " hidden=" << hidden << " ffn=" << ffn << " experts=" << experts
-     << " topk=" << topk << " act=" << to_string(activation) << " dtype=" << to_string(dtype)
-     << " renorm=" << (renormalize ? 1 : 0) << " capacity=" << capacity_factor
-     << " bias=" << (bias ? 1 : 0) << " world=" << world_size;
-  if (weight_layout != WeightLayout::in_out) os << " weights=" << to_string(weight_layout);
-  return os.str();
+  std::string s = text::cat("tokens=", max_tokens, " hidden=", hidden, " ffn=", ffn,
+                            " experts=", experts, " topk=", topk, " act=", to_string(activation),
+                            " dtype=", to_string(dtype), " renorm=", renormalize,
+                            " capacity=", capacity_factor, " bias=", bias, " world=", world_size);
+  if (weight_layout != WeightLayout::in_out) s += text::cat(" weights=", to_string(weight_layout));
+  return s;
 }
 
 }  // namespace monomoe

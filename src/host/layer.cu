@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -14,6 +13,7 @@
 #include "host/check.hpp"
 #include "host/communicator_impl.hpp"
 #include "host/shared_workspace.hpp"
+#include "host/text.hpp"
 #include "host/window.hpp"
 #include "host/workspace.hpp"
 #include "monomoe/error.hpp"
@@ -29,50 +29,51 @@ static_assert(detail::TileShape::kRows == device::kTileRows &&
 namespace {
 
 std::string describe_kernel_error(const device::ErrorRecord& e, const LayerConfig& cfg) {
+  using text::cat;
   const double timeout_s = cfg.timeout_seconds;
-  std::ostringstream os;
-  os << "monomoe kernel error (block " << e.block << "): ";
+  std::string s = cat("monomoe kernel error (block ", e.block, "): ");
   switch (static_cast<device::ErrorCode>(e.code)) {
     case device::ErrorCode::timeout_barrier:
-      os << "grid barrier " << e.detail0 << " did not complete within " << timeout_s
-         << " s: some block never arrived";
+      s += cat("grid barrier ", e.detail0, " did not complete within ", timeout_s,
+               " s: some block never arrived");
       break;
     case device::ErrorCode::timeout_queue:
-      os << "task slot " << e.detail0 << " stayed empty for " << timeout_s
-         << " s: the task that should fill it was never published";
+      s += cat("task slot ", e.detail0, " stayed empty for ", timeout_s,
+               " s: the task that should fill it was never published");
       break;
     case device::ErrorCode::bad_task:
-      os << "impossible task or queue overflow (" << e.detail0 << ", " << e.detail1 << ")";
+      s += cat("impossible task or queue overflow (", e.detail0, ", ", e.detail1, ")");
       break;
     case device::ErrorCode::timeout_peer:
-      os << "rank " << e.detail0 << " did not " << (e.detail1 == 0   ? "start this forward"
-                                                    : e.detail1 == 1 ? "send its routing header"
-                                                    : e.detail1 == 2 ? "send a row tile"
-                                                                     : "return expert results")
-         << " within " << timeout_s
-         << " s: is every rank calling forward() the same number of times, and alive?";
+      s += cat("rank ", e.detail0, " did not ",
+               e.detail1 == 0   ? "start this forward"
+               : e.detail1 == 1 ? "send its routing header"
+               : e.detail1 == 2 ? "send a row tile"
+                                : "return expert results",
+               " within ", timeout_s,
+               " s: is every rank calling forward() the same number of times, and alive?");
       break;
     case device::ErrorCode::bad_route:
-      os << "token " << e.detail0 << " routed to expert " << e.detail1
-         << " (out of range; NaN/inf logits route to the lowest experts, so this is a kernel bug)";
+      s += cat("token ", e.detail0, " routed to expert ", e.detail1,
+               " (out of range; NaN/inf logits route to the lowest experts, so this is a kernel bug)");
       break;
     case device::ErrorCode::given_id_out_of_range:
     case device::ErrorCode::given_id_repeated: {
       const int token = e.detail0 / static_cast<int>(cfg.topk);
       const int choice = e.detail0 % static_cast<int>(cfg.topk);
-      os << "topk_ids[" << token << ", " << choice << "] = " << e.detail1;
+      s += cat("topk_ids[", token, ", ", choice, "] = ", e.detail1);
       if (static_cast<device::ErrorCode>(e.code) == device::ErrorCode::given_id_out_of_range) {
-        os << " is not an expert id in [0, " << cfg.experts << ")";
+        s += cat(" is not an expert id in [0, ", cfg.experts, ")");
       } else {
-        os << " repeats an expert that token " << token
-           << " already chose (a token's choices must be distinct)";
+        s += cat(" repeats an expert that token ", token,
+                 " already chose (a token's choices must be distinct)");
       }
-      os << "; that choice was skipped (when several are bad, one is named)";
+      s += "; that choice was skipped (when several are bad, one is named)";
       break;
     }
-    default: os << "code " << e.code << " (" << e.detail0 << ", " << e.detail1 << ")"; break;
+    default: s += cat("code ", e.code, " (", e.detail0, ", ", e.detail1, ")"); break;
   }
-  return os.str();
+  return s;
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
