@@ -402,8 +402,8 @@ TEST(GraphReplay, LayersSharingAWorkspace) {
   for (int i = 0; i < kTurns && mismatches < 5; ++i) {
     for (std::size_t l = 0; l < 2; ++l) {
       Layer& L = layers[l];
-      fill_x(L.dev->x(), tokens[l] * configs[l].hidden, configs[l].dtype,
-             7919ull * static_cast<std::uint64_t>(i) + l, stream);
+      bench::fill_uniform(const_cast<void*>(L.dev->x()), tokens[l] * configs[l].hidden,
+                          configs[l].dtype, 7919ull * static_cast<std::uint64_t>(i) + l, stream);
       ASSERT_EQ(cudaSuccess, cudaMemsetAsync(L.dev->y(), 0xff, L.y_bytes, stream));
       ASSERT_EQ(cudaSuccess, cudaMemsetAsync(L.y_forward->ptr, 0x7f, L.y_bytes, stream));
     }
