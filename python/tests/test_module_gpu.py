@@ -131,8 +131,9 @@ def test_given_routing_matches_plain_pytorch(dtype_name, act, ids_dtype, capacit
 
 
 # Runs in a child interpreter: on the GPU machine (2026-11-29) the first KernelError raised from
-# C++ into this process crashed the interpreter (a segfault in MoE.synchronize, not understood yet;
-# see docs/perf-log.md). In a child, a crash fails this test alone and the others still run.
+# C++ into a PyTorch process crashed it (SIGSEGV while the message was written into an ostream;
+# the library's text no longer uses iostreams, see docs/perf-log.md). In a child, a crash fails
+# this test alone and the others still run.
 _BAD_ID_SCRIPT = r"""
 import torch, monomoe
 torch.manual_seed(4)
