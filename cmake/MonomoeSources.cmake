@@ -8,7 +8,7 @@ set(MONOMOE_GPU_SOURCES
   ${PROJECT_SOURCE_DIR}/src/host/window.cu
   ${PROJECT_SOURCE_DIR}/src/host/virtual_ranks.cpp
   ${PROJECT_SOURCE_DIR}/src/device/instances.cu
-  ${PROJECT_SOURCE_DIR}/src/device/epoch.cu
+  ${PROJECT_SOURCE_DIR}/src/device/prologue.cu
   ${PROJECT_SOURCE_DIR}/src/device/instances_in_out.cu
   ${PROJECT_SOURCE_DIR}/src/device/instances_out_in.cu
   ${PROJECT_SOURCE_DIR}/src/baseline/baseline.cu

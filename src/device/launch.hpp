@@ -6,6 +6,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
+
 #include "device/params.cuh"
 #include "monomoe/config.hpp"
 
@@ -22,9 +24,27 @@ int expert_tile_cols(DType dtype);
 // cooperative kernel node: forward() can be captured into a CUDA graph.
 cudaError_t launch_forward(DType dtype, WeightLayout layout, const Params& params, int grid,
                            cudaStream_t stream);
-// Adds one to the epoch word (Params::epoch, one per Communicator) on `stream`: a one-thread
-// kernel, enqueued just before every launch_forward (epoch.cu says why it is a kernel and why it never wraps).
-cudaError_t advance_epoch(unsigned long long* epoch, cudaStream_t stream);
+// What a forward() enqueues before the persistent kernel, done by one small kernel (prologue.cu):
+// clear the control words, refresh the gate's padded copy, advance the epoch.
+struct CallPrologue {
+  struct Zero {
+    void* ptr = nullptr;
+    std::size_t bytes = 0;  // a multiple of 4
+  };
+  // rows x dst_pitch bytes at dst: the first row_bytes of each row from src (row pitch
+  // src_pitch), the rest of the row zeros. rows == 0: no copy.
+  struct GateCopy {
+    const void* src = nullptr;
+    void* dst = nullptr;
+    std::size_t rows = 0, row_bytes = 0, src_pitch = 0, dst_pitch = 0;
+  };
+  unsigned long long* epoch = nullptr;  // += 1 (Params::epoch); nullptr: leave it
+  Zero zero[2];                         // the layer's control words; the window's reset words
+  GateCopy gate;
+};
+// One launch on `stream`, just before launch_forward (prologue.cu says why it is a kernel and why
+// the epoch never wraps).
+cudaError_t call_prologue(const CallPrologue& prologue, cudaStream_t stream);
 
 // The kernels of one weight layout (KMajorB: [out, in]), defined in instances.cuh.
 template <bool KMajorB>

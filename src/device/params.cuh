@@ -49,7 +49,7 @@ enum class TaskType : std::uint32_t { gemm0 = 1, gemm1 = 2, combine = 3 };
 // 64-bit and never wrap (2^62 calls at one per microsecond take 146,000 years), so a slot or a flag
 // from an earlier call, of this layer or another, can never read as this call's: nothing is ever
 // cleared for an epoch, and no rank needs to agree with its peers on when to clear. The count
-// lives on the device (advance_epoch, launch.hpp), so a CUDA graph replays with a new epoch each
+// lives on the device (call_prologue, launch.hpp), so a CUDA graph replays with a new epoch each
 // time.
 __host__ __device__ constexpr unsigned long long task_head(unsigned long long epoch,
                                                            TaskType type) {
@@ -65,7 +65,7 @@ struct alignas(16) Task {
 };
 static_assert(sizeof(Task) == 16 && alignof(Task) == 16);
 
-// Control words, zeroed by one cudaMemsetAsync before every launch.
+// Control words, zeroed by the call's prologue kernel (call_prologue) before every launch.
 struct Control {
   unsigned int barrier;       // grid barrier arrivals (monotonic within a launch)
   unsigned int queue_tail;    // slots reserved by producers
@@ -159,7 +159,7 @@ struct Params {
   Task* tasks;                 // [max_tasks]
   int max_tasks;
   // This call's epoch (see task_head), in the shared workspace: advanced on the stream just before
-  // the launch (advance_epoch), never written during it. Read it with call_epoch() (sync.cuh).
+  // the launch (call_prologue), never written during it. Read it with call_epoch() (sync.cuh).
   const unsigned long long* epoch;
   long long* trace;            // [grid, kTraceSlots] phase times, or nullptr (MoELayer::set_trace)
 

@@ -32,7 +32,7 @@ __device__ __forceinline__ void st_release_gpu(unsigned long long* p, unsigned l
   asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 
-// This launch's epoch. Written by advance_epoch before the launch (stream order, or the graph's
+// This launch's epoch. Written by call_prologue before the launch (stream order, or the graph's
 // edge) and by nothing during it, so the read-only (non-coherent) path is safe.
 __device__ __forceinline__ unsigned long long call_epoch(const Params& p) { return __ldg(p.epoch); }
 

@@ -123,7 +123,7 @@ struct MoELayer::Impl {
   long long* trace = nullptr;          // [grid, kTraceSlots] while tracing is on
   Communicator::Impl* comm = nullptr;  // the communicator the layer was built on (outlives it)
 
-  void copy_gate(cudaStream_t stream) const;
+  device::CallPrologue::GateCopy gate_copy() const;
   // stats() and routing() read what the last call left in the shared area.
   void check_last_call(const char* what) const;
   // forward(), with the caller's routing or (nullptr) the gate's.
@@ -230,27 +230,28 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
 
 // The gate is small: the kernel reads a copy padded to whole column tiles (its 16-byte loads then
 // never straddle a row), stored like the caller's: [hidden, experts_padded], or [experts_padded,
-// hidden] for [out, in] weights. It is refreshed on the stream before every launch (a few hundred
-// KB), so that the gate, like every other weight, is read from the caller's memory at each forward
-// and changes between calls take effect. The padding is zeroed with it: other layers' data lands
-// there between calls (routing reads no padded logit, but the gate GEMM computes them).
-void MoELayer::Impl::copy_gate(cudaStream_t stream) const {
+// hidden] for [out, in] weights. The call's prologue kernel refreshes it before every launch (a few
+// hundred KB), so that the gate, like every other weight, is read from the caller's memory at each
+// forward and changes between calls take effect. The padding is zeroed with it: other layers' data
+// lands there between calls (routing reads no padded logit, but the gate GEMM computes them).
+device::CallPrologue::GateCopy MoELayer::Impl::gate_copy() const {
   const std::size_t elem = element_bytes(cfg.dtype);
   const std::size_t e = static_cast<std::size_t>(cfg.experts);
   const std::size_t ep = static_cast<std::size_t>(plan.experts_padded);
   const std::size_t h = static_cast<std::size_t>(cfg.hidden);
-  unsigned char* copy = at(plan.gate);
+  device::CallPrologue::GateCopy g;
+  g.src = weights.gate;
+  g.dst = at(plan.gate);
   if (cfg.weight_layout == WeightLayout::out_in) {
-    MONOMOE_CUDA(
-        cudaMemcpyAsync(copy, weights.gate, e * h * elem, cudaMemcpyDeviceToDevice, stream));
-    if (ep > e) MONOMOE_CUDA(cudaMemsetAsync(copy + e * h * elem, 0, (ep - e) * h * elem, stream));
+    g.rows = 1;  // [experts, hidden] rows, then (ep - e) rows of zeros
+    g.row_bytes = g.src_pitch = e * h * elem;
+    g.dst_pitch = ep * h * elem;
   } else {
-    MONOMOE_CUDA(cudaMemcpy2DAsync(copy, ep * elem, weights.gate, e * elem, e * elem, h,
-                                   cudaMemcpyDeviceToDevice, stream));
-    if (ep > e) {
-      MONOMOE_CUDA(cudaMemset2DAsync(copy + e * elem, ep * elem, 0, (ep - e) * elem, h, stream));
-    }
+    g.rows = h;  // each row: e gate columns, then ep - e zeros
+    g.row_bytes = g.src_pitch = e * elem;
+    g.dst_pitch = ep * elem;
   }
+  return g;
 }
 
 void MoELayer::Impl::check_last_call(const char* what) const {
@@ -311,15 +312,19 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   device::Params p{};
   if (ep) m.shared->window().peer_table(p.peer_window);
   m.last_call = m.shared->begin_call(stream, m.captured);
-  MONOMOE_CUDA(cudaMemsetAsync(m.at(m.plan.control), 0, m.plan.control_bytes, stream));
-  // With peers, a rank without tokens still runs: it owns experts and receives rows.
-  if (tokens == 0 && !ep) return;
-  if (ep) {
-    MONOMOE_CUDA(cudaMemsetAsync(m.shared->window_body() + m.plan.window.reset, 0,
-                                 m.plan.window.reset_bytes, stream));
+  // Everything before the launch is one small kernel (device/prologue.cu): control words cleared,
+  // the gate's copy refreshed, the epoch advanced.
+  device::CallPrologue pro;
+  pro.zero[0] = {m.at(m.plan.control), m.plan.control_bytes};
+  // With peers, a rank without tokens still runs: it owns experts and receives rows. Without, the
+  // cleared counters are all there is to a call (stats() reads them).
+  if (tokens == 0 && !ep) {
+    MONOMOE_CUDA(device::call_prologue(pro, stream));
+    return;
   }
+  if (ep) pro.zero[1] = {m.shared->window_body() + m.plan.window.reset, m.plan.window.reset_bytes};
   const bool given = routing && tokens > 0;
-  if (!given) m.copy_gate(stream);  // a given routing leaves the gate unread
+  if (!given) pro.gate = m.gate_copy();  // a given routing leaves the gate unread
 
   p.tokens = static_cast<int>(tokens);
   p.hidden = static_cast<int>(c.hidden);
@@ -371,7 +376,7 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.tasks = reinterpret_cast<device::Task*>(m.shared->base() + fixed.tasks);
   p.max_tasks = static_cast<int>(m.plan.max_tasks);
   // The call's number stays on the device, advanced on the stream below: a graph replay is a new
-  // call, where an argument would repeat the captured one (device/epoch.cu). One for all the
+  // call, where an argument would repeat the captured one (device/prologue.cu). One for all the
   // communicator's layers (workspace.hpp, SharedLayout).
   auto* epoch = reinterpret_cast<unsigned long long*>(m.shared->base() + fixed.epoch);
   p.epoch = epoch;
@@ -405,7 +410,8 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
     p.dispatch_blocks = std::min(16, m.grid - 1);
   }
 
-  MONOMOE_CUDA(device::advance_epoch(epoch, stream));
+  pro.epoch = epoch;
+  MONOMOE_CUDA(device::call_prologue(pro, stream));
   MONOMOE_CUDA(device::launch_forward(c.dtype, c.weight_layout, p, m.grid, stream));
 }
 
