@@ -37,7 +37,7 @@ run() {  # run <tool> <what> <monomoe args...>
         "$mm" "$@" 2>&1)
   local rc=$?
   local summary
-  summary=$(echo "$out" | grep -E "ERROR SUMMARY" | tail -1)
+  summary=$(echo "$out" | grep -E "ERROR SUMMARY|RACECHECK SUMMARY" | tail -1)
   runs=$((runs + 1))
   { echo "== $tool $what: rc=$rc ${summary:-no summary}"; echo "$out" | tail -40; } >> "$log"
   if [ $rc -ne 0 ]; then

@@ -262,7 +262,9 @@ Command bench_command() {
           {"--baseline-gemm", "auto|cublas|cutlass",
            "the baseline's grouped expert GEMMs: CUTLASS's sm90 grouped GEMM (bf16 only) or cuBLAS; "
            "auto (default): CUTLASS for bf16, cuBLAS otherwise"},
-          {"--no-ceiling", "", "skip the dense cuBLAS GEMM ceiling and the compute floor"},
+          {"--no-ceiling", "",
+           "skip the dense cuBLAS GEMM ceiling and the compute floor, and with them the HBM read "
+           "rate and the weight-read floor"},
           {"--json", "FILE", "also write the results as JSON to FILE"},
           {"--trace", "", "also print per-phase times of one forward (profiling)"},
           {"--graph", "", "time monomoe as replays of a CUDA graph of one forward() (checked "
