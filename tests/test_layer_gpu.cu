@@ -352,6 +352,70 @@ TEST(LayerGpu, VariableTokensPerCall) {
   }
 }
 
+// The few-rows path: a call with fewer GEMM tasks than blocks cuts each task's K range into slices
+// (split K; the last slice sums the partial tiles in slice order). Every precision, both weight
+// layouts, a plain and a gated activation, K depths that the slices do not divide evenly (hidden
+// 1024 = 8 steps of 128, ffn 768 = 6): against the reference, bit-identical when repeated, and the
+// split reported by stats(). A larger call keeps whole tasks.
+TEST(LayerGpu, FewRowsSplitK) {
+  MONOMOE_REQUIRE_GPU();
+  for (DType d : {DType::bf16, DType::tf32, DType::fp32}) {
+    for (WeightLayout layout : {WeightLayout::in_out, WeightLayout::out_in}) {
+      for (Activation act : {Activation::gelu, Activation::swiglu}) {
+        LayerConfig c = small(d, act);
+        c.hidden = 1024;
+        c.ffn = 768;
+        c.max_tokens = 64;
+        c.weight_layout = layout;
+        std::uint64_t seed = 900;
+        for (std::int64_t tokens : {1, 3, 17}) {
+          SCOPED_TRACE(std::string(c.describe()) + " tokens " + std::to_string(tokens));
+          reference::Problem pr = reference::make_problem(c, {tokens}, ++seed);
+          const reference::Result ref = reference::run(pr);
+          bench::DeviceProblem dev(pr, 0);
+          MoELayer layer(c, single_gpu(), dev.weights());
+          std::vector<float> first;
+          for (int run = 0; run < 2; ++run) {
+            dev.poison_y();
+            dev.forward(layer);
+            const ForwardStats stats = layer.stats();
+            // One token: 2 row tiles, at most 24 tasks a phase: split on any GPU of 48+ blocks.
+            if (tokens == 1) EXPECT_GT(stats.k_split, 1) << "one token should split K";
+            std::vector<std::int32_t> experts;
+            std::vector<float> weights;
+            layer.routing(experts, weights);
+            const std::vector<float> y = dev.y_host();
+            if (run == 0) {
+              const auto cmp = bench::compare(pr, ref.ranks[0], y, experts);
+              EXPECT_TRUE(cmp.passed) << cmp.summary() << " (k_split " << stats.k_split << ")";
+              first = y;
+            } else {
+              EXPECT_EQ(0, std::memcmp(first.data(), y.data(), y.size() * sizeof(float)))
+                  << "the split sum is not deterministic";
+            }
+          }
+        }
+      }
+    }
+  }
+  // Enough tasks for every block: whole tasks.
+  LayerConfig c = small(DType::bf16, Activation::gelu);
+  c.hidden = 1024;
+  c.experts = 32;
+  reference::Problem pr = reference::make_problem(c, {512}, 77);
+  const reference::Result ref = reference::run(pr);
+  bench::DeviceProblem dev(pr, 0);
+  MoELayer layer(c, single_gpu(), dev.weights());
+  dev.poison_y();
+  dev.forward(layer);
+  EXPECT_EQ(layer.stats().k_split, 1);
+  std::vector<std::int32_t> experts;
+  std::vector<float> weights;
+  layer.routing(experts, weights);
+  const auto cmp = bench::compare(pr, ref.ranks[0], dev.y_host(), experts);
+  EXPECT_TRUE(cmp.passed) << cmp.summary();
+}
+
 // Same inputs, bit-identical outputs.
 TEST(LayerGpu, Deterministic) {
   MONOMOE_REQUIRE_GPU();

@@ -12,6 +12,14 @@ inline constexpr int kCombineCols = 512;
 inline constexpr int kMaxExperts = 256;
 inline constexpr int kMaxTopK = 8;
 inline constexpr int kMaxWorld = 64;
+// Split K (the few-rows path, world == 1): when a call has fewer expert GEMM tasks than blocks, each
+// task's K range is cut into up to kMaxKSplit slices run by different blocks, and the last slice
+// to finish sums the partial tiles (in slice order) and runs the epilogue. At most
+// kSplitTargetMax blocks are planned for, so at most kSplitTargetMax task groups and
+// 2 * kSplitTargetMax partial tiles exist (route.cuh, plan_k_split).
+inline constexpr int kMaxKSplit = 8;
+inline constexpr int kSplitTargetMax = 160;
+inline constexpr int kSplitPartialsMax = 2 * kSplitTargetMax;
 // Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks, first task
 // taken, last GEMM task finished (the task loop's start when it ran none), combine time.
 inline constexpr int kTraceSlots = 10;
@@ -74,7 +82,7 @@ struct Control {
   unsigned int total_tasks;   // world > 1: tasks of this launch, valid once total_ready is set
   unsigned int total_ready;   // world > 1: 1 once every source's header has arrived
   unsigned int dispatch_next; // world > 1: next dispatch item to claim
-  int pad;
+  int k_split;                // K slices per expert GEMM task this call (block 0 writes it)
   // Followed in memory by (offsets in Params):
   //   int expert_count[experts]      rows routed to each expert (before capacity)
   //   int expert_dropped[experts]    rows dropped by capacity
@@ -146,6 +154,9 @@ struct Params {
   int* rowtile_done;
   int* tokentile_done;
   int* tokentile_target;       // expert rows kept in each token tile x gemm1_col_tiles
+  int* split_done;             // [kSplitTargetMax]: K slices finished per split task group
+  float* split_partial;        // [kSplitPartialsMax, 128, kExpertBN]: fp32 partial tiles
+  int split_target;            // min(grid, kSplitTargetMax): tasks the split aims for
   ErrorRecord* error;
   float* logits;               // [gate_splits, S, experts_padded]: partial sums over K slices
   int gate_splits;             // 1, or 2 when K is split over two blocks per token tile

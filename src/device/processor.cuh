@@ -36,98 +36,233 @@ __device__ __forceinline__ void publish_block_writes() {
   __syncthreads();
 }
 
-// GEMM0 of one row tile: hidden_act[hidden_row0 + r, cols of col_tile] = act(A[r] * W1[expert]
+// The columns of GEMM0 column tile `col_tile`. SwiGLU: kHalf gate columns (col0...) and the matching
+// kHalf up columns (ffn + col0...) make kHalf outputs. Otherwise kBN consecutive columns, fewer in
+// the last tile.
+struct Gemm0Cols {
+  int w1_cols, col0, col_hi, out_cols, valid_lo, valid_hi;
+};
+template <class P>
+__device__ __forceinline__ Gemm0Cols gemm0_cols(const Params& p, int col_tile) {
+  constexpr int kBN = P::kExpertBN;
+  constexpr int kHalf = kBN / 2;
+  const bool swiglu = p.act == Act::swiglu;
+  Gemm0Cols c;
+  c.w1_cols = swiglu ? 2 * p.ffn : p.ffn;
+  c.col0 = col_tile * (swiglu ? kHalf : kBN);
+  c.col_hi = swiglu ? p.ffn + c.col0 : c.col0 + kHalf;
+  c.out_cols = swiglu ? kHalf : min(kBN, p.ffn - c.col0);
+  c.valid_lo = min(kHalf, c.out_cols);
+  c.valid_hi = swiglu ? kHalf : max(0, c.out_cols - kHalf);
+  return c;
+}
+
+// Weight element offset of K position k in a matrix whose rows are K ([K, N], row pitch ldn) or,
+// for [out, in] weights, whose rows are N ([N, K]): where a K slice's B starts.
+template <class P>
+__device__ __forceinline__ long long k_offset(int k, int ldn) {
+  return P::kWeightsKMajor ? static_cast<long long>(k) : static_cast<long long>(k) * ldn;
+}
+
+// GEMM0's MMAs for one row tile over K range [k_first, k_first + k_count): the fp32 tile is left in
+// shared memory. A rows from sm.gemm.rows (filled by the caller, already offset by k_first).
+template <class P>
+__device__ void gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int col_tile,
+                           int k_first, int k_count) {
+  using Elem = typename P::Elem;
+  using Gemm = TileGemm<P, P::kExpertBN>;
+  const Gemm0Cols c = gemm0_cols<P>(p, col_tile);
+  // W1 of an expert: [hidden, w1_cols], or [w1_cols, hidden] for [out, in] weights.
+  const int ldb = P::kWeightsKMajor ? p.hidden : c.w1_cols;
+  const Elem* w1 = static_cast<const Elem*>(p.w1) +
+                   static_cast<long long>(expert) * p.hidden * c.w1_cols + k_offset<P>(k_first, ldb);
+  Gemm::run(sm.gemm, w1, ldb, c.col0, c.col_hi, c.valid_lo, c.valid_hi, k_count);
+}
+
+// GEMM0's epilogue: hidden_act[hidden_row0 + r, cols of col_tile] = act(C[r] + b1) for r < rows.
+template <class P>
+__device__ void gemm0_epilogue(const Params& p, KernelSmem<P>& sm, int expert, int rows,
+                               int hidden_row0, int col_tile) {
+  using Elem = typename P::Elem;
+  using Gemm = TileGemm<P, P::kExpertBN>;
+  const Gemm0Cols c = gemm0_cols<P>(p, col_tile);
+  const Elem* b1 = p.has_bias ? static_cast<const Elem*>(p.b1) + static_cast<long long>(expert) * c.w1_cols
+                              : nullptr;
+  Elem* h = static_cast<Elem*>(p.hidden_act);
+  epilogue_gemm0<P>(Gemm::result(sm.gemm), Gemm::kCPitch, Gemm::kBN / 2, rows, c.out_cols,
+                    p.act == Act::swiglu, p.act, b1, c.col0, c.col_hi,
+                    h + static_cast<long long>(hidden_row0) * p.ffn + c.col0, p.ffn);
+}
+
+// GEMM0 of one row tile, whole K: hidden_act[hidden_row0 + r, cols of col_tile] = act(A[r] * W1[expert]
 // + b1) for r < rows, A rows from sm.gemm.rows (filled by the caller).
 template <class P>
 __device__ void gemm0_tile(const Params& p, KernelSmem<P>& sm, int expert, int rows,
                            int hidden_row0, int col_tile) {
-  using Elem = typename P::Elem;
-  using Gemm = TileGemm<P, P::kExpertBN>;
-  constexpr int kHalf = Gemm::kBN / 2;
-  const bool swiglu = p.act == Act::swiglu;
-  const int w1_cols = swiglu ? 2 * p.ffn : p.ffn;
-  // SwiGLU: kHalf gate columns (col0...) and the matching kHalf up columns (ffn + col0...) make
-  // kHalf outputs. Otherwise kBN consecutive columns, fewer in the last tile.
-  const int col0 = col_tile * (swiglu ? kHalf : Gemm::kBN);
-  const int col_hi = swiglu ? p.ffn + col0 : col0 + kHalf;
-  const int out_cols = swiglu ? kHalf : min(Gemm::kBN, p.ffn - col0);
-  const int valid_lo = min(kHalf, out_cols);
-  const int valid_hi = swiglu ? kHalf : max(0, out_cols - kHalf);
-  // W1 of an expert: [hidden, w1_cols], or [w1_cols, hidden] for [out, in] weights.
-  const Elem* w1 = static_cast<const Elem*>(p.w1) + static_cast<long long>(expert) * p.hidden * w1_cols;
-  Gemm::run(sm.gemm, w1, P::kWeightsKMajor ? p.hidden : w1_cols, col0, col_hi, valid_lo, valid_hi,
-            p.hidden);
-
-  const Elem* b1 = p.has_bias ? static_cast<const Elem*>(p.b1) + static_cast<long long>(expert) * w1_cols
-                              : nullptr;
-  Elem* h = static_cast<Elem*>(p.hidden_act);
-  epilogue_gemm0<P>(Gemm::result(sm.gemm), Gemm::kCPitch, kHalf, rows, out_cols, swiglu, p.act,
-                    b1, col0, col_hi, h + static_cast<long long>(hidden_row0) * p.ffn + col0, p.ffn);
+  gemm0_math<P>(p, sm, expert, col_tile, 0, p.hidden);
+  gemm0_epilogue<P>(p, sm, expert, rows, hidden_row0, col_tile);
 }
 
-// GEMM1 of one row tile: stage[sm.task.row_id[r], cols of col_tile] = hidden_act[hidden_row0 + r]
-// * W2[expert] + b2 for r < rows. `stage` may be a peer's buffer.
+// GEMM1's MMAs over K range [k_first, k_first + k_count) of one row tile: A rows are
+// hidden_act[hidden_row0 + r] (set here), the fp32 tile is left in shared memory.
 template <class P>
-__device__ void gemm1_tile(const Params& p, KernelSmem<P>& sm, int expert, int rows,
-                           int hidden_row0, int col_tile, typename P::Elem* stage) {
+__device__ void gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int rows,
+                           int hidden_row0, int col_tile, int k_first, int k_count) {
   using Elem = typename P::Elem;
   using Gemm = TileGemm<P, P::kExpertBN>;
   constexpr int kHalf = Gemm::kBN / 2;
   const Elem* h = static_cast<const Elem*>(p.hidden_act);
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
-    sm.gemm.rows[r] = r < rows ? h + static_cast<long long>(hidden_row0 + r) * p.ffn : nullptr;
+    sm.gemm.rows[r] =
+        r < rows ? h + static_cast<long long>(hidden_row0 + r) * p.ffn + k_first : nullptr;
   }
   const int col0 = col_tile * Gemm::kBN;
   const int out_cols = min(Gemm::kBN, p.hidden - col0);
   // W2 of an expert: [ffn, hidden], or [hidden, ffn] for [out, in] weights.
-  const Elem* w2 = static_cast<const Elem*>(p.w2) + static_cast<long long>(expert) * p.ffn * p.hidden;
-  Gemm::run(sm.gemm, w2, P::kWeightsKMajor ? p.ffn : p.hidden, col0, col0 + kHalf,
-            min(kHalf, out_cols), max(0, out_cols - kHalf), p.ffn);
+  const int ldb = P::kWeightsKMajor ? p.ffn : p.hidden;
+  const Elem* w2 = static_cast<const Elem*>(p.w2) +
+                   static_cast<long long>(expert) * p.ffn * p.hidden + k_offset<P>(k_first, ldb);
+  Gemm::run(sm.gemm, w2, ldb, col0, col0 + kHalf, min(kHalf, out_cols),
+            max(0, out_cols - kHalf), k_count);
+}
+
+// GEMM1's epilogue: stage[sm.task.row_id[r], cols of col_tile] = C[r] + b2 for r < rows. `stage`
+// may be a peer's buffer.
+template <class P>
+__device__ void gemm1_epilogue(const Params& p, KernelSmem<P>& sm, int expert, int rows,
+                               int col_tile, typename P::Elem* stage) {
+  using Elem = typename P::Elem;
+  using Gemm = TileGemm<P, P::kExpertBN>;
+  const int col0 = col_tile * Gemm::kBN;
+  const int out_cols = min(Gemm::kBN, p.hidden - col0);
   const Elem* b2 = p.has_bias ? static_cast<const Elem*>(p.b2) + static_cast<long long>(expert) * p.hidden
                               : nullptr;
   epilogue_gemm1<P>(Gemm::result(sm.gemm), Gemm::kCPitch, rows, out_cols, sm.task.row_id, b2, col0,
                     stage, p.hidden);
 }
 
+// GEMM1 of one row tile, whole K: stage[sm.task.row_id[r], cols of col_tile] = hidden_act[hidden_row0
+// + r] * W2[expert] + b2 for r < rows. `stage` may be a peer's buffer.
 template <class P>
-__device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int col_tile) {
+__device__ void gemm1_tile(const Params& p, KernelSmem<P>& sm, int expert, int rows,
+                           int hidden_row0, int col_tile, typename P::Elem* stage) {
+  gemm1_math<P>(p, sm, expert, rows, hidden_row0, col_tile, 0, p.ffn);
+  gemm1_epilogue<P>(p, sm, expert, rows, col_tile, stage);
+}
+
+// K slice `slice` of `slices` over a depth of `depth` elements: [first, first + count), whole
+// 128-element steps (every precision's k-tile divides 128), the remainder spread over the first
+// slices.
+struct KSlice {
+  int first, count;
+};
+__device__ __forceinline__ KSlice k_slice(int depth, int slice, int slices) {
+  const int steps = depth / 128;
+  const int lo = steps * slice / slices, hi = steps * (slice + 1) / slices;
+  return {lo * 128, (hi - lo) * 128};
+}
+
+// Split K: this block computed K slice `slice` of task group `group` into shared memory. Stores it
+// as partial tile group * slices + slice, and returns true in the one block that finishes the
+// group: the last slice to arrive, which then holds the sum of all slices, added in slice order
+// (so the result does not depend on which block came last), in shared memory for the epilogue.
+template <class P>
+__device__ bool finish_k_split(const Params& p, KernelSmem<P>& sm, int group, int slice,
+                               int slices, int rows) {
+  using Gemm = TileGemm<P, P::kExpertBN>;
+  constexpr int kBN = Gemm::kBN;
+  constexpr int kVec = kBN / 4;  // float4 per row
+  float* tile = reinterpret_cast<float*>(sm.gemm.buffer);  // [128][kCPitch], Gemm::result
+  float* partials = p.split_partial;
+  constexpr long long kTileFloats = static_cast<long long>(kTileRows) * kBN;
+  float4* mine = reinterpret_cast<float4*>(partials + (static_cast<long long>(group) * slices + slice) *
+                                                          kTileFloats);
+  for (int i = threadIdx.x; i < rows * kVec; i += kThreads) {
+    const int r = i / kVec, v = i % kVec;
+    mine[i] = *reinterpret_cast<const float4*>(tile + r * Gemm::kCPitch + v * 4);
+  }
+  __shared__ int last;
+  publish_block_writes();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(p.split_done + group, 1) == slices - 1;
+    if (last) __threadfence();  // acquire side: every slice's stores precede the reads below
+  }
+  __syncthreads();
+  if (!last) return false;
+  const float4* first = reinterpret_cast<const float4*>(partials + static_cast<long long>(group) *
+                                                                     slices * kTileFloats);
+  for (int i = threadIdx.x; i < rows * kVec; i += kThreads) {
+    float4 sum = __ldcg(first + i);
+    for (int s = 1; s < slices; ++s) {
+      const float4 v = __ldcg(first + s * (kTileFloats / 4) + i);
+      sum.x += v.x;
+      sum.y += v.y;
+      sum.z += v.z;
+      sum.w += v.w;
+    }
+    const int r = i / kVec, c = i % kVec;
+    *reinterpret_cast<float4*>(tile + r * Gemm::kCPitch + c * 4) = sum;
+  }
+  __syncthreads();
+  return true;
+}
+
+// GEMM0 task (tile, b): column tile b / k_split, K slice b % k_split (k_split == 1: whole K).
+template <class P>
+__device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   using Elem = typename P::Elem;
   const RowTile rt = locate_row_tile(p, sm.route, tile);
   if (rt.rows <= 0 || rt.expert >= p.experts) {
     if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, tile, rt.rows);
     return;
   }
+  const int slices = sm.route.k_split;
+  const int col_tile = b / slices, slice = b % slices;
+  const KSlice ks = k_slice(p.hidden, slice, slices);
   const Elem* x = static_cast<const Elem*>(p.x);
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
     const Elem* src = nullptr;
     if (r < rt.rows) {
       const int token = __ldcg(p.expert_rows + rt.first + r) / p.topk;
-      src = x + static_cast<long long>(token) * p.hidden;
+      src = x + static_cast<long long>(token) * p.hidden + ks.first;
     }
     sm.gemm.rows[r] = src;
   }
-  gemm0_tile<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile);
+  gemm0_math<P>(p, sm, rt.expert, col_tile, ks.first, ks.count);
+  if (slices > 1 &&
+      !finish_k_split<P>(p, sm, tile * p.gemm0_col_tiles + col_tile, slice, slices, rt.rows)) {
+    return;  // another slice's block finishes this tile
+  }
+  gemm0_epilogue<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile);
 
   publish_block_writes();
   if (threadIdx.x == 0) {
     const int done = atomicAdd(p.rowtile_done + tile, 1) + 1;
     if (done == p.gemm0_col_tiles) {
       __threadfence();  // acquire side of the counter: all GEMM0 tiles of the row tile precede
-      push_tasks(p, TaskType::gemm1, tile, 0, p.gemm1_col_tiles);
+      push_tasks(p, TaskType::gemm1, tile, 0, p.gemm1_col_tiles * slices);
     }
   }
 }
 
+// GEMM1 task (tile, b): column tile b / k_split, K slice b % k_split (k_split == 1: whole K).
 template <class P>
-__device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int col_tile) {
+__device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   using Elem = typename P::Elem;
   const RowTile rt = locate_row_tile(p, sm.route, tile);
   if (rt.rows <= 0 || rt.expert >= p.experts) {
     if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, tile, rt.rows);
     return;
   }
+  const int slices = sm.route.k_split;
+  const int col_tile = b / slices, slice = b % slices;
+  const KSlice ks = k_slice(p.ffn, slice, slices);
+  gemm1_math<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile, ks.first, ks.count);
+  // GEMM1 groups follow GEMM0's: row tiles x GEMM0 column tiles come first.
+  const int group = sm.route.row_tiles * p.gemm0_col_tiles + tile * p.gemm1_col_tiles + col_tile;
+  if (slices > 1 && !finish_k_split<P>(p, sm, group, slice, slices, rt.rows)) return;
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
     const bool valid = r < rt.rows;
@@ -135,7 +270,8 @@ __device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int col_
     sm.task.row_id[r] = id;
     sm.task.token_tile[r] = valid ? id / p.topk / kTileRows : -1;
   }
-  gemm1_tile<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile, static_cast<Elem*>(p.stage));
+  __syncthreads();  // row ids before the epilogue's stores
+  gemm1_epilogue<P>(p, sm, rt.expert, rt.rows, col_tile, static_cast<Elem*>(p.stage));
 
   publish_block_writes();
   // One counter update per run of rows that share a token tile (rows are in token order).

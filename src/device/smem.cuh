@@ -17,6 +17,7 @@ struct RouteSmem {
   int row_tiles;                   // row tiles over all experts
   int source_tiles[kMaxWorld + 1]; // world > 1: first recv tile of each source (subscriber)
   int total_tasks;
+  int k_split;                     // K slices per expert GEMM task this call (1: no split)
 };
 
 // Per-task scratch of the processor and combine roles.

@@ -12,7 +12,9 @@ namespace monomoe::device {
 
 template <class P>
 __device__ void publish_initial_tasks(const Params& p, KernelSmem<P>& sm) {
-  const int n = sm.route.row_tiles * p.gemm0_col_tiles;
+  // GEMM0 tasks of every row tile: column tile c, K slice s as b = c * k_split + s (processor.cuh).
+  const int per_tile = p.gemm0_col_tiles * sm.route.k_split;
+  const int n = sm.route.row_tiles * per_tile;
   if (threadIdx.x == 0) {
     const unsigned int base = atomicAdd(&p.control->queue_tail, static_cast<unsigned int>(n));
     sm.task.queue_base = static_cast<int>(base);
@@ -26,8 +28,8 @@ __device__ void publish_initial_tasks(const Params& p, KernelSmem<P>& sm) {
     const unsigned long long head = task_head(call_epoch(p), TaskType::gemm0);
     for (int i = threadIdx.x; i < n; i += kThreads) {
       Task* slot = p.tasks + base + i;
-      slot->a = i / p.gemm0_col_tiles;
-      slot->b = i % p.gemm0_col_tiles;
+      slot->a = i / per_tile;
+      slot->b = i % per_tile;
       st_release_gpu(&slot->head, head);
     }
   }

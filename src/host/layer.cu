@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,8 @@
 namespace monomoe {
 
 static_assert(sizeof(device::Control) == 32, "workspace.cpp reserves 32 bytes for Control");
+static_assert(detail::TileShape::kSplitGroups == device::kSplitTargetMax &&
+              detail::TileShape::kSplitPartials == device::kSplitPartialsMax);
 static_assert(detail::TileShape::kRows == device::kTileRows &&
               detail::TileShape::kCols == device::kTileCols &&
               detail::TileShape::kCombineCols == device::kCombineCols);
@@ -193,6 +196,10 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
                       std::to_string(prop.multiProcessorCount * per_sm) +
                       " (a subscriber and a processor)");
   }
+  if (device::expert_tile_cols(config.dtype) !=
+      static_cast<int>(detail::TileShape::expert_cols(config.dtype))) {
+    throw std::logic_error("monomoe: the workspace plan's expert tile width differs from the kernel's");
+  }
   m.plan = detail::plan_workspace(config);
   m.shared = detail::SharedWorkspace::of(comm);
   if (config.world_size > 1) {
@@ -361,6 +368,9 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.rowtile_done = p.expert_dropped + c.experts;
   p.tokentile_done = p.rowtile_done + m.plan.row_tiles;
   p.tokentile_target = p.tokentile_done + m.plan.token_tiles;
+  p.split_done = p.tokentile_target + m.plan.token_tiles;
+  p.split_partial = m.plan.split_partial_bytes > 0 ? m.at<float>(m.plan.split_partial) : nullptr;
+  p.split_target = std::min(m.grid, device::kSplitTargetMax);
   p.error = m.error();
   p.logits = m.at<float>(m.plan.logits);
   // Split the gate GEMM's K over two blocks per token tile when there are blocks to spare.
@@ -465,6 +475,9 @@ ForwardStats MoELayer::stats() {
   m.check_last_call("stats()");
   ForwardStats s;
   s.tokens = m.last_tokens;
+  device::Control control{};
+  MONOMOE_CUDA(cudaMemcpy(&control, m.at(m.plan.control), sizeof control, cudaMemcpyDeviceToHost));
+  s.k_split = std::max(1, control.k_split);  // 0: no launch (no tokens) or peers (never split)
   std::vector<int> dropped(static_cast<std::size_t>(m.cfg.experts));
   MONOMOE_CUDA(cudaMemcpy(dropped.data(),
                           m.at(m.plan.control + sizeof(device::Control) + m.cfg.experts * 4),

@@ -47,9 +47,12 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   const std::int64_t gemm1_cols = cfg.hidden / TileShape::kCols;
   const std::int64_t combine_cols =
       (cfg.hidden + TileShape::kCombineCols - 1) / TileShape::kCombineCols;
+  // With split K a call has at most 2 * kSplitGroups GEMM tasks (device/route.cuh, plan_k_split).
+  const std::size_t gemm_tasks =
+      std::max(checked_mul(u(p.row_tiles), u(gemm0_cols + gemm1_cols), "max_tokens"),
+               u(2 * TileShape::kSplitGroups));
   const std::size_t tasks = checked_add(
-      checked_mul(u(p.row_tiles), u(gemm0_cols + gemm1_cols), "max_tokens"),
-      checked_mul(u(p.token_tiles), u(combine_cols), "max_tokens"), "max_tokens");
+      gemm_tasks, checked_mul(u(p.token_tiles), u(combine_cols), "max_tokens"), "max_tokens");
   if (tasks > 0x7fffffffu) throw ConfigError("max_tokens: the task queue would exceed 2^31 slots");
   p.max_tasks = static_cast<std::int64_t>(tasks);
 
@@ -58,7 +61,8 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   constexpr std::size_t kControlHeader = 32;  // sizeof(device::Control), checked in layer.cu
   p.control_bytes = checked_add(
       kControlHeader,
-      checked_mul(u(2 * cfg.experts + p.row_tiles + 2 * p.token_tiles), 4, "max_tokens"),
+      checked_mul(u(2 * cfg.experts + p.row_tiles + 2 * p.token_tiles + TileShape::kSplitGroups), 4,
+                  "max_tokens"),
       "max_tokens");
   p.control = a.take(p.control_bytes, "control");
   p.gate = a.take(checked_mul(checked_mul(u(cfg.hidden), u(p.experts_padded), "hidden"), elem,
@@ -85,6 +89,11 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   p.stage = a.take(checked_mul(checked_mul(choices, u(cfg.hidden), "hidden"), elem, "hidden"),
                    "hidden");
   p.recv_tiles = a.take(checked_mul(u(p.row_tiles), 16, "max_tokens"), "max_tokens");
+  if (cfg.world_size == 1) {  // peers keep whole tasks (plan_k_split)
+    p.split_partial_bytes =
+        u(TileShape::kSplitPartials * TileShape::kRows * TileShape::expert_cols(cfg.dtype) * 4);
+    p.split_partial = a.take(p.split_partial_bytes, "split");
+  }
   p.body_bytes = a.size();
 
   if (cfg.world_size > 1) {

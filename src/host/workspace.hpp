@@ -15,6 +15,13 @@ struct TileShape {
   static constexpr std::int64_t kRows = 128;        // rows (token copies) per GEMM task
   static constexpr std::int64_t kCols = 128;        // output columns per GEMM task
   static constexpr std::int64_t kCombineCols = 512;  // output columns per combine task
+  // Output columns of one expert GEMM task per precision (device::expert_tile_cols; layer.cu checks
+  // that the two agree).
+  static constexpr std::int64_t expert_cols(DType d) { return d == DType::bf16 ? 256 : 128; }
+  // Split K (device/params.cuh): counters for at most kSplitGroups task groups and room for
+  // kSplitPartials fp32 partial tiles of 128 x expert_cols.
+  static constexpr std::int64_t kSplitGroups = 160;
+  static constexpr std::int64_t kSplitPartials = 2 * kSplitGroups;
 };
 
 // One layer's own regions, as byte offsets into the layers' area of the shared workspace
@@ -29,9 +36,9 @@ struct WorkspacePlan {
   std::int64_t row_tiles = 0;       // most GEMM row tiles over all (source, expert) segments
   std::int64_t max_tasks = 0;       // queue capacity: the first max_tasks of the shared task slots
 
-  // Control words, zeroed before every forward by one cudaMemsetAsync (no kernel): the Control
-  // header, then int expert_count[E], expert_dropped[E], rowtile_done[row_tiles],
-  // tokentile_done[token_tiles], tokentile_target[token_tiles].
+  // Control words, zeroed before every forward by the call's prologue kernel: the Control header,
+  // then int expert_count[E], expert_dropped[E], rowtile_done[row_tiles],
+  // tokentile_done[token_tiles], tokentile_target[token_tiles], split_done[kSplitGroups].
   std::size_t control = 0, control_bytes = 0;
   std::size_t gate = 0;         // elem [hidden, experts_padded]: zero-padded copy of the gate
   std::size_t logits = 0;       // float [2, max_tokens, experts_padded]: K-half partial sums
@@ -43,6 +50,8 @@ struct WorkspacePlan {
   std::size_t hidden_act = 0;   // elem [rows_in, ffn]: activation output of GEMM0
   std::size_t stage = 0;        // elem [max_tokens * k, hidden]: expert outputs before combine
   std::size_t recv_tiles = 0;   // RecvTile (16 bytes) [row_tiles] (world > 1)
+  // float [kSplitPartials, 128, expert_cols]: split-K partial tiles (world == 1; 0 bytes otherwise)
+  std::size_t split_partial = 0, split_partial_bytes = 0;
   std::size_t body_bytes = 0;   // the extent of these regions
   // What this layer alone needs: its shared prefix (epoch, error, task slots) and its regions.
   // LayerConfig::workspace_bytes() reports it.
