@@ -531,7 +531,10 @@ TEST(LayerGpu, TraceIsOrderedAndCountsEveryTask) {
   for (std::int32_t e : experts) ++rows[static_cast<std::size_t>(e)];
   std::int64_t row_tiles = 0;
   for (std::int64_t r : rows) row_tiles += (r + 127) / 128;
-  const std::int64_t expected = row_tiles * (c.ffn / 256 + c.hidden / 256) + (512 / 128) * 1;
+  // Small calls split each GEMM task's K range (the few-rows path): k_split tasks per tile.
+  const std::int64_t k_split = layer.stats().k_split;
+  const std::int64_t expected =
+      row_tiles * (c.ffn / 256 + c.hidden / 256) * k_split + (512 / 128) * 1;
   EXPECT_EQ(tasks, expected);
   EXPECT_TRUE(bench::compare(pr, ref.ranks[0], dev.y_host(), experts).passed);
   layer.set_trace(false);
