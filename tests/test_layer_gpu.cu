@@ -356,7 +356,8 @@ TEST(LayerGpu, VariableTokensPerCall) {
 // (split K; the last slice sums the partial tiles in slice order). Every precision, both weight
 // layouts, a plain and a gated activation, K depths that the slices do not divide evenly (hidden
 // 1024 = 8 steps of 128, ffn 768 = 6): against the reference, bit-identical when repeated, and the
-// split reported by stats(). A larger call keeps whole tasks.
+// split reported by stats(). Tiles of 64 and 65 rows (the one-warpgroup MMA boundary). A larger
+// call keeps whole tasks.
 TEST(LayerGpu, FewRowsSplitK) {
   MONOMOE_REQUIRE_GPU();
   for (DType d : {DType::bf16, DType::tf32, DType::fp32}) {
@@ -396,6 +397,33 @@ TEST(LayerGpu, FewRowsSplitK) {
           }
         }
       }
+    }
+  }
+  // Tiles of 64 and 65 rows (a given routing: tokens 0..63 to expert 0, 64..128 to expert 1, 129 to
+  // expert 2): at most 64 rows, the wgmma paths leave their second warpgroup's MMAs out.
+  for (DType d : {DType::bf16, DType::tf32}) {
+    for (WeightLayout layout : {WeightLayout::in_out, WeightLayout::out_in}) {
+      LayerConfig c = small(d, Activation::swiglu);
+      c.topk = 1;
+      c.weight_layout = layout;
+      SCOPED_TRACE(c.describe());
+      reference::Problem pr = reference::make_problem(c, {130}, 950);
+      pr.topk_ids = {std::vector<std::int32_t>(130)};
+      pr.topk_weights = {std::vector<float>(130)};
+      for (int t = 0; t < 130; ++t) {
+        pr.topk_ids[0][static_cast<std::size_t>(t)] = t < 64 ? 0 : t < 129 ? 1 : 2;
+        pr.topk_weights[0][static_cast<std::size_t>(t)] = 0.5f + 0.004f * static_cast<float>(t);
+      }
+      const reference::Result ref = reference::run(pr);
+      bench::DeviceProblem dev(pr, 0);
+      MoELayer layer(c, single_gpu(), dev.weights());
+      dev.poison_y();
+      dev.forward(layer);
+      std::vector<std::int32_t> experts;
+      std::vector<float> weights;
+      layer.routing(experts, weights);
+      const auto cmp = bench::compare(pr, ref.ranks[0], dev.y_host(), experts);
+      EXPECT_TRUE(cmp.passed) << cmp.summary();
     }
   }
   // Enough tasks for every block: whole tasks.

@@ -45,7 +45,8 @@ __device__ void gate_gemm(const Params& p, KernelSmem<P>& sm, int tile, int spli
   const Elem* gate = static_cast<const Elem*>(p.gate) +
                      (P::kWeightsKMajor ? k0 : static_cast<long long>(k0) * p.experts_padded);
   for (int n0 = 0; n0 < p.experts_padded; n0 += kTileCols) {
-    Gemm::run(sm.gemm, gate, ldb, n0, n0 + kTileCols / 2, kTileCols / 2, kTileCols / 2, k_len);
+    Gemm::run(sm.gemm, gate, ldb, n0, n0 + kTileCols / 2, kTileCols / 2, kTileCols / 2, k_len,
+              rows);
     const float* c = Gemm::result(sm.gemm);
     for (int i = threadIdx.x; i < rows * (kTileCols / 4); i += kThreads) {
       const int r = i / (kTileCols / 4);

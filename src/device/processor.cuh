@@ -67,7 +67,7 @@ __device__ __forceinline__ long long k_offset(int k, int ldn) {
 // GEMM0's MMAs for one row tile over K range [k_first, k_first + k_count): the fp32 tile is left in
 // shared memory. A rows from sm.gemm.rows (filled by the caller, already offset by k_first).
 template <class P>
-__device__ void gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int col_tile,
+__device__ void gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int rows, int col_tile,
                            int k_first, int k_count) {
   using Elem = typename P::Elem;
   using Gemm = TileGemm<P, P::kExpertBN>;
@@ -76,7 +76,7 @@ __device__ void gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int c
   const int ldb = P::kWeightsKMajor ? p.hidden : c.w1_cols;
   const Elem* w1 = static_cast<const Elem*>(p.w1) +
                    static_cast<long long>(expert) * p.hidden * c.w1_cols + k_offset<P>(k_first, ldb);
-  Gemm::run(sm.gemm, w1, ldb, c.col0, c.col_hi, c.valid_lo, c.valid_hi, k_count);
+  Gemm::run(sm.gemm, w1, ldb, c.col0, c.col_hi, c.valid_lo, c.valid_hi, k_count, rows);
 }
 
 // GEMM0's epilogue: hidden_act[hidden_row0 + r, cols of col_tile] = act(C[r] + b1) for r < rows.
@@ -99,7 +99,7 @@ __device__ void gemm0_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
 template <class P>
 __device__ void gemm0_tile(const Params& p, KernelSmem<P>& sm, int expert, int rows,
                            int hidden_row0, int col_tile) {
-  gemm0_math<P>(p, sm, expert, col_tile, 0, p.hidden);
+  gemm0_math<P>(p, sm, expert, rows, col_tile, 0, p.hidden);
   gemm0_epilogue<P>(p, sm, expert, rows, hidden_row0, col_tile);
 }
 
@@ -124,7 +124,7 @@ __device__ void gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   const Elem* w2 = static_cast<const Elem*>(p.w2) +
                    static_cast<long long>(expert) * p.ffn * p.hidden + k_offset<P>(k_first, ldb);
   Gemm::run(sm.gemm, w2, ldb, col0, col0 + kHalf, min(kHalf, out_cols),
-            max(0, out_cols - kHalf), k_count);
+            max(0, out_cols - kHalf), k_count, rows);
 }
 
 // GEMM1's epilogue: stage[sm.task.row_id[r], cols of col_tile] = C[r] + b2 for r < rows. `stage`
@@ -230,7 +230,7 @@ __device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int b) {
     }
     sm.gemm.rows[r] = src;
   }
-  gemm0_math<P>(p, sm, rt.expert, col_tile, ks.first, ks.count);
+  gemm0_math<P>(p, sm, rt.expert, rt.rows, col_tile, ks.first, ks.count);
   if (slices > 1 &&
       !finish_k_split<P>(p, sm, tile * p.gemm0_col_tiles + col_tile, slice, slices, rt.rows)) {
     return;  // another slice's block finishes this tile

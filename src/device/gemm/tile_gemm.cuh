@@ -244,11 +244,12 @@ struct TileGemm : TileShapes<P, BN> {
   }
 
   // C[128 x BN] (fp32, in shared memory, pitch kCPitch) = A[rows, 0:K] * B[0:K, cols]. The caller
-  // fills sm.rows before the call; K is a multiple of kBK. Every thread of the block must call.
+  // fills sm.rows before the call (rows past `rows` null: they read as zeros); K is a multiple of
+  // kBK. Every thread of the block must call.
   static __device__ void run(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
-                             int valid_lo, int valid_hi, int k_total) {
+                             int valid_lo, int valid_hi, int k_total, int rows = kTileRows) {
     if constexpr (P::kWgmma) {
-      run_wgmma(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total);
+      run_wgmma(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, rows);
     } else {
       run_mma_sync(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total);
     }
@@ -262,15 +263,19 @@ struct TileGemm : TileShapes<P, BN> {
   // thread waits for its loads before it stores, while the tensor cores work through the pending
   // batches. (Keeping the loads in registers across an iteration instead pushed the tf32 kernel
   // past 255 registers into spills.)
+  // Each warpgroup computes 64 of the 128 rows; with at most 64 valid rows (a few-row tile: the
+  // last tile of an expert, decode calls) the second warpgroup's rows are all zeros, so it issues
+  // no MMAs (its accumulators stay cleared) and only helps load the operands: half the tensor-core
+  // work, on tiles that are bound by the weights' bytes.
   static constexpr int kInFlight = kStages - 3;  // MMA batches pending after each k-tile
   static __device__ void run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
-                                   int valid_lo, int valid_hi, int k_total) {
+                                   int valid_lo, int valid_hi, int k_total, int rows) {
     using namespace cute;
     constexpr bool kStaged = P::kRoundToTf32;
     __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
 
-    typename P::template TiledMma<BN> mma;
-    auto thr = mma.get_thread_slice(threadIdx.x);
+    typename P::template TiledMma<BN> tiled;
+    auto thr = tiled.get_thread_slice(threadIdx.x);
     SmemElem* sa_ptr = reinterpret_cast<SmemElem*>(sm.buffer);
     Tensor sA = make_tensor(make_smem_ptr(sa_ptr), SmemLayoutA{});
     Tensor sB = make_tensor(make_smem_ptr(sa_ptr + kElemsA), SmemLayoutB{});
@@ -278,12 +283,14 @@ struct TileGemm : TileShapes<P, BN> {
     Tensor tCsB = thr.partition_B(sB);
     Tensor tCrA = thr.make_fragment_A(tCsA);  // smem descriptors
     Tensor tCrB = thr.make_fragment_B(tCsB);
-    Tensor acc = partition_fragment_C(mma, Shape<Int<kTileRows>, Int<BN>>{});
+    Tensor acc = partition_fragment_C(tiled, Shape<Int<kTileRows>, Int<BN>>{});
     clear(acc);
 
     const int k_tiles = k_total / kBK;
     const ChunkPlan chunks = plan_chunks(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi);
     static_assert(kInFlight >= 1, "one stage computing, one landing, one refilling, + pending");
+    // Warpgroup-uniform: the wgmma fence, commit and wait below are warpgroup-collective.
+    const bool mma = rows > kTileRows / 2 || threadIdx.x < kThreads / 2;
     // Two k-tiles in flight ahead of the MMAs: the stage refilled in iteration kt last held k-tile
     // kt+2-kStages = kt-1-kInFlight, whose MMAs both warpgroups finished before they reached this
     // iteration's barrier (each left at most k-tiles kt-kInFlight..kt-1 pending in iteration kt-1),
@@ -305,9 +312,11 @@ struct TileGemm : TileShapes<P, BN> {
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       __syncthreads();  // stage kt complete for every thread's copies; k-tile kt-1-kInFlight done
       const int stage = kt % kStages;
-      warpgroup_arrive();
-      gemm(mma, tCrA(_, _, _, stage), tCrB(_, _, _, stage), acc);
-      warpgroup_commit_batch();
+      if (mma) {
+        warpgroup_arrive();
+        gemm(tiled, tCrA(_, _, _, stage), tCrB(_, _, _, stage), acc);
+        warpgroup_commit_batch();
+      }
       const int next = kt + 2;
       if constexpr (kStaged) {
         if (next < k_tiles) load_stage_rounded(sm, chunks, ldb, next, next % kStages);
@@ -315,7 +324,7 @@ struct TileGemm : TileShapes<P, BN> {
         if (next < k_tiles) load_stage(sm, chunks, ldb, next, next % kStages);
         cp_async_commit();
       }
-      warpgroup_wait<kInFlight>();
+      if (mma) warpgroup_wait<kInFlight>();
     }
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc);
