@@ -55,8 +55,9 @@ struct ForwardStats {
   // [experts / world]: rows this rank's experts ran (from every rank's tokens, after capacity).
   // The experts with rows are those whose weights the forward read.
   std::vector<std::int64_t> rows_per_local_expert;
-  // K slices each expert GEMM task was cut into (1: whole tasks). More than 1 when the call had
-  // fewer GEMM tasks than the GPU has blocks for (a few tokens, one GPU): the few-rows path.
+  // K slices each expert GEMM task was cut into (1: whole tasks). More than 1 when the call gave
+  // this rank's experts fewer GEMM tasks than the GPU has blocks for (a few tokens): the few-rows
+  // path.
   std::int64_t k_split = 1;
 };
 

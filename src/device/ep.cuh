@@ -17,6 +17,7 @@
 #pragma once
 
 #include "device/processor.cuh"
+#include "device/route.cuh"
 #include "device/transport.cuh"
 
 namespace monomoe::device {
@@ -121,15 +122,25 @@ __device__ __forceinline__ bool valid_recv_tile(const Params& p, int i, const Re
          t.source < p.world && t.expert_local >= 0 && t.expert_local < p.experts_local;
 }
 
-// GEMM0 of received tile i: rows from the inbox (or from x for this rank's own tokens).
+// K slices per GEMM task this call, with peers: the subscriber wrote it before it published the
+// first GEMM task, and this block acquired a task head since (queue.cuh).
+__device__ __forceinline__ int ep_k_split(const Params& p) {
+  return max(1, __ldcg(&p.control->k_split));
+}
+
+// GEMM0 task (i, b) of received tile i: column tile b / k_split, K slice b % k_split. Rows from the
+// inbox (or from x for this rank's own tokens).
 template <class P>
-__device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int col_tile) {
+__device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   using Elem = typename P::Elem;
   const RecvTile t = p.recv_tiles[i];
   if (!valid_recv_tile(p, i, t)) {
     if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, i, t.rows);
     return;
   }
+  const int slices = ep_k_split(p);
+  const int col_tile = b / slices, slice = b % slices;
+  const KSlice ks = k_slice(p.hidden, slice, slices);
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
     const Elem* src = nullptr;
@@ -142,15 +153,20 @@ __device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int col_
               (static_cast<long long>(t.source) * p.wl.rows_per_source + t.first + r) * p.hidden;
       }
     }
-    sm.gemm.rows[r] = src;
+    sm.gemm.rows[r] = src ? src + ks.first : nullptr;
   }
-  gemm0_tile<P>(p, sm, t.expert_local, t.rows, i * kTileRows, col_tile);
+  gemm0_math<P>(p, sm, t.expert_local, t.rows, col_tile, ks.first, ks.count);
+  if (slices > 1 &&
+      !finish_k_split<P>(p, sm, 0, i * p.gemm0_col_tiles + col_tile, slice, slices, t.rows)) {
+    return;  // another slice's block finishes this tile
+  }
+  gemm0_epilogue<P>(p, sm, t.expert_local, t.rows, i * kTileRows, col_tile);
   publish_block_writes();
   if (threadIdx.x == 0) {
     const int done = atomicAdd(p.rowtile_done + i, 1) + 1;
     if (done == p.gemm0_col_tiles) {
       __threadfence();
-      push_tasks(p, TaskType::gemm1, i, 0, p.gemm1_col_tiles);
+      push_tasks(p, TaskType::gemm1, i, 0, p.gemm1_col_tiles * slices);
     }
   }
 }
@@ -158,11 +174,19 @@ __device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int col_
 // GEMM1 of received tile i: result rows go straight into the source rank's stage buffer, then the
 // source's per-token-tile counters learn how many rows landed.
 template <class P>
-__device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int col_tile) {
+__device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   using Elem = typename P::Elem;
   const RecvTile t = p.recv_tiles[i];
   if (!valid_recv_tile(p, i, t)) {
     if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, i, t.rows);
+    return;
+  }
+  const int slices = ep_k_split(p);
+  const int col_tile = b / slices, slice = b % slices;
+  const KSlice ks = k_slice(p.ffn, slice, slices);
+  gemm1_math<P>(p, sm, t.expert_local, t.rows, i * kTileRows, col_tile, ks.first, ks.count);
+  if (slices > 1 &&
+      !finish_k_split<P>(p, sm, 1, i * p.gemm1_col_tiles + col_tile, slice, slices, t.rows)) {
     return;
   }
   const LsaTransport tr(p);
@@ -179,8 +203,8 @@ __device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int col_
     sm.task.row_id[r] = id;
     sm.task.token_tile[r] = valid ? id / p.topk / kTileRows : -1;
   }
-  gemm1_tile<P>(p, sm, t.expert_local, t.rows, i * kTileRows, col_tile,
-                tr.at<Elem>(p.wl.stage, t.source));
+  __syncthreads();  // row ids before the epilogue's stores
+  gemm1_epilogue<P>(p, sm, t.expert_local, t.rows, col_tile, tr.at<Elem>(p.wl.stage, t.source));
   __threadfence_system();  // the result rows precede the counter update, also across GPUs
   __syncthreads();
   if (static_cast<int>(threadIdx.x) < t.rows) {
@@ -211,7 +235,6 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
       tr.signal_u64(p.wl.header_flag + 8ull * p.rank, d, call_epoch(p));
     }
     // 2. Every source's header: the row tiles this rank will receive, in (source, expert) order.
-    //    Tiles of this rank's own tokens are ready now.
     int n = 0;
     const auto* hflag = reinterpret_cast<const unsigned long long*>(p.window + p.wl.header_flag);
     const int* header = reinterpret_cast<const int*>(p.window + p.wl.header);
@@ -234,7 +257,6 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
           t.first = (s == p.rank ? sm.route.row_base[p.rank * el + e] : seg) + m * kTileRows;
           t.rows = min(kTileRows, rows - m * kTileRows);
           p.recv_tiles[n] = t;
-          if (s == p.rank) push_tasks(p, TaskType::gemm0, n, 0, p.gemm0_col_tiles);
           ++n;
         }
         seg += rows;
@@ -243,10 +265,20 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
     sm.route.source_tiles[p.world] = n;
     sm.task.queue_base = ok ? n : -1;
     if (ok) {
+      // Every tile this rank computes is known now: how many K slices its GEMM tasks get
+      // (route.cuh), written before any GEMM task is published (the processors read it there).
+      const int slices = plan_k_split(p, n);
+      sm.route.k_split = slices;
+      p.control->k_split = slices;
       p.control->total_tasks = static_cast<unsigned int>(
-          n * (p.gemm0_col_tiles + p.gemm1_col_tiles) + p.token_tiles * p.combine_col_tiles);
+          n * (p.gemm0_col_tiles + p.gemm1_col_tiles) * slices +
+          p.token_tiles * p.combine_col_tiles);
       __threadfence();
       st_release_gpu(&p.control->total_ready, 1u);
+      // Tiles of this rank's own tokens are ready now.
+      for (int i = sm.route.source_tiles[p.rank]; i < sm.route.source_tiles[p.rank + 1]; ++i) {
+        push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * slices);
+      }
     }
   }
   __syncthreads();
@@ -264,7 +296,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
                        t.source, 2)) {
       return;
     }
-    push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles);
+    push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
   }
   const auto* done = reinterpret_cast<const unsigned int*>(p.window + p.wl.done);
   for (int tt = lane; tt < p.token_tiles; tt += 32) {

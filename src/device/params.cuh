@@ -12,11 +12,12 @@ inline constexpr int kCombineCols = 512;
 inline constexpr int kMaxExperts = 256;
 inline constexpr int kMaxTopK = 8;
 inline constexpr int kMaxWorld = 64;
-// Split K (the few-rows path, world == 1): when a call has fewer expert GEMM tasks than blocks, each
-// task's K range is cut into up to kMaxKSplit slices run by different blocks, and the last slice
-// to finish sums the partial tiles (in slice order) and runs the epilogue. At most
-// kSplitTargetMax blocks are planned for, so at most kSplitTargetMax task groups and
-// 2 * kSplitTargetMax partial tiles exist (route.cuh, plan_k_split).
+// Split K (the few-rows path): when a call has fewer expert GEMM tasks than blocks, each task's K
+// range is cut into up to kMaxKSplit slices run by different blocks, and the last slice to finish
+// sums the partial tiles (in slice order) and runs the epilogue. At most kSplitTargetMax blocks are
+// planned for: per phase (GEMM0, GEMM1) at most kSplitTargetMax / 2 task groups and
+// kSplitTargetMax partial tiles (route.cuh, plan_k_split), so each phase has its own half of the
+// counters and of the partial tiles (processor.cuh, finish_k_split).
 inline constexpr int kMaxKSplit = 8;
 inline constexpr int kSplitTargetMax = 160;
 inline constexpr int kSplitPartialsMax = 2 * kSplitTargetMax;
@@ -82,7 +83,8 @@ struct Control {
   unsigned int total_tasks;   // world > 1: tasks of this launch, valid once total_ready is set
   unsigned int total_ready;   // world > 1: 1 once every source's header has arrived
   unsigned int dispatch_next; // world > 1: next dispatch item to claim
-  int k_split;                // K slices per expert GEMM task this call (block 0 writes it)
+  int k_split;                // K slices per expert GEMM task this call (block 0 writes it; with
+                              // peers before its first task, which is how the others learn it)
   // Followed in memory by (offsets in Params):
   //   int expert_count[experts]      rows routed to each expert (before capacity)
   //   int expert_dropped[experts]    rows dropped by capacity
@@ -154,8 +156,8 @@ struct Params {
   int* rowtile_done;
   int* tokentile_done;
   int* tokentile_target;       // expert rows kept in each token tile x gemm1_col_tiles
-  int* split_done;             // [kSplitTargetMax]: K slices finished per split task group
-  float* split_partial;        // [kSplitPartialsMax, 128, kExpertBN]: fp32 partial tiles
+  int* split_done;             // [2, kSplitTargetMax]: K slices finished per (phase, task group)
+  float* split_partial;        // [2, kSplitTargetMax, 128, kExpertBN]: fp32 partial tiles
   int split_target;            // min(grid, kSplitTargetMax): tasks the split aims for
   ErrorRecord* error;
   float* logits;               // [gate_splits, S, experts_padded]: partial sums over K slices

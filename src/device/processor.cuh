@@ -94,15 +94,6 @@ __device__ void gemm0_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
                     h + static_cast<long long>(hidden_row0) * p.ffn + c.col0, p.ffn);
 }
 
-// GEMM0 of one row tile, whole K: hidden_act[hidden_row0 + r, cols of col_tile] = act(A[r] * W1[expert]
-// + b1) for r < rows, A rows from sm.gemm.rows (filled by the caller).
-template <class P>
-__device__ void gemm0_tile(const Params& p, KernelSmem<P>& sm, int expert, int rows,
-                           int hidden_row0, int col_tile) {
-  gemm0_math<P>(p, sm, expert, rows, col_tile, 0, p.hidden);
-  gemm0_epilogue<P>(p, sm, expert, rows, hidden_row0, col_tile);
-}
-
 // GEMM1's MMAs over K range [k_first, k_first + k_count) of one row tile: A rows are
 // hidden_act[hidden_row0 + r] (set here), the fp32 tile is left in shared memory.
 template <class P>
@@ -142,15 +133,6 @@ __device__ void gemm1_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
                     stage, p.hidden);
 }
 
-// GEMM1 of one row tile, whole K: stage[sm.task.row_id[r], cols of col_tile] = hidden_act[hidden_row0
-// + r] * W2[expert] + b2 for r < rows. `stage` may be a peer's buffer.
-template <class P>
-__device__ void gemm1_tile(const Params& p, KernelSmem<P>& sm, int expert, int rows,
-                           int hidden_row0, int col_tile, typename P::Elem* stage) {
-  gemm1_math<P>(p, sm, expert, rows, hidden_row0, col_tile, 0, p.ffn);
-  gemm1_epilogue<P>(p, sm, expert, rows, col_tile, stage);
-}
-
 // K slice `slice` of `slices` over a depth of `depth` elements: [first, first + count), whole
 // 128-element steps (every precision's k-tile divides 128), the remainder spread over the first
 // slices.
@@ -163,19 +145,21 @@ __device__ __forceinline__ KSlice k_slice(int depth, int slice, int slices) {
   return {lo * 128, (hi - lo) * 128};
 }
 
-// Split K: this block computed K slice `slice` of task group `group` into shared memory. Stores it
-// as partial tile group * slices + slice, and returns true in the one block that finishes the
-// group: the last slice to arrive, which then holds the sum of all slices, added in slice order
-// (so the result does not depend on which block came last), in shared memory for the epilogue.
+// Split K: this block computed K slice `slice` of task group `group` (row tile x column tile) of
+// `phase` (0: GEMM0, 1: GEMM1) into shared memory. Stores it as partial tile group * slices + slice
+// of the phase's half, and returns true in the one block that finishes the group: the last slice
+// to arrive, which then holds the sum of all slices, added in slice order (so the result does not
+// depend on which block came last), in shared memory for the epilogue.
 template <class P>
-__device__ bool finish_k_split(const Params& p, KernelSmem<P>& sm, int group, int slice,
+__device__ bool finish_k_split(const Params& p, KernelSmem<P>& sm, int phase, int group, int slice,
                                int slices, int rows) {
   using Gemm = TileGemm<P, P::kExpertBN>;
   constexpr int kBN = Gemm::kBN;
   constexpr int kVec = kBN / 4;  // float4 per row
   float* tile = reinterpret_cast<float*>(sm.gemm.buffer);  // [128][kCPitch], Gemm::result
-  float* partials = p.split_partial;
   constexpr long long kTileFloats = static_cast<long long>(kTileRows) * kBN;
+  float* partials = p.split_partial + phase * kSplitTargetMax * kTileFloats;
+  int* done = p.split_done + phase * kSplitTargetMax;
   float4* mine = reinterpret_cast<float4*>(partials + (static_cast<long long>(group) * slices + slice) *
                                                           kTileFloats);
   for (int i = threadIdx.x; i < rows * kVec; i += kThreads) {
@@ -185,7 +169,7 @@ __device__ bool finish_k_split(const Params& p, KernelSmem<P>& sm, int group, in
   __shared__ int last;
   publish_block_writes();
   if (threadIdx.x == 0) {
-    last = atomicAdd(p.split_done + group, 1) == slices - 1;
+    last = atomicAdd(done + group, 1) == slices - 1;
     if (last) __threadfence();  // acquire side: every slice's stores precede the reads below
   }
   __syncthreads();
@@ -232,7 +216,7 @@ __device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   }
   gemm0_math<P>(p, sm, rt.expert, rt.rows, col_tile, ks.first, ks.count);
   if (slices > 1 &&
-      !finish_k_split<P>(p, sm, tile * p.gemm0_col_tiles + col_tile, slice, slices, rt.rows)) {
+      !finish_k_split<P>(p, sm, 0, tile * p.gemm0_col_tiles + col_tile, slice, slices, rt.rows)) {
     return;  // another slice's block finishes this tile
   }
   gemm0_epilogue<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile);
@@ -260,9 +244,8 @@ __device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   const int col_tile = b / slices, slice = b % slices;
   const KSlice ks = k_slice(p.ffn, slice, slices);
   gemm1_math<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile, ks.first, ks.count);
-  // GEMM1 groups follow GEMM0's: row tiles x GEMM0 column tiles come first.
-  const int group = sm.route.row_tiles * p.gemm0_col_tiles + tile * p.gemm1_col_tiles + col_tile;
-  if (slices > 1 && !finish_k_split<P>(p, sm, group, slice, slices, rt.rows)) return;
+  const int group = tile * p.gemm1_col_tiles + col_tile;
+  if (slices > 1 && !finish_k_split<P>(p, sm, 1, group, slice, slices, rt.rows)) return;
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
     const bool valid = r < rt.rows;

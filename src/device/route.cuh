@@ -38,13 +38,13 @@ __device__ __forceinline__ void scan_tile_counts(const Params& p) {
 // token at top-2 makes 2 row tiles x 8 column tiles, so 16 blocks would each stream a 1 MB slice of
 // weights while the other SMs idle. When even the wider phase has at most half as many tasks as
 // the split aims for (split_target, about the grid), every task's K range is cut into S slices,
-// S * tasks <= split_target, each slice at least 128 deep (one or more k-tiles); S = 1 otherwise
-// and with peers (world > 1 keeps whole tasks). The same on every block: it depends on the routing
-// summary only. Bounds the planner relies on: with S > 1, the groups (row tiles x (GEMM0 + GEMM1
-// column tiles)) are at most split_target <= kSplitTargetMax and the partial tiles (groups x S) at
-// most 2 * split_target.
+// S * tasks <= split_target, each slice at least 128 deep (one or more k-tiles); S = 1 otherwise.
+// `row_tiles`: the row tiles this rank computes (alone: every block knows them after routing; with
+// peers: the received tiles, known to the subscriber once every header arrived). Bounds the planner
+// relies on: with S > 1, each phase has at most split_target / 2 groups (row tiles x its column
+// tiles) and at most split_target partial tiles (groups x S).
 __device__ __forceinline__ int plan_k_split(const Params& p, int row_tiles) {
-  if (p.world > 1 || row_tiles == 0) return 1;
+  if (row_tiles == 0) return 1;
   const int wider = row_tiles * max(p.gemm0_col_tiles, p.gemm1_col_tiles);
   if (2 * wider > p.split_target) return 1;
   const int depth = min(p.hidden, p.ffn) / 128;
@@ -68,7 +68,9 @@ __device__ __forceinline__ void summarize_routes(const Params& p, RouteSmem& rs)
     rs.row_base[p.experts] = rows;
     rs.tile_base[p.experts] = tiles;
     rs.row_tiles = tiles;
-    rs.k_split = plan_k_split(p, tiles);
+    // With peers this rank computes the tiles it receives, which only the subscriber learns
+    // (subscribe_ep decides their split; the processors read it from Control).
+    rs.k_split = p.world > 1 ? 1 : plan_k_split(p, tiles);
     rs.total_tasks = tiles * (p.gemm0_col_tiles + p.gemm1_col_tiles) * rs.k_split +
                      p.token_tiles * p.combine_col_tiles;
   }

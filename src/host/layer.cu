@@ -24,7 +24,8 @@ namespace monomoe {
 
 static_assert(sizeof(device::Control) == 32, "workspace.cpp reserves 32 bytes for Control");
 static_assert(detail::TileShape::kSplitGroups == device::kSplitTargetMax &&
-              detail::TileShape::kSplitPartials == device::kSplitPartialsMax);
+              detail::TileShape::kSplitPartials == device::kSplitPartialsMax &&
+              device::kSplitPartialsMax == 2 * device::kSplitTargetMax);
 static_assert(detail::TileShape::kRows == device::kTileRows &&
               detail::TileShape::kCols == device::kTileCols &&
               detail::TileShape::kCombineCols == device::kCombineCols);
@@ -369,7 +370,7 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.tokentile_done = p.rowtile_done + m.plan.row_tiles;
   p.tokentile_target = p.tokentile_done + m.plan.token_tiles;
   p.split_done = p.tokentile_target + m.plan.token_tiles;
-  p.split_partial = m.plan.split_partial_bytes > 0 ? m.at<float>(m.plan.split_partial) : nullptr;
+  p.split_partial = m.at<float>(m.plan.split_partial);
   p.split_target = std::min(m.grid, device::kSplitTargetMax);
   p.error = m.error();
   p.logits = m.at<float>(m.plan.logits);
@@ -477,7 +478,7 @@ ForwardStats MoELayer::stats() {
   s.tokens = m.last_tokens;
   device::Control control{};
   MONOMOE_CUDA(cudaMemcpy(&control, m.at(m.plan.control), sizeof control, cudaMemcpyDeviceToHost));
-  s.k_split = std::max(1, control.k_split);  // 0: no launch (no tokens) or peers (never split)
+  s.k_split = std::max(1, control.k_split);  // 0: no launch (no tokens on one GPU)
   std::vector<int> dropped(static_cast<std::size_t>(m.cfg.experts));
   MONOMOE_CUDA(cudaMemcpy(dropped.data(),
                           m.at(m.plan.control + sizeof(device::Control) + m.cfg.experts * 4),

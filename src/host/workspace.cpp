@@ -61,8 +61,8 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   constexpr std::size_t kControlHeader = 32;  // sizeof(device::Control), checked in layer.cu
   p.control_bytes = checked_add(
       kControlHeader,
-      checked_mul(u(2 * cfg.experts + p.row_tiles + 2 * p.token_tiles + TileShape::kSplitGroups), 4,
-                  "max_tokens"),
+      checked_mul(u(2 * cfg.experts + p.row_tiles + 2 * p.token_tiles + TileShape::kSplitPartials),
+                  4, "max_tokens"),
       "max_tokens");
   p.control = a.take(p.control_bytes, "control");
   p.gate = a.take(checked_mul(checked_mul(u(cfg.hidden), u(p.experts_padded), "hidden"), elem,
@@ -89,11 +89,9 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   p.stage = a.take(checked_mul(checked_mul(choices, u(cfg.hidden), "hidden"), elem, "hidden"),
                    "hidden");
   p.recv_tiles = a.take(checked_mul(u(p.row_tiles), 16, "max_tokens"), "max_tokens");
-  if (cfg.world_size == 1) {  // peers keep whole tasks (plan_k_split)
-    p.split_partial_bytes =
-        u(TileShape::kSplitPartials * TileShape::kRows * TileShape::expert_cols(cfg.dtype) * 4);
-    p.split_partial = a.take(p.split_partial_bytes, "split");
-  }
+  p.split_partial_bytes =
+      u(TileShape::kSplitPartials * TileShape::kRows * TileShape::expert_cols(cfg.dtype) * 4);
+  p.split_partial = a.take(p.split_partial_bytes, "split");
   p.body_bytes = a.size();
 
   if (cfg.world_size > 1) {

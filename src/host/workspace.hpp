@@ -18,8 +18,8 @@ struct TileShape {
   // Output columns of one expert GEMM task per precision (device::expert_tile_cols; layer.cu checks
   // that the two agree).
   static constexpr std::int64_t expert_cols(DType d) { return d == DType::bf16 ? 256 : 128; }
-  // Split K (device/params.cuh): counters for at most kSplitGroups task groups and room for
-  // kSplitPartials fp32 partial tiles of 128 x expert_cols.
+  // Split K (device/params.cuh): per phase (GEMM0, GEMM1) counters for kSplitGroups task groups
+  // and room for kSplitGroups fp32 partial tiles of 128 x expert_cols; kSplitPartials in all.
   static constexpr std::int64_t kSplitGroups = 160;
   static constexpr std::int64_t kSplitPartials = 2 * kSplitGroups;
 };
@@ -38,7 +38,7 @@ struct WorkspacePlan {
 
   // Control words, zeroed before every forward by the call's prologue kernel: the Control header,
   // then int expert_count[E], expert_dropped[E], rowtile_done[row_tiles],
-  // tokentile_done[token_tiles], tokentile_target[token_tiles], split_done[kSplitGroups].
+  // tokentile_done[token_tiles], tokentile_target[token_tiles], split_done[2][kSplitGroups].
   std::size_t control = 0, control_bytes = 0;
   std::size_t gate = 0;         // elem [hidden, experts_padded]: zero-padded copy of the gate
   std::size_t logits = 0;       // float [2, max_tokens, experts_padded]: K-half partial sums
@@ -50,7 +50,7 @@ struct WorkspacePlan {
   std::size_t hidden_act = 0;   // elem [rows_in, ffn]: activation output of GEMM0
   std::size_t stage = 0;        // elem [max_tokens * k, hidden]: expert outputs before combine
   std::size_t recv_tiles = 0;   // RecvTile (16 bytes) [row_tiles] (world > 1)
-  // float [kSplitPartials, 128, expert_cols]: split-K partial tiles (world == 1; 0 bytes otherwise)
+  // float [kSplitPartials, 128, expert_cols]: split-K partial tiles
   std::size_t split_partial = 0, split_partial_bytes = 0;
   std::size_t body_bytes = 0;   // the extent of these regions
   // What this layer alone needs: its shared prefix (epoch, error, task slots) and its regions.
