@@ -112,8 +112,8 @@ class MoELayer {
   // one layer, and of all the layers of one communicator, must not overlap (they share one
   // workspace): issue them on one stream, or order the streams.
   //
-  // CUDA graphs: forward() only enqueues stream-ordered work (memsets, a device-to-device copy of
-  // the gate, two kernel launches; no host synchronization, no read of device memory), so it can
+  // CUDA graphs: forward() only enqueues stream-ordered work (two kernel launches: a small
+  // prologue and the persistent kernel; no host synchronization, no read of device memory), so it can
   // be captured (cudaStreamBeginCapture on `stream`, any capture mode) and the graph replayed any
   // number of times. The call's number (epoch) is kept and advanced on the device, so each replay
   // is a new call, as a forward() would be.

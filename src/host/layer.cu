@@ -1,7 +1,8 @@
 // MoELayer: lays out its regions in the workspace its communicator's layers share, turns a
-// forward() into memsets of the per-call words, the gate's copy, the epoch's advance and one
-// cooperative launch of the persistent kernel (all stream-ordered and capturable into a CUDA
-// graph), and turns the kernel's error record into exceptions.
+// forward() into two launches (a small prologue kernel: the per-call words cleared, the gate's
+// copy refreshed, the epoch advanced; then the cooperative launch of the persistent kernel), both
+// stream-ordered and capturable into a CUDA graph, and turns the kernel's error record into
+// exceptions.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
