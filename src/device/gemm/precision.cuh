@@ -62,15 +62,15 @@ using SmemAtomF32N = decltype(cute::composition(
 // layout (8 rows of 32 elements per atom). [in, out] weights keep SM80 mma.sync m16n8k8.
 // The tensor cores would truncate the low 13 bits of each fp32 operand (a biased error: 2.3e-3
 // against the 2e-3 tolerance in the run of 2026-11-23); both paths round to nearest (ties away)
-// first: mma.sync in registers after ld.shared, wgmma while each k-tile passes through registers
-// on its way to shared memory (tile_gemm.cuh, run_wgmma).
+// first: mma.sync in registers after ld.shared, wgmma in shared memory, each thread rounding the
+// chunks its cp.async copies brought in before the k-tile's barrier (tile_gemm.cuh, run_wgmma).
 template <bool KMajorB>
 struct PrecTf32 {
   using Elem = float;
   using SmemElem = cute::tfloat32_t;  // same bits as float; the tensor cores read the top 19
   static constexpr int kBlockK = 32;  // 128-byte rows in shared memory
-  // wgmma: one more stage, so that two batches of MMAs stay pending while a thread waits for the
-  // loads of a refill (tile_gemm.cuh, run_wgmma); 5 x 32 KB.
+  // wgmma: one more stage, so that three k-tiles load ahead of the MMAs while each thread rounds
+  // the one about to be used (tile_gemm.cuh, run_wgmma); 5 x 32 KB.
   static constexpr int kStages = KMajorB ? 5 : 4;
   static constexpr int kExpertBN = 128;  // the same for both layouts (expert_tile_cols)
   static constexpr bool kRoundToTf32 = true;

@@ -2,7 +2,7 @@
 // through a per-row pointer table (token rows of x, or rows of the activation buffer), B is a weight
 // matrix stored [K, N] with N contiguous, or [N, K] with K contiguous when the precision's
 // kWeightsKMajor says so (PyTorch's [out, in]); ldb is its row pitch. Global -> shared through a
-// multi-stage cp.async pipeline (tf32 on wgmma: through registers, rounded to tf32 on the way),
+// multi-stage cp.async pipeline (tf32 on wgmma: each thread then rounds its chunks to tf32 in place),
 // then wgmma from shared memory, or shared -> registers and mma.sync / FMA, through CuTe atoms
 // (precision.cuh). The fp32 result is left in shared memory for the caller's epilogue.
 #pragma once
@@ -27,6 +27,16 @@ __device__ __forceinline__ void st_shared_16(void* smem, float4 v) {
   asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(dst), "f"(v.x), "f"(v.y), "f"(v.z),
                "f"(v.w)
                : "memory");
+}
+// One 16-byte ld.shared.
+__device__ __forceinline__ float4 ld_shared_16(const void* smem) {
+  const unsigned int src = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
+  float4 v;
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(src)
+               : "memory");
+  return v;
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
@@ -227,19 +237,15 @@ struct TileGemm : TileShapes<P, BN> {
     });
   }
 
-  // The same k-tile through registers, rounded to tf32 on the way (tf32 on wgmma: the tensor cores
-  // would truncate, see precision.cuh). ld.global.cg reads L2, as cp.async.cg does (GEMM1 reads
-  // rows that other blocks wrote in this launch). Every load is issued before the first store
-  // waits for one.
-  static __device__ __forceinline__ void load_stage_rounded(Smem& sm, const ChunkPlan& c, int ldb,
-                                                            int kt, int stage) {
+  // tf32 on wgmma: rounds this thread's own chunks of stage `stage` to tf32 in place, once its
+  // cp.async copies of them have landed (cp.async.wait_group makes them visible to the thread that
+  // issued them, so no barrier is needed before; the caller's proxy fence and barrier follow).
+  // Zero-filled chunks stay zeros. The tensor cores would truncate (precision.cuh).
+  static __device__ __forceinline__ void round_stage(Smem& sm, const ChunkPlan& c, int ldb, int kt,
+                                                     int stage) {
     static_assert(sizeof(Elem) == 4, "fp32 chunks");
-    float4 v[kChunksA + kChunksB];
-    for_each_chunk(sm, c, ldb, kt, stage, [&](int j, SmemElem*, const Elem* src, bool valid) {
-      v[j] = valid ? __ldcg(reinterpret_cast<const float4*>(src)) : make_float4(0.f, 0.f, 0.f, 0.f);
-    });
-    for_each_chunk(sm, c, ldb, kt, stage, [&](int j, SmemElem* dst, const Elem*, bool) {
-      st_shared_16(dst, rna_tf32(v[j]));
+    for_each_chunk(sm, c, ldb, kt, stage, [](int, SmemElem* dst, const Elem*, bool) {
+      st_shared_16(dst, rna_tf32(ld_shared_16(dst)));
     });
   }
 
@@ -255,23 +261,24 @@ struct TileGemm : TileShapes<P, BN> {
     }
   }
 
-  // Hopper: wgmma reads both operands from the pipeline stage. Each k-tile: wait for its copies,
-  // make them visible to the async proxy, one barrier, issue the warpgroup MMAs, refill the stage
-  // of k-tile kt+2, and wait until at most kInFlight batches of MMAs are pending (k-tiles
-  // kt-kInFlight+1..kt). bf16 refills with cp.async (kStages 4, one batch pending); tf32
-  // (P::kRoundToTf32) through registers, rounding on the way (kStages 5, two batches pending): the
-  // thread waits for its loads before it stores, while the tensor cores work through the pending
-  // batches. (Keeping the loads in registers across an iteration instead pushed the tf32 kernel
-  // past 255 registers into spills.)
+  // Hopper: wgmma reads both operands from the pipeline stage. cp.async fills the stage of k-tile
+  // kt + kAhead while the MMAs of k-tiles kt-kInFlight..kt run. Each k-tile: wait for this
+  // thread's copies of it; tf32 (P::kRoundToTf32): round them to nearest tf32 in place; make them
+  // visible to the async proxy; one barrier; issue the warpgroup MMAs; refill; wait until at most
+  // kInFlight batches are pending. bf16: 4 stages, 2 ahead, 1 batch pending; tf32: 5 stages, 3
+  // ahead, 1 pending: the rounding pass (a ld.shared and a st.shared of every operand chunk) takes
+  // about as long as a k-tile's MMAs, and the deeper prefetch hides the global latency it would
+  // otherwise expose. (tf32 had staged its operands through registers, rounding on the way: each
+  // thread waited for its loads right after issuing a k-tile's MMAs, 1.6 us per k-tile on an H200.)
   // Each warpgroup computes 64 of the 128 rows; with at most 64 valid rows (a few-row tile: the
   // last tile of an expert, decode calls) the second warpgroup's rows are all zeros, so it issues
   // no MMAs (its accumulators stay cleared) and only helps load the operands: half the tensor-core
   // work, on tiles that are bound by the weights' bytes.
-  static constexpr int kInFlight = kStages - 3;  // MMA batches pending after each k-tile
+  static constexpr int kInFlight = 1;                      // MMA batches pending after each k-tile
+  static constexpr int kAhead = kStages - kInFlight - 1;   // k-tiles loading ahead of the MMAs
   static __device__ void run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
                                    int valid_lo, int valid_hi, int k_total, int rows) {
     using namespace cute;
-    constexpr bool kStaged = P::kRoundToTf32;
     __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
 
     typename P::template TiledMma<BN> tiled;
@@ -288,47 +295,41 @@ struct TileGemm : TileShapes<P, BN> {
 
     const int k_tiles = k_total / kBK;
     const ChunkPlan chunks = plan_chunks(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi);
-    static_assert(kInFlight >= 1, "one stage computing, one landing, one refilling, + pending");
+    static_assert(kAhead >= 2, "one stage computing, one landing, one refilling, + pending");
     // Warpgroup-uniform: the wgmma fence, commit and wait below are warpgroup-collective.
     const bool mma = rows > kTileRows / 2 || threadIdx.x < kThreads / 2;
-    // Two k-tiles in flight ahead of the MMAs: the stage refilled in iteration kt last held k-tile
-    // kt+2-kStages = kt-1-kInFlight, whose MMAs both warpgroups finished before they reached this
-    // iteration's barrier (each left at most k-tiles kt-kInFlight..kt-1 pending in iteration kt-1),
-    // so one barrier per k-tile suffices.
+    // The stage refilled in iteration kt last held k-tile kt+kAhead-kStages = kt-1-kInFlight,
+    // whose MMAs both warpgroups finished before they reached this iteration's barrier (each left
+    // at most k-tiles kt-kInFlight..kt-1 pending in iteration kt-1), so one barrier per k-tile
+    // suffices.
 #pragma unroll
-    for (int s = 0; s < 2; ++s) {
-      if constexpr (kStaged) {
-        if (s < k_tiles) load_stage_rounded(sm, chunks, ldb, s, s);
-      } else {
-        if (s < k_tiles) load_stage(sm, chunks, ldb, s, s);
-        cp_async_commit();
-      }
+    for (int s = 0; s < kAhead; ++s) {
+      if (s < k_tiles) load_stage(sm, chunks, ldb, s, s);
+      cp_async_commit();
     }
     warpgroup_fence_operand(acc);
     for (int kt = 0; kt < k_tiles; ++kt) {
-      // One group per k-tile; the newest (k-tile kt+1) may still be landing.
-      if constexpr (!kStaged) cp_async_wait<1>();
-      // This thread's writes of stage kt (cp.async or st.shared) -> the async proxy's wgmma reads.
+      // One group per k-tile; the newest kAhead - 1 (k-tiles kt+1..) may still be landing.
+      cp_async_wait<kAhead - 1>();
+      const int stage = kt % kStages;
+      if constexpr (P::kRoundToTf32) round_stage(sm, chunks, ldb, kt, stage);
+      // This thread's writes of stage kt (cp.async, and the rounding's st.shared) -> the async
+      // proxy's wgmma reads.
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       __syncthreads();  // stage kt complete for every thread's copies; k-tile kt-1-kInFlight done
-      const int stage = kt % kStages;
       if (mma) {
         warpgroup_arrive();
         gemm(tiled, tCrA(_, _, _, stage), tCrB(_, _, _, stage), acc);
         warpgroup_commit_batch();
       }
-      const int next = kt + 2;
-      if constexpr (kStaged) {
-        if (next < k_tiles) load_stage_rounded(sm, chunks, ldb, next, next % kStages);
-      } else {
-        if (next < k_tiles) load_stage(sm, chunks, ldb, next, next % kStages);
-        cp_async_commit();
-      }
+      const int next = kt + kAhead;
+      if (next < k_tiles) load_stage(sm, chunks, ldb, next, next % kStages);
+      cp_async_commit();
       if (mma) warpgroup_wait<kInFlight>();
     }
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc);
-    if constexpr (!kStaged) cp_async_wait<0>();
+    cp_async_wait<0>();
     __syncthreads();  // all MMAs have read the pipeline: the buffer becomes the result tile
     store_result(sm, thr, acc);
   }
