@@ -59,7 +59,11 @@ int run_sweep(const BenchOptions& base, SweepVariable variable,
                                                           : "gpus";
   std::ofstream csv(csv_path);
   if (!csv) throw ConfigError("bench --sweep: cannot write " + csv_path);
-  csv << name << ",gpus,monomoe_ms,baseline_ms,speedup,monomoe_tflops,baseline_tflops\n";
+  // weight_floor_ms and monomoe_over_floor: the weight-read floor of the point (rank 0's touched
+  // experts' bytes at the HBM rate measured there; -1 with --no-ceiling, which skips it).
+  csv << name
+      << ",gpus,monomoe_ms,baseline_ms,speedup,monomoe_tflops,baseline_tflops,weight_floor_ms,"
+         "monomoe_over_floor\n";
   int status = 0;
   for (std::size_t i = 0; i < values.size(); ++i) {
     BenchOptions o = base;
@@ -86,7 +90,8 @@ int run_sweep(const BenchOptions& base, SweepVariable variable,
     const double bm = json_number(js, "baseline", "median_ms");
     csv << v << "," << o.gpus << "," << fm << "," << bm << "," << (bm > 0 && fm > 0 ? bm / fm : -1)
         << "," << json_number(js, "monomoe", "tflops") << ","
-        << json_number(js, "baseline", "tflops") << "\n";
+        << json_number(js, "baseline", "tflops") << "," << json_number(js, "weight_floor", "ms")
+        << "," << json_number(js, "", "monomoe_over_weight_floor") << "\n";
     csv.flush();
   }
   out << "wrote " << csv_path << "\n";
