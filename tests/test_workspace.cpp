@@ -145,3 +145,40 @@ TEST(Workspace, PrefixForTheLargestHoldsEveryLayer) {
 
 }  // namespace
 }  // namespace monomoe
+
+// The split-K rule (device/split.hpp) against the bounds the workspace plan and the kernel's
+// counter/partial indexing rely on, over a grid of shapes and block counts.
+TEST(Workspace, SplitKStaysWithinItsPlannedRoom) {
+  using monomoe::device::k_split_for;
+  using monomoe::device::kMaxKSplit;
+  using monomoe::device::kSplitTargetMax;
+  int splits = 0;
+  for (int target : {1, 2, 16, 33, 66, 114, 132, 148, kSplitTargetMax}) {
+    for (int rows = 0; rows <= 200; rows += rows < 20 ? 1 : 13) {
+      for (int g0 : {1, 2, 3, 6, 8, 12, 16, 24, 48}) {
+        for (int g1 : {1, 2, 4, 8, 16, 28, 56}) {
+          for (int depth : {1, 2, 3, 6, 8, 16, 56}) {
+            const int hidden = 128 * depth, ffn = 128 * (depth + 1);
+            const int s = k_split_for(rows, g0, g1, hidden, ffn, target);
+            ASSERT_GE(s, 1);
+            ASSERT_LE(s, kMaxKSplit);
+            if (s == 1) continue;
+            ++splits;
+            ASSERT_LE(s, depth) << "every slice at least 128 deep";
+            for (int g : {g0, g1}) {  // each phase: its groups and partial tiles
+              ASSERT_LE(2 * rows * g, target);
+              ASSERT_LE(rows * g * s, target);
+            }
+            ASSERT_LE(rows * (g0 + g1) * s, 2 * kSplitTargetMax) << "queue room (workspace.cpp)";
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(splits, 1000);
+  // One token at top-2 on the default shape (bf16: 2048 / 256 = 8 column tiles each way), 132 SMs.
+  EXPECT_EQ(k_split_for(2, 8, 8, 2048, 2048, 132), 8);
+  // 128 tokens at top-8 of 128 experts (128 row tiles): whole tasks.
+  EXPECT_EQ(k_split_for(128, 12, 16, 4096, 1536, 132), 1);
+  EXPECT_EQ(k_split_for(0, 8, 8, 2048, 2048, 132), 1);
+}

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "device/split.hpp"  // kMaxKSplit, kSplitTargetMax, kSplitPartialsMax
+
 namespace monomoe::device {
 
 inline constexpr int kThreads = 256;   // 8 warps per block
@@ -12,15 +14,6 @@ inline constexpr int kCombineCols = 512;
 inline constexpr int kMaxExperts = 256;
 inline constexpr int kMaxTopK = 8;
 inline constexpr int kMaxWorld = 64;
-// Split K (the few-rows path): when a call has fewer expert GEMM tasks than blocks, each task's K
-// range is cut into up to kMaxKSplit slices run by different blocks, and the last slice to finish
-// sums the partial tiles (in slice order) and runs the epilogue. At most kSplitTargetMax blocks are
-// planned for: per phase (GEMM0, GEMM1) at most kSplitTargetMax / 2 task groups and
-// kSplitTargetMax partial tiles (route.cuh, plan_k_split), so each phase has its own half of the
-// counters and of the partial tiles (processor.cuh, finish_k_split).
-inline constexpr int kMaxKSplit = 8;
-inline constexpr int kSplitTargetMax = 160;
-inline constexpr int kSplitPartialsMax = 2 * kSplitTargetMax;
 // Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks, first task
 // taken, last GEMM task finished (the task loop's start when it ran none), combine time.
 inline constexpr int kTraceSlots = 10;

@@ -34,21 +34,12 @@ __device__ __forceinline__ void scan_tile_counts(const Params& p) {
   }
 }
 
-// K slices per expert GEMM task (the few-rows path): a call with few rows has few tasks, e.g. one
-// token at top-2 makes 2 row tiles x 8 column tiles, so 16 blocks would each stream a 1 MB slice of
-// weights while the other SMs idle. When even the wider phase has at most half as many tasks as
-// the split aims for (split_target, about the grid), every task's K range is cut into S slices,
-// S * tasks <= split_target, each slice at least 128 deep (one or more k-tiles); S = 1 otherwise.
-// `row_tiles`: the row tiles this rank computes (alone: every block knows them after routing; with
-// peers: the received tiles, known to the subscriber once every header arrived). Bounds the planner
-// relies on: with S > 1, each phase has at most split_target / 2 groups (row tiles x its column
-// tiles) and at most split_target partial tiles (groups x S).
+// K slices per expert GEMM task this call (device/split.hpp). `row_tiles`: the row tiles this rank
+// computes (alone: every block knows them after routing; with peers: the received tiles, known to
+// the subscriber once every header arrived).
 __device__ __forceinline__ int plan_k_split(const Params& p, int row_tiles) {
-  if (row_tiles == 0) return 1;
-  const int wider = row_tiles * max(p.gemm0_col_tiles, p.gemm1_col_tiles);
-  if (2 * wider > p.split_target) return 1;
-  const int depth = min(p.hidden, p.ffn) / 128;
-  return max(1, min(min(kMaxKSplit, depth), p.split_target / wider));
+  return k_split_for(row_tiles, p.gemm0_col_tiles, p.gemm1_col_tiles, p.hidden, p.ffn,
+                     p.split_target);
 }
 
 // Every block: rows kept per expert and the prefix sums that place experts' rows and row tiles.

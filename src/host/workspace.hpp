@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "device/split.hpp"
 #include "monomoe/config.hpp"
 
 namespace monomoe::detail {
@@ -18,10 +19,10 @@ struct TileShape {
   // Output columns of one expert GEMM task per precision (device::expert_tile_cols; layer.cu checks
   // that the two agree).
   static constexpr std::int64_t expert_cols(DType d) { return d == DType::bf16 ? 256 : 128; }
-  // Split K (device/params.cuh): per phase (GEMM0, GEMM1) counters for kSplitGroups task groups
+  // Split K (device/split.hpp): per phase (GEMM0, GEMM1) counters for kSplitGroups task groups
   // and room for kSplitGroups fp32 partial tiles of 128 x expert_cols; kSplitPartials in all.
-  static constexpr std::int64_t kSplitGroups = 160;
-  static constexpr std::int64_t kSplitPartials = 2 * kSplitGroups;
+  static constexpr std::int64_t kSplitGroups = device::kSplitTargetMax;
+  static constexpr std::int64_t kSplitPartials = device::kSplitPartialsMax;
 };
 
 // One layer's own regions, as byte offsets into the layers' area of the shared workspace

@@ -1,0 +1,45 @@
+// Split K (the few-rows path): its sizes and the rule that picks the number of K slices, in plain
+// C++ so that the kernel (route.cuh, ep.cuh, processor.cuh), the host's workspace plan
+// (host/workspace.cpp) and a CPU test (tests/test_workspace.cpp) share one definition.
+//
+// When a call gives this rank's experts fewer GEMM tasks than the GPU has blocks, each task's K
+// range is cut into up to kMaxKSplit slices that different blocks run; the last slice to finish
+// sums the partial tiles (in slice order) and runs the epilogue. At most kSplitTargetMax blocks
+// are planned for: per phase (GEMM0, GEMM1) at most kSplitTargetMax / 2 task groups and
+// kSplitTargetMax partial tiles, so each phase has its own half of the counters and partial tiles.
+#pragma once
+
+#if defined(__CUDACC__)
+#define MONOMOE_HOST_DEVICE __host__ __device__
+#else
+#define MONOMOE_HOST_DEVICE
+#endif
+
+namespace monomoe::device {
+
+inline constexpr int kMaxKSplit = 8;
+inline constexpr int kSplitTargetMax = 160;
+inline constexpr int kSplitPartialsMax = 2 * kSplitTargetMax;
+
+// K slices per expert GEMM task for a call whose rank computes `row_tiles` row tiles of
+// `gemm0_cols` GEMM0 and `gemm1_cols` GEMM1 column tiles each, with `split_target` blocks (about the
+// grid, at most kSplitTargetMax). A call with few rows has few tasks, e.g. one token at top-2 makes
+// 2 row tiles x 8 column tiles, so 16 blocks would each stream a 1 MB slice of weights while the
+// other SMs idle. When even the wider phase has at most half as many tasks as split_target, every
+// task's K range is cut into S slices, S * tasks <= split_target, each slice at least 128 deep
+// (hidden and ffn are multiples of 128); 1 otherwise. Bounds the planner relies on (tested): with
+// S > 1, each phase has at most split_target / 2 groups (row tiles x its column tiles) and at most
+// split_target partial tiles (groups x S).
+MONOMOE_HOST_DEVICE constexpr int k_split_for(int row_tiles, int gemm0_cols, int gemm1_cols,
+                                              int hidden, int ffn, int split_target) {
+  if (row_tiles <= 0) return 1;
+  const int wider = row_tiles * (gemm0_cols > gemm1_cols ? gemm0_cols : gemm1_cols);
+  if (wider <= 0 || 2 * wider > split_target) return 1;
+  const int depth = (hidden < ffn ? hidden : ffn) / 128;
+  int slices = split_target / wider;
+  if (slices > kMaxKSplit) slices = kMaxKSplit;
+  if (slices > depth) slices = depth;
+  return slices < 1 ? 1 : slices;
+}
+
+}  // namespace monomoe::device
