@@ -82,15 +82,17 @@ __global__ void call_prologue_kernel(const __grid_constant__ CallPrologue a) {
 }  // namespace
 
 cudaError_t call_prologue(const CallPrologue& a, cudaStream_t stream) {
-  // Enough threads that the gate's copy (up to a few MB) is one short pass; at least one block for
-  // the epoch and the control words.
+  // One 16-byte unit of the gate's copy per thread, up to kMaxBlocks blocks (about one per SM of a
+  // Hopper GPU: a few MB of gate copy in one short pass); at least one block for the epoch and the
+  // control words.
+  constexpr std::size_t kThreadsPerBlock = 256, kMaxBlocks = 132;
   const std::size_t units = a.gate.rows * a.gate.dst_pitch / 16;
-  const unsigned int blocks =
-      static_cast<unsigned int>(std::min<std::size_t>(132, std::max<std::size_t>(1, units / 256)));
+  const unsigned int blocks = static_cast<unsigned int>(
+      std::min(kMaxBlocks, std::max<std::size_t>(1, units / kThreadsPerBlock)));
   CallPrologue copy = a;
   void* args[] = {&copy};
   return cudaLaunchKernel(reinterpret_cast<const void*>(&call_prologue_kernel), dim3(blocks),
-                          dim3(256), args, 0, stream);
+                          dim3(kThreadsPerBlock), args, 0, stream);
 }
 
 }  // namespace monomoe::device
