@@ -112,7 +112,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   const int world = w.world;
   const LayerConfig cfg = rank_config(o.config, rank, world);
   const std::int64_t s = cfg.max_tokens;
-  const std::string tag = world > 1 ? "[rank " + std::to_string(rank) + "] " : "";
+  const std::string tag = rank_tag(rank, world);
   if (rank == 0) out << "monomoe bench: " << cfg.describe() << "\n";
   auto t0 = std::chrono::steady_clock::now();
   progress << "[1/7] generating inputs (seed " << o.seed << ")..." << std::endl;
@@ -397,6 +397,10 @@ LayerConfig rank_config(LayerConfig c, int rank, int world) {
   c.rank = rank;
   c.validate();
   return c;
+}
+
+std::string rank_tag(int rank, int world) {
+  return world > 1 ? "[rank " + std::to_string(rank) + "] " : "";
 }
 
 launch::SupervisorOptions supervision(double timeout_seconds) {

@@ -45,6 +45,8 @@ struct BenchOptions {
 // Shared by the drivers of bench/ (bench, check, soak):
 // `c` as rank `rank` of `world` builds it, validated (ConfigError names the field).
 LayerConfig rank_config(LayerConfig c, int rank, int world);
+// The prefix of a rank's output lines: "[rank R] " with several ranks, "" with one.
+std::string rank_tag(int rank, int world);
 
 // Runs the benchmark and prints a table last. Returns the process exit code (0 = correct and timed,
 // 1 = a correctness check failed).

@@ -88,7 +88,7 @@ int check_rank(const CheckOptions& o, const launch::WorkerContext& w, std::ostre
   const int rank = w.rank;
   const int world = w.world;
   std::mt19937_64 rng(o.seed);
-  const std::string tag = world > 1 ? "[rank " + std::to_string(rank) + "] " : "";
+  const std::string tag = rank_tag(rank, world);
   Communicator comm(w.id, rank, world, w.device);
   launch::finish_rendezvous(w);
   int failed = 0;

@@ -60,7 +60,7 @@ int soak_rank(const SoakOptions& o, const launch::WorkerContext& w, std::ostream
   const int world = w.world;
   const LayerConfig cfg = rank_config(o.config, rank, world);
   const std::int64_t max = cfg.max_tokens;
-  const std::string tag = world > 1 ? "[rank " + std::to_string(rank) + "] " : "";
+  const std::string tag = rank_tag(rank, world);
   const auto t0 = std::chrono::steady_clock::now();
 
   // kInputSets x max_tokens tokens per rank in one problem: the weights depend on the seed only,

@@ -37,6 +37,15 @@ inline LayerConfig ep_base(DType dtype, Activation act, std::int64_t experts, st
   return c;
 }
 
+// ep_base as rank `rank` of `world` builds it.
+inline LayerConfig ep_rank_config(DType dtype, Activation act, std::int64_t experts,
+                                  std::int64_t topk, int world, int rank) {
+  LayerConfig c = ep_base(dtype, act, experts, topk);
+  c.world_size = world;
+  c.rank = rank;
+  return c;
+}
+
 // The cases for `w` ranks, tokens already resized to w entries.
 inline std::vector<EpCase> ep_cases(int w) {
   std::vector<EpCase> v;

@@ -177,9 +177,7 @@ TEST(LayerMultiGpu, MissingRankTimesOut) {
   if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs, " << gpus << " visible";
   const std::vector<int> status = test::run_forked(2, 120.0, [](int rank, const UniqueId& id) {
     Communicator comm(id, rank, 2, rank);
-    LayerConfig c = test::ep_base(DType::bf16, Activation::gelu, 8, 2);
-    c.world_size = 2;
-    c.rank = rank;
+    LayerConfig c = test::ep_rank_config(DType::bf16, Activation::gelu, 8, 2, 2, rank);
     c.timeout_seconds = 2.0;
     reference::Problem pr = reference::make_problem(c, {100, 100}, 5);
     bench::DeviceProblem dev(pr, rank);
@@ -205,9 +203,7 @@ TEST(LayerMultiGpu, PoisonedRowIsIsolated) {
   if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs, " << gpus << " visible";
   const std::vector<int> status = test::run_forked(2, 120.0, [](int rank, const UniqueId& id) {
     Communicator comm(id, rank, 2, rank);
-    LayerConfig c = test::ep_base(DType::bf16, Activation::swiglu, 8, 2);
-    c.world_size = 2;
-    c.rank = rank;
+    LayerConfig c = test::ep_rank_config(DType::bf16, Activation::swiglu, 8, 2, 2, rank);
     const reference::Problem clean = reference::make_problem(c, {200, 150}, 17);
     bench::DeviceProblem dev(clean, rank);
     MoELayer layer(c, comm, dev.weights());
@@ -248,9 +244,7 @@ TEST(LayerMultiGpu, DifferentConfigsAreRefused) {
   if (gpus < 2) GTEST_SKIP() << "needs 2 GPUs, " << gpus << " visible";
   const std::vector<int> status = test::run_forked(2, 120.0, [](int rank, const UniqueId& id) {
     Communicator comm(id, rank, 2, rank);
-    LayerConfig c = test::ep_base(DType::bf16, Activation::gelu, 8, 2);
-    c.world_size = 2;
-    c.rank = rank;
+    LayerConfig c = test::ep_rank_config(DType::bf16, Activation::gelu, 8, 2, 2, rank);
     reference::Problem pr = reference::make_problem(c, {100, 100}, 5);
     if (rank == 1) c.ffn = 384;  // rank 1 builds wider experts
     bench::DeviceProblem dev(pr, rank);
@@ -281,9 +275,7 @@ TEST(LayerMultiGpu, KilledWorkerIsReportedAndRunEnds) {
   const auto t0 = std::chrono::steady_clock::now();
   const int rc = launch::run_local_workers(2, [&](const launch::WorkerContext& w) {
     Communicator comm(w.id, w.rank, w.world, w.device);
-    LayerConfig c = test::ep_base(DType::bf16, Activation::gelu, 8, 2);
-    c.world_size = 2;
-    c.rank = w.rank;
+    LayerConfig c = test::ep_rank_config(DType::bf16, Activation::gelu, 8, 2, 2, w.rank);
     c.timeout_seconds = 2.0;
     reference::Problem pr = reference::make_problem(c, {200, 200}, 9);
     bench::DeviceProblem dev(pr, w.rank);
@@ -329,9 +321,7 @@ TEST(LayerMultiGpu, StoppedWorkerIsReportedAndTeardownReturns) {
     double report_s = -1, teardown_s = -1;
     {
       auto comm = std::make_unique<Communicator>(w.id, w.rank, w.world, w.device);
-      LayerConfig c = test::ep_base(DType::bf16, Activation::gelu, 8, 2);
-      c.world_size = 2;
-      c.rank = w.rank;
+      LayerConfig c = test::ep_rank_config(DType::bf16, Activation::gelu, 8, 2, 2, w.rank);
       c.timeout_seconds = kTimeout;
       reference::Problem pr = reference::make_problem(c, {200, 200}, 10);
       bench::DeviceProblem dev(pr, w.rank);

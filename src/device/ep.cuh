@@ -190,32 +190,18 @@ __device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
     return;
   }
   const LsaTransport tr(p);
-  if (threadIdx.x < kTileRows) {
-    const int r = static_cast<int>(threadIdx.x);
-    const bool valid = r < t.rows;
-    int id = -1;
-    if (valid) {
-      id = t.source == p.rank
-               ? __ldcg(p.expert_rows + t.first + r)
-               : __ldcg(reinterpret_cast<const int*>(p.window + p.wl.ids) +
-                        static_cast<long long>(t.source) * p.wl.rows_per_source + t.first + r);
-    }
-    sm.task.row_id[r] = id;
-    sm.task.token_tile[r] = valid ? id / p.topk / kTileRows : -1;
-  }
-  __syncthreads();  // row ids before the epilogue's stores
+  // The rows' ids: this rank's own routing, or the ids the source sent with the rows.
+  const int* ids = t.source == p.rank
+                       ? p.expert_rows + t.first
+                       : reinterpret_cast<const int*>(p.window + p.wl.ids) +
+                             static_cast<long long>(t.source) * p.wl.rows_per_source + t.first;
+  set_gemm1_rows(p, sm.task, ids, t.rows);
   gemm1_epilogue<P>(p, sm, t.expert_local, t.rows, col_tile, tr.at<Elem>(p.wl.stage, t.source));
   __threadfence_system();  // the result rows precede the counter update, also across GPUs
   __syncthreads();
-  if (static_cast<int>(threadIdx.x) < t.rows) {
-    const int r = static_cast<int>(threadIdx.x);
-    const int tt = sm.task.token_tile[r];
-    if (r == 0 || sm.task.token_tile[r - 1] != tt) {
-      int len = 1;
-      while (r + len < t.rows && sm.task.token_tile[r + len] == tt) ++len;
-      tr.add(p.wl.done + 4ull * tt, t.source, len);
-    }
-  }
+  for_each_token_tile_run(sm.task, t.rows, [&](int tt, int len) {
+    tr.add(p.wl.done + 4ull * tt, t.source, len);
+  });
 }
 
 // Subscriber role (block 0) with world > 1. Returns once every task of this launch is published.

@@ -231,6 +231,36 @@ __device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   }
 }
 
+// GEMM1's destinations: row_id (token * k + choice) and token tile of each row r < rows of a tile,
+// from ids[r] (-1 past the tile's end); then a barrier, before the epilogue reads them.
+__device__ __forceinline__ void set_gemm1_rows(const Params& p, TaskSmem& ts, const int* ids,
+                                               int rows) {
+  if (threadIdx.x < kTileRows) {
+    const int r = static_cast<int>(threadIdx.x);
+    const bool valid = r < rows;
+    const int id = valid ? __ldcg(ids + r) : -1;
+    ts.row_id[r] = id;
+    ts.token_tile[r] = valid ? id / p.topk / kTileRows : -1;
+  }
+  __syncthreads();
+}
+
+// Calls count(token_tile, rows) once per run of a GEMM1 tile's rows that share a token tile (rows
+// are in token order), in the thread of the run's first row: one counter update per run.
+template <class Count>
+__device__ __forceinline__ void for_each_token_tile_run(const TaskSmem& ts, int rows,
+                                                        Count&& count) {
+  if (static_cast<int>(threadIdx.x) < rows) {
+    const int r = static_cast<int>(threadIdx.x);
+    const int tt = ts.token_tile[r];
+    if (r == 0 || ts.token_tile[r - 1] != tt) {
+      int len = 1;
+      while (r + len < rows && ts.token_tile[r + len] == tt) ++len;
+      count(tt, len);
+    }
+  }
+}
+
 // GEMM1 task (tile, b): column tile b / k_split, K slice b % k_split (k_split == 1: whole K).
 template <class P>
 __device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int b) {
@@ -246,31 +276,17 @@ __device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   gemm1_math<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile, ks.first, ks.count);
   const int group = tile * p.gemm1_col_tiles + col_tile;
   if (slices > 1 && !finish_k_split<P>(p, sm, 1, group, slice, slices, rt.rows)) return;
-  if (threadIdx.x < kTileRows) {
-    const int r = static_cast<int>(threadIdx.x);
-    const bool valid = r < rt.rows;
-    const int id = valid ? __ldcg(p.expert_rows + rt.first + r) : -1;
-    sm.task.row_id[r] = id;
-    sm.task.token_tile[r] = valid ? id / p.topk / kTileRows : -1;
-  }
-  __syncthreads();  // row ids before the epilogue's stores
+  set_gemm1_rows(p, sm.task, p.expert_rows + rt.first, rt.rows);
   gemm1_epilogue<P>(p, sm, rt.expert, rt.rows, col_tile, static_cast<Elem*>(p.stage));
 
   publish_block_writes();
-  // One counter update per run of rows that share a token tile (rows are in token order).
-  if (static_cast<int>(threadIdx.x) < rt.rows) {
-    const int r = static_cast<int>(threadIdx.x);
-    const int tt = sm.task.token_tile[r];
-    if (r == 0 || sm.task.token_tile[r - 1] != tt) {
-      int len = 1;
-      while (r + len < rt.rows && sm.task.token_tile[r + len] == tt) ++len;
-      const int done = atomicAdd(p.tokentile_done + tt, len) + len;
-      if (done == __ldcg(p.tokentile_target + tt)) {
-        __threadfence();
-        push_tasks(p, TaskType::combine, tt, 0, p.combine_col_tiles);
-      }
+  for_each_token_tile_run(sm.task, rt.rows, [&](int tt, int len) {
+    const int done = atomicAdd(p.tokentile_done + tt, len) + len;
+    if (done == __ldcg(p.tokentile_target + tt)) {
+      __threadfence();
+      push_tasks(p, TaskType::combine, tt, 0, p.combine_col_tiles);
     }
-  }
+  });
 }
 
 }  // namespace monomoe::device
