@@ -9,7 +9,8 @@
 #      (extra bench flags, e.g. --trace), SWEEP (tokens|experts|gpus: also run a sweep), TESTS
 #      (ctest -R regex to run a subset), TEST_TIMEOUT (per test, default 150 s), COMMIT (for logs),
 #      EXTRA_BENCH (more bench runs after the main one, ';'-separated flag sets, e.g.
-#      "--experts 128 --tokens 16384;--dtype fp32"; logs gpu-bench-extra-N.log), SOAK (calls of
+#      "--experts 128 --tokens 16384;--dtype fp32"; a set with its own --gpus keeps it; logs
+#      gpu-bench-extra-N.log), SOAK (calls of
 #      `monomoe soak` on the GPUS after the check; unset: no soak; log gpu-soak.log), PIP (1: also
 #      `pip install --no-build-isolation` the package into build-gpu/pip, as a user would, and run
 #      the GPU pytest suite against that install; log gpu-pip.log).
@@ -83,8 +84,9 @@ tail -12 "$OUT/gpu-bench.log" | tee -a "$OUT/gpu-summary.log"
 if [ -n "${EXTRA_BENCH:-}" ]; then
   IFS=';' read -ra extra <<< "$EXTRA_BENCH"
   for i in "${!extra[@]}"; do
-    timeout 300 $mm bench --gpus $GPUS ${extra[$i]} > "$OUT/gpu-bench-extra-$i.log" 2>&1
-    echo "bench --gpus $GPUS ${extra[$i]} rc=$?" | tee -a "$OUT/gpu-summary.log"
+    g="--gpus $GPUS"; [[ " ${extra[$i]} " == *" --gpus "* ]] && g=
+    timeout 300 $mm bench $g ${extra[$i]} > "$OUT/gpu-bench-extra-$i.log" 2>&1
+    echo "bench $g ${extra[$i]} rc=$?" | tee -a "$OUT/gpu-summary.log"
     tail -7 "$OUT/gpu-bench-extra-$i.log" | tee -a "$OUT/gpu-summary.log"
   done
 fi
