@@ -150,6 +150,7 @@ TEST(Workspace, PrefixForTheLargestHoldsEveryLayer) {
 // counter/partial indexing rely on, over a grid of shapes and block counts.
 TEST(Workspace, SplitKStaysWithinItsPlannedRoom) {
   using monomoe::device::k_split_for;
+  using monomoe::device::k_split_room;
   using monomoe::device::kMaxKSplit;
   using monomoe::device::kSplitTargetMax;
   int splits = 0;
@@ -165,9 +166,11 @@ TEST(Workspace, SplitKStaysWithinItsPlannedRoom) {
             if (s == 1) continue;
             ++splits;
             ASSERT_LE(s, depth) << "every slice at least 128 deep";
+            const int room = k_split_room(rows, g0, g1, hidden, ffn);
             for (int g : {g0, g1}) {  // each phase: its groups and partial tiles
               ASSERT_LE(2 * rows * g, target);
               ASSERT_LE(rows * g * s, target);
+              ASSERT_LE(rows * g * s, room) << "the partial tiles the plan sized (workspace.cpp)";
             }
             ASSERT_LE(rows * (g0 + g1) * s, 2 * kSplitTargetMax) << "queue room (workspace.cpp)";
           }
@@ -181,4 +184,9 @@ TEST(Workspace, SplitKStaysWithinItsPlannedRoom) {
   // 128 tokens at top-8 of 128 experts (128 row tiles): whole tasks.
   EXPECT_EQ(k_split_for(128, 12, 16, 4096, 1536, 132), 1);
   EXPECT_EQ(k_split_for(0, 8, 8, 2048, 2048, 132), 1);
+  // The room: the default shape's layer needs every partial tile; a 128-deep K never splits; a
+  // small layer (4 row tiles x 2 column tiles, K of 2 steps) needs 16.
+  EXPECT_EQ(k_split_room(200, 16, 16, 2048, 2048), kSplitTargetMax);
+  EXPECT_EQ(k_split_room(200, 16, 16, 2048, 128), 0);
+  EXPECT_EQ(k_split_room(4, 2, 1, 256, 256), 16);
 }

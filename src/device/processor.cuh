@@ -158,7 +158,11 @@ __device__ bool finish_k_split(const Params& p, KernelSmem<P>& sm, int phase, in
   constexpr int kVec = kBN / 4;  // float4 per row
   float* tile = reinterpret_cast<float*>(sm.gemm.buffer);  // [128][kCPitch], Gemm::result
   constexpr long long kTileFloats = static_cast<long long>(kTileRows) * kBN;
-  float* partials = p.split_partial + phase * kSplitTargetMax * kTileFloats;
+  if (group * slices + slices > p.split_room) {  // the plan's bound (split.hpp), kept honest
+    if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, group * slices + slice, p.split_room);
+    return false;
+  }
+  float* partials = p.split_partial + phase * static_cast<long long>(p.split_room) * kTileFloats;
   int* done = p.split_done + phase * kSplitTargetMax;
   float4* mine = reinterpret_cast<float4*>(partials + (static_cast<long long>(group) * slices + slice) *
                                                           kTileFloats);

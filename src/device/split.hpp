@@ -42,4 +42,20 @@ MONOMOE_HOST_DEVICE constexpr int k_split_for(int row_tiles, int gemm0_cols, int
   return slices < 1 ? 1 : slices;
 }
 
+// Partial tiles one phase can need in a layer whose calls have at most `max_row_tiles` row tiles:
+// a split call has groups * S partial tiles per phase, groups <= its row tiles x the wider phase's
+// column tiles (at most kSplitTargetMax / 2 when S > 1) and S <= min(kMaxKSplit, depth), so at
+// most kSplitTargetMax; 0 when no call can split (a K range of one 128-deep step). The workspace
+// plan sizes the partial tiles with it, so a small layer does not carry the default's ~40 MiB.
+MONOMOE_HOST_DEVICE constexpr int k_split_room(long long max_row_tiles, int gemm0_cols,
+                                               int gemm1_cols, int hidden, int ffn) {
+  const int depth = (hidden < ffn ? hidden : ffn) / 128;
+  const int slices = depth < kMaxKSplit ? depth : kMaxKSplit;
+  if (slices < 2 || max_row_tiles <= 0) return 0;
+  long long groups = max_row_tiles * (gemm0_cols > gemm1_cols ? gemm0_cols : gemm1_cols);
+  if (groups > kSplitTargetMax / 2) groups = kSplitTargetMax / 2;
+  const long long room = groups * slices;
+  return static_cast<int>(room < kSplitTargetMax ? room : kSplitTargetMax);
+}
+
 }  // namespace monomoe::device

@@ -372,6 +372,7 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.tokentile_target = p.tokentile_done + m.plan.token_tiles;
   p.split_done = p.tokentile_target + m.plan.token_tiles;
   p.split_partial = m.at<float>(m.plan.split_partial);
+  p.split_room = static_cast<int>(m.plan.split_room);
   p.split_target = std::min(m.grid, device::kSplitTargetMax);
   p.error = m.error();
   p.logits = m.at<float>(m.plan.logits);

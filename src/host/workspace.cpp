@@ -89,8 +89,13 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   p.stage = a.take(checked_mul(checked_mul(choices, u(cfg.hidden), "hidden"), elem, "hidden"),
                    "hidden");
   p.recv_tiles = a.take(checked_mul(u(p.row_tiles), 16, "max_tokens"), "max_tokens");
-  p.split_partial_bytes =
-      u(TileShape::kSplitPartials * TileShape::kRows * TileShape::expert_cols(cfg.dtype) * 4);
+  // The kernel's expert GEMM tasks are 128 x expert_cols (layer.cu: gemm0/gemm1_col_tiles).
+  const std::int64_t ecols = TileShape::expert_cols(cfg.dtype);
+  p.split_room = device::k_split_room(
+      p.row_tiles, static_cast<int>((cfg.w1_columns() + ecols - 1) / ecols),
+      static_cast<int>((cfg.hidden + ecols - 1) / ecols), static_cast<int>(cfg.hidden),
+      static_cast<int>(cfg.ffn));
+  p.split_partial_bytes = u(2 * p.split_room * TileShape::kRows * ecols * 4);
   p.split_partial = a.take(p.split_partial_bytes, "split");
   p.body_bytes = a.size();
 

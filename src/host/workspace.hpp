@@ -19,8 +19,8 @@ struct TileShape {
   // Output columns of one expert GEMM task per precision (device::expert_tile_cols; layer.cu checks
   // that the two agree).
   static constexpr std::int64_t expert_cols(DType d) { return d == DType::bf16 ? 256 : 128; }
-  // Split K (device/split.hpp): per phase (GEMM0, GEMM1) counters for kSplitGroups task groups
-  // and room for kSplitGroups fp32 partial tiles of 128 x expert_cols; kSplitPartials in all.
+  // Split K (device/split.hpp): per phase (GEMM0, GEMM1) counters for kSplitGroups task groups,
+  // kSplitPartials counters in all (the partial tiles are sized per layer: split_room below).
   static constexpr std::int64_t kSplitGroups = device::kSplitTargetMax;
   static constexpr std::int64_t kSplitPartials = device::kSplitPartialsMax;
 };
@@ -51,7 +51,8 @@ struct WorkspacePlan {
   std::size_t hidden_act = 0;   // elem [rows_in, ffn]: activation output of GEMM0
   std::size_t stage = 0;        // elem [max_tokens * k, hidden]: expert outputs before combine
   std::size_t recv_tiles = 0;   // RecvTile (16 bytes) [row_tiles] (world > 1)
-  // float [kSplitPartials, 128, expert_cols]: split-K partial tiles
+  // float [2, split_room, 128, expert_cols]: split-K partial tiles (device::k_split_room)
+  std::int64_t split_room = 0;
   std::size_t split_partial = 0, split_partial_bytes = 0;
   std::size_t body_bytes = 0;   // the extent of these regions
   // What this layer alone needs: its shared prefix (epoch, error, task slots) and its regions.
