@@ -58,7 +58,8 @@ std::vector<std::pair<std::size_t, std::size_t>> body_regions(const LayerConfig&
           {p.expert_rows, u(p.rows_in) * 4},
           {p.hidden_act, u(std::max(p.rows_in, p.row_tiles * 128) * c.ffn) * elem},
           {p.stage, choices * u(c.hidden) * elem},
-          {p.recv_tiles, u(p.row_tiles) * 16}};
+          {p.recv_tiles, u(p.row_tiles) * 16},
+          {p.recv_part, u(p.recv_parts) * 16}};
 }
 
 TEST(Workspace, SharedPrefixDoesNotMoveWithTheConfig) {
@@ -102,6 +103,7 @@ TEST(Workspace, LayerRegionsStayInTheLayersArea) {
       SCOPED_TRACE(c.describe());
       const detail::WorkspacePlan p = detail::plan_workspace(c);
       EXPECT_EQ(p.world, world);
+      EXPECT_EQ(p.recv_parts, device::recv_parts_bound(p.row_tiles));
       for (const auto& [at, bytes] : body_regions(c, p)) {
         EXPECT_EQ(at % 256, 0u);
         EXPECT_LE(at + bytes, p.body_bytes);
