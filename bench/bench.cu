@@ -311,6 +311,10 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   }
   out << "device: " << world << " x " << prop.name << "; rank 0's view: dropped rows " << st.dropped;
   if (st.k_split > 1) out << "; expert GEMM tasks split in " << st.k_split << " K slices (few rows)";
+  if (st.packed_tiles > 0) {
+    out << "; " << st.packed_tiles << " of " << st.row_tiles
+        << " row tiles hold rows of several ranks (packed)";
+  }
   if (world > 1) {
     out << "; FFN TFLOP/s per GPU; MB sent = rank 0's rows to other ranks' experts, out and back";
   }

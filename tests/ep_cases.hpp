@@ -1,8 +1,8 @@
 // The expert-parallel cases that every multi-rank test runs, on real GPUs (test_layer_multi_gpu.cu,
 // one forked process per GPU) and on virtual ranks of one GPU (test_virtual_ranks.cu): every
 // precision and activation, uneven and empty ranks, skewed routing, capacity with drops, 1 and 32
-// experts per rank, and routing given by the caller (each rank its own tokens'). Small shapes: the
-// float64 reference of all ranks stays fast.
+// experts per rank, a few tokens per rank at top-8, and routing given by the caller (each rank its
+// own tokens'). Small shapes: the float64 reference of all ranks stays fast.
 #pragma once
 
 #include <cstdint>
@@ -68,6 +68,10 @@ inline std::vector<EpCase> ep_cases(int w) {
                ep_base(DType::bf16, Activation::gelu, w, 1), {384, 0}});
   v.push_back({"bf16 32 experts per rank, top-4", ep_base(DType::bf16, Activation::swiglu, 32 * w, 4),
                {384, 333, 222, 111}});
+  // A few tokens per rank at top-8 (the decode shape, docs/ep-pack.md): most experts get a row or
+  // a few from several ranks, packed into one row tile; tokens send several rows to one rank.
+  v.push_back({"bf16 swiglu top-8, a few tokens per rank",
+               ep_base(DType::bf16, Activation::swiglu, 16 * w, 8), {9, 3, 0, 17}});
   for (DType d : {DType::bf16, DType::tf32}) {
     LayerConfig c = ep_base(d, Activation::swiglu, 4 * w, 2);
     c.weight_layout = WeightLayout::out_in;

@@ -21,6 +21,7 @@
 #include "monomoe/monomoe.hpp"
 #include "ep_cases.hpp"
 #include "multi_gpu.hpp"
+#include "pack_cases.hpp"
 #include "poison_check.hpp"
 #include "reference/reference.hpp"
 
@@ -32,6 +33,7 @@ namespace {
 int run_cases(int rank, int world, const UniqueId& id) {
   Communicator comm(id, rank, world, rank);
   int failed = 0;
+  int packed = 0;  // cases whose calls had row tiles of several ranks here (device/pack.hpp)
   for (const test::EpCase& tc : test::ep_cases(world)) {
     LayerConfig c = tc.cfg;
     c.rank = rank;
@@ -48,6 +50,7 @@ int run_cases(int rank, int world, const UniqueId& id) {
       dev.poison_y();
       dev.forward(layer);  // with the rank's given routing when the case has one
       ok = bench::check_forward(layer, dev, pr, ref.ranks[rank], rank, detail);
+      if (ok && call == 0 && layer.stats().packed_tiles > 0) ++packed;
       const std::vector<float> y = dev.y_host();
       if (call == 0) first = y;
       if (call == 1 && ok && std::memcmp(first.data(), y.data(), y.size() * sizeof(float)) != 0) {
@@ -92,6 +95,10 @@ int run_cases(int rank, int world, const UniqueId& id) {
         rok ? "identical" : "differs");
     failed += rok ? 0 : 1;
   }
+  // Most cases give an expert partial tiles from several ranks: some must have been packed.
+  std::printf("[rank %d/%d] %s: %d cases with packed row tiles\n", rank, world,
+              packed > 0 ? "PASS" : "FAIL", packed);
+  failed += packed > 0 ? 0 : 1;
   return failed;
 }
 
@@ -105,6 +112,63 @@ void run_world(int world) {
 
 TEST(LayerMultiGpu, TwoRanks) { run_world(2); }
 TEST(LayerMultiGpu, FourRanks) { run_world(4); }
+
+// Routings given by hand that make every kind of row tile (pack_cases.hpp), on real GPUs: each
+// rank's output against the float64 reference, three calls bit-identical, its tile counts as the
+// rule says. Returns the number of failed checks.
+int run_packed(int rank, int world, const UniqueId& id) {
+  Communicator comm(id, rank, world, rank);
+  int failed = 0;
+  for (const test::PackCase& pc : test::pack_cases(world)) {
+    LayerConfig c = pc.cfg;
+    c.rank = rank;
+    const reference::Problem pr = test::make_pack_problem(pc, 31);
+    const reference::Result ref = reference::run(pr);
+    bench::DeviceProblem dev(pr, rank);
+    MoELayer layer(c, comm, dev.weights());
+    const device::PackResult want = test::expected_pack(pc, rank);
+    std::vector<float> first;
+    for (int call = 0; call < 3; ++call) {
+      dev.poison_y();
+      dev.forward(layer);  // the given routing
+      std::string detail;
+      bool ok = bench::check_forward(layer, dev, pr, ref.ranks[rank], rank, detail);
+      const ForwardStats st = layer.stats();
+      if (st.row_tiles != want.tiles || st.packed_tiles != want.packed) {
+        ok = false;
+        detail += " row tiles " + std::to_string(st.row_tiles) + " (packed " +
+                  std::to_string(st.packed_tiles) + "), the rule says " +
+                  std::to_string(want.tiles) + " (" + std::to_string(want.packed) + ")";
+      }
+      const std::vector<float> y = dev.y_host();
+      if (call == 0) {
+        first = y;
+      } else if (std::memcmp(first.data(), y.data(), y.size() * sizeof(float)) != 0) {
+        ok = false;
+        detail += " differs bitwise from the first call";
+      }
+      std::printf("[rank %d/%d, call %d] %s %s: %lld row tiles, %lld packed: %s\n", rank, world,
+                  call, ok ? "PASS" : "FAIL", pc.name.c_str(),
+                  static_cast<long long>(st.row_tiles), static_cast<long long>(st.packed_tiles),
+                  detail.c_str());
+      failed += ok ? 0 : 1;
+    }
+  }
+  return failed;
+}
+
+void run_packed_world(int world) {
+  const int gpus = test::visible_gpus_without_cuda_init();
+  if (gpus < world) GTEST_SKIP() << "needs " << world << " GPUs, " << gpus << " visible";
+  const std::vector<int> status = test::run_forked(
+      world, 300.0, [&](int rank, const UniqueId& id) { return run_packed(rank, world, id); });
+  for (int r = 0; r < world; ++r) {
+    EXPECT_EQ(status[r], 0) << "rank " << r << " (failed calls or crash)";
+  }
+}
+
+TEST(LayerMultiGpu, PackedRowTilesTwoRanks) { run_packed_world(2); }
+TEST(LayerMultiGpu, PackedRowTilesFourRanks) { run_packed_world(4); }
 
 // Two layers of different configs on one communicator per GPU share its workspace and its NCCL
 // window ("Many layers", layer.hpp): the larger is built after the smaller ran, so every rank

@@ -15,6 +15,7 @@
 #include "bench/device_problem.hpp"
 #include "ep_cases.hpp"
 #include "gpu_test.hpp"
+#include "pack_cases.hpp"
 #include "monomoe/monomoe.hpp"
 #include "poison_check.hpp"
 #include "reference/reference.hpp"
@@ -64,6 +65,7 @@ void run_world(int world) {
   MONOMOE_REQUIRE_GPU();
   int failed = 0;
   int split = 0;  // rank-calls whose GEMM tasks were split in K slices (the few-rows path)
+  int packed = 0;  // rank-calls with row tiles of several sources (device/pack.hpp)
   for (const test::EpCase& tc : test::ep_cases(world)) {
     reference::Problem pr = reference::make_problem(tc.cfg, tc.tokens, 1234);
     if (tc.skew_expert >= 0) reference::skew_gate_towards(pr, tc.skew_expert, 50.f);
@@ -97,19 +99,73 @@ void run_world(int world) {
         }
         failed += ok ? 0 : 1;
         EXPECT_TRUE(ok) << tc.name << ", virtual rank " << r << ", call " << call << ": " << detail;
-        if (error.empty() && vr.layer(r).stats().k_split > 1) ++split;
+        if (error.empty()) {
+          const ForwardStats st = vr.layer(r).stats();
+          split += st.k_split > 1 ? 1 : 0;
+          packed += st.packed_tiles > 0 ? 1 : 0;
+        }
       }
     }
   }
-  std::printf("%d virtual ranks: %d failed rank-calls, %d split K\n", world, failed, split);
+  std::printf("%d virtual ranks: %d failed rank-calls, %d split K, %d with packed row tiles\n",
+              world, failed, split, packed);
   // The small cases (one expert per rank, ranks with few or no tokens) give a rank fewer GEMM tasks
   // than its share of the blocks: the split runs with peers too.
   EXPECT_GT(split, 0);
+  // Experts get partial tiles from several ranks in most cases (a few tokens per rank above all).
+  EXPECT_GT(packed, 0);
 }
 
 TEST(LayerVirtualRanks, TwoRanks) { run_world(2); }
 TEST(LayerVirtualRanks, FourRanks) { run_world(4); }
 TEST(LayerVirtualRanks, EightRanks) { run_world(8); }
+
+// Routings given by hand that make every kind of row tile (pack_cases.hpp: a source's full tile,
+// an exact 128, remainders of up to 7 sources packed with the owner's own rows, remainders cut
+// between two tiles, one source only, none): every rank's output against the float64 reference,
+// three calls bit-identical, and each rank's tile counts as the rule says.
+TEST(LayerVirtualRanks, PackedRowTiles) {
+  MONOMOE_REQUIRE_GPU();
+  for (int world : {2, 4, 8}) {
+    for (const test::PackCase& pc : test::pack_cases(world)) {
+      SCOPED_TRACE(pc.name + ", " + std::to_string(world) + " virtual ranks");
+      const reference::Problem pr = test::make_pack_problem(pc, 31);
+      const reference::Result ref = reference::run(pr);
+      VirtualProblem dev(pr, world);
+      VirtualRanks vr(pc.cfg, 0, dev.weights());
+      std::vector<std::vector<float>> first(static_cast<std::size_t>(world));
+      for (int call = 0; call < 3; ++call) {
+        dev.forward(vr);
+        vr.synchronize();
+        for (int r = 0; r < world; ++r) {
+          std::string detail;
+          EXPECT_TRUE(bench::check_forward(vr.layer(r), *dev.ranks[r], pr, ref.ranks[r], r, detail))
+              << "rank " << r << ", call " << call << ": " << detail;
+          const ForwardStats st = vr.layer(r).stats();
+          const device::PackResult want = test::expected_pack(pc, r);
+          EXPECT_EQ(st.row_tiles, want.tiles) << "rank " << r;
+          EXPECT_EQ(st.packed_tiles, want.packed) << "rank " << r;
+          const std::vector<float> y = dev.ranks[r]->y_host();
+          if (call == 0) {
+            first[r] = y;
+          } else {
+            EXPECT_EQ(std::memcmp(first[r].data(), y.data(), y.size() * sizeof(float)), 0)
+                << "rank " << r << ", call " << call << " differs bitwise from the first";
+          }
+          if (call == 0) {
+            std::printf("[%d virtual ranks, rank %d] %s: %lld row tiles, %lld packed, "
+                        "k_split %lld: %s\n",
+                        world, r, pc.name.c_str(), static_cast<long long>(st.row_tiles),
+                        static_cast<long long>(st.packed_tiles), static_cast<long long>(st.k_split),
+                        detail.c_str());
+          }
+        }
+      }
+      // Expert 0 packs its owner's own rows with its peers' (a packed tile on rank 0).
+      EXPECT_GT(test::expected_pack(pc, 0).packed, 0);
+    }
+  }
+}
 
 // Two layers of different configs on the same virtual ranks (the second VirtualRanks built on the
 // first's ranks) share each rank's workspace and window ("Many layers", layer.hpp): the larger is

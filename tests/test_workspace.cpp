@@ -5,9 +5,13 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <random>
+#include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
+#include "device/pack.hpp"
 #include "host/workspace.hpp"
 #include "monomoe/config.hpp"
 
@@ -54,7 +58,8 @@ std::vector<std::pair<std::size_t, std::size_t>> body_regions(const LayerConfig&
           {p.expert_rows, u(p.rows_in) * 4},
           {p.hidden_act, u(std::max(p.rows_in, p.row_tiles * 128) * c.ffn) * elem},
           {p.stage, choices * u(c.hidden) * elem},
-          {p.recv_tiles, u(p.row_tiles) * 16}};
+          {p.recv_tiles, u(p.row_tiles) * 16},
+          {p.recv_part, u(p.recv_parts) * 16}};
 }
 
 TEST(Workspace, SharedPrefixDoesNotMoveWithTheConfig) {
@@ -98,6 +103,7 @@ TEST(Workspace, LayerRegionsStayInTheLayersArea) {
       SCOPED_TRACE(c.describe());
       const detail::WorkspacePlan p = detail::plan_workspace(c);
       EXPECT_EQ(p.world, world);
+      EXPECT_EQ(p.recv_parts, device::recv_parts_bound(p.row_tiles));
       for (const auto& [at, bytes] : body_regions(c, p)) {
         EXPECT_EQ(at % 256, 0u);
         EXPECT_LE(at + bytes, p.body_bytes);
@@ -189,4 +195,243 @@ TEST(Workspace, SplitKStaysWithinItsPlannedRoom) {
   EXPECT_EQ(k_split_room(200, 16, 16, 2048, 2048), kSplitTargetMax);
   EXPECT_EQ(k_split_room(200, 16, 16, 2048, 128), 0);
   EXPECT_EQ(k_split_room(4, 2, 1, 256, 256), 16);
+}
+
+// The packing of received rows into row tiles (device/pack.hpp) over random and adversarial
+// headers: every row of every (source, local expert) lands in exactly one tile, each part inside
+// one of its source's row tiles (the arrival flag it waits on), tiles of one expert and at most 128
+// rows, packed only where that saves tiles, and within the bounds the workspace plan sizes
+// recv_tiles and recv_parts with (host/workspace.cpp).
+namespace {
+
+struct PackCase {
+  int world, experts_local, rank;
+  std::vector<int> header;       // [world][experts_local]
+  std::vector<int> local_first;  // [experts_local]
+  long long max_tiles;           // the workspace plan's row_tiles for the case's max_tokens
+};
+
+// Runs pack_recv_tiles with room for `max_tiles` tiles and `max_parts` parts and checks the result
+// against the rule. Returns "" or what went wrong.
+std::string check_pack(const PackCase& c, monomoe::device::PackResult* result = nullptr) {
+  using namespace monomoe::device;
+  const int w = c.world, el = c.experts_local;
+  const long long max_parts = recv_parts_bound(c.max_tiles);
+  std::vector<RecvTile> tiles(static_cast<std::size_t>(c.max_tiles) + 1, RecvTile{-7, -7, -7, -7});
+  std::vector<RecvPart> parts(static_cast<std::size_t>(max_parts) + 1, RecvPart{-7, -7, -7, -7});
+  std::vector<int> seg_rows(static_cast<std::size_t>(w)), seg_tiles(static_cast<std::size_t>(w));
+  const PackResult r = pack_recv_tiles(
+      w, el, c.rank, c.header.data(), c.local_first.data(), seg_rows.data(), seg_tiles.data(),
+      tiles.data(), static_cast<int>(c.max_tiles), parts.data(), static_cast<int>(max_parts));
+  if (result) *result = r;
+  if (!r.ok) return "the plan's bounds were too small";
+  if (tiles.back().rows != -7 || parts.back().rows != -7) return "wrote past the room";
+  const auto hdr = [&](int s, int e) { return c.header[static_cast<std::size_t>(s * el + e)]; };
+  // Expected tiles per expert, and where each (source, expert)'s rows start: its segment offset and
+  // tile (experts in order), or local_first for this rank's own rows.
+  std::vector<int> want_tiles(static_cast<std::size_t>(el), 0);
+  long long unpacked = 0;
+  std::vector<int> base(static_cast<std::size_t>(w * el)), tile0(static_cast<std::size_t>(w * el));
+  for (int s = 0; s < w; ++s) {
+    int rows = 0, t = 0;
+    for (int e = 0; e < el; ++e) {
+      base[static_cast<std::size_t>(s * el + e)] =
+          s == c.rank ? c.local_first[static_cast<std::size_t>(e)] : rows;
+      tile0[static_cast<std::size_t>(s * el + e)] = t;
+      rows += hdr(s, e);
+      t += (hdr(s, e) + 127) / 128;
+    }
+  }
+  for (int e = 0; e < el; ++e) {
+    int full = 0, rem = 0, rem_rows = 0;
+    for (int s = 0; s < w; ++s) {
+      full += hdr(s, e) / 128;
+      rem += hdr(s, e) % 128 ? 1 : 0;
+      rem_rows += hdr(s, e) % 128;
+    }
+    unpacked += full + rem;
+    want_tiles[static_cast<std::size_t>(e)] = full + std::min(rem, (rem_rows + 127) / 128);
+  }
+  if (r.tiles > unpacked) return "more tiles than one per segment piece";
+  if (unpacked > c.max_tiles) return "the case exceeds the plan's row tiles";
+  if (r.parts > recv_parts_bound(unpacked)) return "more parts than the bound";
+  // Every row of (s, e) covered once: [base, base + rows) as a multiset of (s, index).
+  std::set<std::pair<int, int>> seen;
+  std::vector<int> got_tiles(static_cast<std::size_t>(el), 0);
+  int next_part = 0, packed = 0, prev_expert = 0;
+  for (int i = 0; i < r.tiles; ++i) {
+    const RecvTile& t = tiles[static_cast<std::size_t>(i)];
+    const std::string at = "tile " + std::to_string(i) + ": ";
+    if (t.expert_local < prev_expert || t.expert_local >= el) return at + "expert out of order";
+    prev_expert = t.expert_local;
+    ++got_tiles[static_cast<std::size_t>(t.expert_local)];
+    if (t.rows < 1 || t.rows > 128) return at + "rows out of 1..128";
+    if (t.parts < 1 || t.parts > w) return at + "parts out of 1..world";
+    if (t.part_first != next_part) return at + "parts not consecutive";
+    next_part += t.parts;
+    packed += t.parts > 1 ? 1 : 0;
+    int sum = 0, prev_source = -1;
+    for (int j = 0; j < t.parts; ++j) {
+      const RecvPart& q = parts[static_cast<std::size_t>(t.part_first + j)];
+      if (q.source <= prev_source || q.source >= w) return at + "sources not in rank order";
+      prev_source = q.source;
+      const int e = t.expert_local;
+      const int b = base[static_cast<std::size_t>(q.source * el + e)];
+      const int k0 = q.first - b, k1 = q.first + q.rows - 1 - b;
+      if (q.rows < 1 || k0 < 0 || k1 >= hdr(q.source, e)) return at + "part outside its rows";
+      if (k0 / 128 != k1 / 128) return at + "part spans two of its source's tiles";
+      if (q.seg_tile != tile0[static_cast<std::size_t>(q.source * el + e)] + k0 / 128) {
+        return at + "part waits on the wrong arrival flag";
+      }
+      if (t.parts > 1 && k0 / 128 != hdr(q.source, e) / 128) {
+        return at + "a source's full tile was packed";
+      }
+      for (int k = k0; k <= k1; ++k) {
+        if (!seen.insert({q.source * el + e, k}).second) return at + "a row listed twice";
+      }
+      sum += q.rows;
+    }
+    if (sum != t.rows) return at + "parts do not add up to the tile";
+  }
+  // Packed only where that saves tiles: an expert with a tile of several sources needs fewer
+  // tiles for its remainders than it has remainders.
+  for (int i = 0; i < r.tiles; ++i) {
+    const RecvTile& t = tiles[static_cast<std::size_t>(i)];
+    if (t.parts < 2) continue;
+    int rem = 0, rem_rows = 0;
+    for (int s = 0; s < w; ++s) {
+      rem += hdr(s, t.expert_local) % 128 ? 1 : 0;
+      rem_rows += hdr(s, t.expert_local) % 128;
+    }
+    if ((rem_rows + 127) / 128 >= rem) return "packed where it saves no tile";
+  }
+  if (next_part != r.parts) return "parts listed but not used";
+  if (packed != r.packed) return "packed count";
+  long long rows = 0;
+  for (int v : c.header) rows += v;
+  if (static_cast<long long>(seen.size()) != rows) return "rows missing";
+  for (int e = 0; e < el; ++e) {
+    if (got_tiles[static_cast<std::size_t>(e)] != want_tiles[static_cast<std::size_t>(e)]) {
+      return "expert " + std::to_string(e) + ": " +
+             std::to_string(got_tiles[static_cast<std::size_t>(e)]) + " tiles, the rule makes " +
+             std::to_string(want_tiles[static_cast<std::size_t>(e)]);
+    }
+  }
+  return "";
+}
+
+// A case whose headers come from `tokens[s]` tokens per source, each choosing `k` distinct experts
+// of world * el at random (so each source's rows respect the plan's rows_per_source).
+PackCase random_case(std::mt19937& rng, int world, int el, int k, int rank,
+                     const std::vector<int>& tokens, int max_tokens) {
+  PackCase c{world, el, rank, std::vector<int>(static_cast<std::size_t>(world * el), 0), {}, 0};
+  const int experts = world * el;
+  for (int s = 0; s < world; ++s) {
+    for (int t = 0; t < tokens[static_cast<std::size_t>(s)]; ++t) {
+      std::vector<int> all(static_cast<std::size_t>(experts));
+      for (int e = 0; e < experts; ++e) all[static_cast<std::size_t>(e)] = e;
+      std::shuffle(all.begin(), all.end(), rng);
+      for (int j = 0; j < std::min(k, experts); ++j) {
+        const int e = all[static_cast<std::size_t>(j)];
+        if (e / el == rank) ++c.header[static_cast<std::size_t>(s * el + e % el)];
+      }
+    }
+  }
+  int first = 0;  // this rank's own rows of each expert: any increasing offsets
+  for (int e = 0; e < el; ++e) {
+    c.local_first.push_back(first + 3);
+    first += c.header[static_cast<std::size_t>(rank * el + e)] + 5;
+  }
+  // The plan's row tiles (workspace.cpp) for max_tokens.
+  const long long rows_per_source = static_cast<long long>(max_tokens) * std::min(k, el);
+  c.max_tiles = world * ((rows_per_source + 127) / 128 + el);
+  return c;
+}
+
+}  // namespace
+
+TEST(Workspace, PackedRowTilesFollowTheRuleWithinTheirBounds) {
+  std::mt19937 rng(99);
+  int packed_cases = 0;
+  for (int world : {1, 2, 3, 4, 8, 16}) {
+    for (int el : {1, 2, 4, 16}) {
+      for (int k : {1, 2, 8}) {
+        for (int max_tokens : {1, 40, 300}) {
+          for (int trial = 0; trial < 3; ++trial) {
+            std::vector<int> tokens;
+            for (int s = 0; s < world; ++s) {
+              const int pick = static_cast<int>(rng() % 4);
+              tokens.push_back(pick == 0   ? 0
+                               : pick == 1 ? max_tokens
+                                           : static_cast<int>(rng() % (max_tokens + 1)));
+            }
+            const PackCase c =
+                random_case(rng, world, el, k, static_cast<int>(rng() % world), tokens, max_tokens);
+            monomoe::device::PackResult r{};
+            ASSERT_EQ(check_pack(c, &r), "")
+                << "world " << world << " el " << el << " k " << k << " max_tokens " << max_tokens;
+            packed_cases += r.packed > 0 ? 1 : 0;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(packed_cases, 50);
+}
+
+TEST(Workspace, PackedRowTilesEdgeCases) {
+  using monomoe::device::PackResult;
+  PackResult r{};
+  // The shape: 2 ranks, 64 local experts, ~4 rows per expert from each source: one tile per
+  // expert instead of two.
+  {
+    PackCase c{2, 64, 1, std::vector<int>(128, 4), {}, 2 * (64 * 8 / 128 + 64)};
+    for (int e = 0; e < 64; ++e) c.local_first.push_back(4 * e);
+    ASSERT_EQ(check_pack(c, &r), "");
+    EXPECT_EQ(r.tiles, 64);
+    EXPECT_EQ(r.packed, 64);
+    EXPECT_EQ(r.parts, 128);
+  }
+  // Two sources, two experts: expert 0 gets 200 + 100 rows (remainders 72 + 100 need two tiles
+  // anyway: left alone, each starts when its source lands); expert 1 gets 60 + 10 (one packed
+  // tile).
+  {
+    PackCase c{2, 2, 0, {200, 60, 100, 10}, {0, 200}, 100};
+    ASSERT_EQ(check_pack(c, &r), "");
+    EXPECT_EQ(r.tiles, 4);  // e0: full(s0), rem(s0), rem(s1); e1: packed
+    EXPECT_EQ(r.packed, 1);
+  }
+  // Exactly 128 rows from each of three sources: full tiles only. Zero rows everywhere: no tiles.
+  {
+    PackCase c{3, 1, 2, {128, 128, 128}, {0}, 3 * 2};
+    ASSERT_EQ(check_pack(c, &r), "");
+    EXPECT_EQ(r.tiles, 3);
+    EXPECT_EQ(r.packed, 0);
+    PackCase z{3, 2, 0, {0, 0, 0, 0, 0, 0}, {0, 0}, 3 * 3};
+    ASSERT_EQ(check_pack(z, &r), "");
+    EXPECT_EQ(r.tiles, 0);
+    EXPECT_EQ(r.parts, 0);
+  }
+  // Rows of one expert from one source only: nothing to pack.
+  {
+    PackCase c{4, 1, 0, {0, 0, 5, 0}, {0}, 4 * 2};
+    ASSERT_EQ(check_pack(c, &r), "");
+    EXPECT_EQ(r.tiles, 1);
+    EXPECT_EQ(r.packed, 0);
+  }
+  // 8 sources of 100 rows (800: 7 tiles instead of 8): remainders cut across tile boundaries, 8
+  // parts + 6 cuts; the last tile (rows 768..799) holds the rest of source 7 alone.
+  {
+    PackCase c{8, 1, 3, std::vector<int>(8, 100), {0}, 8 * 2};
+    ASSERT_EQ(check_pack(c, &r), "");
+    EXPECT_EQ(r.tiles, 7);
+    EXPECT_EQ(r.parts, 14);
+    EXPECT_EQ(r.packed, 6);
+  }
+  // Too little room: refused, nothing written past it.
+  {
+    PackCase c{2, 1, 0, {200, 200}, {0}, 2};  // needs 3 tiles
+    EXPECT_EQ(check_pack(c, &r), "the plan's bounds were too small");
+    EXPECT_FALSE(r.ok);
+  }
 }

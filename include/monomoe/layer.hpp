@@ -59,6 +59,11 @@ struct ForwardStats {
   // this rank's experts fewer GEMM tasks than the GPU has blocks for (a few tokens): the few-rows
   // path.
   std::int64_t k_split = 1;
+  // Expert GEMM row tiles (of up to 128 rows of one local expert) this rank computed. With peers,
+  // packed_tiles of them held rows of several ranks: an expert's partial tiles from different
+  // sources share one tile, so its weights are read once for them (docs/ep-pack.md).
+  std::int64_t row_tiles = 0;
+  std::int64_t packed_tiles = 0;
 };
 
 // Where the time of one forward() went, per persistent block (profiling; see MoELayer::set_trace).

@@ -7,12 +7,13 @@
 //            from x directly.
 //   subscriber  block 0 sends this rank's per-expert row counts (the header, zeros included) to
 //            every peer, reads every source's header, lists the row tiles its experts will
-//            receive (recv_tiles, in source then expert order: deterministic), publishes GEMM0
-//            tasks for each tile once it has landed, and combine tasks for each of its own token
-//            tiles once all their expert results have come back (the `done` counters that GEMM1
-//            blocks of every rank add to).
-//   GEMM1    writes each result row straight into the source rank's stage buffer, then adds to the
-//            source's `done` counter of that token tile.
+//            compute (recv_tiles and their parts, pack.hpp: an expert's partial tiles from
+//            several sources packed into one; deterministic), publishes GEMM0 tasks for each tile
+//            once every source in it has landed its rows, and combine tasks for each of its own
+//            token tiles once all their expert results have come back (the `done` counters that
+//            GEMM1 blocks of every rank add to).
+//   GEMM1    writes each result row straight into its source rank's stage buffer, then adds to that
+//            source's `done` counter of the row's token tile.
 // The transport (transport.cuh) hides how peers are reached.
 #pragma once
 
@@ -117,9 +118,36 @@ __device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm) {
   }
 }
 
+// A row tile as the subscriber listed it: its parts inside recv_parts, of sources that exist, their
+// rows adding up to the tile's. Every thread checks it before using it.
 __device__ __forceinline__ bool valid_recv_tile(const Params& p, int i, const RecvTile& t) {
-  return i >= 0 && i < p.max_recv_tiles && t.rows > 0 && t.rows <= kTileRows && t.source >= 0 &&
-         t.source < p.world && t.expert_local >= 0 && t.expert_local < p.experts_local;
+  if (i < 0 || i >= p.max_recv_tiles || t.rows <= 0 || t.rows > kTileRows || t.parts <= 0 ||
+      t.parts > p.world || t.part_first < 0 || t.part_first + t.parts > p.max_recv_parts ||
+      t.expert_local < 0 || t.expert_local >= p.experts_local) {
+    return false;
+  }
+  int rows = 0;
+  for (int j = 0; j < t.parts; ++j) {
+    const RecvPart q = p.recv_parts[t.part_first + j];
+    if (q.source < 0 || q.source >= p.world || q.rows <= 0) return false;
+    rows += q.rows;
+  }
+  return rows == t.rows;
+}
+
+// Row r of a (valid) row tile: its source and its index there (in the source's inbox segment, or
+// in expert_rows for this rank's own rows).
+struct RecvRow {
+  int source, index;
+};
+__device__ __forceinline__ RecvRow recv_row(const Params& p, const RecvTile& t, int r) {
+  for (int j = 0; j < t.parts - 1; ++j) {
+    const RecvPart q = p.recv_parts[t.part_first + j];
+    if (r < q.rows) return {q.source, q.first + r};
+    r -= q.rows;
+  }
+  const RecvPart q = p.recv_parts[t.part_first + t.parts - 1];
+  return {q.source, q.first + r};
 }
 
 // K slices per GEMM task this call, with peers: the subscriber wrote it before it published the
@@ -128,8 +156,8 @@ __device__ __forceinline__ int ep_k_split(const Params& p) {
   return max(1, __ldcg(&p.control->k_split));
 }
 
-// GEMM0 task (i, b) of received tile i: column tile b / k_split, K slice b % k_split. Rows from the
-// inbox (or from x for this rank's own tokens).
+// GEMM0 task (i, b) of row tile i: column tile b / k_split, K slice b % k_split. Rows from the
+// inbox segments of their sources (or from x for this rank's own tokens).
 template <class P>
 __device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   using Elem = typename P::Elem;
@@ -145,12 +173,13 @@ __device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
     const int r = static_cast<int>(threadIdx.x);
     const Elem* src = nullptr;
     if (r < t.rows) {
-      if (t.source == p.rank) {
-        const int token = __ldcg(p.expert_rows + t.first + r) / p.topk;
+      const RecvRow q = recv_row(p, t, r);
+      if (q.source == p.rank) {
+        const int token = __ldcg(p.expert_rows + q.index) / p.topk;
         src = static_cast<const Elem*>(p.x) + static_cast<long long>(token) * p.hidden;
       } else {
         src = reinterpret_cast<const Elem*>(p.window + p.wl.inbox) +
-              (static_cast<long long>(t.source) * p.wl.rows_per_source + t.first + r) * p.hidden;
+              (static_cast<long long>(q.source) * p.wl.rows_per_source + q.index) * p.hidden;
       }
     }
     sm.gemm.rows[r] = src ? src + ks.first : nullptr;
@@ -171,8 +200,8 @@ __device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   }
 }
 
-// GEMM1 of received tile i: result rows go straight into the source rank's stage buffer, then the
-// source's per-token-tile counters learn how many rows landed.
+// GEMM1 of row tile i: each result row goes straight into its source rank's stage buffer, then
+// each source's per-token-tile counters learn how many of its rows landed.
 template <class P>
 __device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   using Elem = typename P::Elem;
@@ -190,18 +219,39 @@ __device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
     return;
   }
   const LsaTransport tr(p);
-  // The rows' ids: this rank's own routing, or the ids the source sent with the rows.
-  const int* ids = t.source == p.rank
-                       ? p.expert_rows + t.first
-                       : reinterpret_cast<const int*>(p.window + p.wl.ids) +
-                             static_cast<long long>(t.source) * p.wl.rows_per_source + t.first;
-  set_gemm1_rows(p, sm.task, ids, t.rows);
-  gemm1_epilogue<P>(p, sm, t.expert_local, t.rows, col_tile, tr.at<Elem>(p.wl.stage, t.source));
-  __threadfence_system();  // the result rows precede the counter update, also across GPUs
-  __syncthreads();
-  for_each_token_tile_run(sm.task, t.rows, [&](int tt, int len) {
-    tr.add(p.wl.done + 4ull * tt, t.source, len);
+  // The rows' ids: this rank's own routing, or the ids their source sent with them.
+  set_gemm1_rows<Elem>(p, sm.task, t.rows, [&](int r) {
+    const RecvRow q = recv_row(p, t, r);
+    const int* ids = q.source == p.rank
+                         ? p.expert_rows
+                         : reinterpret_cast<const int*>(p.window + p.wl.ids) +
+                               static_cast<long long>(q.source) * p.wl.rows_per_source;
+    return Gemm1Dest{__ldcg(ids + q.index), q.source, tr.at<Elem>(p.wl.stage, q.source)};
   });
+  gemm1_epilogue<P>(p, sm, t.expert_local, t.rows, col_tile);
+  __threadfence_system();  // the result rows precede the counter updates, also across GPUs
+  __syncthreads();
+  for_each_token_tile_run(sm.task, t.rows, [&](int source, int tt, int len) {
+    tr.add(p.wl.done + 4ull * tt, source, len);
+  });
+}
+
+// The row tiles this rank computes, from every source's header (which the caller has acquired),
+// into recv_tiles / recv_parts. Not inlined: its loop state, inlined into the kernel, raised the
+// whole kernel's register count (bf16 [in, out]: 240 -> 254); it runs once per call in one thread.
+inline __device__ __noinline__ PackResult list_recv_tiles(const Params& p, RouteSmem& rs) {
+  const int el = p.experts_local;
+  return pack_recv_tiles(p.world, el, p.rank, reinterpret_cast<const int*>(p.window + p.wl.header),
+                         rs.row_base + p.rank * el, rs.seg_rows, rs.seg_tiles, p.recv_tiles,
+                         p.max_recv_tiles, p.recv_parts, p.max_recv_parts);
+}
+
+// Whether a row tile holds rows of another rank (then it waits for their arrival flags).
+__device__ __forceinline__ bool has_remote_rows(const Params& p, const RecvTile& t) {
+  for (int j = 0; j < t.parts; ++j) {
+    if (p.recv_parts[t.part_first + j].source != p.rank) return true;
+  }
+  return false;
 }
 
 // Subscriber role (block 0) with world > 1. Returns once every task of this launch is published.
@@ -220,37 +270,24 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
       __threadfence_system();
       tr.signal_u64(p.wl.header_flag + 8ull * p.rank, d, call_epoch(p));
     }
-    // 2. Every source's header: the row tiles this rank will receive, in (source, expert) order.
-    int n = 0;
+    // 2. Every source's header, then the row tiles this rank computes (pack.hpp: in local expert
+    //    order, an expert's partial tiles from several sources packed together; the same list for
+    //    the same headers whatever the timing).
     const auto* hflag = reinterpret_cast<const unsigned long long*>(p.window + p.wl.header_flag);
-    const int* header = reinterpret_cast<const int*>(p.window + p.wl.header);
-    for (int s = 0; s < p.world && ok; ++s) {
-      sm.route.source_tiles[s] = n;
-      ok = wait_flag_u64(p, hflag + s, call_epoch(p), s, 1);
-      if (!ok) break;
-      int seg = 0;  // running row offset inside the source's inbox segment
-      for (int e = 0; e < el; ++e) {
-        const int rows = __ldcg(header + s * el + e);
-        for (int m = 0; m * kTileRows < rows; ++m) {
-          if (n >= p.max_recv_tiles) {
-            raise_error(p, ErrorCode::bad_task, n, p.max_recv_tiles);
-            ok = false;
-            break;
-          }
-          RecvTile t;
-          t.source = s;
-          t.expert_local = e;
-          t.first = (s == p.rank ? sm.route.row_base[p.rank * el + e] : seg) + m * kTileRows;
-          t.rows = min(kTileRows, rows - m * kTileRows);
-          p.recv_tiles[n] = t;
-          ++n;
-        }
-        seg += rows;
+    for (int s = 0; s < p.world && ok; ++s) ok = wait_flag_u64(p, hflag + s, call_epoch(p), s, 1);
+    int n = -1;
+    if (ok) {
+      const PackResult pr = list_recv_tiles(p, sm.route);
+      if (!pr.ok) {  // the workspace plan's bounds (workspace.cpp, pack.hpp), kept honest
+        raise_error(p, ErrorCode::bad_task, pr.tiles, pr.parts);
+      } else {
+        n = pr.tiles;
+        p.control->row_tiles = n;  // read back by stats()
+        p.control->packed_tiles = pr.packed;
       }
     }
-    sm.route.source_tiles[p.world] = n;
-    sm.task.queue_base = ok ? n : -1;
-    if (ok) {
+    sm.task.queue_base = n;
+    if (n >= 0) {
       // Every tile this rank computes is known now: how many K slices its GEMM tasks get
       // (route.cuh), written before any GEMM task is published (the processors read it there).
       const int slices = plan_k_split(p, n);
@@ -261,28 +298,35 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
           p.token_tiles * p.combine_col_tiles);
       __threadfence();
       st_release_gpu(&p.control->total_ready, 1u);
-      // Tiles of this rank's own tokens are ready now.
-      for (int i = sm.route.source_tiles[p.rank]; i < sm.route.source_tiles[p.rank + 1]; ++i) {
-        push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * slices);
+      // Tiles of this rank's own tokens only are ready now.
+      for (int i = 0; i < n; ++i) {
+        if (!has_remote_rows(p, p.recv_tiles[i])) {
+          push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * slices);
+        }
       }
     }
   }
   __syncthreads();
   const int n = sm.task.queue_base;
   if (n < 0 || threadIdx.x >= 32) return;
-  // 3. Warp 0: GEMM0 tasks of remote tiles as they land, then combine tasks of this rank's token
+  // 3. Warp 0: GEMM0 tasks of tiles with other ranks' rows once every such part has landed (its
+  //    source's arrival flag of the tile that carried it), then combine tasks of this rank's token
   //    tiles once their results are all back. Lanes work independently (each waits on its own).
   const int lane = static_cast<int>(threadIdx.x);
   const auto* arrived = reinterpret_cast<const unsigned long long*>(p.window);
   for (int i = lane; i < n; i += 32) {
     const RecvTile t = p.recv_tiles[i];
-    if (t.source == p.rank) continue;
-    const int seg_tile = i - sm.route.source_tiles[t.source];
-    if (!wait_flag_u64(p, arrived + arrived_offset(p, t.source, seg_tile) / 8, call_epoch(p),
-                       t.source, 2)) {
-      return;
+    bool remote = false;
+    for (int j = 0; j < t.parts; ++j) {
+      const RecvPart q = p.recv_parts[t.part_first + j];
+      if (q.source == p.rank) continue;
+      remote = true;
+      if (!wait_flag_u64(p, arrived + arrived_offset(p, q.source, q.seg_tile) / 8, call_epoch(p),
+                         q.source, 2)) {
+        return;
+      }
     }
-    push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
+    if (remote) push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
   }
   const auto* done = reinterpret_cast<const unsigned int*>(p.window + p.wl.done);
   for (int tt = lane; tt < p.token_tiles; tt += 32) {

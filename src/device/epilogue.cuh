@@ -140,11 +140,13 @@ __device__ __forceinline__ void epilogue_gemm0(const float* c, int pitch, int ha
   }
 }
 
-// GEMM1: stage[row_id[r], col0 + c] = C[r, c] + b2[col0 + c] for c < cols.
+// GEMM1: row_out[r][col0 + c] = C[r, c] + b2[col0 + c] for c < cols (row_out[r]: the row's
+// (token, choice) row of its stage buffer).
 template <class P>
 __device__ __forceinline__ void epilogue_gemm1(const float* c, int pitch, int rows, int cols,
-                                               const int* row_id, const typename P::Elem* b2,
-                                               int col0, typename P::Elem* stage, int hidden) {
+                                               void* const* row_out, const typename P::Elem* b2,
+                                               int col0) {
+  using Elem = typename P::Elem;
   const int groups = cols / 8;
   if (groups == 0) return;
   const auto one = [&](int r, int cc, const float (&b)[8]) {
@@ -152,7 +154,7 @@ __device__ __forceinline__ void epilogue_gemm1(const float* c, int pitch, int ro
     smem_load8(c + r * pitch + cc, v);
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] += b[j];
-    store8(stage + static_cast<long long>(row_id[r]) * hidden + col0 + cc, v);
+    store8(static_cast<Elem*>(row_out[r]) + col0 + cc, v);
   };
   float b[8];
   const auto bias8 = [&](int cc) {

@@ -55,7 +55,10 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   if (trace) trace[2] = global_ns();
   if (!ep) {
     if (blockIdx.x == 0) {
-      if (threadIdx.x == 0) p.control->k_split = sm.route.k_split;  // read back by stats()
+      if (threadIdx.x == 0) {  // read back by stats()
+        p.control->k_split = sm.route.k_split;
+        p.control->row_tiles = sm.route.row_tiles;
+      }
       publish_initial_tasks<P>(p, sm);
     }
   } else if (blockIdx.x == 0) {

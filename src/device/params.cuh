@@ -3,12 +3,14 @@
 
 #include <cstdint>
 
+#include "device/pack.hpp"   // RecvTile, RecvPart
 #include "device/split.hpp"  // kMaxKSplit, kSplitTargetMax, kSplitPartialsMax
 
 namespace monomoe::device {
 
 inline constexpr int kThreads = 256;   // 8 warps per block
 inline constexpr int kTileRows = 128;  // rows (token copies) per GEMM task and tokens per gate tile
+static_assert(kTileRows == kPackTileRows);
 inline constexpr int kTileCols = 128;  // output columns per GEMM task
 inline constexpr int kCombineCols = 512;
 inline constexpr int kMaxExperts = 256;
@@ -78,6 +80,8 @@ struct Control {
   unsigned int dispatch_next; // world > 1: next dispatch item to claim
   int k_split;                // K slices per expert GEMM task this call (block 0 writes it; with
                               // peers before its first task, which is how the others learn it)
+  int row_tiles;              // row tiles this rank computes this call (read back by stats())
+  int packed_tiles;           // world > 1: of them, tiles with rows of several sources (pack.hpp)
   // Followed in memory by (offsets in Params):
   //   int expert_count[experts]      rows routed to each expert (before capacity)
   //   int expert_dropped[experts]    rows dropped by capacity
@@ -85,16 +89,6 @@ struct Control {
   //   int tokentile_done[token_tiles] expert rows x GEMM1 column tiles finished per token tile
   //   int tokentile_target[token_tiles] the value tokentile_done reaches when the tile is complete
 };
-
-// world > 1: one row tile this rank's experts received (or kept from its own tokens), in the order
-// the subscriber met them. hidden_act rows [index * 128, index * 128 + rows) belong to it.
-struct RecvTile {
-  int source;        // rank the rows came from (== rank: rows are read from x via expert_rows)
-  int expert_local;  // local expert index
-  int first;         // first row: in the source's inbox segment, or in expert_rows when local
-  int rows;          // 1..128
-};
-static_assert(sizeof(RecvTile) == 16);
 
 // world > 1: byte offsets into the symmetric window (the same on every rank; ncclMemAlloc +
 // ncclCommWindowRegister). Peers write into it; the owner reads. The u64 flags (start, header_flag,
@@ -186,8 +180,12 @@ struct Params {
   // (host/window.hpp). The load/store transport (transport.cuh) reaches peers through it.
   unsigned char* peer_window[kMaxWorld];
   WindowLayout wl;
+  // The row tiles this rank computes (device/pack.hpp), listed by the subscriber once every
+  // source's header has arrived, and their parts (runs of one source's rows).
   RecvTile* recv_tiles;        // [max_recv_tiles]
   int max_recv_tiles;
+  RecvPart* recv_parts;        // [max_recv_parts]
+  int max_recv_parts;
 };
 
 }  // namespace monomoe::device

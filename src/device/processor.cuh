@@ -118,19 +118,19 @@ __device__ void gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int r
             max(0, out_cols - kHalf), k_count, rows);
 }
 
-// GEMM1's epilogue: stage[sm.task.row_id[r], cols of col_tile] = C[r] + b2 for r < rows. `stage`
-// may be a peer's buffer.
+// GEMM1's epilogue: sm.task.row_out[r][cols of col_tile] = C[r] + b2 for r < rows (set_gemm1_rows;
+// a row may go to a peer's stage buffer).
 template <class P>
 __device__ void gemm1_epilogue(const Params& p, KernelSmem<P>& sm, int expert, int rows,
-                               int col_tile, typename P::Elem* stage) {
+                               int col_tile) {
   using Elem = typename P::Elem;
   using Gemm = TileGemm<P, P::kExpertBN>;
   const int col0 = col_tile * Gemm::kBN;
   const int out_cols = min(Gemm::kBN, p.hidden - col0);
   const Elem* b2 = p.has_bias ? static_cast<const Elem*>(p.b2) + static_cast<long long>(expert) * p.hidden
                               : nullptr;
-  epilogue_gemm1<P>(Gemm::result(sm.gemm), Gemm::kCPitch, rows, out_cols, sm.task.row_id, b2, col0,
-                    stage, p.hidden);
+  epilogue_gemm1<P>(Gemm::result(sm.gemm), Gemm::kCPitch, rows, out_cols, sm.task.row_out, b2,
+                    col0);
 }
 
 // K slice `slice` of `slices` over a depth of `depth` elements: [first, first + count), whole
@@ -235,32 +235,52 @@ __device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   }
 }
 
-// GEMM1's destinations: row_id (token * k + choice) and token tile of each row r < rows of a tile,
-// from ids[r] (-1 past the tile's end); then a barrier, before the epilogue reads them.
-__device__ __forceinline__ void set_gemm1_rows(const Params& p, TaskSmem& ts, const int* ids,
-                                               int rows) {
+// Where one row of a GEMM1 tile goes: its (token, choice) id at its source, that source's rank, and
+// the source's stage buffer (this rank's own, or a peer's in its window).
+struct Gemm1Dest {
+  int id;
+  int source;
+  void* stage;
+};
+
+// GEMM1's destinations of rows r < rows of a tile, dest(r) each (threads r < 128): row_out,
+// token_tile and row_source (past the end: nullptr, -1, 0); then a barrier, before the epilogue and
+// the counters read them.
+template <class Elem, class Dest>
+__device__ __forceinline__ void set_gemm1_rows(const Params& p, TaskSmem& ts, int rows,
+                                               Dest&& dest) {
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
-    const bool valid = r < rows;
-    const int id = valid ? __ldcg(ids + r) : -1;
-    ts.row_id[r] = id;
-    ts.token_tile[r] = valid ? id / p.topk / kTileRows : -1;
+    void* out = nullptr;
+    int tt = -1, source = 0;
+    if (r < rows) {
+      const Gemm1Dest d = dest(r);
+      out = static_cast<Elem*>(d.stage) + static_cast<long long>(d.id) * p.hidden;
+      tt = d.id / p.topk / kTileRows;
+      source = d.source;
+    }
+    ts.row_out[r] = out;
+    ts.token_tile[r] = tt;
+    ts.row_source[r] = static_cast<unsigned char>(source);
   }
   __syncthreads();
 }
 
-// Calls count(token_tile, rows) once per run of a GEMM1 tile's rows that share a token tile (rows
-// are in token order), in the thread of the run's first row: one counter update per run.
+// Calls count(source, token_tile, rows) once per run of a GEMM1 tile's rows that share a source and
+// a token tile (a source's rows are in token order), in the thread of the run's first row: one
+// counter update per run.
 template <class Count>
 __device__ __forceinline__ void for_each_token_tile_run(const TaskSmem& ts, int rows,
                                                         Count&& count) {
   if (static_cast<int>(threadIdx.x) < rows) {
     const int r = static_cast<int>(threadIdx.x);
     const int tt = ts.token_tile[r];
-    if (r == 0 || ts.token_tile[r - 1] != tt) {
+    const int source = ts.row_source[r];
+    const auto same = [&](int q) { return ts.token_tile[q] == tt && ts.row_source[q] == source; };
+    if (r == 0 || !same(r - 1)) {
       int len = 1;
-      while (r + len < rows && ts.token_tile[r + len] == tt) ++len;
-      count(tt, len);
+      while (r + len < rows && same(r + len)) ++len;
+      count(source, tt, len);
     }
   }
 }
@@ -280,11 +300,13 @@ __device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   gemm1_math<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile, ks.first, ks.count);
   const int group = tile * p.gemm1_col_tiles + col_tile;
   if (slices > 1 && !finish_k_split<P>(p, sm, 1, group, slice, slices, rt.rows)) return;
-  set_gemm1_rows(p, sm.task, p.expert_rows + rt.first, rt.rows);
-  gemm1_epilogue<P>(p, sm, rt.expert, rt.rows, col_tile, static_cast<Elem*>(p.stage));
+  set_gemm1_rows<Elem>(p, sm.task, rt.rows, [&](int r) {
+    return Gemm1Dest{__ldcg(p.expert_rows + rt.first + r), 0, p.stage};
+  });
+  gemm1_epilogue<P>(p, sm, rt.expert, rt.rows, col_tile);
 
   publish_block_writes();
-  for_each_token_tile_run(sm.task, rt.rows, [&](int tt, int len) {
+  for_each_token_tile_run(sm.task, rt.rows, [&](int, int tt, int len) {
     const int done = atomicAdd(p.tokentile_done + tt, len) + len;
     if (done == __ldcg(p.tokentile_target + tt)) {
       __threadfence();

@@ -15,7 +15,8 @@ struct RouteSmem {
   int choice[kTileRows * kMaxTopK];  // scatter: the tile's expert choices
   unsigned int row_mask[kMaxExperts][kTileRows / 32];  // scatter: rows of the tile per expert
   int row_tiles;                   // row tiles over all experts
-  int source_tiles[kMaxWorld + 1]; // world > 1: first recv tile of each source (subscriber)
+  int seg_rows[kMaxWorld];         // world > 1, subscriber: scratch of pack_recv_tiles (pack.hpp)
+  int seg_tiles[kMaxWorld];
   int total_tasks;
   int k_split;                     // K slices per expert GEMM task this call (1: no split)
 };
@@ -23,10 +24,15 @@ struct RouteSmem {
 // Per-task scratch of the processor and combine roles.
 struct TaskSmem {
   Task task;
-  int row_id[kTileRows];     // GEMM1: token * k + choice of each row of the tile
-  int token_tile[kTileRows]; // GEMM1: token tile of each row (-1 past the end)
+  // GEMM1, per row of the tile: where its result goes (row token * k + choice of its source's stage
+  // buffer, a peer's with peers; nullptr past the end), its token tile there (-1 past the end) and
+  // its source (0 alone): a packed tile (pack.hpp) returns rows to several ranks.
+  void* row_out[kTileRows];
+  int token_tile[kTileRows];
+  unsigned char row_source[kTileRows];
   int queue_base;
 };
+static_assert(kMaxWorld <= 256, "TaskSmem::row_source holds a rank in a byte");
 
 template <class P>
 struct KernelSmem {

@@ -23,7 +23,7 @@
 
 namespace monomoe {
 
-static_assert(sizeof(device::Control) == 32, "workspace.cpp reserves 32 bytes for Control");
+static_assert(sizeof(device::Control) == 40, "workspace.cpp reserves 40 bytes for Control");
 static_assert(detail::TileShape::kSplitGroups == device::kSplitTargetMax &&
               detail::TileShape::kSplitPartials == device::kSplitPartialsMax &&
               device::kSplitPartialsMax == 2 * device::kSplitTargetMax);
@@ -402,6 +402,8 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.experts_local = static_cast<int>(c.experts_per_rank());
   p.recv_tiles = m.at<device::RecvTile>(m.plan.recv_tiles);
   p.max_recv_tiles = static_cast<int>(m.plan.row_tiles);
+  p.recv_parts = m.at<device::RecvPart>(m.plan.recv_part);
+  p.max_recv_parts = static_cast<int>(m.plan.recv_parts);
   if (ep) {
     const auto& w = m.plan.window;
     const std::size_t body = fixed.window_body;
@@ -481,6 +483,8 @@ ForwardStats MoELayer::stats() {
   device::Control control{};
   MONOMOE_CUDA(cudaMemcpy(&control, m.at(m.plan.control), sizeof control, cudaMemcpyDeviceToHost));
   s.k_split = std::max(1, control.k_split);  // 0: no launch (no tokens on one GPU)
+  s.row_tiles = control.row_tiles;
+  s.packed_tiles = control.packed_tiles;
   std::vector<int> dropped(static_cast<std::size_t>(m.cfg.experts));
   MONOMOE_CUDA(cudaMemcpy(dropped.data(),
                           m.at(m.plan.control + sizeof(device::Control) + m.cfg.experts * 4),

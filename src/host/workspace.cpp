@@ -36,12 +36,15 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   p.rows_in = static_cast<std::int64_t>(
       checked_mul(checked_mul(u(cfg.world_size), u(cfg.max_tokens), "max_tokens"), u(copies),
                   "max_tokens"));
-  // Each (source, expert) segment may end in a partial tile.
+  // Each (source, expert) segment may end in a partial tile. Packing the partial tiles of several
+  // sources into one (device/pack.hpp) only ever makes fewer tiles, with at most twice as many
+  // parts.
   const std::int64_t rows_per_source = cfg.max_tokens * copies;
   const std::int64_t tiles_per_source =
       (rows_per_source + TileShape::kRows - 1) / TileShape::kRows + local_experts;
   p.row_tiles = static_cast<std::int64_t>(
       checked_mul(u(cfg.world_size), u(tiles_per_source), "max_tokens"));
+  p.recv_parts = device::recv_parts_bound(p.row_tiles);
   // SwiGLU GEMM0 tiles produce half a tile of output columns each.
   const std::int64_t gemm0_cols = cfg.w1_columns() / TileShape::kCols;
   const std::int64_t gemm1_cols = cfg.hidden / TileShape::kCols;
@@ -58,7 +61,7 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
 
   p.world = cfg.world_size;
   Arena a;
-  constexpr std::size_t kControlHeader = 32;  // sizeof(device::Control), checked in layer.cu
+  constexpr std::size_t kControlHeader = 40;  // sizeof(device::Control), checked in layer.cu
   p.control_bytes = checked_add(
       kControlHeader,
       checked_mul(u(2 * cfg.experts + p.row_tiles + 2 * p.token_tiles + TileShape::kSplitPartials),
@@ -89,6 +92,7 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   p.stage = a.take(checked_mul(checked_mul(choices, u(cfg.hidden), "hidden"), elem, "hidden"),
                    "hidden");
   p.recv_tiles = a.take(checked_mul(u(p.row_tiles), 16, "max_tokens"), "max_tokens");
+  p.recv_part = a.take(checked_mul(u(p.recv_parts), 16, "max_tokens"), "max_tokens");
   // The kernel's expert GEMM tasks are 128 x expert_cols (layer.cu: gemm0/gemm1_col_tiles).
   const std::int64_t ecols = TileShape::expert_cols(cfg.dtype);
   p.split_room = device::k_split_room(

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "device/pack.hpp"
 #include "device/split.hpp"
 #include "monomoe/config.hpp"
 
@@ -35,6 +36,7 @@ struct WorkspacePlan {
   std::int64_t experts_padded = 0;  // gate columns, padded to a multiple of kCols
   std::int64_t rows_in = 0;         // most rows (token copies) this rank's experts can receive
   std::int64_t row_tiles = 0;       // most GEMM row tiles over all (source, expert) segments
+  std::int64_t recv_parts = 0;      // world > 1: most parts of those tiles (device/pack.hpp)
   std::int64_t max_tasks = 0;       // queue capacity: the first max_tasks of the shared task slots
 
   // Control words, zeroed before every forward by the call's prologue kernel: the Control header,
@@ -51,6 +53,7 @@ struct WorkspacePlan {
   std::size_t hidden_act = 0;   // elem [rows_in, ffn]: activation output of GEMM0
   std::size_t stage = 0;        // elem [max_tokens * k, hidden]: expert outputs before combine
   std::size_t recv_tiles = 0;   // RecvTile (16 bytes) [row_tiles] (world > 1)
+  std::size_t recv_part = 0;    // RecvPart (16 bytes) [recv_parts] (world > 1)
   // float [2, split_room, 128, expert_cols]: split-K partial tiles (device::k_split_room)
   std::int64_t split_room = 0;
   std::size_t split_partial = 0, split_partial_bytes = 0;

@@ -1,0 +1,150 @@
+// Row tiles of the received rows (world > 1): which rows of which sources each GEMM row tile of a
+// local expert holds (docs/ep-pack.md). In plain C++ so that the kernel's subscriber (ep.cuh), the
+// host's workspace plan (host/workspace.cpp) and a CPU test (tests/test_workspace.cpp) share one
+// definition of the rule and of its bounds.
+//
+// The rule, per local expert, sources in rank order: each source's full 128-row tiles are tiles of
+// their own (they start as soon as that source's rows land). The remainders (the last, partial
+// tile of each source, < 128 rows) are packed into shared tiles of 128 rows (the last fewer), in
+// source order, a remainder cut between two tiles where it straddles the boundary; such a tile
+// starts once every source in it has sent that tile. Remainders are packed only when that makes
+// fewer tiles than leaving each alone: with few rows per expert the layer reads an expert's weights
+// once per tile, so packing is what keeps world sources from costing world weight reads.
+#pragma once
+
+#include "device/split.hpp"  // MONOMOE_HOST_DEVICE
+
+namespace monomoe::device {
+
+inline constexpr int kPackTileRows = 128;  // params.cuh: kTileRows (static_assert there)
+
+// One row tile this rank's experts compute: rows of one local expert, the concatenation of its
+// parts recv_parts[part_first, part_first + parts). hidden_act rows [index * 128, index * 128 +
+// rows) belong to it.
+struct RecvTile {
+  int expert_local;  // local expert index
+  int rows;          // 1..128
+  int part_first;    // its first part in recv_parts
+  int parts;         // 1..world; more than 1 only for a packed tile
+};
+static_assert(sizeof(RecvTile) == 16);
+
+// A run of one source's rows inside a row tile, all inside one of the source's own row tiles.
+struct RecvPart {
+  int source;    // rank the rows came from (== this rank: rows read from x through expert_rows)
+  int first;     // its first row: in the source's inbox segment, or in expert_rows when local
+  int rows;      // 1..128
+  int seg_tile;  // the source's row tile (its arrival flag) that carries them, counted over its
+                 // segment for this rank: experts in order, then tiles
+};
+static_assert(sizeof(RecvPart) == 16);
+
+// Parts a call can list, for a rank that may compute at most `max_tiles` row tiles the old way (one
+// per (source, local expert) segment piece of up to 128 rows: WorkspacePlan::row_tiles). Packing
+// never makes more tiles than that (it packs only when it saves tiles), and each tile of an expert
+// beyond its first packed one cuts at most one remainder in two: an expert whose R remainders pack
+// into P < R tiles has at most R + P - 1 < 2 R parts for them.
+MONOMOE_HOST_DEVICE constexpr long long recv_parts_bound(long long max_tiles) {
+  return 2 * max_tiles;
+}
+
+// The kernel reads the header through the L2 (a peer wrote it); the host and the CPU test through
+// plain loads.
+MONOMOE_HOST_DEVICE inline int pack_load(const int* p) {
+#if defined(__CUDA_ARCH__)
+  return __ldcg(p);
+#else
+  return *p;
+#endif
+}
+
+struct PackResult {
+  int tiles;   // row tiles listed
+  int parts;   // parts listed
+  int packed;  // tiles with rows of more than one source
+  bool ok;     // false: max_tiles or max_parts was too small (nothing past them was written)
+};
+
+// Lists the row tiles of a rank's local experts. header[s * experts_local + e]: rows source s sends
+// local expert e (read with pack_load); local_first[e]: the first of this rank's own rows of expert
+// e in expert_rows. seg_rows, seg_tiles: scratch of `world` ints. Tiles come in expert order; an
+// expert's full tiles first (sources in order), then its remainders, packed or alone.
+MONOMOE_HOST_DEVICE inline PackResult pack_recv_tiles(int world, int experts_local, int rank,
+                                                      const int* header, const int* local_first,
+                                                      int* seg_rows, int* seg_tiles,
+                                                      RecvTile* tiles, int max_tiles,
+                                                      RecvPart* parts, int max_parts) {
+  constexpr int kRows = kPackTileRows;
+  PackResult out{0, 0, 0, true};
+  for (int s = 0; s < world; ++s) seg_rows[s] = seg_tiles[s] = 0;
+  // Where row `at` of source s's rows for expert e starts, in the terms of a part.
+  const auto first_of = [&](int s, int e, int at) {
+    return (s == rank ? local_first[e] : seg_rows[s]) + at;
+  };
+  const auto add_tile = [&](int e) {
+    if (out.tiles >= max_tiles) {
+      out.ok = false;
+      return false;
+    }
+    tiles[out.tiles] = RecvTile{e, 0, out.parts, 0};
+    ++out.tiles;
+    return true;
+  };
+  const auto add_part = [&](int s, int first, int rows, int seg_tile) {
+    if (out.parts >= max_parts) {
+      out.ok = false;
+      return false;
+    }
+    parts[out.parts] = RecvPart{s, first, rows, seg_tile};
+    ++out.parts;
+    RecvTile& t = tiles[out.tiles - 1];
+    t.rows += rows;
+    t.parts += 1;
+    return true;
+  };
+  for (int e = 0; e < experts_local && out.ok; ++e) {
+    // Full tiles, and what the remainders would make.
+    int remainders = 0, remainder_rows = 0;
+    for (int s = 0; s < world && out.ok; ++s) {
+      const int rows = pack_load(header + s * experts_local + e);
+      for (int m = 0; (m + 1) * kRows <= rows && out.ok; ++m) {
+        if (add_tile(e)) add_part(s, first_of(s, e, m * kRows), kRows, seg_tiles[s] + m);
+      }
+      if (rows % kRows != 0) {
+        ++remainders;
+        remainder_rows += rows % kRows;
+      }
+    }
+    const bool pack = (remainder_rows + kRows - 1) / kRows < remainders;
+    // Remainders, in source order: each its own tile, or filling shared tiles.
+    int room = 0;  // rows left in the current packed tile
+    for (int s = 0; s < world && out.ok; ++s) {
+      const int rows = pack_load(header + s * experts_local + e);
+      const int full = rows / kRows;
+      int left = rows % kRows;
+      int at = full * kRows;
+      if (!pack && left > 0) {
+        if (add_tile(e)) add_part(s, first_of(s, e, at), left, seg_tiles[s] + full);
+        left = 0;
+      }
+      while (left > 0 && out.ok) {
+        if (room == 0) {
+          if (!add_tile(e)) break;
+          room = kRows;
+        }
+        const int take = left < room ? left : room;
+        if (!add_part(s, first_of(s, e, at), take, seg_tiles[s] + full)) break;
+        at += take;
+        left -= take;
+        room -= take;
+      }
+      seg_rows[s] += rows;
+      seg_tiles[s] += (rows + kRows - 1) / kRows;
+    }
+  }
+  if (!out.ok) return out;
+  for (int i = 0; i < out.tiles; ++i) out.packed += tiles[i].parts > 1 ? 1 : 0;
+  return out;
+}
+
+}  // namespace monomoe::device
