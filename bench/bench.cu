@@ -311,6 +311,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   }
   out << "device: " << world << " x " << prop.name << "; rank 0's view: dropped rows " << st.dropped;
   if (st.k_split > 1) out << "; expert GEMM tasks split in " << st.k_split << " K slices (few rows)";
+  if (st.gate_splits > 2) out << "; gate GEMM split in " << st.gate_splits << " K slices";
   if (world > 1) {
     out << "; FFN TFLOP/s per GPU; MB sent = rank 0's rows to other ranks' experts, out and back";
   }

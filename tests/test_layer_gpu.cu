@@ -1,6 +1,7 @@
 // The fused kernel on one GPU against the float64 CPU reference (label gpu).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -442,6 +443,60 @@ TEST(LayerGpu, FewRowsSplitK) {
   layer.routing(experts, weights);
   const auto cmp = bench::compare(pr, ref.ranks[0], dev.y_host(), experts);
   EXPECT_TRUE(cmp.passed) << cmp.summary();
+}
+
+// A call of a few tokens splits the gate GEMM's K over many blocks (device/split.hpp,
+// gate_split_for: up to 32 slices of 64), whose partial logits the routing adds in slice order:
+// every precision and weight layout, a deep gate (hidden 2048: 32 slices at one token) and uneven
+// slices (hidden 1152 = 18 steps of 64 over 16 slices), 128 and 256 gate columns, against the
+// reference, bit-identical when repeated, and the split reported by stats().
+TEST(LayerGpu, FewTokensGateSplit) {
+  MONOMOE_REQUIRE_GPU();
+  std::uint64_t seed = 1200;
+  for (DType d : {DType::bf16, DType::tf32, DType::fp32}) {
+    for (WeightLayout layout : {WeightLayout::in_out, WeightLayout::out_in}) {
+      for (std::int64_t hidden : {2048, 1152}) {
+        for (std::int64_t experts : {64, 130}) {  // 128 and 256 gate columns
+          LayerConfig c = small(d, Activation::gelu);
+          c.hidden = hidden;
+          c.ffn = 128;  // small expert weights: the gate is what this test is about
+          c.experts = experts;
+          c.max_tokens = 64;
+          c.weight_layout = layout;
+          for (std::int64_t tokens : {1, 5, 16}) {
+            SCOPED_TRACE(std::string(c.describe()) + " tokens " + std::to_string(tokens));
+            reference::Problem pr = reference::make_problem(c, {tokens}, ++seed);
+            const reference::Result ref = reference::run(pr);
+            bench::DeviceProblem dev(pr, 0);
+            MoELayer layer(c, single_gpu(), dev.weights());
+            std::vector<float> first;
+            for (int run = 0; run < 2; ++run) {
+              dev.poison_y();
+              dev.forward(layer);
+              const ForwardStats stats = layer.stats();
+              // One token: min(32 slices, hidden / 64) on any GPU of 32+ blocks.
+              if (tokens == 1) {
+                EXPECT_EQ(stats.gate_splits, std::min<std::int64_t>(32, hidden / 64));
+              }
+              std::vector<std::int32_t> experts_chosen;
+              std::vector<float> weights;
+              layer.routing(experts_chosen, weights);
+              const std::vector<float> y = dev.y_host();
+              if (run == 0) {
+                const auto cmp = bench::compare(pr, ref.ranks[0], y, experts_chosen);
+                EXPECT_TRUE(cmp.passed)
+                    << cmp.summary() << " (gate_splits " << stats.gate_splits << ")";
+                first = y;
+              } else {
+                EXPECT_EQ(0, std::memcmp(first.data(), y.data(), y.size() * sizeof(float)))
+                    << "the gate's split sum is not deterministic";
+              }
+            }
+          }
+        }
+      }
+    }
+  }
 }
 
 // Same inputs, bit-identical outputs.

@@ -59,6 +59,9 @@ struct ForwardStats {
   // this rank's experts fewer GEMM tasks than the GPU has blocks for (a few tokens): the few-rows
   // path.
   std::int64_t k_split = 1;
+  // K slices of the gate GEMM per token tile (1: whole; 2: halves, for calls with two blocks per
+  // token tile; more for calls of a few tokens).
+  std::int64_t gate_splits = 1;
 };
 
 // Where the time of one forward() went, per persistent block (profiling; see MoELayer::set_trace).

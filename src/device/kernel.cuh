@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
       take_given_routing(p, sm.route, tile);
     }
   } else {
-    // Gate GEMM over (token tile, K slice) items: with two slices twice as many blocks work on it.
+    // Gate GEMM over (token tile, K slice) items: with S slices S times as many blocks work on it.
     // With one, each block routes the tiles it computed itself, with no barrier in between.
     const int gate_items = p.token_tiles * p.gate_splits;
     for (int item = blockIdx.x; item < gate_items; item += gridDim.x) {

@@ -155,7 +155,7 @@ struct Params {
   int split_target;            // min(grid, kSplitTargetMax): tasks the split aims for
   ErrorRecord* error;
   float* logits;               // [gate_splits, S, experts_padded]: partial sums over K slices
-  int gate_splits;             // 1, or 2 when K is split over two blocks per token tile
+  int gate_splits;             // gate GEMM's K slices per token tile (split.hpp: gate_split_for)
   int* topk_expert;            // [S, k]
   float* topk_weight;          // [S, k]
   std::uint8_t* topk_kept;     // [S, k]

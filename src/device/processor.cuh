@@ -133,18 +133,6 @@ __device__ void gemm1_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
                     stage, p.hidden);
 }
 
-// K slice `slice` of `slices` over a depth of `depth` elements: [first, first + count), whole
-// 128-element steps (every precision's k-tile divides 128), the remainder spread over the first
-// slices.
-struct KSlice {
-  int first, count;
-};
-__device__ __forceinline__ KSlice k_slice(int depth, int slice, int slices) {
-  const int steps = depth / 128;
-  const int lo = steps * slice / slices, hi = steps * (slice + 1) / slices;
-  return {lo * 128, (hi - lo) * 128};
-}
-
 // Split K: this block computed K slice `slice` of task group `group` (row tile x column tile) of
 // `phase` (0: GEMM0, 1: GEMM1) into shared memory. Stores it as partial tile group * slices + slice
 // of the phase's half, and returns true in the one block that finishes the group: the last slice
