@@ -499,6 +499,60 @@ TEST(LayerGpu, FewTokensGateSplit) {
   }
 }
 
+// A call of at most 4 token tiles is routed by one block, with no grid barrier (route_alone.cuh);
+// a larger one over the grid, between barriers. Both place the same choices in the same rows: the
+// first 512 tokens of a 640-token call (5 tiles) and a 512-token call of the same tokens (4 tiles),
+// with the same gate and expert K splits, give the same routing and bit-identical outputs, with
+// the gate and with a given routing (with capacity drops: both calls keep the same rows of an
+// expert only when dropless, so dropless here), and both match the reference.
+TEST(LayerGpu, RoutingAloneMatchesTheGridPath) {
+  MONOMOE_REQUIRE_GPU();
+  for (bool given : {false, true}) {
+    SCOPED_TRACE(given ? "given routing" : "gate");
+    LayerConfig c = small(DType::bf16, Activation::gelu);
+    c.max_tokens = 640;
+    reference::Problem pr = reference::make_problem(c, {640}, given ? 1301 : 1300);
+    if (given) reference::give_random_routing(pr, 1302);
+    bench::DeviceProblem dev(pr, 0);
+    MoELayer layer(c, single_gpu(), dev.weights());
+    std::vector<float> y[2];
+    std::vector<std::int32_t> experts[2];
+    std::int64_t k_split[2] = {0, 0}, gate_splits[2] = {0, 0};
+    for (int call = 0; call < 2; ++call) {
+      const std::int64_t tokens = call == 0 ? 640 : 512;
+      reference::Problem part = pr;
+      part.tokens = {tokens};
+      part.x[0].resize(static_cast<std::size_t>(tokens * c.hidden));
+      if (given) {
+        part.topk_ids[0].resize(static_cast<std::size_t>(tokens * c.topk));
+        part.topk_weights[0].resize(static_cast<std::size_t>(tokens * c.topk));
+      }
+      const reference::Result ref = reference::run(part);
+      dev.poison_y();
+      if (given) {
+        layer.forward(dev.x(), tokens, dev.y(), nullptr, dev.routing());
+      } else {
+        layer.forward(dev.x(), tokens, dev.y(), nullptr);
+      }
+      const ForwardStats stats = layer.stats();
+      k_split[call] = stats.k_split;
+      gate_splits[call] = stats.gate_splits;
+      std::vector<float> weights;
+      layer.routing(experts[call], weights);
+      y[call] = dev.y_host();
+      y[call].resize(static_cast<std::size_t>(tokens * c.hidden));
+      const auto cmp = bench::compare(part, ref.ranks[0], y[call], experts[call]);
+      EXPECT_TRUE(cmp.passed) << cmp.summary() << " (" << tokens << " tokens)";
+    }
+    ASSERT_EQ(k_split[0], k_split[1]) << "the test needs the same expert K split in both calls";
+    ASSERT_EQ(gate_splits[0], gate_splits[1]);
+    experts[0].resize(experts[1].size());
+    EXPECT_EQ(experts[0], experts[1]);
+    EXPECT_EQ(0, std::memcmp(y[0].data(), y[1].data(), y[1].size() * sizeof(float)))
+        << "the same tokens' outputs differ between the grid's and the single block's routing";
+  }
+}
+
 // Same inputs, bit-identical outputs.
 TEST(LayerGpu, Deterministic) {
   MONOMOE_REQUIRE_GPU();

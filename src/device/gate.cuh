@@ -68,7 +68,9 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
   const int first = tile * kTileRows;
   const int rows = min(kTileRows, p.tokens - first);
   if (threadIdx.x < kMaxExperts) sm.route.count[threadIdx.x] = 0;
-  __syncthreads();  // logits written by this block (or before a grid barrier) are visible
+  // Logits written by this block are visible (other blocks' are, after a grid barrier or the
+  // tile's slice count: route_alone.cuh).
+  __syncthreads();
   const long long split_stride = static_cast<long long>(p.tokens) * p.experts_padded;
 
   const int warp = static_cast<int>(threadIdx.x) / 32;

@@ -14,6 +14,9 @@ inline constexpr int kCombineCols = 512;
 inline constexpr int kMaxExperts = 256;
 inline constexpr int kMaxTopK = 8;
 inline constexpr int kMaxWorld = 64;
+// Calls of at most this many token tiles (decode) are routed by one block, with no grid barrier
+// (route_alone.cuh, Params::route_alone).
+inline constexpr int kRouteAloneTiles = 4;
 // Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks, first task
 // taken, last GEMM task finished (the task loop's start when it ran none), combine time.
 inline constexpr int kTraceSlots = 10;
@@ -33,6 +36,7 @@ enum class ErrorCode : int {
   // details (token * k + choice, id). Recorded without aborting the launch (record_error).
   given_id_out_of_range = 7,  // not in [0, experts)
   given_id_repeated = 8,      // the same expert as an earlier choice of the token
+  timeout_route = 9,  // few token tiles: the block that routes the call did not finish in time
 };
 
 // First error wins; sticky across forwards until the host reads and clears it.
@@ -78,6 +82,10 @@ struct Control {
   unsigned int dispatch_next; // world > 1: next dispatch item to claim
   int k_split;                // K slices per expert GEMM task this call (block 0 writes it; with
                               // peers before its first task, which is how the others learn it)
+  // Params::route_alone (route_alone.cuh):
+  unsigned int gate_done[kRouteAloneTiles];  // gate K slices finished per token tile
+  unsigned int tiles_routed;                 // token tiles whose choices and counts are written
+  unsigned int routed;                       // 1 once the routing block placed every choice
   // Followed in memory by (offsets in Params):
   //   int expert_count[experts]      rows routed to each expert (before capacity)
   //   int expert_dropped[experts]    rows dropped by capacity
@@ -156,6 +164,7 @@ struct Params {
   ErrorRecord* error;
   float* logits;               // [gate_splits, S, experts_padded]: partial sums over K slices
   int gate_splits;             // gate GEMM's K slices per token tile (split.hpp: gate_split_for)
+  int route_alone;             // 1: token_tiles <= kRouteAloneTiles, one block routes the call
   int* topk_expert;            // [S, k]
   float* topk_weight;          // [S, k]
   std::uint8_t* topk_kept;     // [S, k]

@@ -158,14 +158,7 @@ __device__ bool finish_k_split(const Params& p, KernelSmem<P>& sm, int phase, in
     const int r = i / kVec, v = i % kVec;
     mine[i] = *reinterpret_cast<const float4*>(tile + r * Gemm::kCPitch + v * 4);
   }
-  __shared__ int last;
-  publish_block_writes();
-  if (threadIdx.x == 0) {
-    last = atomicAdd(done + group, 1) == slices - 1;
-    if (last) __threadfence();  // acquire side: every slice's stores precede the reads below
-  }
-  __syncthreads();
-  if (!last) return false;
+  if (!arrive_last(done + group, slices)) return false;  // every slice's stores precede the reads
   const float4* first = reinterpret_cast<const float4*>(partials + static_cast<long long>(group) *
                                                                      slices * kTileFloats);
   for (int i = threadIdx.x; i < rows * kVec; i += kThreads) {

@@ -82,6 +82,22 @@ __device__ __forceinline__ bool wait_at_least(const Params& p, const Word* word,
   }
 }
 
+// Counts this block's arrival at `counter` (Word: int or unsigned int) once its global writes are
+// visible GPU-wide. Returns true, in every thread, in the block that arrives `expected`-th: the
+// writes of every block that arrived before are visible to its loads after the call.
+template <class Word>
+__device__ __forceinline__ bool arrive_last(Word* counter, Word expected) {
+  __shared__ int last;
+  __threadfence();  // each thread's writes precede the block's arrival
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, Word{1}) == expected - 1;
+    if (last) __threadfence();  // acquire side: the other arrivals' writes precede what follows
+  }
+  __syncthreads();
+  return last != 0;
+}
+
 // Grid-wide barrier number `n` (1, 2, ...) of this launch. All blocks are co-resident (cooperative
 // launch). Returns false in every thread if it timed out or some block aborted.
 __device__ __forceinline__ bool grid_barrier(const Params& p, unsigned int n) {

@@ -23,7 +23,7 @@
 
 namespace monomoe {
 
-static_assert(sizeof(device::Control) == 32, "workspace.cpp reserves 32 bytes for Control");
+static_assert(sizeof(device::Control) == 56, "workspace.cpp reserves 56 bytes for Control");
 static_assert(detail::TileShape::kSplitGroups == device::kSplitTargetMax &&
               detail::TileShape::kSplitPartials == device::kSplitPartialsMax &&
               device::kSplitPartialsMax == 2 * device::kSplitTargetMax);
@@ -45,6 +45,10 @@ std::string describe_kernel_error(const device::ErrorRecord& e, const LayerConfi
     case device::ErrorCode::timeout_queue:
       s += cat("task slot ", e.detail0, " stayed empty for ", timeout_s,
                " s: the task that should fill it was never published");
+      break;
+    case device::ErrorCode::timeout_route:
+      s += cat("the block routing this call (of few token tiles) did not finish within ", timeout_s,
+               " s");
       break;
     case device::ErrorCode::bad_task:
       s += cat("impossible task or queue overflow (", e.detail0, ", ", e.detail1, ")");
@@ -384,6 +388,8 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
     throw std::logic_error("monomoe: the gate's K split exceeds the workspace plan's partial sums");
   }
   m.last_gate_splits = given ? 1 : p.gate_splits;  // a given routing runs no gate
+  // A call of few token tiles (decode) is routed by one block, with no grid barrier.
+  p.route_alone = p.token_tiles <= device::kRouteAloneTiles ? 1 : 0;
   p.topk_expert = m.at<int>(m.plan.topk_expert);
   p.topk_weight = m.at<float>(m.plan.topk_weight);
   p.topk_kept = m.at<std::uint8_t>(m.plan.topk_kept);

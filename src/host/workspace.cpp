@@ -58,7 +58,7 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
 
   p.world = cfg.world_size;
   Arena a;
-  constexpr std::size_t kControlHeader = 32;  // sizeof(device::Control), checked in layer.cu
+  constexpr std::size_t kControlHeader = 56;  // sizeof(device::Control), checked in layer.cu
   p.control_bytes = checked_add(
       kControlHeader,
       checked_mul(u(2 * cfg.experts + p.row_tiles + 2 * p.token_tiles + TileShape::kSplitPartials),
