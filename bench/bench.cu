@@ -315,6 +315,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     out << "; " << st.packed_tiles << " of " << st.row_tiles
         << " row tiles hold rows of several ranks (packed)";
   }
+  if (st.gate_splits > 2) out << "; gate GEMM split in " << st.gate_splits << " K slices";
   if (world > 1) {
     out << "; FFN TFLOP/s per GPU; MB sent = rank 0's rows to other ranks' experts, out and back";
   }

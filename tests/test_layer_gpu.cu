@@ -1,6 +1,7 @@
 // The fused kernel on one GPU against the float64 CPU reference (label gpu).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -442,6 +443,114 @@ TEST(LayerGpu, FewRowsSplitK) {
   layer.routing(experts, weights);
   const auto cmp = bench::compare(pr, ref.ranks[0], dev.y_host(), experts);
   EXPECT_TRUE(cmp.passed) << cmp.summary();
+}
+
+// A call of a few tokens splits the gate GEMM's K over many blocks (device/split.hpp,
+// gate_split_for: up to 32 slices of 64), whose partial logits the routing adds in slice order:
+// every precision and weight layout, a deep gate (hidden 2048: 32 slices at one token) and uneven
+// slices (hidden 1152 = 18 steps of 64 over 16 slices), 128 and 256 gate columns, against the
+// reference, bit-identical when repeated, and the split reported by stats().
+TEST(LayerGpu, FewTokensGateSplit) {
+  MONOMOE_REQUIRE_GPU();
+  std::uint64_t seed = 1200;
+  for (DType d : {DType::bf16, DType::tf32, DType::fp32}) {
+    for (WeightLayout layout : {WeightLayout::in_out, WeightLayout::out_in}) {
+      for (std::int64_t hidden : {2048, 1152}) {
+        for (std::int64_t experts : {64, 130}) {  // 128 and 256 gate columns
+          LayerConfig c = small(d, Activation::gelu);
+          c.hidden = hidden;
+          c.ffn = 128;  // small expert weights: the gate is what this test is about
+          c.experts = experts;
+          c.max_tokens = 64;
+          c.weight_layout = layout;
+          for (std::int64_t tokens : {1, 5, 16}) {
+            SCOPED_TRACE(std::string(c.describe()) + " tokens " + std::to_string(tokens));
+            reference::Problem pr = reference::make_problem(c, {tokens}, ++seed);
+            const reference::Result ref = reference::run(pr);
+            bench::DeviceProblem dev(pr, 0);
+            MoELayer layer(c, single_gpu(), dev.weights());
+            std::vector<float> first;
+            for (int run = 0; run < 2; ++run) {
+              dev.poison_y();
+              dev.forward(layer);
+              const ForwardStats stats = layer.stats();
+              // One token: min(32 slices, hidden / 64) on any GPU of 32+ blocks.
+              if (tokens == 1) {
+                EXPECT_EQ(stats.gate_splits, std::min<std::int64_t>(32, hidden / 64));
+              }
+              std::vector<std::int32_t> experts_chosen;
+              std::vector<float> weights;
+              layer.routing(experts_chosen, weights);
+              const std::vector<float> y = dev.y_host();
+              if (run == 0) {
+                const auto cmp = bench::compare(pr, ref.ranks[0], y, experts_chosen);
+                EXPECT_TRUE(cmp.passed)
+                    << cmp.summary() << " (gate_splits " << stats.gate_splits << ")";
+                first = y;
+              } else {
+                EXPECT_EQ(0, std::memcmp(first.data(), y.data(), y.size() * sizeof(float)))
+                    << "the gate's split sum is not deterministic";
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// A call of at most 4 token tiles is routed by one block, with no grid barrier (route_alone.cuh);
+// a larger one over the grid, between barriers. Both place the same choices in the same rows: the
+// first 512 tokens of a 640-token call (5 tiles) and a 512-token call of the same tokens (4 tiles),
+// with the same gate and expert K splits, give the same routing and bit-identical outputs, with
+// the gate and with a given routing (with capacity drops: both calls keep the same rows of an
+// expert only when dropless, so dropless here), and both match the reference.
+TEST(LayerGpu, RoutingAloneMatchesTheGridPath) {
+  MONOMOE_REQUIRE_GPU();
+  for (bool given : {false, true}) {
+    SCOPED_TRACE(given ? "given routing" : "gate");
+    LayerConfig c = small(DType::bf16, Activation::gelu);
+    c.max_tokens = 640;
+    reference::Problem pr = reference::make_problem(c, {640}, given ? 1301 : 1300);
+    if (given) reference::give_random_routing(pr, 1302);
+    bench::DeviceProblem dev(pr, 0);
+    MoELayer layer(c, single_gpu(), dev.weights());
+    std::vector<float> y[2];
+    std::vector<std::int32_t> experts[2];
+    std::int64_t k_split[2] = {0, 0}, gate_splits[2] = {0, 0};
+    for (int call = 0; call < 2; ++call) {
+      const std::int64_t tokens = call == 0 ? 640 : 512;
+      reference::Problem part = pr;
+      part.tokens = {tokens};
+      part.x[0].resize(static_cast<std::size_t>(tokens * c.hidden));
+      if (given) {
+        part.topk_ids[0].resize(static_cast<std::size_t>(tokens * c.topk));
+        part.topk_weights[0].resize(static_cast<std::size_t>(tokens * c.topk));
+      }
+      const reference::Result ref = reference::run(part);
+      dev.poison_y();
+      if (given) {
+        layer.forward(dev.x(), tokens, dev.y(), nullptr, dev.routing());
+      } else {
+        layer.forward(dev.x(), tokens, dev.y(), nullptr);
+      }
+      const ForwardStats stats = layer.stats();
+      k_split[call] = stats.k_split;
+      gate_splits[call] = stats.gate_splits;
+      std::vector<float> weights;
+      layer.routing(experts[call], weights);
+      y[call] = dev.y_host();
+      y[call].resize(static_cast<std::size_t>(tokens * c.hidden));
+      const auto cmp = bench::compare(part, ref.ranks[0], y[call], experts[call]);
+      EXPECT_TRUE(cmp.passed) << cmp.summary() << " (" << tokens << " tokens)";
+    }
+    ASSERT_EQ(k_split[0], k_split[1]) << "the test needs the same expert K split in both calls";
+    ASSERT_EQ(gate_splits[0], gate_splits[1]);
+    experts[0].resize(experts[1].size());
+    EXPECT_EQ(experts[0], experts[1]);
+    EXPECT_EQ(0, std::memcmp(y[0].data(), y[1].data(), y[1].size() * sizeof(float)))
+        << "the same tokens' outputs differ between the grid's and the single block's routing";
+  }
 }
 
 // Same inputs, bit-identical outputs.

@@ -64,13 +64,18 @@ struct ForwardStats {
   // sources share one tile, so its weights are read once for them (docs/ep-pack.md).
   std::int64_t row_tiles = 0;
   std::int64_t packed_tiles = 0;
+  // K slices of the gate GEMM per token tile (1: whole; 2: halves, for calls with two blocks per
+  // token tile; more for calls of a few tokens).
+  std::int64_t gate_splits = 1;
 };
 
 // Where the time of one forward() went, per persistent block (profiling; see MoELayer::set_trace).
 // Times are nanoseconds from the earliest block start of that forward.
 struct BlockTrace {
   std::int64_t gate_done = 0;      // its gate tiles computed
-  std::int64_t routed = 0;         // past the three routing barriers (row positions known)
+  // row positions known: past the routing barriers, or, for a call of a few token tiles, when the
+  // block that routes it has placed every choice
+  std::int64_t routed = 0;
   std::int64_t end = 0;            // left the task loop
   std::int64_t queue_wait_ns = 0;  // spent waiting for task slots to be published
   std::int64_t gemm_ns = 0;        // spent in GEMM tasks (operands, MMAs, epilogue)

@@ -24,13 +24,15 @@ __device__ __forceinline__ void warp_argmax(float& v, int& e) {
 }
 
 // Partial logits of one token tile over K slice `split` of p.gate_splits (the whole K when 1):
-// logits[split, t, :] = x[t, slice] * gate[slice, :].
+// logits[split, t, :] = x[t, slice] * gate[slice, :]. Slices are whole kGateKStep-deep steps
+// (device/split.hpp: gate_split_for), a multiple of every precision's k-tile.
 template <class P>
 __device__ void gate_gemm(const Params& p, KernelSmem<P>& sm, int tile, int split) {
   using Gemm = TileGemm<P, kTileCols>;
   using Elem = typename P::Elem;
-  const int k_len = p.hidden / p.gate_splits;  // a multiple of the GEMM's K step (hidden % 128 == 0)
-  const int k0 = split * k_len;
+  const KSlice ks = k_slice(p.hidden, split, p.gate_splits, kGateKStep);
+  const int k_len = ks.count;
+  const int k0 = ks.first;
   const Elem* x = static_cast<const Elem*>(p.x);
   const int first = tile * kTileRows;
   const int rows = min(kTileRows, p.tokens - first);
@@ -59,28 +61,49 @@ __device__ void gate_gemm(const Params& p, KernelSmem<P>& sm, int tile, int spli
 }
 
 // Softmax and top-k of one token tile from its logits (partials summed in split order: the same
-// bits whatever block computed them), and the tile's per-expert counts.
+// bits whatever block computed them), and the tile's per-expert counts (also left in
+// sm.route.count).
 template <class P>
 __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
   const int first = tile * kTileRows;
   const int rows = min(kTileRows, p.tokens - first);
   if (threadIdx.x < kMaxExperts) sm.route.count[threadIdx.x] = 0;
-  __syncthreads();  // logits written by this block (or before a grid barrier) are visible
+  // Logits written by this block are visible (other blocks' are, after a grid barrier or the
+  // tile's slice count: route_alone.cuh).
+  __syncthreads();
   const long long split_stride = static_cast<long long>(p.tokens) * p.experts_padded;
 
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   constexpr int kPerLane = kMaxExperts / 32;
+  // Partial sums loaded kBatch slices at a time before they are added: up to 32 slices, and a
+  // load that waited for the previous add would cost one L2 round trip per slice.
+  constexpr int kBatch = 4;
   // A lane's logits of token row r: partial sums added in split order (-inf past the experts).
   const auto load_row = [&](int r, float (&v)[kPerLane]) {
     const float* lg = p.logits + static_cast<long long>(first + r) * p.experts_padded;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int e = lane + 32 * i;
-      v[i] = -INFINITY;
-      if (e < p.experts) {
-        v[i] = __ldcg(lg + e);
-        if (p.gate_splits > 1) v[i] += __ldcg(lg + split_stride + e);
+      v[i] = e < p.experts ? __ldcg(lg + e) : -INFINITY;
+    }
+    for (int s0 = 1; s0 < p.gate_splits; s0 += kBatch) {
+      float part[kBatch][kPerLane];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) {
+          const int e = lane + 32 * i;
+          const bool in = s0 + b < p.gate_splits && e < p.experts;
+          part[b][i] = in ? __ldcg(lg + (s0 + b) * split_stride + e) : 0.f;
+        }
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) {
+          if (s0 + b < p.gate_splits && lane + 32 * i < p.experts) v[i] += part[b][i];
+        }
       }
     }
   };

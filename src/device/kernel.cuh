@@ -1,8 +1,8 @@
 // The persistent kernel: one launch computes the whole MoE layer. Every block runs the gate for its
 // token tiles (or takes the routing the caller gave), the routing phases (separated by grid
-// barriers, since row positions need all counts), then the task loop: GEMM0, GEMM1 and combine
-// tasks of different tiles overlap until the queue's task count, known exactly after routing, is
-// exhausted.
+// barriers, since row positions need all counts; a call of few token tiles is routed by one block
+// instead, route_alone.cuh), then the task loop: GEMM0, GEMM1 and combine tasks of different tiles
+// overlap until the queue's task count, known exactly after routing, is exhausted.
 #pragma once
 
 #include "device/combine.cuh"
@@ -10,6 +10,7 @@
 #include "device/gate.cuh"
 #include "device/processor.cuh"
 #include "device/route.cuh"
+#include "device/route_alone.cuh"
 #include "device/subscriber.cuh"
 
 namespace monomoe::device {
@@ -25,36 +26,51 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   if (trace) trace[0] = global_ns();
   const bool ep = p.world > 1;
   if (ep && blockIdx.x == 0 && threadIdx.x == 0) announce_start(p);
-  // Every token tile's choices and weights (topk_expert, topk_weight) and per-expert counts.
-  unsigned int barrier = 0;
-  if (p.given_ids) {
-    // The caller routed: its choices replace the gate GEMM, softmax and top-k.
-    for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) {
-      take_given_routing(p, sm.route, tile);
-    }
+  // Every token tile's choices and weights (topk_expert, topk_weight) and per-expert counts, then
+  // each choice's row in its expert's list and every block's routing summary (sm.route).
+  bool publisher = blockIdx.x == 0;  // alone: the block that publishes the first tasks
+  if (p.route_alone) {
+    // Few token tiles (decode): the block that routes the last one places every choice, the
+    // others wait for it; no grid barrier (route_alone.cuh).
+    const int own_tile = route_own_tiles<P>(p, sm);
+    if (trace) trace[1] = global_ns();
+    if (!place_routes_alone(p, sm.route, own_tile)) return;
+    publisher = own_tile >= 0;
   } else {
-    // Gate GEMM over (token tile, K slice) items: with two slices twice as many blocks work on it.
-    // With one, each block routes the tiles it computed itself, with no barrier in between.
-    const int gate_items = p.token_tiles * p.gate_splits;
-    for (int item = blockIdx.x; item < gate_items; item += gridDim.x) {
-      gate_gemm<P>(p, sm, item / p.gate_splits, item % p.gate_splits);
+    unsigned int barrier = 0;
+    if (p.given_ids) {
+      // The caller routed: its choices replace the gate GEMM, softmax and top-k.
+      for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) {
+        take_given_routing(p, sm.route, tile);
+      }
+    } else {
+      // Gate GEMM over (token tile, K slice) items: S slices, S times as many blocks work on it.
+      // With one, each block routes the tiles it computed itself, with no barrier in between.
+      const int gate_items = p.token_tiles * p.gate_splits;
+      for (int item = blockIdx.x; item < gate_items; item += gridDim.x) {
+        gate_gemm<P>(p, sm, item / p.gate_splits, item % p.gate_splits);
+      }
+      if (p.gate_splits > 1 && !grid_barrier(p, ++barrier)) return;
+      for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) {
+        gate_route<P>(p, sm, tile);
+      }
     }
-    if (p.gate_splits > 1 && !grid_barrier(p, ++barrier)) return;
-    for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) gate_route<P>(p, sm, tile);
+    if (trace) trace[1] = global_ns();
+    if (!grid_barrier(p, ++barrier)) return;
+
+    scan_tile_counts(p);
+    if (!grid_barrier(p, ++barrier)) return;
+
+    summarize_routes(p, sm.route);
+    for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) {
+      scatter_tile(p, sm.route, tile);
+    }
+    if (!grid_barrier(p, ++barrier)) return;
   }
-  if (trace) trace[1] = global_ns();
-  if (!grid_barrier(p, ++barrier)) return;
-
-  scan_tile_counts(p);
-  if (!grid_barrier(p, ++barrier)) return;
-
-  summarize_routes(p, sm.route);
-  for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) scatter_tile(p, sm.route, tile);
-  if (!grid_barrier(p, ++barrier)) return;
 
   if (trace) trace[2] = global_ns();
   if (!ep) {
-    if (blockIdx.x == 0) {
+    if (publisher) {
       if (threadIdx.x == 0) {  // read back by stats()
         p.control->k_split = sm.route.k_split;
         p.control->row_tiles = sm.route.row_tiles;

@@ -16,6 +16,9 @@ inline constexpr int kCombineCols = 512;
 inline constexpr int kMaxExperts = 256;
 inline constexpr int kMaxTopK = 8;
 inline constexpr int kMaxWorld = 64;
+// Calls of at most this many token tiles (decode) are routed by one block, with no grid barrier
+// (route_alone.cuh, Params::route_alone).
+inline constexpr int kRouteAloneTiles = 4;
 // Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks, first task
 // taken, last GEMM task finished (the task loop's start when it ran none), combine time.
 inline constexpr int kTraceSlots = 10;
@@ -35,6 +38,7 @@ enum class ErrorCode : int {
   // details (token * k + choice, id). Recorded without aborting the launch (record_error).
   given_id_out_of_range = 7,  // not in [0, experts)
   given_id_repeated = 8,      // the same expert as an earlier choice of the token
+  timeout_route = 9,  // few token tiles: the block that routes the call did not finish in time
 };
 
 // First error wins; sticky across forwards until the host reads and clears it.
@@ -82,6 +86,10 @@ struct Control {
                               // peers before its first task, which is how the others learn it)
   int row_tiles;              // row tiles this rank computes this call (read back by stats())
   int packed_tiles;           // world > 1: of them, tiles with rows of several sources (pack.hpp)
+  // Params::route_alone (route_alone.cuh):
+  unsigned int gate_done[kRouteAloneTiles];  // gate K slices finished per token tile
+  unsigned int tiles_routed;                 // token tiles whose choices and counts are written
+  unsigned int routed;                       // 1 once the routing block placed every choice
   // Followed in memory by (offsets in Params):
   //   int expert_count[experts]      rows routed to each expert (before capacity)
   //   int expert_dropped[experts]    rows dropped by capacity
@@ -149,7 +157,8 @@ struct Params {
   int split_target;            // min(grid, kSplitTargetMax): tasks the split aims for
   ErrorRecord* error;
   float* logits;               // [gate_splits, S, experts_padded]: partial sums over K slices
-  int gate_splits;             // 1, or 2 when K is split over two blocks per token tile
+  int gate_splits;             // gate GEMM's K slices per token tile (split.hpp: gate_split_for)
+  int route_alone;             // 1: token_tiles <= kRouteAloneTiles, one block routes the call
   int* topk_expert;            // [S, k]
   float* topk_weight;          // [S, k]
   std::uint8_t* topk_kept;     // [S, k]

@@ -133,18 +133,6 @@ __device__ void gemm1_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
                     col0);
 }
 
-// K slice `slice` of `slices` over a depth of `depth` elements: [first, first + count), whole
-// 128-element steps (every precision's k-tile divides 128), the remainder spread over the first
-// slices.
-struct KSlice {
-  int first, count;
-};
-__device__ __forceinline__ KSlice k_slice(int depth, int slice, int slices) {
-  const int steps = depth / 128;
-  const int lo = steps * slice / slices, hi = steps * (slice + 1) / slices;
-  return {lo * 128, (hi - lo) * 128};
-}
-
 // Split K: this block computed K slice `slice` of task group `group` (row tile x column tile) of
 // `phase` (0: GEMM0, 1: GEMM1) into shared memory. Stores it as partial tile group * slices + slice
 // of the phase's half, and returns true in the one block that finishes the group: the last slice
@@ -170,14 +158,7 @@ __device__ bool finish_k_split(const Params& p, KernelSmem<P>& sm, int phase, in
     const int r = i / kVec, v = i % kVec;
     mine[i] = *reinterpret_cast<const float4*>(tile + r * Gemm::kCPitch + v * 4);
   }
-  __shared__ int last;
-  publish_block_writes();
-  if (threadIdx.x == 0) {
-    last = atomicAdd(done + group, 1) == slices - 1;
-    if (last) __threadfence();  // acquire side: every slice's stores precede the reads below
-  }
-  __syncthreads();
-  if (!last) return false;
+  if (!arrive_last(done + group, slices)) return false;  // every slice's stores precede the reads
   const float4* first = reinterpret_cast<const float4*>(partials + static_cast<long long>(group) *
                                                                      slices * kTileFloats);
   for (int i = threadIdx.x; i < rows * kVec; i += kThreads) {

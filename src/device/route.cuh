@@ -42,30 +42,65 @@ __device__ __forceinline__ int plan_k_split(const Params& p, int row_tiles) {
                      p.split_target);
 }
 
+// From the rows each expert keeps (rs.kept, written by the caller): the prefix sums that place
+// experts' rows and row tiles, the totals, the K split and the task count. Warp 0, kMaxExperts / 32
+// consecutive experts per lane and one warp scan (one thread over the experts had taken a shared
+// memory round trip per expert in every block: ~1 us at 64 experts).
+__device__ __forceinline__ void summarize_kept(const Params& p, RouteSmem& rs) {
+  __syncthreads();  // rs.kept complete
+  if (threadIdx.x < 32) {
+    constexpr int kPerLane = kMaxExperts / 32;
+    const int lane = static_cast<int>(threadIdx.x);
+    const int e0 = lane * kPerLane;
+    const auto tiles_of = [](int rows) { return (rows + kTileRows - 1) / kTileRows; };
+    int rows = 0, tiles = 0;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int kept = e0 + j < p.experts ? rs.kept[e0 + j] : 0;
+      rows += kept;
+      tiles += tiles_of(kept);
+    }
+    int rows_incl = rows, tiles_incl = tiles;  // inclusive prefix over lanes
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int r = __shfl_up_sync(0xffffffffu, rows_incl, off);
+      const int t = __shfl_up_sync(0xffffffffu, tiles_incl, off);
+      if (lane >= off) {
+        rows_incl += r;
+        tiles_incl += t;
+      }
+    }
+    int row_at = rows_incl - rows, tile_at = tiles_incl - tiles;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int e = e0 + j;
+      if (e < p.experts) {
+        rs.row_base[e] = row_at;
+        rs.tile_base[e] = tile_at;
+        row_at += rs.kept[e];
+        tile_at += tiles_of(rs.kept[e]);
+      }
+    }
+    if (lane == 31) {  // its inclusive prefix is the total
+      rs.row_base[p.experts] = rows_incl;
+      rs.tile_base[p.experts] = tiles_incl;
+      rs.row_tiles = tiles_incl;
+      // With peers this rank computes the tiles it receives, which only the subscriber learns
+      // (subscribe_ep decides their split; the processors read it from Control).
+      rs.k_split = p.world > 1 ? 1 : plan_k_split(p, tiles_incl);
+      rs.total_tasks = tiles_incl * (p.gemm0_col_tiles + p.gemm1_col_tiles) * rs.k_split +
+                       p.token_tiles * p.combine_col_tiles;
+    }
+  }
+  __syncthreads();
+}
+
 // Every block: rows kept per expert and the prefix sums that place experts' rows and row tiles.
 __device__ __forceinline__ void summarize_routes(const Params& p, RouteSmem& rs) {
   for (int e = threadIdx.x; e < p.experts; e += kThreads) {
     rs.kept[e] = min(__ldcg(p.expert_count + e), p.capacity);
   }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int rows = 0, tiles = 0;
-    for (int e = 0; e < p.experts; ++e) {
-      rs.row_base[e] = rows;
-      rs.tile_base[e] = tiles;
-      rows += rs.kept[e];
-      tiles += (rs.kept[e] + kTileRows - 1) / kTileRows;
-    }
-    rs.row_base[p.experts] = rows;
-    rs.tile_base[p.experts] = tiles;
-    rs.row_tiles = tiles;
-    // With peers this rank computes the tiles it receives, which only the subscriber learns
-    // (subscribe_ep decides their split; the processors read it from Control).
-    rs.k_split = p.world > 1 ? 1 : plan_k_split(p, tiles);
-    rs.total_tasks = tiles * (p.gemm0_col_tiles + p.gemm1_col_tiles) * rs.k_split +
-                     p.token_tiles * p.combine_col_tiles;
-  }
-  __syncthreads();
+  summarize_kept(p, rs);
 }
 
 // Phase 3: places the choices of one token tile. A choice's position within its expert is the tile's
@@ -76,6 +111,11 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
   const int k = p.topk;
   for (int i = threadIdx.x; i < rows * k; i += kThreads) {
     rs.choice[i] = __ldcg(p.topk_expert + static_cast<long long>(first) * k + i);
+  }
+  // The tile's first position in each expert, loaded at once (tile 0's exclusive prefix is 0).
+  for (int e = threadIdx.x; e < p.experts; e += kThreads) {
+    rs.tile_prefix[e] =
+        tile == 0 ? 0 : __ldcg(p.tile_counts + static_cast<long long>(tile) * p.experts + e);
   }
   __shared__ int kept_in_tile;
   if (threadIdx.x == 0) kept_in_tile = 0;
@@ -105,7 +145,7 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
       // Earlier rows of the tile with the same expert: the set bits below r.
       int earlier = __popc(rs.row_mask[e][r / 32] & ((1u << (r % 32)) - 1u));
       for (int w = 0; w < r / 32; ++w) earlier += __popc(rs.row_mask[e][w]);
-      const int pos = __ldcg(p.tile_counts + static_cast<long long>(tile) * p.experts + e) + earlier;
+      const int pos = rs.tile_prefix[e] + earlier;
       const bool keep = pos < p.capacity;
       if (keep) {
         p.expert_rows[rs.row_base[e] + pos] = t * k + j;
@@ -120,6 +160,32 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
   __syncthreads();
   if (threadIdx.x == 0) p.tokentile_target[tile] = kept_in_tile * p.gemm1_col_tiles;
   __syncthreads();
+}
+
+// Route alone (Params::route_alone), in the block that routed the call's last token tile, whose
+// counts it still holds in rs.count (any value with no tile): what scan_tile_counts,
+// summarize_routes and scatter_tile do between grid barriers, here for the call's few tiles in one
+// block. Each expert's prefix over the tiles is one thread's (every tile's count loaded at once),
+// then the summary, then every tile's placement in tile order.
+__device__ __forceinline__ void place_every_tile(const Params& p, RouteSmem& rs, int own_tile) {
+  for (int e = threadIdx.x; e < p.experts; e += kThreads) {
+    int n[kRouteAloneTiles];
+#pragma unroll
+    for (int t = 0; t < kRouteAloneTiles; ++t) {
+      const int* c = p.tile_counts + static_cast<long long>(t) * p.experts + e;
+      n[t] = t >= p.token_tiles ? 0 : t == own_tile ? rs.count[e] : __ldcg(c);
+    }
+    int run = 0;
+#pragma unroll
+    for (int t = 0; t < kRouteAloneTiles; ++t) {
+      if (t < p.token_tiles) p.tile_counts[static_cast<long long>(t) * p.experts + e] = run;
+      run += n[t];
+    }
+    p.expert_count[e] = run;
+    rs.kept[e] = min(run, p.capacity);
+  }
+  summarize_kept(p, rs);  // its barrier also orders the prefixes written above before scatter_tile
+  for (int tile = 0; tile < p.token_tiles; ++tile) scatter_tile(p, rs, tile);
 }
 
 }  // namespace monomoe::device

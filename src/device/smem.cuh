@@ -12,6 +12,7 @@ struct RouteSmem {
   int kept[kMaxExperts];           // rows each expert keeps after capacity
   int row_base[kMaxExperts + 1];   // first row of each expert in expert_rows / hidden_act
   int tile_base[kMaxExperts + 1];  // first row tile of each expert
+  int tile_prefix[kMaxExperts];    // scatter: the tile's first position in each expert's rows
   int choice[kTileRows * kMaxTopK];  // scatter: the tile's expert choices
   unsigned int row_mask[kMaxExperts][kTileRows / 32];  // scatter: rows of the tile per expert
   int row_tiles;                   // row tiles over all experts

@@ -1,6 +1,7 @@
-// Split K (the few-rows path): its sizes and the rule that picks the number of K slices, in plain
-// C++ so that the kernel (route.cuh, ep.cuh, processor.cuh), the host's workspace plan
-// (host/workspace.cpp) and a CPU test (tests/test_workspace.cpp) share one definition.
+// Split K (the few-rows path): its sizes and the rules that pick the number of K slices, of the
+// expert GEMM tasks and of the gate GEMM, in plain C++ so that the kernel (route.cuh, ep.cuh,
+// processor.cuh, gate.cuh), the host (host/layer.cu, host/workspace.cpp) and a CPU test
+// (tests/test_workspace.cpp) share one definition.
 //
 // When a call gives this rank's experts fewer GEMM tasks than the GPU has blocks, each task's K
 // range is cut into up to kMaxKSplit slices that different blocks run; the last slice to finish
@@ -18,6 +19,8 @@
 namespace monomoe::device {
 
 inline constexpr int kMaxKSplit = 8;
+// Expert GEMM slices are whole 128-deep steps (every precision's k-tile divides 128).
+inline constexpr int kKSplitStep = 128;
 inline constexpr int kSplitTargetMax = 160;
 inline constexpr int kSplitPartialsMax = 2 * kSplitTargetMax;
 
@@ -56,6 +59,59 @@ MONOMOE_HOST_DEVICE constexpr int k_split_room(long long max_row_tiles, int gemm
   if (groups > kSplitTargetMax / 2) groups = kSplitTargetMax / 2;
   const long long room = groups * slices;
   return static_cast<int>(room < kSplitTargetMax ? room : kSplitTargetMax);
+}
+
+// K slice `slice` of `slices` over a depth of `depth` elements: [first, first + count), whole
+// `step`-deep steps (depth is a multiple of step), the remainder spread over the first slices.
+struct KSlice {
+  int first, count;
+};
+MONOMOE_HOST_DEVICE constexpr KSlice k_slice(int depth, int slice, int slices,
+                                             int step = kKSplitStep) {
+  const int steps = depth / step;
+  const int lo = steps * slice / slices, hi = steps * (slice + 1) / slices;
+  return {lo * step, (hi - lo) * step};
+}
+
+// The gate GEMM's K split. A token tile's logits (128 tokens x experts_padded) are computed by S
+// blocks, each over a K slice, into S partial sums that the tile's routing adds in slice order.
+// With S = 1 or 2 one or two blocks stream the whole gate (hidden x experts_padded: 512 KB for the
+// default bf16 layer), ~8 us at one SM's share of the bandwidth, while a one-token call has every
+// other block idle. So S is as large as the blocks, the depth and the summing allow:
+//   - 1 when there are not two blocks per token tile (2 * tiles > blocks), as before;
+//   - else at most blocks / tiles (one block per item), kMaxGateSplit, and hidden / kGateKStep
+//     (each slice whole 64-deep steps: every precision's k-tile divides 64);
+//   - and at most kGateSumBytes / (tokens * experts_padded * 4): the partial sums of the call, all
+//     read by the blocks that route, stay within what two halves of one full tile are (128 KB for
+//     128 gate columns), so only calls of few tokens split further than 2;
+//   - at least 2 (today's halves) when the first rule allows a split.
+// Bounds the workspace plan relies on (tested): S * tokens * experts_padded <=
+// gate_partial_floats(max_tokens, experts_padded) for tokens <= max_tokens, any block count.
+inline constexpr int kGateKStep = 64;
+inline constexpr int kMaxGateSplit = 32;
+inline constexpr long long kGateSumBytes = 128 * 1024;
+
+MONOMOE_HOST_DEVICE constexpr int gate_split_for(long long tokens, int hidden, int experts_padded,
+                                                 int blocks) {
+  const long long tiles = (tokens + 127) / 128;
+  if (tiles <= 0 || experts_padded <= 0 || 2 * tiles > blocks) return 1;
+  long long s = blocks / tiles;
+  if (s > kMaxGateSplit) s = kMaxGateSplit;
+  const long long by_sum = kGateSumBytes / (tokens * experts_padded * 4);
+  if (s > by_sum) s = by_sum;
+  if (s < 2) s = 2;
+  const int depth = hidden / kGateKStep;
+  if (s > depth) s = depth;
+  return s < 1 ? 1 : static_cast<int>(s);
+}
+
+// Floats of partial logits a layer of at most `max_tokens` tokens needs: S x tokens x
+// experts_padded is at most 2 x max_tokens x experts_padded when S <= 2, and at most
+// kGateSumBytes / 4 when S > 2.
+MONOMOE_HOST_DEVICE constexpr long long gate_partial_floats(long long max_tokens,
+                                                            int experts_padded) {
+  const long long halves = 2 * max_tokens * experts_padded;
+  return halves > kGateSumBytes / 4 ? halves : kGateSumBytes / 4;
 }
 
 }  // namespace monomoe::device

@@ -25,13 +25,16 @@ __device__ void publish_initial_tasks(const Params& p, KernelSmem<P>& sm) {
   __syncthreads();
   const int base = sm.task.queue_base;
   if (base + n <= p.max_tasks) {
-    const unsigned long long head = task_head(call_epoch(p), TaskType::gemm0);
     for (int i = threadIdx.x; i < n; i += kThreads) {
       Task* slot = p.tasks + base + i;
       slot->a = i / per_tile;
       slot->b = i % per_tile;
-      st_release_gpu(&slot->head, head);
     }
+    // One release per thread for its slots (as push_tasks): the fields, and the routing this
+    // block observed, precede the heads.
+    __threadfence();
+    const unsigned long long head = task_head(call_epoch(p), TaskType::gemm0);
+    for (int i = threadIdx.x; i < n; i += kThreads) st_relaxed_gpu(&p.tasks[base + i].head, head);
   }
   for (int tt = threadIdx.x; tt < p.token_tiles; tt += kThreads) {
     if (__ldcg(p.tokentile_target + tt) == 0) {

@@ -28,8 +28,9 @@ __device__ __forceinline__ unsigned long long ld_acquire_gpu(const unsigned long
 __device__ __forceinline__ void st_release_gpu(unsigned int* p, unsigned int v) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
-__device__ __forceinline__ void st_release_gpu(unsigned long long* p, unsigned long long v) {
-  asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+// A strong store without ordering of its own: after a fence, a release of what precedes the fence.
+__device__ __forceinline__ void st_relaxed_gpu(unsigned long long* p, unsigned long long v) {
+  asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 
 // This launch's epoch. Written by call_prologue before the launch (stream order, or the graph's
@@ -80,6 +81,22 @@ __device__ __forceinline__ bool wait_at_least(const Params& p, const Word* word,
     }
     __nanosleep(64);
   }
+}
+
+// Counts this block's arrival at `counter` (Word: int or unsigned int) once its global writes are
+// visible GPU-wide. Returns true, in every thread, in the block that arrives `expected`-th: the
+// writes of every block that arrived before are visible to its loads after the call.
+template <class Word>
+__device__ __forceinline__ bool arrive_last(Word* counter, Word expected) {
+  __shared__ int last;
+  __threadfence();  // each thread's writes precede the block's arrival
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, Word{1}) == expected - 1;
+    if (last) __threadfence();  // acquire side: the other arrivals' writes precede what follows
+  }
+  __syncthreads();
+  return last != 0;
 }
 
 // Grid-wide barrier number `n` (1, 2, ...) of this launch. All blocks are co-resident (cooperative

@@ -23,7 +23,7 @@
 
 namespace monomoe {
 
-static_assert(sizeof(device::Control) == 40, "workspace.cpp reserves 40 bytes for Control");
+static_assert(sizeof(device::Control) == 64, "workspace.cpp reserves 64 bytes for Control");
 static_assert(detail::TileShape::kSplitGroups == device::kSplitTargetMax &&
               detail::TileShape::kSplitPartials == device::kSplitPartialsMax &&
               device::kSplitPartialsMax == 2 * device::kSplitTargetMax);
@@ -45,6 +45,10 @@ std::string describe_kernel_error(const device::ErrorRecord& e, const LayerConfi
     case device::ErrorCode::timeout_queue:
       s += cat("task slot ", e.detail0, " stayed empty for ", timeout_s,
                " s: the task that should fill it was never published");
+      break;
+    case device::ErrorCode::timeout_route:
+      s += cat("the block routing this call (of few token tiles) did not finish within ", timeout_s,
+               " s");
       break;
     case device::ErrorCode::bad_task:
       s += cat("impossible task or queue overflow (", e.detail0, ", ", e.detail1, ")");
@@ -123,6 +127,7 @@ struct MoELayer::Impl {
   bool captured = false;        // a forward() was captured into a CUDA graph: the memory is pinned
   cudaStream_t last_stream = nullptr;
   std::int64_t last_tokens = 0;
+  int last_gate_splits = 1;         // the last call's gate K split (stats())
   const void* checked_x = nullptr;  // the last x and y found to be this GPU's memory
   const void* checked_y = nullptr;
   long long* trace = nullptr;          // [grid, kTraceSlots] while tracing is on
@@ -376,8 +381,15 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.split_target = std::min(m.grid, device::kSplitTargetMax);
   p.error = m.error();
   p.logits = m.at<float>(m.plan.logits);
-  // Split the gate GEMM's K over two blocks per token tile when there are blocks to spare.
-  p.gate_splits = p.token_tiles * 2 <= m.grid ? 2 : 1;
+  // The gate GEMM's K split over blocks to spare: halves for a large call, more slices for a few
+  // tokens (device/split.hpp), within the partial sums the plan has room for.
+  p.gate_splits = device::gate_split_for(tokens, p.hidden, p.experts_padded, m.grid);
+  if (static_cast<std::int64_t>(p.gate_splits) * tokens * p.experts_padded > m.plan.logit_floats) {
+    throw std::logic_error("monomoe: the gate's K split exceeds the workspace plan's partial sums");
+  }
+  m.last_gate_splits = given ? 1 : p.gate_splits;  // a given routing runs no gate
+  // A call of few token tiles (decode) is routed by one block, with no grid barrier.
+  p.route_alone = p.token_tiles <= device::kRouteAloneTiles ? 1 : 0;
   p.topk_expert = m.at<int>(m.plan.topk_expert);
   p.topk_weight = m.at<float>(m.plan.topk_weight);
   p.topk_kept = m.at<std::uint8_t>(m.plan.topk_kept);
@@ -485,6 +497,7 @@ ForwardStats MoELayer::stats() {
   s.k_split = std::max(1, control.k_split);  // 0: no launch (no tokens on one GPU)
   s.row_tiles = control.row_tiles;
   s.packed_tiles = control.packed_tiles;
+  s.gate_splits = m.last_tokens > 0 ? m.last_gate_splits : 1;
   std::vector<int> dropped(static_cast<std::size_t>(m.cfg.experts));
   MONOMOE_CUDA(cudaMemcpy(dropped.data(),
                           m.at(m.plan.control + sizeof(device::Control) + m.cfg.experts * 4),

@@ -61,7 +61,7 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
 
   p.world = cfg.world_size;
   Arena a;
-  constexpr std::size_t kControlHeader = 40;  // sizeof(device::Control), checked in layer.cu
+  constexpr std::size_t kControlHeader = 64;  // sizeof(device::Control), checked in layer.cu
   p.control_bytes = checked_add(
       kControlHeader,
       checked_mul(u(2 * cfg.experts + p.row_tiles + 2 * p.token_tiles + TileShape::kSplitPartials),
@@ -71,11 +71,11 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   p.gate = a.take(checked_mul(checked_mul(u(cfg.hidden), u(p.experts_padded), "hidden"), elem,
                               "hidden"),
                   "hidden");
-  // Two partial sums per logit: the gate GEMM may split K in halves over two blocks (kernel.cuh).
-  p.logits = a.take(
-      checked_mul(checked_mul(u(cfg.max_tokens), u(p.experts_padded), "max_tokens"), 8,
-                  "max_tokens"),
-      "max_tokens");
+  // Partial sums of the gate GEMM's K slices (device/split.hpp, gate_split_for): two per logit
+  // of a large call, more per logit of a call of few tokens, within kGateSumBytes.
+  // (max_tokens <= 2^24 and experts_padded <= 256: the count fits its 64 bits.)
+  p.logit_floats = device::gate_partial_floats(cfg.max_tokens, static_cast<int>(p.experts_padded));
+  p.logits = a.take(checked_mul(u(p.logit_floats), 4, "max_tokens"), "max_tokens");
   const std::size_t choices = checked_mul(u(cfg.max_tokens), u(cfg.topk), "max_tokens");
   p.topk_expert = a.take(checked_mul(choices, 4, "max_tokens"), "topk");
   p.topk_weight = a.take(checked_mul(choices, 4, "max_tokens"), "topk");

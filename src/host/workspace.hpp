@@ -44,7 +44,9 @@ struct WorkspacePlan {
   // tokentile_done[token_tiles], tokentile_target[token_tiles], split_done[2][kSplitGroups].
   std::size_t control = 0, control_bytes = 0;
   std::size_t gate = 0;         // elem [hidden, experts_padded]: zero-padded copy of the gate
-  std::size_t logits = 0;       // float [2, max_tokens, experts_padded]: K-half partial sums
+  // float [logit_floats]: the gate's K-slice partial sums, [gate_splits, tokens, experts_padded]
+  std::size_t logits = 0;
+  std::int64_t logit_floats = 0;  // device::gate_partial_floats(max_tokens, experts_padded)
   std::size_t topk_expert = 0;  // int32 [max_tokens, k]
   std::size_t topk_weight = 0;  // float [max_tokens, k]
   std::size_t topk_kept = 0;    // uint8 [max_tokens, k]
