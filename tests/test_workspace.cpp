@@ -371,50 +371,6 @@ TEST(Workspace, PackedRowTilesFollowTheRuleWithinTheirBounds) {
             ASSERT_EQ(check_pack(c, &r), "")
                 << "world " << world << " el " << el << " k " << k << " max_tokens " << max_tokens;
             packed_cases += r.packed > 0 ? 1 : 0;
-// The gate's K split (device/split.hpp, gate_split_for) against the partial sums the workspace
-// plan reserves (gate_partial_floats) and the slices the kernel computes (k_slice in 64-deep
-// steps), over token counts, shapes and block counts; a large call keeps the halves it had.
-TEST(Workspace, GateSplitStaysWithinItsPlannedRoom) {
-  using monomoe::device::gate_partial_floats;
-  using monomoe::device::gate_split_for;
-  using monomoe::device::k_slice;
-  using monomoe::device::kGateKStep;
-  using monomoe::device::kGateSumBytes;
-  using monomoe::device::kMaxGateSplit;
-  int many = 0;
-  for (int blocks : {1, 2, 3, 16, 33, 66, 132, 148, 264}) {
-    for (long long tokens = 1; tokens <= 20000; tokens += tokens < 40 ? 1 : tokens / 3) {
-      for (int ep : {128, 256}) {
-        for (int depth : {1, 2, 3, 8, 16, 56, 512}) {
-          const int hidden = 128 * depth;
-          const int s = gate_split_for(tokens, hidden, ep, blocks);
-          ASSERT_GE(s, 1);
-          ASSERT_LE(s, kMaxGateSplit);
-          ASSERT_LE(s, hidden / kGateKStep) << "every slice at least 64 deep";
-          const long long tiles = (tokens + 127) / 128;
-          // The rule it replaces: halves when there are two blocks per token tile.
-          ASSERT_EQ(s > 1, 2 * tiles <= blocks);
-          if (s > 1) {
-            ASSERT_LE(s * tiles, blocks) << "one block per (tile, slice) item";
-          }
-          if (s > 2) {
-            ++many;
-            ASSERT_LE(s * tokens * ep * 4, kGateSumBytes) << "what the routing blocks sum";
-          }
-          // The plan's room (sized for max_tokens >= tokens; tokens itself is the tightest).
-          ASSERT_LE(s * tokens * ep, gate_partial_floats(tokens, ep));
-          // The kernel's slices: contiguous, whole 64-deep steps, covering K.
-          int next = 0;
-          for (int i = 0; i < s; ++i) {
-            const auto ks = k_slice(hidden, i, s, kGateKStep);
-            ASSERT_EQ(ks.first, next);
-            ASSERT_GE(ks.count, kGateKStep);
-            ASSERT_EQ(ks.count % kGateKStep, 0);
-            next += ks.count;
-          }
-          ASSERT_EQ(next, hidden);
-          if (s == 2) {
-            ASSERT_EQ(k_slice(hidden, 1, 2, kGateKStep).first, hidden / 2);
           }
         }
       }
@@ -477,6 +433,57 @@ TEST(Workspace, PackedRowTilesEdgeCases) {
     PackCase c{2, 1, 0, {200, 200}, {0}, 2};  // needs 3 tiles
     EXPECT_EQ(check_pack(c, &r), "the plan's bounds were too small");
     EXPECT_FALSE(r.ok);
+  }
+}
+
+// The gate's K split (device/split.hpp, gate_split_for) against the partial sums the workspace
+// plan reserves (gate_partial_floats) and the slices the kernel computes (k_slice in 64-deep
+// steps), over token counts, shapes and block counts; a large call keeps the halves it had.
+TEST(Workspace, GateSplitStaysWithinItsPlannedRoom) {
+  using monomoe::device::gate_partial_floats;
+  using monomoe::device::gate_split_for;
+  using monomoe::device::k_slice;
+  using monomoe::device::kGateKStep;
+  using monomoe::device::kGateSumBytes;
+  using monomoe::device::kMaxGateSplit;
+  int many = 0;
+  for (int blocks : {1, 2, 3, 16, 33, 66, 132, 148, 264}) {
+    for (long long tokens = 1; tokens <= 20000; tokens += tokens < 40 ? 1 : tokens / 3) {
+      for (int ep : {128, 256}) {
+        for (int depth : {1, 2, 3, 8, 16, 56, 512}) {
+          const int hidden = 128 * depth;
+          const int s = gate_split_for(tokens, hidden, ep, blocks);
+          ASSERT_GE(s, 1);
+          ASSERT_LE(s, kMaxGateSplit);
+          ASSERT_LE(s, hidden / kGateKStep) << "every slice at least 64 deep";
+          const long long tiles = (tokens + 127) / 128;
+          // The rule it replaces: halves when there are two blocks per token tile.
+          ASSERT_EQ(s > 1, 2 * tiles <= blocks);
+          if (s > 1) {
+            ASSERT_LE(s * tiles, blocks) << "one block per (tile, slice) item";
+          }
+          if (s > 2) {
+            ++many;
+            ASSERT_LE(s * tokens * ep * 4, kGateSumBytes) << "what the routing blocks sum";
+          }
+          // The plan's room (sized for max_tokens >= tokens; tokens itself is the tightest).
+          ASSERT_LE(s * tokens * ep, gate_partial_floats(tokens, ep));
+          // The kernel's slices: contiguous, whole 64-deep steps, covering K.
+          int next = 0;
+          for (int i = 0; i < s; ++i) {
+            const auto ks = k_slice(hidden, i, s, kGateKStep);
+            ASSERT_EQ(ks.first, next);
+            ASSERT_GE(ks.count, kGateKStep);
+            ASSERT_EQ(ks.count % kGateKStep, 0);
+            next += ks.count;
+          }
+          ASSERT_EQ(next, hidden);
+          if (s == 2) {
+            ASSERT_EQ(k_slice(hidden, 1, 2, kGateKStep).first, hidden / 2);
+          }
+        }
+      }
+    }
   }
   EXPECT_GT(many, 1000);
   // One token on the default shape (2048 x 128 gate columns) on 132 SMs: 32 slices of 64; 16
