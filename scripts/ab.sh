@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# A/B of several commits in ONE device call (METHOD: side by side, same run): which change moved a
+# number. The GPU machines get a copy of the working tree without git history, so the commits are
+# exported here first into the ignored folder ab/, which the device call carries.
+#
+#   scripts/ab.sh prepare REF [REF ...]     here: ab/<ref>/ = `git archive REF` (+ third_party link)
+#   scripts/ab.sh run [BENCH ARGS ...]      on the GPU machine (carry ["third_party", "ab"]):
+#       builds every ab/* tree's CLI side by side (tests off; about the time of one build), then
+#       ROUNDS (default 3) rounds of `monomoe bench --gpus G --no-ceiling BENCH ARGS` per variant,
+#       interleaved (a, b, c, a, b, c, ...) so that drift hits every variant alike; prints each
+#       run's monomoe and baseline medians and, last, the median over rounds per (variant, G).
+# Env (run): GPUS (the G values, default "1"; e.g. "1 2"), ROUNDS, JOBS (build jobs per variant,
+#            default nproc / variants), NCCL_ROOT (default: PyTorch's NCCL, as gpu-check.sh).
+# Logs: $OUT (or ./out)/ab-<variant>-<G>-<round>.log.
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  prepare)
+    [ $# -ge 1 ] || { echo "usage: scripts/ab.sh prepare REF [REF ...]" >&2; exit 2; }
+    rm -rf ab && mkdir -p ab
+    for ref in "$@"; do
+      name=${ref//\//_}
+      commit=$(git rev-parse --short "$ref") || exit 2
+      mkdir -p "ab/$name"
+      git archive "$ref" | tar -x -C "ab/$name" || exit 2
+      ln -s ../../third_party "ab/$name/third_party"
+      echo "$name $commit" >> ab/refs.txt
+    done
+    cat ab/refs.txt
+    echo "now: run with carry [\"third_party\", \"ab\"] and command scripts/ab.sh run [bench args]"
+    ;;
+  run)
+    [ -f ab/refs.txt ] || { echo "ab.sh run: no ab/refs.txt (scripts/ab.sh prepare first, carry ab)" >&2; exit 2; }
+    export NCCL_NVLS_ENABLE=0 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast
+    OUT=${OUT:-$here/out}
+    mkdir -p "$OUT"
+    W=${NCCL_ROOT:-$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "nccl"))' 2>/dev/null)}
+    mapfile -t names < <(awk '{print $1}' ab/refs.txt)
+    jobs=${JOBS:-$(( $(nproc) / ${#names[@]} > 0 ? $(nproc) / ${#names[@]} : 1 ))}
+    t0=$(date +%s)
+    for v in "${names[@]}"; do
+      ( cmake -S "ab/$v" -B "/tmp/ab-build-$v" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+          ${W:+-DNCCL_ROOT="$W"} -DMONOMOE_BUILD_TESTS=OFF > "$OUT/ab-build-$v.log" 2>&1 &&
+        cmake --build "/tmp/ab-build-$v" -j "$jobs" --target monomoe_cli >> "$OUT/ab-build-$v.log" 2>&1
+        echo "build $v rc=$?" ) &
+    done
+    wait
+    echo "builds: $(( $(date +%s) - t0 )) s"
+    declare -A results
+    for round in $(seq 1 "${ROUNDS:-3}"); do
+      for g in ${GPUS:-1}; do
+        for v in "${names[@]}"; do
+          mm=$(find "/tmp/ab-build-$v" -name monomoe -type f -perm -u+x | head -1)
+          [ -n "$mm" ] || { echo "$v: no monomoe binary (build failed: $OUT/ab-build-$v.log)"; continue; }
+          log="$OUT/ab-$v-$g-$round.log"
+          timeout 120 "$mm" bench --gpus "$g" --no-ceiling "$@" > "$log" 2>&1
+          rc=$?
+          m=$(awk '$1 == "monomoe" && $2 ~ /^[0-9.]+$/ {print $2; exit}' "$log")
+          b=$(awk '$1 == "baseline" && $2 ~ /^[0-9.]+$/ {print $2; exit}' "$log")
+          echo "round $round  gpus $g  $v: monomoe ${m:-?} ms  baseline ${b:-?} ms  (rc=$rc, $(( $(date +%s) - t0 )) s)"
+          results["$v $g"]+="${m:-} "
+        done
+      done
+    done
+    echo "median over rounds (ms):"
+    for g in ${GPUS:-1}; do
+      for v in "${names[@]}"; do
+        med=$(echo ${results["$v $g"]:-} | tr ' ' '\n' | grep -v '^$' | sort -n |
+              awk '{a[NR] = $1} END {if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2); else print "?"}')
+        echo "  gpus $g  $v ($(awk -v n="$v" '$1 == n {print $2}' ab/refs.txt)): $med"
+      done
+    done
+    ;;
+  *)
+    echo "usage: scripts/ab.sh prepare REF [REF ...] | scripts/ab.sh run [bench args]" >&2
+    exit 2
+    ;;
+esac
