@@ -274,9 +274,6 @@ struct TileGemm : TileShapes<P, BN> {
   // last tile of an expert, decode calls) the second warpgroup's rows are all zeros, so it issues
   // no MMAs (its accumulators stay cleared) and only helps load the operands: half the tensor-core
   // work, on tiles that are bound by the weights' bytes.
-  // A K range of at most kStages k-tiles (a split task's slice: 256 deep for bf16; a gate slice)
-  // refills no stage, so all its k-tiles load at once, before the first wait: one memory latency
-  // per task instead of one per kAhead k-tiles (a 4-k-tile slice had waited twice).
   static constexpr int kInFlight = 1;                      // MMA batches pending after each k-tile
   static constexpr int kAhead = kStages - kInFlight - 1;   // k-tiles loading ahead of the MMAs
   static __device__ void run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
@@ -299,29 +296,21 @@ struct TileGemm : TileShapes<P, BN> {
     const int k_tiles = k_total / kBK;
     const ChunkPlan chunks = plan_chunks(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi);
     static_assert(kAhead >= 2, "one stage computing, one landing, one refilling, + pending");
-    const bool at_once = k_tiles <= kStages;
-    const int preload = at_once ? k_tiles : kAhead;  // k-tiles loading before the first MMA
     // Warpgroup-uniform: the wgmma fence, commit and wait below are warpgroup-collective.
     const bool mma = rows > kTileRows / 2 || threadIdx.x < kThreads / 2;
     // The stage refilled in iteration kt last held k-tile kt+kAhead-kStages = kt-1-kInFlight,
     // whose MMAs both warpgroups finished before they reached this iteration's barrier (each left
     // at most k-tiles kt-kInFlight..kt-1 pending in iteration kt-1), so one barrier per k-tile
-    // suffices. (At once: no stage is refilled.) Not unrolled: kStages inlined copies of the stage
-    // load took the bf16 kernels past 255 registers, into spills.
-#pragma unroll 1
-    for (int s = 0; s < preload; ++s) {
-      load_stage(sm, chunks, ldb, s, s);
+    // suffices.
+#pragma unroll
+    for (int s = 0; s < kAhead; ++s) {
+      if (s < k_tiles) load_stage(sm, chunks, ldb, s, s);
       cp_async_commit();
     }
     warpgroup_fence_operand(acc);
     for (int kt = 0; kt < k_tiles; ++kt) {
-      // One group per k-tile; the newest kAhead - 1 (k-tiles kt+1..) may still be landing. At once:
-      // all of them have landed after the first wait.
-      if (at_once) {
-        cp_async_wait<0>();
-      } else {
-        cp_async_wait<kAhead - 1>();
-      }
+      // One group per k-tile; the newest kAhead - 1 (k-tiles kt+1..) may still be landing.
+      cp_async_wait<kAhead - 1>();
       const int stage = kt % kStages;
       if constexpr (P::kRoundToTf32) round_stage(sm, chunks, ldb, kt, stage);
       // This thread's writes of stage kt (cp.async, and the rounding's st.shared) -> the async
@@ -334,7 +323,7 @@ struct TileGemm : TileShapes<P, BN> {
         warpgroup_commit_batch();
       }
       const int next = kt + kAhead;
-      if (!at_once && next < k_tiles) load_stage(sm, chunks, ldb, next, next % kStages);
+      if (next < k_tiles) load_stage(sm, chunks, ldb, next, next % kStages);
       cp_async_commit();
       if (mma) warpgroup_wait<kInFlight>();
     }
