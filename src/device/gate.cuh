@@ -1,7 +1,7 @@
-// Gate role: logits = x * gate for one tile of 128 tokens (tensor cores, fp32 accumulation), then an
-// fp32 softmax and top-k per token (ties toward the lower expert index), and the tile's per-expert
-// counts that routing turns into row positions. Or, when the caller routed, its choices taken as
-// they are (take_given_routing), leaving the same per-token arrays and counts.
+// Gate role: logits = x * gate for one tile of 128 tokens (tensor cores, fp32 accumulation), then
+// an fp32 softmax and top-k per token (ties toward the lower expert index), and the tile's
+// per-expert counts that routing turns into row positions. Or, when the caller routed, its choices
+// taken as they are (take_given_routing), leaving the same per-token arrays and counts.
 #pragma once
 
 #include "device/gemm/tile_gemm.cuh"
@@ -62,127 +62,140 @@ __device__ void gate_gemm(const Params& p, KernelSmem<P>& sm, int tile, int spli
 
 // Softmax and top-k of one token tile from its logits (partials summed in split order: the same
 // bits whatever block computed them), and the tile's per-expert counts (also left in
-// sm.route.count).
+// sm.route.count). The tile's partial logits are first staged in shared memory (the GEMM buffer,
+// idle here) by the whole block, every load in flight at once, a chunk of rows at a time; the warps
+// then take rows from there. (One warp per row loading its own logits had waited for an L2 round
+// trip per row and slice: ~30 us for a 128-row tile of the default config, on the critical path.)
 template <class P>
 __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
   const int first = tile * kTileRows;
   const int rows = min(kTileRows, p.tokens - first);
   if (threadIdx.x < kMaxExperts) sm.route.count[threadIdx.x] = 0;
   // Logits written by this block are visible (other blocks' are, after a grid barrier or the
-  // tile's slice count: route_alone.cuh).
+  // tile's slice count: route_alone.cuh); the gate GEMM is done with the buffer.
   __syncthreads();
   const long long split_stride = static_cast<long long>(p.tokens) * p.experts_padded;
 
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   constexpr int kPerLane = kMaxExperts / 32;
-  // Partial sums loaded kBatch slices at a time before they are added: up to 32 slices, and a
-  // load that waited for the previous add would cost one L2 round trip per slice.
-  constexpr int kBatch = 4;
-  // A lane's logits of token row r: partial sums added in split order (-inf past the experts).
-  const auto load_row = [&](int r, float (&v)[kPerLane]) {
-    const float* lg = p.logits + static_cast<long long>(first + r) * p.experts_padded;
+  // Staged: [slice][row of the chunk][expert], the real experts only. A row of every slice fits
+  // (kMaxGateSplit x kMaxExperts floats = 32 KB, less than any precision's buffer).
+  float* staged = reinterpret_cast<float*>(sm.gemm.buffer);
+  constexpr int kBufferFloats = static_cast<int>(sizeof(sm.gemm.buffer) / sizeof(float));
+  static_assert(kMaxGateSplit * kMaxExperts <= kBufferFloats, "one row of every gate slice");
+  const int splits = p.gate_splits;
+  const int row_floats = splits * p.experts;  // one row, every slice
+  const int chunk_rows = min(rows, kBufferFloats / row_floats);
+  for (int r0 = 0; r0 < rows; r0 += chunk_rows) {
+    const int chunk = min(chunk_rows, rows - r0);
+    const int slice_floats = chunk * p.experts;
+    const int n = splits * slice_floats;
+    constexpr int kInFlight = 16;  // loads per thread issued before their stores
+    for (int base = 0; base < n; base += kThreads * kInFlight) {
+      float got[kInFlight];
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int e = lane + 32 * i;
-      v[i] = e < p.experts ? __ldcg(lg + e) : -INFINITY;
+      for (int j = 0; j < kInFlight; ++j) {
+        const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
+        got[j] = 0.f;
+        if (i < n) {  // i = (slice * chunk + row) * experts + expert
+          const int sl = i / slice_floats, in_slice = i - sl * slice_floats;
+          const int r = in_slice / p.experts, e = in_slice - r * p.experts;
+          got[j] = __ldcg(p.logits + sl * split_stride +
+                          static_cast<long long>(first + r0 + r) * p.experts_padded + e);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kInFlight; ++j) {
+        const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
+        if (i < n) staged[i] = got[j];
+      }
     }
-    for (int s0 = 1; s0 < p.gate_splits; s0 += kBatch) {
-      float part[kBatch][kPerLane];
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) {
-          const int e = lane + 32 * i;
-          const bool in = s0 + b < p.gate_splits && e < p.experts;
-          part[b][i] = in ? __ldcg(lg + (s0 + b) * split_stride + e) : 0.f;
-        }
-      }
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) {
-          if (s0 + b < p.gate_splits && lane + 32 * i < p.experts) v[i] += part[b][i];
-        }
-      }
-    }
-  };
-  // Each warp walks its rows with the next row's loads in flight (the loop is latency-bound).
-  float next[kPerLane];
-  if (warp < rows) load_row(warp, next);
-  for (int r = warp; r < rows; r += kThreads / 32) {
-    const int t = first + r;
-    float v[kPerLane];
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) v[i] = next[i];
-    if (r + kThreads / 32 < rows) load_row(r + kThreads / 32, next);
-    float mx = -INFINITY;
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) mx = fmaxf(mx, v[i]);
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-    float sum = 0.f;
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) sum += (lane + 32 * i < p.experts) ? expf(v[i] - mx) : 0.f;
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-
-    float chosen_p[kMaxTopK];
-    int chosen_e[kMaxTopK];
-    float chosen_sum = 0.f;
-#pragma unroll
-    for (int j = 0; j < kMaxTopK; ++j) {
-      if (j >= p.topk) break;
-      float bv = -INFINITY;
-      int be = 0x7fffffff;
-#pragma unroll
-      for (int i = 0; i < kPerLane; ++i) {  // ascending expert ids: strict > keeps the lower one
-        if (v[i] > bv) {
-          bv = v[i];
-          be = lane + 32 * i;
-        }
-      }
-      warp_argmax(bv, be);
-      if (be >= p.experts) {
-        // Only NaN (or -inf) logits are left, as for a token with a NaN/inf in its row of x: the
-        // lowest expert not chosen yet (the CPU reference's rule). Its weight comes out NaN, so
-        // only this token's output is affected (docs: README, Reliability).
-        be = 0;
-        for (bool taken = true; taken;) {
-          taken = false;
-          for (int q = 0; q < j; ++q) {
-            if (chosen_e[q] == be) {
-              ++be;
-              taken = true;
-            }
-          }
-        }
-      }
+    __syncthreads();  // the chunk staged
+    for (int rc = warp; rc < chunk; rc += kThreads / 32) {
+      const int t = first + r0 + rc;
+      // This lane's logits of the row: slices added in split order (-inf past the experts).
+      float v[kPerLane];
 #pragma unroll
       for (int i = 0; i < kPerLane; ++i) {
-        if (lane + 32 * i == be) v[i] = -INFINITY;
+        const int e = lane + 32 * i;
+        if (e < p.experts) {
+          const float* at = staged + rc * p.experts + e;
+          v[i] = at[0];
+          for (int sl = 1; sl < splits; ++sl) v[i] += at[sl * slice_floats];
+        } else {
+          v[i] = -INFINITY;
+        }
       }
-      chosen_p[j] = expf(bv - mx) / sum;
-      chosen_e[j] = be;
-      chosen_sum += chosen_p[j];
-    }
-    if (lane == 0) {
-      const float scale = p.renormalize ? 1.f / chosen_sum : 1.f;
+      float mx = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) mx = fmaxf(mx, v[i]);
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      float sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) sum += (lane + 32 * i < p.experts) ? expf(v[i] - mx) : 0.f;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+
+      float chosen_p[kMaxTopK];
+      int chosen_e[kMaxTopK];
+      float chosen_sum = 0.f;
 #pragma unroll
       for (int j = 0; j < kMaxTopK; ++j) {
         if (j >= p.topk) break;
-        if (chosen_e[j] < 0 || chosen_e[j] >= p.experts) {  // cannot happen: see the fallback above
-          raise_error(p, ErrorCode::bad_route, t, chosen_e[j]);
-          p.topk_expert[t * p.topk + j] = -1;  // skipped by routing and combine
-          continue;
+        float bv = -INFINITY;
+        int be = 0x7fffffff;
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) {  // ascending expert ids: strict > keeps the lower one
+          if (v[i] > bv) {
+            bv = v[i];
+            be = lane + 32 * i;
+          }
         }
-        p.topk_expert[t * p.topk + j] = chosen_e[j];
-        p.topk_weight[t * p.topk + j] = chosen_p[j] * scale;
-        atomicAdd(&sm.route.count[chosen_e[j]], 1);
+        warp_argmax(bv, be);
+        if (be >= p.experts) {
+          // Only NaN (or -inf) logits are left, as for a token with a NaN/inf in its row of x: the
+          // lowest expert not chosen yet (the CPU reference's rule). Its weight comes out NaN, so
+          // only this token's output is affected (docs: README, Reliability).
+          be = 0;
+          for (bool taken = true; taken;) {
+            taken = false;
+            for (int q = 0; q < j; ++q) {
+              if (chosen_e[q] == be) {
+                ++be;
+                taken = true;
+              }
+            }
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) {
+          if (lane + 32 * i == be) v[i] = -INFINITY;
+        }
+        chosen_p[j] = expf(bv - mx) / sum;
+        chosen_e[j] = be;
+        chosen_sum += chosen_p[j];
+      }
+      if (lane == 0) {
+        const float scale = p.renormalize ? 1.f / chosen_sum : 1.f;
+#pragma unroll
+        for (int j = 0; j < kMaxTopK; ++j) {
+          if (j >= p.topk) break;
+          // Cannot happen: see the fallback above.
+          if (chosen_e[j] < 0 || chosen_e[j] >= p.experts) {
+            raise_error(p, ErrorCode::bad_route, t, chosen_e[j]);
+            p.topk_expert[t * p.topk + j] = -1;  // skipped by routing and combine
+            continue;
+          }
+          p.topk_expert[t * p.topk + j] = chosen_e[j];
+          p.topk_weight[t * p.topk + j] = chosen_p[j] * scale;
+          atomicAdd(&sm.route.count[chosen_e[j]], 1);
+        }
       }
     }
+    __syncthreads();  // the chunk's rows read (and the counts complete after the last chunk)
   }
-  __syncthreads();
   for (int e = threadIdx.x; e < p.experts; e += kThreads) {
     p.tile_counts[static_cast<long long>(tile) * p.experts + e] = sm.route.count[e];
   }
