@@ -79,6 +79,9 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   constexpr int kPerLane = kMaxExperts / 32;
+  // Expert slots per lane in use (the rest hold -inf and change no max, sum or choice): the loops
+  // below stop there, a uniform branch, so 64 experts cost 2 slots' work, not kPerLane's.
+  const int slots = (p.experts + 31) / 32;
   // Staged: [slice][row of the chunk][expert], the real experts only. A row of every slice fits
   // (kMaxGateSplit x kMaxExperts floats = 32 KB, less than any precision's buffer).
   float* staged = reinterpret_cast<float*>(sm.gemm.buffer);
@@ -118,6 +121,7 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
       float v[kPerLane];
 #pragma unroll
       for (int i = 0; i < kPerLane; ++i) {
+        if (i == slots) break;
         const int e = lane + 32 * i;
         if (e < p.experts) {
           const float* at = staged + rc * p.experts + e;
@@ -129,12 +133,18 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
       }
       float mx = -INFINITY;
 #pragma unroll
-      for (int i = 0; i < kPerLane; ++i) mx = fmaxf(mx, v[i]);
+      for (int i = 0; i < kPerLane; ++i) {
+        if (i == slots) break;
+        mx = fmaxf(mx, v[i]);
+      }
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
       float sum = 0.f;
 #pragma unroll
-      for (int i = 0; i < kPerLane; ++i) sum += (lane + 32 * i < p.experts) ? expf(v[i] - mx) : 0.f;
+      for (int i = 0; i < kPerLane; ++i) {
+        if (i == slots) break;
+        sum += (lane + 32 * i < p.experts) ? expf(v[i] - mx) : 0.f;
+      }
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
 
@@ -148,6 +158,7 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
         int be = 0x7fffffff;
 #pragma unroll
         for (int i = 0; i < kPerLane; ++i) {  // ascending expert ids: strict > keeps the lower one
+          if (i == slots) break;
           if (v[i] > bv) {
             bv = v[i];
             be = lane + 32 * i;
@@ -171,6 +182,7 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
         }
 #pragma unroll
         for (int i = 0; i < kPerLane; ++i) {
+          if (i == slots) break;
           if (lane + 32 * i == be) v[i] = -INFINITY;
         }
         chosen_p[j] = expf(bv - mx) / sum;
