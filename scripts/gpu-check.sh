@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build against PyTorch's NCCL (pinned by rpath), run the GPU tests, the
-# random-config check and the benchmark. Logs go to $OUT (or ./out) as gpu-*.log and bench.json.
+# random-config check and the benchmark. Logs go to $OUT (or ./out) as gpu-*.log and bench.json;
+# at the end every log is also packed into $OUT/logs.tar.gz (the device tool brings back only a
+# few files of $OUT, in name order: gpu-summary.log, bench.json and the archive come first).
 # Usage: scripts/gpu-check.sh [all|quick|bench]   (quick: tests + check; bench: bench (+ sweep) only)
 # With 2 or more GPUs and the Python package built, it also runs examples/torch_moe_block.py under
 # torchrun on 2 GPUs.
@@ -19,6 +21,12 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 OUT=${OUT:-$here/out}
 mkdir -p "$OUT"
+# Everything in one archive whatever way the script ends; the single logs move into it.
+pack_logs() {
+  (cd "$OUT" && ls *.log *.csv 2>/dev/null | grep -v '^gpu-summary.log$' > .packed &&
+     tar -czf logs.tar.gz -T .packed && xargs rm -f < .packed; rm -f .packed)
+}
+trap pack_logs EXIT
 export NCCL_NVLS_ENABLE=0 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast
 # nanobind, pytest and scikit-build-core carried in third_party/python (scripts/setup-deps.sh)
 export PYTHONPATH=$here/third_party/python${PYTHONPATH:+:$PYTHONPATH}
