@@ -9,7 +9,8 @@
 # Env: GPUS (bench/check GPUs, default all visible), CASES (check cases, default 24), VIRTUAL
 #      (virtual ranks of the one-GPU multi-rank check, default 4; 0 skips it), BENCH_ARGS
 #      (extra bench flags, e.g. --trace), SWEEP (tokens|experts|gpus: also run a sweep), TESTS
-#      (ctest -R regex to run a subset), TEST_TIMEOUT (per test, default 150 s), COMMIT (for logs),
+#      (ctest -R regex to run a subset), EXCLUDE (ctest -E regex, e.g. 'python.gpu|StoppedWorker'
+#      to save ~110 s), TEST_TIMEOUT (per test, default 150 s), COMMIT (for logs),
 #      EXTRA_BENCH (more bench runs after the main one, ';'-separated flag sets, e.g.
 #      "--experts 128 --tokens 16384;--dtype fp32"; a set with its own --gpus keeps it; logs
 #      gpu-bench-extra-N.log), SOAK (calls of
@@ -49,7 +50,7 @@ fi
 GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
 mm=./build-gpu/tools/monomoe
 if [ "${1:-all}" != bench ]; then
-(cd build-gpu && ctest -L gpu ${TESTS:+-R "$TESTS"} --output-on-failure --timeout ${TEST_TIMEOUT:-150}) > "$OUT/gpu-tests.log" 2>&1
+(cd build-gpu && ctest -L gpu ${TESTS:+-R "$TESTS"} ${EXCLUDE:+-E "$EXCLUDE"} --output-on-failure --timeout ${TEST_TIMEOUT:-150}) > "$OUT/gpu-tests.log" 2>&1
 echo "gpu tests rc=$?: $(grep -E 'tests passed|tests failed' "$OUT/gpu-tests.log")" | tee -a "$OUT/gpu-summary.log"
 grep -E "FAILED|Failure|PASS|FAIL|Expected|Which is|error|killed worker|SKIPPED" "$OUT/gpu-tests.log" | head -80
 timeout 200 $mm check --gpus $GPUS --cases ${CASES:-24} > "$OUT/gpu-check.log" 2>&1
