@@ -3,7 +3,7 @@
 
 #include <cstdint>
 
-#include "device/split.hpp"  // kMaxKSplit, kSplitTargetMax, kSplitPartialsMax
+#include "device/split.hpp"  // kMaxKSplit, kSplitTargetMax
 
 namespace monomoe::device {
 
