@@ -37,7 +37,8 @@ case "$cmd" in
     export NCCL_NVLS_ENABLE=0 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast
     OUT=${OUT:-$here/out}
     mkdir -p "$OUT"
-    W=${NCCL_ROOT:-$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "nccl"))' 2>/dev/null)}
+    source "$here/scripts/nccl-root.sh"
+    W=${NCCL_ROOT:-$(torch_nccl_root)}
     mapfile -t names < <(awk '{print $1}' ab/refs.txt)
     jobs=${JOBS:-$(( $(nproc) / ${#names[@]} > 0 ? $(nproc) / ${#names[@]} : 1 ))}
     t0=$(date +%s)

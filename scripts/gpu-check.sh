@@ -31,7 +31,8 @@ trap pack_logs EXIT
 export NCCL_NVLS_ENABLE=0 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast
 # nanobind, pytest and scikit-build-core carried in third_party/python (scripts/setup-deps.sh)
 export PYTHONPATH=$here/third_party/python${PYTHONPATH:+:$PYTHONPATH}
-W=${NCCL_ROOT:-$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "nccl"))' 2>/dev/null)}
+source "$here/scripts/nccl-root.sh"
+W=${NCCL_ROOT:-$(torch_nccl_root)}
 echo "== $(date -u +%FT%TZ) commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)} NCCL_ROOT=$W" | tee "$OUT/gpu-summary.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu-summary.log"
 [ -f third_party/cutlass/include/cute/tensor.hpp ] || { echo "third_party/ missing: carry it" >&2; exit 3; }
