@@ -11,7 +11,7 @@
 #       run's monomoe and baseline medians and, last, the median over rounds per (variant, G).
 # Env (run): GPUS (the G values, default "1"; e.g. "1 2"), ROUNDS, JOBS (build jobs per variant,
 #            default nproc / variants), NCCL_ROOT (default: PyTorch's NCCL, as gpu-check.sh).
-# Logs: $OUT (or ./out)/ab-<variant>-<G>-<round>.log.
+# Logs: $OUT (or ./out)/ab-logs.tar.gz: ab-<variant>-<G>-<round>.log and ab-build-<variant>.log.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -37,7 +37,8 @@ case "$cmd" in
     export NCCL_NVLS_ENABLE=0 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast
     OUT=${OUT:-$here/out}
     mkdir -p "$OUT"
-    W=${NCCL_ROOT:-$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "nccl"))' 2>/dev/null)}
+    source "$here/scripts/nccl-root.sh"
+    W=${NCCL_ROOT:-$(torch_nccl_root)}
     mapfile -t names < <(awk '{print $1}' ab/refs.txt)
     jobs=${JOBS:-$(( $(nproc) / ${#names[@]} > 0 ? $(nproc) / ${#names[@]} : 1 ))}
     t0=$(date +%s)
@@ -73,6 +74,8 @@ case "$cmd" in
         echo "  gpus $g  $v ($(awk -v n="$v" '$1 == n {print $2}' ab/refs.txt)): $med"
       done
     done
+    # The device tool returns only a few files of $OUT: the logs travel as one archive.
+    (cd "$OUT" && tar -czf ab-logs.tar.gz ab-*.log && rm -f ab-*.log)
     ;;
   *)
     echo "usage: scripts/ab.sh prepare REF [REF ...] | scripts/ab.sh run [bench args]" >&2

@@ -9,10 +9,8 @@ export NCCL_NVLS_ENABLE=0 NVSHMEM_DISABLE_NVLS=1  # monomoe never uses NVLink mu
 # Pure-Python build/test dependencies that setup-deps.sh put in third_party/python (nanobind, pytest).
 export PYTHONPATH="$here/third_party/python${PYTHONPATH:+:$PYTHONPATH}"
 "$here/scripts/setup-deps.sh"
-if [ -z "${NCCL_ROOT:-}" ]; then
-  torch_nccl=$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "nccl"))' 2>/dev/null || true)
-  if [ -n "$torch_nccl" ] && [ -f "$torch_nccl/include/nccl_device.h" ]; then NCCL_ROOT=$torch_nccl; fi
-fi
+source "$here/scripts/nccl-root.sh"
+if [ -z "${NCCL_ROOT:-}" ]; then NCCL_ROOT=$(torch_nccl_root); fi
 gen=()
 command -v ninja >/dev/null && gen=(-G Ninja)
 cmake -S "$here" -B "$BUILD_DIR" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release ${NCCL_ROOT:+-DNCCL_ROOT="$NCCL_ROOT"} \

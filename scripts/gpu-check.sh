@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build against PyTorch's NCCL (pinned by rpath), run the GPU tests, the
-# random-config check and the benchmark. Logs go to $OUT (or ./out) as gpu-*.log and bench.json.
+# random-config check and the benchmark. Logs go to $OUT (or ./out) as gpu-*.log and bench.json;
+# at the end every log is also packed into $OUT/logs.tar.gz (the device tool brings back only a
+# few files of $OUT, in name order: gpu-summary.log, bench.json and the archive come first).
 # Usage: scripts/gpu-check.sh [all|quick|bench]   (quick: tests + check; bench: bench (+ sweep) only)
 # With 2 or more GPUs and the Python package built, it also runs examples/torch_moe_block.py under
 # torchrun on 2 GPUs.
 # Env: GPUS (bench/check GPUs, default all visible), CASES (check cases, default 24), VIRTUAL
 #      (virtual ranks of the one-GPU multi-rank check, default 4; 0 skips it), BENCH_ARGS
 #      (extra bench flags, e.g. --trace), SWEEP (tokens|experts|gpus: also run a sweep), TESTS
-#      (ctest -R regex to run a subset), TEST_TIMEOUT (per test, default 150 s), COMMIT (for logs),
+#      (ctest -R regex to run a subset), EXCLUDE (ctest -E regex, e.g. 'python.gpu|StoppedWorker'
+#      to save ~110 s), TEST_TIMEOUT (per test, default 150 s), COMMIT (for logs),
 #      EXTRA_BENCH (more bench runs after the main one, ';'-separated flag sets, e.g.
 #      "--experts 128 --tokens 16384;--dtype fp32"; a set with its own --gpus keeps it; logs
 #      gpu-bench-extra-N.log), SOAK (calls of
@@ -19,10 +22,17 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 OUT=${OUT:-$here/out}
 mkdir -p "$OUT"
+# Everything in one archive whatever way the script ends; the single logs move into it.
+pack_logs() {
+  (cd "$OUT" && ls *.log *.csv 2>/dev/null | grep -v '^gpu-summary.log$' > .packed &&
+     tar -czf logs.tar.gz -T .packed && xargs rm -f < .packed; rm -f .packed)
+}
+trap pack_logs EXIT
 export NCCL_NVLS_ENABLE=0 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast
 # nanobind, pytest and scikit-build-core carried in third_party/python (scripts/setup-deps.sh)
 export PYTHONPATH=$here/third_party/python${PYTHONPATH:+:$PYTHONPATH}
-W=${NCCL_ROOT:-$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "nccl"))' 2>/dev/null)}
+source "$here/scripts/nccl-root.sh"
+W=${NCCL_ROOT:-$(torch_nccl_root)}
 echo "== $(date -u +%FT%TZ) commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)} NCCL_ROOT=$W" | tee "$OUT/gpu-summary.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu-summary.log"
 [ -f third_party/cutlass/include/cute/tensor.hpp ] || { echo "third_party/ missing: carry it" >&2; exit 3; }
@@ -41,7 +51,7 @@ fi
 GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
 mm=./build-gpu/tools/monomoe
 if [ "${1:-all}" != bench ]; then
-(cd build-gpu && ctest -L gpu ${TESTS:+-R "$TESTS"} --output-on-failure --timeout ${TEST_TIMEOUT:-150}) > "$OUT/gpu-tests.log" 2>&1
+(cd build-gpu && ctest -L gpu ${TESTS:+-R "$TESTS"} ${EXCLUDE:+-E "$EXCLUDE"} --output-on-failure --timeout ${TEST_TIMEOUT:-150}) > "$OUT/gpu-tests.log" 2>&1
 echo "gpu tests rc=$?: $(grep -E 'tests passed|tests failed' "$OUT/gpu-tests.log")" | tee -a "$OUT/gpu-summary.log"
 grep -E "FAILED|Failure|PASS|FAIL|Expected|Which is|error|killed worker|SKIPPED" "$OUT/gpu-tests.log" | head -80
 timeout 200 $mm check --gpus $GPUS --cases ${CASES:-24} > "$OUT/gpu-check.log" 2>&1

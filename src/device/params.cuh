@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "device/pack.hpp"   // RecvTile, RecvPart
-#include "device/split.hpp"  // kMaxKSplit, kSplitTargetMax, kSplitPartialsMax
+#include "device/split.hpp"  // kMaxKSplit, kSplitTargetMax
 
 namespace monomoe::device {
 

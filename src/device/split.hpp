@@ -7,7 +7,8 @@
 // range is cut into up to kMaxKSplit slices that different blocks run; the last slice to finish
 // sums the partial tiles (in slice order) and runs the epilogue. At most kSplitTargetMax blocks
 // are planned for: per phase (GEMM0, GEMM1) at most kSplitTargetMax / 2 task groups and
-// kSplitTargetMax partial tiles, so each phase has its own half of the counters and partial tiles.
+// kSplitTargetMax partial tiles: each phase has its own kSplitTargetMax counters (2 *
+// kSplitTargetMax control words in all) and its own k_split_room partial tiles.
 #pragma once
 
 #if defined(__CUDACC__)
@@ -22,11 +23,10 @@ inline constexpr int kMaxKSplit = 8;
 // Expert GEMM slices are whole 128-deep steps (every precision's k-tile divides 128).
 inline constexpr int kKSplitStep = 128;
 inline constexpr int kSplitTargetMax = 160;
-inline constexpr int kSplitPartialsMax = 2 * kSplitTargetMax;
 
 // K slices per expert GEMM task for a call whose rank computes `row_tiles` row tiles of
-// `gemm0_cols` GEMM0 and `gemm1_cols` GEMM1 column tiles each, with `split_target` blocks (about the
-// grid, at most kSplitTargetMax). A call with few rows has few tasks, e.g. one token at top-2 makes
+// `gemm0_cols` GEMM0 and `gemm1_cols` GEMM1 column tiles each, with `split_target` blocks (about
+// the grid, at most kSplitTargetMax). A call with few rows has few tasks, e.g. one token at top-2 makes
 // 2 row tiles x 8 column tiles, so 16 blocks would each stream a 1 MB slice of weights while the
 // other SMs idle. When even the wider phase has at most half as many tasks as split_target, every
 // task's K range is cut into S slices, S * tasks <= split_target, each slice at least 128 deep

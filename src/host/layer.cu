@@ -24,9 +24,6 @@
 namespace monomoe {
 
 static_assert(sizeof(device::Control) == 64, "workspace.cpp reserves 64 bytes for Control");
-static_assert(detail::TileShape::kSplitGroups == device::kSplitTargetMax &&
-              detail::TileShape::kSplitPartials == device::kSplitPartialsMax &&
-              device::kSplitPartialsMax == 2 * device::kSplitTargetMax);
 static_assert(detail::TileShape::kRows == device::kTileRows &&
               detail::TileShape::kCols == device::kTileCols &&
               detail::TileShape::kCombineCols == device::kCombineCols);

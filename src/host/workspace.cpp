@@ -62,11 +62,10 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   p.world = cfg.world_size;
   Arena a;
   constexpr std::size_t kControlHeader = 64;  // sizeof(device::Control), checked in layer.cu
-  p.control_bytes = checked_add(
-      kControlHeader,
-      checked_mul(u(2 * cfg.experts + p.row_tiles + 2 * p.token_tiles + TileShape::kSplitPartials),
-                  4, "max_tokens"),
-      "max_tokens");
+  const std::int64_t control_words =
+      2 * cfg.experts + p.row_tiles + 2 * p.token_tiles + 2 * TileShape::kSplitGroups;
+  p.control_bytes =
+      checked_add(kControlHeader, checked_mul(u(control_words), 4, "max_tokens"), "max_tokens");
   p.control = a.take(p.control_bytes, "control");
   p.gate = a.take(checked_mul(checked_mul(u(cfg.hidden), u(p.experts_padded), "hidden"), elem,
                               "hidden"),

@@ -20,10 +20,9 @@ struct TileShape {
   // Output columns of one expert GEMM task per precision (device::expert_tile_cols; layer.cu checks
   // that the two agree).
   static constexpr std::int64_t expert_cols(DType d) { return d == DType::bf16 ? 256 : 128; }
-  // Split K (device/split.hpp): per phase (GEMM0, GEMM1) counters for kSplitGroups task groups,
-  // kSplitPartials counters in all (the partial tiles are sized per layer: split_room below).
+  // Split K (device/split.hpp): per phase (GEMM0, GEMM1) counters for kSplitGroups task groups
+  // (the partial tiles are sized per layer: split_room below).
   static constexpr std::int64_t kSplitGroups = device::kSplitTargetMax;
-  static constexpr std::int64_t kSplitPartials = device::kSplitPartialsMax;
 };
 
 // One layer's own regions, as byte offsets into the layers' area of the shared workspace
