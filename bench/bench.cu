@@ -11,6 +11,7 @@
 #include <ostream>
 #include <random>
 #include <sstream>
+#include <utility>
 #include <vector>
 
 #include "baseline/baseline.hpp"
@@ -81,13 +82,18 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
   layer.forward(dev.x(), tokens, dev.y(), stream);
   const std::vector<BlockTrace> tr = layer.trace();
   layer.set_trace(false);
+  // min, median, 90th percentile and max over the blocks, and which block had the max (a phase
+  // that ends with a grid barrier waits for its slowest block).
   const auto stat = [&](auto field) {
-    std::vector<double> v;
-    for (const BlockTrace& b : tr) v.push_back(static_cast<double>(field(b)) * 1e-3);
+    std::vector<std::pair<double, std::size_t>> v;
+    for (std::size_t i = 0; i < tr.size(); ++i) {
+      v.emplace_back(static_cast<double>(field(tr[i])) * 1e-3, i);
+    }
     std::sort(v.begin(), v.end());
     std::ostringstream os;
-    os << std::fixed << std::setprecision(1) << "min " << v.front() << "  median " << v[v.size() / 2]
-       << "  max " << v.back() << " us";
+    os << std::fixed << std::setprecision(1) << "min " << v.front().first << "  median "
+       << v[v.size() / 2].first << "  p90 " << v[v.size() * 9 / 10].first << "  max "
+       << v.back().first << " us (block " << v.back().second << ")";
     return os.str();
   };
   out << "trace (one forward, " << whose << tr.size()
