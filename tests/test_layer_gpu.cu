@@ -33,6 +33,33 @@ struct Case {
 };
 
 LayerConfig small(DType dtype, Activation act) { return test::small_layer_config(dtype, act); }
+
+// Two calls of `layer` on dev's problem, each into a poisoned y: the first must match the
+// reference, the second be bit-identical to the first (`repeat` says what that shows). `checked`
+// sees each call's stats() (a split the test expects) and returns what to print with a failed
+// comparison.
+template <class Checked>
+void expect_matched_then_repeated(MoELayer& layer, bench::DeviceProblem& dev,
+                                  const reference::Problem& pr, const reference::Result& ref,
+                                  const char* repeat, Checked&& checked) {
+  std::vector<float> first;
+  for (int run = 0; run < 2; ++run) {
+    dev.poison_y();
+    dev.forward(layer);
+    const std::string note = checked(layer.stats());
+    std::vector<std::int32_t> experts;
+    std::vector<float> weights;
+    layer.routing(experts, weights);
+    const std::vector<float> y = dev.y_host();
+    if (run == 0) {
+      const auto cmp = bench::compare(pr, ref.ranks[0], y, experts);
+      EXPECT_TRUE(cmp.passed) << cmp.summary() << note;
+      first = y;
+    } else {
+      EXPECT_EQ(0, std::memcmp(first.data(), y.data(), y.size() * sizeof(float))) << repeat;
+    }
+  }
+}
 using test::single_gpu;
 
 // Runs the layer once on fresh inputs and compares every token with the reference.
@@ -376,26 +403,13 @@ TEST(LayerGpu, FewRowsSplitK) {
           const reference::Result ref = reference::run(pr);
           bench::DeviceProblem dev(pr, 0);
           MoELayer layer(c, single_gpu(), dev.weights());
-          std::vector<float> first;
-          for (int run = 0; run < 2; ++run) {
-            dev.poison_y();
-            dev.forward(layer);
-            const ForwardStats stats = layer.stats();
-            // One token: 2 row tiles, at most 24 tasks a phase: split on any GPU of 48+ blocks.
-            if (tokens == 1) EXPECT_GT(stats.k_split, 1) << "one token should split K";
-            std::vector<std::int32_t> experts;
-            std::vector<float> weights;
-            layer.routing(experts, weights);
-            const std::vector<float> y = dev.y_host();
-            if (run == 0) {
-              const auto cmp = bench::compare(pr, ref.ranks[0], y, experts);
-              EXPECT_TRUE(cmp.passed) << cmp.summary() << " (k_split " << stats.k_split << ")";
-              first = y;
-            } else {
-              EXPECT_EQ(0, std::memcmp(first.data(), y.data(), y.size() * sizeof(float)))
-                  << "the split sum is not deterministic";
-            }
-          }
+          expect_matched_then_repeated(
+              layer, dev, pr, ref, "the split sum is not deterministic",
+              [&](const ForwardStats& stats) {
+                // One token: 2 row tiles, at most 24 tasks a phase: split on any GPU of 48+ blocks.
+                if (tokens == 1) EXPECT_GT(stats.k_split, 1) << "one token should split K";
+                return " (k_split " + std::to_string(stats.k_split) + ")";
+              });
         }
       }
     }
@@ -469,29 +483,15 @@ TEST(LayerGpu, FewTokensGateSplit) {
             const reference::Result ref = reference::run(pr);
             bench::DeviceProblem dev(pr, 0);
             MoELayer layer(c, single_gpu(), dev.weights());
-            std::vector<float> first;
-            for (int run = 0; run < 2; ++run) {
-              dev.poison_y();
-              dev.forward(layer);
-              const ForwardStats stats = layer.stats();
-              // One token: min(32 slices, hidden / 64) on any GPU of 32+ blocks.
-              if (tokens == 1) {
-                EXPECT_EQ(stats.gate_splits, std::min<std::int64_t>(32, hidden / 64));
-              }
-              std::vector<std::int32_t> experts_chosen;
-              std::vector<float> weights;
-              layer.routing(experts_chosen, weights);
-              const std::vector<float> y = dev.y_host();
-              if (run == 0) {
-                const auto cmp = bench::compare(pr, ref.ranks[0], y, experts_chosen);
-                EXPECT_TRUE(cmp.passed)
-                    << cmp.summary() << " (gate_splits " << stats.gate_splits << ")";
-                first = y;
-              } else {
-                EXPECT_EQ(0, std::memcmp(first.data(), y.data(), y.size() * sizeof(float)))
-                    << "the gate's split sum is not deterministic";
-              }
-            }
+            expect_matched_then_repeated(
+                layer, dev, pr, ref, "the gate's split sum is not deterministic",
+                [&](const ForwardStats& stats) {
+                  // One token: min(32 slices, hidden / 64) on any GPU of 32+ blocks.
+                  if (tokens == 1) {
+                    EXPECT_EQ(stats.gate_splits, std::min<std::int64_t>(32, hidden / 64));
+                  }
+                  return " (gate_splits " + std::to_string(stats.gate_splits) + ")";
+                });
           }
         }
       }
