@@ -34,14 +34,18 @@ struct Case {
 
 LayerConfig small(DType dtype, Activation act) { return test::small_layer_config(dtype, act); }
 
-// Two calls of `layer` on dev's problem, each into a poisoned y: the first must match the
-// reference, the second be bit-identical to the first (`repeat` says what that shows). `checked`
-// sees each call's stats() (a split the test expects) and returns what to print with a failed
-// comparison.
+// A call of `tokens` tokens of config c (inputs from `seed`), twice, each into a poisoned y: the
+// first must match the reference, the second be bit-identical to the first (`repeat` says what
+// that shows). `checked` sees each call's stats() (a split the test expects) and returns what to
+// print with a failed comparison.
 template <class Checked>
-void expect_matched_then_repeated(MoELayer& layer, bench::DeviceProblem& dev,
-                                  const reference::Problem& pr, const reference::Result& ref,
+void expect_matched_then_repeated(const LayerConfig& c, std::int64_t tokens, std::uint64_t seed,
                                   const char* repeat, Checked&& checked) {
+  SCOPED_TRACE(std::string(c.describe()) + " tokens " + std::to_string(tokens));
+  const reference::Problem pr = reference::make_problem(c, {tokens}, seed);
+  const reference::Result ref = reference::run(pr);
+  bench::DeviceProblem dev(pr, 0);
+  MoELayer layer(c, test::single_gpu(), dev.weights());
   std::vector<float> first;
   for (int run = 0; run < 2; ++run) {
     dev.poison_y();
@@ -398,13 +402,8 @@ TEST(LayerGpu, FewRowsSplitK) {
         c.weight_layout = layout;
         std::uint64_t seed = 900;
         for (std::int64_t tokens : {1, 3, 17}) {
-          SCOPED_TRACE(std::string(c.describe()) + " tokens " + std::to_string(tokens));
-          reference::Problem pr = reference::make_problem(c, {tokens}, ++seed);
-          const reference::Result ref = reference::run(pr);
-          bench::DeviceProblem dev(pr, 0);
-          MoELayer layer(c, single_gpu(), dev.weights());
           expect_matched_then_repeated(
-              layer, dev, pr, ref, "the split sum is not deterministic",
+              c, tokens, ++seed, "the split sum is not deterministic",
               [&](const ForwardStats& stats) {
                 // One token: 2 row tiles, at most 24 tasks a phase: split on any GPU of 48+ blocks.
                 if (tokens == 1) EXPECT_GT(stats.k_split, 1) << "one token should split K";
@@ -478,13 +477,8 @@ TEST(LayerGpu, FewTokensGateSplit) {
           c.max_tokens = 64;
           c.weight_layout = layout;
           for (std::int64_t tokens : {1, 5, 16}) {
-            SCOPED_TRACE(std::string(c.describe()) + " tokens " + std::to_string(tokens));
-            reference::Problem pr = reference::make_problem(c, {tokens}, ++seed);
-            const reference::Result ref = reference::run(pr);
-            bench::DeviceProblem dev(pr, 0);
-            MoELayer layer(c, single_gpu(), dev.weights());
             expect_matched_then_repeated(
-                layer, dev, pr, ref, "the gate's split sum is not deterministic",
+                c, tokens, ++seed, "the gate's split sum is not deterministic",
                 [&](const ForwardStats& stats) {
                   // One token: min(32 slices, hidden / 64) on any GPU of 32+ blocks.
                   if (tokens == 1) {
