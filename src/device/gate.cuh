@@ -64,8 +64,9 @@ __device__ void gate_gemm(const Params& p, KernelSmem<P>& sm, int tile, int spli
 // bits whatever block computed them), and the tile's per-expert counts (also left in
 // sm.route.count). The tile's partial logits are first staged in shared memory (the GEMM buffer,
 // idle here) by the whole block, every load in flight at once, a chunk of rows at a time; the warps
-// then take rows from there. (One warp per row loading its own logits had waited for an L2 round
-// trip per row and slice: ~30 us for a 128-row tile of the default config, on the critical path.)
+// then take rows from there (a warp per row had loaded its own logits: up to 8 dependent round
+// trips for a row of 32 slices). For the default config's 128-row tiles that did not shorten the
+// routing blocks' ~48 us (perf log 2026-11-29 23:22): their cost is not the loads.
 template <class P>
 __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
   const int first = tile * kTileRows;
