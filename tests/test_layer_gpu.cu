@@ -34,6 +34,16 @@ struct Case {
 
 LayerConfig small(DType dtype, Activation act) { return test::small_layer_config(dtype, act); }
 
+// The last forward() of `layer` (its output y) against the reference rank `ref`, with the routing
+// the layer reads back.
+bench::Comparison compare_last(MoELayer& layer, const reference::Problem& pr,
+                               const reference::RankResult& ref, const std::vector<float>& y) {
+  std::vector<std::int32_t> experts;
+  std::vector<float> weights;
+  layer.routing(experts, weights);
+  return bench::compare(pr, ref, y, experts);
+}
+
 // A call of `tokens` tokens of config c (inputs from `seed`), twice, each into a poisoned y: the
 // first must match the reference, the second be bit-identical to the first (`repeat` says what
 // that shows). `checked` sees each call's stats() (a split the test expects) and returns what to
@@ -51,12 +61,9 @@ void expect_matched_then_repeated(const LayerConfig& c, std::int64_t tokens, std
     dev.poison_y();
     dev.forward(layer);
     const std::string note = checked(layer.stats());
-    std::vector<std::int32_t> experts;
-    std::vector<float> weights;
-    layer.routing(experts, weights);
     const std::vector<float> y = dev.y_host();
     if (run == 0) {
-      const auto cmp = bench::compare(pr, ref.ranks[0], y, experts);
+      const auto cmp = compare_last(layer, pr, ref.ranks[0], y);
       EXPECT_TRUE(cmp.passed) << cmp.summary() << note;
       first = y;
     } else {
@@ -280,23 +287,15 @@ TEST(LayerGpu, GateChangedBetweenCallsTakesEffect) {
     const bench::DeviceProblem new_gate(skewed, 0);
     MoELayer layer(c, single_gpu(), dev.weights());
     layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
-    {
-      std::vector<std::int32_t> experts;
-      std::vector<float> weights;
-      layer.routing(experts, weights);
-      const auto first = bench::compare(pr, reference::run(pr).ranks[0], dev.y_host(), experts);
-      EXPECT_TRUE(first.passed) << "first call, old gate: " << first.summary();
-    }
+    const auto first = compare_last(layer, pr, reference::run(pr).ranks[0], dev.y_host());
+    EXPECT_TRUE(first.passed) << "first call, old gate: " << first.summary();
     const reference::Result ref = reference::run(skewed);
     const std::size_t gate_bytes = static_cast<std::size_t>(c.hidden * c.experts) * element_bytes(c.dtype);
     MONOMOE_ASSERT_CUDA(cudaMemcpy(const_cast<void*>(dev.weights().gate), new_gate.weights().gate,
                                    gate_bytes, cudaMemcpyDeviceToDevice));
     dev.poison_y();
     layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
-    std::vector<std::int32_t> experts;
-    std::vector<float> weights;
-    layer.routing(experts, weights);
-    const auto cmp = bench::compare(skewed, ref.ranks[0], dev.y_host(), experts);
+    const auto cmp = compare_last(layer, skewed, ref.ranks[0], dev.y_host());
     EXPECT_TRUE(cmp.passed) << cmp.summary();
   }
 }
@@ -374,12 +373,9 @@ TEST(LayerGpu, VariableTokensPerCall) {
     const reference::Result ref = reference::run(pr);
     dev.poison_y();
     layer.forward(dev.x(), tokens, dev.y(), nullptr);
-    std::vector<std::int32_t> experts;
-    std::vector<float> weights;
-    layer.routing(experts, weights);
     std::vector<float> y = dev.y_host();
     y.resize(static_cast<std::size_t>(tokens * c.hidden));
-    const auto cmp = bench::compare(pr, ref.ranks[0], y, experts);
+    const auto cmp = compare_last(layer, pr, ref.ranks[0], y);
     EXPECT_TRUE(cmp.passed) << cmp.summary();
   }
 }
@@ -433,10 +429,7 @@ TEST(LayerGpu, FewRowsSplitK) {
       MoELayer layer(c, single_gpu(), dev.weights());
       dev.poison_y();
       dev.forward(layer);
-      std::vector<std::int32_t> experts;
-      std::vector<float> weights;
-      layer.routing(experts, weights);
-      const auto cmp = bench::compare(pr, ref.ranks[0], dev.y_host(), experts);
+      const auto cmp = compare_last(layer, pr, ref.ranks[0], dev.y_host());
       EXPECT_TRUE(cmp.passed) << cmp.summary();
     }
   }
@@ -451,10 +444,7 @@ TEST(LayerGpu, FewRowsSplitK) {
   dev.poison_y();
   dev.forward(layer);
   EXPECT_EQ(layer.stats().k_split, 1);
-  std::vector<std::int32_t> experts;
-  std::vector<float> weights;
-  layer.routing(experts, weights);
-  const auto cmp = bench::compare(pr, ref.ranks[0], dev.y_host(), experts);
+  const auto cmp = compare_last(layer, pr, ref.ranks[0], dev.y_host());
   EXPECT_TRUE(cmp.passed) << cmp.summary();
 }
 
@@ -619,10 +609,7 @@ TEST(LayerGpu, KernelErrorsReachTheHost) {
   bench::DeviceProblem good(pr, 0);  // same weights and x, the layer's own gate
   good.poison_y();
   layer.forward(good.x(), 256, good.y(), nullptr);
-  std::vector<std::int32_t> experts;
-  std::vector<float> weights;
-  layer.routing(experts, weights);
-  EXPECT_TRUE(bench::compare(pr, ref.ranks[0], good.y_host(), experts).passed);
+  EXPECT_TRUE(compare_last(layer, pr, ref.ranks[0], good.y_host()).passed);
 }
 
 // The profiling trace: one record per block, its phases in time order, every task counted, and
@@ -890,10 +877,7 @@ TEST(LayerGpu, InvalidTokenCounts) {
   dev.poison_y();
   layer.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
   layer.synchronize();
-  std::vector<std::int32_t> experts;
-  std::vector<float> weights;
-  layer.routing(experts, weights);
-  EXPECT_TRUE(bench::compare(pr, reference::run(pr).ranks[0], dev.y_host(), experts).passed);
+  EXPECT_TRUE(compare_last(layer, pr, reference::run(pr).ranks[0], dev.y_host()).passed);
 }
 
 // x and y: null, misaligned, host memory, pinned host memory, another GPU's memory.
