@@ -30,12 +30,6 @@ __device__ __forceinline__ RowTile locate_row_tile(const Params& p, const RouteS
   return rt;
 }
 
-// Makes this block's global writes visible GPU-wide before thread 0 signals a counter.
-__device__ __forceinline__ void publish_block_writes() {
-  __threadfence();
-  __syncthreads();
-}
-
 // The columns of GEMM0 column tile `col_tile`. SwiGLU: kHalf gate columns (col0...) and the matching
 // kHalf up columns (ffn + col0...) make kHalf outputs. Otherwise kBN consecutive columns, fewer in
 // the last tile.

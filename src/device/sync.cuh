@@ -83,14 +83,20 @@ __device__ __forceinline__ bool wait_at_least(const Params& p, const Word* word,
   }
 }
 
+// Makes this block's global writes visible GPU-wide before one of its threads signals a counter:
+// each thread's fence orders its own writes, the barrier all of them before the signal.
+__device__ __forceinline__ void publish_block_writes() {
+  __threadfence();
+  __syncthreads();
+}
+
 // Counts this block's arrival at `counter` (Word: int or unsigned int) once its global writes are
 // visible GPU-wide. Returns true, in every thread, in the block that arrives `expected`-th: the
 // writes of every block that arrived before are visible to its loads after the call.
 template <class Word>
 __device__ __forceinline__ bool arrive_last(Word* counter, Word expected) {
   __shared__ int last;
-  __threadfence();  // each thread's writes precede the block's arrival
-  __syncthreads();
+  publish_block_writes();
   if (threadIdx.x == 0) {
     last = atomicAdd(counter, Word{1}) == expected - 1;
     if (last) __threadfence();  // acquire side: the other arrivals' writes precede what follows
@@ -103,9 +109,7 @@ __device__ __forceinline__ bool arrive_last(Word* counter, Word expected) {
 // launch). Returns false in every thread if it timed out or some block aborted.
 __device__ __forceinline__ bool grid_barrier(const Params& p, unsigned int n) {
   __shared__ int ok;
-  // Each thread's fence publishes its own global writes before the block's arrival is counted.
-  __threadfence();
-  __syncthreads();
+  publish_block_writes();  // before the block's arrival is counted
   if (threadIdx.x == 0) {
     atomicAdd(&p.control->barrier, 1u);
     ok = wait_at_least(p, &p.control->barrier, n * gridDim.x, ErrorCode::timeout_barrier,
