@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
       case TaskType::gemm1:
         if (ep) run_gemm1_ep<P>(p, sm, task.a, task.b); else run_gemm1<P>(p, sm, task.a, task.b);
         break;
-      case TaskType::combine: run_combine<P>(p, task.a, task.b); break;
+      case TaskType::combine: run_combine<P>(p, sm, task.a, task.b); break;
       default:
         if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, static_cast<int>(task.head), 0);
         return;
