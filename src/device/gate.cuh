@@ -127,6 +127,7 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
         if (e < p.experts) {
           const float* at = staged + rc * p.experts + e;
           v[i] = at[0];
+#pragma unroll 1
           for (int sl = 1; sl < splits; ++sl) v[i] += at[sl * slice_floats];
         } else {
           v[i] = -INFINITY;
@@ -149,12 +150,16 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
 
-      float chosen_p[kMaxTopK];
-      int chosen_e[kMaxTopK];
+      // Top-k, one choice per pass; lane j keeps choice j (kMaxTopK <= 32). Neither this loop
+      // nor the slice sum above is unrolled: with both unrolled, gate.cuh was ~9,700 of the bf16
+      // kernel's ~34,000 instructions (it is inlined twice: here and in route_alone.cuh), ~4,900
+      // now, for the few hundred a row executes.
+      static_assert(kMaxTopK <= 32, "lane j holds choice j");
+      float my_p = 0.f;
+      int my_e = -1;
       float chosen_sum = 0.f;
-#pragma unroll
-      for (int j = 0; j < kMaxTopK; ++j) {
-        if (j >= p.topk) break;
+#pragma unroll 1
+      for (int j = 0; j < p.topk; ++j) {
         float bv = -INFINITY;
         int be = 0x7fffffff;
 #pragma unroll
@@ -165,45 +170,37 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
             be = lane + 32 * i;
           }
         }
-        warp_argmax(bv, be);
+        warp_argmax(bv, be);  // the same (bv, be) in every lane
         if (be >= p.experts) {
           // Only NaN (or -inf) logits are left, as for a token with a NaN/inf in its row of x: the
           // lowest expert not chosen yet (the CPU reference's rule). Its weight comes out NaN, so
           // only this token's output is affected (docs: README, Reliability).
           be = 0;
-          for (bool taken = true; taken;) {
-            taken = false;
-            for (int q = 0; q < j; ++q) {
-              if (chosen_e[q] == be) {
-                ++be;
-                taken = true;
-              }
-            }
-          }
+          while (__any_sync(0xffffffffu, lane < j && my_e == be)) ++be;
         }
 #pragma unroll
         for (int i = 0; i < kPerLane; ++i) {
           if (i == slots) break;
           if (lane + 32 * i == be) v[i] = -INFINITY;
         }
-        chosen_p[j] = expf(bv - mx) / sum;
-        chosen_e[j] = be;
-        chosen_sum += chosen_p[j];
+        const float chosen = expf(bv - mx) / sum;
+        if (lane == j) {
+          my_p = chosen;
+          my_e = be;
+        }
+        chosen_sum += chosen;
       }
-      if (lane == 0) {
-        const float scale = p.renormalize ? 1.f / chosen_sum : 1.f;
-#pragma unroll
-        for (int j = 0; j < kMaxTopK; ++j) {
-          if (j >= p.topk) break;
-          // Cannot happen: see the fallback above.
-          if (chosen_e[j] < 0 || chosen_e[j] >= p.experts) {
-            raise_error(p, ErrorCode::bad_route, t, chosen_e[j]);
-            p.topk_expert[t * p.topk + j] = -1;  // skipped by routing and combine
-            continue;
-          }
-          p.topk_expert[t * p.topk + j] = chosen_e[j];
-          p.topk_weight[t * p.topk + j] = chosen_p[j] * scale;
-          atomicAdd(&sm.route.count[chosen_e[j]], 1);
+      if (lane < p.topk) {
+        const int id = t * p.topk + lane;
+        // Cannot happen: see the fallback above.
+        if (my_e < 0 || my_e >= p.experts) {
+          raise_error(p, ErrorCode::bad_route, t, my_e);
+          p.topk_expert[id] = -1;  // skipped by routing and combine
+        } else {
+          const float scale = p.renormalize ? 1.f / chosen_sum : 1.f;
+          p.topk_expert[id] = my_e;
+          p.topk_weight[id] = my_p * scale;
+          atomicAdd(&sm.route.count[my_e], 1);
         }
       }
     }
