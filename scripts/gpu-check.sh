@@ -23,9 +23,12 @@ cd "$here"
 OUT=${OUT:-$here/out}
 mkdir -p "$OUT"
 # Everything in one archive whatever way the script ends; the single logs move into it.
+# (find, not `ls *.log *.csv`: under pipefail a glob with no match, e.g. no CSV, failed the list
+# and nothing was packed.)
 pack_logs() {
-  (cd "$OUT" && ls *.log *.csv 2>/dev/null | grep -v '^gpu-summary.log$' > .packed &&
-     tar -czf logs.tar.gz -T .packed && xargs rm -f < .packed; rm -f .packed)
+  (cd "$OUT" && find . -maxdepth 1 -type f \( -name '*.log' -o -name '*.csv' \) \
+     ! -name gpu-summary.log -printf '%f\n' > .packed &&
+     [ -s .packed ] && tar -czf logs.tar.gz -T .packed && xargs rm -f < .packed; rm -f .packed)
 }
 trap pack_logs EXIT
 export NCCL_NVLS_ENABLE=0 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast
