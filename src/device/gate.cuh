@@ -60,13 +60,93 @@ __device__ void gate_gemm(const Params& p, KernelSmem<P>& sm, int tile, int spli
   }
 }
 
+// Softmax and top-k of token t from its logits v (this lane's expert slots lane + 32 i, -inf past
+// the experts; `slots` of them in use), by one warp: writes the token's choices and weights and adds
+// them to `count` (per expert: shared memory for a tile, or the token's tile's row of
+// p.tile_counts). Lane j < topk stores choice j.
+__device__ __forceinline__ void route_row(const Params& p, int t, float (&v)[kMaxExperts / 32],
+                                          int slots, int* count) {
+  constexpr int kPerLane = kMaxExperts / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  float mx = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    if (i == slots) break;
+    mx = fmaxf(mx, v[i]);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    if (i == slots) break;
+    sum += (lane + 32 * i < p.experts) ? expf(v[i] - mx) : 0.f;
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+
+  // Top-k, one choice per pass; lane j keeps choice j (kMaxTopK <= 32). Neither this loop nor
+  // gate_route's slice sum is unrolled: with both unrolled, gate.cuh was ~9,700 of the bf16
+  // kernel's ~34,000 instructions (gate_route is inlined twice: in the kernel and in
+  // route_alone.cuh), for the few hundred a row executes.
+  static_assert(kMaxTopK <= 32, "lane j holds choice j");
+  float my_p = 0.f;
+  int my_e = -1;
+  float chosen_sum = 0.f;
+#pragma unroll 1
+  for (int j = 0; j < p.topk; ++j) {
+    float bv = -INFINITY;
+    int be = 0x7fffffff;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {  // ascending expert ids: strict > keeps the lower one
+      if (i == slots) break;
+      if (v[i] > bv) {
+        bv = v[i];
+        be = lane + 32 * i;
+      }
+    }
+    warp_argmax(bv, be);  // the same (bv, be) in every lane
+    if (be >= p.experts) {
+      // Only NaN (or -inf) logits are left, as for a token with a NaN/inf in its row of x: the
+      // lowest expert not chosen yet (the CPU reference's rule). Its weight comes out NaN, so
+      // only this token's output is affected (docs: README, Reliability).
+      be = 0;
+      while (__any_sync(0xffffffffu, lane < j && my_e == be)) ++be;
+    }
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      if (i == slots) break;
+      if (lane + 32 * i == be) v[i] = -INFINITY;
+    }
+    const float chosen = expf(bv - mx) / sum;
+    if (lane == j) {
+      my_p = chosen;
+      my_e = be;
+    }
+    chosen_sum += chosen;
+  }
+  if (lane < p.topk) {
+    const int id = t * p.topk + lane;
+    // Cannot happen: see the fallback above.
+    if (my_e < 0 || my_e >= p.experts) {
+      raise_error(p, ErrorCode::bad_route, t, my_e);
+      p.topk_expert[id] = -1;  // skipped by routing and combine
+    } else {
+      const float scale = p.renormalize ? 1.f / chosen_sum : 1.f;
+      p.topk_expert[id] = my_e;
+      p.topk_weight[id] = my_p * scale;
+      atomicAdd(count + my_e, 1);
+    }
+  }
+}
+
 // Softmax and top-k of one token tile from its logits (partials summed in split order: the same
 // bits whatever block computed them), and the tile's per-expert counts (also left in
 // sm.route.count). The tile's partial logits are first staged in shared memory (the GEMM buffer,
 // idle here) by the whole block, every load in flight at once, a chunk of rows at a time; the warps
 // then take rows from there (a warp per row had loaded its own logits: up to 8 dependent round
-// trips for a row of 32 slices). For the default config's 128-row tiles that did not shorten the
-// routing blocks' ~48 us (perf log 2026-11-29 23:22): their cost is not the loads.
+// trips for a row of 32 slices). Used when a block routes whole tiles: one K slice (each block
+// routes the tiles it computed, no barrier) and route_alone; route_spread below otherwise.
 template <class P>
 __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
   const int first = tile * kTileRows;
@@ -127,90 +207,76 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
         if (e < p.experts) {
           const float* at = staged + rc * p.experts + e;
           v[i] = at[0];
+#pragma unroll 1
           for (int sl = 1; sl < splits; ++sl) v[i] += at[sl * slice_floats];
         } else {
           v[i] = -INFINITY;
         }
       }
-      float mx = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < kPerLane; ++i) {
-        if (i == slots) break;
-        mx = fmaxf(mx, v[i]);
-      }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-      float sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < kPerLane; ++i) {
-        if (i == slots) break;
-        sum += (lane + 32 * i < p.experts) ? expf(v[i] - mx) : 0.f;
-      }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-
-      float chosen_p[kMaxTopK];
-      int chosen_e[kMaxTopK];
-      float chosen_sum = 0.f;
-#pragma unroll
-      for (int j = 0; j < kMaxTopK; ++j) {
-        if (j >= p.topk) break;
-        float bv = -INFINITY;
-        int be = 0x7fffffff;
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) {  // ascending expert ids: strict > keeps the lower one
-          if (i == slots) break;
-          if (v[i] > bv) {
-            bv = v[i];
-            be = lane + 32 * i;
-          }
-        }
-        warp_argmax(bv, be);
-        if (be >= p.experts) {
-          // Only NaN (or -inf) logits are left, as for a token with a NaN/inf in its row of x: the
-          // lowest expert not chosen yet (the CPU reference's rule). Its weight comes out NaN, so
-          // only this token's output is affected (docs: README, Reliability).
-          be = 0;
-          for (bool taken = true; taken;) {
-            taken = false;
-            for (int q = 0; q < j; ++q) {
-              if (chosen_e[q] == be) {
-                ++be;
-                taken = true;
-              }
-            }
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) {
-          if (i == slots) break;
-          if (lane + 32 * i == be) v[i] = -INFINITY;
-        }
-        chosen_p[j] = expf(bv - mx) / sum;
-        chosen_e[j] = be;
-        chosen_sum += chosen_p[j];
-      }
-      if (lane == 0) {
-        const float scale = p.renormalize ? 1.f / chosen_sum : 1.f;
-#pragma unroll
-        for (int j = 0; j < kMaxTopK; ++j) {
-          if (j >= p.topk) break;
-          // Cannot happen: see the fallback above.
-          if (chosen_e[j] < 0 || chosen_e[j] >= p.experts) {
-            raise_error(p, ErrorCode::bad_route, t, chosen_e[j]);
-            p.topk_expert[t * p.topk + j] = -1;  // skipped by routing and combine
-            continue;
-          }
-          p.topk_expert[t * p.topk + j] = chosen_e[j];
-          p.topk_weight[t * p.topk + j] = chosen_p[j] * scale;
-          atomicAdd(&sm.route.count[chosen_e[j]], 1);
-        }
-      }
+      route_row(p, t, v, slots, sm.route.count);
     }
     __syncthreads();  // the chunk's rows read (and the counts complete after the last chunk)
   }
   for (int e = threadIdx.x; e < p.experts; e += kThreads) {
     p.tile_counts[static_cast<long long>(tile) * p.experts + e] = sm.route.count[e];
+  }
+}
+
+// The gate's K-split path on many blocks (p.gate_splits > 1 without route_alone: 33-66 token tiles
+// at 132 SMs, e.g. the default config's 8192 tokens): after the gate barrier every warp of the grid
+// routes token rows t = warp, warp + warps, ... Its lanes load the row's partial logits straight
+// from global memory, kGroup slices' loads in flight together, and add them in split order (the
+// same bits as gate_route); its choices are counted into the row's tile of p.tile_counts by global
+// atomics (integers: their order changes nothing), which zero_tile_counts cleared before the
+// barrier. A block per 128-row tile (gate_route) had taken ~50 us there: ~19 to stage the tile's
+// logits and ~30 for 16 rows per warp (perf log 2026-11-30 00:39).
+__device__ __forceinline__ void zero_tile_counts(const Params& p) {
+  const long long n = static_cast<long long>(p.token_tiles) * p.experts;
+  for (long long i = static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<long long>(gridDim.x) * kThreads) {
+    p.tile_counts[i] = 0;
+  }
+}
+
+__device__ __forceinline__ void route_spread(const Params& p) {
+  constexpr int kPerLane = kMaxExperts / 32;
+  constexpr int kGroup = 4;  // slices whose loads are in flight together
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int warps = static_cast<int>(gridDim.x) * (kThreads / 32);
+  const int slots = (p.experts + 31) / 32;  // expert slots per lane in use (see gate_route)
+  const long long split_stride = static_cast<long long>(p.tokens) * p.experts_padded;
+  for (int t = static_cast<int>(blockIdx.x) * (kThreads / 32) + static_cast<int>(threadIdx.x) / 32;
+       t < p.tokens; t += warps) {
+    const float* row = p.logits + static_cast<long long>(t) * p.experts_padded;
+    float v[kPerLane];
+#pragma unroll 1
+    for (int sl0 = 0; sl0 < p.gate_splits; sl0 += kGroup) {
+      float part[kGroup][kPerLane];
+#pragma unroll
+      for (int q = 0; q < kGroup; ++q) {
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) {
+          if (i == slots) break;
+          const int e = lane + 32 * i;
+          part[q][i] = sl0 + q < p.gate_splits && e < p.experts
+                           ? __ldcg(row + (sl0 + q) * split_stride + e)
+                           : 0.f;
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < kGroup; ++q) {
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) {
+          if (i == slots) break;
+          if (sl0 + q == 0) {
+            v[i] = lane + 32 * i < p.experts ? part[q][i] : -INFINITY;
+          } else if (sl0 + q < p.gate_splits) {
+            v[i] += part[q][i];
+          }
+        }
+      }
+    }
+    route_row(p, t, v, slots, p.tile_counts + static_cast<long long>(t / kTileRows) * p.experts);
   }
 }
 

@@ -44,15 +44,21 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
         take_given_routing(p, sm.route, tile);
       }
     } else {
-      // Gate GEMM over (token tile, K slice) items: S slices, S times as many blocks work on it.
-      // With one, each block routes the tiles it computed itself, with no barrier in between.
+      // Gate GEMM over (token tile, K slice) items: S slices, S times as many blocks work on it,
+      // then every warp of the grid routes rows (route_spread). With one slice, each block routes
+      // the tiles it computed itself, with no barrier in between.
       const int gate_items = p.token_tiles * p.gate_splits;
+      if (p.gate_splits > 1) zero_tile_counts(p);  // route_spread counts by atomics
       for (int item = blockIdx.x; item < gate_items; item += gridDim.x) {
         gate_gemm<P>(p, sm, item / p.gate_splits, item % p.gate_splits);
       }
-      if (p.gate_splits > 1 && !grid_barrier(p, ++barrier)) return;
-      for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) {
-        gate_route<P>(p, sm, tile);
+      if (p.gate_splits > 1) {
+        if (!grid_barrier(p, ++barrier)) return;
+        route_spread(p);
+      } else {
+        for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) {
+          gate_route<P>(p, sm, tile);
+        }
       }
     }
     if (trace) trace[1] = global_ns();
