@@ -75,12 +75,18 @@ Expected expected_output(const reference::Problem& pr, int rank, int sample, std
   return ex;
 }
 
-// One traced forward: when the blocks finished each phase, and how busy they were in the task loop.
+// Forwards the trace runs back to back; it reports the last. With peers, a call ends only when
+// their results have arrived, so by the last call the ranks run in step, as in the timed loop. (A
+// single call after each rank's own ceiling and HBM measurements showed their launch skew instead:
+// rank 0's first task at 140-490 us on 2 GPUs, perf log 2026-11-30.)
+constexpr int kTraceCalls = 5;
+
+// A traced forward: when the blocks finished each phase, and how busy they were in the task loop.
 void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaStream_t stream,
                  std::ostream& out, const char* whose) {
-  layer.set_trace(true);
-  layer.forward(dev.x(), tokens, dev.y(), stream);
-  const std::vector<BlockTrace> tr = layer.trace();
+  layer.set_trace(true);  // before the calls: it allocates (and may synchronize)
+  for (int i = 0; i < kTraceCalls; ++i) layer.forward(dev.x(), tokens, dev.y(), stream);
+  const std::vector<BlockTrace> tr = layer.trace();  // every call rewrites every block's slots
   layer.set_trace(false);
   // min, median, 90th percentile and max over the blocks, and which block had the max (a phase
   // that ends with a grid barrier waits for its slowest block).
@@ -96,7 +102,7 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
        << v.back().first << " us (block " << v.back().second << ")";
     return os.str();
   };
-  out << "trace (one forward, " << whose << tr.size()
+  out << "trace (the last of " << kTraceCalls << " back-to-back forwards, " << whose << tr.size()
       << " blocks, us from the first block's start):\n"
       << "  gate done     " << stat([](const BlockTrace& b) { return b.gate_done; }) << "\n"
       << "  routed        " << stat([](const BlockTrace& b) { return b.routed; }) << "\n"
