@@ -7,18 +7,6 @@
 
 namespace monomoe::device {
 
-// 8 consecutive bf16 of shared memory as floats (one 16-byte ld.shared).
-__device__ __forceinline__ void smem_load8(const cute::bfloat16_t* src, float (&v)[8]) {
-  const float4 raw = ld_shared_16(src);
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(h[i]);
-    v[2 * i] = f.x;
-    v[2 * i + 1] = f.y;
-  }
-}
-
 // One combine task: `kCombineCols` columns of a token tile. The stage rows it reads are copied
 // into shared memory first (the GEMM buffer, idle here) by cp.async, a chunk of token rows at a
 // time, every copy of a chunk in flight at once; the sums then read shared memory. (A thread that

@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 
 #include "device/gemm/precision.cuh"
+#include "device/gemm/tile_gemm.cuh"  // ld_shared_16
 
 namespace monomoe::device {
 
@@ -18,9 +19,10 @@ __device__ __forceinline__ float activate(Act act, float v) {
   return v;
 }
 
-// 8 consecutive elements as floats, from global memory (bias rows, stage rows).
-__device__ __forceinline__ void load8(const cute::bfloat16_t* src, float (&v)[8]) {
-  const uint4 raw = __ldcg(reinterpret_cast<const uint4*>(src));
+// 16 bytes holding 8 bf16, as floats.
+template <class Raw>
+__device__ __forceinline__ void unpack_bf16x8(const Raw& raw, float (&v)[8]) {
+  static_assert(sizeof(Raw) == 16, "8 bf16");
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -28,6 +30,11 @@ __device__ __forceinline__ void load8(const cute::bfloat16_t* src, float (&v)[8]
     v[2 * i] = f.x;
     v[2 * i + 1] = f.y;
   }
+}
+
+// 8 consecutive elements as floats, from global memory (bias rows, stage rows).
+__device__ __forceinline__ void load8(const cute::bfloat16_t* src, float (&v)[8]) {
+  unpack_bf16x8(__ldcg(reinterpret_cast<const uint4*>(src)), v);
 }
 __device__ __forceinline__ void load8(const float* src, float (&v)[8]) {
   const float4 a = __ldcg(reinterpret_cast<const float4*>(src));
@@ -48,6 +55,10 @@ __device__ __forceinline__ void store8(float* dst, const float (&v)[8]) {
   reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
 }
 
+// 8 consecutive elements of shared memory as floats.
+__device__ __forceinline__ void smem_load8(const cute::bfloat16_t* src, float (&v)[8]) {
+  unpack_bf16x8(ld_shared_16(src), v);  // one 16-byte ld.shared
+}
 __device__ __forceinline__ void smem_load8(const float* src, float (&v)[8]) {
   const float4 a = reinterpret_cast<const float4*>(src)[0];
   const float4 b = reinterpret_cast<const float4*>(src)[1];
