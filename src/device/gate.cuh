@@ -61,8 +61,8 @@ __device__ void gate_gemm(const Params& p, KernelSmem<P>& sm, int tile, int spli
 }
 
 // Softmax and top-k of token t from its logits v (this lane's expert slots lane + 32 i, -inf past
-// the experts; `slots` of them in use), by one warp: writes the token's choices and weights and adds
-// them to `count` (per expert: shared memory for a tile, or the token's tile's row of
+// the experts; `slots` of them in use), by one warp: writes the token's choices and weights and
+// adds them to `count` (per expert: shared memory for a tile, or the token's tile's row of
 // p.tile_counts). Lane j < topk stores choice j.
 __device__ __forceinline__ void route_row(const Params& p, int t, float (&v)[kMaxExperts / 32],
                                           int slots, int* count) {
@@ -222,13 +222,13 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
   }
 }
 
-// The gate's K-split path on many blocks (p.gate_splits > 1 without route_alone: 33-66 token tiles
-// at 132 SMs, e.g. the default config's 8192 tokens): after the gate barrier every warp of the grid
-// routes token rows t = warp, warp + warps, ... Its lanes load the row's partial logits straight
-// from global memory, kGroup slices' loads in flight together, and add them in split order (the
-// same bits as gate_route); its choices are counted into the row's tile of p.tile_counts by global
-// atomics (integers: their order changes nothing), which zero_tile_counts cleared before the
-// barrier. A block per 128-row tile (gate_route) had taken ~50 us there: ~19 to stage the tile's
+// The gate's K-split path on many blocks (p.gate_splits > 1 without route_alone: 5 to 66 token
+// tiles on 132 SMs, e.g. the default config's 8192 tokens): after the gate barrier every warp of
+// the grid routes token rows t = warp, warp + warps, ... Its lanes load the row's partial logits
+// straight from global memory, kGroup slices' loads in flight together, and add them in split
+// order (the same bits as gate_route); its choices are counted into the row's tile of
+// p.tile_counts by global atomics (integers: their order changes nothing), which zero_tile_counts
+// cleared before the barrier. A block per 128-row tile (gate_route) had taken ~50 us there: ~19 to stage the tile's
 // logits and ~30 for 16 rows per warp (perf log 2026-11-30 00:39).
 __device__ __forceinline__ void zero_tile_counts(const Params& p) {
   const long long n = static_cast<long long>(p.token_tiles) * p.experts;
