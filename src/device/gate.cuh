@@ -228,8 +228,8 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
 // straight from global memory, kGroup slices' loads in flight together, and add them in split
 // order (the same bits as gate_route); its choices are counted into the row's tile of
 // p.tile_counts by global atomics (integers: their order changes nothing), which zero_tile_counts
-// cleared before the barrier. A block per 128-row tile (gate_route) had taken ~50 us there: ~19 to stage the tile's
-// logits and ~30 for 16 rows per warp (perf log 2026-11-30 00:39).
+// cleared before the barrier. A block per 128-row tile (gate_route) had taken ~50 us there: ~19 to
+// stage the tile's logits and ~30 for 16 rows per warp (perf log 2026-11-30 00:39).
 __device__ __forceinline__ void zero_tile_counts(const Params& p) {
   const long long n = static_cast<long long>(p.token_tiles) * p.experts;
   for (long long i = static_cast<long long>(blockIdx.x) * kThreads + threadIdx.x; i < n;
