@@ -85,6 +85,18 @@ struct BlockTrace {
   std::int64_t combine_ns = 0;     // spent in combine tasks
 };
 
+// One task of a traced forward (MoELayer::task_trace): which block ran it, what it was, when
+// (nanoseconds from the earliest block start, as BlockTrace).
+struct TaskTrace {
+  enum class Type : std::int32_t { gemm0 = 1, gemm1 = 2, combine = 3 };
+  std::int32_t block = 0;
+  Type type = Type::gemm0;
+  std::int32_t a = 0;      // GEMM0 / GEMM1: row tile; combine: token tile
+  std::int32_t b = 0;      // GEMM: column tile (x K slices when split); combine: column tile
+  std::int64_t start = 0;  // taken from the queue
+  std::int64_t end = 0;    // done
+};
+
 // Many layers: the layers built on one Communicator share one device workspace and, with
 // world > 1, one symmetric window, sized for the largest of them, so a model of 30-60 MoE layers
 // pays for the scratch memory of one layer plus every layer's weights. The memory is made by the
@@ -155,10 +167,13 @@ class MoELayer {
   // layer of the communicator runs.
   void routing(std::vector<std::int32_t>& experts, std::vector<float>& weights);
 
-  // Profiling: while on, every forward() records per-block phase times (a few global stores per
-  // block); trace() (synchronizes) returns those of the last forward. Off by default.
+  // Profiling: while on, every forward() records per-block phase times and the first
+  // kTaskTraceRecords tasks of each block (a few global stores per task); trace() and task_trace()
+  // (both synchronize) return those of the last forward. Off by default.
+  static constexpr int kTaskTraceRecords = 256;
   void set_trace(bool on);
   std::vector<BlockTrace> trace();
+  std::vector<TaskTrace> task_trace();  // by block, then in the order the block ran them
 
   const LayerConfig& config() const;
 

@@ -22,7 +22,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   const unsigned int misalign = static_cast<unsigned int>(__cvta_generic_to_shared(smem_raw)) & 1023u;
   auto& sm = *reinterpret_cast<KernelSmem<P>*>(smem_raw + ((1024u - misalign) & 1023u));
 
-  long long* trace = p.trace && threadIdx.x == 0 ? p.trace + blockIdx.x * kTraceSlots : nullptr;
+  long long* trace = p.trace && threadIdx.x == 0 ? p.trace + blockIdx.x * kTraceStride : nullptr;
   if (trace) trace[0] = global_ns();
   const bool ep = p.world > 1;
   if (ep && blockIdx.x == 0 && threadIdx.x == 0) announce_start(p);
@@ -117,6 +117,13 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
         last_gemm_end = t_ask;
       } else {
         combine_ns += t_ask - t_got;
+      }
+      if (tasks < kTaskRecords) {
+        long long* rec = trace + kTraceSlots + 3 * tasks;
+        rec[0] = t_got;
+        rec[1] = t_ask;
+        rec[2] = static_cast<long long>(task.head & 0xffu) << 56 |
+                 static_cast<long long>(task.a & 0xfffffff) << 28 | (task.b & 0xfffffff);
       }
       ++tasks;
     }

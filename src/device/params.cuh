@@ -22,6 +22,10 @@ inline constexpr int kRouteAloneTiles = 4;
 // Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks, first task
 // taken, last GEMM task finished (the task loop's start when it ran none), combine time.
 inline constexpr int kTraceSlots = 10;
+// Then, per block, its first kTaskRecords tasks: taken (ns), done (ns), and the task packed as
+// type << 56 | a << 28 | b (a, b < 2^28). A block's record is kTraceStride words.
+inline constexpr int kTaskRecords = 256;
+inline constexpr int kTraceStride = kTraceSlots + 3 * kTaskRecords;
 
 enum class Act : int { relu = 0, gelu = 1, silu = 2, swiglu = 3 };
 
@@ -171,7 +175,7 @@ struct Params {
   // This call's epoch (see task_head), in the shared workspace: advanced on the stream just before
   // the launch (call_prologue), never written during it. Read it with call_epoch() (sync.cuh).
   const unsigned long long* epoch;
-  long long* trace;            // [grid, kTraceSlots] phase times, or nullptr (MoELayer::set_trace)
+  long long* trace;            // [grid, kTraceStride] phase and task times, or nullptr (set_trace)
 
   // Routing given by the caller (MoELayer::forward with a Routing), or nullptr: the gate routes.
   // The caller's memory, read once by the gate phase (gate.cuh, take_given_routing).
