@@ -6,6 +6,8 @@ Usage: plot_timeline.py TASKS.csv OUT.png   (needs matplotlib: scripts/setup-plo
 import csv
 import sys
 
+import plotting
+
 COLORS = {"gemm0": "tab:blue", "gemm1": "tab:orange", "combine": "tab:green"}
 
 
@@ -26,12 +28,8 @@ def main() -> int:
         busy[t] = (n + 1, total + float(r["end_us"]) - float(r["start_us"]))
     for t, (n, total) in sorted(busy.items()):
         print(f"{t:8s} {n:6d} tasks, {total:10.1f} us busy in all blocks")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("plot_timeline: matplotlib is missing; run scripts/setup-plot.sh", file=sys.stderr)
+    plt = plotting.pyplot("plot_timeline")
+    if plt is None:
         return 1
     blocks = max(int(r["block"]) for r in rows) + 1
     fig, ax = plt.subplots(figsize=(12, max(4.0, blocks * 0.06)))
@@ -47,10 +45,7 @@ def main() -> int:
     ax.invert_yaxis()
     ax.set_title(f"monomoe tasks per block ({src})")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(dst, dpi=110)
-    print(f"plot_timeline: wrote {dst}")
-    return 0
+    return plotting.save(fig, dst, "plot_timeline", 110)
 
 
 if __name__ == "__main__":
