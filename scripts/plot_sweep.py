@@ -1,22 +1,13 @@
 #!/usr/bin/env python3
 """Plots a `monomoe bench --sweep` CSV: median latency of monomoe and the baseline against the swept
 variable. Usage: plot_sweep.py SWEEP.csv OUT.png   (needs matplotlib: scripts/setup-plot.sh)"""
-import csv
 import sys
 
 import plotting
 
 
 def main() -> int:
-    if len(sys.argv) != 3:
-        print(__doc__, file=sys.stderr)
-        return 2
-    src, dst = sys.argv[1], sys.argv[2]
-    with open(src, newline="") as f:
-        rows = [r for r in csv.DictReader(f)]
-    if not rows:
-        print(f"plot_sweep: {src} has no data rows", file=sys.stderr)
-        return 1
+    _, rows, dst = plotting.csv_rows(__doc__, "plot_sweep", "no data rows")
     var = next(iter(rows[0].keys()))
     plt = plotting.pyplot("plot_sweep")
     if plt is None:

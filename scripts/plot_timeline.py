@@ -3,7 +3,6 @@
 task (GEMM0, GEMM1, combine in three colours), microseconds from the first block's start; the gaps
 are the time a block waited for tasks. Also prints, per task type, its count and total busy time.
 Usage: plot_timeline.py TASKS.csv OUT.png   (needs matplotlib: scripts/setup-plot.sh)"""
-import csv
 import sys
 
 import plotting
@@ -12,15 +11,7 @@ COLORS = {"gemm0": "tab:blue", "gemm1": "tab:orange", "combine": "tab:green"}
 
 
 def main() -> int:
-    if len(sys.argv) != 3:
-        print(__doc__, file=sys.stderr)
-        return 2
-    src, dst = sys.argv[1], sys.argv[2]
-    with open(src, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        print(f"plot_timeline: {src} has no tasks", file=sys.stderr)
-        return 1
+    src, rows, dst = plotting.csv_rows(__doc__, "plot_timeline", "no tasks")
     busy = {}
     for r in rows:
         t = r["type"]
