@@ -266,7 +266,8 @@ Command bench_command() {
            "skip the dense cuBLAS GEMM ceiling and the compute floor, and with them the HBM read "
            "rate and the weight-read floor"},
           {"--json", "FILE", "also write the results as JSON to FILE"},
-          {"--trace", "", "also print per-phase times of a forward (the last of 5 back to back; profiling)"},
+          {"--trace", "",
+           "also print per-phase times of a forward (the last of 5 back to back; profiling)"},
           {"--graph", "", "time monomoe as replays of a CUDA graph of one forward() (checked "
                           "bit-identical to forward())"},
           {"--delay-rank", "R", "with --delay-us: the rank that arrives late (a straggler)"},
