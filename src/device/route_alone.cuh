@@ -61,8 +61,7 @@ __device__ int route_own_tiles(const Params& p, KernelSmem<P>& sm) {
 __device__ __forceinline__ bool place_routes_alone(const Params& p, RouteSmem& rs, int own_tile) {
   if (own_tile >= 0) {
     place_every_tile(p, rs, own_tile);
-    __threadfence();  // each thread's routing outputs precede the flag
-    __syncthreads();
+    publish_block_writes();  // every thread's routing outputs precede the flag
     if (threadIdx.x == 0) st_release_gpu(&p.control->routed, 1u);
     return true;
   }
