@@ -83,6 +83,14 @@ struct BlockTrace {
   std::int64_t first_task = 0;     // took its first task (its end when it ran none)
   std::int64_t last_gemm_end = 0;  // finished its last GEMM task (the task loop's start if none)
   std::int64_t combine_ns = 0;     // spent in combine tasks
+  // world > 1, the expert-parallel roles' events (-1 where the block has no such role):
+  std::int64_t dispatch_start = -1;  // a dispatch block began copying rows to peers
+  std::int64_t dispatch_end = -1;    //   ... had no row tile left to send
+  std::int64_t headers_seen = -1;    // the subscriber (block 0): every source's header arrived
+  std::int64_t tiles_listed = -1;    //   ... the row tiles of its experts listed
+  std::int64_t own_published = -1;   //   ... GEMM0 tasks of the tiles of its own rows published
+  std::int64_t peer_published = -1;  //   ... the last GEMM0 task of a tile with peers' rows published
+  std::int64_t combine_published = -1;  // ... the last combine task published
 };
 
 // One task of a traced forward (MoELayer::task_trace): which block ran it, what it was, when

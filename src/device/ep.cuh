@@ -77,19 +77,23 @@ __device__ __forceinline__ bool peer_started(const Params& p, int peer) {
 // Dispatch role: row tiles of this rank's tokens bound for other ranks' experts, claimed one at a
 // time; each lands in the owner's inbox segment for this source, rows in expert then token order.
 template <class P>
-__device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm) {
+__device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm, long long* trace) {
   using Elem = typename P::Elem;
   const LsaTransport tr(p);
   const Elem* x = static_cast<const Elem*>(p.x);
   const int chunks = p.hidden * static_cast<int>(sizeof(Elem)) / 16;  // 16-byte pieces per row
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
+  if (trace) trace[kTraceEp + ev_dispatch_start] = global_ns();
   for (;;) {
     if (threadIdx.x == 0) sm.task.queue_base = static_cast<int>(atomicAdd(&p.control->dispatch_next, 1u));
     __syncthreads();
     const int item = sm.task.queue_base;
     __syncthreads();
-    if (item >= sm.route.row_tiles || aborted(p)) return;
+    if (item >= sm.route.row_tiles || aborted(p)) {
+      if (trace) trace[kTraceEp + ev_dispatch_end] = global_ns();
+      return;
+    }
     const RowTile rt = locate_row_tile(p, sm.route, item);
     const int dest = rt.expert / p.experts_local;
     if (dest == p.rank || rt.rows <= 0) continue;
@@ -256,9 +260,11 @@ __device__ __forceinline__ bool has_remote_rows(const Params& p, const RecvTile&
 
 // Subscriber role (block 0) with world > 1. Returns once every task of this launch is published.
 template <class P>
-__device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
+__device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trace) {
   const LsaTransport tr(p);
   const int el = p.experts_local;
+  // Events of the lanes of warp 0 (step 3): the latest of them (trace: thread 0's slots).
+  long long* lane_events = p.trace ? p.trace + kTraceStride * blockIdx.x + kTraceEp : nullptr;
   if (threadIdx.x == 0) {
     bool ok = true;
     // 1. This rank's header to every rank: rows for each of its experts, zeros included.
@@ -275,9 +281,11 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
     //    the same headers whatever the timing).
     const auto* hflag = reinterpret_cast<const unsigned long long*>(p.window + p.wl.header_flag);
     for (int s = 0; s < p.world && ok; ++s) ok = wait_flag_u64(p, hflag + s, call_epoch(p), s, 1);
+    if (trace) trace[kTraceEp + ev_headers_seen] = global_ns();
     int n = -1;
     if (ok) {
       const PackResult pr = list_recv_tiles(p, sm.route);
+      if (trace) trace[kTraceEp + ev_tiles_listed] = global_ns();
       if (!pr.ok) {  // the workspace plan's bounds (workspace.cpp, pack.hpp), kept honest
         raise_error(p, ErrorCode::bad_task, pr.tiles, pr.parts);
       } else {
@@ -304,6 +312,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
           push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * slices);
         }
       }
+      if (trace) trace[kTraceEp + ev_own_published] = global_ns();
     }
   }
   __syncthreads();
@@ -326,13 +335,17 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
         return;
       }
     }
-    if (remote) push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
+    if (remote) {
+      push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
+      if (lane_events) atomicMax(lane_events + ev_peer_published, global_ns());
+    }
   }
   const auto* done = reinterpret_cast<const unsigned int*>(p.window + p.wl.done);
   for (int tt = lane; tt < p.token_tiles; tt += 32) {
     const unsigned int target = static_cast<unsigned int>(__ldcg(p.tokentile_target + tt));
     if (target > 0 && !wait_flag_u32(p, done + tt, target, -1, 3)) return;
     push_tasks(p, TaskType::combine, tt, 0, p.combine_col_tiles);
+    if (lane_events) atomicMax(lane_events + ev_combine_published, global_ns());
   }
 }
 

@@ -482,7 +482,19 @@ std::vector<BlockTrace> MoELayer::trace() {
   const long long t0 = raw.t0;
   for (int b = 0; b < m.grid; ++b) {
     const long long* r = raw.block(b);
-    out.push_back({r[1] - t0, r[2] - t0, r[3] - t0, r[4], r[5], r[6], r[7] - t0, r[8] - t0, r[9]});
+    BlockTrace t{r[1] - t0, r[2] - t0, r[3] - t0, r[4], r[5], r[6], r[7] - t0, r[8] - t0, r[9]};
+    const auto event = [&](int e) {
+      const long long v = r[device::kTraceEp + e];
+      return v == 0 ? std::int64_t{-1} : std::int64_t{v - t0};
+    };
+    t.dispatch_start = event(device::ev_dispatch_start);
+    t.dispatch_end = event(device::ev_dispatch_end);
+    t.headers_seen = event(device::ev_headers_seen);
+    t.tiles_listed = event(device::ev_tiles_listed);
+    t.own_published = event(device::ev_own_published);
+    t.peer_published = event(device::ev_peer_published);
+    t.combine_published = event(device::ev_combine_published);
+    out.push_back(t);
   }
   return out;
 }
