@@ -245,8 +245,7 @@ __device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
 // whole kernel's register count (bf16 [in, out]: 240 -> 254); it runs once per call in one thread.
 inline __device__ __noinline__ PackResult list_recv_tiles(const Params& p, RouteSmem& rs) {
   const int el = p.experts_local;
-  return pack_recv_tiles(p.world, el, p.rank, reinterpret_cast<const int*>(p.window + p.wl.header),
-                         rs.row_base + p.rank * el, rs.seg_rows, rs.seg_tiles, p.recv_tiles,
+  return pack_recv_tiles(p.world, el, p.rank, rs.header, rs.row_base + p.rank * el, rs.seg_rows, rs.seg_tiles, p.recv_tiles,
                          p.max_recv_tiles, p.recv_parts, p.max_recv_parts);
 }
 
@@ -263,7 +262,7 @@ template <class P>
 __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trace) {
   const LsaTransport tr(p);
   const int el = p.experts_local;
-  // Events of the lanes of warp 0 (step 3): the latest of them (trace: thread 0's slots).
+  // Events of several threads: the latest of them (trace: thread 0's slots).
   long long* lane_events = p.trace ? p.trace + kTraceStride * blockIdx.x + kTraceEp : nullptr;
   if (threadIdx.x == 0) {
     bool ok = true;
@@ -282,17 +281,28 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
     const auto* hflag = reinterpret_cast<const unsigned long long*>(p.window + p.wl.header_flag);
     for (int s = 0; s < p.world && ok; ++s) ok = wait_flag_u64(p, hflag + s, call_epoch(p), s, 1);
     if (trace) trace[kTraceEp + ev_headers_seen] = global_ns();
+    sm.task.queue_base = ok ? 0 : -1;
+  }
+  __syncthreads();
+  if (sm.task.queue_base < 0) return;
+  // The headers into shared memory, by every thread: the listing, in one thread, reads each entry
+  // twice, and one L2 round trip per read had made it the longest step between routing and the
+  // first task (some 70 us at 64 experts on 2 GPUs).
+  const int* header = reinterpret_cast<const int*>(p.window + p.wl.header);
+  for (int i = static_cast<int>(threadIdx.x); i < p.world * el; i += kThreads) {
+    sm.route.header[i] = __ldcg(header + i);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
     int n = -1;
-    if (ok) {
-      const PackResult pr = list_recv_tiles(p, sm.route);
-      if (trace) trace[kTraceEp + ev_tiles_listed] = global_ns();
-      if (!pr.ok) {  // the workspace plan's bounds (workspace.cpp, pack.hpp), kept honest
-        raise_error(p, ErrorCode::bad_task, pr.tiles, pr.parts);
-      } else {
-        n = pr.tiles;
-        p.control->row_tiles = n;  // read back by stats()
-        p.control->packed_tiles = pr.packed;
-      }
+    const PackResult pr = list_recv_tiles(p, sm.route);
+    if (trace) trace[kTraceEp + ev_tiles_listed] = global_ns();
+    if (!pr.ok) {  // the workspace plan's bounds (workspace.cpp, pack.hpp), kept honest
+      raise_error(p, ErrorCode::bad_task, pr.tiles, pr.parts);
+    } else {
+      n = pr.tiles;
+      p.control->row_tiles = n;  // read back by stats()
+      p.control->packed_tiles = pr.packed;
     }
     sm.task.queue_base = n;
     if (n >= 0) {
@@ -306,18 +316,20 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
           p.token_tiles * p.combine_col_tiles);
       __threadfence();
       st_release_gpu(&p.control->total_ready, 1u);
-      // Tiles of this rank's own tokens only are ready now.
-      for (int i = 0; i < n; ++i) {
-        if (!has_remote_rows(p, p.recv_tiles[i])) {
-          push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * slices);
-        }
-      }
-      if (trace) trace[kTraceEp + ev_own_published] = global_ns();
     }
   }
   __syncthreads();
   const int n = sm.task.queue_base;
-  if (n < 0 || threadIdx.x >= 32) return;
+  if (n < 0) return;
+  // Tiles of this rank's own tokens only are ready now: every thread publishes some (the block's
+  // barrier above made the listing visible to it, and push_tasks' fence passes it on).
+  for (int i = static_cast<int>(threadIdx.x); i < n; i += kThreads) {
+    if (!has_remote_rows(p, p.recv_tiles[i])) {
+      push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
+      if (lane_events) atomicMax(lane_events + ev_own_published, global_ns());
+    }
+  }
+  if (threadIdx.x >= 32) return;
   // 3. Warp 0: GEMM0 tasks of tiles with other ranks' rows once every such part has landed (its
   //    source's arrival flag of the tile that carried it), then combine tasks of this rank's token
   //    tiles once their results are all back. Lanes work independently (each waits on its own).

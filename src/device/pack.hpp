@@ -48,16 +48,6 @@ MONOMOE_HOST_DEVICE constexpr long long recv_parts_bound(long long max_tiles) {
   return 2 * max_tiles;
 }
 
-// The kernel reads the header through the L2 (a peer wrote it); the host and the CPU test through
-// plain loads.
-MONOMOE_HOST_DEVICE inline int pack_load(const int* p) {
-#if defined(__CUDA_ARCH__)
-  return __ldcg(p);
-#else
-  return *p;
-#endif
-}
-
 struct PackResult {
   int tiles;   // row tiles listed
   int parts;   // parts listed
@@ -66,7 +56,8 @@ struct PackResult {
 };
 
 // Lists the row tiles of a rank's local experts. header[s * experts_local + e]: rows source s sends
-// local expert e (read with pack_load); local_first[e]: the first of this rank's own rows of expert
+// local expert e (the kernel passes a copy in shared memory: the rule reads each entry twice);
+// local_first[e]: the first of this rank's own rows of expert
 // e in expert_rows. seg_rows, seg_tiles: scratch of `world` ints. Tiles come in expert order; an
 // expert's full tiles first (sources in order), then its remainders, packed or alone.
 MONOMOE_HOST_DEVICE inline PackResult pack_recv_tiles(int world, int experts_local, int rank,
@@ -81,12 +72,22 @@ MONOMOE_HOST_DEVICE inline PackResult pack_recv_tiles(int world, int experts_loc
   const auto first_of = [&](int s, int e, int at) {
     return (s == rank ? local_first[e] : seg_rows[s]) + at;
   };
+  // The tile being filled stays here and is stored once, when the next one starts or the list
+  // ends: `tiles` and `parts` are only written, never read back (in the kernel they are global
+  // memory, and one thread's read-back of each tile cost an L2 round trip per part).
+  RecvTile cur{};
+  const auto store_cur = [&] {
+    if (out.tiles == 0) return;
+    tiles[out.tiles - 1] = cur;
+    out.packed += cur.parts > 1 ? 1 : 0;
+  };
   const auto add_tile = [&](int e) {
     if (out.tiles >= max_tiles) {
       out.ok = false;
       return false;
     }
-    tiles[out.tiles] = RecvTile{e, 0, out.parts, 0};
+    store_cur();
+    cur = RecvTile{e, 0, out.parts, 0};
     ++out.tiles;
     return true;
   };
@@ -97,16 +98,15 @@ MONOMOE_HOST_DEVICE inline PackResult pack_recv_tiles(int world, int experts_loc
     }
     parts[out.parts] = RecvPart{s, first, rows, seg_tile};
     ++out.parts;
-    RecvTile& t = tiles[out.tiles - 1];
-    t.rows += rows;
-    t.parts += 1;
+    cur.rows += rows;
+    cur.parts += 1;
     return true;
   };
   for (int e = 0; e < experts_local && out.ok; ++e) {
     // Full tiles, and what the remainders would make.
     int remainders = 0, remainder_rows = 0;
     for (int s = 0; s < world && out.ok; ++s) {
-      const int rows = pack_load(header + s * experts_local + e);
+      const int rows = header[s * experts_local + e];
       for (int m = 0; (m + 1) * kRows <= rows && out.ok; ++m) {
         if (add_tile(e)) add_part(s, first_of(s, e, m * kRows), kRows, seg_tiles[s] + m);
       }
@@ -119,7 +119,7 @@ MONOMOE_HOST_DEVICE inline PackResult pack_recv_tiles(int world, int experts_loc
     // Remainders, in source order: each its own tile, or filling shared tiles.
     int room = 0;  // rows left in the current packed tile
     for (int s = 0; s < world && out.ok; ++s) {
-      const int rows = pack_load(header + s * experts_local + e);
+      const int rows = header[s * experts_local + e];
       const int full = rows / kRows;
       int left = rows % kRows;
       int at = full * kRows;
@@ -143,7 +143,7 @@ MONOMOE_HOST_DEVICE inline PackResult pack_recv_tiles(int world, int experts_loc
     }
   }
   if (!out.ok) return out;
-  for (int i = 0; i < out.tiles; ++i) out.packed += tiles[i].parts > 1 ? 1 : 0;
+  store_cur();
   return out;
 }
 

@@ -16,6 +16,7 @@ struct RouteSmem {
   int choice[kTileRows * kMaxTopK];  // scatter: the tile's expert choices
   unsigned int row_mask[kMaxExperts][kTileRows / 32];  // scatter: rows of the tile per expert
   int row_tiles;                   // row tiles over all experts
+  int header[kMaxExperts];         // world > 1, subscriber: every source's header (pack.hpp)
   int seg_rows[kMaxWorld];         // world > 1, subscriber: scratch of pack_recv_tiles (pack.hpp)
   int seg_tiles[kMaxWorld];
   int total_tasks;
