@@ -240,13 +240,53 @@ __device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   });
 }
 
-// The row tiles this rank computes, from every source's header (which the caller has acquired),
-// into recv_tiles / recv_parts. Not inlined: its loop state, inlined into the kernel, raised the
-// whole kernel's register count (bf16 [in, out]: 240 -> 254); it runs once per call in one thread.
-inline __device__ __noinline__ PackResult list_recv_tiles(const Params& p, RouteSmem& rs) {
-  const int el = p.experts_local;
-  return pack_recv_tiles(p.world, el, p.rank, rs.header, rs.row_base + p.rank * el, rs.seg_rows, rs.seg_tiles, p.recv_tiles,
-                         p.max_recv_tiles, p.recv_parts, p.max_recv_parts);
+// The row tiles this rank computes, from every source's header (staged in ss.header), into
+// recv_tiles / recv_parts: pack_recv_tiles' list (pack.hpp), each local expert listed by a thread
+// of its own once the block has summed where every expert's tiles and parts go. Called by every
+// thread of the block, ss.packed zeroed before; the listing is complete at the next barrier. Not
+// inlined: its loop state, inlined into the kernel, raised the whole kernel's register count.
+inline __device__ __noinline__ PackResult list_recv_tiles(const Params& p, SubscriberSmem& ss,
+                                                          const int* local_first) {
+  const int el = p.experts_local, world = p.world;
+  const int tid = static_cast<int>(threadIdx.x);
+  for (int s = tid; s < world; s += kThreads) {  // each source's segment, expert by expert
+    int rows = 0, tiles = 0;
+    for (int e = 0; e < el; ++e) {
+      ss.rows_before[s * el + e] = rows;
+      ss.tiles_before[s * el + e] = tiles;
+      rows += ss.header[s * el + e];
+      tiles += source_tiles(ss.header[s * el + e]);
+    }
+  }
+  const auto unused = [](int) { return SegmentBefore{0, 0}; };  // counting writes nothing
+  for (int e = tid; e < el; e += kThreads) {
+    const PackCount c =
+        pack_expert(world, el, p.rank, e, ss.header, local_first[e], unused, nullptr, nullptr, 0);
+    ss.tiles[e] = c.tiles;
+    ss.parts[e] = c.parts;
+    if (c.packed > 0) atomicAdd(&ss.packed, c.packed);
+  }
+  __syncthreads();
+  PackResult out{0, 0, ss.packed, true};
+  for (int e = 0; e < el; ++e) {
+    out.tiles += ss.tiles[e];
+    out.parts += ss.parts[e];
+  }
+  out.ok = out.tiles <= p.max_recv_tiles && out.parts <= p.max_recv_parts;
+  if (!out.ok) return out;
+  for (int e = tid; e < el; e += kThreads) {
+    int tile0 = 0, part0 = 0;
+    for (int f = 0; f < e; ++f) {
+      tile0 += ss.tiles[f];
+      part0 += ss.parts[f];
+    }
+    const auto before = [&](int s) {
+      return SegmentBefore{ss.rows_before[s * el + e], ss.tiles_before[s * el + e]};
+    };
+    pack_expert(world, el, p.rank, e, ss.header, local_first[e], before, p.recv_tiles + tile0,
+                p.recv_parts + part0, part0);
+  }
+  return out;
 }
 
 // Whether a row tile holds rows of another rank (then it waits for their arrival flags).
@@ -275,27 +315,29 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
       __threadfence_system();
       tr.signal_u64(p.wl.header_flag + 8ull * p.rank, d, call_epoch(p));
     }
-    // 2. Every source's header, then the row tiles this rank computes (pack.hpp: in local expert
-    //    order, an expert's partial tiles from several sources packed together; the same list for
-    //    the same headers whatever the timing).
+    // 2. Every source's header.
     const auto* hflag = reinterpret_cast<const unsigned long long*>(p.window + p.wl.header_flag);
     for (int s = 0; s < p.world && ok; ++s) ok = wait_flag_u64(p, hflag + s, call_epoch(p), s, 1);
     if (trace) trace[kTraceEp + ev_headers_seen] = global_ns();
+    sm.sub.packed = 0;
     sm.task.queue_base = ok ? 0 : -1;
   }
   __syncthreads();
   if (sm.task.queue_base < 0) return;
-  // The headers into shared memory, by every thread: the listing, in one thread, reads each entry
-  // twice, and one L2 round trip per read had made it the longest step between routing and the
-  // first task (some 70 us at 64 experts on 2 GPUs).
+  // 2b. The headers into shared memory, then the row tiles this rank computes, listed by the
+  //     whole block (pack.hpp's rule: in local expert order, an expert's partial tiles from
+  //     several sources packed together; the same list for the same headers whatever the timing).
+  //     Listed by one thread from global memory, this step had taken 64 us at 64 experts on 2 GPUs
+  //     and 160 us at 128 (perf log 2026-11-30).
   const int* header = reinterpret_cast<const int*>(p.window + p.wl.header);
   for (int i = static_cast<int>(threadIdx.x); i < p.world * el; i += kThreads) {
-    sm.route.header[i] = __ldcg(header + i);
+    sm.sub.header[i] = __ldcg(header + i);
   }
+  __syncthreads();
+  const PackResult pr = list_recv_tiles(p, sm.sub, sm.route.row_base + p.rank * el);
   __syncthreads();
   if (threadIdx.x == 0) {
     int n = -1;
-    const PackResult pr = list_recv_tiles(p, sm.route);
     if (trace) trace[kTraceEp + ev_tiles_listed] = global_ns();
     if (!pr.ok) {  // the workspace plan's bounds (workspace.cpp, pack.hpp), kept honest
       raise_error(p, ErrorCode::bad_task, pr.tiles, pr.parts);
