@@ -11,6 +11,8 @@
 #include <ostream>
 #include <random>
 #include <sstream>
+#include <stdexcept>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -81,13 +83,89 @@ Expected expected_output(const reference::Problem& pr, int rank, int sample, std
 // rank 0's first task at 140-490 us on 2 GPUs, perf log 2026-11-30.)
 constexpr int kTraceCalls = 5;
 
-// A traced forward: when the blocks finished each phase, and how busy they were in the task loop.
+// Per task type of a traced forward: how many ran, their median and 90th-percentile duration, when
+// the first started and the last ended (whether the phases overlap, and the tail of each).
+void print_task_types(const std::vector<TaskTrace>& tasks, std::ostream& out) {
+  const std::pair<TaskTrace::Type, const char*> types[] = {
+      {TaskTrace::Type::gemm0, "gemm0"}, {TaskTrace::Type::gemm1, "gemm1"},
+      {TaskTrace::Type::combine, "combine"}};
+  out << "tasks by type (us; the first " << MoELayer::kTaskTraceRecords << " of each block):\n";
+  for (const auto& [type, name] : types) {
+    std::vector<double> len;
+    double first = 0.0, last = 0.0;
+    for (const TaskTrace& t : tasks) {
+      if (t.type != type) continue;
+      const double s = static_cast<double>(t.start) * 1e-3, e = static_cast<double>(t.end) * 1e-3;
+      first = len.empty() ? s : std::min(first, s);
+      last = len.empty() ? e : std::max(last, e);
+      len.push_back(e - s);
+    }
+    std::ostringstream line;
+    line << "  " << std::left << std::setw(8) << name << std::right << std::setw(6) << len.size();
+    if (!len.empty()) {
+      std::sort(len.begin(), len.end());
+      line << std::fixed << std::setprecision(1) << "  median " << len[len.size() / 2] << "  p90 "
+           << len[len.size() * 9 / 10] << "  first start " << first << "  last end " << last;
+    }
+    out << line.str() << "\n";
+  }
+}
+
+// Every task of a traced forward as CSV: block, type, a, b, start_us, end_us.
+void write_task_csv(const std::vector<TaskTrace>& tasks, const std::string& path) {
+  std::ofstream f(path);
+  if (!f) throw std::runtime_error("cannot write --trace-tasks file " + path);
+  f << "block,type,a,b,start_us,end_us\n" << std::fixed << std::setprecision(3);
+  for (const TaskTrace& t : tasks) {
+    const char* type = t.type == TaskTrace::Type::gemm0   ? "gemm0"
+                       : t.type == TaskTrace::Type::gemm1 ? "gemm1"
+                                                          : "combine";
+    f << t.block << ',' << type << ',' << t.a << ',' << t.b << ','
+      << static_cast<double>(t.start) * 1e-3 << ',' << static_cast<double>(t.end) * 1e-3 << '\n';
+  }
+}
+
+// world > 1: when the expert-parallel roles did their part (us from this rank's first block start):
+// the dispatch blocks' copies to peers, and the subscriber's steps from the headers to the last
+// published task. Nothing when no block played those roles (world 1).
+void print_ep_events(const std::vector<BlockTrace>& tr, std::ostream& out, const std::string& tag) {
+  std::vector<double> start, end;
+  const BlockTrace* sub = nullptr;
+  for (const BlockTrace& b : tr) {
+    if (b.dispatch_start >= 0) start.push_back(static_cast<double>(b.dispatch_start) * 1e-3);
+    if (b.dispatch_end >= 0) end.push_back(static_cast<double>(b.dispatch_end) * 1e-3);
+    if (b.headers_seen >= 0 && !sub) sub = &b;
+  }
+  if (start.empty() && !sub) return;
+  std::sort(start.begin(), start.end());
+  std::sort(end.begin(), end.end());
+  const auto us = [](std::int64_t ns) { return ns < 0 ? -1.0 : static_cast<double>(ns) * 1e-3; };
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(1);
+  if (!start.empty()) {
+    os << tag << "  dispatch      " << start.size() << " blocks: start min " << start.front();
+    if (!end.empty()) os << "  end median " << end[end.size() / 2] << "  max " << end.back();
+    os << " us\n";
+  }
+  if (sub) {
+    os << tag << "  subscriber    headers seen " << us(sub->headers_seen) << "  tiles listed "
+       << us(sub->tiles_listed) << "  own tasks published " << us(sub->own_published)
+       << "  last peer tile published " << us(sub->peer_published) << "  last combine published "
+       << us(sub->combine_published) << " us\n";
+  }
+  out << os.str();
+}
+
+// A traced forward: when the blocks finished each phase, how busy they were in the task loop, and
+// its tasks by type (task_csv non-empty: every task into that CSV file).
 void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaStream_t stream,
-                 std::ostream& out, const char* whose) {
+                 std::ostream& out, int rank, int world, const std::string& task_csv) {
   layer.set_trace(true);  // before the calls: it allocates (and may synchronize)
   for (int i = 0; i < kTraceCalls; ++i) layer.forward(dev.x(), tokens, dev.y(), stream);
   const std::vector<BlockTrace> tr = layer.trace();  // every call rewrites every block's slots
+  const std::vector<TaskTrace> tasks = layer.task_trace();
   layer.set_trace(false);
+  if (!task_csv.empty()) write_task_csv(tasks, task_csv);
   // min, median, 90th percentile and max over the blocks, and which block had the max (a phase
   // that ends with a grid barrier waits for its slowest block).
   const auto stat = [&](auto field) {
@@ -102,6 +180,17 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
        << v.back().first << " us (block " << v.back().second << ")";
     return os.str();
   };
+  if (rank > 0) {
+    // The other ranks: their phase ends in one line, then their roles' events.
+    const std::string tag = rank_tag(rank, world);
+    out << tag << "trace: first task " << stat([](const BlockTrace& b) { return b.first_task; })
+        << "\n" << tag << "       last GEMM end "
+        << stat([](const BlockTrace& b) { return b.last_gemm_end; }) << "\n" << tag
+        << "       end " << stat([](const BlockTrace& b) { return b.end; }) << "\n";
+    print_ep_events(tr, out, tag);
+    return;
+  }
+  const char* whose = world > 1 ? "rank 0, " : "";
   out << "trace (the last of " << kTraceCalls << " back-to-back forwards, " << whose << tr.size()
       << " blocks, us from the first block's start):\n"
       << "  gate done     " << stat([](const BlockTrace& b) { return b.gate_done; }) << "\n"
@@ -113,6 +202,8 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
       << "  in GEMM tasks " << stat([](const BlockTrace& b) { return b.gemm_ns; }) << "\n"
       << "  in combines   " << stat([](const BlockTrace& b) { return b.combine_ns; }) << "\n"
       << "  tasks/block   " << stat([](const BlockTrace& b) { return b.tasks * 1000; }) << "\n";
+  print_ep_events(tr, out, "");
+  print_task_types(tasks, out);
 }
 
 
@@ -269,9 +360,11 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   if (o.ceiling) hbm = measure_hbm_read(std::size_t{2} << 30, kCeilingWarmup, kCeilingIterations, stream);
   const ForwardStats st = layer.stats();
   if (o.trace) {
-    // The forward is collective: every rank runs the traced one, rank 0 prints its own blocks.
-    std::ostringstream other_ranks;
-    print_trace(layer, dev, s, stream, rank == 0 ? out : other_ranks, world > 1 ? "rank 0, " : "");
+    // The forward is collective: every rank runs the traced one; rank 0 prints its own blocks in
+    // full, the others a summary of theirs.
+    std::string csv = o.trace_tasks_path;
+    if (!csv.empty() && rank > 0) csv += ".rank" + std::to_string(rank);
+    print_trace(layer, dev, s, stream, out, rank, world, csv);
   }
   MONOMOE_CUDA(cudaStreamDestroy(stream));
   const double base_bytes = base ? static_cast<double>(base->bytes_sent()) : 0.0;

@@ -31,6 +31,9 @@ struct BenchOptions {
   bool ceiling = true;      // also measure the dense GEMM ceiling (bench/ceiling.hpp)
   std::string json_path;    // write the results as JSON when non-empty
   bool trace = false;       // print where the kernel's time goes (per-phase block times)
+  // With trace: also write the traced forward's tasks as CSV (block, type, a, b, start_us, end_us)
+  // to this path; with several ranks, rank R > 0 writes path + ".rankR".
+  std::string trace_tasks_path;
   // Time replays of a CUDA graph captured from one forward() instead of forward() calls (same
   // warm-up and median), and check that the replays' output is bit-identical to forward()'s.
   bool graph = false;

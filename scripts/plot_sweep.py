@@ -1,27 +1,16 @@
 #!/usr/bin/env python3
 """Plots a `monomoe bench --sweep` CSV: median latency of monomoe and the baseline against the swept
 variable. Usage: plot_sweep.py SWEEP.csv OUT.png   (needs matplotlib: scripts/setup-plot.sh)"""
-import csv
 import sys
+
+import plotting
 
 
 def main() -> int:
-    if len(sys.argv) != 3:
-        print(__doc__, file=sys.stderr)
-        return 2
-    src, dst = sys.argv[1], sys.argv[2]
-    with open(src, newline="") as f:
-        rows = [r for r in csv.DictReader(f)]
-    if not rows:
-        print(f"plot_sweep: {src} has no data rows", file=sys.stderr)
-        return 1
+    _, rows, dst = plotting.csv_rows(__doc__, "plot_sweep", "no data rows")
     var = next(iter(rows[0].keys()))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("plot_sweep: matplotlib is missing; run scripts/setup-plot.sh", file=sys.stderr)
+    plt = plotting.pyplot("plot_sweep")
+    if plt is None:
         return 1
     xs = [float(r[var]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -35,10 +24,7 @@ def main() -> int:
     ax.set_title(f"monomoe bench --sweep {var}")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(dst, dpi=120)
-    print(f"plot_sweep: wrote {dst}")
-    return 0
+    return plotting.save(fig, dst, "plot_sweep", 120)
 
 
 if __name__ == "__main__":

@@ -655,8 +655,43 @@ TEST(LayerGpu, TraceIsOrderedAndCountsEveryTask) {
       row_tiles * (c.ffn / 256 + c.hidden / 256) * k_split + (512 / 128) * 1;
   EXPECT_EQ(tasks, expected);
   EXPECT_TRUE(bench::compare(pr, ref.ranks[0], dev.y_host(), experts).passed);
+
+  // The task records: every task once (fewer than kTaskTraceRecords per block here), each inside
+  // its block's task loop and after the block's previous task; the counts by type and every
+  // combine task's (token tile, column tile) as planned.
+  const std::vector<TaskTrace> recs = layer.task_trace();
+  ASSERT_EQ(static_cast<std::int64_t>(recs.size()), tasks);
+  std::int64_t gemm0 = 0, gemm1 = 0;
+  std::vector<int> combined(512 / 128, 0);
+  for (std::size_t i = 0; i < recs.size(); ++i) {
+    const TaskTrace& t = recs[i];
+    SCOPED_TRACE("task record " + std::to_string(i) + " of block " + std::to_string(t.block));
+    ASSERT_GE(t.block, 0);
+    ASSERT_LT(static_cast<std::size_t>(t.block), tr.size());
+    const BlockTrace& b = tr[static_cast<std::size_t>(t.block)];
+    EXPECT_LE(b.first_task, t.start);
+    EXPECT_LE(t.start, t.end);
+    EXPECT_LE(t.end, b.end);
+    if (i > 0 && recs[i - 1].block == t.block) EXPECT_LE(recs[i - 1].end, t.start);
+    switch (t.type) {
+      case TaskTrace::Type::gemm0: ++gemm0; break;
+      case TaskTrace::Type::gemm1: ++gemm1; break;
+      case TaskTrace::Type::combine:
+        ASSERT_GE(t.a, 0);
+        ASSERT_LT(t.a, 512 / 128);
+        EXPECT_EQ(t.b, 0);  // one combine column tile at hidden <= kCombineCols
+        ++combined[static_cast<std::size_t>(t.a)];
+        break;
+      default: ADD_FAILURE() << "task type " << static_cast<int>(t.type);
+    }
+  }
+  EXPECT_EQ(gemm0, row_tiles * (c.ffn / 256) * k_split);
+  EXPECT_EQ(gemm1, row_tiles * (c.hidden / 256) * k_split);
+  for (int n : combined) EXPECT_EQ(n, 1);
+
   layer.set_trace(false);
   EXPECT_TRUE(layer.trace().empty());
+  EXPECT_TRUE(layer.task_trace().empty());
 }
 
 // A token whose row of x holds a NaN or an inf: its routing is defined (NaN: the k lowest experts;

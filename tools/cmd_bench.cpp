@@ -94,7 +94,8 @@ int run_bench_command(const ParsedArgs& args) {
   }
   o.ceiling = !args.has("--no-ceiling");
   o.json_path = args.string_or("--json", "");
-  o.trace = args.has("--trace");
+  o.trace_tasks_path = args.string_or("--trace-tasks", "");
+  o.trace = args.has("--trace") || !o.trace_tasks_path.empty();
   o.graph = args.has("--graph");
   if (args.has("--delay-us") != args.has("--delay-rank")) {
     throw ConfigError("--delay-us and --delay-rank go together (a straggler: which rank, how long)");
@@ -267,7 +268,11 @@ Command bench_command() {
            "rate and the weight-read floor"},
           {"--json", "FILE", "also write the results as JSON to FILE"},
           {"--trace", "",
-           "also print per-phase times of a forward (the last of 5 back to back; profiling)"},
+           "also print per-phase and per-task-type times of a forward (the last of 5 back to "
+           "back; profiling)"},
+          {"--trace-tasks", "FILE",
+           "with the trace, write every task of that forward as CSV to FILE (block, type, a, b, "
+           "start_us, end_us; rank R > 0 of several: FILE.rankR)"},
           {"--graph", "", "time monomoe as replays of a CUDA graph of one forward() (checked "
                           "bit-identical to forward())"},
           {"--delay-rank", "R", "with --delay-us: the rank that arrives late (a straggler)"},

@@ -83,6 +83,26 @@ struct BlockTrace {
   std::int64_t first_task = 0;     // took its first task (its end when it ran none)
   std::int64_t last_gemm_end = 0;  // finished its last GEMM task (the task loop's start if none)
   std::int64_t combine_ns = 0;     // spent in combine tasks
+  // world > 1, the expert-parallel roles' events (-1 where the block has no such role):
+  std::int64_t dispatch_start = -1;  // a dispatch block began copying rows to peers
+  std::int64_t dispatch_end = -1;    //   ... had no row tile left to send
+  std::int64_t headers_seen = -1;    // the subscriber (block 0): every source's header arrived
+  std::int64_t tiles_listed = -1;    //   ... the row tiles of its experts listed
+  std::int64_t own_published = -1;   //   ... GEMM0 tasks of the tiles of its own rows published
+  std::int64_t peer_published = -1;  //   ... the last GEMM0 task of a tile with peers' rows published
+  std::int64_t combine_published = -1;  // ... the last combine task published
+};
+
+// One task of a traced forward (MoELayer::task_trace): which block ran it, what it was, when
+// (nanoseconds from the earliest block start, as BlockTrace).
+struct TaskTrace {
+  enum class Type : std::int32_t { gemm0 = 1, gemm1 = 2, combine = 3 };
+  std::int32_t block = 0;
+  Type type = Type::gemm0;
+  std::int32_t a = 0;      // GEMM0 / GEMM1: row tile; combine: token tile
+  std::int32_t b = 0;      // GEMM: column tile (x K slices when split); combine: column tile
+  std::int64_t start = 0;  // taken from the queue
+  std::int64_t end = 0;    // done
 };
 
 // Many layers: the layers built on one Communicator share one device workspace and, with
@@ -155,10 +175,13 @@ class MoELayer {
   // layer of the communicator runs.
   void routing(std::vector<std::int32_t>& experts, std::vector<float>& weights);
 
-  // Profiling: while on, every forward() records per-block phase times (a few global stores per
-  // block); trace() (synchronizes) returns those of the last forward. Off by default.
+  // Profiling: while on, every forward() records per-block phase times and the first
+  // kTaskTraceRecords tasks of each block (a few global stores per task); trace() and task_trace()
+  // (both synchronize) return those of the last forward. Off by default.
+  static constexpr int kTaskTraceRecords = 256;
   void set_trace(bool on);
   std::vector<BlockTrace> trace();
+  std::vector<TaskTrace> task_trace();  // by block, then in the order the block ran them
 
   const LayerConfig& config() const;
 

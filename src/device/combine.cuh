@@ -9,11 +9,12 @@ namespace monomoe::device {
 
 // One combine task: `kCombineCols` columns of a token tile. The stage rows it reads are copied
 // into shared memory first (the GEMM buffer, idle here) by cp.async, a chunk of token rows at a
-// time, every copy of a chunk in flight at once; the sums then read shared memory. (A thread that
-// loaded a stage row and added it before loading the next kept one or two loads in flight: the
-// tasks ran at ~8 GB/s per SM, latency-bound, and the combine tail after the last GEMM task took
-// ~130 us of the default config's ~900.) The choices' weights and kept flags are read once per
-// task. A dropped choice's row is not read (zero-filled, never used).
+// time, every copy of a chunk in flight at once, the next chunk's while this one is summed; the
+// sums read shared memory. (A thread that loaded a stage row and added it before loading the next
+// kept one or two loads in flight: the tasks ran at ~8 GB/s per SM, latency-bound, and the combine
+// tail after the last GEMM task took ~130 us of the default config's ~900; with one chunk at a
+// time a task took ~22 us for its 384 KB, perf log 2026-11-30.) The choices' weights and kept
+// flags are read once per task. A dropped choice's row is not read (zero-filled, never used).
 template <class P>
 __device__ void run_combine(const Params& p, KernelSmem<P>& sm, int token_tile, int col_tile) {
   using Elem = typename P::Elem;
@@ -28,16 +29,20 @@ __device__ void run_combine(const Params& p, KernelSmem<P>& sm, int token_tile, 
   const int vecs = cols / kVecElems;  // 16-byte copies of a row
   const int k = p.topk;
 
-  // Shared memory: weights [rows][k], kept flags [rows][k], then the staged rows [chunk][k][cols].
+  // Shared memory: weights [rows][k], kept flags [rows][k], then two buffers of staged rows
+  // [chunk][k][cols]: chunk c + 1 is copied in while chunk c is summed and stored.
   constexpr int kHead =
       (kTileRows * kMaxTopK * (static_cast<int>(sizeof(float)) + 1) + 127) / 128 * 128;
-  constexpr int kRoom = static_cast<int>(sizeof(sm.gemm.buffer)) - kHead;
-  static_assert(kRoom >= kMaxTopK * kCombineCols * static_cast<int>(sizeof(Elem)),
-                "the buffer holds every choice of at least one token row");
+  constexpr int kHalf = (static_cast<int>(sizeof(sm.gemm.buffer)) - kHead) / 2 / 128 * 128;
+  static_assert(kHalf >= kMaxTopK * kCombineCols * static_cast<int>(sizeof(Elem)),
+                "each buffer holds every choice of at least one token row");
   float* weight = reinterpret_cast<float*>(sm.gemm.buffer);
   unsigned char* kept = reinterpret_cast<unsigned char*>(weight + kTileRows * kMaxTopK);
-  Elem* staged = reinterpret_cast<Elem*>(sm.gemm.buffer + kHead);
-  const int chunk_rows = min(rows, kRoom / (k * cols * static_cast<int>(sizeof(Elem))));
+  const auto staged = [&](int c) {  // the buffer of chunk c
+    return reinterpret_cast<Elem*>(sm.gemm.buffer + kHead + (c & 1) * kHalf);
+  };
+  const int chunk_rows = min(rows, kHalf / (k * cols * static_cast<int>(sizeof(Elem))));
+  const int chunks = (rows + chunk_rows - 1) / chunk_rows;
 
   __syncthreads();  // the block's previous task is done with the buffer
   for (int i = threadIdx.x; i < rows * k; i += kThreads) {
@@ -48,34 +53,49 @@ __device__ void run_combine(const Params& p, KernelSmem<P>& sm, int token_tile, 
   __syncthreads();
 
   const Elem* tile_stage = stage + static_cast<long long>(first) * k * p.hidden + col0;
-  for (int r0 = 0; r0 < rows; r0 += chunk_rows) {
-    const int chunk = min(chunk_rows, rows - r0);
-    const int copies = chunk * k * vecs;
-    for (int i = threadIdx.x; i < copies; i += kThreads) {
-      const int rj = i / vecs, v = i - rj * vecs;  // rj = (row - r0) * k + choice
-      const int c = r0 * k + rj;                   // the choice's index in the tile
-      cp_async_16(staged + rj * cols + v * kVecElems,
-                  tile_stage + static_cast<long long>(c) * p.hidden + v * kVecElems, kept[c] != 0);
+  // Issues chunk c's copies as one cp.async group (an empty group past the last chunk, so that
+  // every iteration below waits for the same count).
+  const auto issue = [&](int c) {
+    if (c < chunks) {
+      const int r0 = c * chunk_rows;
+      const int copies = min(chunk_rows, rows - r0) * k * vecs;
+      Elem* dst = staged(c);
+      for (int i = threadIdx.x; i < copies; i += kThreads) {
+        const int rj = i / vecs, v = i - rj * vecs;  // rj = (row - r0) * k + choice
+        const int ch = r0 * k + rj;                  // the choice's index in the tile
+        cp_async_16(dst + rj * cols + v * kVecElems,
+                    tile_stage + static_cast<long long>(ch) * p.hidden + v * kVecElems,
+                    kept[ch] != 0);
+      }
     }
     cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();  // the chunk staged
+  };
+  issue(0);
+  issue(1);
+  for (int c = 0; c < chunks; ++c) {
+    cp_async_wait<1>();  // chunk c landed (this thread's copies; chunk c + 1 may be in flight)
+    __syncthreads();     // every thread's copies of chunk c
+    const int r0 = c * chunk_rows;
+    const int chunk = min(chunk_rows, rows - r0);
+    const Elem* src = staged(c);
     for (int i = threadIdx.x; i < chunk * groups; i += kThreads) {
       const int r = i / groups, g = i - r * groups;
       float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
       for (int j = 0; j < k; ++j) {
-        const int c = (r0 + r) * k + j;
-        if (!kept[c]) continue;
-        const float w = weight[c];
+        const int ch = (r0 + r) * k + j;
+        if (!kept[ch]) continue;
+        const float w = weight[ch];
         float v[8];
-        smem_load8(staged + (r * k + j) * cols + g * 8, v);
+        smem_load8(src + (r * k + j) * cols + g * 8, v);
 #pragma unroll
         for (int q = 0; q < 8; ++q) acc[q] = fmaf(w, v[q], acc[q]);
       }
       store8(y + static_cast<long long>(first + r0 + r) * p.hidden + col0 + g * 8, acc);
     }
-    __syncthreads();  // the chunk's rows read before the next chunk is copied in
+    __syncthreads();  // chunk c's buffer read before chunk c + 2 is copied into it
+    issue(c + 2);
   }
+  cp_async_wait<0>();  // the empty groups
 }
 
 }  // namespace monomoe::device

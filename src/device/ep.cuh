@@ -77,19 +77,23 @@ __device__ __forceinline__ bool peer_started(const Params& p, int peer) {
 // Dispatch role: row tiles of this rank's tokens bound for other ranks' experts, claimed one at a
 // time; each lands in the owner's inbox segment for this source, rows in expert then token order.
 template <class P>
-__device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm) {
+__device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm, long long* trace) {
   using Elem = typename P::Elem;
   const LsaTransport tr(p);
   const Elem* x = static_cast<const Elem*>(p.x);
   const int chunks = p.hidden * static_cast<int>(sizeof(Elem)) / 16;  // 16-byte pieces per row
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
+  if (trace) trace[kTraceEp + ev_dispatch_start] = global_ns();
   for (;;) {
     if (threadIdx.x == 0) sm.task.queue_base = static_cast<int>(atomicAdd(&p.control->dispatch_next, 1u));
     __syncthreads();
     const int item = sm.task.queue_base;
     __syncthreads();
-    if (item >= sm.route.row_tiles || aborted(p)) return;
+    if (item >= sm.route.row_tiles || aborted(p)) {
+      if (trace) trace[kTraceEp + ev_dispatch_end] = global_ns();
+      return;
+    }
     const RowTile rt = locate_row_tile(p, sm.route, item);
     const int dest = rt.expert / p.experts_local;
     if (dest == p.rank || rt.rows <= 0) continue;
@@ -236,14 +240,53 @@ __device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   });
 }
 
-// The row tiles this rank computes, from every source's header (which the caller has acquired),
-// into recv_tiles / recv_parts. Not inlined: its loop state, inlined into the kernel, raised the
-// whole kernel's register count (bf16 [in, out]: 240 -> 254); it runs once per call in one thread.
-inline __device__ __noinline__ PackResult list_recv_tiles(const Params& p, RouteSmem& rs) {
-  const int el = p.experts_local;
-  return pack_recv_tiles(p.world, el, p.rank, reinterpret_cast<const int*>(p.window + p.wl.header),
-                         rs.row_base + p.rank * el, rs.seg_rows, rs.seg_tiles, p.recv_tiles,
-                         p.max_recv_tiles, p.recv_parts, p.max_recv_parts);
+// The row tiles this rank computes, from every source's header (staged in ss.header), into
+// recv_tiles / recv_parts: pack_recv_tiles' list (pack.hpp), each local expert listed by a thread
+// of its own once the block has summed where every expert's tiles and parts go. Called by every
+// thread of the block, ss.packed zeroed before; the listing is complete at the next barrier. Not
+// inlined: its loop state, inlined into the kernel, raised the whole kernel's register count.
+inline __device__ __noinline__ PackResult list_recv_tiles(const Params& p, SubscriberSmem& ss,
+                                                          const int* local_first) {
+  const int el = p.experts_local, world = p.world;
+  const int tid = static_cast<int>(threadIdx.x);
+  for (int s = tid; s < world; s += kThreads) {  // each source's segment, expert by expert
+    int rows = 0, tiles = 0;
+    for (int e = 0; e < el; ++e) {
+      ss.rows_before[s * el + e] = rows;
+      ss.tiles_before[s * el + e] = tiles;
+      rows += ss.header[s * el + e];
+      tiles += source_tiles(ss.header[s * el + e]);
+    }
+  }
+  const auto unused = [](int) { return SegmentBefore{0, 0}; };  // counting writes nothing
+  for (int e = tid; e < el; e += kThreads) {
+    const PackCount c =
+        pack_expert(world, el, p.rank, e, ss.header, local_first[e], unused, nullptr, nullptr, 0);
+    ss.tiles[e] = c.tiles;
+    ss.parts[e] = c.parts;
+    if (c.packed > 0) atomicAdd(&ss.packed, c.packed);
+  }
+  __syncthreads();
+  PackResult out{0, 0, ss.packed, true};
+  for (int e = 0; e < el; ++e) {
+    out.tiles += ss.tiles[e];
+    out.parts += ss.parts[e];
+  }
+  out.ok = out.tiles <= p.max_recv_tiles && out.parts <= p.max_recv_parts;
+  if (!out.ok) return out;
+  for (int e = tid; e < el; e += kThreads) {
+    int tile0 = 0, part0 = 0;
+    for (int f = 0; f < e; ++f) {
+      tile0 += ss.tiles[f];
+      part0 += ss.parts[f];
+    }
+    const auto before = [&](int s) {
+      return SegmentBefore{ss.rows_before[s * el + e], ss.tiles_before[s * el + e]};
+    };
+    pack_expert(world, el, p.rank, e, ss.header, local_first[e], before, p.recv_tiles + tile0,
+                p.recv_parts + part0, part0);
+  }
+  return out;
 }
 
 // Whether a row tile holds rows of another rank (then it waits for their arrival flags).
@@ -256,9 +299,11 @@ __device__ __forceinline__ bool has_remote_rows(const Params& p, const RecvTile&
 
 // Subscriber role (block 0) with world > 1. Returns once every task of this launch is published.
 template <class P>
-__device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
+__device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trace) {
   const LsaTransport tr(p);
   const int el = p.experts_local;
+  // Events of several threads: the latest of them (trace: thread 0's slots).
+  long long* lane_events = p.trace ? p.trace + kTraceStride * blockIdx.x + kTraceEp : nullptr;
   if (threadIdx.x == 0) {
     bool ok = true;
     // 1. This rank's header to every rank: rows for each of its experts, zeros included.
@@ -270,21 +315,36 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
       __threadfence_system();
       tr.signal_u64(p.wl.header_flag + 8ull * p.rank, d, call_epoch(p));
     }
-    // 2. Every source's header, then the row tiles this rank computes (pack.hpp: in local expert
-    //    order, an expert's partial tiles from several sources packed together; the same list for
-    //    the same headers whatever the timing).
+    // 2. Every source's header.
     const auto* hflag = reinterpret_cast<const unsigned long long*>(p.window + p.wl.header_flag);
     for (int s = 0; s < p.world && ok; ++s) ok = wait_flag_u64(p, hflag + s, call_epoch(p), s, 1);
+    if (trace) trace[kTraceEp + ev_headers_seen] = global_ns();
+    sm.sub.packed = 0;
+    sm.task.queue_base = ok ? 0 : -1;
+  }
+  __syncthreads();
+  if (sm.task.queue_base < 0) return;
+  // 2b. The headers into shared memory, then the row tiles this rank computes, listed by the
+  //     whole block (pack.hpp's rule: in local expert order, an expert's partial tiles from
+  //     several sources packed together; the same list for the same headers whatever the timing).
+  //     Listed by one thread from global memory, this step had taken 64 us at 64 experts on 2 GPUs
+  //     and 160 us at 128 (perf log 2026-11-30).
+  const int* header = reinterpret_cast<const int*>(p.window + p.wl.header);
+  for (int i = static_cast<int>(threadIdx.x); i < p.world * el; i += kThreads) {
+    sm.sub.header[i] = __ldcg(header + i);
+  }
+  __syncthreads();
+  const PackResult pr = list_recv_tiles(p, sm.sub, sm.route.row_base + p.rank * el);
+  __syncthreads();
+  if (threadIdx.x == 0) {
     int n = -1;
-    if (ok) {
-      const PackResult pr = list_recv_tiles(p, sm.route);
-      if (!pr.ok) {  // the workspace plan's bounds (workspace.cpp, pack.hpp), kept honest
-        raise_error(p, ErrorCode::bad_task, pr.tiles, pr.parts);
-      } else {
-        n = pr.tiles;
-        p.control->row_tiles = n;  // read back by stats()
-        p.control->packed_tiles = pr.packed;
-      }
+    if (trace) trace[kTraceEp + ev_tiles_listed] = global_ns();
+    if (!pr.ok) {  // the workspace plan's bounds (workspace.cpp, pack.hpp), kept honest
+      raise_error(p, ErrorCode::bad_task, pr.tiles, pr.parts);
+    } else {
+      n = pr.tiles;
+      p.control->row_tiles = n;  // read back by stats()
+      p.control->packed_tiles = pr.packed;
     }
     sm.task.queue_base = n;
     if (n >= 0) {
@@ -298,17 +358,20 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
           p.token_tiles * p.combine_col_tiles);
       __threadfence();
       st_release_gpu(&p.control->total_ready, 1u);
-      // Tiles of this rank's own tokens only are ready now.
-      for (int i = 0; i < n; ++i) {
-        if (!has_remote_rows(p, p.recv_tiles[i])) {
-          push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * slices);
-        }
-      }
     }
   }
   __syncthreads();
   const int n = sm.task.queue_base;
-  if (n < 0 || threadIdx.x >= 32) return;
+  if (n < 0) return;
+  // Tiles of this rank's own tokens only are ready now: every thread publishes some (the block's
+  // barrier above made the listing visible to it, and push_tasks' fence passes it on).
+  for (int i = static_cast<int>(threadIdx.x); i < n; i += kThreads) {
+    if (!has_remote_rows(p, p.recv_tiles[i])) {
+      push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
+      if (lane_events) atomicMax(lane_events + ev_own_published, global_ns());
+    }
+  }
+  if (threadIdx.x >= 32) return;
   // 3. Warp 0: GEMM0 tasks of tiles with other ranks' rows once every such part has landed (its
   //    source's arrival flag of the tile that carried it), then combine tasks of this rank's token
   //    tiles once their results are all back. Lanes work independently (each waits on its own).
@@ -326,13 +389,17 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm) {
         return;
       }
     }
-    if (remote) push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
+    if (remote) {
+      push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
+      if (lane_events) atomicMax(lane_events + ev_peer_published, global_ns());
+    }
   }
   const auto* done = reinterpret_cast<const unsigned int*>(p.window + p.wl.done);
   for (int tt = lane; tt < p.token_tiles; tt += 32) {
     const unsigned int target = static_cast<unsigned int>(__ldcg(p.tokentile_target + tt));
     if (target > 0 && !wait_flag_u32(p, done + tt, target, -1, 3)) return;
     push_tasks(p, TaskType::combine, tt, 0, p.combine_col_tiles);
+    if (lane_events) atomicMax(lane_events + ev_combine_published, global_ns());
   }
 }
 

@@ -64,9 +64,9 @@ __device__ void gate_gemm(const Params& p, KernelSmem<P>& sm, int tile, int spli
 // the experts; `slots` of them in use), by one warp: writes the token's choices and weights and
 // adds them to `count` (per expert: shared memory for a tile, or the token's tile's row of
 // p.tile_counts). Lane j < topk stores choice j.
-__device__ __forceinline__ void route_row(const Params& p, int t, float (&v)[kMaxExperts / 32],
-                                          int slots, int* count) {
-  constexpr int kPerLane = kMaxExperts / 32;
+template <int kPerLane>
+__device__ __forceinline__ void route_row(const Params& p, int t, float (&v)[kPerLane], int slots,
+                                          int* count) {
   const int lane = static_cast<int>(threadIdx.x) % 32;
   float mx = -INFINITY;
 #pragma unroll
@@ -238,8 +238,10 @@ __device__ __forceinline__ void zero_tile_counts(const Params& p) {
   }
 }
 
-__device__ __forceinline__ void route_spread(const Params& p) {
-  constexpr int kPerLane = kMaxExperts / 32;
+// kPerLane: the expert slots per lane this instance holds (2: up to 64 experts, a smaller loop body
+// for the common case; kMaxExperts / 32 otherwise).
+template <int kPerLane>
+__device__ __forceinline__ void route_spread_rows(const Params& p) {
   constexpr int kGroup = 4;  // slices whose loads are in flight together
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int warps = static_cast<int>(gridDim.x) * (kThreads / 32);
@@ -277,6 +279,14 @@ __device__ __forceinline__ void route_spread(const Params& p) {
       }
     }
     route_row(p, t, v, slots, p.tile_counts + static_cast<long long>(t / kTileRows) * p.experts);
+  }
+}
+
+__device__ __forceinline__ void route_spread(const Params& p) {
+  if (p.experts <= 64) {
+    route_spread_rows<2>(p);
+  } else {
+    route_spread_rows<kMaxExperts / 32>(p);
   }
 }
 

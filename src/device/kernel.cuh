@@ -22,8 +22,11 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   const unsigned int misalign = static_cast<unsigned int>(__cvta_generic_to_shared(smem_raw)) & 1023u;
   auto& sm = *reinterpret_cast<KernelSmem<P>*>(smem_raw + ((1024u - misalign) & 1023u));
 
-  long long* trace = p.trace && threadIdx.x == 0 ? p.trace + blockIdx.x * kTraceSlots : nullptr;
-  if (trace) trace[0] = global_ns();
+  long long* trace = p.trace && threadIdx.x == 0 ? p.trace + blockIdx.x * kTraceStride : nullptr;
+  if (trace) {
+    trace[0] = global_ns();
+    for (int e = 0; e < kTraceEvents; ++e) trace[kTraceEp + e] = 0;
+  }
   const bool ep = p.world > 1;
   if (ep && blockIdx.x == 0 && threadIdx.x == 0) announce_start(p);
   // Every token tile's choices and weights (topk_expert, topk_weight) and per-expert counts, then
@@ -84,9 +87,9 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
       publish_initial_tasks<P>(p, sm);
     }
   } else if (blockIdx.x == 0) {
-    subscribe_ep<P>(p, sm);
+    subscribe_ep<P>(p, sm, trace);
   } else if (static_cast<int>(blockIdx.x) <= p.dispatch_blocks) {
-    dispatch_rows<P>(p, sm);
+    dispatch_rows<P>(p, sm, trace);
   }
   long long wait_ns = 0, gemm_ns = 0, combine_ns = 0, tasks = 0;
   long long t_ask = trace ? global_ns() : 0;
@@ -117,6 +120,13 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
         last_gemm_end = t_ask;
       } else {
         combine_ns += t_ask - t_got;
+      }
+      if (tasks < kTaskRecords) {
+        long long* rec = trace + kTraceSlots + 3 * tasks;
+        rec[0] = t_got;
+        rec[1] = t_ask;
+        rec[2] = static_cast<long long>(task.head & 0xffu) << 56 |
+                 static_cast<long long>(task.a & 0xfffffff) << 28 | (task.b & 0xfffffff);
       }
       ++tasks;
     }

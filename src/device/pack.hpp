@@ -48,102 +48,138 @@ MONOMOE_HOST_DEVICE constexpr long long recv_parts_bound(long long max_tiles) {
   return 2 * max_tiles;
 }
 
-// The kernel reads the header through the L2 (a peer wrote it); the host and the CPU test through
-// plain loads.
-MONOMOE_HOST_DEVICE inline int pack_load(const int* p) {
-#if defined(__CUDA_ARCH__)
-  return __ldcg(p);
-#else
-  return *p;
-#endif
-}
-
 struct PackResult {
   int tiles;   // row tiles listed
   int parts;   // parts listed
   int packed;  // tiles with rows of more than one source
-  bool ok;     // false: max_tiles or max_parts was too small (nothing past them was written)
+  bool ok;     // false: max_tiles or max_parts was too small
 };
 
-// Lists the row tiles of a rank's local experts. header[s * experts_local + e]: rows source s sends
-// local expert e (read with pack_load); local_first[e]: the first of this rank's own rows of expert
-// e in expert_rows. seg_rows, seg_tiles: scratch of `world` ints. Tiles come in expert order; an
-// expert's full tiles first (sources in order), then its remainders, packed or alone.
+// What one local expert lists: its tiles, their parts, and how many of the tiles are packed.
+struct PackCount {
+  int tiles, parts, packed;
+};
+
+// Where a source's rows for one local expert sit in its segment for this rank: the rows and row
+// tiles it sends this rank's experts before that one.
+struct SegmentBefore {
+  int rows, tiles;
+};
+
+// The row tiles of local expert e by the rule above, from rows[s] = header[s * experts_local + e]
+// (rows source s sends it). Counts them, and writes them where `tiles` and `parts` are not null:
+// its tiles to tiles[0, ...), its parts to parts[0, ...), whose index in the whole list starts at
+// part_base. local_first: the first of this rank's own rows of expert e in expert_rows;
+// before(s): the SegmentBefore of source s for expert e (called only when writing). Experts are independent given those: the kernel
+// lists them in parallel, one thread each (ep.cuh); pack_recv_tiles below, one after another.
+// Tiles and parts are only written, never read back (in the kernel they are global memory).
+template <class Before>
+MONOMOE_HOST_DEVICE inline PackCount pack_expert(int world, int experts_local, int rank, int e,
+                                                 const int* header, int local_first, Before before,
+                                                 RecvTile* tiles, RecvPart* parts, int part_base) {
+  constexpr int kRows = kPackTileRows;
+  PackCount n{0, 0, 0};
+  RecvTile cur{};  // the tile being filled, stored when the next one starts or the expert ends
+  const auto store_cur = [&] {
+    if (n.tiles == 0) return;
+    if (tiles) tiles[n.tiles - 1] = cur;
+    n.packed += cur.parts > 1 ? 1 : 0;
+  };
+  const auto add_tile = [&] {
+    store_cur();
+    cur = RecvTile{e, 0, part_base + n.parts, 0};
+    ++n.tiles;
+  };
+  // A part of `rows` rows of source s, from its row `at` for this expert, in its tile `tile`
+  // counted from its first for this expert.
+  const auto add_part = [&](int s, int at, int rows, int tile) {
+    if (parts) {
+      const auto b = before(s);
+      parts[n.parts] = RecvPart{s, (s == rank ? local_first : b.rows) + at, rows, b.tiles + tile};
+    }
+    ++n.parts;
+    cur.rows += rows;
+    cur.parts += 1;
+  };
+  // Full tiles, and what the remainders would make.
+  int remainders = 0, remainder_rows = 0;
+  for (int s = 0; s < world; ++s) {
+    const int rows = header[s * experts_local + e];
+    for (int m = 0; (m + 1) * kRows <= rows; ++m) {
+      add_tile();
+      add_part(s, m * kRows, kRows, m);
+    }
+    if (rows % kRows != 0) {
+      ++remainders;
+      remainder_rows += rows % kRows;
+    }
+  }
+  const bool pack = (remainder_rows + kRows - 1) / kRows < remainders;
+  // Remainders, in source order: each its own tile, or filling shared tiles.
+  int room = 0;  // rows left in the current packed tile
+  for (int s = 0; s < world; ++s) {
+    const int rows = header[s * experts_local + e];
+    const int full = rows / kRows;
+    int left = rows % kRows;
+    int at = full * kRows;
+    if (!pack && left > 0) {
+      add_tile();
+      add_part(s, at, left, full);
+      left = 0;
+    }
+    while (left > 0) {
+      if (room == 0) {
+        add_tile();
+        room = kRows;
+      }
+      const int take = left < room ? left : room;
+      add_part(s, at, take, full);
+      at += take;
+      left -= take;
+      room -= take;
+    }
+  }
+  store_cur();
+  return n;
+}
+
+// Row tiles a source's `rows` rows for one expert take in its own segment (its arrival flags).
+MONOMOE_HOST_DEVICE constexpr int source_tiles(int rows) {
+  return (rows + kPackTileRows - 1) / kPackTileRows;
+}
+
+// Lists the row tiles of a rank's local experts, one expert after another (the kernel's parallel
+// listing, ep.cuh, makes the same list). header[s * experts_local + e]: rows source s sends local
+// expert e; local_first[e]: the first of this rank's own rows of expert e in expert_rows. seg_rows,
+// seg_tiles: scratch of `world` ints. Tiles come in expert order; an expert's full tiles first
+// (sources in order), then its remainders, packed or alone. Nothing is written past an expert
+// whose tiles or parts would not fit.
 MONOMOE_HOST_DEVICE inline PackResult pack_recv_tiles(int world, int experts_local, int rank,
                                                       const int* header, const int* local_first,
                                                       int* seg_rows, int* seg_tiles,
                                                       RecvTile* tiles, int max_tiles,
                                                       RecvPart* parts, int max_parts) {
-  constexpr int kRows = kPackTileRows;
   PackResult out{0, 0, 0, true};
   for (int s = 0; s < world; ++s) seg_rows[s] = seg_tiles[s] = 0;
-  // Where row `at` of source s's rows for expert e starts, in the terms of a part.
-  const auto first_of = [&](int s, int e, int at) {
-    return (s == rank ? local_first[e] : seg_rows[s]) + at;
-  };
-  const auto add_tile = [&](int e) {
-    if (out.tiles >= max_tiles) {
+  const auto before = [&](int s) { return SegmentBefore{seg_rows[s], seg_tiles[s]}; };
+  for (int e = 0; e < experts_local; ++e) {
+    const PackCount c = pack_expert(world, experts_local, rank, e, header, local_first[e], before,
+                                    nullptr, nullptr, 0);
+    if (out.tiles + c.tiles > max_tiles || out.parts + c.parts > max_parts) {
       out.ok = false;
-      return false;
+      return out;
     }
-    tiles[out.tiles] = RecvTile{e, 0, out.parts, 0};
-    ++out.tiles;
-    return true;
-  };
-  const auto add_part = [&](int s, int first, int rows, int seg_tile) {
-    if (out.parts >= max_parts) {
-      out.ok = false;
-      return false;
-    }
-    parts[out.parts] = RecvPart{s, first, rows, seg_tile};
-    ++out.parts;
-    RecvTile& t = tiles[out.tiles - 1];
-    t.rows += rows;
-    t.parts += 1;
-    return true;
-  };
-  for (int e = 0; e < experts_local && out.ok; ++e) {
-    // Full tiles, and what the remainders would make.
-    int remainders = 0, remainder_rows = 0;
-    for (int s = 0; s < world && out.ok; ++s) {
-      const int rows = pack_load(header + s * experts_local + e);
-      for (int m = 0; (m + 1) * kRows <= rows && out.ok; ++m) {
-        if (add_tile(e)) add_part(s, first_of(s, e, m * kRows), kRows, seg_tiles[s] + m);
-      }
-      if (rows % kRows != 0) {
-        ++remainders;
-        remainder_rows += rows % kRows;
-      }
-    }
-    const bool pack = (remainder_rows + kRows - 1) / kRows < remainders;
-    // Remainders, in source order: each its own tile, or filling shared tiles.
-    int room = 0;  // rows left in the current packed tile
-    for (int s = 0; s < world && out.ok; ++s) {
-      const int rows = pack_load(header + s * experts_local + e);
-      const int full = rows / kRows;
-      int left = rows % kRows;
-      int at = full * kRows;
-      if (!pack && left > 0) {
-        if (add_tile(e)) add_part(s, first_of(s, e, at), left, seg_tiles[s] + full);
-        left = 0;
-      }
-      while (left > 0 && out.ok) {
-        if (room == 0) {
-          if (!add_tile(e)) break;
-          room = kRows;
-        }
-        const int take = left < room ? left : room;
-        if (!add_part(s, first_of(s, e, at), take, seg_tiles[s] + full)) break;
-        at += take;
-        left -= take;
-        room -= take;
-      }
+    pack_expert(world, experts_local, rank, e, header, local_first[e], before, tiles + out.tiles,
+                parts + out.parts, out.parts);
+    out.tiles += c.tiles;
+    out.parts += c.parts;
+    out.packed += c.packed;
+    for (int s = 0; s < world; ++s) {
+      const int rows = header[s * experts_local + e];
       seg_rows[s] += rows;
-      seg_tiles[s] += (rows + kRows - 1) / kRows;
+      seg_tiles[s] += source_tiles(rows);
     }
   }
-  if (!out.ok) return out;
-  for (int i = 0; i < out.tiles; ++i) out.packed += tiles[i].parts > 1 ? 1 : 0;
   return out;
 }
 

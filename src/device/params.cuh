@@ -20,8 +20,24 @@ inline constexpr int kMaxWorld = 64;
 // (route_alone.cuh, Params::route_alone).
 inline constexpr int kRouteAloneTiles = 4;
 // Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks, first task
-// taken, last GEMM task finished (the task loop's start when it ran none), combine time.
-inline constexpr int kTraceSlots = 10;
+// taken, last GEMM task finished (the task loop's start when it ran none), combine time; then the
+// expert-parallel roles' events (world > 1, 0 where the block has no such role), kTraceEp + ...
+inline constexpr int kTraceEp = 10;
+enum TraceEvent : int {
+  ev_dispatch_start = 0,   // a dispatch block: began copying rows to peers
+  ev_dispatch_end = 1,     //   ... had no row tile left to send
+  ev_headers_seen = 2,     // the subscriber (block 0): every source's header had arrived
+  ev_tiles_listed = 3,     //   ... the row tiles of its experts listed (pack.hpp)
+  ev_own_published = 4,    //   ... GEMM0 tasks of the tiles of this rank's own rows published
+  ev_peer_published = 5,   //   ... the last GEMM0 task of a tile with peers' rows published
+  ev_combine_published = 6,  // ... the last combine task published
+  kTraceEvents = 7
+};
+inline constexpr int kTraceSlots = kTraceEp + kTraceEvents;
+// Then, per block, its first kTaskRecords tasks: taken (ns), done (ns), and the task packed as
+// type << 56 | a << 28 | b (a, b < 2^28). A block's record is kTraceStride words.
+inline constexpr int kTaskRecords = 256;
+inline constexpr int kTraceStride = kTraceSlots + 3 * kTaskRecords;
 
 enum class Act : int { relu = 0, gelu = 1, silu = 2, swiglu = 3 };
 
@@ -171,7 +187,7 @@ struct Params {
   // This call's epoch (see task_head), in the shared workspace: advanced on the stream just before
   // the launch (call_prologue), never written during it. Read it with call_epoch() (sync.cuh).
   const unsigned long long* epoch;
-  long long* trace;            // [grid, kTraceSlots] phase times, or nullptr (MoELayer::set_trace)
+  long long* trace;            // [grid, kTraceStride] phase and task times, or nullptr (set_trace)
 
   // Routing given by the caller (MoELayer::forward with a Routing), or nullptr: the gate routes.
   // The caller's memory, read once by the gate phase (gate.cuh, take_given_routing).

@@ -8,6 +8,17 @@
 
 namespace monomoe::device {
 
+// Publishes the tasks slots[i] for i = first, first + step, ... < n, whose a and b this thread
+// wrote, as `type`: one fence releases those fields, and whatever this thread observed before,
+// then a strong store per head. (A release store per head waits for the stores before it each
+// time, one L2 round trip per task: the 64 GEMM1 tasks of a split row tile appeared over ~25 us.)
+__device__ __forceinline__ void release_heads(const Params& p, Task* slots, int first, int n,
+                                              int step, TaskType type) {
+  __threadfence();
+  const unsigned long long head = task_head(call_epoch(p), type);
+  for (int i = first; i < n; i += step) st_relaxed_gpu(&slots[i].head, head);
+}
+
 // Publishes `count` tasks (type, a, b_first + i). One thread calls it.
 __device__ __forceinline__ void push_tasks(const Params& p, TaskType type, int a, int b_first,
                                            int count) {
@@ -21,13 +32,7 @@ __device__ __forceinline__ void push_tasks(const Params& p, TaskType type, int a
     slots[i].a = a;
     slots[i].b = b_first + i;
   }
-  // One release for the batch: the fields above, and whatever this thread observed before,
-  // precede every head (the fence, then strong stores). A release store per head waits for the
-  // stores before it each time, one L2 round trip per task: the 64 GEMM1 tasks of a split row
-  // tile appeared over ~25 us.
-  __threadfence();
-  const unsigned long long head = task_head(call_epoch(p), type);
-  for (int i = 0; i < count; ++i) st_relaxed_gpu(&slots[i].head, head);
+  release_heads(p, slots, 0, count, 1, type);
 }
 
 // world > 1: the task count is known only once every source's header has arrived. Waits for slot

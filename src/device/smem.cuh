@@ -16,10 +16,20 @@ struct RouteSmem {
   int choice[kTileRows * kMaxTopK];  // scatter: the tile's expert choices
   unsigned int row_mask[kMaxExperts][kTileRows / 32];  // scatter: rows of the tile per expert
   int row_tiles;                   // row tiles over all experts
-  int seg_rows[kMaxWorld];         // world > 1, subscriber: scratch of pack_recv_tiles (pack.hpp)
-  int seg_tiles[kMaxWorld];
   int total_tasks;
   int k_split;                     // K slices per expert GEMM task this call (1: no split)
+};
+
+// world > 1, the subscriber (block 0, ep.cuh): every source's header and the sums its parallel
+// listing of row tiles needs (pack.hpp). [source][local expert] arrays hold world * experts_local
+// (the layer's expert count) entries.
+struct SubscriberSmem {
+  int header[kMaxExperts];        // [source][local expert]: rows the source sends the expert
+  int rows_before[kMaxExperts];   // [source][local expert]: its rows for the experts before
+  int tiles_before[kMaxExperts];  // [source][local expert]: their row tiles in its segment
+  int tiles[kMaxExperts];         // [local expert]: row tiles it lists
+  int parts[kMaxExperts];         // [local expert]: parts of those
+  int packed;                     // tiles with rows of several sources
 };
 
 // Per-task scratch of the processor and combine roles.
@@ -39,6 +49,7 @@ template <class P>
 struct KernelSmem {
   GemmSmem<P> gemm;
   RouteSmem route;
+  SubscriberSmem sub;
   TaskSmem task;
 };
 

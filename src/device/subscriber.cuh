@@ -30,11 +30,8 @@ __device__ void publish_initial_tasks(const Params& p, KernelSmem<P>& sm) {
       slot->a = i / per_tile;
       slot->b = i % per_tile;
     }
-    // One release per thread for its slots (as push_tasks): the fields, and the routing this
-    // block observed, precede the heads.
-    __threadfence();
-    const unsigned long long head = task_head(call_epoch(p), TaskType::gemm0);
-    for (int i = threadIdx.x; i < n; i += kThreads) st_relaxed_gpu(&p.tasks[base + i].head, head);
+    // Each thread its slots: the fields, and the routing this block observed, precede the heads.
+    release_heads(p, p.tasks + base, static_cast<int>(threadIdx.x), n, kThreads, TaskType::gemm0);
   }
   for (int tt = threadIdx.x; tt < p.token_tiles; tt += kThreads) {
     if (__ldcg(p.tokentile_target + tt) == 0) {

@@ -127,7 +127,7 @@ struct MoELayer::Impl {
   int last_gate_splits = 1;         // the last call's gate K split (stats())
   const void* checked_x = nullptr;  // the last x and y found to be this GPU's memory
   const void* checked_y = nullptr;
-  long long* trace = nullptr;          // [grid, kTraceSlots] while tracing is on
+  long long* trace = nullptr;          // [grid, kTraceStride] while tracing is on
   Communicator::Impl* comm = nullptr;  // the communicator the layer was built on (outlives it)
 
   device::CallPrologue::GateCopy gate_copy() const;
@@ -442,8 +442,8 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
 void MoELayer::set_trace(bool on) {
   Impl& m = *impl_;
   if (on && !m.trace) {
-    MONOMOE_CUDA(cudaMalloc(&m.trace, sizeof(long long) * device::kTraceSlots * m.grid));
-    MONOMOE_CUDA(cudaMemset(m.trace, 0, sizeof(long long) * device::kTraceSlots * m.grid));
+    MONOMOE_CUDA(cudaMalloc(&m.trace, sizeof(long long) * device::kTraceStride * m.grid));
+    MONOMOE_CUDA(cudaMemset(m.trace, 0, sizeof(long long) * device::kTraceStride * m.grid));
   } else if (!on && m.trace) {
     synchronize();
     MONOMOE_CUDA(cudaFree(m.trace));
@@ -451,19 +451,77 @@ void MoELayer::set_trace(bool on) {
   }
 }
 
+namespace {
+
+// The trace buffer of the last forward ([grid, kTraceStride] words) and its time origin, the
+// earliest block start.
+struct RawTrace {
+  std::vector<long long> words;
+  long long t0 = 0;
+  const long long* block(int b) const { return words.data() + b * device::kTraceStride; }
+};
+
+RawTrace read_trace(const long long* trace, int grid) {
+  RawTrace r;
+  r.words.resize(static_cast<std::size_t>(device::kTraceStride) * grid);
+  MONOMOE_CUDA(cudaMemcpy(r.words.data(), trace, r.words.size() * sizeof(long long),
+                          cudaMemcpyDeviceToHost));
+  r.t0 = r.words[0];
+  for (int b = 0; b < grid; ++b) r.t0 = std::min(r.t0, r.block(b)[0]);
+  return r;
+}
+
+}  // namespace
+
 std::vector<BlockTrace> MoELayer::trace() {
   synchronize();
   Impl& m = *impl_;
   std::vector<BlockTrace> out;
   if (!m.trace) return out;
-  std::vector<long long> raw(static_cast<std::size_t>(device::kTraceSlots) * m.grid);
-  MONOMOE_CUDA(cudaMemcpy(raw.data(), m.trace, raw.size() * sizeof(long long),
-                          cudaMemcpyDeviceToHost));
-  long long t0 = raw[0];
-  for (int b = 0; b < m.grid; ++b) t0 = std::min(t0, raw[b * device::kTraceSlots]);
+  const RawTrace raw = read_trace(m.trace, m.grid);
+  const long long t0 = raw.t0;
   for (int b = 0; b < m.grid; ++b) {
-    const long long* r = raw.data() + b * device::kTraceSlots;
-    out.push_back({r[1] - t0, r[2] - t0, r[3] - t0, r[4], r[5], r[6], r[7] - t0, r[8] - t0, r[9]});
+    const long long* r = raw.block(b);
+    BlockTrace t{r[1] - t0, r[2] - t0, r[3] - t0, r[4], r[5], r[6], r[7] - t0, r[8] - t0, r[9]};
+    const auto event = [&](int e) {
+      const long long v = r[device::kTraceEp + e];
+      return v == 0 ? std::int64_t{-1} : std::int64_t{v - t0};
+    };
+    t.dispatch_start = event(device::ev_dispatch_start);
+    t.dispatch_end = event(device::ev_dispatch_end);
+    t.headers_seen = event(device::ev_headers_seen);
+    t.tiles_listed = event(device::ev_tiles_listed);
+    t.own_published = event(device::ev_own_published);
+    t.peer_published = event(device::ev_peer_published);
+    t.combine_published = event(device::ev_combine_published);
+    out.push_back(t);
+  }
+  return out;
+}
+
+static_assert(MoELayer::kTaskTraceRecords == device::kTaskRecords);
+
+std::vector<TaskTrace> MoELayer::task_trace() {
+  synchronize();
+  Impl& m = *impl_;
+  std::vector<TaskTrace> out;
+  if (!m.trace) return out;
+  const RawTrace raw = read_trace(m.trace, m.grid);
+  for (int b = 0; b < m.grid; ++b) {
+    const long long* r = raw.block(b);
+    const long long recorded = std::min<long long>(r[6], device::kTaskRecords);
+    for (long long i = 0; i < recorded; ++i) {
+      const long long* rec = r + device::kTraceSlots + 3 * i;
+      const unsigned long long packed = static_cast<unsigned long long>(rec[2]);
+      TaskTrace t;
+      t.block = b;
+      t.type = static_cast<TaskTrace::Type>(packed >> 56);
+      t.a = static_cast<std::int32_t>((packed >> 28) & 0xfffffff);
+      t.b = static_cast<std::int32_t>(packed & 0xfffffff);
+      t.start = rec[0] - raw.t0;
+      t.end = rec[1] - raw.t0;
+      out.push_back(t);
+    }
   }
   return out;
 }
