@@ -320,6 +320,66 @@ std::string check_pack(const PackCase& c, monomoe::device::PackResult* result = 
   return "";
 }
 
+// The kernel's listing (ep.cuh, list_recv_tiles: a thread per local expert), done here expert by
+// expert in reverse order: every source's segment offsets from segment_offsets, each expert's
+// tiles and parts counted, their places summed, then each expert written at its place. It must
+// make pack_recv_tiles' list exactly. Returns "" or the first difference.
+std::string check_parallel_listing(const PackCase& c) {
+  using namespace monomoe::device;
+  const int w = c.world, el = c.experts_local;
+  const auto at = [](int i) { return static_cast<std::size_t>(i); };
+  std::vector<int> rows_before(at(w * el), -1), tiles_before(at(w * el), -1);
+  for (int s = 0; s < w; ++s) {
+    segment_offsets(s, el, c.header.data(), rows_before.data(), tiles_before.data());
+  }
+  const auto unused = [](int) { return SegmentBefore{-1000, -1000}; };
+  std::vector<int> tile0(at(el) + 1, 0), part0(at(el) + 1, 0);
+  int packed = 0;
+  for (int e = 0; e < el; ++e) {
+    const PackCount n = pack_expert(w, el, c.rank, e, c.header.data(), c.local_first[at(e)],
+                                    unused, nullptr, nullptr, 0);
+    tile0[at(e) + 1] = tile0[at(e)] + n.tiles;
+    part0[at(e) + 1] = part0[at(e)] + n.parts;
+    packed += n.packed;
+  }
+  const int n_tiles = tile0[at(el)], n_parts = part0[at(el)];
+  std::vector<RecvTile> tiles(at(n_tiles), RecvTile{-7, -7, -7, -7});
+  std::vector<RecvPart> parts(at(n_parts), RecvPart{-7, -7, -7, -7});
+  for (int e = el - 1; e >= 0; --e) {
+    const auto before = [&](int s) {
+      return SegmentBefore{rows_before[at(s * el + e)], tiles_before[at(s * el + e)]};
+    };
+    pack_expert(w, el, c.rank, e, c.header.data(), c.local_first[at(e)], before,
+                tiles.data() + tile0[at(e)], parts.data() + part0[at(e)], part0[at(e)]);
+  }
+  std::vector<RecvTile> want_tiles(at(n_tiles) + 1);
+  std::vector<RecvPart> want_parts(at(n_parts) + 1);
+  std::vector<int> seg_rows(at(w)), seg_tiles(at(w));
+  const PackResult r = pack_recv_tiles(w, el, c.rank, c.header.data(), c.local_first.data(),
+                                       seg_rows.data(), seg_tiles.data(), want_tiles.data(),
+                                       n_tiles + 1, want_parts.data(), n_parts + 1);
+  if (!r.ok || r.tiles != n_tiles || r.parts != n_parts || r.packed != packed) {
+    return "counts differ: " + std::to_string(n_tiles) + " tiles, " + std::to_string(n_parts) +
+           " parts, " + std::to_string(packed) + " packed vs " + std::to_string(r.tiles) + ", " +
+           std::to_string(r.parts) + ", " + std::to_string(r.packed);
+  }
+  for (int i = 0; i < n_tiles; ++i) {
+    const RecvTile a = tiles[at(i)], b = want_tiles[at(i)];
+    if (a.expert_local != b.expert_local || a.rows != b.rows || a.part_first != b.part_first ||
+        a.parts != b.parts) {
+      return "tile " + std::to_string(i) + " differs";
+    }
+  }
+  for (int i = 0; i < n_parts; ++i) {
+    const RecvPart a = parts[at(i)], b = want_parts[at(i)];
+    if (a.source != b.source || a.first != b.first || a.rows != b.rows ||
+        a.seg_tile != b.seg_tile) {
+      return "part " + std::to_string(i) + " differs";
+    }
+  }
+  return "";
+}
+
 // A case whose headers come from `tokens[s]` tokens per source, each choosing `k` distinct experts
 // of world * el at random (so each source's rows respect the plan's rows_per_source).
 PackCase random_case(std::mt19937& rng, int world, int el, int k, int rank,
@@ -369,6 +429,8 @@ TEST(Workspace, PackedRowTilesFollowTheRuleWithinTheirBounds) {
                 random_case(rng, world, el, k, static_cast<int>(rng() % world), tokens, max_tokens);
             monomoe::device::PackResult r{};
             ASSERT_EQ(check_pack(c, &r), "")
+                << "world " << world << " el " << el << " k " << k << " max_tokens " << max_tokens;
+            ASSERT_EQ(check_parallel_listing(c), "")
                 << "world " << world << " el " << el << " k " << k << " max_tokens " << max_tokens;
             packed_cases += r.packed > 0 ? 1 : 0;
           }

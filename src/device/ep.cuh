@@ -249,14 +249,8 @@ inline __device__ __noinline__ PackResult list_recv_tiles(const Params& p, Subsc
                                                           const int* local_first) {
   const int el = p.experts_local, world = p.world;
   const int tid = static_cast<int>(threadIdx.x);
-  for (int s = tid; s < world; s += kThreads) {  // each source's segment, expert by expert
-    int rows = 0, tiles = 0;
-    for (int e = 0; e < el; ++e) {
-      ss.rows_before[s * el + e] = rows;
-      ss.tiles_before[s * el + e] = tiles;
-      rows += ss.header[s * el + e];
-      tiles += source_tiles(ss.header[s * el + e]);
-    }
+  for (int s = tid; s < world; s += kThreads) {
+    segment_offsets(s, el, ss.header, ss.rows_before, ss.tiles_before);
   }
   const auto unused = [](int) { return SegmentBefore{0, 0}; };  // counting writes nothing
   for (int e = tid; e < el; e += kThreads) {

@@ -148,6 +148,20 @@ MONOMOE_HOST_DEVICE constexpr int source_tiles(int rows) {
   return (rows + kPackTileRows - 1) / kPackTileRows;
 }
 
+// Source s's SegmentBefore for every local expert, into rows_before[s * experts_local + e] and
+// tiles_before[s * experts_local + e] (what the kernel's parallel listing hands pack_expert).
+MONOMOE_HOST_DEVICE inline void segment_offsets(int s, int experts_local, const int* header,
+                                                int* rows_before, int* tiles_before) {
+  int rows = 0, tiles = 0;
+  for (int e = 0; e < experts_local; ++e) {
+    const int i = s * experts_local + e;
+    rows_before[i] = rows;
+    tiles_before[i] = tiles;
+    rows += header[i];
+    tiles += source_tiles(header[i]);
+  }
+}
+
 // Lists the row tiles of a rank's local experts, one expert after another (the kernel's parallel
 // listing, ep.cuh, makes the same list). header[s * experts_local + e]: rows source s sends local
 // expert e; local_first[e]: the first of this rank's own rows of expert e in expert_rows. seg_rows,
