@@ -125,10 +125,21 @@ void write_task_csv(const std::vector<TaskTrace>& tasks, const std::string& path
   }
 }
 
+// world > 1: the NVLink bytes of one rank's rows, out and back, and the least a layer must move.
+void print_nvlink_bytes(double bytes, double bytes_min, std::ostream& out, const std::string& lead) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(1) << lead << "monomoe "
+     << bytes * 1e-6 << " MB (one row per routed choice, out and back); the least: "
+     << bytes_min * 1e-6 << " MB (one row per token and peer rank, each way)";
+  if (bytes_min > 0) os << ", " << std::setprecision(2) << bytes / bytes_min << "x of it";
+  out << os.str() << "\n";
+}
+
 // world > 1: when the expert-parallel roles did their part (us from this rank's first block start):
 // the dispatch blocks' copies to peers, and the subscriber's steps from the headers to the last
 // published task. Nothing when no block played those roles (world 1).
-void print_ep_events(const std::vector<BlockTrace>& tr, std::ostream& out, const std::string& tag) {
+void print_ep_events(const std::vector<BlockTrace>& tr, std::ostream& out, const std::string& tag,
+                     double dispatch_bytes) {
   std::vector<double> start, end;
   const BlockTrace* sub = nullptr;
   for (const BlockTrace& b : tr) {
@@ -144,8 +155,15 @@ void print_ep_events(const std::vector<BlockTrace>& tr, std::ostream& out, const
   os << std::fixed << std::setprecision(1);
   if (!start.empty()) {
     os << tag << "  dispatch      " << start.size() << " blocks: start min " << start.front();
-    if (!end.empty()) os << "  end median " << end[end.size() / 2] << "  max " << end.back();
-    os << " us\n";
+    if (!end.empty()) {
+      os << "  end median " << end[end.size() / 2] << "  max " << end.back() << " us";
+      const double window_us = end.back() - start.front();
+      if (dispatch_bytes > 0 && window_us > 0) {
+        os << ": " << dispatch_bytes * 1e-6 << " MB, " << dispatch_bytes / window_us * 1e-3
+           << " GB/s over the window";
+      }
+    }
+    os << "\n";
   }
   if (sub) {
     os << tag << "  subscriber    headers seen " << us(sub->headers_seen) << "  tiles listed "
@@ -159,7 +177,8 @@ void print_ep_events(const std::vector<BlockTrace>& tr, std::ostream& out, const
 // A traced forward: when the blocks finished each phase, how busy they were in the task loop, and
 // its tasks by type (task_csv non-empty: every task into that CSV file).
 void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaStream_t stream,
-                 std::ostream& out, int rank, int world, const std::string& task_csv) {
+                 std::ostream& out, int rank, int world, const std::string& task_csv,
+                 double dispatch_bytes) {
   layer.set_trace(true);  // before the calls: it allocates (and may synchronize)
   for (int i = 0; i < kTraceCalls; ++i) layer.forward(dev.x(), tokens, dev.y(), stream);
   const std::vector<BlockTrace> tr = layer.trace();  // every call rewrites every block's slots
@@ -187,7 +206,7 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
         << "\n" << tag << "       last GEMM end "
         << stat([](const BlockTrace& b) { return b.last_gemm_end; }) << "\n" << tag
         << "       end " << stat([](const BlockTrace& b) { return b.end; }) << "\n";
-    print_ep_events(tr, out, tag);
+    print_ep_events(tr, out, tag, dispatch_bytes);
     return;
   }
   const char* whose = world > 1 ? "rank 0, " : "";
@@ -202,7 +221,7 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
       << "  in GEMM tasks " << stat([](const BlockTrace& b) { return b.gemm_ns; }) << "\n"
       << "  in combines   " << stat([](const BlockTrace& b) { return b.combine_ns; }) << "\n"
       << "  tasks/block   " << stat([](const BlockTrace& b) { return b.tasks * 1000; }) << "\n";
-  print_ep_events(tr, out, "");
+  print_ep_events(tr, out, "", dispatch_bytes);
   print_task_types(tasks, out);
 }
 
@@ -262,6 +281,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
       static_cast<double>(cfg.hidden) * static_cast<double>(element_bytes(cfg.dtype));
   const double bytes = 2.0 * static_cast<double>(rows_out) * row_bytes;
   const double bytes_min = 2.0 * static_cast<double>(rows_min) * row_bytes;
+  if (rank > 0) print_nvlink_bytes(bytes, bytes_min, out, tag + "NVLink bytes: ");  // rank 0: table
 
   std::unique_ptr<baseline::Pipeline> base;
   Comparison base_cmp;
@@ -364,7 +384,8 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     // full, the others a summary of theirs.
     std::string csv = o.trace_tasks_path;
     if (!csv.empty() && rank > 0) csv += ".rank" + std::to_string(rank);
-    print_trace(layer, dev, s, stream, out, rank, world, csv);
+    // Dispatch sends each of this rank's rows for another rank's experts once.
+    print_trace(layer, dev, s, stream, out, rank, world, csv, bytes / 2);
   }
   MONOMOE_CUDA(cudaStreamDestroy(stream));
   const double base_bytes = base ? static_cast<double>(base->bytes_sent()) : 0.0;
@@ -425,13 +446,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     out << "; FFN TFLOP/s per GPU; MB sent = rank 0's rows to other ranks' experts, out and back";
   }
   out << "\n";
-  if (world > 1) {
-    out << "NVLink bytes of rank 0: monomoe " << std::setprecision(1) << bytes * 1e-6
-        << " MB (one row per routed choice, out and back); the least: " << bytes_min * 1e-6
-        << " MB (one row per token and peer rank, each way)";
-    if (bytes_min > 0) out << ", " << std::setprecision(2) << bytes / bytes_min << "x of it";
-    out << "\n";
-  }
+  if (world > 1) print_nvlink_bytes(bytes, bytes_min, out, "NVLink bytes of rank 0: ");
   // What the table's rates compare with: the baseline's GEMMs without its routing and exchanges,
   // and the chip's dense GEMM rate with the time the FFN's FLOP take at it.
   if (base) {
