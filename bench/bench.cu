@@ -180,8 +180,20 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
                  std::ostream& out, int rank, int world, const std::string& task_csv,
                  double dispatch_bytes) {
   layer.set_trace(true);  // before the calls: it allocates (and may synchronize)
-  for (int i = 0; i < kTraceCalls; ++i) layer.forward(dev.x(), tokens, dev.y(), stream);
+  // The reported forward is also timed by events: its blocks' times read from its first block's
+  // start, and traced forwards have ended 50-70 us past the timed loop's median (perf log
+  // 2026-11-30); this shows whether tracing or the trace's origin makes the difference.
+  cudaEvent_t ev[2];
+  for (auto& e : ev) MONOMOE_CUDA(cudaEventCreate(&e));
+  for (int i = 0; i < kTraceCalls; ++i) {
+    if (i == kTraceCalls - 1) MONOMOE_CUDA(cudaEventRecord(ev[0], stream));
+    layer.forward(dev.x(), tokens, dev.y(), stream);
+  }
+  MONOMOE_CUDA(cudaEventRecord(ev[1], stream));
   const std::vector<BlockTrace> tr = layer.trace();  // every call rewrites every block's slots
+  float traced_ms = 0.f;
+  MONOMOE_CUDA(cudaEventElapsedTime(&traced_ms, ev[0], ev[1]));
+  for (auto& e : ev) cudaEventDestroy(e);
   const std::vector<TaskTrace> tasks = layer.task_trace();
   layer.set_trace(false);
   if (!task_csv.empty()) write_task_csv(tasks, task_csv);
@@ -210,7 +222,10 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
     return;
   }
   const char* whose = world > 1 ? "rank 0, " : "";
-  out << "trace (the last of " << kTraceCalls << " back-to-back forwards, " << whose << tr.size()
+  std::ostringstream took;  // (out's own format stays as the caller set it)
+  took << std::fixed << std::setprecision(3) << traced_ms;
+  out << "trace (the last of " << kTraceCalls << " back-to-back forwards, " << took.str()
+      << " ms by events; " << whose << tr.size()
       << " blocks, us from the first block's start):\n"
       << "  gate done     " << stat([](const BlockTrace& b) { return b.gate_done; }) << "\n"
       << "  routed        " << stat([](const BlockTrace& b) { return b.routed; }) << "\n"
