@@ -639,6 +639,14 @@ TEST(LayerGpu, TraceIsOrderedAndCountsEveryTask) {
     EXPECT_LE(t.routed, t.last_gemm_end);
     EXPECT_LE(t.last_gemm_end, t.end);
     EXPECT_LE(t.gemm_ns + t.combine_ns, t.end - t.routed);
+    // Alone: no block plays an expert-parallel role.
+    EXPECT_EQ(t.dispatch_start, -1);
+    EXPECT_EQ(t.dispatch_end, -1);
+    EXPECT_EQ(t.headers_seen, -1);
+    EXPECT_EQ(t.tiles_listed, -1);
+    EXPECT_EQ(t.own_published, -1);
+    EXPECT_EQ(t.peer_published, -1);
+    EXPECT_EQ(t.combine_published, -1);
     tasks += t.tasks;
   }
   // 512 tokens x top-2 over 16 experts: every GEMM0, GEMM1 and combine task ran exactly once.

@@ -116,6 +116,58 @@ void run_world(int world) {
   EXPECT_GT(packed, 0);
 }
 
+// The trace of a forward with peers: block 0 is the subscriber (headers, listing, own tiles'
+// tasks, the last combine published, in that order, before its own task loop), blocks 1.. are
+// dispatch blocks (start before end, both after routing), no other block plays a role, and the
+// traced forward's output is still right.
+TEST(LayerVirtualRanks, TraceShowsTheExpertParallelRoles) {
+  MONOMOE_REQUIRE_GPU();
+  constexpr int kWorld = 2;
+  const test::EpCase tc = test::ep_cases(kWorld).front();  // bf16 gelu, 300 and 200 tokens
+  reference::Problem pr = reference::make_problem(tc.cfg, tc.tokens, 77);
+  const reference::Result ref = reference::run(pr);
+  VirtualProblem dev(pr, kWorld);
+  VirtualRanks vr(tc.cfg, 0, dev.weights());
+  for (int r = 0; r < kWorld; ++r) vr.layer(r).set_trace(true);
+  dev.forward(vr);
+  vr.synchronize();
+  for (int r = 0; r < kWorld; ++r) {
+    SCOPED_TRACE("virtual rank " + std::to_string(r));
+    std::string detail;
+    EXPECT_TRUE(bench::check_forward(vr.layer(r), *dev.ranks[r], pr, ref.ranks[r], r, detail))
+        << detail;
+    const std::vector<BlockTrace> tr = vr.layer(r).trace();
+    ASSERT_GT(tr.size(), 2u);
+    const BlockTrace& sub = tr[0];
+    EXPECT_GE(sub.headers_seen, sub.routed);
+    EXPECT_GE(sub.tiles_listed, sub.headers_seen);
+    if (sub.own_published >= 0) EXPECT_GE(sub.own_published, sub.tiles_listed);
+    if (sub.peer_published >= 0) EXPECT_GE(sub.peer_published, sub.tiles_listed);
+    EXPECT_GE(sub.combine_published, sub.tiles_listed);
+    EXPECT_LE(sub.combine_published, sub.end);
+    EXPECT_EQ(sub.dispatch_start, -1);
+    int dispatchers = 0;
+    for (std::size_t b = 1; b < tr.size(); ++b) {
+      SCOPED_TRACE("block " + std::to_string(b));
+      const BlockTrace& t = tr[b];
+      EXPECT_EQ(t.headers_seen, -1);
+      EXPECT_EQ(t.tiles_listed, -1);
+      EXPECT_EQ(t.combine_published, -1);
+      if (t.dispatch_start < 0) {
+        EXPECT_EQ(t.dispatch_end, -1);
+        continue;
+      }
+      ++dispatchers;
+      EXPECT_EQ(static_cast<int>(b), dispatchers);  // blocks 1..dispatch_blocks
+      EXPECT_GE(t.dispatch_start, t.routed);
+      EXPECT_GE(t.dispatch_end, t.dispatch_start);
+      EXPECT_LE(t.dispatch_end, t.end);
+    }
+    EXPECT_GE(dispatchers, 1);
+    vr.layer(r).set_trace(false);
+  }
+}
+
 TEST(LayerVirtualRanks, TwoRanks) { run_world(2); }
 TEST(LayerVirtualRanks, FourRanks) { run_world(4); }
 TEST(LayerVirtualRanks, EightRanks) { run_world(8); }
