@@ -296,8 +296,8 @@ template <class P>
 __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trace) {
   const LsaTransport tr(p);
   const int el = p.experts_local;
-  // Events of several threads: the latest of them (trace: thread 0's slots).
-  long long* lane_events = p.trace ? p.trace + kTraceStride * blockIdx.x + kTraceEp : nullptr;
+  // Events that several threads reach (the latest of them counts), into thread 0's trace slots.
+  long long* shared_events = p.trace ? p.trace + kTraceStride * blockIdx.x + kTraceEp : nullptr;
   if (threadIdx.x == 0) {
     bool ok = true;
     // 1. This rank's header to every rank: rows for each of its experts, zeros included.
@@ -362,7 +362,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
   for (int i = static_cast<int>(threadIdx.x); i < n; i += kThreads) {
     if (!has_remote_rows(p, p.recv_tiles[i])) {
       push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
-      if (lane_events) atomicMax(lane_events + ev_own_published, global_ns());
+      if (shared_events) atomicMax(shared_events + ev_own_published, global_ns());
     }
   }
   if (threadIdx.x >= 32) return;
@@ -385,7 +385,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
     }
     if (remote) {
       push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
-      if (lane_events) atomicMax(lane_events + ev_peer_published, global_ns());
+      if (shared_events) atomicMax(shared_events + ev_peer_published, global_ns());
     }
   }
   const auto* done = reinterpret_cast<const unsigned int*>(p.window + p.wl.done);
@@ -393,7 +393,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
     const unsigned int target = static_cast<unsigned int>(__ldcg(p.tokentile_target + tt));
     if (target > 0 && !wait_flag_u32(p, done + tt, target, -1, 3)) return;
     push_tasks(p, TaskType::combine, tt, 0, p.combine_col_tiles);
-    if (lane_events) atomicMax(lane_events + ev_combine_published, global_ns());
+    if (shared_events) atomicMax(shared_events + ev_combine_published, global_ns());
   }
 }
 

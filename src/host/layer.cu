@@ -453,16 +453,19 @@ void MoELayer::set_trace(bool on) {
 
 namespace {
 
-// The trace buffer of the last forward ([grid, kTraceStride] words) and its time origin, the
-// earliest block start.
+// The trace buffer of the last forward ([blocks, kTraceStride] words) and its time origin, the
+// earliest block start; no blocks while tracing is off (trace == nullptr).
 struct RawTrace {
   std::vector<long long> words;
   long long t0 = 0;
+  int blocks = 0;
   const long long* block(int b) const { return words.data() + b * device::kTraceStride; }
 };
 
 RawTrace read_trace(const long long* trace, int grid) {
   RawTrace r;
+  if (!trace) return r;
+  r.blocks = grid;
   r.words.resize(static_cast<std::size_t>(device::kTraceStride) * grid);
   MONOMOE_CUDA(cudaMemcpy(r.words.data(), trace, r.words.size() * sizeof(long long),
                           cudaMemcpyDeviceToHost));
@@ -475,12 +478,10 @@ RawTrace read_trace(const long long* trace, int grid) {
 
 std::vector<BlockTrace> MoELayer::trace() {
   synchronize();
-  Impl& m = *impl_;
-  std::vector<BlockTrace> out;
-  if (!m.trace) return out;
-  const RawTrace raw = read_trace(m.trace, m.grid);
+  const RawTrace raw = read_trace(impl_->trace, impl_->grid);
   const long long t0 = raw.t0;
-  for (int b = 0; b < m.grid; ++b) {
+  std::vector<BlockTrace> out;
+  for (int b = 0; b < raw.blocks; ++b) {
     const long long* r = raw.block(b);
     BlockTrace t{r[1] - t0, r[2] - t0, r[3] - t0, r[4], r[5], r[6], r[7] - t0, r[8] - t0, r[9]};
     const auto event = [&](int e) {
@@ -503,11 +504,9 @@ static_assert(MoELayer::kTaskTraceRecords == device::kTaskRecords);
 
 std::vector<TaskTrace> MoELayer::task_trace() {
   synchronize();
-  Impl& m = *impl_;
+  const RawTrace raw = read_trace(impl_->trace, impl_->grid);
   std::vector<TaskTrace> out;
-  if (!m.trace) return out;
-  const RawTrace raw = read_trace(m.trace, m.grid);
-  for (int b = 0; b < m.grid; ++b) {
+  for (int b = 0; b < raw.blocks; ++b) {
     const long long* r = raw.block(b);
     const long long recorded = std::min<long long>(r[6], device::kTaskRecords);
     for (long long i = 0; i < recorded; ++i) {
