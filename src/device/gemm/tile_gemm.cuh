@@ -313,9 +313,10 @@ struct TileGemm : TileShapes<P, BN> {
       cp_async_wait<kAhead - 1>();
       const int stage = kt % kStages;
       if constexpr (P::kRoundToTf32) round_stage(sm, chunks, ldb, kt, stage);
-      // This thread's writes of stage kt (cp.async, and the rounding's st.shared) -> the async
-      // proxy's wgmma reads.
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      // tf32: the rounding's st.shared (generic proxy) -> the async proxy's wgmma reads. Without
+      // rounding no fence here (as CUTLASS's cp.async wgmma mainloops): it compiled to
+      // MEMBAR.ALL.CTA, which may wait for this thread's later k-tiles' copies still in flight.
+      if constexpr (P::kRoundToTf32) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       __syncthreads();  // stage kt complete for every thread's copies; k-tile kt-1-kInFlight done
       if (mma) {
         warpgroup_arrive();
