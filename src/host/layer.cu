@@ -15,6 +15,7 @@
 #include "host/check.hpp"
 #include "host/communicator_impl.hpp"
 #include "host/shared_workspace.hpp"
+#include "host/tensor_maps.hpp"
 #include "host/text.hpp"
 #include "host/window.hpp"
 #include "host/workspace.hpp"
@@ -42,6 +43,10 @@ std::string describe_kernel_error(const device::ErrorRecord& e, const LayerConfi
     case device::ErrorCode::timeout_queue:
       s += cat("task slot ", e.detail0, " stayed empty for ", timeout_s,
                " s: the task that should fill it was never published");
+      break;
+    case device::ErrorCode::timeout_tma:
+      s += cat("a weight tile loaded by TMA did not land within ", timeout_s, " s (thread ",
+               e.detail0, ")");
       break;
     case device::ErrorCode::timeout_route:
       s += cat("the block routing this call (of few token tiles) did not finish within ", timeout_s,
@@ -129,6 +134,11 @@ struct MoELayer::Impl {
   const void* checked_y = nullptr;
   long long* trace = nullptr;          // [grid, kTraceStride] while tracing is on
   Communicator::Impl* comm = nullptr;  // the communicator the layer was built on (outlives it)
+  // bf16 with [in, out] weights: TMA maps of w1 and w2 (the weights do not move), which the expert
+  // GEMMs read B through.
+  bool tma_b = false;
+  CUtensorMap tma_w1{};
+  CUtensorMap tma_w2{};
 
   device::CallPrologue::GateCopy gate_copy() const;
   // stats() and routing() read what the last call left in the shared area.
@@ -203,6 +213,16 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
   if (device::expert_tile_cols(config.dtype) !=
       static_cast<int>(detail::TileShape::expert_cols(config.dtype))) {
     throw std::logic_error("monomoe: the workspace plan's expert tile width differs from the kernel's");
+  }
+  if (config.dtype == DType::bf16 && config.weight_layout == WeightLayout::in_out) {
+    const std::int64_t el = config.experts_per_rank();
+    const std::int64_t w1_cols =
+        config.activation == Activation::swiglu ? 2 * config.ffn : config.ffn;
+    m.tma_w1 = detail::weight_tensor_map(weights.w1, el, config.hidden, w1_cols, config.dtype,
+                                         "ExpertWeights.w1");
+    m.tma_w2 = detail::weight_tensor_map(weights.w2, el, config.ffn, config.hidden, config.dtype,
+                                         "ExpertWeights.w2");
+    m.tma_b = true;
   }
   m.plan = detail::plan_workspace(config);
   m.shared = detail::SharedWorkspace::of(comm);
@@ -364,6 +384,10 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.b1 = m.weights.b1;
   p.w2 = m.weights.w2;
   p.b2 = m.weights.b2;
+  if (m.tma_b) {
+    p.tma_w1 = m.tma_w1;
+    p.tma_w2 = m.tma_w2;
+  }
 
   p.control = m.at<device::Control>(m.plan.control);
   int* words = m.at<int>(m.plan.control + sizeof(device::Control));

@@ -10,6 +10,7 @@
 #include <cute/tensor.hpp>
 
 #include "device/gemm/precision.cuh"
+#include "device/gemm/tma.cuh"
 
 namespace monomoe::device {
 
@@ -55,9 +56,15 @@ struct TileShapes {
   using SmemLayoutA = decltype(cute::tile_to_shape(
       typename P::SmemAtomA{},
       cute::make_shape(cute::Int<kTileRows>{}, cute::Int<kBK>{}, cute::Int<kStages>{})));
+  // wgmma with [in, out] weights (B MN-major): the atoms of one 64-column block are consecutive
+  // along K, so that a stage's 64 columns x 64 k are one TMA box (8 KB, 128-byte swizzle), as
+  // CUTLASS orders MN-major TMA operands; the cp.async path reads the same layout.
+  static constexpr bool kBKFirst = P::kWgmma && !P::kWeightsKMajor;
   using SmemLayoutB = decltype(cute::tile_to_shape(
       typename P::SmemAtomB{},
-      cute::make_shape(cute::Int<BN>{}, cute::Int<kBK>{}, cute::Int<kStages>{})));
+      cute::make_shape(cute::Int<BN>{}, cute::Int<kBK>{}, cute::Int<kStages>{}),
+      std::conditional_t<kBKFirst, cute::Step<cute::_2, cute::_1, cute::_3>,
+                         cute::Step<cute::_1, cute::_2, cute::_3>>{}));
   static constexpr int kElemsA = cute::cosize_v<SmemLayoutA>;
   static constexpr int kElemsB = cute::cosize_v<SmemLayoutB>;
   static constexpr int kPipeBytes = (kElemsA + kElemsB) * static_cast<int>(sizeof(SmemElem));
@@ -72,6 +79,11 @@ struct GemmSmem {
   static constexpr int kNarrow = TileShapes<P, kTileCols>::kBufferBytes;
   alignas(1024) unsigned char buffer[kWide > kNarrow ? kWide : kNarrow];  // wgmma: 1024-B atoms
   const typename P::Elem* rows[kTileRows];  // A row sources; nullptr rows read as zeros
+  // B by TMA (tma.cuh): a barrier per pipeline stage, initialized once per launch, and the parity
+  // of each stage's next phase (bit s), the same in every thread between tile GEMMs.
+  unsigned long long full_b[P::kStages];
+  unsigned int b_phase;
+  TmaB tma;  // the current tile GEMM's (run_wgmma), kept here rather than in registers
 };
 
 // One 128 x BN output tile. The B columns of the tile come in two halves of BN/2: [0, BN/2) from
@@ -90,6 +102,7 @@ struct TileGemm : TileShapes<P, BN> {
   static constexpr int kBK = P::kBlockK;
   static constexpr int kStages = P::kStages;
   static constexpr int kElemsA = Shapes::kElemsA;
+  static constexpr bool kBKFirst = Shapes::kBKFirst;
   static constexpr int kCPitch = Shapes::kCPitch;
   static constexpr int kChunkElems = 16 / sizeof(Elem);  // elements per 16-byte copy
   static constexpr int kChunksA = kTileRows * kBK / kChunkElems / kThreads;  // per thread
@@ -201,7 +214,8 @@ struct TileGemm : TileShapes<P, BN> {
   // is then an address inside B (the matrix's first row), not to be read.
   template <class Copy>
   static __device__ __forceinline__ void for_each_chunk(Smem& sm, const ChunkPlan& c, int ldb,
-                                                        int kt, int stage, Copy&& copy) {
+                                                        int kt, int stage, Copy&& copy,
+                                                        bool with_b = true) {
     SmemElem* base = reinterpret_cast<SmemElem*>(sm.buffer);
     SmemElem* sa = base + c.a_smem + stage * c.a_stage;
     SmemElem* sb = base + kElemsA + c.b_smem + stage * c.b_stage;
@@ -211,6 +225,7 @@ struct TileGemm : TileShapes<P, BN> {
       const Elem* src = sm.rows[c.a_row0 + i * kRowsPerPassA];
       copy(i, sa + i * c.a_step, src ? src + k : c.b_src, src != nullptr);
     }
+    if (!with_b) return;
     if constexpr (P::kWeightsKMajor) {
       const Elem* lo = c.b_src + kt * kBK;
       const Elem* hi = c.b_src_hi + kt * kBK;
@@ -229,12 +244,35 @@ struct TileGemm : TileShapes<P, BN> {
     }
   }
 
-  // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage`.
+  // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage` (A only with with_b
+  // false: B comes by TMA).
   static __device__ __forceinline__ void load_stage(Smem& sm, const ChunkPlan& c, int ldb, int kt,
-                                                    int stage) {
-    for_each_chunk(sm, c, ldb, kt, stage, [](int, SmemElem* dst, const Elem* src, bool valid) {
-      cp_async_16(dst, src, valid);
-    });
+                                                    int stage, bool with_b = true) {
+    for_each_chunk(
+        sm, c, ldb, kt, stage,
+        [](int, SmemElem* dst, const Elem* src, bool valid) { cp_async_16(dst, src, valid); },
+        with_b);
+  }
+
+  // B of k-tile `kt` by TMA into stage `stage` (thread 0): BN / 64 boxes of 64 columns x 64 k,
+  // the first half's from column col_lo, the second half's from col_hi; columns past the matrix
+  // arrive as zeros (whatever lies past the valid ones only feeds output columns nobody stores).
+  static __device__ __forceinline__ void tma_stage(Smem& sm, int kt, int stage) {
+    const TmaB& t = sm.tma;
+    const int col_lo = t.col_lo, col_hi = t.col_hi;
+    static_assert(kBKFirst && kBK == 64 && sizeof(SmemElem) == 2, "bf16 [in, out] B only");
+    constexpr int kBoxCols = 64;
+    constexpr int kBoxes = BN / kBoxCols;
+    constexpr int kBoxElems = kBoxCols * kBK;
+    SmemElem* sb = reinterpret_cast<SmemElem*>(sm.buffer) + kElemsA +
+                   stage * (kBoxes * kBoxElems);
+    mbar_expect_bytes(&sm.full_b[stage], kBoxes * kBoxElems * static_cast<int>(sizeof(SmemElem)));
+#pragma unroll
+    for (int box = 0; box < kBoxes; ++box) {
+      const int col = (box < kBoxes / 2 ? col_lo : col_hi) + (box % (kBoxes / 2)) * kBoxCols;
+      tma_load_box(sb + box * kBoxElems, t.map, &sm.full_b[stage], col, t.k0 + kt * kBK,
+                   t.expert);
+    }
   }
 
   // tf32 on wgmma: rounds this thread's own chunks of stage `stage` to tf32 in place, once its
@@ -252,12 +290,17 @@ struct TileGemm : TileShapes<P, BN> {
   // C[128 x BN] (fp32, in shared memory, pitch kCPitch) = A[rows, 0:K] * B[0:K, cols]. The caller
   // fills sm.rows before the call (rows past `rows` null: they read as zeros); K is a multiple of
   // kBK. Every thread of the block must call.
-  static __device__ void run(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
-                             int valid_lo, int valid_hi, int k_total, int rows = kTileRows) {
+  // tma: where the expert GEMMs of bf16 with [in, out] weights read B by TMA (its map; b is then
+  // only the plan's address, not read); ignored by every other instance. Returns false when a TMA
+  // wait gave up (abort or timeout, recorded): the result is then not to be used.
+  static __device__ bool run(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
+                             int valid_lo, int valid_hi, int k_total, int rows = kTileRows,
+                             TmaB tma = TmaB{}) {
     if constexpr (P::kWgmma) {
-      run_wgmma(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, rows);
+      return run_wgmma(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, rows, tma);
     } else {
       run_mma_sync(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total);
+      return true;
     }
   }
 
@@ -276,9 +319,21 @@ struct TileGemm : TileShapes<P, BN> {
   // work, on tiles that are bound by the weights' bytes.
   static constexpr int kInFlight = 1;                      // MMA batches pending after each k-tile
   static constexpr int kAhead = kStages - kInFlight - 1;   // k-tiles loading ahead of the MMAs
-  static __device__ void run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
-                                   int valid_lo, int valid_hi, int k_total, int rows) {
+  // B by TMA (the expert GEMMs of bf16 with [in, out] weights): thread 0 issues each stage's
+  // boxes where the cp.async path had every thread copy 8 16-byte chunks (the loop's own work per
+  // k-tile, ~0.45 us on an H200, perf log 2026-11-30 03:04, is what a k-tile takes beyond its
+  // MMAs); every thread waits on the stage's barrier before the k-tile's barrier, which is then
+  // __syncthreads_and of the waits, so that a wait that gives up (abort, timeout: recorded) ends
+  // the loop in every thread at once.
+  static __device__ bool run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
+                                   int valid_lo, int valid_hi, int k_total, int rows,
+                                   TmaB tma) {
     using namespace cute;
+    if (threadIdx.x == 0) {  // read after the barrier (issue, slow waits)
+      sm.tma = tma;
+      sm.tma.col_lo = col_lo;
+      sm.tma.col_hi = col_hi;
+    }
     __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
 
     typename P::template TiledMma<BN> tiled;
@@ -302,12 +357,28 @@ struct TileGemm : TileShapes<P, BN> {
     // whose MMAs both warpgroups finished before they reached this iteration's barrier (each left
     // at most k-tiles kt-kInFlight..kt-1 pending in iteration kt-1), so one barrier per k-tile
     // suffices.
+    // B by TMA: the expert GEMMs (BN = kExpertBN) of bf16 with [in, out] weights, always (their
+    // callers pass the map); the gate's narrow tiles and the other precisions copy B by cp.async.
+    // Decided at compile time: a run-time choice kept both paths' state live (spills).
+    constexpr bool b_tma = kBKFirst && kBK == 64 && sizeof(SmemElem) == 2 && BN == P::kExpertBN;
+    unsigned int phase = sm.b_phase;  // bit s: the parity of stage s's next phase
+    const bool issuer = b_tma && threadIdx.x == 0;
+    const auto refill = [&](int kt, int stage) {
+      if constexpr (b_tma) {
+        if (issuer) tma_stage(sm, kt, stage);
+      }
+      load_stage(sm, chunks, ldb, kt, stage, !b_tma);
+    };
+    // The buffer's last use was the generic proxy's (the previous result, a combine's staging):
+    // ordered before this call's TMA writes by the barrier above and this fence.
+    if (issuer) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 #pragma unroll
     for (int s = 0; s < kAhead; ++s) {
-      if (s < k_tiles) load_stage(sm, chunks, ldb, s, s);
+      if (s < k_tiles) refill(s, s);
       cp_async_commit();
     }
     warpgroup_fence_operand(acc);
+    bool ok = true;
     for (int kt = 0; kt < k_tiles; ++kt) {
       // One group per k-tile; the newest kAhead - 1 (k-tiles kt+1..) may still be landing.
       cp_async_wait<kAhead - 1>();
@@ -317,14 +388,25 @@ struct TileGemm : TileShapes<P, BN> {
       // rounding no fence here (as CUTLASS's cp.async wgmma mainloops): it compiled to
       // MEMBAR.ALL.CTA, which may wait for this thread's later k-tiles' copies still in flight.
       if constexpr (P::kRoundToTf32) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      __syncthreads();  // stage kt complete for every thread's copies; k-tile kt-1-kInFlight done
+      if constexpr (b_tma) {
+        // TMA writes are the async proxy's, as wgmma's reads: no fence.
+        const bool landed = mbar_wait_bounded(sm.tma, &sm.full_b[stage], (phase >> stage) & 1u);
+        phase ^= 1u << stage;
+        // stage kt complete for every thread's copies and its B; k-tile kt-1-kInFlight done
+        if (!__syncthreads_and(landed)) {
+          ok = false;
+          break;
+        }
+      } else {
+        __syncthreads();  // stage kt complete for every thread's copies; k-tile kt-1-kInFlight done
+      }
       if (mma) {
         warpgroup_arrive();
         gemm(tiled, tCrA(_, _, _, stage), tCrB(_, _, _, stage), acc);
         warpgroup_commit_batch();
       }
       const int next = kt + kAhead;
-      if (next < k_tiles) load_stage(sm, chunks, ldb, next, next % kStages);
+      if (next < k_tiles) refill(next, next % kStages);
       cp_async_commit();
       if (mma) warpgroup_wait<kInFlight>();
     }
@@ -332,7 +414,10 @@ struct TileGemm : TileShapes<P, BN> {
     warpgroup_fence_operand(acc);
     cp_async_wait<0>();
     __syncthreads();  // all MMAs have read the pipeline: the buffer becomes the result tile
+    if (!ok) return false;  // (B stages may still be landing: the launch is giving up)
+    if (threadIdx.x == 0) sm.b_phase = phase;  // read again after the next call's first barrier
     store_result(sm, thr, acc);
+    return true;
   }
 
   template <class ThrMma, class Acc>
