@@ -1,10 +1,10 @@
-// The tile GEMM's shared-memory layout of B for bf16 with [in, out] weights (device/gemm/
-// tile_gemm.cuh), checked on the host: the addresses wgmma reads (CuTe's layout through a shared-
-// memory pointer, whose 128-byte swizzle acts on the address) must be where a TMA box with
-// CU_TENSOR_MAP_SWIZZLE_128B writes each element (TileGemm::tma_stage), and the cp.async path's
-// per-thread plan (a thread's chunks at fixed steps, plan_chunks) must hold for the same layout,
-// for the expert tiles and the gate's narrow ones. A wrong order would pass the compiler and give
-// wrong sums on the GPU only.
+// The tile GEMM's shared-memory layout of B for bf16 (device/gemm/tile_gemm.cuh), checked on the
+// host: the addresses wgmma reads (CuTe's layout through a shared-memory pointer, whose 128-byte
+// swizzle acts on the address) must be where a TMA box with CU_TENSOR_MAP_SWIZZLE_128B writes each
+// element (TileGemm::tma_stage), for both weight layouts, and the cp.async path's per-thread plan
+// (a thread's chunks at fixed steps, plan_chunks) must hold for the [in, out] layout, for the
+// expert tiles and the gate's narrow ones. A wrong order would pass the compiler and give wrong
+// sums on the GPU only.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -21,16 +21,42 @@ struct Freer {
   void operator()(void* p) const { std::free(p); }
 };
 
-// &sB(n, k, s) - base, in elements, for the B layout of a bf16 [in, out] tile of BN columns.
-template <int BN>
+// &sB(n, k, s) - base, in elements, for the B layout of a bf16 tile of BN columns.
+template <int BN, bool KMajor = false>
 struct BOffsets {
-  using Shapes = TileShapes<PrecBf16<false>, BN>;
+  using Shapes = TileShapes<PrecBf16<KMajor>, BN>;
   std::unique_ptr<Elem, Freer> mem{static_cast<Elem*>(std::aligned_alloc(1024, 1 << 20))};
   decltype(cute::make_tensor(cute::make_smem_ptr(static_cast<Elem*>(nullptr)),
                              typename Shapes::SmemLayoutB{})) t =
       cute::make_tensor(cute::make_smem_ptr(mem.get()), typename Shapes::SmemLayoutB{});
   int operator()(int n, int k, int s) { return static_cast<int>(&t(n, k, s) - mem.get()); }
 };
+
+// Where TMA's 128-byte swizzle puts byte `col_bytes` of row r of a box: the 16-byte chunk
+// col_bytes / 16 of row r goes to chunk (col_bytes / 16) ^ (r % 8) (a 1024-byte aligned box).
+int swizzled(int r, int col_bytes) {
+  return 128 * r + 16 * ((col_bytes / 16) ^ (r % 8)) + col_bytes % 16;
+}
+
+TEST(SmemLayout, ExpertBTileIsWhereTmaBoxesLandOutIn) {
+  // [out, in] weights: a box per half of the tile, 128 weight rows (tile columns) of 64 k.
+  BOffsets<PrecBf16<true>::kExpertBN, true> off;
+  constexpr int kBN = PrecBf16<true>::kExpertBN, kBK = PrecBf16<true>::kBlockK;
+  int bad = 0;
+  for (int s = 0; s < PrecBf16<true>::kStages; ++s) {
+    for (int n = 0; n < kBN; ++n) {
+      for (int k = 0; k < kBK; ++k) {
+        const int box = n / (kBN / 2), r = n % (kBN / 2);
+        const int want = s * kBN * kBK + box * (kBN / 2) * kBK + swizzled(r, 2 * k) / 2;
+        if (off(n, k, s) != want && ++bad <= 5) {
+          ADD_FAILURE() << "n " << n << " k " << k << " stage " << s << ": " << off(n, k, s)
+                        << " vs " << want;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0);
+}
 
 TEST(SmemLayout, ExpertBTileIsWhereTmaBoxesLand) {
   BOffsets<PrecBf16<false>::kExpertBN> off;
@@ -40,11 +66,8 @@ TEST(SmemLayout, ExpertBTileIsWhereTmaBoxesLand) {
   for (int s = 0; s < PrecBf16<false>::kStages; ++s) {
     for (int n = 0; n < kBN; ++n) {
       for (int k = 0; k < kBK; ++k) {
-        // Box n / 64 of stage s: 64 rows of 128 bytes; the 16-byte chunk c / 8 of row r is at
-        // chunk (c / 8) ^ (r % 8) (the 128-byte swizzle of a 1024-byte aligned box).
-        const int c = n % 64, r = k;
-        const int bytes = 128 * r + 16 * ((c / 8) ^ (r % 8)) + 2 * (c % 8);
-        const int want = s * kBN * kBK + (n / 64) * 64 * kBK + bytes / 2;
+        // Box n / 64 of stage s: 64 rows (k) of 128 bytes (64 columns).
+        const int want = s * kBN * kBK + (n / 64) * 64 * kBK + swizzled(k, 2 * (n % 64)) / 2;
         if (off(n, k, s) != want && ++bad <= 5) {
           ADD_FAILURE() << "n " << n << " k " << k << " stage " << s << ": " << off(n, k, s)
                         << " vs " << want;

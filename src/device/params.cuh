@@ -215,9 +215,9 @@ struct Params {
   RecvPart* recv_parts;        // [max_recv_parts]
   int max_recv_parts;
 
-  // bf16 with [in, out] weights: the expert GEMMs read their B tiles by TMA (device/gemm/tma.cuh)
-  // through these maps of w1 [experts_local][hidden][w1 columns] and w2 [experts_local][ffn]
-  // [hidden] (host/tensor_maps.cpp); unused by the other instances.
+  // bf16: the expert GEMMs read their B tiles by TMA (device/gemm/tma.cuh) through these maps of
+  // w1 and w2 (host/tensor_maps.cpp; [experts_local][K][N], or [experts_local][N][K] for [out, in]
+  // weights); unused by the other precisions.
   CUtensorMap tma_w1;  // (64-byte aligned by its type)
   CUtensorMap tma_w2;
 };

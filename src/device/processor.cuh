@@ -58,8 +58,8 @@ __device__ __forceinline__ long long k_offset(int k, int ldn) {
   return P::kWeightsKMajor ? static_cast<long long>(k) : static_cast<long long>(k) * ldn;
 }
 
-// Where the expert GEMMs of bf16 with [in, out] weights read B by TMA (the tile GEMM ignores it
-// for the other instances).
+// Where the expert GEMMs of bf16 read B by TMA (the tile GEMM ignores it for the other
+// precisions).
 __device__ __forceinline__ TmaB tma_b(const Params& p, const CUtensorMap* map, int expert,
                                       int k_first) {
   return TmaB{map, expert, k_first, &p};

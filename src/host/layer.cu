@@ -134,8 +134,7 @@ struct MoELayer::Impl {
   const void* checked_y = nullptr;
   long long* trace = nullptr;          // [grid, kTraceStride] while tracing is on
   Communicator::Impl* comm = nullptr;  // the communicator the layer was built on (outlives it)
-  // bf16 with [in, out] weights: TMA maps of w1 and w2 (the weights do not move), which the expert
-  // GEMMs read B through.
+  // bf16: TMA maps of w1 and w2 (the weights do not move), which the expert GEMMs read B through.
   bool tma_b = false;
   CUtensorMap tma_w1{};
   CUtensorMap tma_w2{};
@@ -214,14 +213,25 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
       static_cast<int>(detail::TileShape::expert_cols(config.dtype))) {
     throw std::logic_error("monomoe: the workspace plan's expert tile width differs from the kernel's");
   }
-  if (config.dtype == DType::bf16 && config.weight_layout == WeightLayout::in_out) {
+  if (config.dtype == DType::bf16) {
+    // [in, out]: W1 [el][hidden][w1 columns], W2 [el][ffn][hidden], boxes of 64 K rows; [out, in]:
+    // W1 [el][w1 columns][hidden], W2 [el][hidden][ffn], boxes of half a tile's columns
+    // (device/gemm/tile_gemm.cuh, TileGemm::tma_stage).
     const std::int64_t el = config.experts_per_rank();
     const std::int64_t w1_cols =
         config.activation == Activation::swiglu ? 2 * config.ffn : config.ffn;
-    m.tma_w1 = detail::weight_tensor_map(weights.w1, el, config.hidden, w1_cols, config.dtype,
-                                         "ExpertWeights.w1");
-    m.tma_w2 = detail::weight_tensor_map(weights.w2, el, config.ffn, config.hidden, config.dtype,
-                                         "ExpertWeights.w2");
+    const std::int64_t half = device::expert_tile_cols(config.dtype) / 2;
+    if (config.weight_layout == WeightLayout::in_out) {
+      m.tma_w1 = detail::weight_tensor_map(weights.w1, el, config.hidden, w1_cols, 64,
+                                           config.dtype, "ExpertWeights.w1");
+      m.tma_w2 = detail::weight_tensor_map(weights.w2, el, config.ffn, config.hidden, 64,
+                                           config.dtype, "ExpertWeights.w2");
+    } else {
+      m.tma_w1 = detail::weight_tensor_map(weights.w1, el, w1_cols, config.hidden, half,
+                                           config.dtype, "ExpertWeights.w1");
+      m.tma_w2 = detail::weight_tensor_map(weights.w2, el, config.hidden, config.ffn, half,
+                                           config.dtype, "ExpertWeights.w2");
+    }
     m.tma_b = true;
   }
   m.plan = detail::plan_workspace(config);

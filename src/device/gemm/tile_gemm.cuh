@@ -254,24 +254,32 @@ struct TileGemm : TileShapes<P, BN> {
         with_b);
   }
 
-  // B of k-tile `kt` by TMA into stage `stage` (thread 0): BN / 64 boxes of 64 columns x 64 k,
-  // the first half's from column col_lo, the second half's from col_hi; columns past the matrix
-  // arrive as zeros (whatever lies past the valid ones only feeds output columns nobody stores).
+  // B of k-tile `kt` by TMA into stage `stage` (thread 0), the first half's columns from col_lo,
+  // the second half's from col_hi; columns past the matrix arrive as zeros (whatever lies past the
+  // valid ones only feeds output columns nobody stores). [in, out] weights: BN / 64 boxes of 64
+  // columns x 64 k (map [experts][K][N]); [out, in]: one box per half, BN / 2 weight rows x 64 k
+  // (map [experts][N][K]), the K-major atoms of consecutive rows being consecutive already.
+  static constexpr bool kTmaB = kBK == 64 && sizeof(SmemElem) == 2 && BN == P::kExpertBN &&
+                                (kBKFirst || P::kWeightsKMajor);
   static __device__ __forceinline__ void tma_stage(Smem& sm, int kt, int stage) {
+    static_assert(kTmaB, "bf16 expert tiles only");
     const TmaB& t = sm.tma;
     const int col_lo = t.col_lo, col_hi = t.col_hi;
-    static_assert(kBKFirst && kBK == 64 && sizeof(SmemElem) == 2, "bf16 [in, out] B only");
-    constexpr int kBoxCols = 64;
-    constexpr int kBoxes = BN / kBoxCols;
-    constexpr int kBoxElems = kBoxCols * kBK;
-    SmemElem* sb = reinterpret_cast<SmemElem*>(sm.buffer) + kElemsA +
-                   stage * (kBoxes * kBoxElems);
-    mbar_expect_bytes(&sm.full_b[stage], kBoxes * kBoxElems * static_cast<int>(sizeof(SmemElem)));
+    constexpr int kBoxes = P::kWeightsKMajor ? 2 : BN / 64;
+    constexpr int kBoxElems = BN * kBK / kBoxes;
+    SmemElem* sb = reinterpret_cast<SmemElem*>(sm.buffer) + kElemsA + stage * (BN * kBK);
+    mbar_expect_bytes(&sm.full_b[stage], BN * kBK * static_cast<int>(sizeof(SmemElem)));
 #pragma unroll
     for (int box = 0; box < kBoxes; ++box) {
-      const int col = (box < kBoxes / 2 ? col_lo : col_hi) + (box % (kBoxes / 2)) * kBoxCols;
-      tma_load_box(sb + box * kBoxElems, t.map, &sm.full_b[stage], col, t.k0 + kt * kBK,
-                   t.expert);
+      const int half_box = box % (kBoxes / 2);
+      const int col = (box < kBoxes / 2 ? col_lo : col_hi) + half_box * (BN / kBoxes);
+      if constexpr (P::kWeightsKMajor) {
+        tma_load_box(sb + box * kBoxElems, t.map, &sm.full_b[stage], t.k0 + kt * kBK, col,
+                     t.expert);
+      } else {
+        tma_load_box(sb + box * kBoxElems, t.map, &sm.full_b[stage], col, t.k0 + kt * kBK,
+                     t.expert);
+      }
     }
   }
 
@@ -290,7 +298,7 @@ struct TileGemm : TileShapes<P, BN> {
   // C[128 x BN] (fp32, in shared memory, pitch kCPitch) = A[rows, 0:K] * B[0:K, cols]. The caller
   // fills sm.rows before the call (rows past `rows` null: they read as zeros); K is a multiple of
   // kBK. Every thread of the block must call.
-  // tma: where the expert GEMMs of bf16 with [in, out] weights read B by TMA (its map; b is then
+  // tma: where the expert GEMMs of bf16 read B by TMA (its map; b is then
   // only the plan's address, not read); ignored by every other instance. Returns false when a TMA
   // wait gave up (abort or timeout, recorded): the result is then not to be used.
   static __device__ bool run(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
@@ -319,8 +327,8 @@ struct TileGemm : TileShapes<P, BN> {
   // work, on tiles that are bound by the weights' bytes.
   static constexpr int kInFlight = 1;                      // MMA batches pending after each k-tile
   static constexpr int kAhead = kStages - kInFlight - 1;   // k-tiles loading ahead of the MMAs
-  // B by TMA (the expert GEMMs of bf16 with [in, out] weights): thread 0 issues each stage's
-  // boxes where the cp.async path had every thread copy 8 16-byte chunks (the loop's own work per
+  // B by TMA (the expert GEMMs of bf16, both weight layouts): thread 0 issues each stage's boxes
+  // where the cp.async path had every thread copy 8 16-byte chunks (the loop's own work per
   // k-tile, ~0.45 us on an H200, perf log 2026-11-30 03:04, is what a k-tile takes beyond its
   // MMAs); every thread waits on the stage's barrier before the k-tile's barrier, which is then
   // __syncthreads_and of the waits, so that a wait that gives up (abort, timeout: recorded) ends
@@ -357,10 +365,10 @@ struct TileGemm : TileShapes<P, BN> {
     // whose MMAs both warpgroups finished before they reached this iteration's barrier (each left
     // at most k-tiles kt-kInFlight..kt-1 pending in iteration kt-1), so one barrier per k-tile
     // suffices.
-    // B by TMA: the expert GEMMs (BN = kExpertBN) of bf16 with [in, out] weights, always (their
+    // B by TMA: the expert GEMMs (BN = kExpertBN) of bf16, both weight layouts, always (their
     // callers pass the map); the gate's narrow tiles and the other precisions copy B by cp.async.
     // Decided at compile time: a run-time choice kept both paths' state live (spills).
-    constexpr bool b_tma = kBKFirst && kBK == 64 && sizeof(SmemElem) == 2 && BN == P::kExpertBN;
+    constexpr bool b_tma = kTmaB;
     unsigned int phase = sm.b_phase;  // bit s: the parity of stage s's next phase
     const bool issuer = b_tma && threadIdx.x == 0;
     const auto refill = [&](int kt, int stage) {

@@ -1,5 +1,5 @@
-// TMA loads of weight tiles (bf16, [in, out] weights) for the tile GEMM (tile_gemm.cuh): one thread
-// issues a stage's B tile as boxes of a 3D tensor map [experts][K][N] (host/tensor_maps.cpp) that
+// TMA loads of weight tiles (bf16) for the tile GEMM (tile_gemm.cuh): one thread issues a stage's B
+// tile as boxes of a 3D tensor map [experts][K][N] or [experts][N][K] (host/tensor_maps.cpp) that
 // complete a transaction-count mbarrier; every thread waits on it, bounded like every wait.
 #pragma once
 
@@ -70,8 +70,8 @@ __device__ __forceinline__ bool mbar_wait_bounded(const TmaB& t, unsigned long l
   }
 }
 
-// The box at element coordinates (x = N innermost, y = K, z = expert) into shared memory, its
-// bytes counted on `bar`. Elements outside the tensor arrive as zeros (and count).
+// The box at element coordinates (x innermost, y, z = expert) into shared memory, its bytes counted
+// on `bar`. Elements outside the tensor arrive as zeros (and count).
 __device__ __forceinline__ void tma_load_box(void* dst, const CUtensorMap* map,
                                              unsigned long long* bar, int x, int y, int z) {
   asm volatile(
