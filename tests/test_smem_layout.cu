@@ -1,7 +1,8 @@
-// The tile GEMM's shared-memory layout of B for bf16 (device/gemm/tile_gemm.cuh), checked on the
+// The tile GEMM's shared-memory layouts for bf16 (device/gemm/tile_gemm.cuh), checked on the
 // host: the addresses wgmma reads (CuTe's layout through a shared-memory pointer, whose 128-byte
 // swizzle acts on the address) must be where a TMA box with CU_TENSOR_MAP_SWIZZLE_128B writes each
-// element (TileGemm::tma_stage), for both weight layouts, and the cp.async path's per-thread plan
+// element (TileGemm::tma_stage), for B in both weight layouts and for A (GEMM1's hidden_act
+// rows), and the cp.async path's per-thread plan
 // (a thread's chunks at fixed steps, plan_chunks) must hold for the [in, out] layout, for the
 // expert tiles and the gate's narrow ones. A wrong order would pass the compiler and give wrong
 // sums on the GPU only.
@@ -51,6 +52,28 @@ TEST(SmemLayout, ExpertBTileIsWhereTmaBoxesLandOutIn) {
         if (off(n, k, s) != want && ++bad <= 5) {
           ADD_FAILURE() << "n " << n << " k " << k << " stage " << s << ": " << off(n, k, s)
                         << " vs " << want;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0);
+}
+
+// GEMM1's A (hidden_act rows, K-major) by TMA: one box of 128 rows x 64 k per stage.
+TEST(SmemLayout, ATileIsWhereATmaBoxLands) {
+  using Shapes = TileShapes<PrecBf16<false>, PrecBf16<false>::kExpertBN>;
+  constexpr int kBK = PrecBf16<false>::kBlockK;
+  std::unique_ptr<Elem, Freer> mem{static_cast<Elem*>(std::aligned_alloc(1024, 1 << 20))};
+  auto t = cute::make_tensor(cute::make_smem_ptr(mem.get()), typename Shapes::SmemLayoutA{});
+  int bad = 0;
+  for (int s = 0; s < PrecBf16<false>::kStages; ++s) {
+    for (int r = 0; r < kTileRows; ++r) {
+      for (int k = 0; k < kBK; ++k) {
+        const int got = static_cast<int>(&t(r, k, s) - mem.get());
+        const int want = s * kTileRows * kBK + swizzled(r, 2 * k) / 2;
+        if (got != want && ++bad <= 5) {
+          ADD_FAILURE() << "row " << r << " k " << k << " stage " << s << ": " << got << " vs "
+                        << want;
         }
       }
     }

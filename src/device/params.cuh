@@ -220,6 +220,7 @@ struct Params {
   // weights); unused by the other precisions.
   CUtensorMap tma_w1;  // (64-byte aligned by its type)
   CUtensorMap tma_w2;
+  CUtensorMap tma_h;   // hidden_act [rows][ffn] (GEMM1's A rows), in boxes of 128 rows x 64 k
 };
 
 }  // namespace monomoe::device

@@ -118,8 +118,12 @@ __device__ bool gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   const int ldb = P::kWeightsKMajor ? p.ffn : p.hidden;
   const Elem* w2 = static_cast<const Elem*>(p.w2) +
                    static_cast<long long>(expert) * p.ffn * p.hidden + k_offset<P>(k_first, ldb);
-  return Gemm::run(sm.gemm, w2, ldb, col0, col0 + kHalf, min(kHalf, out_cols),
-                   max(0, out_cols - kHalf), k_count, rows, tma_b(p, &p.tma_w2, expert, k_first));
+  // A rows are contiguous here: with B by TMA, A comes by TMA too (Params::tma_h).
+  TmaB t = tma_b(p, &p.tma_w2, expert, k_first);
+  t.map_a = &p.tma_h;
+  t.a_row0 = hidden_row0;
+  return Gemm::template run<true>(sm.gemm, w2, ldb, col0, col0 + kHalf, min(kHalf, out_cols),
+                                  max(0, out_cols - kHalf), k_count, rows, t);
 }
 
 // GEMM1's epilogue: sm.task.row_out[r][cols of col_tile] = C[r] + b2 for r < rows (set_gemm1_rows;

@@ -138,6 +138,9 @@ struct MoELayer::Impl {
   bool tma_b = false;
   CUtensorMap tma_w1{};
   CUtensorMap tma_w2{};
+  // hidden_act's map (GEMM1's A rows), encoded again when the shared workspace has moved.
+  const void* tma_h_base = nullptr;
+  CUtensorMap tma_h{};
 
   device::CallPrologue::GateCopy gate_copy() const;
   // stats() and routing() read what the last call left in the shared area.
@@ -427,6 +430,14 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.tile_counts = m.at<int>(m.plan.tile_counts);
   p.expert_rows = m.at<int>(m.plan.expert_rows);
   p.hidden_act = m.at(m.plan.hidden_act);
+  if (m.tma_b) {
+    if (m.tma_h_base != p.hidden_act) {
+      m.tma_h = detail::weight_tensor_map(p.hidden_act, 1, m.plan.hidden_rows, c.ffn,
+                                          device::kTileRows, c.dtype, "hidden_act");
+      m.tma_h_base = p.hidden_act;
+    }
+    p.tma_h = m.tma_h;
+  }
   p.stage = m.at(m.plan.stage);
   const detail::SharedLayout& fixed = m.shared->layout();
   p.tasks = reinterpret_cast<device::Task*>(m.shared->base() + fixed.tasks);

@@ -215,13 +215,13 @@ struct TileGemm : TileShapes<P, BN> {
   template <class Copy>
   static __device__ __forceinline__ void for_each_chunk(Smem& sm, const ChunkPlan& c, int ldb,
                                                         int kt, int stage, Copy&& copy,
-                                                        bool with_b = true) {
+                                                        bool with_b = true, bool with_a = true) {
     SmemElem* base = reinterpret_cast<SmemElem*>(sm.buffer);
     SmemElem* sa = base + c.a_smem + stage * c.a_stage;
     SmemElem* sb = base + kElemsA + c.b_smem + stage * c.b_stage;
     const int k = kt * kBK + c.a_k;
 #pragma unroll
-    for (int i = 0; i < kChunksA; ++i) {
+    for (int i = 0; i < kChunksA && with_a; ++i) {
       const Elem* src = sm.rows[c.a_row0 + i * kRowsPerPassA];
       copy(i, sa + i * c.a_step, src ? src + k : c.b_src, src != nullptr);
     }
@@ -244,14 +244,15 @@ struct TileGemm : TileShapes<P, BN> {
     }
   }
 
-  // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage` (A only with with_b
-  // false: B comes by TMA).
+  // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage` (without B or A where
+  // TMA brings them).
   static __device__ __forceinline__ void load_stage(Smem& sm, const ChunkPlan& c, int ldb, int kt,
-                                                    int stage, bool with_b = true) {
+                                                    int stage, bool with_b = true,
+                                                    bool with_a = true) {
     for_each_chunk(
         sm, c, ldb, kt, stage,
         [](int, SmemElem* dst, const Elem* src, bool valid) { cp_async_16(dst, src, valid); },
-        with_b);
+        with_b, with_a);
   }
 
   // B of k-tile `kt` by TMA into stage `stage` (thread 0), the first half's columns from col_lo,
@@ -261,14 +262,23 @@ struct TileGemm : TileShapes<P, BN> {
   // (map [experts][N][K]), the K-major atoms of consecutive rows being consecutive already.
   static constexpr bool kTmaB = kBK == 64 && sizeof(SmemElem) == 2 && BN == P::kExpertBN &&
                                 (kBKFirst || P::kWeightsKMajor);
+  // kTmaA: A too, the 128 rows from row t.a_row0 of the map t.map_a (contiguous rows: GEMM1's
+  // hidden_act), one box of 128 rows x 64 k (rows past the tile's valid ones feed output rows
+  // nobody stores; past the map's end they are zeros).
+  template <bool kTmaA>
   static __device__ __forceinline__ void tma_stage(Smem& sm, int kt, int stage) {
     static_assert(kTmaB, "bf16 expert tiles only");
     const TmaB& t = sm.tma;
     const int col_lo = t.col_lo, col_hi = t.col_hi;
     constexpr int kBoxes = P::kWeightsKMajor ? 2 : BN / 64;
     constexpr int kBoxElems = BN * kBK / kBoxes;
+    constexpr int kABytes = kTmaA ? kTileRows * kBK * static_cast<int>(sizeof(SmemElem)) : 0;
     SmemElem* sb = reinterpret_cast<SmemElem*>(sm.buffer) + kElemsA + stage * (BN * kBK);
-    mbar_expect_bytes(&sm.full_b[stage], BN * kBK * static_cast<int>(sizeof(SmemElem)));
+    mbar_expect_bytes(&sm.full_b[stage], BN * kBK * static_cast<int>(sizeof(SmemElem)) + kABytes);
+    if constexpr (kTmaA) {
+      SmemElem* sa = reinterpret_cast<SmemElem*>(sm.buffer) + stage * (kTileRows * kBK);
+      tma_load_box(sa, t.map_a, &sm.full_b[stage], t.k0 + kt * kBK, t.a_row0, 0);
+    }
 #pragma unroll
     for (int box = 0; box < kBoxes; ++box) {
       const int half_box = box % (kBoxes / 2);
@@ -301,11 +311,13 @@ struct TileGemm : TileShapes<P, BN> {
   // tma: where the expert GEMMs of bf16 read B by TMA (its map; b is then
   // only the plan's address, not read); ignored by every other instance. Returns false when a TMA
   // wait gave up (abort or timeout, recorded): the result is then not to be used.
+  // kTmaA (GEMM1: A rows contiguous in hidden_act): A by TMA too, from tma.map_a.
+  template <bool kTmaA = false>
   static __device__ bool run(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
                              int valid_lo, int valid_hi, int k_total, int rows = kTileRows,
                              TmaB tma = TmaB{}) {
     if constexpr (P::kWgmma) {
-      return run_wgmma(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, rows, tma);
+      return run_wgmma<kTmaA>(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, rows, tma);
     } else {
       run_mma_sync(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total);
       return true;
@@ -333,6 +345,7 @@ struct TileGemm : TileShapes<P, BN> {
   // MMAs); every thread waits on the stage's barrier before the k-tile's barrier, which is then
   // __syncthreads_and of the waits, so that a wait that gives up (abort, timeout: recorded) ends
   // the loop in every thread at once.
+  template <bool kTmaA>
   static __device__ bool run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
                                    int valid_lo, int valid_hi, int k_total, int rows,
                                    TmaB tma) {
@@ -369,13 +382,14 @@ struct TileGemm : TileShapes<P, BN> {
     // callers pass the map); the gate's narrow tiles and the other precisions copy B by cp.async.
     // Decided at compile time: a run-time choice kept both paths' state live (spills).
     constexpr bool b_tma = kTmaB;
+    constexpr bool a_tma = kTmaB && kTmaA;
     unsigned int phase = sm.b_phase;  // bit s: the parity of stage s's next phase
     const bool issuer = b_tma && threadIdx.x == 0;
     const auto refill = [&](int kt, int stage) {
       if constexpr (b_tma) {
-        if (issuer) tma_stage(sm, kt, stage);
+        if (issuer) tma_stage<a_tma>(sm, kt, stage);
       }
-      load_stage(sm, chunks, ldb, kt, stage, !b_tma);
+      load_stage(sm, chunks, ldb, kt, stage, !b_tma, !a_tma);
     };
     // The buffer's last use was the generic proxy's (the previous result, a combine's staging):
     // ordered before this call's TMA writes by the barrier above and this fence.

@@ -18,6 +18,8 @@ struct TmaB {
   int k0 = 0;
   const Params* p = nullptr;  // for the bounded wait (abort, timeout)
   int col_lo = 0, col_hi = 0;  // the tile's two column halves (set by the tile GEMM)
+  const CUtensorMap* map_a = nullptr;  // A by TMA too (GEMM1: hidden_act [rows][ffn])
+  int a_row0 = 0;                      // the tile's first row there
 };
 
 __device__ __forceinline__ unsigned int smem_addr(const void* ptr) {
