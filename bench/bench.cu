@@ -126,6 +126,23 @@ void write_task_csv(const std::vector<TaskTrace>& tasks, const std::string& path
 }
 
 // world > 1: the NVLink bytes of one rank's rows, out and back, and the least a layer must move.
+// world > 1: the rows this rank's experts ran in the first forward against the mean over ranks
+// (every rank has the same tokens: tokens x topk rows, less drops). The ranks wait for each other
+// at the end, so the busiest one sets the layer's latency (the top-8 shapes of issue 17).
+void print_rank_rows(const ForwardStats& st, std::int64_t tokens, std::int64_t topk,
+                     std::ostream& out, const std::string& lead) {
+  std::int64_t rows = 0;
+  for (std::int64_t r : st.rows_per_local_expert) rows += r;
+  const double mean = static_cast<double>(tokens) * static_cast<double>(topk);
+  std::ostringstream os;
+  os << lead << rows << " rows";
+  if (mean > 0) {
+    os << ", " << std::fixed << std::setprecision(3) << static_cast<double>(rows) / mean
+       << "x the mean over ranks (" << tokens * topk << ": tokens x topk per rank)";
+  }
+  out << os.str() << "\n";
+}
+
 void print_nvlink_bytes(double bytes, double bytes_min, std::ostream& out, const std::string& lead) {
   std::ostringstream os;
   os << std::fixed << std::setprecision(1) << lead << "monomoe "
@@ -297,6 +314,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   const double bytes = 2.0 * static_cast<double>(rows_out) * row_bytes;
   const double bytes_min = 2.0 * static_cast<double>(rows_min) * row_bytes;
   if (rank > 0) print_nvlink_bytes(bytes, bytes_min, out, tag + "NVLink bytes: ");  // rank 0: table
+  if (rank > 0) print_rank_rows(layer.stats(), s, cfg.topk, out, tag + "rows its experts ran: ");
 
   std::unique_ptr<baseline::Pipeline> base;
   Comparison base_cmp;
@@ -462,6 +480,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   }
   out << "\n";
   if (world > 1) print_nvlink_bytes(bytes, bytes_min, out, "NVLink bytes of rank 0: ");
+  if (world > 1) print_rank_rows(st, s, cfg.topk, out, "rows rank 0's experts ran: ");
   // What the table's rates compare with: the baseline's GEMMs without its routing and exchanges,
   // and the chip's dense GEMM rate with the time the FFN's FLOP take at it.
   if (base) {

@@ -61,7 +61,10 @@ case "$cmd" in
           rc=$?
           m=$(awk '$1 == "monomoe" && $2 ~ /^[0-9.]+$/ {print $2; exit}' "$log")
           b=$(awk '$1 == "baseline" && $2 ~ /^[0-9.]+$/ {print $2; exit}' "$log")
-          echo "round $round  gpus $g  $v: monomoe ${m:-?} ms  baseline ${b:-?} ms  (rc=$rc, $(( $(date +%s) - t0 )) s)"
+          # Every rank's correctness line (a variant that has never run may be wrong: read it first).
+          ok=$(grep -c "correctness monomoe: *PASS" "$log")
+          bad=$(grep -c "correctness monomoe: *FAIL" "$log")
+          echo "round $round  gpus $g  $v: monomoe ${m:-?} ms  baseline ${b:-?} ms  correctness ${ok} PASS ${bad} FAIL  (rc=$rc, $(( $(date +%s) - t0 )) s)"
           results["$v $g"]+="${m:-} "
         done
       done
