@@ -103,10 +103,12 @@ struct TileGemm : StageLoads<P, BN> {
     // whose MMAs both warpgroups finished before they reached this iteration's barrier (each left
     // at most k-tiles kt-kInFlight..kt-1 pending in iteration kt-1), so one barrier per k-tile
     // suffices.
-    // B by TMA: the expert GEMMs (BN = kExpertBN) of bf16, both weight layouts, always (their
-    // callers pass the map); the gate's narrow tiles and the other precisions copy B by cp.async.
-    // Decided at compile time: a run-time choice kept both paths' state live (spills).
-    constexpr bool b_tma = kTmaB;
+    // B by TMA: GEMM1 of bf16 (kTmaA: A by TMA too), both weight layouts; GEMM0, whose A rows are
+    // gathered by cp.async, copies B by cp.async as well: TMA B beside cp.async A made its tasks
+    // ~20% slower (perf log 2026-11-30 04:55), TMA for both made GEMM1's ~5% faster. The gate's
+    // narrow tiles and the other precisions copy B by cp.async. Decided at compile time: a
+    // run-time choice kept both paths' state live (spills).
+    constexpr bool b_tma = kTmaB && kTmaA;
     constexpr bool a_tma = kTmaB && kTmaA;
     unsigned int phase = sm.b_phase;  // bit s: the parity of stage s's next phase
     const bool issuer = b_tma && threadIdx.x == 0;
