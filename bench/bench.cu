@@ -125,10 +125,10 @@ void write_task_csv(const std::vector<TaskTrace>& tasks, const std::string& path
   }
 }
 
-// world > 1: the NVLink bytes of one rank's rows, out and back, and the least a layer must move.
-// world > 1: the rows this rank's experts ran in the first forward against the mean over ranks
-// (every rank has the same tokens: tokens x topk rows, less drops). The ranks wait for each other
-// at the end, so the busiest one sets the layer's latency (the top-8 shapes of issue 17).
+// world > 1: the rows this rank's experts ran in a forward (every forward of the bench has the same
+// inputs) against the mean over ranks (every rank has the same tokens: tokens x topk rows, less
+// drops). The ranks wait for each other at the end, so the busiest one sets the layer's latency
+// (the top-8 shapes of issue 17).
 void print_rank_rows(const ForwardStats& st, std::int64_t tokens, std::int64_t topk,
                      std::ostream& out, const std::string& lead) {
   std::int64_t rows = 0;
@@ -143,6 +143,7 @@ void print_rank_rows(const ForwardStats& st, std::int64_t tokens, std::int64_t t
   out << os.str() << "\n";
 }
 
+// world > 1: the NVLink bytes of one rank's rows, out and back, and the least a layer must move.
 void print_nvlink_bytes(double bytes, double bytes_min, std::ostream& out, const std::string& lead) {
   std::ostringstream os;
   os << std::fixed << std::setprecision(1) << lead << "monomoe "
@@ -197,9 +198,9 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
                  std::ostream& out, int rank, int world, const std::string& task_csv,
                  double dispatch_bytes) {
   layer.set_trace(true);  // before the calls: it allocates (and may synchronize)
-  // The reported forward is also timed by events: its blocks' times read from its first block's
-  // start, and traced forwards have ended 50-70 us past the timed loop's median (perf log
-  // 2026-11-30); this shows whether tracing or the trace's origin makes the difference.
+  // The reported forward is also timed by events: tracing itself makes a forward longer (~7 us on
+  // one GPU, ~45 us on two at the default config, perf log 2026-11-30 02:48), so the blocks' times
+  // read late by about that against the timed loop.
   cudaEvent_t ev[2];
   for (auto& e : ev) MONOMOE_CUDA(cudaEventCreate(&e));
   for (int i = 0; i < kTraceCalls; ++i) {
@@ -313,8 +314,10 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
       static_cast<double>(cfg.hidden) * static_cast<double>(element_bytes(cfg.dtype));
   const double bytes = 2.0 * static_cast<double>(rows_out) * row_bytes;
   const double bytes_min = 2.0 * static_cast<double>(rows_min) * row_bytes;
-  if (rank > 0) print_nvlink_bytes(bytes, bytes_min, out, tag + "NVLink bytes: ");  // rank 0: table
-  if (rank > 0) print_rank_rows(layer.stats(), s, cfg.topk, out, tag + "rows its experts ran: ");
+  if (rank > 0) {  // rank 0 prints them under its table
+    print_nvlink_bytes(bytes, bytes_min, out, tag + "NVLink bytes: ");
+    print_rank_rows(layer.stats(), s, cfg.topk, out, tag + "rows its experts ran: ");
+  }
 
   std::unique_ptr<baseline::Pipeline> base;
   Comparison base_cmp;
@@ -479,8 +482,10 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     out << "; FFN TFLOP/s per GPU; MB sent = rank 0's rows to other ranks' experts, out and back";
   }
   out << "\n";
-  if (world > 1) print_nvlink_bytes(bytes, bytes_min, out, "NVLink bytes of rank 0: ");
-  if (world > 1) print_rank_rows(st, s, cfg.topk, out, "rows rank 0's experts ran: ");
+  if (world > 1) {
+    print_nvlink_bytes(bytes, bytes_min, out, "NVLink bytes of rank 0: ");
+    print_rank_rows(st, s, cfg.topk, out, "rows rank 0's experts ran: ");
+  }
   // What the table's rates compare with: the baseline's GEMMs without its routing and exchanges,
   // and the chip's dense GEMM rate with the time the FFN's FLOP take at it.
   if (base) {

@@ -70,8 +70,9 @@ struct SegmentBefore {
 // (rows source s sends it). Counts them, and writes them where `tiles` and `parts` are not null:
 // its tiles to tiles[0, ...), its parts to parts[0, ...), whose index in the whole list starts at
 // part_base. local_first: the first of this rank's own rows of expert e in expert_rows;
-// before(s): the SegmentBefore of source s for expert e (called only when writing). Experts are independent given those: the kernel
-// lists them in parallel, one thread each (ep.cuh); pack_recv_tiles below, one after another.
+// before(s): the SegmentBefore of source s for expert e (called only when writing). Experts are
+// independent given those: the kernel lists them in parallel, one thread each (ep.cuh);
+// pack_recv_tiles below, one after another.
 // Tiles and parts are only written, never read back (in the kernel they are global memory).
 template <class Before>
 MONOMOE_HOST_DEVICE inline PackCount pack_expert(int world, int experts_local, int rank, int e,
