@@ -58,13 +58,6 @@ __device__ __forceinline__ long long k_offset(int k, int ldn) {
   return P::kWeightsKMajor ? static_cast<long long>(k) : static_cast<long long>(k) * ldn;
 }
 
-// Where the expert GEMMs of bf16 read B by TMA (the tile GEMM ignores it for the other
-// precisions).
-__device__ __forceinline__ TmaB tma_b(const Params& p, const CUtensorMap* map, int expert,
-                                      int k_first) {
-  return TmaB{map, expert, k_first, &p};
-}
-
 // GEMM0's MMAs for one row tile over K range [k_first, k_first + k_count): the fp32 tile is left in
 // shared memory. A rows from sm.gemm.rows (filled by the caller, already offset by k_first). False
 // when the launch is giving up (a TMA wait timed out or another block aborted): no result.
@@ -78,8 +71,7 @@ __device__ bool gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   const int ldb = P::kWeightsKMajor ? p.hidden : c.w1_cols;
   const Elem* w1 = static_cast<const Elem*>(p.w1) +
                    static_cast<long long>(expert) * p.hidden * c.w1_cols + k_offset<P>(k_first, ldb);
-  return Gemm::run(sm.gemm, w1, ldb, c.col0, c.col_hi, c.valid_lo, c.valid_hi, k_count, rows,
-                   tma_b(p, &p.tma_w1, expert, k_first));
+  return Gemm::run(sm.gemm, w1, ldb, c.col0, c.col_hi, c.valid_lo, c.valid_hi, k_count, rows);
 }
 
 // GEMM0's epilogue: hidden_act[hidden_row0 + r, cols of col_tile] = act(C[r] + b1) for r < rows.
@@ -118,8 +110,12 @@ __device__ bool gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   const int ldb = P::kWeightsKMajor ? p.ffn : p.hidden;
   const Elem* w2 = static_cast<const Elem*>(p.w2) +
                    static_cast<long long>(expert) * p.ffn * p.hidden + k_offset<P>(k_first, ldb);
-  // A rows are contiguous here: with B by TMA, A comes by TMA too (Params::tma_h).
-  TmaB t = tma_b(p, &p.tma_w2, expert, k_first);
+  // A rows are contiguous here: bf16 loads both operands by TMA (the other precisions ignore t).
+  TmaTile t;
+  t.map = &p.tma_w2;
+  t.expert = expert;
+  t.k0 = k_first;
+  t.p = &p;
   t.map_a = &p.tma_h;
   t.a_row0 = hidden_row0;
   return Gemm::template run<true>(sm.gemm, w2, ldb, col0, col0 + kHalf, min(kHalf, out_cols),

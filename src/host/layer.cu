@@ -45,8 +45,8 @@ std::string describe_kernel_error(const device::ErrorRecord& e, const LayerConfi
                " s: the task that should fill it was never published");
       break;
     case device::ErrorCode::timeout_tma:
-      s += cat("a weight tile loaded by TMA did not land within ", timeout_s, " s (thread ",
-               e.detail0, ")");
+      s += cat("a GEMM1 stage (rows of the activation buffer and weights, loaded by TMA) did not "
+               "land within ", timeout_s, " s (thread ", e.detail0, ")");
       break;
     case device::ErrorCode::timeout_route:
       s += cat("the block routing this call (of few token tiles) did not finish within ", timeout_s,
@@ -134,9 +134,8 @@ struct MoELayer::Impl {
   const void* checked_y = nullptr;
   long long* trace = nullptr;          // [grid, kTraceStride] while tracing is on
   Communicator::Impl* comm = nullptr;  // the communicator the layer was built on (outlives it)
-  // bf16: TMA maps of w1 and w2 (the weights do not move), which the expert GEMMs read B through.
-  bool tma_b = false;
-  CUtensorMap tma_w1{};
+  // bf16: the TMA map of w2 (the weights do not move), which GEMM1 reads B through.
+  bool tma = false;
   CUtensorMap tma_w2{};
   // hidden_act's map (GEMM1's A rows), encoded again when the shared workspace has moved.
   const void* tma_h_base = nullptr;
@@ -217,25 +216,18 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
     throw std::logic_error("monomoe: the workspace plan's expert tile width differs from the kernel's");
   }
   if (config.dtype == DType::bf16) {
-    // [in, out]: W1 [el][hidden][w1 columns], W2 [el][ffn][hidden], boxes of 64 K rows; [out, in]:
-    // W1 [el][w1 columns][hidden], W2 [el][hidden][ffn], boxes of half a tile's columns
-    // (device/gemm/tile_gemm.cuh, TileGemm::tma_stage).
+    // GEMM1 reads W2 by TMA. [in, out]: W2 [el][ffn][hidden], boxes of 64 K rows; [out, in]: W2
+    // [el][hidden][ffn], boxes of half a tile's columns (device/gemm/stage_loads.cuh, tma_stage).
     const std::int64_t el = config.experts_per_rank();
-    const std::int64_t w1_cols =
-        config.activation == Activation::swiglu ? 2 * config.ffn : config.ffn;
     const std::int64_t half = device::expert_tile_cols(config.dtype) / 2;
     if (config.weight_layout == WeightLayout::in_out) {
-      m.tma_w1 = detail::weight_tensor_map(weights.w1, el, config.hidden, w1_cols, 64,
-                                           config.dtype, "ExpertWeights.w1");
       m.tma_w2 = detail::weight_tensor_map(weights.w2, el, config.ffn, config.hidden, 64,
                                            config.dtype, "ExpertWeights.w2");
     } else {
-      m.tma_w1 = detail::weight_tensor_map(weights.w1, el, w1_cols, config.hidden, half,
-                                           config.dtype, "ExpertWeights.w1");
       m.tma_w2 = detail::weight_tensor_map(weights.w2, el, config.hidden, config.ffn, half,
                                            config.dtype, "ExpertWeights.w2");
     }
-    m.tma_b = true;
+    m.tma = true;
   }
   m.plan = detail::plan_workspace(config);
   m.shared = detail::SharedWorkspace::of(comm);
@@ -397,10 +389,7 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.b1 = m.weights.b1;
   p.w2 = m.weights.w2;
   p.b2 = m.weights.b2;
-  if (m.tma_b) {
-    p.tma_w1 = m.tma_w1;
-    p.tma_w2 = m.tma_w2;
-  }
+  if (m.tma) p.tma_w2 = m.tma_w2;
 
   p.control = m.at<device::Control>(m.plan.control);
   int* words = m.at<int>(m.plan.control + sizeof(device::Control));
@@ -430,7 +419,7 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.tile_counts = m.at<int>(m.plan.tile_counts);
   p.expert_rows = m.at<int>(m.plan.expert_rows);
   p.hidden_act = m.at(m.plan.hidden_act);
-  if (m.tma_b) {
+  if (m.tma) {
     if (m.tma_h_base != p.hidden_act) {
       m.tma_h = detail::weight_tensor_map(p.hidden_act, 1, m.plan.hidden_rows, c.ffn,
                                           device::kTileRows, c.dtype, "hidden_act");

@@ -1,6 +1,6 @@
-// TMA tensor maps of the expert weights, built once per layer on the host (the weights do not
-// move): the bf16 kernel's expert GEMMs read their weight tiles through them (device/gemm/tma.cuh,
-// TileGemm::tma_stage).
+// TMA tensor maps, built on the host: of the expert weights once per layer (the weights do not
+// move) and of the activation buffer when the workspace moves; the bf16 kernel's GEMM1 reads both
+// operands through them (device/gemm/tma.cuh, StageLoads::tma_stage).
 #pragma once
 
 #include <cuda.h>

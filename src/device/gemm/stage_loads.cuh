@@ -76,16 +76,16 @@ struct GemmSmem {
   static constexpr int kNarrow = TileShapes<P, kTileCols>::kBufferBytes;
   alignas(1024) unsigned char buffer[kWide > kNarrow ? kWide : kNarrow];  // wgmma: 1024-B atoms
   const typename P::Elem* rows[kTileRows];  // A row sources; nullptr rows read as zeros
-  // B by TMA (tma.cuh): a barrier per pipeline stage, initialized once per launch, and the parity
-  // of each stage's next phase (bit s), the same in every thread between tile GEMMs.
-  unsigned long long full_b[P::kStages];
-  unsigned int b_phase;
-  TmaB tma;  // the current tile GEMM's (run_wgmma), kept here rather than in registers
+  // Stages filled by TMA (tma.cuh): a barrier per pipeline stage, initialized once per launch, and
+  // the parity of each stage's next phase (bit s), the same in every thread between tile GEMMs.
+  unsigned long long full_tma[P::kStages];
+  unsigned int tma_phase;
+  TmaTile tma;  // the current tile GEMM's (run_wgmma), kept here rather than in registers
 };
 
 // How a pipeline stage of a 128 x BN tile is filled: A's gathered rows and B's weight tile by
-// cp.async from every thread (a per-thread plan computed once per tile), or B (and GEMM1's A) by
-// TMA from one thread; tf32's in-place rounding. The B columns of the tile come in two halves of
+// cp.async from every thread (a per-thread plan computed once per tile), or both (GEMM1's
+// contiguous A rows and its weight tile) by TMA from one thread; tf32's in-place rounding. The B columns of the tile come in two halves of
 // BN/2: [0, BN/2) from col_lo, [BN/2, BN) from col_hi (a SwiGLU tile holds the gate and up halves
 // of an expert); only the first valid_lo / valid_hi columns of each half are read by cp.async (the
 // rest are zeros), so N need not be a multiple of BN.
@@ -213,18 +213,16 @@ struct StageLoads : TileShapes<P, BN> {
   // is then an address inside B (the matrix's first row), not to be read.
   template <class Copy>
   static __device__ __forceinline__ void for_each_chunk(Smem& sm, const ChunkPlan& c, int ldb,
-                                                        int kt, int stage, Copy&& copy,
-                                                        bool with_b = true, bool with_a = true) {
+                                                        int kt, int stage, Copy&& copy) {
     SmemElem* base = reinterpret_cast<SmemElem*>(sm.buffer);
     SmemElem* sa = base + c.a_smem + stage * c.a_stage;
     SmemElem* sb = base + kElemsA + c.b_smem + stage * c.b_stage;
     const int k = kt * kBK + c.a_k;
 #pragma unroll
-    for (int i = 0; i < kChunksA && with_a; ++i) {
+    for (int i = 0; i < kChunksA; ++i) {
       const Elem* src = sm.rows[c.a_row0 + i * kRowsPerPassA];
       copy(i, sa + i * c.a_step, src ? src + k : c.b_src, src != nullptr);
     }
-    if (!with_b) return;
     if constexpr (P::kWeightsKMajor) {
       const Elem* lo = c.b_src + kt * kBK;
       const Elem* hi = c.b_src_hi + kt * kBK;
@@ -243,50 +241,43 @@ struct StageLoads : TileShapes<P, BN> {
     }
   }
 
-  // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage` (without B or A where
-  // TMA brings them).
+  // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage`.
   static __device__ __forceinline__ void load_stage(Smem& sm, const ChunkPlan& c, int ldb, int kt,
-                                                    int stage, bool with_b = true,
-                                                    bool with_a = true) {
-    for_each_chunk(
-        sm, c, ldb, kt, stage,
-        [](int, SmemElem* dst, const Elem* src, bool valid) { cp_async_16(dst, src, valid); },
-        with_b, with_a);
+                                                    int stage) {
+    for_each_chunk(sm, c, ldb, kt, stage,
+                   [](int, SmemElem* dst, const Elem* src, bool valid) { cp_async_16(dst, src, valid); });
   }
 
-  // B of k-tile `kt` by TMA into stage `stage` (thread 0), the first half's columns from col_lo,
-  // the second half's from col_hi; columns past the matrix arrive as zeros (whatever lies past the
-  // valid ones only feeds output columns nobody stores). [in, out] weights: BN / 64 boxes of 64
-  // columns x 64 k (map [experts][K][N]); [out, in]: one box per half, BN / 2 weight rows x 64 k
-  // (map [experts][N][K]), the K-major atoms of consecutive rows being consecutive already.
-  static constexpr bool kTmaB = kBK == 64 && sizeof(SmemElem) == 2 && BN == P::kExpertBN &&
-                                (kBKFirst || P::kWeightsKMajor);
-  // kTmaA: A too, the 128 rows from row t.a_row0 of the map t.map_a (contiguous rows: GEMM1's
-  // hidden_act), one box of 128 rows x 64 k (rows past the tile's valid ones feed output rows
-  // nobody stores; past the map's end they are zeros).
-  template <bool kTmaA>
+  // Both operands of k-tile `kt` by TMA into stage `stage` (thread 0). A: the 128 rows from row
+  // t.a_row0 of the map t.map_a (contiguous rows: GEMM1's hidden_act), one box of 128 rows x 64 k
+  // (rows past the tile's valid ones feed output rows nobody stores; past the map's end they are
+  // zeros). B: the first half's columns from col_lo, the second half's from col_hi; columns past
+  // the matrix arrive as zeros (whatever lies past the valid ones only feeds output columns nobody
+  // stores). [in, out] weights: BN / 64 boxes of 64 columns x 64 k (map [experts][K][N]); [out,
+  // in]: one box per half, BN / 2 weight rows x 64 k (map [experts][N][K]), the K-major atoms of
+  // consecutive rows being consecutive already.
+  static constexpr bool kTmaCapable = kBK == 64 && sizeof(SmemElem) == 2 && BN == P::kExpertBN &&
+                                      (kBKFirst || P::kWeightsKMajor);
   static __device__ __forceinline__ void tma_stage(Smem& sm, int kt, int stage) {
-    static_assert(kTmaB, "bf16 expert tiles only");
-    const TmaB& t = sm.tma;
+    static_assert(kTmaCapable, "bf16 expert tiles only");
+    const TmaTile& t = sm.tma;
     const int col_lo = t.col_lo, col_hi = t.col_hi;
     constexpr int kBoxes = P::kWeightsKMajor ? 2 : BN / 64;
     constexpr int kBoxElems = BN * kBK / kBoxes;
-    constexpr int kABytes = kTmaA ? kTileRows * kBK * static_cast<int>(sizeof(SmemElem)) : 0;
+    constexpr int kBytes = (kTileRows + BN) * kBK * static_cast<int>(sizeof(SmemElem));
+    SmemElem* sa = reinterpret_cast<SmemElem*>(sm.buffer) + stage * (kTileRows * kBK);
     SmemElem* sb = reinterpret_cast<SmemElem*>(sm.buffer) + kElemsA + stage * (BN * kBK);
-    mbar_expect_bytes(&sm.full_b[stage], BN * kBK * static_cast<int>(sizeof(SmemElem)) + kABytes);
-    if constexpr (kTmaA) {
-      SmemElem* sa = reinterpret_cast<SmemElem*>(sm.buffer) + stage * (kTileRows * kBK);
-      tma_load_box(sa, t.map_a, &sm.full_b[stage], t.k0 + kt * kBK, t.a_row0, 0);
-    }
+    mbar_expect_bytes(&sm.full_tma[stage], kBytes);
+    tma_load_box(sa, t.map_a, &sm.full_tma[stage], t.k0 + kt * kBK, t.a_row0, 0);
 #pragma unroll
     for (int box = 0; box < kBoxes; ++box) {
       const int half_box = box % (kBoxes / 2);
       const int col = (box < kBoxes / 2 ? col_lo : col_hi) + half_box * (BN / kBoxes);
       if constexpr (P::kWeightsKMajor) {
-        tma_load_box(sb + box * kBoxElems, t.map, &sm.full_b[stage], t.k0 + kt * kBK, col,
+        tma_load_box(sb + box * kBoxElems, t.map, &sm.full_tma[stage], t.k0 + kt * kBK, col,
                      t.expert);
       } else {
-        tma_load_box(sb + box * kBoxElems, t.map, &sm.full_b[stage], col, t.k0 + kt * kBK,
+        tma_load_box(sb + box * kBoxElems, t.map, &sm.full_tma[stage], col, t.k0 + kt * kBK,
                      t.expert);
       }
     }

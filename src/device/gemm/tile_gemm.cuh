@@ -27,22 +27,21 @@ struct TileGemm : StageLoads<P, BN> {
   using Loads::kStages;
   using Loads::kElemsA;
   using Loads::kCPitch;
-  using Loads::kTmaB;
+  using Loads::kTmaCapable;
   using Loads::load_stage;
   using Loads::plan_chunks;
   using Loads::round_stage;
   using Loads::tma_stage;
 
-  // tma: where the expert GEMMs of bf16 read B by TMA (its map; b is then
-  // only the plan's address, not read); ignored by every other instance. Returns false when a TMA
-  // wait gave up (abort or timeout, recorded): the result is then not to be used.
-  // kTmaA (GEMM1: A rows contiguous in hidden_act): A by TMA too, from tma.map_a.
-  template <bool kTmaA = false>
+  // kTma (bf16 GEMM1, whose A rows are contiguous in hidden_act): both operands by TMA, through
+  // the maps of `tma` (b is then not read); otherwise every thread copies them by cp.async. False
+  // when a TMA wait gave up (abort or timeout, recorded): the result is then not to be used.
+  template <bool kTma = false>
   static __device__ bool run(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
                              int valid_lo, int valid_hi, int k_total, int rows = kTileRows,
-                             TmaB tma = TmaB{}) {
+                             TmaTile tma = TmaTile{}) {
     if constexpr (P::kWgmma) {
-      return run_wgmma<kTmaA>(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, rows, tma);
+      return run_wgmma<kTma>(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, rows, tma);
     } else {
       run_mma_sync(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total);
       return true;
@@ -64,16 +63,14 @@ struct TileGemm : StageLoads<P, BN> {
   // work, on tiles that are bound by the weights' bytes.
   static constexpr int kInFlight = 1;                      // MMA batches pending after each k-tile
   static constexpr int kAhead = kStages - kInFlight - 1;   // k-tiles loading ahead of the MMAs
-  // B by TMA (the expert GEMMs of bf16, both weight layouts): thread 0 issues each stage's boxes
-  // where the cp.async path had every thread copy 8 16-byte chunks (the loop's own work per
-  // k-tile, ~0.45 us on an H200, perf log 2026-11-30 03:04, is what a k-tile takes beyond its
-  // MMAs); every thread waits on the stage's barrier before the k-tile's barrier, which is then
-  // __syncthreads_and of the waits, so that a wait that gives up (abort, timeout: recorded) ends
-  // the loop in every thread at once.
-  template <bool kTmaA>
+  // kTma (bf16 GEMM1): thread 0 issues each stage's boxes where the cp.async path has every
+  // thread copy 12 16-byte chunks; every thread waits on the stage's barrier before the k-tile's
+  // barrier, which is then __syncthreads_and of the waits, so that a wait that gives up (abort,
+  // timeout: recorded) ends the loop in every thread at once.
+  template <bool kTma>
   static __device__ bool run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
                                    int valid_lo, int valid_hi, int k_total, int rows,
-                                   TmaB tma) {
+                                   TmaTile tma) {
     using namespace cute;
     if (threadIdx.x == 0) {  // read after the barrier (issue, slow waits)
       sm.tma = tma;
@@ -103,20 +100,20 @@ struct TileGemm : StageLoads<P, BN> {
     // whose MMAs both warpgroups finished before they reached this iteration's barrier (each left
     // at most k-tiles kt-kInFlight..kt-1 pending in iteration kt-1), so one barrier per k-tile
     // suffices.
-    // B by TMA: GEMM1 of bf16 (kTmaA: A by TMA too), both weight layouts; GEMM0, whose A rows are
-    // gathered by cp.async, copies B by cp.async as well: TMA B beside cp.async A made its tasks
-    // ~20% slower (perf log 2026-11-30 04:55), TMA for both made GEMM1's ~5% faster. The gate's
-    // narrow tiles and the other precisions copy B by cp.async. Decided at compile time: a
-    // run-time choice kept both paths' state live (spills).
-    constexpr bool b_tma = kTmaB && kTmaA;
-    constexpr bool a_tma = kTmaB && kTmaA;
-    unsigned int phase = sm.b_phase;  // bit s: the parity of stage s's next phase
-    const bool issuer = b_tma && threadIdx.x == 0;
+    // TMA: GEMM1 of bf16 (both weight layouts), whose A rows are contiguous. GEMM0 gathers its A
+    // rows, and copies B by cp.async too: B by TMA beside A by cp.async made its tasks ~20% slower,
+    // both by TMA made GEMM1's ~5% faster (perf log 2026-11-30 04:51). The gate's narrow tiles
+    // and the other precisions copy by cp.async. Decided at compile time: a run-time choice kept
+    // both paths' state live (spills).
+    constexpr bool by_tma = kTma && kTmaCapable;
+    unsigned int phase = sm.tma_phase;  // bit s: the parity of stage s's next phase
+    const bool issuer = by_tma && threadIdx.x == 0;
     const auto refill = [&](int kt, int stage) {
-      if constexpr (b_tma) {
-        if (issuer) tma_stage<a_tma>(sm, kt, stage);
+      if constexpr (by_tma) {
+        if (issuer) tma_stage(sm, kt, stage);
+      } else {
+        load_stage(sm, chunks, ldb, kt, stage);
       }
-      load_stage(sm, chunks, ldb, kt, stage, !b_tma, !a_tma);
     };
     // The buffer's last use was the generic proxy's (the previous result, a combine's staging):
     // ordered before this call's TMA writes by the barrier above and this fence.
@@ -137,9 +134,9 @@ struct TileGemm : StageLoads<P, BN> {
       // rounding no fence here (as CUTLASS's cp.async wgmma mainloops): it compiled to
       // MEMBAR.ALL.CTA, which may wait for this thread's later k-tiles' copies still in flight.
       if constexpr (P::kRoundToTf32) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      if constexpr (b_tma) {
+      if constexpr (by_tma) {
         // TMA writes are the async proxy's, as wgmma's reads: no fence.
-        const bool landed = mbar_wait_bounded(sm.tma, &sm.full_b[stage], (phase >> stage) & 1u);
+        const bool landed = mbar_wait_bounded(sm.tma, &sm.full_tma[stage], (phase >> stage) & 1u);
         phase ^= 1u << stage;
         // stage kt complete for every thread's copies and its B; k-tile kt-1-kInFlight done
         if (!__syncthreads_and(landed)) {
@@ -163,8 +160,8 @@ struct TileGemm : StageLoads<P, BN> {
     warpgroup_fence_operand(acc);
     cp_async_wait<0>();
     __syncthreads();  // all MMAs have read the pipeline: the buffer becomes the result tile
-    if (!ok) return false;  // (B stages may still be landing: the launch is giving up)
-    if (threadIdx.x == 0) sm.b_phase = phase;  // read again after the next call's first barrier
+    if (!ok) return false;  // (TMA stages may still be landing: the launch is giving up)
+    if (threadIdx.x == 0) sm.tma_phase = phase;  // read again after the next call's first barrier
     store_result(sm, thr, acc);
     return true;
   }

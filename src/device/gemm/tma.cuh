@@ -1,6 +1,7 @@
-// TMA loads of weight tiles (bf16) for the tile GEMM (tile_gemm.cuh): one thread issues a stage's B
-// tile as boxes of a 3D tensor map [experts][K][N] or [experts][N][K] (host/tensor_maps.cpp) that
-// complete a transaction-count mbarrier; every thread waits on it, bounded like every wait.
+// TMA loads for the tile GEMM (tile_gemm.cuh) where both operands' rows are contiguous (bf16
+// GEMM1): one thread issues a stage's A box (rows of hidden_act) and B boxes (a 3D tensor map of
+// the weights, [experts][K][N] or [experts][N][K], host/tensor_maps.cpp) that complete a
+// transaction-count mbarrier; every thread waits on it, bounded like every wait.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap (a type only)
@@ -10,15 +11,15 @@
 
 namespace monomoe::device {
 
-// Where a tile GEMM's B comes from when TMA loads it: the map (null: B by cp.async), the expert
-// (its third coordinate) and the first K row of the task's K range.
-struct TmaB {
-  const CUtensorMap* map = nullptr;
+// Where a tile GEMM's operands come from when TMA loads them: B's map (the weights), its expert
+// (the map's third coordinate), the first K row of the task's K range, and A's map and first row.
+struct TmaTile {
+  const CUtensorMap* map = nullptr;  // the weights
   int expert = 0;
   int k0 = 0;
   const Params* p = nullptr;  // for the bounded wait (abort, timeout)
   int col_lo = 0, col_hi = 0;  // the tile's two column halves (set by the tile GEMM)
-  const CUtensorMap* map_a = nullptr;  // A by TMA too (GEMM1: hidden_act [rows][ffn])
+  const CUtensorMap* map_a = nullptr;  // A's rows (GEMM1: hidden_act [rows][ffn])
   int a_row0 = 0;                      // the tile's first row there
 };
 
@@ -54,7 +55,7 @@ __device__ __forceinline__ bool mbar_test(unsigned long long* bar, unsigned int 
 // Waits for the phase of `parity` of `bar`. False on abort or past the layer's timeout (recorded
 // as timeout_tma: a weight tile never landed). t.p (in shared memory) is read on the slow path
 // only.
-__device__ __forceinline__ bool mbar_wait_bounded(const TmaB& t, unsigned long long* bar,
+__device__ __forceinline__ bool mbar_wait_bounded(const TmaTile& t, unsigned long long* bar,
                                                   unsigned int parity) {
   if (mbar_test(bar, parity)) return true;
   const Params& p = *t.p;
