@@ -5,6 +5,7 @@ set(MONOMOE_GPU_SOURCES
   ${PROJECT_SOURCE_DIR}/src/host/communicator.cpp
   ${PROJECT_SOURCE_DIR}/src/host/layer.cu
   ${PROJECT_SOURCE_DIR}/src/host/shared_workspace.cpp
+  ${PROJECT_SOURCE_DIR}/src/host/tensor_maps.cpp
   ${PROJECT_SOURCE_DIR}/src/host/window.cu
   ${PROJECT_SOURCE_DIR}/src/host/virtual_ranks.cpp
   ${PROJECT_SOURCE_DIR}/src/device/instances.cu

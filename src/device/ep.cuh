@@ -188,7 +188,7 @@ __device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
     }
     sm.gemm.rows[r] = src ? src + ks.first : nullptr;
   }
-  gemm0_math<P>(p, sm, t.expert_local, t.rows, col_tile, ks.first, ks.count);
+  if (!gemm0_math<P>(p, sm, t.expert_local, t.rows, col_tile, ks.first, ks.count)) return;
   if (slices > 1 &&
       !finish_k_split<P>(p, sm, 0, i * p.gemm0_col_tiles + col_tile, slice, slices, t.rows)) {
     return;  // another slice's block finishes this tile
@@ -217,7 +217,10 @@ __device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   const int slices = ep_k_split(p);
   const int col_tile = b / slices, slice = b % slices;
   const KSlice ks = k_slice(p.ffn, slice, slices);
-  gemm1_math<P>(p, sm, t.expert_local, t.rows, i * kTileRows, col_tile, ks.first, ks.count);
+  if (!gemm1_math<P>(p, sm, t.expert_local, t.rows, i * kTileRows, col_tile, ks.first,
+                     ks.count)) {
+    return;
+  }
   if (slices > 1 &&
       !finish_k_split<P>(p, sm, 1, i * p.gemm1_col_tiles + col_tile, slice, slices, t.rows)) {
     return;

@@ -1,6 +1,8 @@
 // Everything the persistent kernel needs, computed once on the host (host decides, device executes).
 #pragma once
 
+#include <cuda.h>  // CUtensorMap (a type only)
+
 #include <cstdint>
 
 #include "device/pack.hpp"   // RecvTile, RecvPart
@@ -55,6 +57,7 @@ enum class ErrorCode : int {
   given_id_out_of_range = 7,  // not in [0, experts)
   given_id_repeated = 8,      // the same expert as an earlier choice of the token
   timeout_route = 9,  // few token tiles: the block that routes the call did not finish in time
+  timeout_tma = 10,   // a GEMM1 stage loaded by TMA did not land in time (details: thread, parity)
 };
 
 // First error wins; sticky across forwards until the host reads and clears it.
@@ -211,6 +214,12 @@ struct Params {
   int max_recv_tiles;
   RecvPart* recv_parts;        // [max_recv_parts]
   int max_recv_parts;
+
+  // bf16: GEMM1 reads both operands by TMA (device/gemm/tma.cuh) through these maps of w2
+  // (host/tensor_maps.cpp; [experts_local][K][N], or [experts_local][N][K] for [out, in] weights)
+  // and of hidden_act; unused by the other precisions.
+  CUtensorMap tma_w2;  // (64-byte aligned by its type)
+  CUtensorMap tma_h;   // hidden_act [rows][ffn] (GEMM1's A rows), in boxes of 128 rows x 64 k
 };
 
 }  // namespace monomoe::device

@@ -59,9 +59,10 @@ __device__ __forceinline__ long long k_offset(int k, int ldn) {
 }
 
 // GEMM0's MMAs for one row tile over K range [k_first, k_first + k_count): the fp32 tile is left in
-// shared memory. A rows from sm.gemm.rows (filled by the caller, already offset by k_first).
+// shared memory. A rows from sm.gemm.rows (filled by the caller, already offset by k_first). False
+// when the launch is giving up (a TMA wait timed out or another block aborted): no result.
 template <class P>
-__device__ void gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int rows, int col_tile,
+__device__ bool gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int rows, int col_tile,
                            int k_first, int k_count) {
   using Elem = typename P::Elem;
   using Gemm = TileGemm<P, P::kExpertBN>;
@@ -70,7 +71,7 @@ __device__ void gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   const int ldb = P::kWeightsKMajor ? p.hidden : c.w1_cols;
   const Elem* w1 = static_cast<const Elem*>(p.w1) +
                    static_cast<long long>(expert) * p.hidden * c.w1_cols + k_offset<P>(k_first, ldb);
-  Gemm::run(sm.gemm, w1, ldb, c.col0, c.col_hi, c.valid_lo, c.valid_hi, k_count, rows);
+  return Gemm::run(sm.gemm, w1, ldb, c.col0, c.col_hi, c.valid_lo, c.valid_hi, k_count, rows);
 }
 
 // GEMM0's epilogue: hidden_act[hidden_row0 + r, cols of col_tile] = act(C[r] + b1) for r < rows.
@@ -89,9 +90,10 @@ __device__ void gemm0_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
 }
 
 // GEMM1's MMAs over K range [k_first, k_first + k_count) of one row tile: A rows are
-// hidden_act[hidden_row0 + r] (set here), the fp32 tile is left in shared memory.
+// hidden_act[hidden_row0 + r] (set here), the fp32 tile is left in shared memory. False as
+// gemm0_math.
 template <class P>
-__device__ void gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int rows,
+__device__ bool gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int rows,
                            int hidden_row0, int col_tile, int k_first, int k_count) {
   using Elem = typename P::Elem;
   using Gemm = TileGemm<P, P::kExpertBN>;
@@ -108,8 +110,16 @@ __device__ void gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   const int ldb = P::kWeightsKMajor ? p.ffn : p.hidden;
   const Elem* w2 = static_cast<const Elem*>(p.w2) +
                    static_cast<long long>(expert) * p.ffn * p.hidden + k_offset<P>(k_first, ldb);
-  Gemm::run(sm.gemm, w2, ldb, col0, col0 + kHalf, min(kHalf, out_cols),
-            max(0, out_cols - kHalf), k_count, rows);
+  // A rows are contiguous here: bf16 loads both operands by TMA (the other precisions ignore t).
+  TmaTile t;
+  t.map = &p.tma_w2;
+  t.expert = expert;
+  t.k0 = k_first;
+  t.p = &p;
+  t.map_a = &p.tma_h;
+  t.a_row0 = hidden_row0;
+  return Gemm::template run<true>(sm.gemm, w2, ldb, col0, col0 + kHalf, min(kHalf, out_cols),
+                                  max(0, out_cols - kHalf), k_count, rows, t);
 }
 
 // GEMM1's epilogue: sm.task.row_out[r][cols of col_tile] = C[r] + b2 for r < rows (set_gemm1_rows;
@@ -193,7 +203,7 @@ __device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int b) {
     }
     sm.gemm.rows[r] = src;
   }
-  gemm0_math<P>(p, sm, rt.expert, rt.rows, col_tile, ks.first, ks.count);
+  if (!gemm0_math<P>(p, sm, rt.expert, rt.rows, col_tile, ks.first, ks.count)) return;
   if (slices > 1 &&
       !finish_k_split<P>(p, sm, 0, tile * p.gemm0_col_tiles + col_tile, slice, slices, rt.rows)) {
     return;  // another slice's block finishes this tile
@@ -272,7 +282,7 @@ __device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   const int slices = sm.route.k_split;
   const int col_tile = b / slices, slice = b % slices;
   const KSlice ks = k_slice(p.ffn, slice, slices);
-  gemm1_math<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile, ks.first, ks.count);
+  if (!gemm1_math<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile, ks.first, ks.count)) return;
   const int group = tile * p.gemm1_col_tiles + col_tile;
   if (slices > 1 && !finish_k_split<P>(p, sm, 1, group, slice, slices, rt.rows)) return;
   set_gemm1_rows<Elem>(p, sm.task, rt.rows, [&](int r) {

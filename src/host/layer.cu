@@ -15,6 +15,7 @@
 #include "host/check.hpp"
 #include "host/communicator_impl.hpp"
 #include "host/shared_workspace.hpp"
+#include "host/tensor_maps.hpp"
 #include "host/text.hpp"
 #include "host/window.hpp"
 #include "host/workspace.hpp"
@@ -42,6 +43,10 @@ std::string describe_kernel_error(const device::ErrorRecord& e, const LayerConfi
     case device::ErrorCode::timeout_queue:
       s += cat("task slot ", e.detail0, " stayed empty for ", timeout_s,
                " s: the task that should fill it was never published");
+      break;
+    case device::ErrorCode::timeout_tma:
+      s += cat("a GEMM1 stage (rows of the activation buffer and weights, loaded by TMA) did not "
+               "land within ", timeout_s, " s (thread ", e.detail0, ")");
       break;
     case device::ErrorCode::timeout_route:
       s += cat("the block routing this call (of few token tiles) did not finish within ", timeout_s,
@@ -129,6 +134,12 @@ struct MoELayer::Impl {
   const void* checked_y = nullptr;
   long long* trace = nullptr;          // [grid, kTraceStride] while tracing is on
   Communicator::Impl* comm = nullptr;  // the communicator the layer was built on (outlives it)
+  // bf16: the TMA map of w2 (the weights do not move), which GEMM1 reads B through.
+  bool tma = false;
+  CUtensorMap tma_w2{};
+  // hidden_act's map (GEMM1's A rows), encoded again when the shared workspace has moved.
+  const void* tma_h_base = nullptr;
+  CUtensorMap tma_h{};
 
   device::CallPrologue::GateCopy gate_copy() const;
   // stats() and routing() read what the last call left in the shared area.
@@ -203,6 +214,20 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
   if (device::expert_tile_cols(config.dtype) !=
       static_cast<int>(detail::TileShape::expert_cols(config.dtype))) {
     throw std::logic_error("monomoe: the workspace plan's expert tile width differs from the kernel's");
+  }
+  if (config.dtype == DType::bf16) {
+    // GEMM1 reads W2 by TMA. [in, out]: W2 [el][ffn][hidden], boxes of 64 K rows; [out, in]: W2
+    // [el][hidden][ffn], boxes of half a tile's columns (device/gemm/stage_loads.cuh, tma_stage).
+    const std::int64_t el = config.experts_per_rank();
+    const std::int64_t half = device::expert_tile_cols(config.dtype) / 2;
+    if (config.weight_layout == WeightLayout::in_out) {
+      m.tma_w2 = detail::weight_tensor_map(weights.w2, el, config.ffn, config.hidden, 64,
+                                           config.dtype, "ExpertWeights.w2");
+    } else {
+      m.tma_w2 = detail::weight_tensor_map(weights.w2, el, config.hidden, config.ffn, half,
+                                           config.dtype, "ExpertWeights.w2");
+    }
+    m.tma = true;
   }
   m.plan = detail::plan_workspace(config);
   m.shared = detail::SharedWorkspace::of(comm);
@@ -364,6 +389,7 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.b1 = m.weights.b1;
   p.w2 = m.weights.w2;
   p.b2 = m.weights.b2;
+  if (m.tma) p.tma_w2 = m.tma_w2;
 
   p.control = m.at<device::Control>(m.plan.control);
   int* words = m.at<int>(m.plan.control + sizeof(device::Control));
@@ -393,6 +419,14 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.tile_counts = m.at<int>(m.plan.tile_counts);
   p.expert_rows = m.at<int>(m.plan.expert_rows);
   p.hidden_act = m.at(m.plan.hidden_act);
+  if (m.tma) {
+    if (m.tma_h_base != p.hidden_act) {
+      m.tma_h = detail::weight_tensor_map(p.hidden_act, 1, m.plan.hidden_rows, c.ffn,
+                                          device::kTileRows, c.dtype, "hidden_act");
+      m.tma_h_base = p.hidden_act;
+    }
+    p.tma_h = m.tma_h;
+  }
   p.stage = m.at(m.plan.stage);
   const detail::SharedLayout& fixed = m.shared->layout();
   p.tasks = reinterpret_cast<device::Task*>(m.shared->base() + fixed.tasks);

@@ -86,6 +86,7 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   // Row tile i of GEMM0/GEMM1 owns rows [i * 128, i * 128 + rows) when world > 1.
   const std::size_t hidden_rows =
       std::max(u(p.rows_in), checked_mul(u(p.row_tiles), u(TileShape::kRows), "max_tokens"));
+  p.hidden_rows = static_cast<std::int64_t>(hidden_rows);
   p.hidden_act =
       a.take(checked_mul(checked_mul(hidden_rows, u(cfg.ffn), "ffn"), elem, "ffn"), "ffn");
   p.stage = a.take(checked_mul(checked_mul(choices, u(cfg.hidden), "hidden"), elem, "hidden"),

@@ -51,7 +51,8 @@ struct WorkspacePlan {
   std::size_t topk_kept = 0;    // uint8 [max_tokens, k]
   std::size_t tile_counts = 0;  // int32 [token_tiles, experts]
   std::size_t expert_rows = 0;  // int32 [rows_in]: token*k + choice, grouped by expert
-  std::size_t hidden_act = 0;   // elem [rows_in, ffn]: activation output of GEMM0
+  std::size_t hidden_act = 0;   // elem [hidden_rows, ffn]: activation output of GEMM0
+  std::int64_t hidden_rows = 0;  // rows of hidden_act
   std::size_t stage = 0;        // elem [max_tokens * k, hidden]: expert outputs before combine
   std::size_t recv_tiles = 0;   // RecvTile (16 bytes) [row_tiles] (world > 1)
   std::size_t recv_part = 0;    // RecvPart (16 bytes) [recv_parts] (world > 1)

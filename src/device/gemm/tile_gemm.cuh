@@ -1,263 +1,50 @@
-// One 128x128 output tile C = A[rows] * B[:, cols] computed by a whole block: rows of A are gathered
-// through a per-row pointer table (token rows of x, or rows of the activation buffer), B is a weight
-// matrix stored [K, N] with N contiguous, or [N, K] with K contiguous when the precision's
-// kWeightsKMajor says so (PyTorch's [out, in]); ldb is its row pitch. Global -> shared through a
-// multi-stage cp.async pipeline (tf32 on wgmma: each thread then rounds its chunks to tf32 in place),
-// then wgmma from shared memory, or shared -> registers and mma.sync / FMA, through CuTe atoms
+// One 128 x BN output tile C = A[rows] * B[:, cols] computed by a whole block: rows of A are
+// gathered through a per-row pointer table (token rows of x, or rows of the activation buffer), B is
+// a weight matrix stored [K, N] with N contiguous, or [N, K] with K contiguous when the precision's
+// kWeightsKMajor says so (PyTorch's [out, in]); ldb is its row pitch. The stages of a multi-stage
+// pipeline are filled as stage_loads.cuh says (cp.async, TMA; tf32 rounded in place), then wgmma
+// reads them from shared memory, or shared -> registers and mma.sync / FMA, through CuTe atoms
 // (precision.cuh). The fp32 result is left in shared memory for the caller's epilogue.
 #pragma once
 
 #include <cute/tensor.hpp>
 
-#include "device/gemm/precision.cuh"
+#include "device/gemm/stage_loads.cuh"
 
 namespace monomoe::device {
 
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
-  const unsigned int dst = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
-  // src-size 0 zero-fills the 16 bytes without reading: rows past the tile's end become zeros.
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
-// One 16-byte st.shared (a plain float4 store through the generic pointer was split into four
-// 32-bit stores).
-__device__ __forceinline__ void st_shared_16(void* smem, float4 v) {
-  const unsigned int dst = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
-  asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(dst), "f"(v.x), "f"(v.y), "f"(v.z),
-               "f"(v.w)
-               : "memory");
-}
-// One 16-byte ld.shared.
-__device__ __forceinline__ float4 ld_shared_16(const void* smem) {
-  const unsigned int src = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
-  float4 v;
-  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];"
-               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-               : "r"(src)
-               : "memory");
-  return v;
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
-// Shared memory of the tile GEMMs of one precision: the operand pipeline, reused for the fp32
-// result once the MMAs end, sized for the widest tile (the expert GEMMs); the gate's narrower
-// tiles use a part of it.
+// One 128 x BN output tile from the stages StageLoads fills (stage_loads.cuh).
 template <class P, int BN>
-struct TileShapes {
-  using SmemElem = typename P::SmemElem;
-  static constexpr int kBK = P::kBlockK;
-  static constexpr int kStages = P::kStages;
-  using SmemLayoutA = decltype(cute::tile_to_shape(
-      typename P::SmemAtomA{},
-      cute::make_shape(cute::Int<kTileRows>{}, cute::Int<kBK>{}, cute::Int<kStages>{})));
-  using SmemLayoutB = decltype(cute::tile_to_shape(
-      typename P::SmemAtomB{},
-      cute::make_shape(cute::Int<BN>{}, cute::Int<kBK>{}, cute::Int<kStages>{})));
-  static constexpr int kElemsA = cute::cosize_v<SmemLayoutA>;
-  static constexpr int kElemsB = cute::cosize_v<SmemLayoutB>;
-  static constexpr int kPipeBytes = (kElemsA + kElemsB) * static_cast<int>(sizeof(SmemElem));
-  static constexpr int kCPitch = BN + 4;  // fp32 result row pitch, padded for banks
-  static constexpr int kCBytes = kTileRows * kCPitch * 4;
-  static constexpr int kBufferBytes = kPipeBytes > kCBytes ? kPipeBytes : kCBytes;
-};
+struct TileGemm : StageLoads<P, BN> {
+  using Loads = StageLoads<P, BN>;
+  using typename Loads::Elem;
+  using typename Loads::SmemElem;
+  using typename Loads::Smem;
+  using typename Loads::SmemLayoutA;
+  using typename Loads::SmemLayoutB;
+  using typename Loads::ChunkPlan;
+  using Loads::kBK;
+  using Loads::kStages;
+  using Loads::kElemsA;
+  using Loads::kCPitch;
+  using Loads::kTmaCapable;
+  using Loads::load_stage;
+  using Loads::plan_chunks;
+  using Loads::round_stage;
+  using Loads::tma_stage;
 
-template <class P>
-struct GemmSmem {
-  static constexpr int kWide = TileShapes<P, P::kExpertBN>::kBufferBytes;
-  static constexpr int kNarrow = TileShapes<P, kTileCols>::kBufferBytes;
-  alignas(1024) unsigned char buffer[kWide > kNarrow ? kWide : kNarrow];  // wgmma: 1024-B atoms
-  const typename P::Elem* rows[kTileRows];  // A row sources; nullptr rows read as zeros
-};
-
-// One 128 x BN output tile. The B columns of the tile come in two halves of BN/2: [0, BN/2) from
-// col_lo, [BN/2, BN) from col_hi (a SwiGLU tile holds the gate and up halves of an expert); only the
-// first valid_lo / valid_hi columns of each half are read (the rest are zeros), so N need not be a
-// multiple of BN.
-template <class P, int BN>
-struct TileGemm : TileShapes<P, BN> {
-  using Shapes = TileShapes<P, BN>;
-  using Elem = typename P::Elem;
-  using SmemElem = typename P::SmemElem;
-  using Smem = GemmSmem<P>;
-  using typename Shapes::SmemLayoutA;
-  using typename Shapes::SmemLayoutB;
-  static constexpr int kBN = BN;
-  static constexpr int kBK = P::kBlockK;
-  static constexpr int kStages = P::kStages;
-  static constexpr int kElemsA = Shapes::kElemsA;
-  static constexpr int kCPitch = Shapes::kCPitch;
-  static constexpr int kChunkElems = 16 / sizeof(Elem);  // elements per 16-byte copy
-  static constexpr int kChunksA = kTileRows * kBK / kChunkElems / kThreads;  // per thread
-  static constexpr int kChunksB = BN * kBK / kChunkElems / kThreads;
-
-  static_assert(sizeof(Elem) == sizeof(SmemElem));
-  static_assert(kChunksA * kChunkElems * kThreads == kTileRows * kBK, "A tile: whole chunks per thread");
-  static_assert(kChunksB * kChunkElems * kThreads == BN * kBK, "B tile: whole chunks per thread");
-
-  static __device__ __forceinline__ const float* result(const Smem& sm) {
-    return reinterpret_cast<const float*>(sm.buffer);
-  }
-
-  // Where this thread's cp.async chunks of a k-tile go and come from. Thread t copies the A chunks
-  // of rows t / kChunksPerRowA + i * kRowsPerPassA at one k offset, and the B chunks of k rows
-  // t / kChunksPerRowB + i * kKPerPassB at one column. Successive chunks of a thread are whole
-  // swizzle atoms apart (1024 bytes and more), and the 128-byte swizzles only mix address bits
-  // inside an atom, so chunk i lands at the first chunk's offset plus i times a fixed step; the
-  // stage adds a fixed step too. Computed once per tile, this keeps the swizzle arithmetic out of
-  // the main loop (the GPU tests check every layout against the CPU reference).
-  static constexpr int kChunksPerRowA = kBK / kChunkElems;
-  static constexpr int kChunksPerRowB = BN / kChunkElems;
-  static constexpr int kRowsPerPassA = kThreads / kChunksPerRowA;
-  static constexpr int kKPerPassB = kThreads / kChunksPerRowB;
-  static_assert(kThreads % kChunksPerRowA == 0 && kThreads % kChunksPerRowB == 0,
-                "a thread's chunks must share one column (B) and one k offset (A)");
-  static_assert(kRowsPerPassA % 8 == 0 && kKPerPassB % 8 == 0,
-                "successive chunks of a thread must be whole 8-row swizzle atoms apart");
-  // K-major B ([out, in] weights: tile column n is weight row col_lo + n, or col_hi + n - BN/2 in
-  // the high half, K contiguous): B is copied like A, thread t taking piece t % kChunksPerRowBK of
-  // tile columns t / kChunksPerRowBK + i * kNPerPassB; the first kLoChunksB of them are in the low
-  // half.
-  static constexpr int kChunksPerRowBK = kBK / kChunkElems;
-  static constexpr int kNPerPassB = kThreads / kChunksPerRowBK;
-  static constexpr int kLoChunksB = (BN / 2) / kNPerPassB;
-  static_assert(kThreads % kChunksPerRowBK == 0 && kNPerPassB % 8 == 0 &&
-                    (BN / 2) % kNPerPassB == 0,
-                "K-major B: whole swizzle atoms between a thread's pieces, halves on piece bounds");
-
-  struct ChunkPlan {
-    int a_row0, a_k;             // first A row of this thread, its k offset in the k-tile
-    int a_smem, a_step, a_stage;  // element offsets in the pipeline buffer
-    int b_smem, b_step, b_stage;
-    const Elem* b_src;           // this thread's first B chunk of k-tile 0 (K-major: low half)
-    const Elem* b_src_hi;        // K-major: its first chunk of the high half
-    long long b_pass;            // elements between its successive B chunks (of one half)
-    bool b_valid;                // N-major: its column is inside the tile's valid columns
-    unsigned int b_valid_mask;   // K-major: bit i: chunk i's column is a valid one
-  };
-
-  static __device__ __forceinline__ ChunkPlan plan_chunks(Smem& sm, const Elem* b, int ldb,
-                                                          int col_lo, int col_hi, int valid_lo,
-                                                          int valid_hi) {
-    using namespace cute;
-    // Offsets through the smem tensors, as wgmma reads them: the bf16 atoms swizzle the shared
-    // memory address itself (smem_ptr_flag), so the layout function alone would not give them.
-    SmemElem* base = reinterpret_cast<SmemElem*>(sm.buffer);
-    Tensor sa = make_tensor(make_smem_ptr(base), SmemLayoutA{});
-    Tensor sb = make_tensor(make_smem_ptr(base + kElemsA), SmemLayoutB{});
-    const auto off_a = [&](int r, int k, int s) { return static_cast<int>(&sa(r, k, s) - base); };
-    const auto off_b = [&](int n, int k, int s) {
-      return static_cast<int>(&sb(n, k, s) - (base + kElemsA));
-    };
-    const int t = static_cast<int>(threadIdx.x);
-    ChunkPlan c;
-    c.a_row0 = t / kChunksPerRowA;
-    c.a_k = (t % kChunksPerRowA) * kChunkElems;
-    c.a_smem = off_a(c.a_row0, c.a_k, 0);
-    c.a_step = off_a(c.a_row0 + kRowsPerPassA, c.a_k, 0) - c.a_smem;
-    c.a_stage = off_a(c.a_row0, c.a_k, 1) - c.a_smem;
-    if constexpr (P::kWeightsKMajor) {
-      const int n0 = t / kChunksPerRowBK;
-      const int k = (t % kChunksPerRowBK) * kChunkElems;
-      c.b_smem = off_b(n0, k, 0);
-      c.b_step = off_b(n0 + kNPerPassB, k, 0) - c.b_smem;
-      c.b_stage = off_b(n0, k, 1) - c.b_smem;
-      c.b_valid_mask = 0;
-#pragma unroll
-      for (int i = 0; i < kChunksB; ++i) {
-        const bool hi = i >= kLoChunksB;
-        const int in_half = n0 + (hi ? i - kLoChunksB : i) * kNPerPassB;
-        if (in_half < (hi ? valid_hi : valid_lo)) c.b_valid_mask |= 1u << i;
-      }
-      // Invalid pieces are zero-filled from the matrix's first row (never read past it).
-      c.b_src = b + (c.b_valid_mask & 1u ? static_cast<long long>(col_lo + n0) * ldb + k : 0);
-      c.b_src_hi = b + ((c.b_valid_mask >> kLoChunksB) & 1u
-                            ? static_cast<long long>(col_hi + n0) * ldb + k
-                            : 0);
-      c.b_pass = static_cast<long long>(kNPerPassB) * ldb;
-    } else {
-      const int k0 = t / kChunksPerRowB;
-      const int n = (t % kChunksPerRowB) * kChunkElems;
-      c.b_smem = off_b(n, k0, 0);
-      c.b_step = off_b(n, k0 + kKPerPassB, 0) - c.b_smem;
-      c.b_stage = off_b(n, k0, 1) - c.b_smem;
-      const bool hi = n >= BN / 2;
-      const int in_half = hi ? n - BN / 2 : n;
-      c.b_valid = in_half < (hi ? valid_hi : valid_lo);
-      const int col = (hi ? col_hi : col_lo) + in_half;
-      c.b_src = b + static_cast<long long>(k0) * ldb + (c.b_valid ? col : 0);
-      c.b_pass = static_cast<long long>(kKPerPassB) * ldb;
-    }
-    return c;
-  }
-
-  // Calls copy(j, smem destination, global source, valid) for each of this thread's chunks of
-  // k-tile `kt` in pipeline stage `stage`: j = 0..kChunksA-1 for A, kChunksA.. for B. An invalid
-  // chunk (a row past the tile's end, a column past the valid ones) must become zeros; its source
-  // is then an address inside B (the matrix's first row), not to be read.
-  template <class Copy>
-  static __device__ __forceinline__ void for_each_chunk(Smem& sm, const ChunkPlan& c, int ldb,
-                                                        int kt, int stage, Copy&& copy) {
-    SmemElem* base = reinterpret_cast<SmemElem*>(sm.buffer);
-    SmemElem* sa = base + c.a_smem + stage * c.a_stage;
-    SmemElem* sb = base + kElemsA + c.b_smem + stage * c.b_stage;
-    const int k = kt * kBK + c.a_k;
-#pragma unroll
-    for (int i = 0; i < kChunksA; ++i) {
-      const Elem* src = sm.rows[c.a_row0 + i * kRowsPerPassA];
-      copy(i, sa + i * c.a_step, src ? src + k : c.b_src, src != nullptr);
-    }
-    if constexpr (P::kWeightsKMajor) {
-      const Elem* lo = c.b_src + kt * kBK;
-      const Elem* hi = c.b_src_hi + kt * kBK;
-#pragma unroll
-      for (int i = 0; i < kChunksB; ++i) {
-        const bool valid = (c.b_valid_mask >> i) & 1u;
-        const Elem* src = i < kLoChunksB ? lo + i * c.b_pass : hi + (i - kLoChunksB) * c.b_pass;
-        copy(kChunksA + i, sb + i * c.b_step, valid ? src : lo, valid);
-      }
-    } else {
-      const Elem* bsrc = c.b_src + static_cast<long long>(kt) * kBK * ldb;
-#pragma unroll
-      for (int i = 0; i < kChunksB; ++i) {
-        copy(kChunksA + i, sb + i * c.b_step, bsrc + i * c.b_pass, c.b_valid);
-      }
-    }
-  }
-
-  // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage`.
-  static __device__ __forceinline__ void load_stage(Smem& sm, const ChunkPlan& c, int ldb, int kt,
-                                                    int stage) {
-    for_each_chunk(sm, c, ldb, kt, stage, [](int, SmemElem* dst, const Elem* src, bool valid) {
-      cp_async_16(dst, src, valid);
-    });
-  }
-
-  // tf32 on wgmma: rounds this thread's own chunks of stage `stage` to tf32 in place, once its
-  // cp.async copies of them have landed (cp.async.wait_group makes them visible to the thread that
-  // issued them, so no barrier is needed before; the caller's proxy fence and barrier follow).
-  // Zero-filled chunks stay zeros. The tensor cores would truncate (precision.cuh).
-  static __device__ __forceinline__ void round_stage(Smem& sm, const ChunkPlan& c, int ldb, int kt,
-                                                     int stage) {
-    static_assert(sizeof(Elem) == 4, "fp32 chunks");
-    for_each_chunk(sm, c, ldb, kt, stage, [](int, SmemElem* dst, const Elem*, bool) {
-      st_shared_16(dst, rna_tf32(ld_shared_16(dst)));
-    });
-  }
-
-  // C[128 x BN] (fp32, in shared memory, pitch kCPitch) = A[rows, 0:K] * B[0:K, cols]. The caller
-  // fills sm.rows before the call (rows past `rows` null: they read as zeros); K is a multiple of
-  // kBK. Every thread of the block must call.
-  static __device__ void run(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
-                             int valid_lo, int valid_hi, int k_total, int rows = kTileRows) {
+  // kTma (bf16 GEMM1, whose A rows are contiguous in hidden_act): both operands by TMA, through
+  // the maps of `tma` (b is then not read); otherwise every thread copies them by cp.async. False
+  // when a TMA wait gave up (abort or timeout, recorded): the result is then not to be used.
+  template <bool kTma = false>
+  static __device__ bool run(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
+                             int valid_lo, int valid_hi, int k_total, int rows = kTileRows,
+                             TmaTile tma = TmaTile{}) {
     if constexpr (P::kWgmma) {
-      run_wgmma(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, rows);
+      return run_wgmma<kTma>(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, rows, tma);
     } else {
       run_mma_sync(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total);
+      return true;
     }
   }
 
@@ -276,9 +63,20 @@ struct TileGemm : TileShapes<P, BN> {
   // work, on tiles that are bound by the weights' bytes.
   static constexpr int kInFlight = 1;                      // MMA batches pending after each k-tile
   static constexpr int kAhead = kStages - kInFlight - 1;   // k-tiles loading ahead of the MMAs
-  static __device__ void run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
-                                   int valid_lo, int valid_hi, int k_total, int rows) {
+  // kTma (bf16 GEMM1): thread 0 issues each stage's boxes where the cp.async path has every
+  // thread copy 12 16-byte chunks; every thread waits on the stage's barrier before the k-tile's
+  // barrier, which is then __syncthreads_and of the waits, so that a wait that gives up (abort,
+  // timeout: recorded) ends the loop in every thread at once.
+  template <bool kTma>
+  static __device__ bool run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
+                                   int valid_lo, int valid_hi, int k_total, int rows,
+                                   TmaTile tma) {
     using namespace cute;
+    if (threadIdx.x == 0) {  // read after the barrier (issue, slow waits)
+      sm.tma = tma;
+      sm.tma.col_lo = col_lo;
+      sm.tma.col_hi = col_hi;
+    }
     __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
 
     typename P::template TiledMma<BN> tiled;
@@ -302,28 +100,59 @@ struct TileGemm : TileShapes<P, BN> {
     // whose MMAs both warpgroups finished before they reached this iteration's barrier (each left
     // at most k-tiles kt-kInFlight..kt-1 pending in iteration kt-1), so one barrier per k-tile
     // suffices.
+    // TMA: GEMM1 of bf16 (both weight layouts), whose A rows are contiguous. GEMM0 gathers its A
+    // rows, and copies B by cp.async too: B by TMA beside A by cp.async made its tasks ~20% slower,
+    // both by TMA made GEMM1's ~5% faster (perf log 2026-11-30 04:51). The gate's narrow tiles
+    // and the other precisions copy by cp.async. Decided at compile time: a run-time choice kept
+    // both paths' state live (spills).
+    constexpr bool by_tma = kTma && kTmaCapable;
+    unsigned int phase = sm.tma_phase;  // bit s: the parity of stage s's next phase
+    const bool issuer = by_tma && threadIdx.x == 0;
+    const auto refill = [&](int kt, int stage) {
+      if constexpr (by_tma) {
+        if (issuer) tma_stage(sm, kt, stage);
+      } else {
+        load_stage(sm, chunks, ldb, kt, stage);
+      }
+    };
+    // The buffer's last use was the generic proxy's (the previous result, a combine's staging):
+    // ordered before this call's TMA writes by the barrier above and this fence.
+    if (issuer) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 #pragma unroll
     for (int s = 0; s < kAhead; ++s) {
-      if (s < k_tiles) load_stage(sm, chunks, ldb, s, s);
+      if (s < k_tiles) refill(s, s);
       cp_async_commit();
     }
     warpgroup_fence_operand(acc);
+    bool ok = true;
     for (int kt = 0; kt < k_tiles; ++kt) {
       // One group per k-tile; the newest kAhead - 1 (k-tiles kt+1..) may still be landing.
       cp_async_wait<kAhead - 1>();
       const int stage = kt % kStages;
       if constexpr (P::kRoundToTf32) round_stage(sm, chunks, ldb, kt, stage);
-      // This thread's writes of stage kt (cp.async, and the rounding's st.shared) -> the async
-      // proxy's wgmma reads.
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      __syncthreads();  // stage kt complete for every thread's copies; k-tile kt-1-kInFlight done
+      // tf32: the rounding's st.shared (generic proxy) -> the async proxy's wgmma reads. Without
+      // rounding no fence here (as CUTLASS's cp.async wgmma mainloops): it compiled to
+      // MEMBAR.ALL.CTA, which may wait for this thread's later k-tiles' copies still in flight.
+      if constexpr (P::kRoundToTf32) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      if constexpr (by_tma) {
+        // TMA writes are the async proxy's, as wgmma's reads: no fence.
+        const bool landed = mbar_wait_bounded(sm.tma, &sm.full_tma[stage], (phase >> stage) & 1u);
+        phase ^= 1u << stage;
+        // stage kt complete for every thread's copies and its B; k-tile kt-1-kInFlight done
+        if (!__syncthreads_and(landed)) {
+          ok = false;
+          break;
+        }
+      } else {
+        __syncthreads();  // stage kt complete for every thread's copies; k-tile kt-1-kInFlight done
+      }
       if (mma) {
         warpgroup_arrive();
         gemm(tiled, tCrA(_, _, _, stage), tCrB(_, _, _, stage), acc);
         warpgroup_commit_batch();
       }
       const int next = kt + kAhead;
-      if (next < k_tiles) load_stage(sm, chunks, ldb, next, next % kStages);
+      if (next < k_tiles) refill(next, next % kStages);
       cp_async_commit();
       if (mma) warpgroup_wait<kInFlight>();
     }
@@ -331,7 +160,10 @@ struct TileGemm : TileShapes<P, BN> {
     warpgroup_fence_operand(acc);
     cp_async_wait<0>();
     __syncthreads();  // all MMAs have read the pipeline: the buffer becomes the result tile
+    if (!ok) return false;  // (TMA stages may still be landing: the launch is giving up)
+    if (threadIdx.x == 0) sm.tma_phase = phase;  // read again after the next call's first barrier
     store_result(sm, thr, acc);
+    return true;
   }
 
   template <class ThrMma, class Acc>

@@ -1,0 +1,87 @@
+// TMA loads for the tile GEMM (tile_gemm.cuh) where both operands' rows are contiguous (bf16
+// GEMM1): one thread issues a stage's A box (rows of hidden_act) and B boxes (a 3D tensor map of
+// the weights, [experts][K][N] or [experts][N][K], host/tensor_maps.cpp) that complete a
+// transaction-count mbarrier; every thread waits on it, bounded like every wait.
+#pragma once
+
+#include <cuda.h>  // CUtensorMap (a type only)
+
+#include "device/params.cuh"
+#include "device/sync.cuh"
+
+namespace monomoe::device {
+
+// Where a tile GEMM's operands come from when TMA loads them: B's map (the weights), its expert
+// (the map's third coordinate), the first K row of the task's K range, and A's map and first row.
+struct TmaTile {
+  const CUtensorMap* map = nullptr;  // the weights
+  int expert = 0;
+  int k0 = 0;
+  const Params* p = nullptr;  // for the bounded wait (abort, timeout)
+  int col_lo = 0, col_hi = 0;  // the tile's two column halves (set by the tile GEMM)
+  const CUtensorMap* map_a = nullptr;  // A's rows (GEMM1: hidden_act [rows][ffn])
+  int a_row0 = 0;                      // the tile's first row there
+};
+
+__device__ __forceinline__ unsigned int smem_addr(const void* ptr) {
+  return static_cast<unsigned int>(__cvta_generic_to_shared(ptr));
+}
+
+// Once per launch, thread 0: `count` barriers of one arrival each, made visible to the TMA unit.
+__device__ __forceinline__ void init_tma_barriers(unsigned long long* bars, int count) {
+  for (int s = 0; s < count; ++s) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bars + s)));
+  }
+  asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;" ::: "memory");
+}
+
+__device__ __forceinline__ void mbar_expect_bytes(unsigned long long* bar, unsigned int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)),
+               "r"(bytes)
+               : "memory");
+}
+
+__device__ __forceinline__ bool mbar_test(unsigned long long* bar, unsigned int parity) {
+  unsigned int done = 0;
+  asm volatile(
+      "{\n.reg .pred q;\nmbarrier.try_wait.parity.shared::cta.b64 q, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, q;\n}\n"
+      : "=r"(done)
+      : "r"(smem_addr(bar)), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+
+// Waits for the phase of `parity` of `bar`. False on abort or past the layer's timeout (recorded
+// as timeout_tma: a weight tile never landed). t.p (in shared memory) is read on the slow path
+// only.
+__device__ __forceinline__ bool mbar_wait_bounded(const TmaTile& t, unsigned long long* bar,
+                                                  unsigned int parity) {
+  if (mbar_test(bar, parity)) return true;
+  const Params& p = *t.p;
+  const long long start = global_ns();
+  for (int spin = 0;; ++spin) {
+    if (mbar_test(bar, parity)) return true;
+    if ((spin & 15) == 15) {
+      if (aborted(p)) return false;
+      if (global_ns() - start > p.timeout_ns) {
+        raise_error(p, ErrorCode::timeout_tma, static_cast<int>(threadIdx.x),
+                    static_cast<int>(parity));
+        return false;
+      }
+    }
+  }
+}
+
+// The box at element coordinates (x innermost, y, z = expert) into shared memory, its bytes counted
+// on `bar`. Elements outside the tensor arrive as zeros (and count).
+__device__ __forceinline__ void tma_load_box(void* dst, const CUtensorMap* map,
+                                             unsigned long long* bar, int x, int y, int z) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5}], [%2];" ::"r"(smem_addr(dst)),
+      "l"(map), "r"(smem_addr(bar)), "r"(x), "r"(y), "r"(z)
+      : "memory");
+}
+
+}  // namespace monomoe::device

@@ -1,0 +1,22 @@
+// TMA tensor maps, built on the host: of the expert weights once per layer (the weights do not
+// move) and of the activation buffer when the workspace moves; the bf16 kernel's GEMM1 reads both
+// operands through them (device/gemm/tma.cuh, StageLoads::tma_stage).
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "monomoe/config.hpp"
+
+namespace monomoe::detail {
+
+// A weight tensor [experts][rows][cols] (cols contiguous, elements of `dtype`) read in boxes of
+// 128 bytes of cols x box_rows rows x 1 expert, 128-byte swizzle; boxes past the edges read
+// zeros. [in, out] weights: rows K, cols N, 64-row boxes; [out, in]: rows N, cols K, boxes of half
+// a tile's columns. Throws ConfigError (naming `what`) when the driver refuses the map.
+CUtensorMap weight_tensor_map(const void* base, std::int64_t experts, std::int64_t rows,
+                              std::int64_t cols, std::int64_t box_rows, DType dtype,
+                              const char* what);
+
+}  // namespace monomoe::detail
