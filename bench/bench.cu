@@ -254,6 +254,17 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
       << "  in GEMM tasks " << stat([](const BlockTrace& b) { return b.gemm_ns; }) << "\n"
       << "  in combines   " << stat([](const BlockTrace& b) { return b.combine_ns; }) << "\n"
       << "  tasks/block   " << stat([](const BlockTrace& b) { return b.tasks * 1000; }) << "\n";
+  // A call of few token tiles gives its (tile, K slice) gate items to blocks 0.. in order, and the
+  // percentiles above hide those few blocks: each one's "gate done" (its slices, and the routing
+  // of the tile it completed last).
+  const std::int64_t gate_items = (tokens + 127) / 128 * layer.stats().gate_splits;
+  if (gate_items > 0 && gate_items <= 16 && static_cast<std::size_t>(gate_items) <= tr.size()) {
+    out << "  gate blocks   " << gate_items << " items (token tiles x K slices), done at";
+    for (std::int64_t i = 0; i < gate_items; ++i) {
+      out << (i ? ", " : " ") << std::fixed << std::setprecision(1) << tr[i].gate_done * 1e-3;
+    }
+    out << " us (blocks 0..)\n";
+  }
   print_ep_events(tr, out, "", dispatch_bytes);
   print_task_types(tasks, out);
 }
