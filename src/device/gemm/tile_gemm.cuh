@@ -48,11 +48,11 @@ struct TileGemm : StageLoads<P, BN> {
     }
   }
 
-  // Hopper: wgmma reads both operands from the pipeline stage. cp.async fills the stage of k-tile
-  // kt + kAhead while the MMAs of k-tiles kt-kInFlight..kt run. Each k-tile: wait for this
-  // thread's copies of it; tf32 (P::kRoundToTf32): round them to nearest tf32 in place; make them
-  // visible to the async proxy; one barrier; issue the warpgroup MMAs; refill; wait until at most
-  // kInFlight batches are pending. bf16: 4 stages, 2 ahead, 1 batch pending; tf32: 5 stages, 3
+  // Hopper: wgmma reads both operands from the pipeline stage. cp.async (kTma: TMA) fills the
+  // stage of k-tile kt + kAhead while the MMAs of k-tiles kt-kInFlight..kt run. Each k-tile: wait
+  // for this thread's copies of it (kTma: for the stage's barrier); tf32 (P::kRoundToTf32): round
+  // them to nearest tf32 in place and fence them to the async proxy; one barrier; issue the
+  // warpgroup MMAs; refill; wait until at most kInFlight batches are pending. bf16: 4 stages, 2 ahead, 1 batch pending; tf32: 5 stages, 3
   // ahead, 1 pending: the rounding pass (a ld.shared and a st.shared of every operand chunk) takes
   // about as long as a k-tile's MMAs, and the deeper prefetch hides the global latency it would
   // otherwise expose. (tf32 had staged its operands through registers, rounding on the way: each
