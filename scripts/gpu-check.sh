@@ -15,8 +15,10 @@
 #      "--experts 128 --tokens 16384;--dtype fp32"; a set with its own --gpus keeps it; logs
 #      gpu-bench-extra-N.log), SOAK (calls of
 #      `monomoe soak` on the GPUS after the check; unset: no soak; log gpu-soak.log), PIP (1: also
-#      `pip install --no-build-isolation` the package into build-gpu/pip, as a user would, and run
-#      the GPU pytest suite against that install; log gpu-pip.log).
+#      `pip install --no-build-isolation` the package into <build dir>/pip, as a user would, and run
+#      the GPU pytest suite against that install; log gpu-pip.log), GPU_BUILD_DIR (the build
+#      directory, default ./build-gpu; e.g. /tmp/ab-build-<variant> after `scripts/ab.sh run` in the
+#      same call, whose kernels are then not compiled again: run from ab/<variant>).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -41,20 +43,23 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 [ -f third_party/cutlass/include/cute/tensor.hpp ] || { echo "third_party/ missing: carry it" >&2; exit 3; }
 export NCCL_ROOT=$W
 t0=$(date +%s)
-(BUILD_DIR=$here/build-gpu; source scripts/common.sh) > "$OUT/gpu-build.log" 2>&1
+GB=${GPU_BUILD_DIR:-$here/build-gpu}
+# Tests and tools ON explicitly: a directory that ab.sh configured without tests keeps its cache.
+(BUILD_DIR=$GB MONOMOE_CMAKE_ARGS="-DMONOMOE_BUILD_TESTS=ON -DMONOMOE_BUILD_TOOLS=ON"
+ source scripts/common.sh) > "$OUT/gpu-build.log" 2>&1
 rc=$?
 echo "build rc=$rc in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu-summary.log"
 if [ $rc -ne 0 ]; then grep -E "error|Error" "$OUT/gpu-build.log" | head -40; exit $rc; fi
-ldd build-gpu/libmonomoe.so 2>/dev/null | grep -i nccl | tee -a "$OUT/gpu-summary.log"
-if ls build-gpu/python/monomoe/_C*.so >/dev/null 2>&1; then
-  echo "python package built: build-gpu/python (ctest python.gpu runs its GPU tests)" | tee -a "$OUT/gpu-summary.log"
+ldd "$GB"/libmonomoe.so 2>/dev/null | grep -i nccl | tee -a "$OUT/gpu-summary.log"
+if ls "$GB"/python/monomoe/_C*.so >/dev/null 2>&1; then
+  echo "python package built: $GB/python (ctest python.gpu runs its GPU tests)" | tee -a "$OUT/gpu-summary.log"
 else
   echo "python package NOT built (no nanobind for $(command -v python3)): python tests skipped" | tee -a "$OUT/gpu-summary.log"
 fi
 GPUS=${GPUS:-$(nvidia-smi -L | wc -l)}
-mm=./build-gpu/tools/monomoe
+mm=$GB/tools/monomoe
 if [ "${1:-all}" != bench ]; then
-(cd build-gpu && ctest -L gpu ${TESTS:+-R "$TESTS"} ${EXCLUDE:+-E "$EXCLUDE"} --output-on-failure --timeout ${TEST_TIMEOUT:-150}) > "$OUT/gpu-tests.log" 2>&1
+(cd "$GB" && ctest -L gpu ${TESTS:+-R "$TESTS"} ${EXCLUDE:+-E "$EXCLUDE"} --output-on-failure --timeout ${TEST_TIMEOUT:-150}) > "$OUT/gpu-tests.log" 2>&1
 echo "gpu tests rc=$?: $(grep -E 'tests passed|tests failed' "$OUT/gpu-tests.log")" | tee -a "$OUT/gpu-summary.log"
 grep -E "FAILED|Failure|PASS|FAIL|Expected|Which is|error|killed worker|SKIPPED" "$OUT/gpu-tests.log" | head -80
 timeout 200 $mm check --gpus $GPUS --cases ${CASES:-24} > "$OUT/gpu-check.log" 2>&1
@@ -72,19 +77,19 @@ if [ -n "${SOAK:-}" ]; then
   echo "soak --gpus $GPUS --calls $SOAK rc=$?" | tee -a "$OUT/gpu-summary.log"
   tail -5 "$OUT/gpu-soak.log" | tee -a "$OUT/gpu-summary.log"
 fi
-if [ "$GPUS" -ge 2 ] && ls build-gpu/python/monomoe/_C*.so >/dev/null 2>&1; then
+if [ "$GPUS" -ge 2 ] && ls "$GB"/python/monomoe/_C*.so >/dev/null 2>&1; then
   # The PyTorch example under torchrun on 2 GPUs (its latency next to the plain PyTorch block).
-  PYTHONPATH=$here/build-gpu/python timeout 300 torchrun --nproc-per-node 2 examples/torch_moe_block.py \
+  PYTHONPATH=$GB/python timeout 300 torchrun --nproc-per-node 2 examples/torch_moe_block.py \
     > "$OUT/gpu-torch-example.log" 2>&1
   echo "torchrun examples/torch_moe_block.py rc=$?: $(grep 'block with' "$OUT/gpu-torch-example.log")" | tee -a "$OUT/gpu-summary.log"
 fi
 if [ "${PIP:-0}" = 1 ]; then
   # The package as `pip install .` builds it (scikit-build-core and nanobind from third_party/python:
   # the GPU machines have no registry), then the GPU tests against that copy, not the build tree's.
-  rm -rf build-gpu/pip
+  rm -rf "$GB"/pip
   { NCCL_ROOT=$W timeout 400 python3 -m pip install --no-build-isolation --no-deps --no-index \
-      --target build-gpu/pip . &&
-    PYTHONPATH=$here/build-gpu/pip:$here/third_party/python timeout 300 python3 -m pytest -q -rs \
+      --target "$GB"/pip . &&
+    PYTHONPATH=$GB/pip:$here/third_party/python timeout 300 python3 -m pytest -q -rs \
       -m gpu -p no:cacheprovider python/tests; } > "$OUT/gpu-pip.log" 2>&1
   echo "pip install . + pytest -m gpu rc=$?: $(tail -1 "$OUT/gpu-pip.log")" | tee -a "$OUT/gpu-summary.log"
 fi
