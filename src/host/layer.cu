@@ -221,11 +221,11 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
     const std::int64_t el = config.experts_per_rank();
     const std::int64_t half = device::expert_tile_cols(config.dtype) / 2;
     if (config.weight_layout == WeightLayout::in_out) {
-      m.tma_w2 = detail::weight_tensor_map(weights.w2, el, config.ffn, config.hidden, 64,
-                                           config.dtype, "ExpertWeights.w2");
+      m.tma_w2 = detail::tile_tensor_map(weights.w2, el, config.ffn, config.hidden, 64,
+                                         config.dtype, "ExpertWeights.w2");
     } else {
-      m.tma_w2 = detail::weight_tensor_map(weights.w2, el, config.hidden, config.ffn, half,
-                                           config.dtype, "ExpertWeights.w2");
+      m.tma_w2 = detail::tile_tensor_map(weights.w2, el, config.hidden, config.ffn, half,
+                                         config.dtype, "ExpertWeights.w2");
     }
     m.tma = true;
   }
@@ -421,8 +421,8 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.hidden_act = m.at(m.plan.hidden_act);
   if (m.tma) {
     if (m.tma_h_base != p.hidden_act) {
-      m.tma_h = detail::weight_tensor_map(p.hidden_act, 1, m.plan.hidden_rows, c.ffn,
-                                          device::kTileRows, c.dtype, "hidden_act");
+      m.tma_h = detail::tile_tensor_map(p.hidden_act, 1, m.plan.hidden_rows, c.ffn,
+                                        device::kTileRows, c.dtype, "hidden_act");
       m.tma_h_base = p.hidden_act;
     }
     p.tma_h = m.tma_h;

@@ -1,7 +1,7 @@
 #include "host/tensor_maps.hpp"
 
-#include <cuda_runtime_api.h>
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+#include <cuda_runtime_api.h>
 
 #include <string>
 
@@ -30,26 +30,26 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
 
 }  // namespace
 
-CUtensorMap weight_tensor_map(const void* base, std::int64_t experts, std::int64_t rows,
-                              std::int64_t cols, std::int64_t box_rows, DType dtype,
-                              const char* what) {
+CUtensorMap tile_tensor_map(const void* base, std::int64_t count, std::int64_t rows,
+                            std::int64_t cols, std::int64_t box_rows, DType dtype,
+                            const char* what) {
   const auto elem = static_cast<cuuint64_t>(element_bytes(dtype));
   const CUtensorMapDataType type =
       dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows),
-                              static_cast<cuuint64_t>(experts)};
+                              static_cast<cuuint64_t>(count)};
   const cuuint64_t strides[2] = {dims[0] * elem, dims[0] * dims[1] * elem};  // bytes, dims 1 and 2
-  const cuuint32_t box[3] = {static_cast<cuuint32_t>(128 / elem),
-                             static_cast<cuuint32_t>(box_rows), 1};
+  const cuuint32_t box[3] = {static_cast<cuuint32_t>(128 / elem), static_cast<cuuint32_t>(box_rows),
+                             1};
   const cuuint32_t elem_strides[3] = {1, 1, 1};
   CUtensorMap map{};
-  const CUresult r = encode_tiled()(&map, type, 3, const_cast<void*>(base), dims, strides, box,
-                                    elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                    CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r =
+      encode_tiled()(&map, type, 3, const_cast<void*>(base), dims, strides, box, elem_strides,
+                     CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                     CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) {
-    throw ConfigError(std::string(what) + ": cuTensorMapEncodeTiled refused the weight tensor [" +
-                      std::to_string(experts) + ", " + std::to_string(rows) + ", " +
+    throw ConfigError(std::string(what) + ": cuTensorMapEncodeTiled refused the tensor [" +
+                      std::to_string(count) + ", " + std::to_string(rows) + ", " +
                       std::to_string(cols) + "] (CUresult " + std::to_string(static_cast<int>(r)) +
                       "); the pointer must be 16-byte aligned");
   }
