@@ -24,6 +24,7 @@
 #include "bench/metrics.hpp"
 #include "bench/ranks.hpp"
 #include "bench/timing.hpp"
+#include "device/params.cuh"  // kRouteAloneTiles
 #include "host/check.hpp"
 #include "launch/join.hpp"
 #include "launch/workers.hpp"
@@ -83,14 +84,24 @@ Expected expected_output(const reference::Problem& pr, int rank, int sample, std
 // rank 0's first task at 140-490 us on 2 GPUs, perf log 2026-11-30.)
 constexpr int kTraceCalls = 5;
 
+constexpr TaskTrace::Type kTaskTypes[] = {TaskTrace::Type::gemm0, TaskTrace::Type::gemm1,
+                                          TaskTrace::Type::combine};
+
+const char* task_type_name(TaskTrace::Type t) {
+  switch (t) {
+    case TaskTrace::Type::gemm0: return "gemm0";
+    case TaskTrace::Type::gemm1: return "gemm1";
+    case TaskTrace::Type::combine: return "combine";
+  }
+  return "?";
+}
+
 // Per task type of a traced forward: how many ran, their median and 90th-percentile duration, when
 // the first started and the last ended (whether the phases overlap, and the tail of each).
 void print_task_types(const std::vector<TaskTrace>& tasks, std::ostream& out) {
-  const std::pair<TaskTrace::Type, const char*> types[] = {
-      {TaskTrace::Type::gemm0, "gemm0"}, {TaskTrace::Type::gemm1, "gemm1"},
-      {TaskTrace::Type::combine, "combine"}};
   out << "tasks by type (us; the first " << MoELayer::kTaskTraceRecords << " of each block):\n";
-  for (const auto& [type, name] : types) {
+  for (const TaskTrace::Type type : kTaskTypes) {
+    const char* name = task_type_name(type);
     std::vector<double> len;
     double first = 0.0, last = 0.0;
     for (const TaskTrace& t : tasks) {
@@ -117,10 +128,7 @@ void write_task_csv(const std::vector<TaskTrace>& tasks, const std::string& path
   if (!f) throw std::runtime_error("cannot write --trace-tasks file " + path);
   f << "block,type,a,b,start_us,end_us\n" << std::fixed << std::setprecision(3);
   for (const TaskTrace& t : tasks) {
-    const char* type = t.type == TaskTrace::Type::gemm0   ? "gemm0"
-                       : t.type == TaskTrace::Type::gemm1 ? "gemm1"
-                                                          : "combine";
-    f << t.block << ',' << type << ',' << t.a << ',' << t.b << ','
+    f << t.block << ',' << task_type_name(t.type) << ',' << t.a << ',' << t.b << ','
       << static_cast<double>(t.start) * 1e-3 << ',' << static_cast<double>(t.end) * 1e-3 << '\n';
   }
 }
@@ -144,7 +152,8 @@ void print_rank_rows(const ForwardStats& st, std::int64_t tokens, std::int64_t t
 }
 
 // world > 1: the NVLink bytes of one rank's rows, out and back, and the least a layer must move.
-void print_nvlink_bytes(double bytes, double bytes_min, std::ostream& out, const std::string& lead) {
+void print_nvlink_bytes(double bytes, double bytes_min, std::ostream& out,
+                        const std::string& lead) {
   std::ostringstream os;
   os << std::fixed << std::setprecision(1) << lead << "monomoe "
      << bytes * 1e-6 << " MB (one row per routed choice, out and back); the least: "
@@ -254,16 +263,21 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
       << "  in GEMM tasks " << stat([](const BlockTrace& b) { return b.gemm_ns; }) << "\n"
       << "  in combines   " << stat([](const BlockTrace& b) { return b.combine_ns; }) << "\n"
       << "  tasks/block   " << stat([](const BlockTrace& b) { return b.tasks * 1000; }) << "\n";
-  // A call of few token tiles gives its (tile, K slice) gate items to blocks 0.. in order, and the
-  // percentiles above hide those few blocks: each one's "gate done" (its slices, and the routing
-  // of the tile it completed last).
-  const std::int64_t gate_items = (tokens + 127) / 128 * layer.stats().gate_splits;
-  if (gate_items > 0 && gate_items <= 16 && static_cast<std::size_t>(gate_items) <= tr.size()) {
-    out << "  gate blocks   " << gate_items << " items (token tiles x K slices), done at";
-    for (std::int64_t i = 0; i < gate_items; ++i) {
-      out << (i ? ", " : " ") << std::fixed << std::setprecision(1) << tr[i].gate_done * 1e-3;
+  // A call routed by one block (at most kRouteAloneTiles token tiles) gives its (tile, K slice)
+  // gate items to blocks 0.. in order, and the percentiles above hide those few blocks: each one's
+  // "gate done" (its slices, and the routing of the tile it completed last). (With more tiles the
+  // stamp follows a grid barrier: the same in every block.)
+  const std::int64_t token_tiles = (tokens + 127) / 128;
+  const std::int64_t gate_items = token_tiles * layer.stats().gate_splits;
+  if (token_tiles > 0 && token_tiles <= device::kRouteAloneTiles && gate_items <= 16 &&
+      static_cast<std::size_t>(gate_items) <= tr.size()) {
+    std::ostringstream line;  // (out's own format stays as the caller set it)
+    line << std::fixed << std::setprecision(1) << "  gate blocks   " << gate_items
+         << " items (token tiles x K slices), done at";
+    for (std::size_t i = 0; i < static_cast<std::size_t>(gate_items); ++i) {
+      line << (i ? ", " : " ") << static_cast<double>(tr[i].gate_done) * 1e-3;
     }
-    out << " us (blocks 0..)\n";
+    out << line.str() << " us (blocks 0..)\n";
   }
   print_ep_events(tr, out, "", dispatch_bytes);
   print_task_types(tasks, out);

@@ -134,8 +134,8 @@ struct MoELayer::Impl {
   const void* checked_y = nullptr;
   long long* trace = nullptr;          // [grid, kTraceStride] while tracing is on
   Communicator::Impl* comm = nullptr;  // the communicator the layer was built on (outlives it)
-  // bf16: the TMA map of w2 (the weights do not move), which GEMM1 reads B through.
-  bool tma = false;
+  // bf16 (tma()): the TMA map of w2 (the weights do not move), which GEMM1 reads B through.
+  bool tma() const { return cfg.dtype == DType::bf16; }
   CUtensorMap tma_w2{};
   // hidden_act's map (GEMM1's A rows), encoded again when the shared workspace has moved.
   const void* tma_h_base = nullptr;
@@ -215,7 +215,7 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
       static_cast<int>(detail::TileShape::expert_cols(config.dtype))) {
     throw std::logic_error("monomoe: the workspace plan's expert tile width differs from the kernel's");
   }
-  if (config.dtype == DType::bf16) {
+  if (m.tma()) {
     // GEMM1 reads W2 by TMA. [in, out]: W2 [el][ffn][hidden], boxes of 64 K rows; [out, in]: W2
     // [el][hidden][ffn], boxes of half a tile's columns (device/gemm/stage_loads.cuh, tma_stage).
     const std::int64_t el = config.experts_per_rank();
@@ -227,7 +227,6 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
       m.tma_w2 = detail::tile_tensor_map(weights.w2, el, config.hidden, config.ffn, half,
                                          config.dtype, "ExpertWeights.w2");
     }
-    m.tma = true;
   }
   m.plan = detail::plan_workspace(config);
   m.shared = detail::SharedWorkspace::of(comm);
@@ -389,7 +388,7 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.b1 = m.weights.b1;
   p.w2 = m.weights.w2;
   p.b2 = m.weights.b2;
-  if (m.tma) p.tma_w2 = m.tma_w2;
+  if (m.tma()) p.tma_w2 = m.tma_w2;
 
   p.control = m.at<device::Control>(m.plan.control);
   int* words = m.at<int>(m.plan.control + sizeof(device::Control));
@@ -419,7 +418,7 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.tile_counts = m.at<int>(m.plan.tile_counts);
   p.expert_rows = m.at<int>(m.plan.expert_rows);
   p.hidden_act = m.at(m.plan.hidden_act);
-  if (m.tma) {
+  if (m.tma()) {
     if (m.tma_h_base != p.hidden_act) {
       m.tma_h = detail::tile_tensor_map(p.hidden_act, 1, m.plan.hidden_rows, c.ffn,
                                         device::kTileRows, c.dtype, "hidden_act");

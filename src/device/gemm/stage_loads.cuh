@@ -1,7 +1,7 @@
 // Filling the tile GEMM's pipeline stages (tile_gemm.cuh): the shared-memory shapes of one
 // precision's tiles, and how a stage's operands get there: cp.async from every thread (the gathered
-// A rows, and B where TMA does not bring it), TMA from one thread (tma.cuh: the bf16 expert GEMMs'
-// B, and GEMM1's A), tf32's in-place rounding.
+// A rows and their B), or TMA from one thread (tma.cuh: both operands of bf16's GEMM1, whose A
+// rows are contiguous), tf32's in-place rounding.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -12,7 +12,7 @@
 namespace monomoe::device {
 
 __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
-  const unsigned int dst = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
+  const unsigned int dst = smem_addr(smem);
   // src-size 0 zero-fills the 16 bytes without reading: rows past the tile's end become zeros.
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem),
                "r"(valid ? 16 : 0)
@@ -21,14 +21,14 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool v
 // One 16-byte st.shared (a plain float4 store through the generic pointer was split into four
 // 32-bit stores).
 __device__ __forceinline__ void st_shared_16(void* smem, float4 v) {
-  const unsigned int dst = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
+  const unsigned int dst = smem_addr(smem);
   asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(dst), "f"(v.x), "f"(v.y), "f"(v.z),
                "f"(v.w)
                : "memory");
 }
 // One 16-byte ld.shared.
 __device__ __forceinline__ float4 ld_shared_16(const void* smem) {
-  const unsigned int src = static_cast<unsigned int>(__cvta_generic_to_shared(smem));
+  const unsigned int src = smem_addr(smem);
   float4 v;
   asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];"
                : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
@@ -85,10 +85,11 @@ struct GemmSmem {
 
 // How a pipeline stage of a 128 x BN tile is filled: A's gathered rows and B's weight tile by
 // cp.async from every thread (a per-thread plan computed once per tile), or both (GEMM1's
-// contiguous A rows and its weight tile) by TMA from one thread; tf32's in-place rounding. The B columns of the tile come in two halves of
-// BN/2: [0, BN/2) from col_lo, [BN/2, BN) from col_hi (a SwiGLU tile holds the gate and up halves
-// of an expert); only the first valid_lo / valid_hi columns of each half are read by cp.async (the
-// rest are zeros), so N need not be a multiple of BN.
+// contiguous A rows and its weight tile) by TMA from one thread; tf32's in-place rounding. The B
+// columns of the tile come in two halves of BN/2: [0, BN/2) from col_lo, [BN/2, BN) from col_hi (a
+// SwiGLU tile holds the gate and up halves of an expert); only the first valid_lo / valid_hi
+// columns of each half are read by cp.async (the rest are zeros), so N need not be a multiple of
+// BN.
 template <class P, int BN>
 struct StageLoads : TileShapes<P, BN> {
   using Shapes = TileShapes<P, BN>;
@@ -244,8 +245,9 @@ struct StageLoads : TileShapes<P, BN> {
   // Issues the cp.async copies of k-tile `kt` into pipeline stage `stage`.
   static __device__ __forceinline__ void load_stage(Smem& sm, const ChunkPlan& c, int ldb, int kt,
                                                     int stage) {
-    for_each_chunk(sm, c, ldb, kt, stage,
-                   [](int, SmemElem* dst, const Elem* src, bool valid) { cp_async_16(dst, src, valid); });
+    for_each_chunk(sm, c, ldb, kt, stage, [](int, SmemElem* dst, const Elem* src, bool valid) {
+      cp_async_16(dst, src, valid);
+    });
   }
 
   // Both operands of k-tile `kt` by TMA into stage `stage` (thread 0). A: the 128 rows from row

@@ -52,11 +52,12 @@ struct TileGemm : StageLoads<P, BN> {
   // stage of k-tile kt + kAhead while the MMAs of k-tiles kt-kInFlight..kt run. Each k-tile: wait
   // for this thread's copies of it (kTma: for the stage's barrier); tf32 (P::kRoundToTf32): round
   // them to nearest tf32 in place and fence them to the async proxy; one barrier; issue the
-  // warpgroup MMAs; refill; wait until at most kInFlight batches are pending. bf16: 4 stages, 2 ahead, 1 batch pending; tf32: 5 stages, 3
-  // ahead, 1 pending: the rounding pass (a ld.shared and a st.shared of every operand chunk) takes
-  // about as long as a k-tile's MMAs, and the deeper prefetch hides the global latency it would
-  // otherwise expose. (tf32 had staged its operands through registers, rounding on the way: each
-  // thread waited for its loads right after issuing a k-tile's MMAs, 1.6 us per k-tile on an H200.)
+  // warpgroup MMAs; refill; wait until at most kInFlight batches are pending. bf16: 4 stages, 2
+  // ahead, 1 batch pending; tf32: 5 stages, 3 ahead, 1 pending: the rounding pass (a ld.shared
+  // and a st.shared of every operand chunk) takes about as long as a k-tile's MMAs, and the deeper
+  // prefetch hides the global latency it would otherwise expose. (tf32 had staged its operands
+  // through registers, rounding on the way: each thread waited for its loads right after issuing a
+  // k-tile's MMAs, 1.6 us per k-tile on an H200.)
   // Each warpgroup computes 64 of the 128 rows; with at most 64 valid rows (a few-row tile: the
   // last tile of an expert, decode calls) the second warpgroup's rows are all zeros, so it issues
   // no MMAs (its accumulators stay cleared) and only helps load the operands: half the tensor-core

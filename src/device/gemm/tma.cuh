@@ -53,7 +53,7 @@ __device__ __forceinline__ bool mbar_test(unsigned long long* bar, unsigned int 
 }
 
 // Waits for the phase of `parity` of `bar`. False on abort or past the layer's timeout (recorded
-// as timeout_tma: a weight tile never landed). t.p (in shared memory) is read on the slow path
+// as timeout_tma: a GEMM1 stage never landed). t.p (in shared memory) is read on the slow path
 // only.
 __device__ __forceinline__ bool mbar_wait_bounded(const TmaTile& t, unsigned long long* bar,
                                                   unsigned int parity) {
