@@ -22,7 +22,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   const unsigned int misalign = static_cast<unsigned int>(__cvta_generic_to_shared(smem_raw)) & 1023u;
   auto& sm = *reinterpret_cast<KernelSmem<P>*>(smem_raw + ((1024u - misalign) & 1023u));
 
-  // The tile GEMM's TMA barriers (bf16 GEMM1, tma.cuh); the first use follows a block barrier.
+  // The tile GEMM's TMA barriers (GEMM1, tma.cuh); the first use follows a block barrier.
   if (threadIdx.x == 0) {
     init_tma_barriers(sm.gemm.full_tma, P::kStages);
     sm.gemm.tma_phase = 0;

@@ -17,8 +17,11 @@ namespace monomoe::device {
 int forward_smem_bytes(DType dtype, WeightLayout layout);
 // Sets the kernel's shared-memory limit and returns how many blocks fit on one SM (0 if none).
 int forward_blocks_per_sm(DType dtype, WeightLayout layout);
-// Output columns of one expert GEMM task (the kernel's BN for that precision).
-int expert_tile_cols(DType dtype);
+// Output columns of one expert GEMM task (the kernel's BN for that precision and weight layout).
+int expert_tile_cols(DType dtype, WeightLayout layout);
+// Whether GEMM1 loads its operands by TMA (device/gemm/stage_loads.cuh, kTmaCapable): the host
+// then encodes the tensor maps of w2 and hidden_act (Params::tma_w2, tma_h).
+bool gemm1_by_tma(DType dtype, WeightLayout layout);
 // Cooperative launch of `grid` blocks: the runtime refuses a grid that cannot be co-resident.
 // Launched with cudaLaunchKernelEx and the cooperative attribute, which stream capture records as a
 // cooperative kernel node: forward() can be captured into a CUDA graph.

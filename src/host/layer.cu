@@ -134,8 +134,9 @@ struct MoELayer::Impl {
   const void* checked_y = nullptr;
   long long* trace = nullptr;          // [grid, kTraceStride] while tracing is on
   Communicator::Impl* comm = nullptr;  // the communicator the layer was built on (outlives it)
-  // bf16 (tma()): the TMA map of w2 (the weights do not move), which GEMM1 reads B through.
-  bool tma() const { return cfg.dtype == DType::bf16; }
+  // GEMM1 by TMA (bf16; tf32 with [out, in] weights): the map of w2 (the weights do not move),
+  // which GEMM1 reads B through.
+  bool tma() const { return device::gemm1_by_tma(cfg.dtype, cfg.weight_layout); }
   CUtensorMap tma_w2{};
   // hidden_act's map (GEMM1's A rows), encoded again when the shared workspace has moved.
   const void* tma_h_base = nullptr;
@@ -211,15 +212,16 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
                       std::to_string(prop.multiProcessorCount * per_sm) +
                       " (a subscriber and a processor)");
   }
-  if (device::expert_tile_cols(config.dtype) !=
-      static_cast<int>(detail::TileShape::expert_cols(config.dtype))) {
+  if (device::expert_tile_cols(config.dtype, config.weight_layout) !=
+      static_cast<int>(detail::TileShape::expert_cols(config.dtype, config.weight_layout))) {
     throw std::logic_error("monomoe: the workspace plan's expert tile width differs from the kernel's");
   }
   if (m.tma()) {
-    // GEMM1 reads W2 by TMA. [in, out]: W2 [el][ffn][hidden], boxes of 64 K rows; [out, in]: W2
-    // [el][hidden][ffn], boxes of half a tile's columns (device/gemm/stage_loads.cuh, tma_stage).
+    // GEMM1 reads W2 by TMA. [in, out]: W2 [el][ffn][hidden], boxes of a k-tile's K rows (64);
+    // [out, in]: W2 [el][hidden][ffn], boxes of half a tile's columns (device/gemm/stage_loads.cuh,
+    // tma_stage). Each box row is 128 bytes.
     const std::int64_t el = config.experts_per_rank();
-    const std::int64_t half = device::expert_tile_cols(config.dtype) / 2;
+    const std::int64_t half = device::expert_tile_cols(config.dtype, config.weight_layout) / 2;
     if (config.weight_layout == WeightLayout::in_out) {
       m.tma_w2 = detail::tile_tensor_map(weights.w2, el, config.ffn, config.hidden, 64,
                                          config.dtype, "ExpertWeights.w2");
@@ -374,7 +376,7 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.timeout_ns = static_cast<long long>(c.timeout_seconds * 1e9);
   p.token_tiles = static_cast<int>((tokens + device::kTileRows - 1) / device::kTileRows);
   // Expert GEMM tasks are 128 x bn; SwiGLU tasks read bn/2 gate and bn/2 up columns.
-  const std::int64_t bn = device::expert_tile_cols(c.dtype);
+  const std::int64_t bn = device::expert_tile_cols(c.dtype, c.weight_layout);
   p.gemm0_col_tiles = static_cast<int>(c.activation == Activation::swiglu
                                            ? c.ffn / (bn / 2)
                                            : (c.ffn + bn - 1) / bn);

@@ -1,6 +1,6 @@
 // TMA tensor maps, built on the host: of the expert weights once per layer (the weights do not
-// move) and of the activation buffer when the workspace moves; the bf16 kernel's GEMM1 reads both
-// operands through them (device/gemm/tma.cuh, StageLoads::tma_stage).
+// move) and of the activation buffer when the workspace moves; GEMM1 of bf16, and of tf32 with
+// [out, in] weights, reads both operands through them (device/gemm/tma.cuh, tma_stage).
 #pragma once
 
 #include <cuda.h>

@@ -94,7 +94,7 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   p.recv_tiles = a.take(checked_mul(u(p.row_tiles), 16, "max_tokens"), "max_tokens");
   p.recv_part = a.take(checked_mul(u(p.recv_parts), 16, "max_tokens"), "max_tokens");
   // The kernel's expert GEMM tasks are 128 x expert_cols (layer.cu: gemm0/gemm1_col_tiles).
-  const std::int64_t ecols = TileShape::expert_cols(cfg.dtype);
+  const std::int64_t ecols = TileShape::expert_cols(cfg.dtype, cfg.weight_layout);
   p.split_room = device::k_split_room(
       p.row_tiles, static_cast<int>((cfg.w1_columns() + ecols - 1) / ecols),
       static_cast<int>((cfg.hidden + ecols - 1) / ecols), static_cast<int>(cfg.hidden),

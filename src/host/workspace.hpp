@@ -19,7 +19,9 @@ struct TileShape {
   static constexpr std::int64_t kCombineCols = 512;  // output columns per combine task
   // Output columns of one expert GEMM task per precision (device::expert_tile_cols; layer.cu checks
   // that the two agree).
-  static constexpr std::int64_t expert_cols(DType d) { return d == DType::bf16 ? 256 : 128; }
+  static constexpr std::int64_t expert_cols(DType d, WeightLayout w) {
+    return d == DType::bf16 || (d == DType::tf32 && w == WeightLayout::out_in) ? 256 : 128;
+  }
   // Split K (device/split.hpp): per phase (GEMM0, GEMM1) counters for kSplitGroups task groups
   // (the partial tiles are sized per layer: split_room below).
   static constexpr std::int64_t kSplitGroups = device::kSplitTargetMax;

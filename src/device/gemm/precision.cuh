@@ -58,29 +58,35 @@ using SmemAtomF32N = decltype(cute::composition(
 
 // fp32 operands, TF32 tensor-core math, fp32 accumulation. wgmma's tf32 form reads both operands
 // K-major (it has no transpose for 32-bit types), so only [out, in] weights (KMajorB) run on it:
-// wgmma m64n128k8 per warpgroup, two warpgroups of 64 rows, tiles in the 128-byte swizzled K-major
-// layout (8 rows of 32 elements per atom). [in, out] weights keep SM80 mma.sync m16n8k8.
-// The tensor cores would truncate the low 13 bits of each fp32 operand (a biased error: 2.3e-3
-// against the 2e-3 tolerance in the run of 2026-11-23); both paths round to nearest (ties away)
-// first: mma.sync in registers after ld.shared, wgmma in shared memory, each thread rounding the
-// chunks its cp.async copies brought in before the k-tile's barrier (tile_gemm.cuh, run_wgmma).
+// wgmma m64n256k8 per warpgroup for the expert tiles (m64n128k8 for the gate's), two warpgroups of
+// 64 rows, tiles in the 128-byte swizzled K-major layout (8 rows of 32 elements per atom). [in,
+// out] weights keep SM80 mma.sync m16n8k8 and 128-column expert tiles.
+// The tensor cores truncate the low 13 bits of each fp32 operand (a biased error: 2.3e-3 against
+// the 2e-3 tolerance in the run of 2026-11-23, ~1.6e-3 on wgmma at the default config on
+// 2026-11-30); both paths round to nearest (ties away) first: mma.sync in registers after
+// ld.shared, wgmma in shared memory once a stage has landed (tile_gemm.cuh, run_wgmma).
 template <bool KMajorB>
 struct PrecTf32 {
   using Elem = float;
   using SmemElem = cute::tfloat32_t;  // same bits as float; the tensor cores read the top 19
   static constexpr int kBlockK = 32;  // 128-byte rows in shared memory
-  // wgmma: one more stage, so that three k-tiles load ahead of the MMAs while each thread rounds
-  // the one about to be used (tile_gemm.cuh, run_wgmma); 5 x 32 KB.
-  static constexpr int kStages = KMajorB ? 5 : 4;
-  static constexpr int kExpertBN = 128;  // the same for both layouts (expert_tile_cols)
+  // 4 stages (wgmma: 48 KB each, 2 k-tiles loading ahead; tile_gemm.cuh, run_wgmma).
+  static constexpr int kStages = 4;
+  // wgmma: 128 x 256 expert tiles as bf16 (twice the MMA work per k-tile and per byte of A);
+  // mma.sync keeps 128 (its cp.async plan needs 8 k rows per pass of a 128-column tile).
+  static constexpr int kExpertBN = KMajorB ? 256 : 128;
   static constexpr bool kRoundToTf32 = true;
   static constexpr bool kWgmma = KMajorB;
   static constexpr bool kWeightsKMajor = KMajorB;
   template <int BN>
   using TiledMma = std::conditional_t<
       KMajorB,
-      decltype(cute::make_tiled_mma(cute::SM90::GMMA::MMA_64x128x8_F32TF32TF32_SS_TN<>{},
-                                    cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{})),
+      std::conditional_t<
+          BN == 256,
+          decltype(cute::make_tiled_mma(cute::SM90::GMMA::MMA_64x256x8_F32TF32TF32_SS_TN<>{},
+                                        cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{})),
+          decltype(cute::make_tiled_mma(cute::SM90::GMMA::MMA_64x128x8_F32TF32TF32_SS_TN<>{},
+                                        cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}))>,
       decltype(cute::make_tiled_mma(cute::MMA_Atom<cute::SM80_16x8x8_F32TF32TF32F32_TN>{},
                                     cute::Layout<cute::Shape<cute::_2, cute::_4, cute::_1>>{},
                                     cute::Tile<cute::_32, cute::_32, cute::_8>{}))>;

@@ -1,7 +1,7 @@
 // Filling the tile GEMM's pipeline stages (tile_gemm.cuh): the shared-memory shapes of one
 // precision's tiles, and how a stage's operands get there: cp.async from every thread (the gathered
-// A rows and their B), or TMA from one thread (tma.cuh: both operands of bf16's GEMM1, whose A
-// rows are contiguous), tf32's in-place rounding.
+// A rows and their B), or TMA from one thread (tma.cuh: both operands of GEMM1, whose A rows are
+// contiguous, for bf16 and for tf32 with [out, in] weights), tf32's in-place rounding.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -129,7 +129,7 @@ struct StageLoads : TileShapes<P, BN> {
   static constexpr int kKPerPassB = kThreads / kChunksPerRowB;
   static_assert(kThreads % kChunksPerRowA == 0 && kThreads % kChunksPerRowB == 0,
                 "a thread's chunks must share one column (B) and one k offset (A)");
-  static_assert(kRowsPerPassA % 8 == 0 && kKPerPassB % 8 == 0,
+  static_assert(kRowsPerPassA % 8 == 0 && (P::kWeightsKMajor || kKPerPassB % 8 == 0),
                 "successive chunks of a thread must be whole 8-row swizzle atoms apart");
   // K-major B ([out, in] weights: tile column n is weight row col_lo + n, or col_hi + n - BN/2 in
   // the high half, K contiguous): B is copied like A, thread t taking piece t % kChunksPerRowBK of
@@ -251,20 +251,23 @@ struct StageLoads : TileShapes<P, BN> {
   }
 
   // Both operands of k-tile `kt` by TMA into stage `stage` (thread 0). A: the 128 rows from row
-  // t.a_row0 of the map t.map_a (contiguous rows: GEMM1's hidden_act), one box of 128 rows x 64 k
+  // t.a_row0 of the map t.map_a (contiguous rows: GEMM1's hidden_act), one box of 128 rows x kBK
   // (rows past the tile's valid ones feed output rows nobody stores; past the map's end they are
   // zeros). B: the first half's columns from col_lo, the second half's from col_hi; columns past
   // the matrix arrive as zeros (whatever lies past the valid ones only feeds output columns nobody
-  // stores). [in, out] weights: BN / 64 boxes of 64 columns x 64 k (map [experts][K][N]); [out,
-  // in]: one box per half, BN / 2 weight rows x 64 k (map [experts][N][K]), the K-major atoms of
-  // consecutive rows being consecutive already.
-  static constexpr bool kTmaCapable = kBK == 64 && sizeof(SmemElem) == 2 && BN == P::kExpertBN &&
-                                      (kBKFirst || P::kWeightsKMajor);
+  // stores). [in, out] weights: BN / kAtomCols boxes of kAtomCols columns (128 bytes) x kBK (map
+  // [experts][K][N]); [out, in]: one box per half, BN / 2 weight rows x kBK (map [experts][N][K]),
+  // the K-major atoms of consecutive rows being consecutive already. Every k-tile row is one
+  // 128-byte swizzle row (bf16: 64 k; tf32: 32 k). tf32 rounds a stage once it has landed
+  // (round_stage_tma).
+  static constexpr int kAtomCols = 128 / static_cast<int>(sizeof(SmemElem));
+  static constexpr bool kTmaCapable = P::kWgmma && kBK == kAtomCols &&
+                                      BN == P::kExpertBN && (kBKFirst || P::kWeightsKMajor);
   static __device__ __forceinline__ void tma_stage(Smem& sm, int kt, int stage) {
-    static_assert(kTmaCapable, "bf16 expert tiles only");
+    static_assert(kTmaCapable, "expert tiles of 128-byte k-tile rows, no rounding pass");
     const TmaTile& t = sm.tma;
     const int col_lo = t.col_lo, col_hi = t.col_hi;
-    constexpr int kBoxes = P::kWeightsKMajor ? 2 : BN / 64;
+    constexpr int kBoxes = P::kWeightsKMajor ? 2 : BN / kAtomCols;
     constexpr int kBoxElems = BN * kBK / kBoxes;
     constexpr int kBytes = (kTileRows + BN) * kBK * static_cast<int>(sizeof(SmemElem));
     SmemElem* sa = reinterpret_cast<SmemElem*>(sm.buffer) + stage * (kTileRows * kBK);
@@ -282,6 +285,25 @@ struct StageLoads : TileShapes<P, BN> {
         tma_load_box(sb + box * kBoxElems, t.map, &sm.full_tma[stage], col, t.k0 + kt * kBK,
                      t.expert);
       }
+    }
+  }
+
+  // tf32 by TMA: a landed stage rounded in place, its 16-byte pieces split evenly over the
+  // threads (rounding is per element: the swizzle does not matter). The caller fences and waits
+  // for every thread before the MMAs read it.
+  static __device__ __forceinline__ void round_stage_tma(Smem& sm, int stage) {
+    static_assert(sizeof(Elem) == 4, "fp32 chunks");
+    SmemElem* base = reinterpret_cast<SmemElem*>(sm.buffer);
+    SmemElem* sa = base + stage * (kTileRows * kBK);
+    SmemElem* sb = base + kElemsA + stage * (BN * kBK);
+    constexpr int kA = kTileRows * kBK / 4, kB = BN * kBK / 4;
+#pragma unroll
+    for (int i = threadIdx.x; i < kA; i += kThreads) {
+      st_shared_16(sa + 4 * i, rna_tf32(ld_shared_16(sa + 4 * i)));
+    }
+#pragma unroll
+    for (int i = threadIdx.x; i < kB; i += kThreads) {
+      st_shared_16(sb + 4 * i, rna_tf32(ld_shared_16(sb + 4 * i)));
     }
   }
 

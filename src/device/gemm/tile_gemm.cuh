@@ -31,9 +31,11 @@ struct TileGemm : StageLoads<P, BN> {
   using Loads::load_stage;
   using Loads::plan_chunks;
   using Loads::round_stage;
+  using Loads::round_stage_tma;
   using Loads::tma_stage;
 
-  // kTma (bf16 GEMM1, whose A rows are contiguous in hidden_act): both operands by TMA, through
+  // kTma (GEMM1, whose A rows are contiguous in hidden_act): both operands by TMA where the
+  // precision's tiles allow it (bf16; tf32 with [out, in] weights: StageLoads::kTmaCapable), through
   // the maps of `tma` (b is then not read); otherwise every thread copies them by cp.async. False
   // when a TMA wait gave up (abort or timeout, recorded): the result is then not to be used.
   template <bool kTma = false>
@@ -51,21 +53,22 @@ struct TileGemm : StageLoads<P, BN> {
   // Hopper: wgmma reads both operands from the pipeline stage. cp.async (kTma: TMA) fills the
   // stage of k-tile kt + kAhead while the MMAs of k-tiles kt-kInFlight..kt run. Each k-tile: wait
   // for this thread's copies of it (kTma: for the stage's barrier); tf32 (P::kRoundToTf32): round
-  // them to nearest tf32 in place and fence them to the async proxy; one barrier; issue the
-  // warpgroup MMAs; refill; wait until at most kInFlight batches are pending. bf16: 4 stages, 2
-  // ahead, 1 batch pending; tf32: 5 stages, 3 ahead, 1 pending: the rounding pass (a ld.shared
-  // and a st.shared of every operand chunk) takes about as long as a k-tile's MMAs, and the deeper
-  // prefetch hides the global latency it would otherwise expose. (tf32 had staged its operands
-  // through registers, rounding on the way: each thread waited for its loads right after issuing a
-  // k-tile's MMAs, 1.6 us per k-tile on an H200.)
+  // the stage to nearest tf32 in place (cp.async: each thread its own chunks; TMA: an even share
+  // of the stage) and fence it to the async proxy; one barrier; issue the warpgroup MMAs; refill;
+  // wait until at most kInFlight batches are pending. Both precisions: 4 stages, 2 ahead, 1 batch
+  // pending, 128 x 256 expert tiles (tf32 with [out, in] weights; 128 x 128 and 5 stages before:
+  // 3.17 -> 2.14 ms at the default config together with GEMM1 by TMA, perf log 2026-11-30 06:29).
+  // The rounding pass (a ld.shared and a st.shared of every operand element) still costs tf32
+  // about a third of its task time: wgmma truncates unrounded operands (relative error ~1.6e-3
+  // against ~4.6e-4, measured), and the pass competes with wgmma for shared-memory bandwidth.
   // Each warpgroup computes 64 of the 128 rows; with at most 64 valid rows (a few-row tile: the
   // last tile of an expert, decode calls) the second warpgroup's rows are all zeros, so it issues
   // no MMAs (its accumulators stay cleared) and only helps load the operands: half the tensor-core
   // work, on tiles that are bound by the weights' bytes.
   static constexpr int kInFlight = 1;                      // MMA batches pending after each k-tile
   static constexpr int kAhead = kStages - kInFlight - 1;   // k-tiles loading ahead of the MMAs
-  // kTma (bf16 GEMM1): thread 0 issues each stage's boxes where the cp.async path has every
-  // thread copy 12 16-byte chunks; every thread waits on the stage's barrier before the k-tile's
+  // kTma (GEMM1): thread 0 issues each stage's boxes where the cp.async path has every thread
+  // copy 12 16-byte chunks; every thread waits on the stage's barrier before the k-tile's
   // barrier, which is then __syncthreads_and of the waits, so that a wait that gives up (abort,
   // timeout: recorded) ends the loop in every thread at once.
   template <bool kTma>
@@ -101,7 +104,8 @@ struct TileGemm : StageLoads<P, BN> {
     // whose MMAs both warpgroups finished before they reached this iteration's barrier (each left
     // at most k-tiles kt-kInFlight..kt-1 pending in iteration kt-1), so one barrier per k-tile
     // suffices.
-    // TMA: GEMM1 of bf16 (both weight layouts), whose A rows are contiguous. GEMM0 gathers its A
+    // TMA: GEMM1 of bf16 (both weight layouts) and of tf32 with [out, in] weights, whose A rows
+    // are contiguous. GEMM0 gathers its A
     // rows, and copies B by cp.async too: B by TMA beside A by cp.async made its tasks ~20% slower,
     // both by TMA made GEMM1's ~5% faster (perf log 2026-11-30 04:51). The gate's narrow tiles
     // and the other precisions copy by cp.async. Decided at compile time: a run-time choice kept
@@ -124,23 +128,42 @@ struct TileGemm : StageLoads<P, BN> {
       if (s < k_tiles) refill(s, s);
       cp_async_commit();
     }
+    // Makes k-tile kt's stage ready for the MMAs as far as this thread goes: its data has landed
+    // (this thread's cp.async group: one per k-tile, of which the newest kAhead - 1 (k-tiles
+    // kt+1..) may still be landing; or the stage's TMA barrier, false when that wait gave up), and
+    // with tf32 its share is rounded and fenced to the async proxy (the rounding's st.shared are
+    // the generic proxy's, wgmma's reads the async proxy's). Without rounding no fence (as
+    // CUTLASS's cp.async wgmma mainloops): it compiled to MEMBAR.ALL.CTA. (tf32 preparing k-tile
+    // kt+1 right after issuing kt's MMAs, to hide the pass under them, was not faster: the pass
+    // and wgmma share the shared memory's bandwidth; perf log 2026-11-30 06:36.)
+    const auto prepare = [&](int kt) -> bool {
+      const int stage = kt % kStages;
+      bool landed = true;
+      if constexpr (by_tma) {
+        landed = mbar_wait_bounded(sm.tma, &sm.full_tma[stage], (phase >> stage) & 1u);
+        phase ^= 1u << stage;
+      } else {
+        cp_async_wait<kAhead - 1>();
+      }
+      if constexpr (P::kRoundToTf32) {
+        if constexpr (by_tma) {
+          if (landed) round_stage_tma(sm, stage);
+        } else {
+          round_stage(sm, chunks, ldb, kt, stage);
+        }
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      }
+      return landed;
+    };
     warpgroup_fence_operand(acc);
     bool ok = true;
     for (int kt = 0; kt < k_tiles; ++kt) {
-      // One group per k-tile; the newest kAhead - 1 (k-tiles kt+1..) may still be landing.
-      cp_async_wait<kAhead - 1>();
       const int stage = kt % kStages;
-      if constexpr (P::kRoundToTf32) round_stage(sm, chunks, ldb, kt, stage);
-      // tf32: the rounding's st.shared (generic proxy) -> the async proxy's wgmma reads. Without
-      // rounding no fence here (as CUTLASS's cp.async wgmma mainloops): it compiled to
-      // MEMBAR.ALL.CTA, which may wait for this thread's later k-tiles' copies still in flight.
-      if constexpr (P::kRoundToTf32) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      const bool ready = prepare(kt);
       if constexpr (by_tma) {
-        // TMA writes are the async proxy's, as wgmma's reads: no fence.
-        const bool landed = mbar_wait_bounded(sm.tma, &sm.full_tma[stage], (phase >> stage) & 1u);
-        phase ^= 1u << stage;
-        // stage kt complete for every thread's copies and its B; k-tile kt-1-kInFlight done
-        if (!__syncthreads_and(landed)) {
+        // stage kt complete for every thread (TMA: its barrier, tf32: everyone's rounding);
+        // k-tile kt-1-kInFlight done. A wait that gave up ends the loop in every thread at once.
+        if (!__syncthreads_and(ready)) {
           ok = false;
           break;
         }
