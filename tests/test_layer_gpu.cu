@@ -453,7 +453,8 @@ TEST(LayerGpu, FewRowsSplitK) {
 // gate_split_for: up to 32 slices of 64), whose partial logits the routing adds in slice order:
 // every precision and weight layout, a deep gate (hidden 2048: 32 slices at one token) and uneven
 // slices (hidden 1152 = 18 steps of 64 over 16 slices), 128 and 256 gate columns, against the
-// reference, bit-identical when repeated, and the split reported by stats().
+// reference, bit-identical when repeated, and the split reported by stats(). 40 tokens: more than
+// kRouteAloneSpreadRows, so their rows are routed on several blocks (route_alone.cuh).
 TEST(LayerGpu, FewTokensGateSplit) {
   MONOMOE_REQUIRE_GPU();
   std::uint64_t seed = 1200;
@@ -467,7 +468,7 @@ TEST(LayerGpu, FewTokensGateSplit) {
           c.experts = experts;
           c.max_tokens = 64;
           c.weight_layout = layout;
-          for (std::int64_t tokens : {1, 5, 16}) {
+          for (std::int64_t tokens : {1, 5, 16, 40}) {
             expect_matched_then_repeated(
                 c, tokens, ++seed, "the gate's split sum is not deterministic",
                 [&](const ForwardStats& stats) {

@@ -238,17 +238,16 @@ __device__ __forceinline__ void zero_tile_counts(const Params& p) {
   }
 }
 
+// Rows t = first, first + warps, ... (first: this warp's index among `warps` routing warps).
 // kPerLane: the expert slots per lane this instance holds (2: up to 64 experts, a smaller loop body
 // for the common case; kMaxExperts / 32 otherwise).
 template <int kPerLane>
-__device__ __forceinline__ void route_spread_rows(const Params& p) {
+__device__ __forceinline__ void route_spread_rows(const Params& p, int first, int warps) {
   constexpr int kGroup = 4;  // slices whose loads are in flight together
   const int lane = static_cast<int>(threadIdx.x) % 32;
-  const int warps = static_cast<int>(gridDim.x) * (kThreads / 32);
   const int slots = (p.experts + 31) / 32;  // expert slots per lane in use (see gate_route)
   const long long split_stride = static_cast<long long>(p.tokens) * p.experts_padded;
-  for (int t = static_cast<int>(blockIdx.x) * (kThreads / 32) + static_cast<int>(threadIdx.x) / 32;
-       t < p.tokens; t += warps) {
+  for (int t = first; t < p.tokens; t += warps) {
     const float* row = p.logits + static_cast<long long>(t) * p.experts_padded;
     float v[kPerLane];
 #pragma unroll 1
@@ -282,11 +281,15 @@ __device__ __forceinline__ void route_spread_rows(const Params& p) {
   }
 }
 
-__device__ __forceinline__ void route_spread(const Params& p) {
+// The rows of this block's warps when the first `blocks` blocks route (the whole grid here; the
+// first few in route_alone.cuh).
+__device__ __forceinline__ void route_spread(const Params& p, int blocks) {
+  constexpr int kWarps = kThreads / 32;
+  const int first = static_cast<int>(blockIdx.x) * kWarps + static_cast<int>(threadIdx.x) / 32;
   if (p.experts <= 64) {
-    route_spread_rows<2>(p);
+    route_spread_rows<2>(p, first, blocks * kWarps);
   } else {
-    route_spread_rows<kMaxExperts / 32>(p);
+    route_spread_rows<kMaxExperts / 32>(p, first, blocks * kWarps);
   }
 }
 

@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
       }
       if (p.gate_splits > 1) {
         if (!grid_barrier(p, ++barrier)) return;
-        route_spread(p);
+        route_spread(p, static_cast<int>(gridDim.x));
       } else {
         for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) {
           gate_route<P>(p, sm, tile);

@@ -109,6 +109,8 @@ struct Control {
   unsigned int gate_done[kRouteAloneTiles];  // gate K slices finished per token tile
   unsigned int tiles_routed;                 // token tiles whose choices and counts are written
   unsigned int routed;                       // 1 once the routing block placed every choice
+  unsigned int tiles_gated;                  // spread: token tiles whose gate is complete
+  unsigned int rows_routed;                  // spread: routing blocks done with their rows
   // Followed in memory by (offsets in Params):
   //   int expert_count[experts]      rows routed to each expert (before capacity)
   //   int expert_dropped[experts]    rows dropped by capacity

@@ -10,6 +10,12 @@
 //           none with one tile) computes the prefix sums over tiles, the routing summary and every
 //           tile's placement (route.cuh, place_every_tile), then raises Control::routed;
 //   others  wait for that one flag and compute the routing summary from the expert counts.
+// A call of more than kRouteAloneSpreadRows tokens routes its rows on several blocks instead: one
+// block routing a 128-token tile (softmax and top-8 of 128 experts, 16 rows per warp) took ~87 us
+// of a 2-GPU decode call (perf log 2026-11-30 06:05). The block that completes a tile's gate
+// clears the tile's counts and counts the tile gated (Control::tiles_gated); the first
+// ceil(tokens / 8) blocks wait for every tile, each warp routes a row (route_spread's rows, counts
+// by atomics), and the last of them to finish (Control::rows_routed) places every choice.
 // The outputs are those of the general path, bit for bit, for the same gate split.
 #pragma once
 
@@ -25,10 +31,37 @@ __device__ __forceinline__ bool tile_routed_last(const Params& p) {
                                            static_cast<unsigned int>(p.token_tiles));
 }
 
+// Calls of more tokens than this route their rows on several blocks (above).
+inline constexpr int kRouteAloneSpreadRows = 16;
+// route_own_tiles' value for the block that places every choice with every tile's counts in
+// p.tile_counts (it holds none in shared memory): no tile index matches it.
+inline constexpr int kCountsInGlobal = kRouteAloneTiles;
+
+// The spread routing's rows, after this block's gate items: the first ceil(tokens / 8) blocks wait
+// for every tile's gate, route a row per warp and count themselves done. Returns kCountsInGlobal in
+// the last of them (which then places every choice), -1 elsewhere (also when the wait gave up:
+// recorded, and the wait for Control::routed then gives up too).
+__device__ __forceinline__ int route_spread_alone(const Params& p) {
+  constexpr int kWarps = kThreads / 32;
+  const int routers = min(static_cast<int>(gridDim.x), (p.tokens + kWarps - 1) / kWarps);
+  if (static_cast<int>(blockIdx.x) >= routers) return -1;
+  __shared__ int ok;
+  if (threadIdx.x == 0) {
+    ok = wait_at_least(p, &p.control->tiles_gated, static_cast<unsigned int>(p.token_tiles),
+                       ErrorCode::timeout_route, 1);
+  }
+  __syncthreads();
+  if (!ok) return -1;
+  route_spread(p, routers);
+  return arrive_last(&p.control->rows_routed, static_cast<unsigned int>(routers))
+             ? kCountsInGlobal
+             : -1;
+}
+
 // This block's part of the gate (its (tile, slice) items), or of the caller's routing. Returns the
 // tile whose counts this block holds in sm.route.count when it routed the call's last tile (the
-// block that places every choice), -1 otherwise. With no token tile (a rank of peers without
-// tokens), block 0 places nothing.
+// block that places every choice; kCountsInGlobal when the rows were spread), -1 otherwise. With
+// no token tile (a rank of peers without tokens), block 0 places nothing.
 template <class P>
 __device__ int route_own_tiles(const Params& p, KernelSmem<P>& sm) {
   if (p.token_tiles == 0) return blockIdx.x == 0 ? 0 : -1;
@@ -40,6 +73,7 @@ __device__ int route_own_tiles(const Params& p, KernelSmem<P>& sm) {
     }
     return last;
   }
+  const bool spread = p.tokens > kRouteAloneSpreadRows;
   const int items = p.token_tiles * p.gate_splits;
   for (int item = blockIdx.x; item < items; item += gridDim.x) {
     const int tile = item / p.gate_splits;
@@ -49,10 +83,19 @@ __device__ int route_own_tiles(const Params& p, KernelSmem<P>& sm) {
         !arrive_last(&p.control->gate_done[tile], static_cast<unsigned int>(p.gate_splits))) {
       continue;
     }
+    if (spread) {
+      // The routers add to the tile's counts: cleared before the tile counts as gated.
+      for (int e = threadIdx.x; e < p.experts; e += kThreads) {
+        p.tile_counts[static_cast<long long>(tile) * p.experts + e] = 0;
+      }
+      publish_block_writes();  // the counts and (arrive_last above) every slice's partials
+      if (threadIdx.x == 0) atomicAdd(&p.control->tiles_gated, 1u);
+      continue;
+    }
     gate_route<P>(p, sm, tile);
     if (tile_routed_last(p)) last = tile;
   }
-  return last;
+  return spread ? route_spread_alone(p) : last;
 }
 
 // The block that routed the last tile (own_tile >= 0) places every choice and raises the flag;

@@ -24,7 +24,7 @@
 
 namespace monomoe {
 
-static_assert(sizeof(device::Control) == 64, "workspace.cpp reserves 64 bytes for Control");
+static_assert(sizeof(device::Control) == 72, "workspace.cpp reserves 72 bytes for Control");
 static_assert(detail::TileShape::kRows == device::kTileRows &&
               detail::TileShape::kCols == device::kTileCols &&
               detail::TileShape::kCombineCols == device::kCombineCols);

@@ -61,7 +61,7 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
 
   p.world = cfg.world_size;
   Arena a;
-  constexpr std::size_t kControlHeader = 64;  // sizeof(device::Control), checked in layer.cu
+  constexpr std::size_t kControlHeader = 72;  // sizeof(device::Control), checked in layer.cu
   const std::int64_t control_words =
       2 * cfg.experts + p.row_tiles + 2 * p.token_tiles + 2 * TileShape::kSplitGroups;
   p.control_bytes =
