@@ -1,5 +1,5 @@
-// The tile GEMM's shared-memory layouts for bf16 and tf32 (device/gemm/tile_gemm.cuh), checked on the
-// host: the addresses wgmma reads (CuTe's layout through a shared-memory pointer, whose 128-byte
+// The tile GEMM's shared-memory layouts for bf16 and tf32 (device/gemm/tile_gemm.cuh), checked on
+// the host: the addresses wgmma reads (CuTe's layout through a shared-memory pointer, whose 128-byte
 // swizzle acts on the address) must be where a TMA box with CU_TENSOR_MAP_SWIZZLE_128B writes each
 // element (TileGemm::tma_stage), for B in both weight layouts and for A (GEMM1's hidden_act
 // rows), and the cp.async path's per-thread plan

@@ -12,7 +12,7 @@
 //   others  wait for that one flag and compute the routing summary from the expert counts.
 // A call of more than kRouteAloneSpreadRows tokens routes its rows on several blocks instead: one
 // block routing a 128-token tile (softmax and top-8 of 128 experts, 16 rows per warp) took ~87 us
-// of a 2-GPU decode call (perf log 2026-11-30 06:05). The block that completes a tile's gate
+// of a 2-GPU decode call (perf log 2026-11-30 06:00). The block that completes a tile's gate
 // clears the tile's counts and counts the tile gated (Control::tiles_gated); the first
 // ceil(tokens / 8) blocks wait for every tile, each warp routes a row (route_spread's rows, counts
 // by atomics), and the last of them to finish (Control::rows_routed) places every choice.

@@ -85,8 +85,9 @@ struct PrecTf32 {
           BN == 256,
           decltype(cute::make_tiled_mma(cute::SM90::GMMA::MMA_64x256x8_F32TF32TF32_SS_TN<>{},
                                         cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{})),
-          decltype(cute::make_tiled_mma(cute::SM90::GMMA::MMA_64x128x8_F32TF32TF32_SS_TN<>{},
-                                        cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}))>,
+          decltype(cute::make_tiled_mma(
+              cute::SM90::GMMA::MMA_64x128x8_F32TF32TF32_SS_TN<>{},
+              cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}))>,
       decltype(cute::make_tiled_mma(cute::MMA_Atom<cute::SM80_16x8x8_F32TF32TF32F32_TN>{},
                                     cute::Layout<cute::Shape<cute::_2, cute::_4, cute::_1>>{},
                                     cute::Tile<cute::_32, cute::_32, cute::_8>{}))>;

@@ -264,7 +264,7 @@ struct StageLoads : TileShapes<P, BN> {
   static constexpr bool kTmaCapable = P::kWgmma && kBK == kAtomCols &&
                                       BN == P::kExpertBN && (kBKFirst || P::kWeightsKMajor);
   static __device__ __forceinline__ void tma_stage(Smem& sm, int kt, int stage) {
-    static_assert(kTmaCapable, "expert tiles of 128-byte k-tile rows, no rounding pass");
+    static_assert(kTmaCapable, "wgmma expert tiles whose k-tile rows are 128 bytes");
     const TmaTile& t = sm.tma;
     const int col_lo = t.col_lo, col_hi = t.col_hi;
     constexpr int kBoxes = P::kWeightsKMajor ? 2 : BN / kAtomCols;

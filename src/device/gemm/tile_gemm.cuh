@@ -35,9 +35,10 @@ struct TileGemm : StageLoads<P, BN> {
   using Loads::tma_stage;
 
   // kTma (GEMM1, whose A rows are contiguous in hidden_act): both operands by TMA where the
-  // precision's tiles allow it (bf16; tf32 with [out, in] weights: StageLoads::kTmaCapable), through
-  // the maps of `tma` (b is then not read); otherwise every thread copies them by cp.async. False
-  // when a TMA wait gave up (abort or timeout, recorded): the result is then not to be used.
+  // precision's tiles allow it (bf16; tf32 with [out, in] weights: StageLoads::kTmaCapable),
+  // through the maps of `tma` (b is then not read); otherwise every thread copies them by
+  // cp.async. False when a TMA wait gave up (abort or timeout, recorded): the result is then not
+  // to be used.
   template <bool kTma = false>
   static __device__ bool run(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
                              int valid_lo, int valid_hi, int k_total, int rows = kTileRows,
@@ -57,7 +58,7 @@ struct TileGemm : StageLoads<P, BN> {
   // of the stage) and fence it to the async proxy; one barrier; issue the warpgroup MMAs; refill;
   // wait until at most kInFlight batches are pending. Both precisions: 4 stages, 2 ahead, 1 batch
   // pending, 128 x 256 expert tiles (tf32 with [out, in] weights; 128 x 128 and 5 stages before:
-  // 3.17 -> 2.14 ms at the default config together with GEMM1 by TMA, perf log 2026-11-30 06:29).
+  // 3.17 -> 2.14 ms at the default config together with GEMM1 by TMA, perf log 2026-11-30 06:41).
   // The rounding pass (a ld.shared and a st.shared of every operand element) still costs tf32
   // about a third of its task time: wgmma truncates unrounded operands (relative error ~1.6e-3
   // against ~4.6e-4, measured), and the pass competes with wgmma for shared-memory bandwidth.
@@ -135,7 +136,7 @@ struct TileGemm : StageLoads<P, BN> {
     // the generic proxy's, wgmma's reads the async proxy's). Without rounding no fence (as
     // CUTLASS's cp.async wgmma mainloops): it compiled to MEMBAR.ALL.CTA. (tf32 preparing k-tile
     // kt+1 right after issuing kt's MMAs, to hide the pass under them, was not faster: the pass
-    // and wgmma share the shared memory's bandwidth; perf log 2026-11-30 06:36.)
+    // and wgmma share the shared memory's bandwidth; perf log 2026-11-30 06:32.)
     const auto prepare = [&](int kt) -> bool {
       const int stage = kt % kStages;
       bool landed = true;
