@@ -263,11 +263,12 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
       << "  in GEMM tasks " << stat([](const BlockTrace& b) { return b.gemm_ns; }) << "\n"
       << "  in combines   " << stat([](const BlockTrace& b) { return b.combine_ns; }) << "\n"
       << "  tasks/block   " << stat([](const BlockTrace& b) { return b.tasks * 1000; }) << "\n";
-  // A call routed by one block (at most kRouteAloneTiles token tiles) gives its (tile, K slice)
-  // gate items to blocks 0.. in order, and the percentiles above hide those few blocks: each one's
-  // "gate done" (its slices, and the routing of the tile it completed last). (With more tiles the
-  // stamp follows a grid barrier: the same in every block.)
-  const std::int64_t token_tiles = (tokens + 127) / 128;
+  // A call routed without grid barriers (at most kRouteAloneTiles token tiles) gives its (tile, K
+  // slice) gate items to blocks 0.. in order, and the percentiles above hide those few blocks:
+  // each one's "gate done" (its slices, then the routing of the tile it completed last, or, above
+  // 16 tokens, its share of the spread routing's rows). (With more tiles the stamp follows a grid
+  // barrier: the same in every block.)
+  const std::int64_t token_tiles = (tokens + device::kTileRows - 1) / device::kTileRows;
   const std::int64_t gate_items = token_tiles * layer.stats().gate_splits;
   if (token_tiles > 0 && token_tiles <= device::kRouteAloneTiles && gate_items <= 16 &&
       static_cast<std::size_t>(gate_items) <= tr.size()) {

@@ -1,5 +1,7 @@
 // Dispatch of the host entry points (launch.hpp) to the kernels of a weight layout. The kernels
 // themselves are compiled in instances_in_out.cu and instances_out_in.cu.
+#include <type_traits>
+
 #include "device/gemm/stage_loads.cuh"
 #include "device/launch.hpp"
 
@@ -16,40 +18,32 @@ int forward_blocks_per_sm(DType dtype, WeightLayout layout) {
 }
 
 namespace {
-template <bool KMajorB>
-int expert_tile_cols(DType dtype) {
-  switch (dtype) {
-    case DType::bf16: return PrecBf16<KMajorB>::kExpertBN;
-    case DType::tf32: return PrecTf32<KMajorB>::kExpertBN;
-    case DType::fp32: return PrecFp32<KMajorB>::kExpertBN;
-  }
-  return 0;
+// f(P{}) for the precision P of `dtype` and `layout` (the precisions are empty tag types).
+template <class F>
+auto with_precision(DType dtype, WeightLayout layout, F&& f) {
+  const auto of_layout = [&](auto kmajor) {
+    constexpr bool K = decltype(kmajor)::value;
+    switch (dtype) {
+      case DType::bf16: return f(PrecBf16<K>{});
+      case DType::tf32: return f(PrecTf32<K>{});
+      case DType::fp32: break;
+    }
+    return f(PrecFp32<K>{});
+  };
+  return layout == WeightLayout::out_in ? of_layout(std::true_type{})
+                                        : of_layout(std::false_type{});
 }
 }  // namespace
 
 int expert_tile_cols(DType dtype, WeightLayout layout) {
-  return layout == WeightLayout::out_in ? expert_tile_cols<true>(dtype)
-                                        : expert_tile_cols<false>(dtype);
+  return with_precision(dtype, layout, [](auto p) { return decltype(p)::kExpertBN; });
 }
-
-namespace {
-template <class P>
-constexpr bool by_tma() {
-  return StageLoads<P, P::kExpertBN>::kTmaCapable;
-}
-template <bool KMajorB>
-bool gemm1_by_tma(DType dtype) {
-  switch (dtype) {
-    case DType::bf16: return by_tma<PrecBf16<KMajorB>>();
-    case DType::tf32: return by_tma<PrecTf32<KMajorB>>();
-    case DType::fp32: return by_tma<PrecFp32<KMajorB>>();
-  }
-  return false;
-}
-}  // namespace
 
 bool gemm1_by_tma(DType dtype, WeightLayout layout) {
-  return layout == WeightLayout::out_in ? gemm1_by_tma<true>(dtype) : gemm1_by_tma<false>(dtype);
+  return with_precision(dtype, layout, [](auto p) {
+    using P = decltype(p);
+    return StageLoads<P, P::kExpertBN>::kTmaCapable;
+  });
 }
 
 cudaError_t launch_forward(DType dtype, WeightLayout layout, const Params& params, int grid,

@@ -217,11 +217,12 @@ struct Params {
   RecvPart* recv_parts;        // [max_recv_parts]
   int max_recv_parts;
 
-  // bf16: GEMM1 reads both operands by TMA (device/gemm/tma.cuh) through these maps of w2
-  // (host/tensor_maps.cpp; [experts_local][K][N], or [experts_local][N][K] for [out, in] weights)
-  // and of hidden_act; unused by the other precisions.
+  // GEMM1 of bf16, and of tf32 with [out, in] weights (device::gemm1_by_tma), reads both operands
+  // by TMA (device/gemm/tma.cuh) through these maps of w2 (host/tensor_maps.cpp;
+  // [experts_local][K][N], or [experts_local][N][K] for [out, in] weights) and of hidden_act;
+  // unused by the other kernels.
   CUtensorMap tma_w2;  // (64-byte aligned by its type)
-  CUtensorMap tma_h;   // hidden_act [rows][ffn] (GEMM1's A rows), in boxes of 128 rows x 64 k
+  CUtensorMap tma_h;   // hidden_act [rows][ffn] (GEMM1's A rows), boxes of 128 rows x 128 bytes
 };
 
 }  // namespace monomoe::device

@@ -110,7 +110,8 @@ __device__ bool gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   const int ldb = P::kWeightsKMajor ? p.ffn : p.hidden;
   const Elem* w2 = static_cast<const Elem*>(p.w2) +
                    static_cast<long long>(expert) * p.ffn * p.hidden + k_offset<P>(k_first, ldb);
-  // A rows are contiguous here: bf16 loads both operands by TMA (the other precisions ignore t).
+  // A rows are contiguous here: both operands by TMA where the kernel can (StageLoads::kTmaCapable;
+  // the other kernels ignore t).
   TmaTile t;
   t.map = &p.tma_w2;
   t.expert = expert;

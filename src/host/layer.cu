@@ -217,13 +217,14 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
     throw std::logic_error("monomoe: the workspace plan's expert tile width differs from the kernel's");
   }
   if (m.tma()) {
-    // GEMM1 reads W2 by TMA. [in, out]: W2 [el][ffn][hidden], boxes of a k-tile's K rows (64);
+    // GEMM1 reads W2 by TMA. [in, out]: W2 [el][ffn][hidden], boxes of a k-tile's K rows;
     // [out, in]: W2 [el][hidden][ffn], boxes of half a tile's columns (device/gemm/stage_loads.cuh,
-    // tma_stage). Each box row is 128 bytes.
+    // tma_stage). Each box row is 128 bytes, so a k-tile is 128 bytes of K.
     const std::int64_t el = config.experts_per_rank();
     const std::int64_t half = device::expert_tile_cols(config.dtype, config.weight_layout) / 2;
+    const auto k_tile = static_cast<std::int64_t>(128 / element_bytes(config.dtype));
     if (config.weight_layout == WeightLayout::in_out) {
-      m.tma_w2 = detail::tile_tensor_map(weights.w2, el, config.ffn, config.hidden, 64,
+      m.tma_w2 = detail::tile_tensor_map(weights.w2, el, config.ffn, config.hidden, k_tile,
                                          config.dtype, "ExpertWeights.w2");
     } else {
       m.tma_w2 = detail::tile_tensor_map(weights.w2, el, config.hidden, config.ffn, half,
