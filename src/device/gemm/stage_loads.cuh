@@ -302,6 +302,16 @@ struct StageLoads : TileShapes<P, BN> {
     }
   }
 
+  // tf32 with register weights (tile_gemm.cuh, run_wgmma_rs): rounds this thread's own chunks of
+  // the token rows (A) of stage `stage` in place; the weights are rounded in registers.
+  static __device__ __forceinline__ void round_stage_tokens(Smem& sm, const ChunkPlan& c, int ldb,
+                                                            int kt, int stage) {
+    static_assert(sizeof(Elem) == 4, "fp32 chunks");
+    for_each_chunk(sm, c, ldb, kt, stage, [](int j, SmemElem* dst, const Elem*, bool) {
+      if (j < kChunksA) st_shared_16(dst, rna_tf32(ld_shared_16(dst)));
+    });
+  }
+
   // tf32 on wgmma: rounds this thread's own chunks of stage `stage` to tf32 in place, once its
   // cp.async copies of them have landed (cp.async.wait_group makes them visible to the thread that
   // issued them, so no barrier is needed before; the caller's proxy fence and barrier follow).
