@@ -15,7 +15,7 @@
 #define MONOMOE_TF32_RS_SLOTS 2  // EXPERIMENT knob (tile_gemm.cuh, run_wgmma_rs)
 #endif
 #ifndef MONOMOE_TF32_RS_GEMM0
-#define MONOMOE_TF32_RS_GEMM0 0  // EXPERIMENT knob: GEMM0 (cp.async, its x rows rounded) on it too
+#define MONOMOE_TF32_RS_GEMM0 1  // EXPERIMENT knob: GEMM0 (cp.async, its x rows rounded) on it too
 #endif
 #ifndef MONOMOE_TF32_RS_COPY
 #define MONOMOE_TF32_RS_COPY SM75_U32x4_LDSM_N  // EXPERIMENT knob: the weights' smem -> registers
