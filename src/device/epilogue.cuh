@@ -100,6 +100,12 @@ __device__ __forceinline__ void epilogue_gemm0_rows(const float* c, int pitch, i
     } else {
       activate8<A>(v);
     }
+    if constexpr (P::kRoundToTf32) {
+      // tf32: GEMM1 reads these as its A operand, rounded to nearest tf32 (what its rounding
+      // would do to them there: GEMM1 by TMA then rounds its weights only).
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = rna_tf32(v[j]);
+    }
     store8(out + static_cast<long long>(r) * out_pitch + cc, v);
   };
   float bg[8], bu[8];

@@ -28,6 +28,7 @@ struct PrecBf16 {
   static constexpr int kStages = 4;
   static constexpr int kExpertBN = 256;  // output columns of an expert GEMM task
   static constexpr bool kRoundToTf32 = false;
+  static constexpr bool kRegisterWeights = false;
   static constexpr bool kWgmma = true;
   static constexpr bool kWeightsKMajor = KMajorB;
   static constexpr cute::GMMA::Major kMajorB = KMajorB ? cute::GMMA::Major::K : cute::GMMA::Major::MN;
@@ -99,6 +100,14 @@ struct PrecTf32 {
   using CopyA = std::conditional_t<KMajorB, void,  // wgmma reads shared memory itself
                                    cute::Copy_Atom<cute::UniversalCopy<SmemElem>, SmemElem>>;
   using CopyB = CopyA;
+  // wgmma expert tiles (tile_gemm.cuh, run_wgmma_rs): the product transposed, C^T = W * X^T, so
+  // that the weights are wgmma's register operand (M: the tile's BN output columns, 64 per
+  // warpgroup per instruction) and are rounded in registers; the token rows (N = 128) stay in
+  // shared memory, rounded where they are produced or once they land.
+  static constexpr bool kRegisterWeights = KMajorB;
+  using TiledMmaRs =
+      decltype(cute::make_tiled_mma(cute::SM90::GMMA::MMA_64x128x8_F32TF32TF32_RS_TN<>{},
+                                    cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
 };
 
 // Strict fp32: plain FMA on the CUDA cores, 16x16 threads each owning an 8x8 block of the tile.
@@ -109,6 +118,7 @@ struct PrecFp32 {
   static constexpr int kBlockK = 32;
   static constexpr int kStages = 3;
   static constexpr bool kRoundToTf32 = false;
+  static constexpr bool kRegisterWeights = false;
   static constexpr bool kWgmma = false;
   static constexpr bool kWeightsKMajor = KMajorB;
   static constexpr int kExpertBN = 128;

@@ -288,23 +288,28 @@ struct StageLoads : TileShapes<P, BN> {
     }
   }
 
-  // tf32 by TMA: a landed stage rounded in place, its 16-byte pieces split evenly over the
-  // threads (rounding is per element: the swizzle does not matter). The caller fences and waits
-  // for every thread before the MMAs read it.
+  // tf32 by TMA (GEMM1): a landed stage's B (the weights) rounded in place, its 16-byte pieces
+  // split evenly over the threads (rounding is per element: the swizzle does not matter). A, the
+  // activation buffer, was rounded when GEMM0's epilogue stored it (epilogue.cuh). The caller
+  // fences and waits for every thread before the MMAs read the stage.
   static __device__ __forceinline__ void round_stage_tma(Smem& sm, int stage) {
     static_assert(sizeof(Elem) == 4, "fp32 chunks");
-    SmemElem* base = reinterpret_cast<SmemElem*>(sm.buffer);
-    SmemElem* sa = base + stage * (kTileRows * kBK);
-    SmemElem* sb = base + kElemsA + stage * (BN * kBK);
-    constexpr int kA = kTileRows * kBK / 4, kB = BN * kBK / 4;
-#pragma unroll
-    for (int i = threadIdx.x; i < kA; i += kThreads) {
-      st_shared_16(sa + 4 * i, rna_tf32(ld_shared_16(sa + 4 * i)));
-    }
+    SmemElem* sb = reinterpret_cast<SmemElem*>(sm.buffer) + kElemsA + stage * (BN * kBK);
+    constexpr int kB = BN * kBK / 4;
 #pragma unroll
     for (int i = threadIdx.x; i < kB; i += kThreads) {
       st_shared_16(sb + 4 * i, rna_tf32(ld_shared_16(sb + 4 * i)));
     }
+  }
+
+  // tf32 with register weights (tile_gemm.cuh, run_wgmma_rs): rounds this thread's own chunks of
+  // the token rows (A) of stage `stage` in place; the weights are rounded in registers.
+  static __device__ __forceinline__ void round_stage_tokens(Smem& sm, const ChunkPlan& c, int ldb,
+                                                            int kt, int stage) {
+    static_assert(sizeof(Elem) == 4, "fp32 chunks");
+    for_each_chunk(sm, c, ldb, kt, stage, [](int j, SmemElem* dst, const Elem*, bool) {
+      if (j < kChunksA) st_shared_16(dst, rna_tf32(ld_shared_16(dst)));
+    });
   }
 
   // tf32 on wgmma: rounds this thread's own chunks of stage `stage` to tf32 in place, once its

@@ -11,6 +11,16 @@
 
 #include "device/gemm/stage_loads.cuh"
 
+#ifndef MONOMOE_TF32_RS_SLOTS
+#define MONOMOE_TF32_RS_SLOTS 2  // EXPERIMENT knob (tile_gemm.cuh, run_wgmma_rs)
+#endif
+#ifndef MONOMOE_TF32_RS_GEMM0
+#define MONOMOE_TF32_RS_GEMM0 1  // EXPERIMENT knob: GEMM0 (cp.async, its x rows rounded) on it too
+#endif
+#ifndef MONOMOE_TF32_RS_COPY
+#define MONOMOE_TF32_RS_COPY SM75_U32x4_LDSM_N  // EXPERIMENT knob: the weights' smem -> registers
+#endif
+
 namespace monomoe::device {
 
 // One 128 x BN output tile from the stages StageLoads fills (stage_loads.cuh).
@@ -32,6 +42,7 @@ struct TileGemm : StageLoads<P, BN> {
   using Loads::plan_chunks;
   using Loads::round_stage;
   using Loads::round_stage_tma;
+  using Loads::round_stage_tokens;
   using Loads::tma_stage;
 
   // kTma (GEMM1, whose A rows are contiguous in hidden_act): both operands by TMA where the
@@ -43,7 +54,9 @@ struct TileGemm : StageLoads<P, BN> {
   static __device__ bool run(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
                              int valid_lo, int valid_hi, int k_total, int rows = kTileRows,
                              TmaTile tma = TmaTile{}) {
-    if constexpr (P::kWgmma) {
+    if constexpr (kRs && (MONOMOE_TF32_RS_GEMM0 || (kTma && kTmaCapable))) {
+      return run_wgmma_rs<kTma>(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, tma);
+    } else if constexpr (P::kWgmma) {
       return run_wgmma<kTma>(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, rows, tma);
     } else {
       run_mma_sync(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total);
@@ -188,6 +201,127 @@ struct TileGemm : StageLoads<P, BN> {
     if (!ok) return false;  // (TMA stages may still be landing: the launch is giving up)
     if (threadIdx.x == 0) sm.tma_phase = phase;  // read again after the next call's first barrier
     store_result(sm, thr, acc);
+    return true;
+  }
+
+  // tf32's expert tiles (P::kRegisterWeights): wgmma with the weights as its register operand, the
+  // product transposed (C^T[BN x 128] = W[BN x K] * X[128 x K]^T; M: the tile's columns, two
+  // warpgroups of 64 and two M blocks each; N: the 128 token rows), so that the weights are
+  // rounded to tf32 in registers on their way from the stage to wgmma, and no pass writes them
+  // back to shared memory (the in-place pass and wgmma's own operand reads shared the shared
+  // memory's bandwidth: a third of tf32's task time, perf log 2026-11-30 06:32). The token rows
+  // are wgmma's shared-memory operand, rounded before: GEMM1's (the activation buffer, by TMA)
+  // when GEMM0's epilogue stored them, GEMM0's (gathered x rows, by cp.async) by a pass over this
+  // thread's token chunks only. Stages and loads as run_wgmma (the same smem layouts: the token
+  // tile is A's, the weight tile B's). Each k-tile's kBK / 8 k-blocks are their own commit
+  // groups: k-block g's registers are loaded once group g - kRegBlocks (the same registers) is
+  // done, so up to kRegBlocks - 1 groups stay in flight.
+  static constexpr bool kRs = P::kRegisterWeights && BN == P::kExpertBN;
+  template <bool kTma>
+  static __device__ bool run_wgmma_rs(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
+                                      int valid_lo, int valid_hi, int k_total, TmaTile tma) {
+    using namespace cute;
+    using TiledMmaRs = typename P::TiledMmaRs;
+    if (threadIdx.x == 0) {
+      sm.tma = tma;
+      sm.tma.col_lo = col_lo;
+      sm.tma.col_hi = col_hi;
+    }
+    __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
+
+    TiledMmaRs tiled;
+    auto thr = tiled.get_thread_slice(threadIdx.x);
+    SmemElem* base = reinterpret_cast<SmemElem*>(sm.buffer);
+    Tensor sT = make_tensor(make_smem_ptr(base), SmemLayoutA{});             // tokens (128, kBK, s)
+    Tensor sW_ = make_tensor(make_smem_ptr(base + kElemsA), SmemLayoutB{});  // weights (BN, kBK, s)
+    Tensor sW = as_position_independent_swizzle_tensor(sW_);
+    Tensor tCsT = thr.partition_B(sT);          // (MMA, MMA_N, MMA_K, stage)
+    Tensor tCrT = thr.make_fragment_B(tCsT);    // smem descriptors
+    Tensor tCrW = thr.partition_fragment_A(sW(_, _, 0));  // registers (MMA, MMA_M, MMA_K)
+    auto s2r = make_tiled_copy_A(Copy_Atom<MONOMOE_TF32_RS_COPY, SmemElem>{}, tiled);
+    auto thr_s2r = s2r.get_thread_slice(threadIdx.x);
+    Tensor tXsW = thr_s2r.partition_S(sW);      // (CPY, CPY_M, CPY_K, stage)
+    Tensor tXrW = thr_s2r.retile_D(tCrW);       // (CPY, CPY_M, CPY_K)
+    Tensor acc = partition_fragment_C(tiled, Shape<Int<BN>, Int<kTileRows>>{});
+    clear(acc);
+    constexpr int kKBlocks = decltype(size<2>(tCrW))::value;  // k-blocks of a k-tile
+    // Register slots for the weights of kRegSlots k-blocks (of the fragment's kKBlocks, the rest
+    // unused): k-block g loads into slot g % kRegSlots once group g - kRegSlots is done.
+    constexpr int kRegSlots = MONOMOE_TF32_RS_SLOTS;
+    static_assert(kRegSlots >= 2 && kRegSlots <= kKBlocks && kKBlocks % kRegSlots == 0);
+
+    const int k_tiles = k_total / kBK;
+    const ChunkPlan chunks = plan_chunks(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi);
+    constexpr bool by_tma = kTma && kTmaCapable;
+    unsigned int phase = sm.tma_phase;
+    const bool issuer = by_tma && threadIdx.x == 0;
+    const auto refill = [&](int kt, int stage) {
+      if constexpr (by_tma) {
+        if (issuer) tma_stage(sm, kt, stage);
+      } else {
+        load_stage(sm, chunks, ldb, kt, stage);
+      }
+    };
+    if (issuer) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#pragma unroll
+    for (int s = 0; s < kAhead; ++s) {
+      if (s < k_tiles) refill(s, s);
+      cp_async_commit();
+    }
+    // Stage kt ready for this thread: TMA (GEMM1: its tokens rounded already) its barrier; cp.async
+    // (GEMM0) its own copies, their token chunks rounded and fenced to the async proxy.
+    const auto prepare = [&](int kt) -> bool {
+      const int stage = kt % kStages;
+      if constexpr (by_tma) {
+        const bool landed = mbar_wait_bounded(sm.tma, &sm.full_tma[stage], (phase >> stage) & 1u);
+        phase ^= 1u << stage;
+        return landed;
+      } else {
+        cp_async_wait<kAhead - 1>();
+        round_stage_tokens(sm, chunks, ldb, kt, stage);
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        return true;
+      }
+    };
+    warpgroup_fence_operand(acc);
+    bool ok = true;
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      const int stage = kt % kStages;
+      const bool ready = prepare(kt);
+      // Stage kt complete for every thread; k-tile kt-2's groups done (each warpgroup left at most
+      // k-tile kt-1's in flight), so the refill below may overwrite its stage.
+      if (!__syncthreads_and(ready)) {
+        ok = false;
+        break;
+      }
+#pragma unroll
+      for (int kb = 0; kb < kKBlocks; ++kb) {
+        const int slot = kb % kRegSlots;
+        warpgroup_wait<kRegSlots - 1>();  // the group that last read this slot is done
+        copy(s2r, tXsW(_, _, kb, stage), tXrW(_, _, slot));
+        round_to_tf32(tCrW(_, _, slot));
+        warpgroup_fence_operand(tCrW);
+        warpgroup_arrive();
+        gemm(tiled, tCrW(_, _, slot), tCrT(_, _, kb, stage), acc);
+        warpgroup_commit_batch();
+      }
+      const int next = kt + kAhead;
+      if (next < k_tiles) refill(next, next % kStages);
+      cp_async_commit();
+    }
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(acc);
+    cp_async_wait<0>();
+    __syncthreads();  // all MMAs have read the pipeline: the buffer becomes the result tile
+    if (!ok) return false;
+    if (threadIdx.x == 0) sm.tma_phase = phase;
+    // C^T into the result tile: element (column m, row n) at n * kCPitch + m.
+    Tensor sC = make_tensor(
+        make_smem_ptr(reinterpret_cast<float*>(sm.buffer)),
+        make_layout(make_shape(Int<BN>{}, Int<kTileRows>{}), make_stride(Int<1>{}, Int<kCPitch>{})));
+    Tensor tCsC = thr.partition_C(sC);
+    copy(acc, tCsC);
+    __syncthreads();
     return true;
   }
 
