@@ -466,9 +466,9 @@ TEST(LayerGpu, FewTokensGateSplit) {
           c.hidden = hidden;
           c.ffn = 128;  // small expert weights: the gate is what this test is about
           c.experts = experts;
-          c.max_tokens = 64;
+          c.max_tokens = 128;
           c.weight_layout = layout;
-          for (std::int64_t tokens : {1, 5, 16, 40}) {
+          for (std::int64_t tokens : {1, 5, 16, 40, 128}) {  // 128: one full tile in 8 slices
             expect_matched_then_repeated(
                 c, tokens, ++seed, "the gate's split sum is not deterministic",
                 [&](const ForwardStats& stats) {

@@ -549,11 +549,12 @@ TEST(Workspace, GateSplitStaysWithinItsPlannedRoom) {
   }
   EXPECT_GT(many, 1000);
   // One token on the default shape (2048 x 128 gate columns) on 132 SMs: 32 slices of 64; 16
-  // tokens: 16; a 128-token tile: halves, as before; 8192 tokens: halves; on fewer than 128 blocks:
-  // whole.
+  // tokens: 32; a 128-token tile: 8; 256 tokens: 4 per tile; 8192 tokens: halves; on fewer than
+  // 128 blocks: whole.
   EXPECT_EQ(gate_split_for(1, 2048, 128, 132), 32);
-  EXPECT_EQ(gate_split_for(16, 2048, 128, 132), 16);
-  EXPECT_EQ(gate_split_for(128, 2048, 128, 132), 2);
+  EXPECT_EQ(gate_split_for(16, 2048, 128, 132), 32);
+  EXPECT_EQ(gate_split_for(128, 2048, 128, 132), 8);
+  EXPECT_EQ(gate_split_for(256, 2048, 128, 132), 4);
   EXPECT_EQ(gate_split_for(8192, 2048, 128, 132), 2);
   EXPECT_EQ(gate_split_for(8192, 2048, 128, 127), 1);
   // The default layer's room: the two halves of 8192 x 128 logits, as before.

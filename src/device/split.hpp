@@ -82,14 +82,15 @@ MONOMOE_HOST_DEVICE constexpr KSlice k_slice(int depth, int slice, int slices,
 //   - else at most blocks / tiles (one block per item), kMaxGateSplit, and hidden / kGateKStep
 //     (each slice whole 64-deep steps: every precision's k-tile divides 64);
 //   - and at most kGateSumBytes / (tokens * experts_padded * 4): the partial sums of the call, all
-//     read by the blocks that route, stay within what two halves of one full tile are (128 KB for
-//     128 gate columns), so only calls of few tokens split further than 2;
+//     read by the blocks that route, stay within 512 KB (8 slices of a 128-token tile of 128 gate
+//     columns: a 128-token call's two halves took ~120 us of a 2-GPU decode call, perf log
+//     2026-11-30 05:23), so only calls of at most 256 tokens split further than 2;
 //   - at least 2 (today's halves) when the first rule allows a split.
 // Bounds the workspace plan relies on (tested): S * tokens * experts_padded <=
 // gate_partial_floats(max_tokens, experts_padded) for tokens <= max_tokens, any block count.
 inline constexpr int kGateKStep = 64;
 inline constexpr int kMaxGateSplit = 32;
-inline constexpr long long kGateSumBytes = 128 * 1024;
+inline constexpr long long kGateSumBytes = 512 * 1024;
 
 MONOMOE_HOST_DEVICE constexpr int gate_split_for(long long tokens, int hidden, int experts_padded,
                                                  int blocks) {
