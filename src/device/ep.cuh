@@ -23,37 +23,20 @@
 
 namespace monomoe::device {
 
-// Bounded wait (one thread) for a 64-bit flag of this rank's window to hold `value`.
+// Bounded wait (one thread) for a flag of this rank's window (64 or 32 bits) to hold `value`, set
+// by `peer` (reported with `what` when the wait times out).
 __device__ __forceinline__ bool wait_flag_u64(const Params& p, const unsigned long long* flag,
                                               unsigned long long value, int peer, int what) {
-  const long long start = global_ns();
-  for (int spin = 0;; ++spin) {
-    if (ld_acquire_sys_u64(flag) == value) return true;
-    if ((spin & 63) == 63) {
-      if (aborted(p)) return false;
-      if (global_ns() - start > p.timeout_ns) {
-        raise_error(p, ErrorCode::timeout_peer, peer, what);
-        return false;
-      }
-    }
-    __nanosleep(100);
-  }
+  return spin_bounded<64, 100>(p, p.timeout_ns, ErrorCode::timeout_peer, peer, what, [&] {
+    return ld_acquire_sys_u64(flag) == value ? Poll::ready : Poll::wait;
+  });
 }
 
 __device__ __forceinline__ bool wait_flag_u32(const Params& p, const unsigned int* flag,
                                               unsigned int value, int peer, int what) {
-  const long long start = global_ns();
-  for (int spin = 0;; ++spin) {
-    if (ld_acquire_sys_u32(flag) == value) return true;
-    if ((spin & 63) == 63) {
-      if (aborted(p)) return false;
-      if (global_ns() - start > p.timeout_ns) {
-        raise_error(p, ErrorCode::timeout_peer, peer, what);
-        return false;
-      }
-    }
-    __nanosleep(100);
-  }
+  return spin_bounded<64, 100>(p, p.timeout_ns, ErrorCode::timeout_peer, peer, what, [&] {
+    return ld_acquire_sys_u32(flag) == value ? Poll::ready : Poll::wait;
+  });
 }
 
 // Flag of row tile `tile` (counted over the segment: experts in order, then tiles) of `source`.

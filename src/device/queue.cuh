@@ -43,24 +43,17 @@ __device__ __forceinline__ bool wait_slot_or_end(const Params& p, unsigned int i
   if (idx >= static_cast<unsigned int>(p.max_tasks)) return false;
   const Task* slot = p.tasks + idx;
   const unsigned long long filled = call_epoch(p) << 2;  // heads of earlier calls are smaller
-  const long long start = global_ns();
-  for (int spin = 0;; ++spin) {
-    if (ld_acquire_gpu(&slot->head) >= filled) return true;
+  // Twice the bound: a slot stays empty because a peer is late, and the subscriber's own (single)
+  // bound names that peer first.
+  return spin_bounded<64, 64>(p, 2 * p.timeout_ns, ErrorCode::timeout_queue, static_cast<int>(idx),
+                              0, [&] {
+    if (ld_acquire_gpu(&slot->head) >= filled) return Poll::ready;
     if (ld_acquire_gpu(&p.control->total_ready) != 0 &&
         idx >= __ldcg(&p.control->total_tasks)) {
-      return false;
+      return Poll::never;
     }
-    if ((spin & 63) == 63) {
-      if (aborted(p)) return false;
-      // Twice the bound: a slot stays empty because a peer is late, and the subscriber's own
-      // (single) bound names that peer first.
-      if (global_ns() - start > 2 * p.timeout_ns) {
-        raise_error(p, ErrorCode::timeout_queue, static_cast<int>(idx), 0);
-        return false;
-      }
-    }
-    __nanosleep(64);
-  }
+    return Poll::wait;
+  });
 }
 
 // Takes the next task for the whole block (thread 0 waits, the block reads sm.task). Returns false

@@ -64,23 +64,41 @@ __device__ __forceinline__ bool aborted(const Params& p) {
   return ld_relaxed_gpu(&p.control->abort) != 0;
 }
 
+// What one poll of a bounded wait found: keep waiting, the awaited state (the wait succeeds), or a
+// state from which it can never come (the wait fails without an error).
+enum class Poll { wait, ready, never };
+
+// The bounded wait every spin in the kernel goes through (one thread): polls until `poll` answers
+// ready (true) or never (false); every kEvery polls (a power of two) it gives up on an abort
+// (false) or, once more than `bound_ns` have passed since the first poll, records `code` with
+// (d0, d1), raises the abort and gives up. kSleepNs: the pause between polls (0: none).
+template <int kEvery, unsigned int kSleepNs, class PollFn>
+__device__ __forceinline__ bool spin_bounded(const Params& p, long long bound_ns, ErrorCode code,
+                                             int d0, int d1, PollFn&& poll) {
+  static_assert(kEvery > 0 && (kEvery & (kEvery - 1)) == 0, "kEvery: a power of two");
+  const long long start = global_ns();
+  for (int spin = 0;; ++spin) {
+    const Poll found = poll();
+    if (found != Poll::wait) return found == Poll::ready;
+    if ((spin & (kEvery - 1)) == kEvery - 1) {
+      if (aborted(p)) return false;
+      if (global_ns() - start > bound_ns) {
+        raise_error(p, code, d0, d1);
+        return false;
+      }
+    }
+    if constexpr (kSleepNs > 0) __nanosleep(kSleepNs);
+  }
+}
+
 // Spins (one thread) until *word >= target with acquire semantics (Word: unsigned int or unsigned
 // long long). Returns false on timeout or abort; on timeout it records `code` itself.
 template <class Word>
 __device__ __forceinline__ bool wait_at_least(const Params& p, const Word* word, Word target,
                                               ErrorCode code, int detail) {
-  const long long start = global_ns();
-  for (int spin = 0;; ++spin) {
-    if (ld_acquire_gpu(word) >= target) return true;
-    if ((spin & 63) == 63) {
-      if (aborted(p)) return false;
-      if (global_ns() - start > p.timeout_ns) {
-        raise_error(p, code, detail, static_cast<int>(target));
-        return false;
-      }
-    }
-    __nanosleep(64);
-  }
+  return spin_bounded<64, 64>(p, p.timeout_ns, code, detail, static_cast<int>(target), [&] {
+    return ld_acquire_gpu(word) >= target ? Poll::ready : Poll::wait;
+  });
 }
 
 // Makes this block's global writes visible GPU-wide before one of its threads signals a counter:

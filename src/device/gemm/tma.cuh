@@ -59,18 +59,10 @@ __device__ __forceinline__ bool mbar_wait_bounded(const TmaTile& t, unsigned lon
                                                   unsigned int parity) {
   if (mbar_test(bar, parity)) return true;
   const Params& p = *t.p;
-  const long long start = global_ns();
-  for (int spin = 0;; ++spin) {
-    if (mbar_test(bar, parity)) return true;
-    if ((spin & 15) == 15) {
-      if (aborted(p)) return false;
-      if (global_ns() - start > p.timeout_ns) {
-        raise_error(p, ErrorCode::timeout_tma, static_cast<int>(threadIdx.x),
-                    static_cast<int>(parity));
-        return false;
-      }
-    }
-  }
+  return spin_bounded<16, 0>(p, p.timeout_ns, ErrorCode::timeout_tma, static_cast<int>(threadIdx.x),
+                             static_cast<int>(parity), [&] {
+    return mbar_test(bar, parity) ? Poll::ready : Poll::wait;
+  });
 }
 
 // The box at element coordinates (x innermost, y, z = expert) into shared memory, its bytes counted
