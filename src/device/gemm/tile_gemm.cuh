@@ -11,14 +11,23 @@
 
 #include "device/gemm/stage_loads.cuh"
 
+// tf32 on the register-weight path (run_wgmma_rs; docs/hopper-pipeline.md, perf log 2026-11-30
+// 07:55). Compile-time settings kept for diagnosis, not for users:
+// - MONOMOE_TF32_RS_SLOTS: k8 weight fragments held in registers at once (with 4, ptxas
+//   serialized the wgmmas for want of registers).
+// - MONOMOE_TF32_RS_GEMM0: 1 puts GEMM0 (gathered x rows by cp.async, rounded by a tokens-only
+//   pass) on the path too (2.02 -> 1.935 ms at the default tf32 config); 0 leaves it on run_wgmma.
+// - MONOMOE_TF32_RS_COPY: the weights' shared -> register copy atom; AutoVectorizingCopy (each
+//   thread's own elements by plain loads) is the fallback to rule ldmatrix out when results look
+//   wrong.
 #ifndef MONOMOE_TF32_RS_SLOTS
-#define MONOMOE_TF32_RS_SLOTS 2  // EXPERIMENT knob (tile_gemm.cuh, run_wgmma_rs)
+#define MONOMOE_TF32_RS_SLOTS 2
 #endif
 #ifndef MONOMOE_TF32_RS_GEMM0
-#define MONOMOE_TF32_RS_GEMM0 1  // EXPERIMENT knob: GEMM0 (cp.async, its x rows rounded) on it too
+#define MONOMOE_TF32_RS_GEMM0 1
 #endif
 #ifndef MONOMOE_TF32_RS_COPY
-#define MONOMOE_TF32_RS_COPY SM75_U32x4_LDSM_N  // EXPERIMENT knob: the weights' smem -> registers
+#define MONOMOE_TF32_RS_COPY SM75_U32x4_LDSM_N
 #endif
 
 namespace monomoe::device {
