@@ -90,6 +90,32 @@ struct TileGemm : StageLoads<P, BN> {
   // work, on tiles that are bound by the weights' bytes.
   static constexpr int kInFlight = 1;                      // MMA batches pending after each k-tile
   static constexpr int kAhead = kStages - kInFlight - 1;   // k-tiles loading ahead of the MMAs
+
+  // Fills stage `stage` with k-tile kt: by TMA from the issuer (kByTma; thread 0), or every
+  // thread's cp.async chunks.
+  template <bool kByTma>
+  static __device__ __forceinline__ void refill_stage(Smem& sm, const ChunkPlan& chunks, int ldb,
+                                                      int kt, int stage, bool issuer) {
+    if constexpr (kByTma) {
+      if (issuer) tma_stage(sm, kt, stage);
+    } else {
+      load_stage(sm, chunks, ldb, kt, stage);
+    }
+  }
+  // The pipeline's start: the first kAhead k-tiles, one cp.async group each (empty with TMA or
+  // past the last k-tile, so that every k-tile waits for the same count). With TMA the buffer's
+  // last use was the generic proxy's (the previous result, a combine's staging): ordered before
+  // this call's TMA writes by the caller's barrier and the fence here.
+  template <bool kByTma>
+  static __device__ __forceinline__ void start_stages(Smem& sm, const ChunkPlan& chunks, int ldb,
+                                                      int k_tiles, bool issuer) {
+    if (issuer) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#pragma unroll
+    for (int s = 0; s < kAhead; ++s) {
+      if (s < k_tiles) refill_stage<kByTma>(sm, chunks, ldb, s, s, issuer);
+      cp_async_commit();
+    }
+  }
   // kTma (GEMM1): thread 0 issues each stage's boxes where the cp.async path has every thread
   // copy 12 16-byte chunks; every thread waits on the stage's barrier before the k-tile's
   // barrier, which is then __syncthreads_and of the waits, so that a wait that gives up (abort,
@@ -137,20 +163,9 @@ struct TileGemm : StageLoads<P, BN> {
     unsigned int phase = sm.tma_phase;  // bit s: the parity of stage s's next phase
     const bool issuer = by_tma && threadIdx.x == 0;
     const auto refill = [&](int kt, int stage) {
-      if constexpr (by_tma) {
-        if (issuer) tma_stage(sm, kt, stage);
-      } else {
-        load_stage(sm, chunks, ldb, kt, stage);
-      }
+      refill_stage<by_tma>(sm, chunks, ldb, kt, stage, issuer);
     };
-    // The buffer's last use was the generic proxy's (the previous result, a combine's staging):
-    // ordered before this call's TMA writes by the barrier above and this fence.
-    if (issuer) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#pragma unroll
-    for (int s = 0; s < kAhead; ++s) {
-      if (s < k_tiles) refill(s, s);
-      cp_async_commit();
-    }
+    start_stages<by_tma>(sm, chunks, ldb, k_tiles, issuer);
     // Makes k-tile kt's stage ready for the MMAs as far as this thread goes: its data has landed
     // (this thread's cp.async group: one per k-tile, of which the newest kAhead - 1 (k-tiles
     // kt+1..) may still be landing; or the stage's TMA barrier, false when that wait gave up), and
@@ -265,18 +280,9 @@ struct TileGemm : StageLoads<P, BN> {
     unsigned int phase = sm.tma_phase;
     const bool issuer = by_tma && threadIdx.x == 0;
     const auto refill = [&](int kt, int stage) {
-      if constexpr (by_tma) {
-        if (issuer) tma_stage(sm, kt, stage);
-      } else {
-        load_stage(sm, chunks, ldb, kt, stage);
-      }
+      refill_stage<by_tma>(sm, chunks, ldb, kt, stage, issuer);
     };
-    if (issuer) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#pragma unroll
-    for (int s = 0; s < kAhead; ++s) {
-      if (s < k_tiles) refill(s, s);
-      cp_async_commit();
-    }
+    start_stages<by_tma>(sm, chunks, ldb, k_tiles, issuer);
     // Stage kt ready for this thread: TMA (GEMM1: its tokens rounded already) its barrier; cp.async
     // (GEMM0) its own copies, their token chunks rounded and fenced to the async proxy.
     const auto prepare = [&](int kt) -> bool {
@@ -325,9 +331,9 @@ struct TileGemm : StageLoads<P, BN> {
     if (!ok) return false;
     if (threadIdx.x == 0) sm.tma_phase = phase;
     // C^T into the result tile: element (column m, row n) at n * kCPitch + m.
-    Tensor sC = make_tensor(
-        make_smem_ptr(reinterpret_cast<float*>(sm.buffer)),
-        make_layout(make_shape(Int<BN>{}, Int<kTileRows>{}), make_stride(Int<1>{}, Int<kCPitch>{})));
+    Tensor sC = make_tensor(make_smem_ptr(reinterpret_cast<float*>(sm.buffer)),
+                            make_layout(make_shape(Int<BN>{}, Int<kTileRows>{}),
+                                        make_stride(Int<1>{}, Int<kCPitch>{})));
     Tensor tCsC = thr.partition_C(sC);
     copy(acc, tCsC);
     __syncthreads();
