@@ -83,8 +83,9 @@ MONOMOE_HOST_DEVICE constexpr KSlice k_slice(int depth, int slice, int slices,
 //     (each slice whole 64-deep steps: every precision's k-tile divides 64);
 //   - and at most kGateSumBytes / (tokens * experts_padded * 4): the partial sums of the call, all
 //     read by the blocks that route, stay within 512 KB (8 slices of a 128-token tile of 128 gate
-//     columns: a 128-token call's two halves took ~120 us of a 2-GPU decode call, perf log
-//     2026-11-30 05:23), so only calls of at most 256 tokens split further than 2;
+//     columns: with that call's rows routed on several blocks, "routed" came at 36.5 instead of
+//     50 us on 2 GPUs, perf log 2026-11-30 07:43), so only calls of at most 256 tokens split
+//     further than 2;
 //   - at least 2 (today's halves) when the first rule allows a split.
 // Bounds the workspace plan relies on (tested): S * tokens * experts_padded <=
 // gate_partial_floats(max_tokens, experts_padded) for tokens <= max_tokens, any block count.

@@ -12,7 +12,7 @@
 #include "device/gemm/stage_loads.cuh"
 
 // tf32 on the register-weight path (run_wgmma_rs; docs/hopper-pipeline.md, perf log 2026-11-30
-// 07:55). Compile-time settings kept for diagnosis, not for users:
+// 07:43). Compile-time settings kept for diagnosis, not for users:
 // - MONOMOE_TF32_RS_SLOTS: k8 weight fragments held in registers at once (with 4, ptxas
 //   serialized the wgmmas for want of registers).
 // - MONOMOE_TF32_RS_GEMM0: 1 puts GEMM0 (gathered x rows by cp.async, rounded by a tokens-only
@@ -238,8 +238,8 @@ struct TileGemm : StageLoads<P, BN> {
   // when GEMM0's epilogue stored them, GEMM0's (gathered x rows, by cp.async) by a pass over this
   // thread's token chunks only. Stages and loads as run_wgmma (the same smem layouts: the token
   // tile is A's, the weight tile B's). Each k-tile's kBK / 8 k-blocks are their own commit
-  // groups: k-block g's registers are loaded once group g - kRegBlocks (the same registers) is
-  // done, so up to kRegBlocks - 1 groups stay in flight.
+  // groups: k-block g's registers are loaded once group g - kRegSlots (the same registers) is
+  // done, so up to kRegSlots - 1 groups stay in flight.
   static constexpr bool kRs = P::kRegisterWeights && BN == P::kExpertBN;
   template <bool kTma>
   static __device__ bool run_wgmma_rs(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
