@@ -135,10 +135,11 @@ TEST(LayerGpu, OutInWeightLayout) {
   }
 }
 
-// tf32 with [out, in] weights runs on wgmma (m64n256k8 expert tiles, GEMM1's operands by TMA,
-// every stage rounded to nearest tf32 in shared memory): widths of 128, 384 and 640 (K of 4, 12
-// and 20 k-tiles of 32 against a 4-stage pipeline; 1 to 3 column tiles of 256, partial ones, SwiGLU
-// halves), token counts that leave partial row tiles,
+// tf32 with [out, in] weights runs on wgmma (128 x 256 expert tiles, the weights as the register
+// operand rounded to nearest tf32 in registers, the token rows rounded before; GEMM1's operands by
+// TMA): widths of 128, 384 and 640 (K of 4, 12 and 20 k-tiles of 32 against a 4-stage pipeline; 1
+// to 3 column tiles of 256, partial ones, SwiGLU halves), token counts that leave partial row
+// tiles,
 // with and without biases. The error bound is half the tf32 tolerance: a float64 simulation of
 // these six cases (gate, softmax, top-2 and FFN, operands rounded as the GPU would, 5 seeds each)
 // gives 4.3e-4 to 6.3e-4 with operands rounded to nearest and 1.5e-3 to 2.3e-3 with truncated ones

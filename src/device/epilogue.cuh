@@ -101,8 +101,8 @@ __device__ __forceinline__ void epilogue_gemm0_rows(const float* c, int pitch, i
       activate8<A>(v);
     }
     if constexpr (P::kRoundToTf32) {
-      // tf32: GEMM1 reads these as its A operand, rounded to nearest tf32 (what its rounding
-      // would do to them there: GEMM1 by TMA then rounds its weights only).
+      // tf32: GEMM1 reads these as its shared-memory operand, already rounded to nearest tf32
+      // (it rounds only its weights, in registers: tile_gemm.cuh, run_wgmma_rs).
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[j] = rna_tf32(v[j]);
     }

@@ -13,10 +13,11 @@ namespace monomoe::detail {
 
 // A tensor [count][rows][cols] (cols contiguous, elements of `dtype`) read in boxes of 128 bytes
 // of cols x box_rows rows x 1, 128-byte swizzle; boxes past the edges read zeros. Expert weights
-// (count = experts): [in, out] rows K, cols N, 64-row boxes; [out, in] rows N, cols K, boxes of
-// half a tile's columns. The activation buffer (count 1): rows x ffn, boxes of a tile's 128 rows.
-// Throws ConfigError (naming `what`) when the driver refuses the map.
-CUtensorMap tile_tensor_map(const void* base, std::int64_t experts, std::int64_t rows,
+// (count = experts): [in, out] rows K, cols N, boxes of a k-tile's rows (128 bytes of K); [out,
+// in] rows N, cols K, boxes of half a tile's columns. The activation buffer (count 1): rows x
+// ffn, boxes of a tile's 128 rows. Throws ConfigError (naming `what`) when the driver refuses the
+// map.
+CUtensorMap tile_tensor_map(const void* base, std::int64_t count, std::int64_t rows,
                             std::int64_t cols, std::int64_t box_rows, DType dtype,
                             const char* what);
 

@@ -258,8 +258,8 @@ struct StageLoads : TileShapes<P, BN> {
   // stores). [in, out] weights: BN / kAtomCols boxes of kAtomCols columns (128 bytes) x kBK (map
   // [experts][K][N]); [out, in]: one box per half, BN / 2 weight rows x kBK (map [experts][N][K]),
   // the K-major atoms of consecutive rows being consecutive already. Every k-tile row is one
-  // 128-byte swizzle row (bf16: 64 k; tf32: 32 k). tf32 rounds a stage once it has landed
-  // (round_stage_tma).
+  // 128-byte swizzle row (bf16: 64 k; tf32: 32 k). tf32's tokens arrive rounded and its weights
+  // are rounded in registers (tile_gemm.cuh, run_wgmma_rs).
   static constexpr int kAtomCols = 128 / static_cast<int>(sizeof(SmemElem));
   static constexpr bool kTmaCapable = P::kWgmma && kBK == kAtomCols &&
                                       BN == P::kExpertBN && (kBKFirst || P::kWeightsKMajor);
@@ -285,20 +285,6 @@ struct StageLoads : TileShapes<P, BN> {
         tma_load_box(sb + box * kBoxElems, t.map, &sm.full_tma[stage], col, t.k0 + kt * kBK,
                      t.expert);
       }
-    }
-  }
-
-  // tf32 by TMA (GEMM1): a landed stage's B (the weights) rounded in place, its 16-byte pieces
-  // split evenly over the threads (rounding is per element: the swizzle does not matter). A, the
-  // activation buffer, was rounded when GEMM0's epilogue stored it (epilogue.cuh). The caller
-  // fences and waits for every thread before the MMAs read the stage.
-  static __device__ __forceinline__ void round_stage_tma(Smem& sm, int stage) {
-    static_assert(sizeof(Elem) == 4, "fp32 chunks");
-    SmemElem* sb = reinterpret_cast<SmemElem*>(sm.buffer) + kElemsA + stage * (BN * kBK);
-    constexpr int kB = BN * kBK / 4;
-#pragma unroll
-    for (int i = threadIdx.x; i < kB; i += kThreads) {
-      st_shared_16(sb + 4 * i, rna_tf32(ld_shared_16(sb + 4 * i)));
     }
   }
 

@@ -50,7 +50,6 @@ struct TileGemm : StageLoads<P, BN> {
   using Loads::load_stage;
   using Loads::plan_chunks;
   using Loads::round_stage;
-  using Loads::round_stage_tma;
   using Loads::round_stage_tokens;
   using Loads::tma_stage;
 
@@ -75,15 +74,15 @@ struct TileGemm : StageLoads<P, BN> {
 
   // Hopper: wgmma reads both operands from the pipeline stage. cp.async (kTma: TMA) fills the
   // stage of k-tile kt + kAhead while the MMAs of k-tiles kt-kInFlight..kt run. Each k-tile: wait
-  // for this thread's copies of it (kTma: for the stage's barrier); tf32 (P::kRoundToTf32): round
-  // the stage to nearest tf32 in place (cp.async: each thread its own chunks; TMA: an even share
-  // of the stage) and fence it to the async proxy; one barrier; issue the warpgroup MMAs; refill;
-  // wait until at most kInFlight batches are pending. Both precisions: 4 stages, 2 ahead, 1 batch
-  // pending, 128 x 256 expert tiles (tf32 with [out, in] weights; 128 x 128 and 5 stages before:
-  // 3.17 -> 2.14 ms at the default config together with GEMM1 by TMA, perf log 2026-11-30 06:41).
-  // The rounding pass (a ld.shared and a st.shared of every operand element) still costs tf32
-  // about a third of its task time: wgmma truncates unrounded operands (relative error ~1.6e-3
-  // against ~4.6e-4, measured), and the pass competes with wgmma for shared-memory bandwidth.
+  // for this thread's copies of it (kTma: for the stage's barrier); tf32 (P::kRoundToTf32, only
+  // by cp.async here: the gate's tiles, and the expert tiles with MONOMOE_TF32_RS_GEMM0 0): round
+  // this thread's chunks to nearest tf32 in place and fence them to the async proxy; one barrier;
+  // issue the warpgroup MMAs; refill; wait until at most kInFlight batches are pending. 4 stages,
+  // 2 ahead, 1 batch pending, 128 x 256 expert tiles (tf32 with [out, in] weights: 128 x 128 and 5
+  // stages before, perf log 2026-11-30 06:41). tf32's expert tiles otherwise run run_wgmma_rs:
+  // wgmma truncates unrounded operands (relative error ~1.6e-3 against ~4.6e-4, measured), and a
+  // rounding pass over both operands competed with wgmma for shared-memory bandwidth (a third of
+  // the task time).
   // Each warpgroup computes 64 of the 128 rows; with at most 64 valid rows (a few-row tile: the
   // last tile of an expert, decode calls) the second warpgroup's rows are all zeros, so it issues
   // no MMAs (its accumulators stay cleared) and only helps load the operands: half the tensor-core
@@ -169,11 +168,12 @@ struct TileGemm : StageLoads<P, BN> {
     // Makes k-tile kt's stage ready for the MMAs as far as this thread goes: its data has landed
     // (this thread's cp.async group: one per k-tile, of which the newest kAhead - 1 (k-tiles
     // kt+1..) may still be landing; or the stage's TMA barrier, false when that wait gave up), and
-    // with tf32 its share is rounded and fenced to the async proxy (the rounding's st.shared are
+    // with tf32 its chunks are rounded and fenced to the async proxy (the rounding's st.shared are
     // the generic proxy's, wgmma's reads the async proxy's). Without rounding no fence (as
     // CUTLASS's cp.async wgmma mainloops): it compiled to MEMBAR.ALL.CTA. (tf32 preparing k-tile
     // kt+1 right after issuing kt's MMAs, to hide the pass under them, was not faster: the pass
     // and wgmma share the shared memory's bandwidth; perf log 2026-11-30 06:32.)
+    static_assert(!(by_tma && P::kRoundToTf32), "tf32 by TMA runs run_wgmma_rs");
     const auto prepare = [&](int kt) -> bool {
       const int stage = kt % kStages;
       bool landed = true;
@@ -184,11 +184,7 @@ struct TileGemm : StageLoads<P, BN> {
         cp_async_wait<kAhead - 1>();
       }
       if constexpr (P::kRoundToTf32) {
-        if constexpr (by_tma) {
-          if (landed) round_stage_tma(sm, stage);
-        } else {
-          round_stage(sm, chunks, ldb, kt, stage);
-        }
+        round_stage(sm, chunks, ldb, kt, stage);
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       }
       return landed;
@@ -199,8 +195,7 @@ struct TileGemm : StageLoads<P, BN> {
       const int stage = kt % kStages;
       const bool ready = prepare(kt);
       if constexpr (by_tma) {
-        // stage kt complete for every thread (TMA: its barrier, tf32: everyone's rounding);
-        // k-tile kt-1-kInFlight done. A wait that gave up ends the loop in every thread at once.
+        // stage kt complete for every thread (its barrier); k-tile kt-1-kInFlight done. A wait that gave up ends the loop in every thread at once.
         if (!__syncthreads_and(ready)) {
           ok = false;
           break;
