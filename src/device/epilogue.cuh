@@ -19,6 +19,49 @@ __device__ __forceinline__ float activate(Act act, float v) {
   return v;
 }
 
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float rcp_approx(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// The activations of the bf16 and tf32 kernels (P::kFastActivations), whose outputs are rounded to
+// 8 or 10 mantissa bits: the same functions with fewer instructions. GELU's erf by Abramowitz and
+// Stegun's formula 7.1.26 (absolute error <= 1.5e-7 over the reals; 13 FMA-pipe instructions and
+// two MUFU against ~28 and one for erff: GEMM0's epilogue at the default config is issue-bound
+// by it, docs/hopper-pipeline.md), SiLU's quotient by the hardware reciprocal (relative error
+// ~2^-22) instead of an IEEE division. Strict fp32 keeps activate() above. NaN and +-inf map as
+// activate() maps them (gelu(-inf) and silu(-inf) are NaN in both).
+__device__ __forceinline__ float activate_fast(Act act, float v) {
+  switch (act) {
+    case Act::relu: return fmaxf(v, 0.f);
+    case Act::gelu: {
+      const float z = fabsf(v) * 0.70710678118654752f;
+      const float t = rcp_approx(fmaf(0.3275911f, z, 1.f));
+      const float poly =
+          t * fmaf(fmaf(fmaf(fmaf(1.061405429f, t, -1.453152027f), t, 1.421413741f), t,
+                        -0.284496736f),
+                   t, 0.254829592f);
+      const float erf_abs = fmaf(-poly, ex2_approx(-1.4426950408889634f * z * z), 1.f);
+      return 0.5f * v * (1.f + copysignf(erf_abs, v));
+    }
+    case Act::silu:
+    case Act::swiglu: return v * rcp_approx(1.f + ex2_approx(-1.4426950408889634f * v));
+  }
+  return v;
+}
+
+// The activation of precision P's epilogues.
+template <class P>
+__device__ __forceinline__ float activate_for(Act act, float v) {
+  return P::kFastActivations ? activate_fast(act, v) : activate(act, v);
+}
+
 // 16 bytes holding 8 bf16, as floats.
 template <class Raw>
 __device__ __forceinline__ void unpack_bf16x8(const Raw& raw, float (&v)[8]) {
@@ -68,10 +111,10 @@ __device__ __forceinline__ void smem_load8(const float* src, float (&v)[8]) {
 
 // One activation over 8 values, chosen at compile time (the epilogues switch once per tile, not
 // once per element).
-template <Act A>
+template <class P, Act A>
 __device__ __forceinline__ void activate8(float (&v)[8]) {
 #pragma unroll
-  for (int j = 0; j < 8; ++j) v[j] = activate(A, v[j]);
+  for (int j = 0; j < 8; ++j) v[j] = activate_for<P>(A, v[j]);
 }
 
 // The GEMM0 epilogue over the rows of this thread, for one activation. With kThreads a multiple of
@@ -96,9 +139,9 @@ __device__ __forceinline__ void epilogue_gemm0_rows(const float* c, int pitch, i
       float u[8];
       smem_load8(c + r * pitch + half + cc, u);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] = activate(Act::silu, v[j]) * (u[j] + bu[j]);
+      for (int j = 0; j < 8; ++j) v[j] = activate_for<P>(Act::silu, v[j]) * (u[j] + bu[j]);
     } else {
-      activate8<A>(v);
+      activate8<P, A>(v);
     }
     if constexpr (P::kRoundToTf32) {
       // tf32: GEMM1 reads these as its shared-memory operand, already rounded to nearest tf32

@@ -30,6 +30,7 @@ struct PrecBf16 {
   static constexpr bool kRoundToTf32 = false;
   static constexpr bool kRegisterWeights = false;
   static constexpr bool kWgmma = true;
+  static constexpr bool kFastActivations = true;  // epilogue.cuh, activate_fast
   static constexpr bool kWeightsKMajor = KMajorB;
   static constexpr cute::GMMA::Major kMajorB = KMajorB ? cute::GMMA::Major::K : cute::GMMA::Major::MN;
   template <int BN>
@@ -78,6 +79,7 @@ struct PrecTf32 {
   static constexpr int kExpertBN = KMajorB ? 256 : 128;
   static constexpr bool kRoundToTf32 = true;
   static constexpr bool kWgmma = KMajorB;
+  static constexpr bool kFastActivations = true;  // epilogue.cuh, activate_fast
   static constexpr bool kWeightsKMajor = KMajorB;
   template <int BN>
   using TiledMma = std::conditional_t<
@@ -120,6 +122,7 @@ struct PrecFp32 {
   static constexpr bool kRoundToTf32 = false;
   static constexpr bool kRegisterWeights = false;
   static constexpr bool kWgmma = false;
+  static constexpr bool kFastActivations = false;  // erff and an IEEE division, as the reference
   static constexpr bool kWeightsKMajor = KMajorB;
   static constexpr int kExpertBN = 128;
   template <int BN>
