@@ -79,7 +79,8 @@ struct PrecTf32 {
   static constexpr int kExpertBN = KMajorB ? 256 : 128;
   static constexpr bool kRoundToTf32 = true;
   static constexpr bool kWgmma = KMajorB;
-  static constexpr bool kFastActivations = true;  // epilogue.cuh, activate_fast
+  // erff and the IEEE division: the fast forms made the [out, in] kernel spill (316 bytes).
+  static constexpr bool kFastActivations = false;
   static constexpr bool kWeightsKMajor = KMajorB;
   template <int BN>
   using TiledMma = std::conditional_t<
