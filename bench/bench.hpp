@@ -29,6 +29,7 @@ struct BenchOptions {
   bool baseline_cutlass = false;  // its expert GEMMs on CUTLASS's grouped GEMM (bf16), not cuBLAS
                                   // (the CLI's default for bf16: --baseline-gemm auto)
   bool ceiling = true;      // also measure the dense GEMM ceiling (bench/ceiling.hpp)
+  bool weight_floor = true;  // also measure the HBM read rate, for the weight-read floor
   std::string json_path;    // write the results as JSON when non-empty
   bool trace = false;       // print where the kernel's time goes (per-phase block times)
   // With trace: also write the traced forward's tasks as CSV (block, type, a, b, start_us, end_us)

@@ -60,7 +60,7 @@ int run_sweep(const BenchOptions& base, SweepVariable variable,
   std::ofstream csv(csv_path);
   if (!csv) throw ConfigError("bench --sweep: cannot write " + csv_path);
   // weight_floor_ms and monomoe_over_floor: the weight-read floor of the point (rank 0's touched
-  // experts' bytes at the HBM rate measured there; -1 with --no-ceiling, which skips it).
+  // experts' bytes at the HBM rate measured there; -1 with --no-floor, which skips it).
   csv << name
       << ",gpus,monomoe_ms,baseline_ms,speedup,monomoe_tflops,baseline_tflops,weight_floor_ms,"
          "monomoe_over_floor\n";

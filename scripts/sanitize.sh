@@ -27,7 +27,7 @@ cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 [ -x "$mm" ] || { echo "sanitize: no $mm (build first)" >&2; exit 2; }
 [ -x "$cs" ] || { echo "sanitize: no compute-sanitizer" >&2; exit 2; }
 small="--tokens 300 --hidden 256 --ffn 256 --experts 8 --topk 2 --timeout 300"
-once="--no-baseline --no-ceiling --warmup 0 --iters 1"
+once="--no-baseline --no-ceiling --no-floor --warmup 0 --iters 1"
 runs=0
 failed=0
 run() {  # run <tool> <what> <program> <args...>
