@@ -23,19 +23,20 @@
 
 namespace monomoe::device {
 
-// Bounded wait (one thread) for a flag of this rank's window (64 or 32 bits) to hold `value`, set
-// by `peer` (reported with `what` when the wait times out).
-__device__ __forceinline__ bool wait_flag_u64(const Params& p, const unsigned long long* flag,
-                                              unsigned long long value, int peer, int what) {
+// Bounded wait (one thread) for a flag of this rank's window (Word: unsigned long long or unsigned
+// int) to hold `value`, set by `peer` (reported with `what` when the wait times out).
+template <class Word>
+__device__ __forceinline__ bool wait_flag(const Params& p, const Word* flag, Word value, int peer,
+                                          int what) {
+  static_assert(sizeof(Word) == 8 || sizeof(Word) == 4, "64- or 32-bit flags");
   return spin_bounded<64, 100>(p, p.timeout_ns, ErrorCode::timeout_peer, peer, what, [&] {
-    return ld_acquire_sys_u64(flag) == value ? Poll::ready : Poll::wait;
-  });
-}
-
-__device__ __forceinline__ bool wait_flag_u32(const Params& p, const unsigned int* flag,
-                                              unsigned int value, int peer, int what) {
-  return spin_bounded<64, 100>(p, p.timeout_ns, ErrorCode::timeout_peer, peer, what, [&] {
-    return ld_acquire_sys_u32(flag) == value ? Poll::ready : Poll::wait;
+    Word now;
+    if constexpr (sizeof(Word) == 8) {
+      now = ld_acquire_sys_u64(flag);
+    } else {
+      now = ld_acquire_sys_u32(flag);
+    }
+    return now == value ? Poll::ready : Poll::wait;
   });
 }
 
@@ -54,7 +55,7 @@ __device__ __forceinline__ void announce_start(const Params& p) {
 
 __device__ __forceinline__ bool peer_started(const Params& p, int peer) {
   const auto* start = reinterpret_cast<const unsigned long long*>(p.window + p.wl.start);
-  return wait_flag_u64(p, start + peer, call_epoch(p), peer, 0);
+  return wait_flag(p, start + peer, call_epoch(p), peer, 0);
 }
 
 // Dispatch role: row tiles of this rank's tokens bound for other ranks' experts, claimed one at a
@@ -297,7 +298,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
     }
     // 2. Every source's header.
     const auto* hflag = reinterpret_cast<const unsigned long long*>(p.window + p.wl.header_flag);
-    for (int s = 0; s < p.world && ok; ++s) ok = wait_flag_u64(p, hflag + s, call_epoch(p), s, 1);
+    for (int s = 0; s < p.world && ok; ++s) ok = wait_flag(p, hflag + s, call_epoch(p), s, 1);
     if (trace) trace[kTraceEp + ev_headers_seen] = global_ns();
     sm.sub.packed = 0;
     sm.task.queue_base = ok ? 0 : -1;
@@ -364,7 +365,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
       const RecvPart q = p.recv_parts[t.part_first + j];
       if (q.source == p.rank) continue;
       remote = true;
-      if (!wait_flag_u64(p, arrived + arrived_offset(p, q.source, q.seg_tile) / 8, call_epoch(p),
+      if (!wait_flag(p, arrived + arrived_offset(p, q.source, q.seg_tile) / 8, call_epoch(p),
                          q.source, 2)) {
         return;
       }
@@ -377,7 +378,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
   const auto* done = reinterpret_cast<const unsigned int*>(p.window + p.wl.done);
   for (int tt = lane; tt < p.token_tiles; tt += 32) {
     const unsigned int target = static_cast<unsigned int>(__ldcg(p.tokentile_target + tt));
-    if (target > 0 && !wait_flag_u32(p, done + tt, target, -1, 3)) return;
+    if (target > 0 && !wait_flag(p, done + tt, target, -1, 3)) return;
     push_tasks(p, TaskType::combine, tt, 0, p.combine_col_tiles);
     if (shared_events) atomicMax(shared_events + ev_combine_published, global_ns());
   }
