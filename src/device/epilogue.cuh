@@ -30,12 +30,12 @@ __device__ __forceinline__ float rcp_approx(float x) {
   return y;
 }
 
-// The activations of the bf16 kernels (P::kFastActivations), whose outputs are rounded to 8
-// mantissa bits: the same functions with fewer instructions. GELU's erf by Abramowitz and
+// The activations of the bf16 and tf32 kernels (P::kFastActivations), whose outputs are rounded to
+// 8 or 10 mantissa bits: the same functions with fewer instructions. GELU's erf by Abramowitz and
 // Stegun's formula 7.1.26 (absolute error <= 1.5e-7 over the reals; ~15 instructions and
 // two MUFU against ~28 and one for erff: GEMM0's epilogue at the default config is issue-bound
 // by it, docs/hopper-pipeline.md), SiLU's quotient by the hardware reciprocal (relative error
-// ~2^-22) instead of an IEEE division. tf32 and fp32 keep activate() above. NaN and +-inf map as
+// ~2^-22) instead of an IEEE division. Strict fp32 keeps activate() above. NaN and +-inf map as
 // activate() maps them (gelu(-inf) and silu(-inf) are NaN in both).
 __device__ __forceinline__ float activate_fast(Act act, float v) {
   switch (act) {

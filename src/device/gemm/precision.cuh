@@ -79,9 +79,9 @@ struct PrecTf32 {
   static constexpr int kExpertBN = KMajorB ? 256 : 128;
   static constexpr bool kRoundToTf32 = true;
   static constexpr bool kWgmma = KMajorB;
-  // erff and the IEEE division, until a run measures the fast forms here (they change the [out,
-  // in] kernel's allocation: it spills 364 bytes without them, 316 with; ptxas, sm_90a).
-  static constexpr bool kFastActivations = false;
+  // The fast forms (epilogue.cuh): GEMM0's outputs are rounded to tf32 (10 mantissa bits) anyway;
+  // the [out, in] kernel spills 316 bytes with them, 364 without (ptxas, sm_90a).
+  static constexpr bool kFastActivations = true;
   static constexpr bool kWeightsKMajor = KMajorB;
   template <int BN>
   using TiledMma = std::conditional_t<
