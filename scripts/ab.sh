@@ -8,7 +8,8 @@
 #       builds every ab/* tree's CLI side by side (tests off; about the time of one build), then
 #       ROUNDS (default 3) rounds of `monomoe bench --gpus G --no-ceiling BENCH ARGS` per variant,
 #       interleaved (a, b, c, a, b, c, ...) so that drift hits every variant alike; prints each
-#       run's monomoe and baseline medians and, last, the median over rounds per (variant, G).
+#       run's monomoe and baseline medians (with --trace also rank 0's task and block medians) and,
+#       last, the median over rounds per (variant, G).
 # Env (run): GPUS (the G values, default "1"; e.g. "1 2"), ROUNDS, JOBS (build jobs per variant,
 #            default nproc / variants), NCCL_ROOT (default: PyTorch's NCCL, as gpu-check.sh).
 # Logs: $OUT (or ./out)/ab-logs.tar.gz: ab-<variant>-<G>-<round>.log and ab-build-<variant>.log.
@@ -65,6 +66,14 @@ case "$cmd" in
           ok=$(grep -c "correctness monomoe: *PASS" "$log")
           bad=$(grep -c "correctness monomoe: *FAIL" "$log")
           echo "round $round  gpus $g  $v: monomoe ${m:-?} ms  baseline ${b:-?} ms  correctness ${ok} PASS ${bad} FAIL  (rc=$rc, $(( $(date +%s) - t0 )) s)"
+          # With --trace: rank 0's per-task and per-block medians (us), so that an A/B shows where
+          # a variant's time went without unpacking the logs.
+          tr=$(awk '
+            function med() { for (i = 1; i < NF; ++i) if ($i == "median") return $(i + 1); return "?" }
+            /^  gemm0 /   { g0 = med() } /^  gemm1 /     { g1 = med() } /^  combine / { c = med() }
+            /^  queue wait/ { q = med() } /^  in GEMM tasks/ { w = med() } /^  first task/ { f = med() }
+            END { if (g0 != "") printf "gemm0 %s  gemm1 %s  combine %s per task; first task %s, queue wait %s, in GEMM tasks %s per block", g0, g1, (c == "" ? "-" : c), f, q, w }' "$log")
+          [ -n "$tr" ] && echo "    trace (us, rank 0): $tr"
           results["$v $g"]+="${m:-} "
         done
       done
