@@ -115,6 +115,21 @@ struct TileGemm : StageLoads<P, BN> {
       cp_async_commit();
     }
   }
+  // Waits until stage kt % kStages holds k-tile kt for this thread: by TMA (kByTma) its barrier,
+  // whose parity bit in `phase` flips (false when the wait gave up: abort or timeout, recorded);
+  // by cp.async this thread's group of k-tile kt (the newest kAhead - 1 groups may still land).
+  template <bool kByTma>
+  static __device__ __forceinline__ bool wait_stage(Smem& sm, int kt, unsigned int& phase) {
+    if constexpr (kByTma) {
+      const int stage = kt % kStages;
+      const bool landed = mbar_wait_bounded(sm.tma, &sm.full_tma[stage], (phase >> stage) & 1u);
+      phase ^= 1u << stage;
+      return landed;
+    } else {
+      cp_async_wait<kAhead - 1>();
+      return true;
+    }
+  }
   // kTma (GEMM1): thread 0 issues each stage's boxes where the cp.async path has every thread
   // copy 12 16-byte chunks; every thread waits on the stage's barrier before the k-tile's
   // barrier, which is then __syncthreads_and of the waits, so that a wait that gives up (abort,
@@ -175,16 +190,9 @@ struct TileGemm : StageLoads<P, BN> {
     // and wgmma share the shared memory's bandwidth; perf log 2026-11-30 06:32.)
     static_assert(!(by_tma && P::kRoundToTf32), "tf32 by TMA runs run_wgmma_rs");
     const auto prepare = [&](int kt) -> bool {
-      const int stage = kt % kStages;
-      bool landed = true;
-      if constexpr (by_tma) {
-        landed = mbar_wait_bounded(sm.tma, &sm.full_tma[stage], (phase >> stage) & 1u);
-        phase ^= 1u << stage;
-      } else {
-        cp_async_wait<kAhead - 1>();
-      }
+      const bool landed = wait_stage<by_tma>(sm, kt, phase);
       if constexpr (P::kRoundToTf32) {
-        round_stage(sm, chunks, ldb, kt, stage);
+        round_stage(sm, chunks, ldb, kt, kt % kStages);
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       }
       return landed;
@@ -195,7 +203,8 @@ struct TileGemm : StageLoads<P, BN> {
       const int stage = kt % kStages;
       const bool ready = prepare(kt);
       if constexpr (by_tma) {
-        // stage kt complete for every thread (its barrier); k-tile kt-1-kInFlight done. A wait that gave up ends the loop in every thread at once.
+        // stage kt complete for every thread (its barrier); k-tile kt-1-kInFlight done. A wait
+        // that gave up ends the loop in every thread at once.
         if (!__syncthreads_and(ready)) {
           ok = false;
           break;
@@ -281,17 +290,12 @@ struct TileGemm : StageLoads<P, BN> {
     // Stage kt ready for this thread: TMA (GEMM1: its tokens rounded already) its barrier; cp.async
     // (GEMM0) its own copies, their token chunks rounded and fenced to the async proxy.
     const auto prepare = [&](int kt) -> bool {
-      const int stage = kt % kStages;
-      if constexpr (by_tma) {
-        const bool landed = mbar_wait_bounded(sm.tma, &sm.full_tma[stage], (phase >> stage) & 1u);
-        phase ^= 1u << stage;
-        return landed;
-      } else {
-        cp_async_wait<kAhead - 1>();
-        round_stage_tokens(sm, chunks, ldb, kt, stage);
+      const bool landed = wait_stage<by_tma>(sm, kt, phase);
+      if constexpr (!by_tma) {
+        round_stage_tokens(sm, chunks, ldb, kt, kt % kStages);
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-        return true;
       }
+      return landed;
     };
     warpgroup_fence_operand(acc);
     bool ok = true;
