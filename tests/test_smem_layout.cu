@@ -8,8 +8,10 @@
 // sums on the GPU only.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
+#include <vector>
 
 #include "device/gemm/tile_gemm.cuh"
 
@@ -153,6 +155,106 @@ int chunk_plan_mismatches() {
 TEST(SmemLayout, CpAsyncPlanHoldsForTheBLayout) {
   EXPECT_EQ(chunk_plan_mismatches<PrecBf16<false>::kExpertBN>(), 0);  // expert tiles
   EXPECT_EQ(chunk_plan_mismatches<kTileCols>(), 0);                    // the gate's tiles
+}
+
+// The store of the fp32 result tile into shared memory (TileGemm::store_result: CuTe's copy of the
+// accumulator fragment, vectorized over the elements that are consecutive in both; run_wgmma_rs's
+// transposed tile likewise): shared-memory wavefronts that one warp's store instructions take, over
+// the minimum they could take (1.0: free of bank conflicts). Model: a warp's access of V-byte
+// pieces goes in V / 4 phases of 128 / V lanes; a phase takes as many wavefronts as the most
+// distinct 32-bit words any one bank holds.
+struct StoreCost {
+  long wavefronts = 0, minimum = 0;
+  double ratio() const { return static_cast<double>(wavefronts) / static_cast<double>(minimum); }
+};
+
+// offsets(t): thread t's element offsets (in floats) in fragment order.
+template <class Offsets>
+StoreCost result_store_cost(Offsets&& offsets) {
+  std::vector<std::vector<int>> per(kThreads);
+  for (int t = 0; t < kThreads; ++t) per[static_cast<std::size_t>(t)] = offsets(t);
+  const int n = static_cast<int>(per[0].size());
+  // The widest piece (up to 16 bytes) whose elements are consecutive and aligned in every thread.
+  int vec = 4;
+  const auto fits = [&](int v) {
+    for (const auto& o : per) {
+      for (int i = 0; i < n; i += v) {
+        if (o[static_cast<std::size_t>(i)] % v != 0) return false;
+        for (int e = 1; e < v; ++e) {
+          if (o[static_cast<std::size_t>(i + e)] != o[static_cast<std::size_t>(i)] + e) return false;
+        }
+      }
+    }
+    return true;
+  };
+  while (vec > 1 && (n % vec != 0 || !fits(vec))) vec /= 2;
+  StoreCost cost;
+  const int lanes_per_phase = 32 / vec;
+  for (int warp = 0; warp < kThreads / 32; ++warp) {
+    for (int i = 0; i < n; i += vec) {  // one store instruction
+      for (int phase = 0; phase < vec; ++phase) {
+        std::vector<std::vector<int>> words(32);  // distinct words per bank
+        for (int l = phase * lanes_per_phase; l < (phase + 1) * lanes_per_phase; ++l) {
+          const auto& o = per[static_cast<std::size_t>(warp * 32 + l)];
+          for (int e = 0; e < vec; ++e) {
+            const int w = o[static_cast<std::size_t>(i + e)];
+            auto& b = words[static_cast<std::size_t>(w % 32)];
+            if (std::find(b.begin(), b.end(), w) == b.end()) b.push_back(w);
+          }
+        }
+        std::size_t most = 1;
+        for (const auto& b : words) most = std::max(most, b.size());
+        cost.wavefronts += static_cast<long>(most);
+        cost.minimum += 1;
+      }
+    }
+  }
+  return cost;
+}
+
+// Row-major result tiles ([128][kCPitch]) of a precision's tiled MMA for BN columns.
+template <class P, int BN>
+StoreCost row_major_store_cost(int pitch = TileShapes<P, BN>::kCPitch) {
+  using namespace cute;
+  typename P::template TiledMma<BN> tiled;
+  Tensor id = make_identity_tensor(make_shape(Int<kTileRows>{}, Int<BN>{}));
+  return result_store_cost([&](int t) {
+    Tensor c = tiled.get_thread_slice(t).partition_C(id);
+    std::vector<int> o;
+    for (int i = 0; i < size(c); ++i) {
+      o.push_back(get<0>(c(i)) * pitch + get<1>(c(i)));
+    }
+    return o;
+  });
+}
+
+TEST(SmemLayout, ResultTileStoresAreFreeOfBankConflicts) {
+  using namespace cute;
+  EXPECT_EQ((row_major_store_cost<PrecBf16<false>, 256>().ratio()), 1.0);  // bf16 expert tiles
+  EXPECT_EQ((row_major_store_cost<PrecBf16<true>, 256>().ratio()), 1.0);
+  EXPECT_EQ((row_major_store_cost<PrecBf16<false>, kTileCols>().ratio()), 1.0);  // the gate's
+  EXPECT_EQ((row_major_store_cost<PrecTf32<true>, kTileCols>().ratio()), 1.0);   // tf32 gate
+  EXPECT_EQ((row_major_store_cost<PrecTf32<false>, 128>().ratio()), 1.0);  // mma.sync
+  // Strict fp32 (FMA, 8 x 8 blocks per thread, 16-byte pieces): 2 wavefronts per phase at its pad
+  // of 4, the least of the pads 0..16 (8: 4).
+  EXPECT_EQ((row_major_store_cost<PrecFp32<false>, 128>().ratio()), 2.0);
+  EXPECT_EQ((row_major_store_cost<PrecFp32<false>, 128>(128 + 8).ratio()), 4.0);
+  // What the pad of 8 fixed: with 4 the MMA tiles' stores took twice the wavefronts.
+  EXPECT_EQ((row_major_store_cost<PrecBf16<false>, 256>(256 + 4).ratio()), 2.0);
+  // tf32's register-weight tiles: C^T [BN][128 rows], element (column m, row n) at n * kCPitch + m.
+  using Rs = PrecTf32<true>;
+  constexpr int kBN = Rs::kExpertBN;
+  typename Rs::TiledMmaRs rs;
+  Tensor id = make_identity_tensor(make_shape(Int<kBN>{}, Int<kTileRows>{}));
+  const StoreCost transposed = result_store_cost([&](int t) {
+    Tensor c = rs.get_thread_slice(t).partition_C(id);
+    std::vector<int> o;
+    for (int i = 0; i < size(c); ++i) {
+      o.push_back(get<1>(c(i)) * TileShapes<Rs, kBN>::kCPitch + get<0>(c(i)));
+    }
+    return o;
+  });
+  EXPECT_EQ(transposed.ratio(), 1.0);
 }
 
 }  // namespace

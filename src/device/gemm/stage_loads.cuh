@@ -65,7 +65,14 @@ struct TileShapes {
   static constexpr int kElemsA = cute::cosize_v<SmemLayoutA>;
   static constexpr int kElemsB = cute::cosize_v<SmemLayoutB>;
   static constexpr int kPipeBytes = (kElemsA + kElemsB) * static_cast<int>(sizeof(SmemElem));
-  static constexpr int kCPitch = BN + 4;  // fp32 result row pitch, padded for banks
+  // fp32 result row pitch, padded for the stores of the accumulators (tests/test_smem_layout.cu,
+  // SmemLayout.ResultTileStoresAreFreeOfBankConflicts): the MMA fragments' row-major tiles store
+  // 2-float pieces of 4 rows per phase, free of bank conflicts with rows 8 banks apart (pad 8; pad
+  // 4 took 2 wavefronts); tf32's transposed register-weight tiles (4-byte pieces, rows 2 apart) are
+  // free of them with pad 4, and fp32's FMA blocks (16-byte pieces) take 2 with pad 4, 4 with 8.
+  static constexpr bool kMmaRowMajorResult =
+      (P::kWgmma || P::kRoundToTf32) && !(P::kRegisterWeights && BN == P::kExpertBN);
+  static constexpr int kCPitch = BN + (kMmaRowMajorResult ? 8 : 4);
   static constexpr int kCBytes = kTileRows * kCPitch * 4;
   static constexpr int kBufferBytes = kPipeBytes > kCBytes ? kPipeBytes : kCBytes;
 };
