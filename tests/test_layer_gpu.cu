@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "bench/device_problem.hpp"
+#include "device/split.hpp"
 #include "gpu_problem.hpp"
 #include "gpu_test.hpp"
 #include "layer_gpu_test.hpp"
@@ -662,8 +663,11 @@ TEST(LayerGpu, TraceIsOrderedAndCountsEveryTask) {
   for (std::int64_t r : rows) row_tiles += (r + 127) / 128;
   // Small calls split each GEMM task's K range (the few-rows path): k_split tasks per tile.
   const std::int64_t k_split = layer.stats().k_split;
+  // Combine tasks: 4 token tiles, each in column tiles of combine_cols_for (device/split.hpp).
+  const int combine_cols = device::combine_cols_for(512 / 128, static_cast<int>(c.hidden));
+  const std::int64_t combine_col_tiles = (c.hidden + combine_cols - 1) / combine_cols;
   const std::int64_t expected =
-      row_tiles * (c.ffn / 256 + c.hidden / 256) * k_split + (512 / 128) * 1;
+      row_tiles * (c.ffn / 256 + c.hidden / 256) * k_split + (512 / 128) * combine_col_tiles;
   EXPECT_EQ(tasks, expected);
   EXPECT_TRUE(bench::compare(pr, ref.ranks[0], dev.y_host(), experts).passed);
 
@@ -673,7 +677,7 @@ TEST(LayerGpu, TraceIsOrderedAndCountsEveryTask) {
   const std::vector<TaskTrace> recs = layer.task_trace();
   ASSERT_EQ(static_cast<std::int64_t>(recs.size()), tasks);
   std::int64_t gemm0 = 0, gemm1 = 0;
-  std::vector<int> combined(512 / 128, 0);
+  std::vector<int> combined(static_cast<std::size_t>((512 / 128) * combine_col_tiles), 0);
   for (std::size_t i = 0; i < recs.size(); ++i) {
     const TaskTrace& t = recs[i];
     SCOPED_TRACE("task record " + std::to_string(i) + " of block " + std::to_string(t.block));
@@ -687,11 +691,12 @@ TEST(LayerGpu, TraceIsOrderedAndCountsEveryTask) {
     switch (t.type) {
       case TaskTrace::Type::gemm0: ++gemm0; break;
       case TaskTrace::Type::gemm1: ++gemm1; break;
-      case TaskTrace::Type::combine:
+      case TaskTrace::Type::combine:  // (token tile a, column tile b), each once
         ASSERT_GE(t.a, 0);
         ASSERT_LT(t.a, 512 / 128);
-        EXPECT_EQ(t.b, 0);  // one combine column tile at hidden <= kCombineCols
-        ++combined[static_cast<std::size_t>(t.a)];
+        ASSERT_GE(t.b, 0);
+        ASSERT_LT(t.b, combine_col_tiles);
+        ++combined[static_cast<std::size_t>(t.a * combine_col_tiles + t.b)];
         break;
       default: ADD_FAILURE() << "task type " << static_cast<int>(t.type);
     }

@@ -560,3 +560,45 @@ TEST(Workspace, GateSplitStaysWithinItsPlannedRoom) {
   // The default layer's room: the two halves of 8192 x 128 logits, as before.
   EXPECT_EQ(gate_partial_floats(8192, 128), 2 * 8192 * 128);
 }
+
+// Combine tasks (device/split.hpp, combine_cols_for): widths from 512 down to 32 columns, whole
+// 8-column groups, a call of many token tiles keeps 512, a call of few gets at least
+// kCombineTaskTarget tasks where 32-column tiles allow it; every call's count within the bound the
+// task queue is sized with (combine_tasks_bound, for any max_tokens at least the call's).
+TEST(Workspace, CombineTasksStayWithinThePlannedQueue) {
+  using monomoe::device::combine_cols_for;
+  using monomoe::device::combine_tasks_bound;
+  using monomoe::device::kCombineColsMax;
+  using monomoe::device::kCombineColsMin;
+  using monomoe::device::kCombineTaskTarget;
+  for (int depth = 1; depth <= 128; ++depth) {
+    const int hidden = 128 * depth;
+    for (long long tiles = 1; tiles <= 4096; tiles += tiles < 64 ? 1 : tiles / 4) {
+      const int cols = combine_cols_for(tiles, hidden);
+      ASSERT_GE(cols, kCombineColsMin);
+      ASSERT_LE(cols, kCombineColsMax);
+      ASSERT_EQ(cols % 8, 0);
+      ASSERT_EQ(kCombineColsMax % cols, 0) << "a power-of-two fraction of the widest";
+      const long long tasks = tiles * ((hidden + cols - 1) / cols);
+      if (cols < kCombineColsMax) {
+        if (cols <= 128) {
+          ASSERT_EQ(hidden % cols, 0) << "tiles of 128 or fewer columns divide hidden";
+        }
+        // Narrowed only while the wider tiles were too few, and no further than needed.
+        ASSERT_LT(tiles * ((hidden + 2 * cols - 1) / (2 * cols)), kCombineTaskTarget);
+        if (cols > kCombineColsMin) {
+          ASSERT_GE(tasks, kCombineTaskTarget);
+        }
+      }
+      for (long long max_tiles : {tiles, tiles + 1, 2 * tiles, tiles + 4096}) {
+        ASSERT_LE(tasks, combine_tasks_bound(max_tiles, hidden))
+            << "hidden " << hidden << ", " << tiles << " of at most " << max_tiles << " tiles";
+      }
+    }
+  }
+  // The default config (8192 tokens, hidden 2048): 512-column tiles as before; one token tile at
+  // hidden 4096: 32 columns, 128 tasks instead of 8.
+  EXPECT_EQ(combine_cols_for(64, 2048), 512);
+  EXPECT_EQ(combine_cols_for(1, 4096), 32);
+  EXPECT_EQ(combine_cols_for(2, 6144), 64);
+}

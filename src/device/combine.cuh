@@ -7,7 +7,8 @@
 
 namespace monomoe::device {
 
-// One combine task: `kCombineCols` columns of a token tile. The stage rows it reads are copied
+// One combine task: p.combine_cols columns (at most kCombineCols; split.hpp, combine_cols_for) of a
+// token tile. The stage rows it reads are copied
 // into shared memory first (the GEMM buffer, idle here) by cp.async, a chunk of token rows at a
 // time, every copy of a chunk in flight at once, the next chunk's while this one is summed; the
 // sums read shared memory. (A thread that loaded a stage row and added it before loading the next
@@ -23,8 +24,8 @@ __device__ void run_combine(const Params& p, KernelSmem<P>& sm, int token_tile, 
   Elem* y = static_cast<Elem*>(p.y);
   const int first = token_tile * kTileRows;
   const int rows = min(kTileRows, p.tokens - first);
-  const int col0 = col_tile * kCombineCols;
-  const int cols = min(kCombineCols, p.hidden - col0);
+  const int col0 = col_tile * p.combine_cols;
+  const int cols = min(p.combine_cols, p.hidden - col0);
   const int groups = cols / 8;        // 8-column groups of a row
   const int vecs = cols / kVecElems;  // 16-byte copies of a row
   const int k = p.topk;

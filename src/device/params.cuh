@@ -14,7 +14,7 @@ inline constexpr int kThreads = 256;   // 8 warps per block
 inline constexpr int kTileRows = 128;  // rows (token copies) per GEMM task and tokens per gate tile
 static_assert(kTileRows == kPackTileRows);
 inline constexpr int kTileCols = 128;  // output columns per GEMM task
-inline constexpr int kCombineCols = 512;
+inline constexpr int kCombineCols = kCombineColsMax;  // the widest combine task (split.hpp)
 inline constexpr int kMaxExperts = 256;
 inline constexpr int kMaxTopK = 8;
 inline constexpr int kMaxWorld = 64;
@@ -154,7 +154,8 @@ struct Params {
   int token_tiles;      // ceil(S / 128)
   int gemm0_col_tiles;  // ceil(I / BN) (swiglu: I / (BN/2), each reading BN/2 gate + BN/2 up columns)
   int gemm1_col_tiles;  // ceil(H / BN); BN = the precision's kExpertBN
-  int combine_col_tiles;
+  int combine_cols;       // output columns per combine task: combine_cols_for(token_tiles, H)
+  int combine_col_tiles;  // ceil(H / combine_cols)
 
   // Inputs and weights (element type of the instantiation).
   const void* x;        // [S, H]

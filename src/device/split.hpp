@@ -87,6 +87,32 @@ MONOMOE_HOST_DEVICE constexpr KSlice k_slice(int depth, int slice, int slices,
 //     50 us on 2 GPUs, perf log 2026-11-30 07:43), so only calls of at most 256 tokens split
 //     further than 2;
 //   - at least 2 (today's halves) when the first rule allows a split.
+// Combine tasks: a token tile's output columns in tiles of combine_cols_for(token tiles, hidden)
+// columns. With the widest tiles a call of few token tiles gives the whole combine to a few blocks:
+// 128 tokens at hidden 4096 made 8 tasks of 1 MB of stage rows each, ~49 us while the other SMs
+// idled (perf log 2026-11-30 11:04, --trace). So the tile halves (512, 256, ..., 32 columns)
+// while the call has fewer than kCombineTaskTarget tasks (about the grid). hidden is a multiple of
+// 128, so every width of 128 or less divides it; a wider one may leave a narrower last tile.
+inline constexpr int kCombineColsMax = 512;
+inline constexpr int kCombineColsMin = 32;
+inline constexpr int kCombineTaskTarget = 128;
+
+MONOMOE_HOST_DEVICE constexpr int combine_cols_for(long long token_tiles, int hidden) {
+  int cols = kCombineColsMax;
+  while (cols > kCombineColsMin && token_tiles * ((hidden + cols - 1) / cols) < kCombineTaskTarget) {
+    cols /= 2;
+  }
+  return cols;
+}
+
+// Combine tasks a call of at most `max_token_tiles` token tiles can have (the workspace's task
+// queue holds them; tested): the widest tiles' count, or below kCombineTaskTarget before the last
+// halving, so less than twice that after it.
+MONOMOE_HOST_DEVICE constexpr long long combine_tasks_bound(long long max_token_tiles, int hidden) {
+  const long long wide = max_token_tiles * ((hidden + kCombineColsMax - 1) / kCombineColsMax);
+  return wide > 2 * kCombineTaskTarget ? wide : 2 * kCombineTaskTarget;
+}
+
 // Bounds the workspace plan relies on (tested): S * tokens * experts_padded <=
 // gate_partial_floats(max_tokens, experts_padded) for tokens <= max_tokens, any block count.
 inline constexpr int kGateKStep = 64;

@@ -26,8 +26,7 @@ namespace monomoe {
 
 static_assert(sizeof(device::Control) == 72, "workspace.cpp reserves 72 bytes for Control");
 static_assert(detail::TileShape::kRows == device::kTileRows &&
-              detail::TileShape::kCols == device::kTileCols &&
-              detail::TileShape::kCombineCols == device::kCombineCols);
+              detail::TileShape::kCols == device::kTileCols);
 
 namespace {
 
@@ -382,8 +381,8 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
                                            ? c.ffn / (bn / 2)
                                            : (c.ffn + bn - 1) / bn);
   p.gemm1_col_tiles = static_cast<int>((c.hidden + bn - 1) / bn);
-  p.combine_col_tiles =
-      static_cast<int>((c.hidden + device::kCombineCols - 1) / device::kCombineCols);
+  p.combine_cols = device::combine_cols_for(p.token_tiles, static_cast<int>(c.hidden));
+  p.combine_col_tiles = static_cast<int>((c.hidden + p.combine_cols - 1) / p.combine_cols);
   p.x = x;
   p.y = y;
   p.gate = m.at(m.plan.gate);

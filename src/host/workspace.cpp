@@ -48,14 +48,14 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   // SwiGLU GEMM0 tiles produce half a tile of output columns each.
   const std::int64_t gemm0_cols = cfg.w1_columns() / TileShape::kCols;
   const std::int64_t gemm1_cols = cfg.hidden / TileShape::kCols;
-  const std::int64_t combine_cols =
-      (cfg.hidden + TileShape::kCombineCols - 1) / TileShape::kCombineCols;
   // With split K a call has at most 2 * kSplitGroups GEMM tasks (device/route.cuh, plan_k_split).
   const std::size_t gemm_tasks =
       std::max(checked_mul(u(p.row_tiles), u(gemm0_cols + gemm1_cols), "max_tokens"),
                u(2 * TileShape::kSplitGroups));
+  // Combine tasks: narrower for calls of few token tiles (device/split.hpp, combine_cols_for).
   const std::size_t tasks = checked_add(
-      gemm_tasks, checked_mul(u(p.token_tiles), u(combine_cols), "max_tokens"), "max_tokens");
+      gemm_tasks, u(device::combine_tasks_bound(p.token_tiles, static_cast<int>(cfg.hidden))),
+      "max_tokens");
   if (tasks > 0x7fffffffu) throw ConfigError("max_tokens: the task queue would exceed 2^31 slots");
   p.max_tasks = static_cast<std::int64_t>(tasks);
 

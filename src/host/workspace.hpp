@@ -16,7 +16,6 @@ namespace monomoe::detail {
 struct TileShape {
   static constexpr std::int64_t kRows = 128;        // rows (token copies) per GEMM task
   static constexpr std::int64_t kCols = 128;        // output columns per GEMM task
-  static constexpr std::int64_t kCombineCols = 512;  // output columns per combine task
   // Output columns of one expert GEMM task per precision (device::expert_tile_cols; layer.cu checks
   // that the two agree).
   static constexpr std::int64_t expert_cols(DType d, WeightLayout w) {

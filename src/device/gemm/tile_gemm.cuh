@@ -65,7 +65,16 @@ struct TileGemm : StageLoads<P, BN> {
     if constexpr (kRs && (MONOMOE_TF32_RS_GEMM0 || (kTma && kTmaCapable))) {
       return run_wgmma_rs<kTma>(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, tma);
     } else if constexpr (P::kWgmma) {
-      return run_wgmma<kTma>(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, rows, tma);
+      // Few rows: the deep pipeline (run_wgmma), its own instantiation (one loop for both kept more
+      // state live and spilled in the [out, in] kernel).
+      if constexpr (kDeepCapable && kTma) {  // GEMM1 (TMA): GEMM0's gathers spilled with it
+        if (rows <= kTileRows / 2) {
+          return run_wgmma<kTma, true>(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total,
+                                       rows, tma);
+        }
+      }
+      return run_wgmma<kTma, false>(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, rows,
+                                    tma);
     } else {
       run_mma_sync(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total);
       return true;
@@ -87,6 +96,9 @@ struct TileGemm : StageLoads<P, BN> {
   // last tile of an expert, decode calls) the second warpgroup's rows are all zeros, so it issues
   // no MMAs (its accumulators stay cleared) and only helps load the operands: half the tensor-core
   // work, on tiles that are bound by the weights' bytes.
+  // Tiles that may take the deep pipeline (run_wgmma's kDeep): bf16's expert tiles.
+  static constexpr bool kDeepCapable = !P::kRoundToTf32 && BN == P::kExpertBN && P::kWgmma &&
+                                       !P::kRegisterWeights;
   static constexpr int kInFlight = 1;                      // MMA batches pending after each k-tile
   static constexpr int kAhead = kStages - kInFlight - 1;   // k-tiles loading ahead of the MMAs
 
@@ -117,8 +129,8 @@ struct TileGemm : StageLoads<P, BN> {
   }
   // Waits until stage kt % kStages holds k-tile kt for this thread: by TMA (kByTma) its barrier,
   // whose parity bit in `phase` flips (false when the wait gave up: abort or timeout, recorded);
-  // by cp.async this thread's group of k-tile kt (the newest kAhead - 1 groups may still land).
-  template <bool kByTma>
+  // by cp.async this thread's group of k-tile kt (the newest kLanding groups may still land).
+  template <bool kByTma, int kLanding = kAhead - 1>
   static __device__ __forceinline__ bool wait_stage(Smem& sm, int kt, unsigned int& phase) {
     if constexpr (kByTma) {
       const int stage = kt % kStages;
@@ -126,7 +138,7 @@ struct TileGemm : StageLoads<P, BN> {
       phase ^= 1u << stage;
       return landed;
     } else {
-      cp_async_wait<kAhead - 1>();
+      cp_async_wait<kLanding>();
       return true;
     }
   }
@@ -134,7 +146,7 @@ struct TileGemm : StageLoads<P, BN> {
   // copy 12 16-byte chunks; every thread waits on the stage's barrier before the k-tile's
   // barrier, which is then __syncthreads_and of the waits, so that a wait that gives up (abort,
   // timeout: recorded) ends the loop in every thread at once.
-  template <bool kTma>
+  template <bool kTma, bool kDeep>
   static __device__ bool run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
                                    int valid_lo, int valid_hi, int k_total, int rows,
                                    TmaTile tma) {
@@ -190,7 +202,8 @@ struct TileGemm : StageLoads<P, BN> {
     // and wgmma share the shared memory's bandwidth; perf log 2026-11-30 06:32.)
     static_assert(!(by_tma && P::kRoundToTf32), "tf32 by TMA runs run_wgmma_rs");
     const auto prepare = [&](int kt) -> bool {
-      const bool landed = wait_stage<by_tma>(sm, kt, phase);
+      // (deep: k-tiles kt+1..kt+kStages-2 may still be landing)
+      const bool landed = wait_stage<by_tma, kDeep ? kStages - 2 : kAhead - 1>(sm, kt, phase);
       if constexpr (P::kRoundToTf32) {
         round_stage(sm, chunks, ldb, kt, kt % kStages);
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
@@ -199,28 +212,49 @@ struct TileGemm : StageLoads<P, BN> {
     };
     warpgroup_fence_operand(acc);
     bool ok = true;
+    // kDeep (few rows: bf16's expert tiles of at most 64 rows; only the first warpgroup computes,
+    // its MMAs of a k-tile take half a full tile's, and the task streams its weights from HBM, 32
+    // KB per k-tile): three k-tiles loading instead of two, each k-tile's MMAs waited for at once,
+    // and iteration kt refills the stage of k-tile kt - 1 (its MMAs were waited for before this
+    // iteration's barrier) with k-tile kt + kStages - 1. (Two k-tiles, 64 KB per SM in flight,
+    // streamed a decode call's tasks at ~86% of the HBM rate: perf log 2026-11-30 11:04.)
+    static_assert(!kDeep || kDeepCapable, "bf16's expert tiles only");
+    static_assert(kAhead == kStages - 2, "the deep pipeline loads one k-tile more than kAhead");
+    if constexpr (kDeep) {
+      if (kAhead < k_tiles) refill(kAhead, kAhead);
+      cp_async_commit();
+    }
     for (int kt = 0; kt < k_tiles; ++kt) {
       const int stage = kt % kStages;
       const bool ready = prepare(kt);
       if constexpr (by_tma) {
-        // stage kt complete for every thread (its barrier); k-tile kt-1-kInFlight done. A wait
-        // that gave up ends the loop in every thread at once.
+        // stage kt complete for every thread (its barrier); k-tile kt-1-kInFlight done (deep: kt-1).
+        // A wait that gave up ends the loop in every thread at once.
         if (!__syncthreads_and(ready)) {
           ok = false;
           break;
         }
       } else {
-        __syncthreads();  // stage kt complete for every thread's copies; k-tile kt-1-kInFlight done
+        __syncthreads();  // stage kt complete for every thread's copies; kt-1-kInFlight done
       }
-      if (mma) {
+      const auto issue_mmas = [&] {
         warpgroup_arrive();
         gemm(tiled, tCrA(_, _, _, stage), tCrB(_, _, _, stage), acc);
         warpgroup_commit_batch();
-      }
-      const int next = kt + kAhead;
+      };
+      if (!kDeep && mma) issue_mmas();
+      // Deep: into the stage of k-tile kt - 1, before this k-tile's MMAs; otherwise after them.
+      const int next = kt + (kDeep ? kStages - 1 : kAhead);
       if (next < k_tiles) refill(next, next % kStages);
       cp_async_commit();
-      if (mma) warpgroup_wait<kInFlight>();
+      if (mma) {
+        if constexpr (kDeep) {
+          issue_mmas();
+          warpgroup_wait<0>();
+        } else {
+          warpgroup_wait<kInFlight>();
+        }
+      }
     }
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc);
