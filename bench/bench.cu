@@ -1,6 +1,7 @@
 #include "bench/bench.hpp"
 
 #include <cuda_runtime_api.h>
+#include <nccl.h>
 
 #include <algorithm>
 #include <bit>
@@ -123,6 +124,29 @@ void print_task_types(const std::vector<TaskTrace>& tasks, std::ostream& out) {
 }
 
 // Every task of a traced forward as CSV: block, type, a, b, start_us, end_us.
+// Every rank's `mine`, in rank order (a collective: every rank calls it at the same point).
+std::vector<std::int64_t> all_ranks(const Communicator& comm, std::int64_t mine,
+                                    cudaStream_t stream) {
+  const int world = comm.world();
+  if (world == 1) return {mine};
+  std::int64_t* buf = nullptr;
+  MONOMOE_CUDA(cudaMalloc(&buf, sizeof(std::int64_t) * static_cast<std::size_t>(world)));
+  std::vector<std::int64_t> all(static_cast<std::size_t>(world));
+  try {
+    MONOMOE_CUDA(cudaMemcpy(buf + comm.rank(), &mine, sizeof mine, cudaMemcpyHostToDevice));
+    MONOMOE_NCCL(ncclAllGather(buf + comm.rank(), buf, 1, ncclInt64,
+                               static_cast<ncclComm_t>(comm.nccl_comm()), stream));
+    MONOMOE_CUDA(cudaStreamSynchronize(stream));
+    MONOMOE_CUDA(cudaMemcpy(all.data(), buf, sizeof(std::int64_t) * all.size(),
+                            cudaMemcpyDeviceToHost));
+  } catch (...) {
+    cudaFree(buf);
+    throw;
+  }
+  cudaFree(buf);
+  return all;
+}
+
 void write_task_csv(const std::vector<TaskTrace>& tasks, const std::string& path) {
   std::ofstream f(path);
   if (!f) throw std::runtime_error("cannot write --trace-tasks file " + path);
@@ -443,6 +467,13 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     hbm = measure_hbm_read(std::size_t{2} << 30, kCeilingWarmup, kCeilingIterations, stream);
   }
   const ForwardStats st = layer.stats();
+  // The weight-read floor counts the experts that ran rows on each rank and takes the median over
+  // ranks (issue 18), so every rank's count goes to every rank.
+  const std::int64_t touched = static_cast<std::int64_t>(
+      std::count_if(st.rows_per_local_expert.begin(), st.rows_per_local_expert.end(),
+                    [](std::int64_t r) { return r > 0; }));
+  std::vector<std::int64_t> touched_ranks{touched};
+  if (o.weight_floor) touched_ranks = all_ranks(comm, touched, stream);
   if (o.trace) {
     // The forward is collective: every rank runs the traced one; rank 0 prints its own blocks in
     // full, the others a summary of theirs.
@@ -461,12 +492,13 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   const auto ffn_tflops = [&](double ms) { return tflops(flop, ms); };
   const double ffn_alone_tflops = tflops(ffn_flop(ffn_rows, cfg), tffn.median_ms);
   const double floor_ms = compute_floor_ms(flop, ceiling.tflops);
-  // Weight-read floor: the weights of rank 0's experts that ran rows, and the gate, read once.
-  const std::int64_t touched = static_cast<std::int64_t>(
-      std::count_if(st.rows_per_local_expert.begin(), st.rows_per_local_expert.end(),
-                    [](std::int64_t r) { return r > 0; }));
+  // Weight-read floor: the weights of the experts that ran rows (the median over ranks of their
+  // count; the lower middle one for an even count of ranks) and the gate, read once.
+  std::vector<std::int64_t> sorted = touched_ranks;
+  std::sort(sorted.begin(), sorted.end());
+  const std::int64_t touched_median = sorted[(sorted.size() - 1) / 2];
   const double weight_bytes =
-      static_cast<double>(touched) * expert_weight_bytes(cfg) +
+      static_cast<double>(touched_median) * expert_weight_bytes(cfg) +
       static_cast<double>(cfg.hidden * cfg.experts) * static_cast<double>(element_bytes(cfg.dtype));
   const double weight_floor_ms =
       o.weight_floor ? weight_bytes / (hbm.tb_per_s * 1e12) * 1e3 : 0.0;
@@ -538,9 +570,17 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
         << tf.median_ms / floor_ms << "x\n";
   }
   if (o.weight_floor) {
-    out << "weight-read floor: " << std::setprecision(3) << weight_floor_ms << " ms (rank 0's "
-        << touched << " of " << cfg.experts_per_rank() << " experts ran rows: "
-        << std::setprecision(1) << weight_bytes * 1e-6 << " MB of their weights and the gate, at "
+    out << "weight-read floor: " << std::setprecision(3) << weight_floor_ms << " ms (";
+    if (world > 1) {
+      out << "the median over ranks of their experts that ran rows, " << touched_median << " of "
+          << cfg.experts_per_rank() << " (by rank:";
+      for (std::int64_t t : touched_ranks) out << " " << t;
+      out << ")";
+    } else {
+      out << touched << " of " << cfg.experts_per_rank() << " experts ran rows";
+    }
+    out << ": " << std::setprecision(1) << weight_bytes * 1e-6
+        << " MB of their weights and the gate, at "
         << std::setprecision(2) << hbm.tb_per_s << " TB/s, the HBM read rate measured here); "
         << "monomoe median / weight floor: " << tf.median_ms / weight_floor_ms << "x";
     if (base) out << ", baseline: " << tb.median_ms / weight_floor_ms << "x";
@@ -576,7 +616,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     }
     if (o.weight_floor) {
       js << ",\n  \"weight_floor\": {\"ms\": " << weight_floor_ms << ", \"bytes\": " << weight_bytes
-         << ", \"experts_with_rows\": " << touched << ", \"hbm_read_tb_per_s\": " << hbm.tb_per_s
+         << ", \"experts_with_rows\": " << touched_median << ", \"hbm_read_tb_per_s\": " << hbm.tb_per_s
          << "},\n  \"monomoe_over_weight_floor\": " << tf.median_ms / weight_floor_ms;
     }
     js << "\n}\n";
