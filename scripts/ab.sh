@@ -6,13 +6,19 @@
 #   scripts/ab.sh prepare REF [REF ...]     here: ab/<ref>/ = `git archive REF` (+ third_party link)
 #   scripts/ab.sh run [BENCH ARGS ...]      on the GPU machine (carry ["third_party", "ab"]):
 #       builds every ab/* tree's CLI side by side (tests off; about the time of one build), then
-#       ROUNDS (default 3) rounds of `monomoe bench --gpus G --no-ceiling BENCH ARGS` per variant,
-#       interleaved (a, b, c, a, b, c, ...) so that drift hits every variant alike; prints each
-#       run's monomoe and baseline medians (with --trace also rank 0's task and block medians) and,
-#       last, the median over rounds per (variant, G).
+#       ROUNDS (default 3) rounds of `monomoe bench --gpus G --no-ceiling SET BENCH ARGS` per
+#       variant, interleaved (a, b, c, a, b, c, ...) so that drift hits every variant alike; prints
+#       each run's monomoe and baseline medians (with --trace also rank 0's task and block medians)
+#       and, last, the median over rounds per (set, variant, G).
 # Env (run): GPUS (the G values, default "1"; e.g. "1 2"), ROUNDS, JOBS (build jobs per variant,
-#            default nproc / variants), NCCL_ROOT (default: PyTorch's NCCL, as gpu-check.sh).
-# Logs: $OUT (or ./out)/ab-logs.tar.gz: ab-<variant>-<G>-<round>.log and ab-build-<variant>.log.
+#            default nproc / variants), NCCL_ROOT (default: PyTorch's NCCL, as gpu-check.sh),
+#            SETS (bench argument sets separated by ';', e.g. "--graph --tokens 128;--tokens 1":
+#            each is run by every variant in every round, with BENCH ARGS appended to each; unset:
+#            one set, BENCH ARGS alone), BUDGET (seconds from the start, default 540; 0: none: a
+#            run that could end past it, by the longest run so far, is not started, and the
+#            medians of the runs made are printed: a device call has 600 s).
+# Logs: $OUT (or ./out)/ab-logs.tar.gz: ab-<variant>-<G>-<round>.log (with SETS
+#       ab-s<set>-<variant>-<G>-<round>.log) and ab-build-<variant>.log.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -51,39 +57,57 @@ case "$cmd" in
     done
     wait
     echo "builds: $(( $(date +%s) - t0 )) s"
+    if [ -n "${SETS:-}" ]; then IFS=';' read -ra sets <<< "$SETS"; else sets=(""); fi
+    budget=${BUDGET:-540}
+    longest=0
+    stopped=
     declare -A results
     for round in $(seq 1 "${ROUNDS:-3}"); do
-      for g in ${GPUS:-1}; do
-        for v in "${names[@]}"; do
-          mm=$(find "/tmp/ab-build-$v" -name monomoe -type f -perm -u+x | head -1)
-          [ -n "$mm" ] || { echo "$v: no monomoe binary (build failed: $OUT/ab-build-$v.log)"; continue; }
-          log="$OUT/ab-$v-$g-$round.log"
-          timeout 120 "$mm" bench --gpus "$g" --no-ceiling "$@" > "$log" 2>&1
-          rc=$?
-          m=$(awk '$1 == "monomoe" && $2 ~ /^[0-9.]+$/ {print $2; exit}' "$log")
-          b=$(awk '$1 == "baseline" && $2 ~ /^[0-9.]+$/ {print $2; exit}' "$log")
-          # Every rank's correctness line (a variant that has never run may be wrong: read it first).
-          ok=$(grep -c "correctness monomoe: *PASS" "$log")
-          bad=$(grep -c "correctness monomoe: *FAIL" "$log")
-          echo "round $round  gpus $g  $v: monomoe ${m:-?} ms  baseline ${b:-?} ms  correctness ${ok} PASS ${bad} FAIL  (rc=$rc, $(( $(date +%s) - t0 )) s)"
-          # With --trace: rank 0's per-task and per-block medians (us), so that an A/B shows where
-          # a variant's time went without unpacking the logs.
-          tr=$(awk '
-            function med() { for (i = 1; i < NF; ++i) if ($i == "median") return $(i + 1); return "?" }
-            /^  gemm0 /   { g0 = med() } /^  gemm1 /     { g1 = med() } /^  combine / { c = med() }
-            /^  queue wait/ { q = med() } /^  in GEMM tasks/ { w = med() } /^  first task/ { f = med() }
-            END { if (g0 != "") printf "gemm0 %s  gemm1 %s  combine %s per task; first task %s, queue wait %s, in GEMM tasks %s per block", g0, g1, (c == "" ? "-" : c), f, q, w }' "$log")
-          [ -n "$tr" ] && echo "    trace (us, rank 0): $tr"
-          results["$v $g"]+="${m:-} "
+      for si in "${!sets[@]}"; do
+        for g in ${GPUS:-1}; do
+          for v in "${names[@]}"; do
+            if [ "$budget" -gt 0 ] && [ $(( $(date +%s) - t0 + longest )) -gt "$budget" ]; then
+              stopped="round $round, set $(( si + 1 )), gpus $g, $v"
+              break 4
+            fi
+            mm=$(find "/tmp/ab-build-$v" -name monomoe -type f -perm -u+x | head -1)
+            [ -n "$mm" ] || { echo "$v: no monomoe binary (build failed: $OUT/ab-build-$v.log)"; continue; }
+            tag=${SETS:+s$(( si + 1 ))-}
+            log="$OUT/ab-$tag$v-$g-$round.log"
+            t_run=$(date +%s)
+            # shellcheck disable=SC2086  # a set is a list of flags
+            timeout 120 "$mm" bench --gpus "$g" --no-ceiling ${sets[$si]} "$@" > "$log" 2>&1
+            rc=$?
+            (( $(date +%s) - t_run > longest )) && longest=$(( $(date +%s) - t_run ))
+            m=$(awk '$1 == "monomoe" && $2 ~ /^[0-9.]+$/ {print $2; exit}' "$log")
+            b=$(awk '$1 == "baseline" && $2 ~ /^[0-9.]+$/ {print $2; exit}' "$log")
+            # Every rank's correctness line (a variant that has never run may be wrong: read it first).
+            ok=$(grep -c "correctness monomoe: *PASS" "$log")
+            bad=$(grep -c "correctness monomoe: *FAIL" "$log")
+            echo "round $round  ${SETS:+set $(( si + 1 ))  }gpus $g  $v: monomoe ${m:-?} ms  baseline ${b:-?} ms  correctness ${ok} PASS ${bad} FAIL  (rc=$rc, $(( $(date +%s) - t0 )) s)"
+            # With --trace: rank 0's per-task and per-block medians (us), so that an A/B shows where
+            # a variant's time went without unpacking the logs.
+            tr=$(awk '
+              function med() { for (i = 1; i < NF; ++i) if ($i == "median") return $(i + 1); return "?" }
+              /^  gemm0 /   { g0 = med() } /^  gemm1 /     { g1 = med() } /^  combine / { c = med() }
+              /^  queue wait/ { q = med() } /^  in GEMM tasks/ { w = med() } /^  first task/ { f = med() }
+              END { if (g0 != "") printf "gemm0 %s  gemm1 %s  combine %s per task; first task %s, queue wait %s, in GEMM tasks %s per block", g0, g1, (c == "" ? "-" : c), f, q, w }' "$log")
+            [ -n "$tr" ] && echo "    trace (us, rank 0): $tr"
+            results["$si $v $g"]+="${m:-} "
+          done
         done
       done
     done
+    [ -n "$stopped" ] && echo "BUDGET=$budget s: stopped before $stopped (the longest run took $longest s)"
     echo "median over rounds (ms):"
-    for g in ${GPUS:-1}; do
-      for v in "${names[@]}"; do
-        med=$(echo ${results["$v $g"]:-} | tr ' ' '\n' | grep -v '^$' | sort -n |
-              awk '{a[NR] = $1} END {if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2); else print "?"}')
-        echo "  gpus $g  $v ($(awk -v n="$v" '$1 == n {print $2}' ab/refs.txt)): $med"
+    for si in "${!sets[@]}"; do
+      [ -n "${SETS:-}" ] && echo " set $(( si + 1 )): ${sets[$si]}"
+      for g in ${GPUS:-1}; do
+        for v in "${names[@]}"; do
+          med=$(echo ${results["$si $v $g"]:-} | tr ' ' '\n' | grep -v '^$' | sort -n |
+                awk '{a[NR] = $1} END {if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2); else print "?"}')
+          echo "  gpus $g  $v ($(awk -v n="$v" '$1 == n {print $2}' ab/refs.txt)): $med"
+        done
       done
     done
     # The device tool returns only a few files of $OUT: the logs travel as one archive.

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# scripts/ab.sh run against a stand-in cmake and monomoe (no GPU, no build): every (set, variant,
+# GPU count) gets its rounds and its median, the sets' flags reach bench with the common ones
+# appended, the logs are named per set and packed, and BUDGET stops before a run that could end
+# past it while the medians of the runs made are still printed.
+set -u
+src=${1:?usage: test_ab.sh <repository root>}
+dir=$(mktemp -d)
+trap 'rm -rf "$dir" /tmp/ab-build-abtest-$$-*' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+# A repository of the script alone: ab.sh works from its own folder's parent.
+mkdir -p "$dir/repo/scripts" "$dir/bin"
+cp "$src/scripts/ab.sh" "$src/scripts/nccl-root.sh" "$dir/repo/scripts/"
+a=abtest-$$-a b=abtest-$$-b
+mkdir -p "$dir/repo/ab/$a" "$dir/repo/ab/$b"
+printf '%s 1111111\n%s 2222222\n' "$a" "$b" > "$dir/repo/ab/refs.txt"
+
+# The stand-in monomoe: variant a takes 0.5 ms, b 0.4 (with --tokens 1: 0.05 and 0.04); every call
+# appends its arguments to $FAKE_CALLS and sleeps $FAKE_SLEEP seconds.
+cat > "$dir/bin/fake-monomoe" <<'MM'
+#!/usr/bin/env bash
+echo "$0 $*" >> "$FAKE_CALLS"
+sleep "${FAKE_SLEEP:-0}"
+ms=0.5; [[ "$0" == *-b/* ]] && ms=0.4
+[[ " $* " == *" --tokens 1 "* ]] && ms=$(awk -v m="$ms" 'BEGIN { printf "%.2f", m / 10 }')
+echo "correctness monomoe:  PASS rel_err=0.0028"
+printf 'monomoe          %s     %s\nbaseline         1.000     0.990\n' "$ms" "$ms"
+MM
+# The stand-in cmake: configuring makes the build folder, building puts monomoe in it.
+cat > "$dir/bin/cmake" <<CM
+#!/usr/bin/env bash
+if [ "\$1" = --build ]; then
+  mkdir -p "\$2/tools" && cp "$dir/bin/fake-monomoe" "\$2/tools/monomoe" && chmod +x "\$2/tools/monomoe"
+else
+  while [ \$# -gt 0 ]; do [ "\$1" = -B ] && mkdir -p "\$2"; shift; done
+fi
+CM
+chmod +x "$dir/bin/fake-monomoe" "$dir/bin/cmake"
+export PATH="$dir/bin:$PATH" NCCL_ROOT=none FAKE_CALLS=$dir/calls
+
+# Two sets, two GPU counts, three rounds, no budget.
+out=$(cd "$dir/repo" && OUT=$dir/out1 SETS="--tokens 1;--tokens 128 --graph" GPUS="1 2" ROUNDS=3 \
+      BUDGET=0 scripts/ab.sh run --trace 2>&1) || fail "run 1: status $?: $out"
+[ "$(wc -l < "$FAKE_CALLS")" -eq 24 ] || fail "run 1: $(wc -l < "$FAKE_CALLS") bench calls, not 24"
+grep -q -- "-b/tools/monomoe bench --gpus 2 --no-ceiling --tokens 128 --graph --trace$" "$FAKE_CALLS" ||
+  fail "run 1: a set's flags or the common ones did not reach bench: $(head -3 "$FAKE_CALLS")"
+expect() { [[ "$out" == *"$1"* ]] || fail "$2: no '$1' in: $out"; }
+expect " set 1: --tokens 1" "run 1"
+expect "  gpus 2  $b (2222222): 0.04" "run 1 (set 1's median)"
+expect "  gpus 1  $a (1111111): 0.5" "run 1 (set 2's median)"
+expect "round 3  set 2  gpus 2  $b: monomoe 0.4 ms  baseline 1.000 ms  correctness 1 PASS 0 FAIL" "run 1"
+[[ "$out" != *"stopped before"* ]] || fail "run 1: stopped without a budget"
+tar -tzf "$dir/out1/ab-logs.tar.gz" | grep -q "^ab-s2-$a-1-3.log$" || fail "run 1: log names"
+
+# One set (no SETS): the old log names; a budget that stops the run after a few calls.
+: > "$FAKE_CALLS"
+out=$(cd "$dir/repo" && OUT=$dir/out2 FAKE_SLEEP=1 GPUS=1 ROUNDS=10 BUDGET=3 \
+      scripts/ab.sh run --tokens 64 2>&1) || fail "run 2: status $?: $out"
+calls=$(wc -l < "$FAKE_CALLS")
+{ [ "$calls" -ge 1 ] && [ "$calls" -lt 20 ]; } || fail "run 2: $calls bench calls under BUDGET=3"
+expect "BUDGET=3 s: stopped before round" "run 2"
+expect "  gpus 1  $a (1111111): 0.5" "run 2 (the median of the runs made)"
+tar -tzf "$dir/out2/ab-logs.tar.gz" | grep -q "^ab-$a-1-1.log$" || fail "run 2: log names"
+echo "PASS"
