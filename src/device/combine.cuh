@@ -7,15 +7,15 @@
 
 namespace monomoe::device {
 
-// One combine task: p.combine_cols columns (at most kCombineCols; split.hpp, combine_cols_for) of a
-// token tile. The stage rows it reads are copied
-// into shared memory first (the GEMM buffer, idle here) by cp.async, a chunk of token rows at a
-// time, every copy of a chunk in flight at once, the next chunk's while this one is summed; the
-// sums read shared memory. (A thread that loaded a stage row and added it before loading the next
-// kept one or two loads in flight: the tasks ran at ~8 GB/s per SM, latency-bound, and the combine
-// tail after the last GEMM task took ~130 us of the default config's ~900; with one chunk at a
-// time a task took ~22 us for its 384 KB, perf log 2026-11-30.) The choices' weights and kept
-// flags are read once per task. A dropped choice's row is not read (zero-filled, never used).
+// One combine task: p.combine_cols columns (at most kCombineCols; split.hpp, combine_cols_for) of
+// a token tile. The stage rows it reads are copied into shared memory first (the GEMM buffer, idle
+// here) by cp.async, a chunk of token rows at a time, every copy of a chunk in flight at once, the
+// next chunk's while this one is summed; the sums read shared memory. (A thread that loaded a
+// stage row and added it before loading the next kept one or two loads in flight: the tasks ran at
+// ~8 GB/s per SM, latency-bound, and the combine tail after the last GEMM task took ~130 us of the
+// default config's ~900; with one chunk at a time a task took ~22 us for its 384 KB, perf log
+// 2026-11-30.) The choices' weights and kept flags are read once per task. A dropped choice's row
+// is not read (zero-filled, never used).
 template <class P>
 __device__ void run_combine(const Params& p, KernelSmem<P>& sm, int token_tile, int col_tile) {
   using Elem = typename P::Elem;

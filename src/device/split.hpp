@@ -73,20 +73,6 @@ MONOMOE_HOST_DEVICE constexpr KSlice k_slice(int depth, int slice, int slices,
   return {lo * step, (hi - lo) * step};
 }
 
-// The gate GEMM's K split. A token tile's logits (128 tokens x experts_padded) are computed by S
-// blocks, each over a K slice, into S partial sums that the tile's routing adds in slice order.
-// With S = 1 or 2 one or two blocks stream the whole gate (hidden x experts_padded: 512 KB for the
-// default bf16 layer), ~8 us at one SM's share of the bandwidth, while a one-token call has every
-// other block idle. So S is as large as the blocks, the depth and the summing allow:
-//   - 1 when there are not two blocks per token tile (2 * tiles > blocks), as before;
-//   - else at most blocks / tiles (one block per item), kMaxGateSplit, and hidden / kGateKStep
-//     (each slice whole 64-deep steps: every precision's k-tile divides 64);
-//   - and at most kGateSumBytes / (tokens * experts_padded * 4): the partial sums of the call, all
-//     read by the blocks that route, stay within 512 KB (8 slices of a 128-token tile of 128 gate
-//     columns: with that call's rows routed on several blocks, "routed" came at 36.5 instead of
-//     50 us on 2 GPUs, perf log 2026-11-30 07:43), so only calls of at most 256 tokens split
-//     further than 2;
-//   - at least 2 (today's halves) when the first rule allows a split.
 // Combine tasks: a token tile's output columns in tiles of combine_cols_for(token tiles, hidden)
 // columns. With the widest tiles a call of few token tiles gives the whole combine to a few blocks:
 // 128 tokens at hidden 4096 made 8 tasks of 1 MB of stage rows each, ~49 us while the other SMs
@@ -113,6 +99,20 @@ MONOMOE_HOST_DEVICE constexpr long long combine_tasks_bound(long long max_token_
   return wide > 2 * kCombineTaskTarget ? wide : 2 * kCombineTaskTarget;
 }
 
+// The gate GEMM's K split. A token tile's logits (128 tokens x experts_padded) are computed by S
+// blocks, each over a K slice, into S partial sums that the tile's routing adds in slice order.
+// With S = 1 or 2 one or two blocks stream the whole gate (hidden x experts_padded: 512 KB for the
+// default bf16 layer), ~8 us at one SM's share of the bandwidth, while a one-token call has every
+// other block idle. So S is as large as the blocks, the depth and the summing allow:
+//   - 1 when there are not two blocks per token tile (2 * tiles > blocks), as before;
+//   - else at most blocks / tiles (one block per item), kMaxGateSplit, and hidden / kGateKStep
+//     (each slice whole 64-deep steps: every precision's k-tile divides 64);
+//   - and at most kGateSumBytes / (tokens * experts_padded * 4): the partial sums of the call, all
+//     read by the blocks that route, stay within 512 KB (8 slices of a 128-token tile of 128 gate
+//     columns: with that call's rows routed on several blocks, "routed" came at 36.5 instead of
+//     50 us on 2 GPUs, perf log 2026-11-30 07:43), so only calls of at most 256 tokens split
+//     further than 2;
+//   - at least 2 (today's halves) when the first rule allows a split.
 // Bounds the workspace plan relies on (tested): S * tokens * experts_padded <=
 // gate_partial_floats(max_tokens, experts_padded) for tokens <= max_tokens, any block count.
 inline constexpr int kGateKStep = 64;
