@@ -1,7 +1,6 @@
 #include "bench/bench.hpp"
 
 #include <cuda_runtime_api.h>
-#include <nccl.h>
 
 #include <algorithm>
 #include <bit>
@@ -27,6 +26,7 @@
 #include "bench/timing.hpp"
 #include "device/params.cuh"  // kRouteAloneTiles
 #include "host/check.hpp"
+#include "host/window.hpp"
 #include "launch/join.hpp"
 #include "launch/workers.hpp"
 #include "monomoe/monomoe.hpp"
@@ -124,29 +124,6 @@ void print_task_types(const std::vector<TaskTrace>& tasks, std::ostream& out) {
 }
 
 // Every task of a traced forward as CSV: block, type, a, b, start_us, end_us.
-// Every rank's `mine`, in rank order (a collective: every rank calls it at the same point).
-std::vector<std::int64_t> all_ranks(const Communicator& comm, std::int64_t mine,
-                                    cudaStream_t stream) {
-  const int world = comm.world();
-  if (world == 1) return {mine};
-  std::int64_t* buf = nullptr;
-  MONOMOE_CUDA(cudaMalloc(&buf, sizeof(std::int64_t) * static_cast<std::size_t>(world)));
-  std::vector<std::int64_t> all(static_cast<std::size_t>(world));
-  try {
-    MONOMOE_CUDA(cudaMemcpy(buf + comm.rank(), &mine, sizeof mine, cudaMemcpyHostToDevice));
-    MONOMOE_NCCL(ncclAllGather(buf + comm.rank(), buf, 1, ncclInt64,
-                               static_cast<ncclComm_t>(comm.nccl_comm()), stream));
-    MONOMOE_CUDA(cudaStreamSynchronize(stream));
-    MONOMOE_CUDA(cudaMemcpy(all.data(), buf, sizeof(std::int64_t) * all.size(),
-                            cudaMemcpyDeviceToHost));
-  } catch (...) {
-    cudaFree(buf);
-    throw;
-  }
-  cudaFree(buf);
-  return all;
-}
-
 void write_task_csv(const std::vector<TaskTrace>& tasks, const std::string& path) {
   std::ofstream f(path);
   if (!f) throw std::runtime_error("cannot write --trace-tasks file " + path);
@@ -473,7 +450,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
       std::count_if(st.rows_per_local_expert.begin(), st.rows_per_local_expert.end(),
                     [](std::int64_t r) { return r > 0; }));
   std::vector<std::int64_t> touched_ranks{touched};
-  if (o.weight_floor) touched_ranks = all_ranks(comm, touched, stream);
+  if (o.weight_floor) touched_ranks = detail::nccl_all_gather(comm, {touched});
   if (o.trace) {
     // The forward is collective: every rank runs the traced one; rank 0 prints its own blocks in
     // full, the others a summary of theirs.

@@ -7,10 +7,10 @@
 
 namespace monomoe::device {
 
-// One combine task: p.combine_cols columns (at most kCombineCols; split.hpp, combine_cols_for) of
-// a token tile. The stage rows it reads are copied into shared memory first (the GEMM buffer, idle
-// here) by cp.async, a chunk of token rows at a time, every copy of a chunk in flight at once, the
-// next chunk's while this one is summed; the sums read shared memory. (A thread that loaded a
+// One combine task: p.combine_cols columns (at most kCombineColsMax; split.hpp, combine_cols_for)
+// of a token tile. The stage rows it reads are copied into shared memory first (the GEMM buffer,
+// idle here) by cp.async, a chunk of token rows at a time, every copy of a chunk in flight at once,
+// the next chunk's while this one is summed; the sums read shared memory. (A thread that loaded a
 // stage row and added it before loading the next kept one or two loads in flight: the tasks ran at
 // ~8 GB/s per SM, latency-bound, and the combine tail after the last GEMM task took ~130 us of the
 // default config's ~900; with one chunk at a time a task took ~22 us for its 384 KB, perf log
@@ -35,7 +35,7 @@ __device__ void run_combine(const Params& p, KernelSmem<P>& sm, int token_tile, 
   constexpr int kHead =
       (kTileRows * kMaxTopK * (static_cast<int>(sizeof(float)) + 1) + 127) / 128 * 128;
   constexpr int kHalf = (static_cast<int>(sizeof(sm.gemm.buffer)) - kHead) / 2 / 128 * 128;
-  static_assert(kHalf >= kMaxTopK * kCombineCols * static_cast<int>(sizeof(Elem)),
+  static_assert(kHalf >= kMaxTopK * kCombineColsMax * static_cast<int>(sizeof(Elem)),
                 "each buffer holds every choice of at least one token row");
   float* weight = reinterpret_cast<float*>(sm.gemm.buffer);
   unsigned char* kept = reinterpret_cast<unsigned char*>(weight + kTileRows * kMaxTopK);

@@ -14,7 +14,6 @@ inline constexpr int kThreads = 256;   // 8 warps per block
 inline constexpr int kTileRows = 128;  // rows (token copies) per GEMM task and tokens per gate tile
 static_assert(kTileRows == kPackTileRows);
 inline constexpr int kTileCols = 128;  // output columns per GEMM task
-inline constexpr int kCombineCols = kCombineColsMax;  // the widest combine task (split.hpp)
 inline constexpr int kMaxExperts = 256;
 inline constexpr int kMaxTopK = 8;
 inline constexpr int kMaxWorld = 64;

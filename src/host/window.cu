@@ -164,9 +164,23 @@ void agree_across_ranks(Communicator& comm, const std::vector<Field>& fields) {
     return;
   }
   if (c.world == 1) return;
-  // All-gather through NCCL (the communicator's collectives run on the device).
-  std::int64_t* buf = nullptr;
+  const std::vector<std::int64_t> all = nccl_all_gather(comm, mine);
+  for (int r = 0; r < c.world; ++r) {
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::int64_t theirs = all[static_cast<std::size_t>(r) * n + i];
+      if (theirs != mine[i]) disagree(fields[i], c.rank, mine[i], r, theirs);
+    }
+  }
+}
+
+std::vector<std::int64_t> nccl_all_gather(Communicator& comm,
+                                          const std::vector<std::int64_t>& mine) {
+  Communicator::Impl& c = comm.impl();
+  if (c.world == 1) return mine;
+  // The communicator's collectives run on the device: through a device buffer.
+  const std::size_t n = mine.size();
   const std::size_t bytes = n * sizeof(std::int64_t);
+  std::int64_t* buf = nullptr;
   MONOMOE_CUDA(cudaMalloc(&buf, bytes * static_cast<std::size_t>(c.world)));
   std::vector<std::int64_t> all(n * static_cast<std::size_t>(c.world));
   try {
@@ -181,12 +195,7 @@ void agree_across_ranks(Communicator& comm, const std::vector<Field>& fields) {
     throw;
   }
   cudaFree(buf);
-  for (int r = 0; r < c.world; ++r) {
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::int64_t theirs = all[static_cast<std::size_t>(r) * n + i];
-      if (theirs != mine[i]) disagree(fields[i], c.rank, mine[i], r, theirs);
-    }
-  }
+  return all;
 }
 
 std::unique_ptr<SymmetricWindow> SymmetricWindow::open(Communicator& comm, std::size_t bytes) {

@@ -46,4 +46,10 @@ struct Field {
 };
 void agree_across_ranks(Communicator& comm, const std::vector<Field>& fields);
 
+// Every NCCL rank's values (n on each: mine.size()), in rank order ([world][n]), by an all-gather
+// through the communicator's collectives on the default stream, finished when it returns. A
+// collective: every rank calls it at the same point. NCCL ranks only (virtual ranks have no NCCL
+// communicator); with one rank, mine.
+std::vector<std::int64_t> nccl_all_gather(Communicator& comm, const std::vector<std::int64_t>& mine);
+
 }  // namespace monomoe::detail
