@@ -33,7 +33,24 @@ struct Tally {
   std::int64_t calls = 0, repeats = 0, repeat_mismatches = 0, checks = 0, check_failures = 0;
   double max_rel_error = 0.0;
   std::vector<double> latency_ms;
+  // The calls right after a repeat or a reference check, apart: every rank does that host work at
+  // the same call index, for a different time (its own token count), and with several ranks a
+  // rank's next call waits inside the kernel for its peers, so its events time their host work too.
+  std::vector<double> after_host_work_ms;
 };
+
+// min / median / max of v (sorted here), "-" when empty.
+std::string spread(std::vector<double> v) {
+  if (v.empty()) return "-";
+  std::sort(v.begin(), v.end());
+  const auto at = [&](double q) {
+    return v[static_cast<std::size_t>(q * static_cast<double>(v.size() - 1))];
+  };
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(3) << "min " << at(0.0) << "  median " << at(0.5)
+    << "  max " << at(1.0);
+  return s.str();
+}
 
 // Tokens of call i on this rank: 0 and max_tokens now and then, otherwise any count in between.
 std::int64_t tokens_of(std::int64_t i, std::int64_t max, std::mt19937_64& rng) {
@@ -112,7 +129,12 @@ int soak_rank(const SoakOptions& o, const launch::WorkerContext& w, std::ostream
       layer.synchronize();  // a kernel error ends the soak here
       float ms = 0.f;
       MONOMOE_CUDA(cudaEventElapsedTime(&ms, start, stop));
-      t.latency_ms.push_back(ms);
+      const auto did = [&](int every, std::int64_t call) {
+        return every > 0 && call >= 0 && call % every == every - 1;
+      };
+      (did(o.repeat_every, i - 1) || did(o.check_every, i - 1) ? t.after_host_work_ms
+                                                                : t.latency_ms)
+          .push_back(ms);
       ++t.calls;
       if (i == 0) MONOMOE_CUDA(cudaMemGetInfo(&memory_start, &total));
 
@@ -182,11 +204,6 @@ int soak_rank(const SoakOptions& o, const launch::WorkerContext& w, std::ostream
   cudaEventDestroy(stop);
   cudaStreamDestroy(stream);
 
-  std::vector<double> lat = t.latency_ms;
-  std::sort(lat.begin(), lat.end());
-  const auto pct = [&](double q) {
-    return lat.empty() ? 0.0 : lat[static_cast<std::size_t>(q * static_cast<double>(lat.size() - 1))];
-  };
   // Device memory this process took during the soak (its own allocations only change it; the
   // layer and the inputs were allocated before the first reading).
   const long long grown = static_cast<long long>(memory_start) - static_cast<long long>(memory_end);
@@ -198,9 +215,12 @@ int soak_rank(const SoakOptions& o, const launch::WorkerContext& w, std::ostream
         << t.repeats << " (" << t.repeat_mismatches << " not bit-identical), reference checks "
         << t.checks << (can_check ? "" : " (none: capacity with several ranks)") << " ("
         << t.check_failures << " failed, max rel. error " << t.max_rel_error << ")\n"
-        << tag << "  latency ms min " << std::fixed << std::setprecision(3) << pct(0.0)
-        << "  median " << pct(0.5) << "  max " << pct(1.0) << std::defaultfloat
-        << "; device memory grown by " << (failure.empty() ? grown : 0) << " bytes\n";
+        << tag << "  latency ms " << spread(t.latency_ms) << "; device memory grown by "
+        << (failure.empty() ? grown : 0) << " bytes\n"
+        << tag << "  latency ms of the " << t.after_host_work_ms.size()
+        << " calls right after a repeat or a reference check (host work"
+        << (world > 1 ? " on every rank, waited for by the peers in the kernel" : "")
+        << "): " << spread(t.after_host_work_ms) << "\n";
     if (!failure.empty()) out << tag << "  stopped by an error: " << failure << "\n";
     out << tag << (ok ? "PASS" : "FAIL") << std::endl;
   }

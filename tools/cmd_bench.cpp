@@ -223,8 +223,10 @@ Command soak_command() {
           "with the float64 CPU reference on --sample tokens (all tokens with a capacity limit\n"
           "on one GPU; none with a capacity limit on several); device memory is read after the\n"
           "first call and at the end and must not grow. Prints a progress line now and then and a\n"
-          "summary (calls, mismatches, max error, latency min/median/max, memory growth). Exit\n"
-          "status 1 on any mismatch, kernel error or growth. Example:\n"
+          "summary (calls, mismatches, max error, latency min/median/max, memory growth). The\n"
+          "calls right after a repeat or a reference check get their own latency line: with\n"
+          "several GPUs a rank's call waits in the kernel for its peers, whose host is then busy\n"
+          "with that work. Exit status 1 on any mismatch, kernel error or growth. Example:\n"
           "  monomoe soak --gpus 2 --calls 10000",
       .options = with_layer_options({
           {"--gpus", "all|N", "GPUs to use, one worker each (default all visible)"},
