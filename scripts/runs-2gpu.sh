@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
 # Issue 19's 2-GPU runs that need only the CLI, in one device call: the straggler delays, the soak,
 # issue 10's four shapes, 2-GPU compute-sanitizer memcheck, the token sweep. Each run has its own
-# time bound; logs in $OUT (or ./out)/r2-logs.tar.gz (r2-*.log, the sweep's CSV and plot), a one-line result per run on stdout.
+# time bound; a one-line result per run on stdout, the logs in $OUT (or ./out)/r2-logs.tar.gz
+# (r2-*.log, the sweep's CSV and plot). Exit status 1 when a run failed (its status, a FAIL line)
+# or a straggler delay D cost more than D + 10% of the undelayed median (issue 13's bound).
 # Env: ONLY (space-separated subset of: stragglers soak shapes memcheck sweep; default all),
-#      CALLS (soak calls, default 10000).
+#      CALLS (soak calls, default 10000), GPU_BUILD_DIR (default ./build-gpu), BUILD (0: use the
+#      CLI already in GPU_BUILD_DIR, e.g. from gpu-check.sh earlier in the same call).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 OUT=${OUT:-$here/out}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast
-export PYTHONPATH=$here/third_party/python${PYTHONPATH:+:$PYTHONPATH}
-source scripts/nccl-root.sh
-export NCCL_ROOT=${NCCL_ROOT:-$(torch_nccl_root)}
 GB=${GPU_BUILD_DIR:-$here/build-gpu}
-t0=$(date +%s)
-(BUILD_DIR=$GB MONOMOE_CMAKE_ARGS="-DMONOMOE_BUILD_TESTS=OFF -DMONOMOE_BUILD_TOOLS=ON"
- source scripts/common.sh) > "$OUT/r2-build.log" 2>&1 || { tail -30 "$OUT/r2-build.log"; exit 3; }
-echo "build $(( $(date +%s) - t0 )) s"
 mm=$GB/tools/monomoe
+t0=$(date +%s)
+if [ "${BUILD:-1}" != 0 ]; then
+  export PYTHONPATH=$here/third_party/python${PYTHONPATH:+:$PYTHONPATH}
+  source scripts/nccl-root.sh
+  export NCCL_ROOT=${NCCL_ROOT:-$(torch_nccl_root)}
+  (BUILD_DIR=$GB MONOMOE_CMAKE_ARGS="-DMONOMOE_BUILD_TESTS=OFF -DMONOMOE_BUILD_TOOLS=ON"
+   source scripts/common.sh) > "$OUT/r2-build.log" 2>&1 || { tail -30 "$OUT/r2-build.log"; exit 3; }
+  echo "build $(( $(date +%s) - t0 )) s"
+fi
+[ -x "$mm" ] || { echo "runs-2gpu: no $mm (build first, or BUILD=1)" >&2; exit 2; }
+failed=0
 want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 one() {  # one <log name> <seconds> <args...>: run, print the result lines
   local name=$1 limit=$2
@@ -26,13 +33,24 @@ one() {  # one <log name> <seconds> <args...>: run, print the result lines
   local ts=$(date +%s)
   timeout "$limit" "$@" > "$OUT/r2-$name.log" 2>&1
   local rc=$?
+  if [ $rc -ne 0 ] || grep -q "FAIL" "$OUT/r2-$name.log"; then failed=$((failed + 1)); fi
   echo "== $name rc=$rc $(( $(date +%s) - ts )) s: ${*:2}"
   grep -E "monomoe|baseline|floor|PASS|FAIL|mismatch|latency|error|ERROR|calls|timed out|sweep" \
     "$OUT/r2-$name.log" | grep -v "^#" | tail -12
 }
+median_of() { awk '$1 == "monomoe" && $2 ~ /^[0-9.]+$/ {print $2; exit}' "$OUT/r2-$1.log"; }
 if want stragglers; then
   for d in 0 100 1000 10000; do
     one "delay-$d" 60 "$mm" bench --gpus 2 --no-ceiling --delay-rank 1 --delay-us "$d"
+  done
+  base=$(median_of delay-0)
+  for d in 100 1000 10000; do
+    m=$(median_of "delay-$d")
+    verdict=$(awk -v m="${m:-inf}" -v b="${base:-0}" -v d="$d" 'BEGIN {
+      bound = d / 1000 + 1.1 * b
+      printf "%s (%s ms, bound D + 10%% = %.3f)", (b > 0 && m + 0 <= bound ? "ok" : "OVER"), m, bound }')
+    echo "straggler D = $d us: $verdict"
+    [[ "$verdict" == ok* ]] || failed=$((failed + 1))
   done
 fi
 want soak && one soak 200 "$mm" soak --gpus 2 --calls "${CALLS:-10000}"
@@ -56,6 +74,9 @@ if want memcheck; then
   done
 fi
 want sweep && one sweep 150 "$mm" bench --gpus 2 --no-ceiling --sweep tokens --csv "$OUT/r2-sweep.csv" --plot "$OUT/r2-sweep.png"
-echo "total $(( $(date +%s) - t0 )) s"
+echo "total $(( $(date +%s) - t0 )) s; $failed failed"
 # the device tool brings back only a few files: everything in one archive
-(cd "$OUT" && ls r2-*.log r2-*.csv r2-*.png 2>/dev/null > .r2 && tar -czf r2-logs.tar.gz -T .r2 && xargs rm -f < .r2; rm -f .r2)
+# (find, not ls of globs: a glob with no match, e.g. no plot without matplotlib, failed the list)
+(cd "$OUT" && find . -maxdepth 1 -type f -name 'r2-*' ! -name r2-logs.tar.gz -printf '%f\n' > .r2 &&
+   [ -s .r2 ] && tar -czf r2-logs.tar.gz -T .r2 && xargs rm -f < .r2; rm -f .r2)
+[ "$failed" -eq 0 ]
