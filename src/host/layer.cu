@@ -174,6 +174,11 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
   cudaDeviceProp prop{};
   MONOMOE_CUDA(cudaGetDeviceProperties(&prop, m.device));
   config.validate(prop.totalGlobalMem);
+  if (config.shared_ffn > 0) {  // branch shared-experts: the reference has it, the kernel not yet
+    throw ConfigError("LayerConfig.shared_ffn = " + std::to_string(config.shared_ffn) +
+                      ": the kernel does not run a shared expert yet (docs/shared-experts.md); "
+                      "use 0");
+  }
   if (config.world_size != comm.world() || config.rank != comm.rank()) {
     throw ConfigError("LayerConfig.world_size/rank = " + std::to_string(config.world_size) + "/" +
                       std::to_string(config.rank) + " do not match the Communicator's " +
