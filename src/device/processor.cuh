@@ -170,6 +170,7 @@ __device__ bool gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   t.p = &p;
   t.map_a = &p.tma_h;
   t.a_row0 = hidden_row0;
+  t.a_k0 = k_first;
   return Gemm::template run<true>(sm.gemm, w2, ldb, col0, col0 + kHalf, min(kHalf, out_cols),
                                   max(0, out_cols - kHalf), k_count, rows, t);
 }
