@@ -68,23 +68,29 @@ __device__ void run_combine(const Params& p, KernelSmem<P>& sm, int token_tile, 
       const int r0 = c * chunk_rows;
       const int copies = min(chunk_rows, rows - r0) * n * vecs;
       Elem* dst = staged(c);
-      for (int i = threadIdx.x; i < copies; i += kThreads) {
-        const int rj = i / vecs, v = i - rj * vecs;  // rj = (row - r0) * n + j
-        Elem* to = dst + rj * cols + v * kVecElems;
-        if (m == 0) {
-          const int ch = r0 * k + rj;  // the choice's index in the tile
-          cp_async_16(to, tile_stage + static_cast<long long>(ch) * p.hidden + v * kVecElems,
+      // rj = (row - r0) * n + j; with no shared expert n == k, and rj is the choice's index in
+      // the tile less r0 * k (the loop without a division by n).
+      if (m == 0) {
+        for (int i = threadIdx.x; i < copies; i += kThreads) {
+          const int rj = i / vecs, v = i - rj * vecs;
+          const int ch = r0 * k + rj;
+          cp_async_16(dst + rj * cols + v * kVecElems,
+                      tile_stage + static_cast<long long>(ch) * p.hidden + v * kVecElems,
                       kept[ch] != 0);
-          continue;
         }
-        const int r = rj / n, j = rj - r * n;
-        if (j < k) {
-          const int ch = (r0 + r) * k + j;
-          cp_async_16(to, tile_stage + static_cast<long long>(ch) * p.hidden + v * kVecElems,
-                      kept[ch] != 0);
-        } else {
-          const long long row = static_cast<long long>(r0 + r) * m + (j - k);
-          cp_async_16(to, tile_shared + row * p.hidden + v * kVecElems, true);
+      } else {
+        for (int i = threadIdx.x; i < copies; i += kThreads) {
+          const int rj = i / vecs, v = i - rj * vecs;
+          Elem* to = dst + rj * cols + v * kVecElems;
+          const int r = rj / n, j = rj - r * n;
+          if (j < k) {
+            const int ch = (r0 + r) * k + j;
+            cp_async_16(to, tile_stage + static_cast<long long>(ch) * p.hidden + v * kVecElems,
+                        kept[ch] != 0);
+          } else {
+            const long long row = static_cast<long long>(r0 + r) * m + (j - k);
+            cp_async_16(to, tile_shared + row * p.hidden + v * kVecElems, true);
+          }
         }
       }
     }

@@ -138,16 +138,24 @@ __device__ __forceinline__ RecvRow recv_row(const Params& p, const RecvTile& t, 
   return {q.source, q.first + r};
 }
 
-// K slices per GEMM task this call, with peers: the subscriber wrote it before it published the
-// first GEMM task, and this block acquired a task head since (queue.cuh).
-__device__ __forceinline__ int ep_k_split(const Params& p) {
-  return max(1, __ldcg(&p.control->k_split));
-}
-
-// The row tiles the subscriber listed this call (Control::row_tiles, written before it published
-// the first GEMM task, like k_split): the shared expert's tiles follow them.
-__device__ __forceinline__ int ep_listed_tiles(const Params& p) {
-  return __ldcg(&p.control->row_tiles);
+// With peers, what the subscriber decided once every header arrived: the K slices per GEMM task
+// and the row tiles it listed (Control::k_split, Control::row_tiles; the shared expert's tiles
+// follow those). It wrote both before it published the first GEMM task, and this block acquired a
+// task head since (queue.cuh), so they are final: read at the block's first GEMM task and kept in
+// shared memory for its later ones (TaskSmem::ep_listed < 0 until then; a load per task had sat
+// on every task's start). Called by every thread.
+struct EpPlan {
+  int k_split, listed;
+};
+__device__ __forceinline__ EpPlan ep_plan(const Params& p, TaskSmem& ts) {
+  if (ts.ep_listed >= 0) return {ts.ep_k_split, ts.ep_listed};
+  const EpPlan plan{max(1, __ldcg(&p.control->k_split)), __ldcg(&p.control->row_tiles)};
+  __syncthreads();  // every thread read ts.ep_listed before thread 0 writes it
+  if (threadIdx.x == 0) {
+    ts.ep_k_split = plan.k_split;
+    ts.ep_listed = plan.listed;
+  }
+  return plan;
 }
 
 // A GEMM task's row tile with peers: listed tile i (the subscriber's recv_tiles), or past them a
@@ -159,9 +167,8 @@ struct EpTile {
   int expert;         // local expert, or experts_local + the shared slice
   int rows;
 };
-__device__ __forceinline__ EpTile ep_tile(const Params& p, int i) {
+__device__ __forceinline__ EpTile ep_tile(const Params& p, int listed, int i) {
   EpTile t{};
-  const int listed = ep_listed_tiles(p);
   if (i < listed) {
     t.recv = p.recv_tiles[i];
     if (valid_recv_tile(p, i, t.recv)) {
@@ -181,12 +188,13 @@ __device__ __forceinline__ EpTile ep_tile(const Params& p, int i) {
 template <class P>
 __device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   using Elem = typename P::Elem;
-  const EpTile t = ep_tile(p, i);
+  const EpPlan plan = ep_plan(p, sm.task);
+  const EpTile t = ep_tile(p, plan.listed, i);
   if (t.rows <= 0) {
     if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, i, t.rows);
     return;
   }
-  const int slices = ep_k_split(p);
+  const int slices = plan.k_split;
   const int col_tile = b / slices, slice = b % slices;
   const KSlice ks = k_slice(p.hidden, slice, slices);
   if (threadIdx.x < kTileRows) {
@@ -229,12 +237,13 @@ __device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
 template <class P>
 __device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   using Elem = typename P::Elem;
-  const EpTile t = ep_tile(p, i);
+  const EpPlan plan = ep_plan(p, sm.task);
+  const EpTile t = ep_tile(p, plan.listed, i);
   if (t.rows <= 0) {
     if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, i, t.rows);
     return;
   }
-  const int slices = ep_k_split(p);
+  const int slices = plan.k_split;
   const int col_tile = b / slices, slice = b % slices;
   const KSlice ks = k_slice(p.ffn, slice, slices);
   if (!gemm1_math<P>(p, sm, t.expert, t.rows, i * kTileRows, col_tile, ks.first, ks.count)) {
