@@ -1054,6 +1054,32 @@ TEST(LayerGpu, InvalidWeightPointers) {
   ExpertWeights w = dev.weights();
   w.b1 = w.b2 = nullptr;
   MoELayer layer(nb, single_gpu(), w);  // no biases: none needed
+
+  // The shared expert's weights: each one named when missing, misaligned or host memory while
+  // shared_ffn > 0; refused when given with shared_ffn = 0 (the config was likely forgotten).
+  LayerConfig sc = c;
+  sc.shared_ffn = c.ffn;
+  reference::Problem spr = reference::make_problem(sc, {16}, 2);
+  bench::DeviceProblem sdev(spr, 0);
+  const std::pair<const char*, const void* ExpertWeights::*> shared_fields[] = {
+      {"shared_w1", &ExpertWeights::shared_w1}, {"shared_b1", &ExpertWeights::shared_b1},
+      {"shared_w2", &ExpertWeights::shared_w2}, {"shared_b2", &ExpertWeights::shared_b2}};
+  for (const auto& [name, field] : shared_fields) {
+    SCOPED_TRACE(name);
+    const std::string full = std::string("ExpertWeights.") + name;
+    for (int kind = 0; kind < 3; ++kind) {
+      ExpertWeights sw = sdev.weights();
+      sw.*field = kind == 0   ? nullptr
+                  : kind == 1 ? static_cast<const char*>(sw.*field) + 2
+                              : static_cast<const void*>(host.data());
+      expect_config_error([&] { MoELayer layer(sc, single_gpu(), sw); },
+                          {full.c_str(), kind == 0 ? "null" : kind == 1 ? "aligned" : "not CUDA memory"});
+    }
+    ExpertWeights extra = dev.weights();  // c has no shared expert
+    extra.*field = sdev.weights().*field;
+    expect_config_error([&] { MoELayer layer(c, single_gpu(), extra); },
+                        {"ExpertWeights.shared_*", "shared_ffn = 0"});
+  }
 }
 
 // A given routing: null or misaligned pointers are refused, naming the argument.
