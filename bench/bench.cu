@@ -464,19 +464,22 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   const int status = graph_ok ? 0 : 1;
   if (rank != 0) return status;
 
-  // Expert FFN work: every kept (token, expert) row of rank 0's tokens through GEMM0 and GEMM1.
-  const double flop = ffn_flop(s * cfg.topk - st.dropped, cfg);
+  // Expert FFN work: every kept (token, expert) row of rank 0's tokens through GEMM0 and GEMM1, and
+  // every token through the shared expert's two GEMMs.
+  const double flop = ffn_flop(s * cfg.topk - st.dropped, cfg) + shared_flop(s, cfg);
   const auto ffn_tflops = [&](double ms) { return tflops(flop, ms); };
   const double ffn_alone_tflops = tflops(ffn_flop(ffn_rows, cfg), tffn.median_ms);
   const double floor_ms = compute_floor_ms(flop, ceiling.tflops);
   // Weight-read floor: the weights of the experts that ran rows (the median over ranks of their
-  // count; the lower middle one for an even count of ranks) and the gate, read once.
+  // count; the lower middle one for an even count of ranks), the gate, and the shared expert
+  // (every token runs it), read once.
   std::vector<std::int64_t> sorted = touched_ranks;
   std::sort(sorted.begin(), sorted.end());
   const std::int64_t touched_median = sorted[(sorted.size() - 1) / 2];
   const double weight_bytes =
       static_cast<double>(touched_median) * expert_weight_bytes(cfg) +
-      static_cast<double>(cfg.hidden * cfg.experts) * static_cast<double>(element_bytes(cfg.dtype));
+      static_cast<double>(cfg.hidden * cfg.experts) * static_cast<double>(element_bytes(cfg.dtype)) +
+      (s > 0 ? shared_weight_bytes(cfg) : 0.0);
   const double weight_floor_ms =
       o.weight_floor ? weight_bytes / (hbm.tb_per_s * 1e12) * 1e3 : 0.0;
   // All ranks' tokens per second (every rank runs the same count in lockstep).
@@ -556,8 +559,8 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     } else {
       out << touched << " of " << cfg.experts_per_rank() << " experts ran rows";
     }
-    out << ": " << std::setprecision(1) << weight_bytes * 1e-6
-        << " MB of their weights and the gate, at "
+    out << ": " << std::setprecision(1) << weight_bytes * 1e-6 << " MB of their weights"
+        << (cfg.shared_ffn > 0 ? ", the gate and the shared expert" : " and the gate") << ", at "
         << std::setprecision(2) << hbm.tb_per_s << " TB/s, the HBM read rate measured here); "
         << "monomoe median / weight floor: " << tf.median_ms / weight_floor_ms << "x";
     if (base) out << ", baseline: " << tb.median_ms / weight_floor_ms << "x";

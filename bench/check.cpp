@@ -80,6 +80,10 @@ CheckCase draw_case(std::mt19937_64& rng, int world, double timeout_seconds) {
   // One case in four routes outside the layer. Taken from the case's seed, not from `rng`, so that
   // every --seed still draws the cases (shapes and seeds) it drew before given routing existed.
   k.given_routing = (k.seed >> 32) % 4 == 0;
+  // Half the cases carry a shared expert of 1 or 2 slices (a few MiB at these shapes), from other
+  // bits of the seed for the same reason.
+  const std::uint64_t shared_slices = (k.seed >> 40) % 4;
+  c.shared_ffn = shared_slices < 2 ? 0 : static_cast<std::int64_t>(shared_slices - 1) * c.ffn;
   return k;
 }
 

@@ -84,8 +84,10 @@ struct DeviceProblem::Impl {
   std::int64_t tokens = 0, hidden = 0;
   bool routing_given = false;
   Buffer x, y, gate, w1, b1, w2, b2;
+  Buffer shared_w1, shared_b1, shared_w2, shared_b2;  // empty when the config has no shared expert
   Bytes topk_ids, topk_weights;  // int32 / float [tokens, topk] when the routing is given
-  Buffer gate_t, w1_t, w2_t;  // [in, out] copies when the config's layout is [out, in]
+  // [in, out] copies when the config's layout is [out, in]
+  Buffer gate_t, w1_t, w2_t, shared_w1_t, shared_w2_t;
 };
 
 DeviceProblem::DeviceProblem(const reference::Problem& pr, int rank) : impl_(std::make_unique<Impl>()) {
@@ -105,11 +107,18 @@ DeviceProblem::DeviceProblem(const reference::Problem& pr, int rank) : impl_(std
   m.gate = Buffer(pr.gate.data(), pr.gate.size(), c.dtype);
   m.w1 = Buffer(pr.w1.data() + e0 * h * w1c, el * h * w1c, c.dtype);
   m.w2 = Buffer(pr.w2.data() + e0 * f * h, el * f * h, c.dtype);
+  // The shared expert is replicated: every rank gets all of it.
+  const std::size_t sf = static_cast<std::size_t>(c.shared_ffn);
+  const std::size_t sw1c = static_cast<std::size_t>(c.shared_w1_columns());
+  m.shared_w1 = Buffer(pr.shared_w1.data(), pr.shared_w1.size(), c.dtype);
+  m.shared_w2 = Buffer(pr.shared_w2.data(), pr.shared_w2.size(), c.dtype);
   if (c.weight_layout == WeightLayout::out_in) {
     // The layer gets [out, in]; the [in, out] copies stay for weights_in_out() (the baseline).
     m.gate_t = std::move(m.gate);  // move-assignment swaps: m.gate is empty after
     m.w1_t = std::move(m.w1);
     m.w2_t = std::move(m.w2);
+    m.shared_w1_t = std::move(m.shared_w1);
+    m.shared_w2_t = std::move(m.shared_w2);
     const std::size_t e = static_cast<std::size_t>(c.experts);
     const std::vector<float> gate = transposed(pr.gate.data(), 1, h, e);
     const std::vector<float> w1 = transposed(pr.w1.data() + e0 * h * w1c, el, h, w1c);
@@ -117,10 +126,18 @@ DeviceProblem::DeviceProblem(const reference::Problem& pr, int rank) : impl_(std
     m.gate = Buffer(gate.data(), gate.size(), c.dtype);
     m.w1 = Buffer(w1.data(), w1.size(), c.dtype);
     m.w2 = Buffer(w2.data(), w2.size(), c.dtype);
+    if (sf > 0) {
+      const std::vector<float> sw1 = transposed(pr.shared_w1.data(), 1, h, sw1c);
+      const std::vector<float> sw2 = transposed(pr.shared_w2.data(), 1, sf, h);
+      m.shared_w1 = Buffer(sw1.data(), sw1.size(), c.dtype);
+      m.shared_w2 = Buffer(sw2.data(), sw2.size(), c.dtype);
+    }
   }
   if (c.bias) {
     m.b1 = Buffer(pr.b1.data() + e0 * w1c, el * w1c, c.dtype);
     m.b2 = Buffer(pr.b2.data() + e0 * h, el * h, c.dtype);
+    m.shared_b1 = Buffer(pr.shared_b1.data(), pr.shared_b1.size(), c.dtype);
+    m.shared_b2 = Buffer(pr.shared_b2.data(), pr.shared_b2.size(), c.dtype);
   }
   m.routing_given = pr.routing_given();
   if (m.routing_given) {
@@ -134,12 +151,27 @@ DeviceProblem::DeviceProblem(const reference::Problem& pr, int rank) : impl_(std
 DeviceProblem::~DeviceProblem() = default;
 
 ExpertWeights DeviceProblem::weights() const {
-  return ExpertWeights{impl_->gate.ptr, impl_->w1.ptr, impl_->b1.ptr, impl_->w2.ptr, impl_->b2.ptr};
+  const Impl& m = *impl_;
+  return ExpertWeights{.gate = m.gate.ptr,
+                       .w1 = m.w1.ptr,
+                       .b1 = m.b1.ptr,
+                       .w2 = m.w2.ptr,
+                       .b2 = m.b2.ptr,
+                       .shared_w1 = m.shared_w1.ptr,
+                       .shared_b1 = m.shared_b1.ptr,
+                       .shared_w2 = m.shared_w2.ptr,
+                       .shared_b2 = m.shared_b2.ptr};
 }
 ExpertWeights DeviceProblem::weights_in_out() const {
   const Impl& m = *impl_;
   if (!m.w1_t.ptr) return weights();
-  return ExpertWeights{m.gate_t.ptr, m.w1_t.ptr, m.b1.ptr, m.w2_t.ptr, m.b2.ptr};
+  ExpertWeights w = weights();
+  w.gate = m.gate_t.ptr;
+  w.w1 = m.w1_t.ptr;
+  w.w2 = m.w2_t.ptr;
+  w.shared_w1 = m.shared_w1_t.ptr;
+  w.shared_w2 = m.shared_w2_t.ptr;
+  return w;
 }
 const void* DeviceProblem::x() const { return impl_->x.ptr; }
 void* DeviceProblem::y() { return impl_->y.ptr; }
@@ -315,6 +347,10 @@ reference::Problem sample_tokens(const reference::Problem& pr,
   s.b1 = pr.b1;
   s.w2 = pr.w2;
   s.b2 = pr.b2;
+  s.shared_w1 = pr.shared_w1;
+  s.shared_b1 = pr.shared_b1;
+  s.shared_w2 = pr.shared_w2;
+  s.shared_b2 = pr.shared_b2;
   return s;
 }
 

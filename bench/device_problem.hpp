@@ -12,9 +12,10 @@
 
 namespace monomoe::bench {
 
-// Owns device buffers holding rank `rank`'s x and experts of `problem` in the layouts of
-// include/monomoe/layer.hpp, in the config's weight_layout (bf16 for DType::bf16, float otherwise),
-// plus an output buffer, and the rank's given routing when the problem has one.
+// Owns device buffers holding rank `rank`'s x and experts of `problem` and the whole shared expert
+// (replicated: every rank holds all of it) in the layouts of include/monomoe/layer.hpp, in the
+// config's weight_layout (bf16 for DType::bf16, float otherwise), plus an output buffer, and the
+// rank's given routing when the problem has one.
 class DeviceProblem {
  public:
   DeviceProblem(const reference::Problem& problem, int rank);

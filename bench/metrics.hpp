@@ -17,6 +17,15 @@ inline double ffn_flop(std::int64_t rows, const LayerConfig& c) {
           2.0 * static_cast<double>(c.ffn) * static_cast<double>(c.hidden));
 }
 
+// FLOP of the shared expert over `tokens` tokens, all of a rank's (0 without one): an expert of
+// width shared_ffn that every token runs, GEMM0 [tokens, H] x [H, shared_w1_columns] and GEMM1
+// [tokens, S] x [S, H].
+inline double shared_flop(std::int64_t tokens, const LayerConfig& c) {
+  LayerConfig shared = c;
+  shared.ffn = c.shared_ffn;
+  return ffn_flop(tokens, shared);
+}
+
 // FLOP of one dense GEMM [m, k] x [k, n].
 inline double gemm_flop(std::int64_t m, std::int64_t n, std::int64_t k) {
   return 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);

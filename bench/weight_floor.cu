@@ -67,4 +67,11 @@ double expert_weight_bytes(const LayerConfig& cfg) {
   return elems * static_cast<double>(element_bytes(cfg.dtype));
 }
 
+double shared_weight_bytes(const LayerConfig& cfg) {
+  if (cfg.shared_ffn == 0) return 0.0;
+  LayerConfig shared = cfg;  // an expert of width shared_ffn, with the same parts
+  shared.ffn = cfg.shared_ffn;
+  return expert_weight_bytes(shared);
+}
+
 }  // namespace monomoe::bench

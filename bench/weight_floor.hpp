@@ -1,7 +1,7 @@
 // The weight-read floor of a forward: with few tokens per GPU the layer is bound by reading, once,
 // the weights of the experts its tokens touch. bench prints that floor next to the latency: the
-// bytes of the distinct experts a rank runs (and the gate) divided by the HBM read bandwidth
-// measured in the same run.
+// bytes of the distinct experts a rank runs (and the gate and the shared expert) divided by the HBM
+// read bandwidth measured in the same run.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -25,5 +25,8 @@ HbmRead measure_hbm_read(std::size_t bytes, int warmup, int iterations, cudaStre
 
 // Bytes of one expert's weights (W1, W2 and the biases when the config has them).
 double expert_weight_bytes(const LayerConfig& cfg);
+// Bytes of the shared expert's weights (the same parts; 0 when the config has none). Every token
+// passes through it, so a forward with any token reads all of them.
+double shared_weight_bytes(const LayerConfig& cfg);
 
 }  // namespace monomoe::bench

@@ -102,6 +102,52 @@ inline std::vector<EpCase> ep_cases(int w) {
   return v;
 }
 
+// Cases with a shared expert (replicated; every rank runs it on its own tokens) for `w` ranks:
+// every precision, 1 and 2 slices of ffn, both weight layouts, without biases, with capacity
+// drops, a routing given by the caller, a few tokens at top-8, and ranks without tokens.
+inline std::vector<EpCase> ep_shared_expert_cases(int w) {
+  const auto with_shared = [](LayerConfig c, std::int64_t slices) {
+    c.shared_ffn = slices * c.ffn;
+    return c;
+  };
+  std::vector<EpCase> v;
+  v.push_back({"bf16 gelu, shared expert 1 x ffn",
+               with_shared(ep_base(DType::bf16, Activation::gelu, 4 * w, 2), 1),
+               {300, 200, 384, 1}});
+  {
+    LayerConfig c = with_shared(ep_base(DType::fp32, Activation::swiglu, 4 * w, 2), 2);
+    c.weight_layout = WeightLayout::out_in;
+    v.push_back({"fp32 swiglu out-in, shared expert 2 x ffn, rank 0 without tokens", c,
+                 {0, 300, 17, 200}});
+  }
+  {
+    LayerConfig c = with_shared(ep_base(DType::tf32, Activation::relu, 8 * w, 8), 2);
+    c.bias = false;
+    v.push_back({"tf32 relu top-8, shared expert 2 x ffn, no bias", c, {200, 100, 150, 50}});
+  }
+  {
+    LayerConfig c = with_shared(ep_base(DType::tf32, Activation::swiglu, 4 * w, 2), 1);
+    c.weight_layout = WeightLayout::out_in;
+    v.push_back({"tf32 swiglu out-in, shared expert 1 x ffn", c, {129, 256, 7, 300}});
+  }
+  {
+    LayerConfig c = with_shared(ep_base(DType::bf16, Activation::silu, 4 * w, 2), 2);
+    c.capacity_factor = 0.5;
+    v.push_back({"bf16 silu, shared expert 2 x ffn, capacity 0.5 with drops", c,
+                 {384, 200, 384, 100}, 0});
+  }
+  v.push_back({"bf16 swiglu, shared expert 1 x ffn, given routing, rank 1 without tokens",
+               with_shared(ep_base(DType::bf16, Activation::swiglu, 4 * w, 2), 1),
+               {300, 0, 384, 7}, -1, true});
+  v.push_back({"bf16 gelu top-8, shared expert 2 x ffn, a few tokens per rank",
+               with_shared(ep_base(DType::bf16, Activation::gelu, 16 * w, 8), 2), {9, 3, 0, 17}});
+  for (EpCase& c : v) {
+    c.cfg.world_size = w;
+    c.tokens.resize(static_cast<std::size_t>(w), c.tokens.back());
+  }
+  return v;
+}
+
 // Two layers for the tests of layers sharing their communicator's workspace and window ("Many
 // layers", include/monomoe/layer.hpp), for `w` ranks: different precisions, activations, weight
 // layouts and shapes, the second larger in everything that sizes the shared memory (task slots,

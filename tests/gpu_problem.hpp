@@ -82,12 +82,21 @@ inline DeviceArray upload_elements(const float* v, std::size_t n, DType dtype) {
   return d;
 }
 
-// Rank `rank`'s weights: the replicated gate and its experts, the contiguous global range
-// [rank * E / W, (rank + 1) * E / W). Biases stay empty when config.bias is false.
+// Rank `rank`'s weights, [in, out]: the replicated gate and shared expert, and its experts, the
+// contiguous global range [rank * E / W, (rank + 1) * E / W). Biases stay empty when config.bias
+// is false, the shared expert's when config.shared_ffn is 0.
 struct DeviceWeights {
-  DeviceArray gate, w1, b1, w2, b2;
+  DeviceArray gate, w1, b1, w2, b2, shared_w1, shared_b1, shared_w2, shared_b2;
   ExpertWeights view() const {
-    return ExpertWeights{gate.get(), w1.get(), b1.get(), w2.get(), b2.get()};
+    return ExpertWeights{.gate = gate.get(),
+                         .w1 = w1.get(),
+                         .b1 = b1.get(),
+                         .w2 = w2.get(),
+                         .b2 = b2.get(),
+                         .shared_w1 = shared_w1.get(),
+                         .shared_b1 = shared_b1.get(),
+                         .shared_w2 = shared_w2.get(),
+                         .shared_b2 = shared_b2.get()};
   }
 };
 
@@ -109,6 +118,13 @@ inline DeviceWeights upload_weights(const reference::Problem& p, int rank) {
     w.b1 = upload_elements(p.b1.data() + first * c1, local * c1, c.dtype);
     w.b2 = upload_elements(p.b2.data() + first * h, local * h, c.dtype);
   }
+  const auto whole = [&](const std::vector<float>& v) {
+    return upload_elements(v.data(), v.size(), c.dtype);
+  };
+  w.shared_w1 = whole(p.shared_w1);
+  w.shared_b1 = whole(p.shared_b1);
+  w.shared_w2 = whole(p.shared_w2);
+  w.shared_b2 = whole(p.shared_b2);
   return w;
 }
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "baseline/baseline.hpp"
@@ -174,6 +175,33 @@ TEST(BaselineGpu, CutlassGroupedGemm) {
   const test::DeviceWeights tw = test::upload_weights(tp, 0);
   baseline::Pipeline tf32(tp.config, tw.view());
   EXPECT_THROW(tf32.use_cutlass_grouped_gemm(true), ConfigError);
+}
+
+// A shared expert (dense cuBLAS GEMMs over every token, added in the combine): every precision and
+// activation with 1 and 2 slices of ffn, without biases, and beside CUTLASS's grouped GEMM.
+TEST(BaselineGpu, SharedExpert) {
+  MONOMOE_REQUIRE_GPU();
+  std::uint64_t seed = 700;
+  for (DType d : {DType::bf16, DType::tf32, DType::fp32}) {
+    for (Activation a :
+         {Activation::relu, Activation::gelu, Activation::silu, Activation::swiglu}) {
+      for (std::int64_t slices : {1, 2}) {
+        LayerConfig c = small(d, a);
+        c.shared_ffn = slices * c.ffn;
+        check_case({"shared expert " + std::to_string(slices) + " x ffn, " +
+                        std::string(to_string(d)) + "/" + std::string(to_string(a)),
+                    c, 256},
+                   seed++);
+      }
+    }
+    LayerConfig c = small(d, Activation::swiglu);
+    c.shared_ffn = 2 * c.ffn;
+    c.bias = false;
+    check_case({"shared expert, no bias, " + std::string(to_string(d)), c, 200}, seed++);
+  }
+  LayerConfig c = small(DType::bf16, Activation::gelu);
+  c.shared_ffn = c.ffn;
+  check_case({"shared expert, cutlass bf16", c, 256}, seed++, true);
 }
 
 TEST(BaselineGpu, NoBiasNoRenormalize) {
@@ -368,6 +396,24 @@ TEST(BaselineGpu, InvalidArguments) {
   ExpertWeights missing = w.view();
   missing.w2 = nullptr;
   EXPECT_THROW(baseline::Pipeline(c, missing), ConfigError);
+
+  // A config with a shared expert needs its weights; the message names the one missing.
+  LayerConfig shared = c;
+  shared.shared_ffn = c.ffn;
+  const reference::Problem sp = reference::make_problem(shared, {16}, 82);
+  const test::DeviceWeights sw = test::upload_weights(sp, 0);
+  const std::pair<const void* ExpertWeights::*, const char*> fields[] = {
+      {&ExpertWeights::shared_w1, "weights.shared_w1"},
+      {&ExpertWeights::shared_b1, "weights.shared_b1"},
+      {&ExpertWeights::shared_w2, "weights.shared_w2"},
+      {&ExpertWeights::shared_b2, "weights.shared_b2"}};
+  for (const auto& [field, name] : fields) {
+    ExpertWeights without = sw.view();
+    without.*field = nullptr;
+    EXPECT_NE(message_of([&] { baseline::Pipeline p(shared, without); }).find(name),
+              std::string::npos)
+        << name;
+  }
 }
 
 }  // namespace

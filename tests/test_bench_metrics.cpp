@@ -23,6 +23,22 @@ TEST(BenchMetrics, FfnFlopCountsBothGemms) {
   EXPECT_DOUBLE_EQ(ffn_flop(1, g), 2.0 * 256 * 1024 + 2.0 * 512 * 256);
 }
 
+// The shared expert runs every token: [tokens, H] x [H, S1] then [tokens, S] x [S, H], S1 = 2 S
+// for swiglu; nothing without one.
+TEST(BenchMetrics, SharedFlopCountsBothGemmsOfEveryToken) {
+  LayerConfig c;
+  c.hidden = 256;
+  c.ffn = 128;
+  EXPECT_DOUBLE_EQ(shared_flop(100, c), 0.0);
+  c.shared_ffn = 384;
+  EXPECT_DOUBLE_EQ(shared_flop(1, c), 2.0 * 256 * 384 + 2.0 * 384 * 256);
+  EXPECT_DOUBLE_EQ(shared_flop(10, c), 10.0 * shared_flop(1, c));
+  c.activation = Activation::swiglu;
+  EXPECT_DOUBLE_EQ(shared_flop(1, c), 2.0 * 256 * 768 + 2.0 * 384 * 256);
+  // The routed experts' count is untouched by it.
+  EXPECT_DOUBLE_EQ(ffn_flop(1, c), 2.0 * 256 * 256 + 2.0 * 128 * 256);
+}
+
 // The README's 1xH200 line: default config, 8192 tokens x top-2 kept rows, 0.836 ms -> 328.8.
 TEST(BenchMetrics, TflopsMatchesTheReadmeNumber) {
   const LayerConfig c;

@@ -285,6 +285,31 @@ TEST(Config, NamesRoundTrip) {
   EXPECT_EQ(element_bytes(DType::fp32), 4u);
 }
 
+TEST(Config, SharedExpertIsAMultipleOfFfn) {
+  LayerConfig c;
+  EXPECT_EQ(c.shared_ffn, 0) << "no shared expert by default";
+  EXPECT_EQ(c.describe().find("shared_ffn"), std::string::npos);
+  const std::size_t without = c.weight_bytes();
+  c.shared_ffn = 2 * c.ffn;
+  c.activation = Activation::swiglu;
+  EXPECT_NO_THROW(c.validate());
+  EXPECT_EQ(c.shared_slices(), 2);
+  EXPECT_EQ(c.shared_w1_columns(), 4 * c.ffn);
+  EXPECT_NE(c.describe().find("shared_ffn=4096"), std::string::npos) << c.describe();
+  c.activation = Activation::gelu;
+  // Its replicated weights count: W1 and W2 of hidden x shared_ffn, b1 and b2.
+  const std::size_t shared = 2 * (2 * 2048 * 4096 + 4096 + 2048);
+  EXPECT_EQ(c.weight_bytes(), without + shared);
+  c.shared_ffn = Limits::kMaxSharedSlices * c.ffn;
+  EXPECT_NO_THROW(c.validate());
+  c.shared_ffn = 3 * 128;  // a multiple of the tile but not of ffn
+  EXPECT_TRUE(rejected(c, {"LayerConfig.shared_ffn", "384", "multiple of ffn = 2048"}));
+  c.shared_ffn = (Limits::kMaxSharedSlices + 1) * c.ffn;
+  EXPECT_TRUE(rejected(c, {"LayerConfig.shared_ffn", "must be in [0, 16384]"}));
+  c.shared_ffn = -c.ffn;
+  EXPECT_TRUE(rejected(c, {"LayerConfig.shared_ffn"}));
+}
+
 TEST(Config, DescribeNamesTheShape) {
   LayerConfig c;
   c.activation = Activation::swiglu;

@@ -95,6 +95,12 @@ void copy_weights(const bench::DeviceProblem& from, const bench::DeviceProblem& 
   copy(dst.b1, src.b1, el * w1c);
   copy(dst.w2, src.w2, el * f * h);
   copy(dst.b2, src.b2, el * h);
+  const std::size_t sf = static_cast<std::size_t>(c.shared_ffn);
+  const std::size_t sw1c = static_cast<std::size_t>(c.shared_w1_columns());
+  copy(dst.shared_w1, src.shared_w1, h * sw1c);
+  copy(dst.shared_b1, src.shared_b1, sw1c);
+  copy(dst.shared_w2, src.shared_w2, sf * h);
+  copy(dst.shared_b2, src.shared_b2, h);
 }
 
 // Where two outputs first differ, for the failure message.
@@ -315,17 +321,21 @@ TEST(GraphReplay, OneGpu) {
     Activation act;
     WeightLayout layout;
     double capacity;
+    std::int64_t shared_slices = 0;  // shared_ffn / ffn
   };
   const Case cases[] = {
       {"bf16 gelu in-out", DType::bf16, Activation::gelu, WeightLayout::in_out, 0.0},
       {"tf32 swiglu out-in", DType::tf32, Activation::swiglu, WeightLayout::out_in, 0.0},
       {"fp32 relu, capacity 0.5", DType::fp32, Activation::relu, WeightLayout::in_out, 0.5},
+      {"bf16 swiglu out-in, shared expert 2 x ffn", DType::bf16, Activation::swiglu,
+       WeightLayout::out_in, 0.0, 2},
   };
   std::uint64_t seed = 900;
   for (const Case& k : cases) {
     LayerConfig c = test::small_layer_config(k.dtype, k.act);
     c.weight_layout = k.layout;
     c.capacity_factor = k.capacity;
+    c.shared_ffn = k.shared_slices * c.ffn;
     Replayer t(c, {300}, seed++);
     replay_and_compare(t, Capture::per_rank, k.name);
   }

@@ -210,6 +210,50 @@ TEST(LayerGpu, GivenRouting) {
   }
 }
 
+// The shared expert (a dense FFN every token runs, added with weight 1; it runs as slices of the
+// routed experts' width): every precision, activation and weight layout with 1 and 2 slices of
+// ffn, with and without biases; one token (few rows); with capacity drops (the shared expert drops
+// nothing, and the drop counts stay the routed experts'); with a routing given by the caller.
+TEST(LayerGpu, SharedExpert) {
+  MONOMOE_REQUIRE_GPU();
+  std::uint64_t seed = 1100;
+  for (DType d : {DType::bf16, DType::tf32, DType::fp32}) {
+    for (Activation a : {Activation::relu, Activation::gelu, Activation::silu, Activation::swiglu}) {
+      for (WeightLayout layout : {WeightLayout::in_out, WeightLayout::out_in}) {
+        for (std::int64_t slices : {1, 2}) {
+          for (bool bias : {true, false}) {
+            LayerConfig c = small(d, a);
+            c.weight_layout = layout;
+            c.shared_ffn = slices * c.ffn;
+            c.bias = bias;
+            const std::string name = "shared expert " + std::to_string(slices) + " x ffn, " +
+                                     std::string(to_string(d)) + "/" + std::string(to_string(a)) +
+                                     " " + std::string(to_string(layout)) +
+                                     (bias ? "" : ", no bias");
+            check_case({name.c_str(), c, 200}, seed++);
+          }
+        }
+      }
+    }
+    LayerConfig c = small(d, Activation::swiglu);
+    c.shared_ffn = 2 * c.ffn;
+    check_case({"shared expert 2 x ffn, one token", c, 1}, seed++);
+  }
+  {
+    LayerConfig c = small(DType::bf16, Activation::gelu);
+    c.shared_ffn = 2 * c.ffn;
+    c.capacity_factor = 0.5;
+    check_case({"shared expert 2 x ffn, capacity 0.5", c, 512}, seed++);
+  }
+  {
+    LayerConfig c = small(DType::fp32, Activation::swiglu);
+    c.topk = 3;
+    c.weight_layout = WeightLayout::out_in;
+    c.shared_ffn = c.ffn;
+    check_case({"shared expert 1 x ffn, given routing", c, 300, -1, true}, seed++);
+  }
+}
+
 // Ids the kernel cannot use (out of range either way, repeated within a token): the call raises
 // KernelError naming topk_ids, the token, the choice and the value; every other choice of that call
 // still runs (the other tokens' outputs match the reference); routing() shows the skipped choice as
@@ -1010,6 +1054,32 @@ TEST(LayerGpu, InvalidWeightPointers) {
   ExpertWeights w = dev.weights();
   w.b1 = w.b2 = nullptr;
   MoELayer layer(nb, single_gpu(), w);  // no biases: none needed
+
+  // The shared expert's weights: each one named when missing, misaligned or host memory while
+  // shared_ffn > 0; refused when given with shared_ffn = 0 (the config was likely forgotten).
+  LayerConfig sc = c;
+  sc.shared_ffn = c.ffn;
+  reference::Problem spr = reference::make_problem(sc, {16}, 2);
+  bench::DeviceProblem sdev(spr, 0);
+  const std::pair<const char*, const void* ExpertWeights::*> shared_fields[] = {
+      {"shared_w1", &ExpertWeights::shared_w1}, {"shared_b1", &ExpertWeights::shared_b1},
+      {"shared_w2", &ExpertWeights::shared_w2}, {"shared_b2", &ExpertWeights::shared_b2}};
+  for (const auto& [name, field] : shared_fields) {
+    SCOPED_TRACE(name);
+    const std::string full = std::string("ExpertWeights.") + name;
+    for (int kind = 0; kind < 3; ++kind) {
+      ExpertWeights sw = sdev.weights();
+      sw.*field = kind == 0   ? nullptr
+                  : kind == 1 ? static_cast<const char*>(sw.*field) + 2
+                              : static_cast<const void*>(host.data());
+      expect_config_error([&] { MoELayer layer(sc, single_gpu(), sw); },
+                          {full.c_str(), kind == 0 ? "null" : kind == 1 ? "aligned" : "not CUDA memory"});
+    }
+    ExpertWeights extra = dev.weights();  // c has no shared expert
+    extra.*field = sdev.weights().*field;
+    expect_config_error([&] { MoELayer layer(c, single_gpu(), extra); },
+                        {"ExpertWeights.shared_*", "shared_ffn = 0"});
+  }
 }
 
 // A given routing: null or misaligned pointers are refused, naming the argument.

@@ -29,12 +29,14 @@ namespace monomoe {
 namespace {
 
 // One worker: every case in order (the layer construction is collective, so all ranks walk the same
-// list). Returns the number of failed cases.
-int run_cases(int rank, int world, const UniqueId& id) {
+// list); with `expect_packed`, some case must have packed row tiles. Returns the number of failed
+// cases.
+int run_cases(int rank, int world, const UniqueId& id, const std::vector<test::EpCase>& cases,
+              bool expect_packed) {
   Communicator comm(id, rank, world, rank);
   int failed = 0;
   int packed = 0;  // cases whose calls had row tiles of several ranks here (device/pack.hpp)
-  for (const test::EpCase& tc : test::ep_cases(world)) {
+  for (const test::EpCase& tc : cases) {
     LayerConfig c = tc.cfg;
     c.rank = rank;
     reference::Problem pr = reference::make_problem(c, tc.tokens, 1234);
@@ -95,6 +97,7 @@ int run_cases(int rank, int world, const UniqueId& id) {
         rok ? "identical" : "differs");
     failed += rok ? 0 : 1;
   }
+  if (!expect_packed) return failed;
   // Most cases give an expert partial tiles from several ranks: some must have been packed.
   std::printf("[rank %d/%d] %s: %d cases with packed row tiles\n", rank, world,
               packed > 0 ? "PASS" : "FAIL", packed);
@@ -102,16 +105,22 @@ int run_cases(int rank, int world, const UniqueId& id) {
   return failed;
 }
 
-void run_world(int world) {
+// The cases of `cases(world)` on `world` GPUs, the fused layer and the baseline.
+void run_world(int world, std::vector<test::EpCase> (*cases)(int), bool expect_packed) {
   const int gpus = test::visible_gpus_without_cuda_init();
   if (gpus < world) GTEST_SKIP() << "needs " << world << " GPUs, " << gpus << " visible";
-  const std::vector<int> status =
-      test::run_forked(world, 300.0, [&](int rank, const UniqueId& id) { return run_cases(rank, world, id); });
+  const std::vector<int> status = test::run_forked(world, 300.0, [&](int rank, const UniqueId& id) {
+    return run_cases(rank, world, id, cases(world), expect_packed);
+  });
   for (int r = 0; r < world; ++r) EXPECT_EQ(status[r], 0) << "rank " << r << " (failed cases or crash)";
 }
 
-TEST(LayerMultiGpu, TwoRanks) { run_world(2); }
-TEST(LayerMultiGpu, FourRanks) { run_world(4); }
+TEST(LayerMultiGpu, TwoRanks) { run_world(2, test::ep_cases, true); }
+TEST(LayerMultiGpu, FourRanks) { run_world(4, test::ep_cases, true); }
+// A shared expert on every rank, in the fused layer and in the baseline (its dense GEMMs over each
+// rank's own tokens beside the exchanged rows).
+TEST(LayerMultiGpu, SharedExpertTwoRanks) { run_world(2, test::ep_shared_expert_cases, false); }
+TEST(LayerMultiGpu, SharedExpertFourRanks) { run_world(4, test::ep_shared_expert_cases, false); }
 
 // Routings given by hand that make every kind of row tile (pack_cases.hpp), on real GPUs: each
 // rank's output against the float64 reference, three calls bit-identical, its tile counts as the

@@ -67,15 +67,15 @@ std::vector<double> probabilities(const Problem& p, Idx rank, Idx t) {
 }
 
 // FFN_e(x) the slow, obvious way.
-std::vector<double> naive_ffn(const Problem& p, Idx e, const float* x) {
+// One FFN of width f ([in, out] weights; b1, b2 nullptr without biases), token by token.
+std::vector<double> naive_ffn(const Problem& p, const float* w1, const float* b1, const float* w2,
+                              const float* b2, Idx f, const float* x) {
   const LayerConfig& c = p.config;
-  const Idx h = ix(c.hidden), f = ix(c.ffn), c1 = ix(c.w1_columns());
-  const float* w1 = p.w1.data() + e * h * c1;
-  const float* w2 = p.w2.data() + e * f * h;
+  const Idx h = ix(c.hidden), c1 = c.activation == Activation::swiglu ? 2 * f : f;
   std::vector<double> pre(c1, 0.0), a(f), out(h, 0.0);
   for (Idx i = 0; i < c1; ++i) {
     for (Idx q = 0; q < h; ++q) pre[i] += double(x[q]) * double(w1[q * c1 + i]);
-    if (c.bias) pre[i] += p.b1[e * c1 + i];
+    if (b1) pre[i] += b1[i];
   }
   for (Idx i = 0; i < f; ++i) {
     a[i] = c.activation == Activation::swiglu ? act(Activation::silu, pre[i]) * pre[f + i]
@@ -83,9 +83,16 @@ std::vector<double> naive_ffn(const Problem& p, Idx e, const float* x) {
   }
   for (Idx q = 0; q < h; ++q) {
     for (Idx i = 0; i < f; ++i) out[q] += a[i] * double(w2[i * h + q]);
-    if (c.bias) out[q] += p.b2[e * h + q];
+    if (b2) out[q] += b2[q];
   }
   return out;
+}
+
+std::vector<double> naive_ffn(const Problem& p, Idx e, const float* x) {
+  const LayerConfig& c = p.config;
+  const Idx h = ix(c.hidden), f = ix(c.ffn), c1 = ix(c.w1_columns());
+  return naive_ffn(p, p.w1.data() + e * h * c1, c.bias ? p.b1.data() + e * c1 : nullptr,
+                   p.w2.data() + e * f * h, c.bias ? p.b2.data() + e * h : nullptr, f, x);
 }
 
 // y of one rank from the reference's own routing, with naive FFNs.
@@ -97,6 +104,13 @@ std::vector<double> naive_y(const Problem& p, const RankResult& rr, Idx rank) {
       if (!rr.kept[t * k + j]) continue;
       const auto out = naive_ffn(p, ix(rr.topk_expert[t * k + j]), p.x[rank].data() + t * h);
       for (Idx q = 0; q < h; ++q) y[t * h + q] += rr.topk_weight[t * k + j] * out[q];
+    }
+    if (p.config.shared_ffn > 0) {
+      const bool b = p.config.bias;
+      const auto out = naive_ffn(p, p.shared_w1.data(), b ? p.shared_b1.data() : nullptr,
+                                 p.shared_w2.data(), b ? p.shared_b2.data() : nullptr,
+                                 ix(p.config.shared_ffn), p.x[rank].data() + t * h);
+      for (Idx q = 0; q < h; ++q) y[t * h + q] += out[q];
     }
   }
   return y;
@@ -838,6 +852,134 @@ TEST(ReferenceOutput, RejectsInconsistentProblems) {
   p = good;
   p.config.rank = 3;
   EXPECT_NO_THROW(run(p, 1));
+}
+
+// ---- The shared expert
+// -------------------------------------------------------------------------------------
+
+// The layer of `p` (one rank, a given routing, a shared expert of m = shared_ffn / ffn slices) as
+// a layer without a shared expert: m more experts, slice j's W1 columns (swiglu: its gate and up
+// columns) and W2 rows, b2 on slice 0 only, each chosen by every token with weight 1 after its k
+// choices. The kernel runs the shared expert this way (docs/shared-experts.md).
+Problem shared_as_experts(const Problem& p) {
+  const LayerConfig& c = p.config;
+  const Idx h = ix(c.hidden), f = ix(c.ffn), e = ix(c.experts), k = ix(c.topk);
+  const Idx m = ix(c.shared_slices()), c1 = ix(c.w1_columns()), sc1 = ix(c.shared_w1_columns());
+  const Idx sf = ix(c.shared_ffn);
+  const bool swiglu = c.activation == Activation::swiglu;
+  Problem q = p;
+  q.config.shared_ffn = 0;
+  q.config.experts = c.experts + c.shared_slices();
+  q.config.topk = c.topk + c.shared_slices();
+  q.gate.assign(h * (e + m), 0.0f);  // not read: the routing is given
+  q.shared_w1.clear();
+  q.shared_b1.clear();
+  q.shared_w2.clear();
+  q.shared_b2.clear();
+  for (Idx j = 0; j < m; ++j) {
+    for (Idx d = 0; d < h; ++d) {
+      for (Idx n = 0; n < f; ++n) {
+        q.w1.push_back(p.shared_w1[d * sc1 + j * f + n]);
+      }
+      if (swiglu) {
+        for (Idx n = 0; n < f; ++n) q.w1.push_back(p.shared_w1[d * sc1 + sf + j * f + n]);
+      }
+    }
+    q.w2.insert(q.w2.end(), p.shared_w2.begin() + long(j * f * h),
+                p.shared_w2.begin() + long((j + 1) * f * h));
+    if (c.bias) {
+      q.b1.insert(q.b1.end(), p.shared_b1.begin() + long(j * f), p.shared_b1.begin() + long((j + 1) * f));
+      if (swiglu) {
+        q.b1.insert(q.b1.end(), p.shared_b1.begin() + long(sf + j * f),
+                    p.shared_b1.begin() + long(sf + (j + 1) * f));
+      }
+      if (j == 0) {
+        q.b2.insert(q.b2.end(), p.shared_b2.begin(), p.shared_b2.end());
+      } else {
+        q.b2.insert(q.b2.end(), h, 0.0f);
+      }
+    }
+  }
+  EXPECT_EQ(q.w1.size(), (e + m) * h * c1);
+  q.topk_ids[0].clear();
+  q.topk_weights[0].clear();
+  for (Idx t = 0; t < ix(p.tokens[0]); ++t) {
+    for (Idx j = 0; j < k; ++j) {
+      q.topk_ids[0].push_back(p.topk_ids[0][t * k + j]);
+      q.topk_weights[0].push_back(p.topk_weights[0][t * k + j]);
+    }
+    for (Idx j = 0; j < m; ++j) {
+      q.topk_ids[0].push_back(static_cast<std::int32_t>(e + j));
+      q.topk_weights[0].push_back(1.0f);
+    }
+  }
+  return q;
+}
+
+TEST(ReferenceShared, EqualsItsSlicesRunAsExpertsWithWeightOne) {
+  for (Activation a : kActivations) {
+    for (std::int64_t m : {1, 3}) {
+      for (bool bias : {true, false}) {
+        SCOPED_TRACE(std::string(to_string(a)) + " m=" + std::to_string(m) +
+                     " bias=" + std::to_string(bias));
+        LayerConfig c = small_config(6, 2, a);
+        c.shared_ffn = m * c.ffn;
+        c.bias = bias;
+        Problem p = make_problem(c, {45}, 31);
+        give_random_routing(p, 32);
+        const Result whole = run(p, 2);
+        const Result sliced = run(shared_as_experts(p), 3);
+        EXPECT_LT(rel_diff(whole.ranks[0].y, sliced.ranks[0].y), 1e-13);
+        EXPECT_LT(rel_diff(whole.ranks[0].y, naive_y(p, whole.ranks[0], 0)), 1e-13);
+      }
+    }
+  }
+}
+
+TEST(ReferenceShared, AddsToEveryTokenOfEveryRankWithTheGatesRouting) {
+  LayerConfig c = small_config(8, 2, Activation::swiglu);
+  c.world_size = 2;
+  c.hidden = 256;
+  c.shared_ffn = 2 * c.ffn;
+  c.capacity_factor = 1.25;
+  const Problem p = make_problem(c, {70, 0}, 33);
+  Problem none = p;
+  none.config.shared_ffn = 0;
+  none.shared_w1.clear();
+  none.shared_b1.clear();
+  none.shared_w2.clear();
+  none.shared_b2.clear();
+  const Result with = run(p, 2);
+  const Result without = run(none, 2);
+  // The shared expert changes no routing or capacity decision, and every token's output.
+  EXPECT_EQ(with.ranks[0].topk_expert, without.ranks[0].topk_expert);
+  EXPECT_EQ(with.ranks[0].kept, without.ranks[0].kept);
+  EXPECT_EQ(with.dropped, without.dropped);
+  EXPECT_LT(rel_diff(with.ranks[0].y, naive_y(p, with.ranks[0], 0)), 1e-13);
+  const Idx h = ix(c.hidden);
+  for (Idx t = 0; t < 70; ++t) {
+    double diff = 0.0;
+    for (Idx q = 0; q < h; ++q) diff += std::abs(with.ranks[0].y[t * h + q] - without.ranks[0].y[t * h + q]);
+    EXPECT_GT(diff, 1e-3) << "token " << t;
+  }
+  EXPECT_TRUE(with.ranks[1].y.empty());
+}
+
+TEST(ReferenceShared, RejectsMissingOrMissizedWeights) {
+  LayerConfig c = small_config(4, 2, Activation::gelu);
+  c.shared_ffn = c.ffn;
+  const Problem good = make_problem(c, {8}, 34);
+  EXPECT_EQ(good.shared_w1.size(), ix(c.hidden * c.shared_ffn));
+  EXPECT_EQ(good.shared_b2.size(), ix(c.hidden));
+  Problem p = good;
+  p.shared_w1.pop_back();
+  EXPECT_THROW(run(p), ConfigError);
+  p = good;
+  p.shared_b1.clear();
+  EXPECT_THROW(run(p), ConfigError);
+  p = good;
+  p.config.shared_ffn = 0;  // weights given but no shared expert configured
+  EXPECT_THROW(run(p), ConfigError);
 }
 
 // ---- Inputs

@@ -61,12 +61,17 @@ std::string synchronize_error(VirtualRanks& vr) {
   return "";
 }
 
-void run_world(int world) {
-  MONOMOE_REQUIRE_GPU();
-  int failed = 0;
-  int split = 0;  // rank-calls whose GEMM tasks were split in K slices (the few-rows path)
-  int packed = 0;  // rank-calls with row tiles of several sources (device/pack.hpp)
-  for (const test::EpCase& tc : test::ep_cases(world)) {
+// Rank-calls of run_cases(): those that failed, whose GEMM tasks were split in K slices (the
+// few-rows path), and with row tiles of several sources (device/pack.hpp).
+struct Tally {
+  int failed = 0, split = 0, packed = 0;
+};
+
+// Every case on `world` virtual ranks, twice (the second call reuses the windows and must be
+// bit-identical), every rank's output against the reference.
+Tally run_cases(int world, const std::vector<test::EpCase>& cases) {
+  Tally tally;
+  for (const test::EpCase& tc : cases) {
     reference::Problem pr = reference::make_problem(tc.cfg, tc.tokens, 1234);
     if (tc.skew_expert >= 0) reference::skew_gate_towards(pr, tc.skew_expert, 50.f);
     if (tc.given_routing) reference::give_random_routing(pr, test::kGivenRoutingSeed);
@@ -97,23 +102,29 @@ void run_world(int world) {
           std::printf("[virtual rank %d/%d, call %d] %s %s: %s\n", r, world, call,
                       ok ? "PASS" : "FAIL", tc.name, detail.c_str());
         }
-        failed += ok ? 0 : 1;
+        tally.failed += ok ? 0 : 1;
         EXPECT_TRUE(ok) << tc.name << ", virtual rank " << r << ", call " << call << ": " << detail;
         if (error.empty()) {
           const ForwardStats st = vr.layer(r).stats();
-          split += st.k_split > 1 ? 1 : 0;
-          packed += st.packed_tiles > 0 ? 1 : 0;
+          tally.split += st.k_split > 1 ? 1 : 0;
+          tally.packed += st.packed_tiles > 0 ? 1 : 0;
         }
       }
     }
   }
+  return tally;
+}
+
+void run_world(int world) {
+  MONOMOE_REQUIRE_GPU();
+  const Tally t = run_cases(world, test::ep_cases(world));
   std::printf("%d virtual ranks: %d failed rank-calls, %d split K, %d with packed row tiles\n",
-              world, failed, split, packed);
+              world, t.failed, t.split, t.packed);
   // The small cases (one expert per rank, ranks with few or no tokens) give a rank fewer GEMM tasks
   // than its share of the blocks: the split runs with peers too.
-  EXPECT_GT(split, 0);
+  EXPECT_GT(t.split, 0);
   // Experts get partial tiles from several ranks in most cases (a few tokens per rank above all).
-  EXPECT_GT(packed, 0);
+  EXPECT_GT(t.packed, 0);
 }
 
 // The trace of a forward with peers: block 0 is the subscriber (headers, listing, own tiles'
@@ -171,6 +182,17 @@ TEST(LayerVirtualRanks, TraceShowsTheExpertParallelRoles) {
 TEST(LayerVirtualRanks, TwoRanks) { run_world(2); }
 TEST(LayerVirtualRanks, FourRanks) { run_world(4); }
 TEST(LayerVirtualRanks, EightRanks) { run_world(8); }
+
+// A shared expert on every rank (ep_cases.hpp, ep_shared_expert_cases): each rank runs it on its
+// own tokens only, a rank without tokens included.
+void run_shared_expert(int world) {
+  MONOMOE_REQUIRE_GPU();
+  const Tally t = run_cases(world, test::ep_shared_expert_cases(world));
+  std::printf("%d virtual ranks with a shared expert: %d failed rank-calls\n", world, t.failed);
+}
+
+TEST(LayerVirtualRanks, SharedExpertTwoRanks) { run_shared_expert(2); }
+TEST(LayerVirtualRanks, SharedExpertFourRanks) { run_shared_expert(4); }
 
 // Routings given by hand that make every kind of row tile (pack_cases.hpp: a source's full tile,
 // an exact 128, remainders of up to 7 sources packed with the owner's own rows, remainders cut

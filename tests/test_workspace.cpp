@@ -37,6 +37,9 @@ std::vector<LayerConfig> configs(std::int64_t world) {
   big.activation = Activation::swiglu;
   big.dtype = DType::fp32;
   v.push_back(big);
+  LayerConfig shared = big;  // a shared expert of 3 slices
+  shared.shared_ffn = 3 * big.ffn;
+  v.push_back(shared);
   v.push_back(LayerConfig{});  // the default: 8192 tokens, 2048 x 2048, 64 experts
   v.back().world_size = world;
   return v;
@@ -56,8 +59,9 @@ std::vector<std::pair<std::size_t, std::size_t>> body_regions(const LayerConfig&
           {p.topk_kept, choices},
           {p.tile_counts, u(p.token_tiles * c.experts) * 4},
           {p.expert_rows, u(p.rows_in) * 4},
-          {p.hidden_act, u(std::max(p.rows_in, p.row_tiles * 128) * c.ffn) * elem},
+          {p.hidden_act, u(std::max(p.rows_in, p.gemm_tiles * 128) * c.ffn) * elem},
           {p.stage, choices * u(c.hidden) * elem},
+          {p.shared_stage, u(c.max_tokens * c.shared_slices() * c.hidden) * elem},
           {p.recv_tiles, u(p.row_tiles) * 16},
           {p.recv_part, u(p.recv_parts) * 16}};
 }
@@ -104,6 +108,15 @@ TEST(Workspace, LayerRegionsStayInTheLayersArea) {
       const detail::WorkspacePlan p = detail::plan_workspace(c);
       EXPECT_EQ(p.world, world);
       EXPECT_EQ(p.recv_parts, device::recv_parts_bound(p.row_tiles));
+      // The shared expert's row tiles (every slice over every token tile) come on top of the
+      // routed ones: counters, hidden_act rows, tasks.
+      EXPECT_EQ(p.shared_tiles, c.shared_slices() * p.token_tiles);
+      EXPECT_EQ(p.gemm_tiles, p.row_tiles + p.shared_tiles);
+      EXPECT_GE(p.hidden_rows, p.gemm_tiles * 128);
+      const std::int64_t gemm_cols = c.w1_columns() / 128 + c.hidden / 128;
+      EXPECT_GE(p.max_tasks, p.gemm_tiles * gemm_cols + p.token_tiles);
+      EXPECT_GE(p.control_bytes, 72 + 4 * static_cast<std::size_t>(2 * c.experts + p.gemm_tiles +
+                                                                     2 * p.token_tiles));
       for (const auto& [at, bytes] : body_regions(c, p)) {
         EXPECT_EQ(at % 256, 0u);
         EXPECT_LE(at + bytes, p.body_bytes);

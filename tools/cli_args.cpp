@@ -181,6 +181,11 @@ std::vector<Option> layer_options() {
        with_default("tokens per rank per call, LayerConfig.max_tokens", n(d.max_tokens))},
       {"--hidden", "H", with_default("model width, a multiple of 128", n(d.hidden))},
       {"--ffn", "I", with_default("expert FFN width, a multiple of 128", n(d.ffn))},
+      {"--shared-ffn", "N",
+       with_default(concat("shared expert width, a dense FFN that every token runs: 0 = none, "
+                           "else a multiple of --ffn up to ",
+                           n(Limits::kMaxSharedSlices), "x"),
+                    n(d.shared_ffn))},
       {"--experts", "E", with_default("experts over all ranks", n(d.experts))},
       {"--topk", "K", with_default("experts per token", n(d.topk))},
       {"--act", "relu|gelu|silu|swiglu",
@@ -213,6 +218,7 @@ LayerFlags parse_layer_flags(const ParsedArgs& args) {
   c.max_tokens = args.int_or("--tokens", c.max_tokens);
   c.hidden = args.int_or("--hidden", c.hidden);
   c.ffn = args.int_or("--ffn", c.ffn);
+  c.shared_ffn = args.int_or("--shared-ffn", c.shared_ffn);
   c.experts = args.int_or("--experts", c.experts);
   c.topk = args.int_or("--topk", c.topk);
   if (args.has("--act")) {

@@ -88,7 +88,7 @@ void print_main_help(std::ostream& os, std::span<const Command> commands);
 
 // ---- The LayerConfig flags, shared by every command that builds a layer (reference, bench, check)
 // --
-//   --tokens S --hidden H --ffn I --experts E --topk K --act relu|gelu|silu|swiglu
+//   --tokens S --hidden H --ffn I --shared-ffn N --experts E --topk K --act relu|gelu|silu|swiglu
 //   --dtype bf16|tf32|fp32 --no-renorm --capacity F --no-bias --world W --seed N --timeout SEC
 // Defaults are those of LayerConfig{} (the embedded default config), seed 1.
 std::vector<Option> layer_options();

@@ -249,13 +249,14 @@ Command bench_command() {
           "baseline with the float64 CPU reference on --sample tokens (all tokens for small\n"
           "configs) and checks every output was written; then times --iters calls of each after\n"
           "--warmup untimed ones with CUDA events and prints the median latency, the expert-FFN\n"
-          "TFLOP/s and the ratio. After the table: the baseline's expert FFN alone (its grouped\n"
-          "GEMMs and activation, rerun on its last forward's rows), the GPU's dense GEMM ceiling\n"
-          "(one large cuBLAS GEMM in the config's precision) and the compute floor (FFN FLOP /\n"
-          "ceiling) with monomoe's distance to it. With --graph, monomoe's row times replays of a\n"
-          "CUDA graph captured from one forward() (the launch cost of a graph instead of the\n"
-          "host-side calls), and the replays' output must be bit-identical to forward()'s. Exit\n"
-          "status 1 when a result is wrong. Example:\n"
+          "TFLOP/s (with --shared-ffn, the shared expert's GEMMs included) and the ratio. After\n"
+          "the table: the baseline's expert FFN alone (its grouped GEMMs and activation, rerun on\n"
+          "its last forward's rows), the GPU's dense GEMM ceiling (one large cuBLAS GEMM in the\n"
+          "config's precision) and the compute floor (FFN FLOP / ceiling) with monomoe's distance\n"
+          "to it. With --graph, monomoe's row times replays of a CUDA graph captured from one\n"
+          "forward() (the launch cost of a graph instead of the host-side calls), and the\n"
+          "replays' output must be bit-identical to forward()'s. Exit status 1 when a result is\n"
+          "wrong. Example:\n"
           "  monomoe bench --gpus 1 --experts 128 --topk 4 --json out.json",
       .options = with_join_options(with_layer_options({
           {"--gpus", "all|N", "GPUs to use, one worker each (default all visible)"},
@@ -300,8 +301,9 @@ Command check_command() {
       .summary = "Run random layer configurations on GPUs against the CPU reference.",
       .details =
           "Draws --cases configurations (shapes, experts, top-k, activation, precision, capacity,\n"
-          "skewed routing, token counts) from --seed, runs each on the GPU and compares it with\n"
-          "the float64 reference. One PASS/FAIL line per case; exit status 1 if any fails.\n"
+          "skewed routing, token counts, a shared expert) from --seed, runs each on the GPU and\n"
+          "compares it with the float64 reference. One PASS/FAIL line per case; exit status 1 if\n"
+          "any fails.\n"
           "With --virtual-ranks W every case runs W expert-parallel ranks in this process on\n"
           "the first visible GPU (the multi-rank path without a second GPU; every rank checked).",
       .options = with_join_options({

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/metrics.hpp"
 #include "commands.hpp"
 #include "reference/reference.hpp"
 
@@ -22,14 +23,11 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Multiply-adds x2 of the gate and of the k expert FFNs of every token (what the layer computes).
+// Multiply-adds x2 of the gate, of the k expert FFNs and of the shared expert of every token (what
+// the layer computes).
 double layer_flops(const LayerConfig& c, std::int64_t total_tokens) {
-  const double t = static_cast<double>(total_tokens);
-  const double h = static_cast<double>(c.hidden);
-  const double gate = 2.0 * t * h * static_cast<double>(c.experts);
-  const double per_choice =
-      2.0 * h * static_cast<double>(c.w1_columns()) + 2.0 * static_cast<double>(c.ffn) * h;
-  return gate + t * static_cast<double>(c.topk) * per_choice;
+  const double gate = bench::gemm_flop(total_tokens, c.experts, c.hidden);
+  return gate + bench::ffn_flop(total_tokens * c.topk, c) + bench::shared_flop(total_tokens, c);
 }
 
 // "none", or "e3:12 e17:4" for the experts that dropped anything.

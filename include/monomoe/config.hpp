@@ -44,6 +44,9 @@ struct Limits {
   static constexpr std::int64_t kMaxTokens = std::int64_t{1} << 24;  // per rank per call
   static constexpr std::int64_t kMaxHidden = 65536;
   static constexpr std::int64_t kMaxFfn = 65536;
+  // LayerConfig.shared_ffn / ffn: the shared expert runs as this many slices of a routed expert's
+  // width (docs/shared-experts.md). 8 covers the released models (Qwen2-57B-A14B's is 8x).
+  static constexpr std::int64_t kMaxSharedSlices = 8;
 };
 
 struct LayerConfig {
@@ -57,7 +60,12 @@ struct LayerConfig {
   WeightLayout weight_layout = WeightLayout::in_out;  // of gate, W1 and W2 (biases: [experts, out])
   bool renormalize = true;       // rescale the top-k gate weights to sum to 1
   double capacity_factor = 0.0;  // 0 = dropless; > 0 caps rows per (source rank, expert)
-  bool bias = true;              // experts carry b1 and b2
+  bool bias = true;              // experts carry b1 and b2 (the shared expert too)
+  // Width of the shared expert, a dense FFN every token of a rank passes through, its output added
+  // to y with weight 1 (DeepSeek, Qwen2-MoE): 0 = none, else a multiple of ffn, at most
+  // Limits::kMaxSharedSlices * ffn. Same activation as the routed experts (swiglu: two halves of
+  // shared_ffn); its weights, replicated on every rank, are in ExpertWeights.shared_*.
+  std::int64_t shared_ffn = 0;
   std::int64_t world_size = 1;
   std::int64_t rank = 0;
   double timeout_seconds = 5.0;  // bound on every wait inside the kernel
@@ -65,6 +73,11 @@ struct LayerConfig {
   std::int64_t experts_per_rank() const { return experts / world_size; }
   // Columns of W1: ffn, or 2*ffn for swiglu (gate half, then up half).
   std::int64_t w1_columns() const { return activation == Activation::swiglu ? 2 * ffn : ffn; }
+  // The shared expert's: shared_ffn, or 2*shared_ffn for swiglu; and its slices (shared_ffn / ffn).
+  std::int64_t shared_w1_columns() const {
+    return activation == Activation::swiglu ? 2 * shared_ffn : shared_ffn;
+  }
+  std::int64_t shared_slices() const { return shared_ffn / ffn; }
   // Rows per (source rank, expert) kept when capacity_factor > 0, for a call with `tokens` tokens:
   // max(1, ceil(capacity_factor * tokens * topk / experts)); unbounded (tokens) when dropless.
   std::int64_t capacity(std::int64_t tokens) const;
@@ -73,7 +86,7 @@ struct LayerConfig {
   // device_memory_bytes > 0, also rejects a layer whose weights plus workspace exceed it.
   void validate(std::size_t device_memory_bytes = 0) const;
 
-  // Device bytes one rank needs: its experts' weights, the replicated gate and the kernel's
+  // Device bytes one rank needs: its experts' weights, the replicated gate and shared expert, and the kernel's
   // workspace sized for max_tokens. Throws ConfigError if the size overflows 64 bits. The layers
   // built on one Communicator share one workspace, the size of the largest one's (layer.hpp,
   // "Many layers").

@@ -22,12 +22,24 @@ namespace monomoe {
 //   w2            [experts_per_rank, ffn, hidden]         [experts_per_rank, hidden, ffn]
 //   b2            [experts_per_rank, hidden]              (the same; nullptr when config.bias is false)
 // SwiGLU's W1 outputs: [0, ffn) gate, [ffn, 2 ffn) up.
+// The shared expert (LayerConfig.shared_ffn > 0; must be null otherwise), the same on every rank,
+// in the same layout (S = shared_ffn, S1 = shared_w1_columns(): S, or 2 S for swiglu with [0, S)
+// gate and [S, 2 S) up):
+//                 in_out                 out_in
+//   shared_w1     [hidden, S1]           [S1, hidden]
+//   shared_b1     [S1]                   (the same; nullptr when config.bias is false)
+//   shared_w2     [S, hidden]            [hidden, S]
+//   shared_b2     [hidden]               (the same; nullptr when config.bias is false)
 struct ExpertWeights {
   const void* gate = nullptr;
   const void* w1 = nullptr;
   const void* b1 = nullptr;
   const void* w2 = nullptr;
   const void* b2 = nullptr;
+  const void* shared_w1 = nullptr;
+  const void* shared_b1 = nullptr;
+  const void* shared_w2 = nullptr;
+  const void* shared_b2 = nullptr;
 };
 
 // Routing decided outside the layer (a sigmoid-with-bias router, group-limited top-k, ...), for one

@@ -3,8 +3,11 @@
 The module holds the gate and this rank's experts as Parameters in ``nn.Linear`` layout
 ([out, in]): ``gate`` [experts, hidden], ``w1`` [experts_per_rank, w1_columns, hidden] (SwiGLU:
 rows [0, ffn) gate, [ffn, 2 ffn) up), ``b1`` [experts_per_rank, w1_columns], ``w2``
-[experts_per_rank, hidden, ffn], ``b2`` [experts_per_rank, hidden]. The kernel reads them in place
-at every forward, so an optimizer step or ``load_state_dict`` between calls takes effect.
+[experts_per_rank, hidden, ffn], ``b2`` [experts_per_rank, hidden]; with ``shared_ffn`` > 0 also
+the shared expert, replicated on every rank: ``shared_w1`` [shared_w1_columns, hidden] (SwiGLU:
+rows [0, shared_ffn) gate, [shared_ffn, 2 shared_ffn) up), ``shared_b1`` [shared_w1_columns],
+``shared_w2`` [hidden, shared_ffn], ``shared_b2`` [hidden]. The kernel reads them in place at every
+forward, so an optimizer step or ``load_state_dict`` between calls takes effect.
 
 With a process group of W > 1 ranks (one process per GPU, as torchrun starts them) rank r owns
 experts [r E/W, (r+1) E/W); building the module, its first forward after the parameters moved to
@@ -43,6 +46,8 @@ import torch.distributed as dist
 from . import _C
 
 _ACTIVATIONS = ("relu", "gelu", "silu", "swiglu")
+# The shared expert's parameters, in the order the C++ layer and the op take them.
+_SHARED = ("shared_w1", "shared_b1", "shared_w2", "shared_b2")
 
 # The C++ layers by handle: the custom op takes an int, so that torch.compile sees tensors and an
 # int, never a Python object.
@@ -84,11 +89,15 @@ def _communicator(group, device: int) -> _C.Communicator:
 def moe_forward(x: torch.Tensor, gate: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor],
                 w2: torch.Tensor, b2: Optional[torch.Tensor], handle: int,
                 topk_ids: Optional[torch.Tensor] = None,
-                topk_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """y = MoE(x) by the layer `handle` (built over exactly these weight tensors), on the current
-    stream. The weights are arguments so that graph capture and compilers see what it reads; so is
-    a given routing (topk_ids int32, topk_weights float32, [tokens, topk], checked by MoE.forward),
-    which replaces the gate's."""
+                topk_weights: Optional[torch.Tensor] = None,
+                shared_w1: Optional[torch.Tensor] = None,
+                shared_b1: Optional[torch.Tensor] = None,
+                shared_w2: Optional[torch.Tensor] = None,
+                shared_b2: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y = MoE(x) by the layer `handle` (built over exactly these weight tensors, the shared
+    expert's included when it has one), on the current stream. The weights are arguments so that
+    graph capture and compilers see what it reads; so is a given routing (topk_ids int32,
+    topk_weights float32, [tokens, topk], checked by MoE.forward), which replaces the gate's."""
     y = torch.empty_like(x)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     if topk_ids is None and topk_weights is None:
@@ -101,7 +110,8 @@ def moe_forward(x: torch.Tensor, gate: torch.Tensor, w1: torch.Tensor, b1: Optio
 
 
 @moe_forward.register_fake
-def _(x, gate, w1, b1, w2, b2, handle, topk_ids=None, topk_weights=None):
+def _(x, gate, w1, b1, w2, b2, handle, topk_ids=None, topk_weights=None, shared_w1=None,
+      shared_b1=None, shared_w2=None, shared_b2=None):
     return torch.empty_like(x)
 
 
@@ -125,6 +135,9 @@ class MoE(torch.nn.Module):
         group: the torch.distributed process group whose ranks share the experts (None: one GPU).
         max_tokens: most tokens one forward may take on this rank.
         capacity_factor: 0 = dropless; > 0 caps rows per (source rank, expert), drops counted.
+        shared_ffn: width of the shared expert, a dense FFN (same activation) that every token
+            runs, its output added to y with weight 1 (DeepSeek, Qwen2-MoE): 0 = none, else a
+            multiple of ffn, at most 8 ffn. Its parameters are the same on every rank.
         bias, renormalize: experts with biases; top-k gate weights rescaled to sum to 1 (the
             gate's own routing only: a routing given to forward is used as it is).
         timeout: seconds every wait inside the kernel may take before it reports an error.
@@ -134,7 +147,7 @@ class MoE(torch.nn.Module):
     def __init__(self, hidden: int, ffn: int, experts: int, topk: int, act: str = "gelu",
                  dtype: torch.dtype = torch.bfloat16, group=None, *, max_tokens: int = 8192,
                  capacity_factor: float = 0.0, bias: bool = True, renormalize: bool = True,
-                 fp32_math: str = "tf32", timeout: float = 5.0, device=None):
+                 fp32_math: str = "tf32", timeout: float = 5.0, device=None, shared_ffn: int = 0):
         super().__init__()
         if act not in _ACTIVATIONS:
             raise _C.ConfigError(f"act = {act!r}: must be one of {', '.join(_ACTIVATIONS)}")
@@ -152,6 +165,7 @@ class MoE(torch.nn.Module):
                                                                        experts, topk)
         cfg.activation, cfg.dtype, cfg.weight_layout = act, kernel_dtype, "out-in"
         cfg.capacity_factor, cfg.bias, cfg.renormalize = capacity_factor, bias, renormalize
+        cfg.shared_ffn = shared_ffn
         cfg.world_size, cfg.rank, cfg.timeout_seconds = world, rank, timeout
         cfg.validate()  # ConfigError (a ValueError) names the field and its limit
         self.config = cfg
@@ -169,6 +183,19 @@ class MoE(torch.nn.Module):
         else:
             self.register_parameter("b1", None)
             self.register_parameter("b2", None)
+        shared_w1_rows = cfg.shared_w1_columns()
+        if shared_ffn > 0:
+            self.shared_w1 = torch.nn.Parameter(torch.empty(shared_w1_rows, hidden, **kw))
+            self.shared_w2 = torch.nn.Parameter(torch.empty(hidden, shared_ffn, **kw))
+        else:
+            self.register_parameter("shared_w1", None)
+            self.register_parameter("shared_w2", None)
+        if shared_ffn > 0 and bias:
+            self.shared_b1 = torch.nn.Parameter(torch.empty(shared_w1_rows, **kw))
+            self.shared_b2 = torch.nn.Parameter(torch.empty(hidden, **kw))
+        else:
+            self.register_parameter("shared_b1", None)
+            self.register_parameter("shared_b2", None)
         self._handle = None
         self._pointers = None
         self.reset_parameters()
@@ -176,16 +203,25 @@ class MoE(torch.nn.Module):
     @torch.no_grad()
     def reset_parameters(self):
         """nn.Linear's default: uniform in +-1/sqrt(fan_in) for weights and biases. With several
-        ranks the gate (replicated) comes from the group's rank 0 (collective)."""
-        hidden, ffn = self.config.hidden, self.config.ffn
+        ranks the gate and the shared expert (replicated) come from the group's rank 0
+        (collective)."""
+        hidden, ffn, shared_ffn = self.config.hidden, self.config.ffn, self.config.shared_ffn
         for p, fan_in in ((self.gate, hidden), (self.w1, hidden), (self.b1, hidden),
-                          (self.w2, ffn), (self.b2, ffn)):
+                          (self.w2, ffn), (self.b2, ffn), (self.shared_w1, hidden),
+                          (self.shared_b1, hidden), (self.shared_w2, shared_ffn),
+                          (self.shared_b2, shared_ffn)):
             if p is not None:
                 bound = 1.0 / math.sqrt(fan_in)
                 p.uniform_(-bound, bound)
         if self.config.world_size > 1:
-            dist.broadcast(self.gate.data, src=dist.get_global_rank(self.group, 0),
-                           group=self.group)
+            for p in (self.gate,) + self._shared_parameters():
+                if p is not None:
+                    dist.broadcast(p.data, src=dist.get_global_rank(self.group, 0),
+                                   group=self.group)
+
+    def _shared_parameters(self) -> tuple:
+        """(shared_w1, shared_b1, shared_w2, shared_b2), None where the module has none."""
+        return tuple(getattr(self, name) for name in _SHARED)
 
     def extra_repr(self) -> str:
         return self.config.describe()
@@ -194,7 +230,8 @@ class MoE(torch.nn.Module):
     def _layer_handle(self) -> int:
         """The C++ layer over the current parameter memory, (re)built when that memory moved."""
         pointers = tuple(0 if p is None else p.data_ptr()
-                         for p in (self.gate, self.w1, self.b1, self.w2, self.b2))
+                         for p in (self.gate, self.w1, self.b1, self.w2, self.b2)
+                         + self._shared_parameters())
         if self._handle is None or pointers != self._pointers:
             if torch.cuda.is_current_stream_capturing():
                 raise RuntimeError("monomoe.MoE: the layer is built (allocated) at the first "
@@ -213,8 +250,9 @@ class MoE(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, topk_ids: Optional[torch.Tensor] = None,
                 topk_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """y[t] = sum over the top-k experts e of t of w[t, e] * FFN_e(x[t]); x: [tokens, hidden]
-        on this module's GPU, contiguous, in the module's dtype.
+        """y[t] = sum over the top-k experts e of t of w[t, e] * FFN_e(x[t]), plus the shared
+        expert's FFN(x[t]) when the module has one; x: [tokens, hidden] on this module's GPU,
+        contiguous, in the module's dtype.
 
         With topk_ids and topk_weights (both or neither: [tokens, topk], contiguous, on x's GPU;
         ids torch.int32 or torch.int64, distinct within a token, in [0, experts); weights
@@ -228,7 +266,7 @@ class MoE(torch.nn.Module):
         if topk_ids is not None and topk_ids.dtype == torch.int64:
             topk_ids = topk_ids.clamp(-2**31, 2**31 - 1).to(torch.int32)
         return moe_forward(x, self.gate, self.w1, self.b1, self.w2, self.b2, self._layer_handle(),
-                           topk_ids, topk_weights)
+                           topk_ids, topk_weights, *self._shared_parameters())
 
     @torch.compiler.disable
     def synchronize(self) -> None:

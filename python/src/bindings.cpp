@@ -60,6 +60,7 @@ NB_MODULE(_C, m) {
       .def_rw("max_tokens", &LayerConfig::max_tokens)
       .def_rw("hidden", &LayerConfig::hidden)
       .def_rw("ffn", &LayerConfig::ffn)
+      .def_rw("shared_ffn", &LayerConfig::shared_ffn)
       .def_rw("experts", &LayerConfig::experts)
       .def_rw("topk", &LayerConfig::topk)
       .def_rw("renormalize", &LayerConfig::renormalize)
@@ -88,6 +89,7 @@ NB_MODULE(_C, m) {
           })
       .def("experts_per_rank", &LayerConfig::experts_per_rank)
       .def("w1_columns", &LayerConfig::w1_columns)
+      .def("shared_w1_columns", &LayerConfig::shared_w1_columns)
       .def("capacity", &LayerConfig::capacity, "tokens"_a,
            "rows kept per (source rank, expert) in a call with `tokens` tokens (tokens when "
            "dropless)")
@@ -119,14 +121,25 @@ NB_MODULE(_C, m) {
   nb::class_<MoELayer>(m, "Layer")
       .def("__init__",
            [](MoELayer* self, const LayerConfig& c, Communicator& comm, std::uintptr_t gate,
-              std::uintptr_t w1, std::uintptr_t b1, std::uintptr_t w2, std::uintptr_t b2) {
-             new (self) MoELayer(c, comm, monomoe::ExpertWeights{address(gate), address(w1),
-                                                                 address(b1), address(w2),
-                                                                 address(b2)});
+              std::uintptr_t w1, std::uintptr_t b1, std::uintptr_t w2, std::uintptr_t b2,
+              std::uintptr_t shared_w1, std::uintptr_t shared_b1, std::uintptr_t shared_w2,
+              std::uintptr_t shared_b2) {
+             new (self) MoELayer(c, comm,
+                                 monomoe::ExpertWeights{.gate = address(gate),
+                                                        .w1 = address(w1),
+                                                        .b1 = address(b1),
+                                                        .w2 = address(w2),
+                                                        .b2 = address(b2),
+                                                        .shared_w1 = address(shared_w1),
+                                                        .shared_b1 = address(shared_b1),
+                                                        .shared_w2 = address(shared_w2),
+                                                        .shared_b2 = address(shared_b2)});
            },
-           "config"_a, "comm"_a, "gate"_a, "w1"_a, "b1"_a, "w2"_a, "b2"_a,
+           "config"_a, "comm"_a, "gate"_a, "w1"_a, "b1"_a, "w2"_a, "b2"_a, "shared_w1"_a = 0,
+           "shared_b1"_a = 0, "shared_w2"_a = 0, "shared_b2"_a = 0,
            nb::keep_alive<1, 3>(),  // the communicator outlives the layer
-           "device addresses of this rank's weights, in config.weight_layout (0 for no bias)")
+           "device addresses of this rank's weights and of the shared expert (config.shared_ffn > "
+           "0), in config.weight_layout (0 for no bias, no shared expert)")
       .def("forward",
            [](MoELayer& l, std::uintptr_t x, std::int64_t tokens, std::uintptr_t y,
               std::uintptr_t stream, std::optional<std::uintptr_t> topk_ids,

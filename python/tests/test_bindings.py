@@ -27,6 +27,11 @@ def test_valid_config_describes_itself():
         assert part in d, d
     assert c.w1_columns() == 512
     assert c.experts_per_rank() == 8
+    assert c.shared_ffn == 0 and "shared_ffn" not in d
+    c.shared_ffn = 512
+    c.validate()
+    assert c.shared_w1_columns() == 1024
+    assert "shared_ffn=512" in c.describe()
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -34,6 +39,8 @@ def test_valid_config_describes_itself():
     ("hidden", 200, "hidden"),
     ("experts", 7, "experts"),  # not divisible by world_size 2
     ("capacity_factor", -1.0, "capacity_factor"),
+    ("shared_ffn", 384, "shared_ffn"),  # not a multiple of ffn 256
+    ("shared_ffn", 9 * 256, "shared_ffn"),  # more than 8 slices
 ])
 def test_invalid_fields_are_named(field, value, message):
     c = config(world_size=2)

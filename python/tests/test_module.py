@@ -21,6 +21,20 @@ def test_parameters_in_linear_layout():
     assert "act=swiglu" in repr(m) and "weights=out-in" in repr(m)
 
 
+def test_shared_expert_parameters():
+    m = meta_moe(shared_ffn=768)
+    shapes = {k: tuple(v.shape) for k, v in m.state_dict().items() if k.startswith("shared_")}
+    # SwiGLU: gate and up halves of 768 rows each; [out, in] like the experts.
+    assert shapes == {"shared_w1": (1536, 256), "shared_b1": (1536,), "shared_w2": (256, 768),
+                      "shared_b2": (256,)}
+    assert "shared_ffn=768" in repr(m)
+    no_bias = meta_moe(shared_ffn=384, act="gelu", bias=False)
+    assert {k for k in no_bias.state_dict() if k.startswith("shared_")} == {"shared_w1",
+                                                                           "shared_w2"}
+    assert tuple(no_bias.shared_w1.shape) == (384, 256)
+    assert not any(k.startswith("shared_") for k in meta_moe().state_dict())
+
+
 def test_no_bias_and_fp32():
     m = meta_moe(bias=False, dtype=torch.float32, fp32_math="fp32", act="gelu")
     assert set(m.state_dict()) == {"gate", "w1", "w2"}
@@ -41,6 +55,7 @@ def test_state_dict_round_trip():
     (dict(act="tanh"), "act"),
     (dict(dtype=torch.float16), "dtype"),
     (dict(dtype=torch.float32, fp32_math="fp64"), "fp32_math"),
+    (dict(shared_ffn=500), "shared_ffn"),
 ])
 def test_invalid_configs_name_the_field(kw, message):
     with pytest.raises(ValueError, match=message):
@@ -96,6 +111,9 @@ def test_op_is_registered():
     # the tensors it reads.
     schema = str(torch.ops.monomoe.moe_forward.default._schema)
     assert "Tensor? topk_ids=None" in schema and "Tensor? topk_weights=None" in schema, schema
+    # So are the shared expert's weights.
+    for name in ("shared_w1", "shared_b1", "shared_w2", "shared_b2"):
+        assert f"Tensor? {name}=None" in schema, schema
 
 
 def test_fake_implementation_takes_a_given_routing():
@@ -108,5 +126,6 @@ def test_fake_implementation_takes_a_given_routing():
         w = torch.empty(4, 2)
         op = torch.ops.monomoe.moe_forward
         for y in (op(x, gate, gate, None, gate, None, 1, ids, w),
-                  op(x, gate, gate, None, gate, None, 1)):
+                  op(x, gate, gate, None, gate, None, 1),
+                  op(x, gate, gate, None, gate, None, 1, None, None, gate, None, gate, None)):
             assert y.shape == x.shape and y.dtype == x.dtype

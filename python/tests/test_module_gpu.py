@@ -9,13 +9,26 @@ from conftest import cuda_or_skip
 pytestmark = pytest.mark.gpu
 
 
+def ffn(cfg, x, w1, b1, w2, b2, width):
+    """act(x W1^T + b1) W2^T + b2 in fp32, weights [out, in]; SwiGLU's W1 rows [0, width) gate."""
+    import torch.nn.functional as F
+    h = x @ w1.float().t()
+    if b1 is not None:
+        h = h + b1.float()
+    if cfg.activation == "swiglu":
+        h = F.silu(h[:, :width]) * h[:, width:]
+    else:
+        h = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}[cfg.activation](h)
+    o = h @ w2.float().t()
+    return o if b2 is None else o + b2.float()
+
+
 def reference(m, x, topk_ids=None, topk_weights=None):
     """The layer in plain PyTorch, fp32: softmax gate, top-k (ties to the lower expert),
     renormalized weights, or the given experts and weights as they are; with a capacity factor,
     each expert keeps its first capacity(tokens) choices in ascending token order; expert FFNs,
-    weighted sum."""
+    weighted sum; plus the shared expert of every token when the module has one."""
     import torch
-    import torch.nn.functional as F
     cfg = m.config
     xf = x.float()
     if topk_ids is None:
@@ -36,17 +49,11 @@ def reference(m, x, topk_ids=None, topk_weights=None):
         rows, slot = ((ids == e) & kept).nonzero(as_tuple=True)
         if rows.numel() == 0:
             continue
-        h = xf[rows] @ m.w1[e].float().t()
-        if m.b1 is not None:
-            h = h + m.b1[e].float()
-        if cfg.activation == "swiglu":
-            h = F.silu(h[:, :cfg.ffn]) * h[:, cfg.ffn:]
-        else:
-            h = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}[cfg.activation](h)
-        o = h @ m.w2[e].float().t()
-        if m.b2 is not None:
-            o = o + m.b2[e].float()
+        o = ffn(cfg, xf[rows], m.w1[e], None if m.b1 is None else m.b1[e], m.w2[e],
+                None if m.b2 is None else m.b2[e], cfg.ffn)
         y.index_add_(0, rows, o * w[rows, slot].unsqueeze(1))
+    if cfg.shared_ffn > 0:
+        y += ffn(cfg, xf, m.shared_w1, m.shared_b1, m.shared_w2, m.shared_b2, cfg.shared_ffn)
     return y
 
 
@@ -62,6 +69,25 @@ def test_matches_plain_pytorch(act, dtype_name):
     torch.manual_seed(0)
     dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
     m = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=2, act=act, dtype=dtype, max_tokens=512)
+    x = torch.randn(300, 256, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        y = m(x)
+        ref = reference(m, x)
+    torch.cuda.synchronize()
+    assert torch.isfinite(y.float()).all()
+    assert rel_err(y, ref) < (2e-2 if dtype_name == "bf16" else 2e-3)
+
+
+@pytest.mark.parametrize("act", ["gelu", "swiglu"])
+@pytest.mark.parametrize("dtype_name", ["bf16", "tf32"])
+@pytest.mark.parametrize("slices,bias", [(1, True), (2, False)])
+def test_shared_expert_matches_plain_pytorch(act, dtype_name, slices, bias):
+    torch = cuda_or_skip()
+    import monomoe
+    torch.manual_seed(1)
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    m = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=2, act=act, dtype=dtype, max_tokens=512,
+                    bias=bias, shared_ffn=slices * 256)
     x = torch.randn(300, 256, device="cuda", dtype=dtype)
     with torch.no_grad():
         y = m(x)

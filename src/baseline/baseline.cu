@@ -10,6 +10,9 @@
 //      bias + activation, grouped GEMM1 (cublasGemmGroupedBatchedEx, one group per expert with
 //      rows);
 //   6. combine: y_t = sum over j of kept_j * w_j * (out + b2), in ascending j.
+// With a shared expert (shared_ffn > 0), before 1: its dense GEMM0 over all tokens (cublasGemmEx),
+// bias + activation, GEMM1, into a buffer of its own; the combine of 6 starts each token's sum
+// from that row plus the shared b2.
 // Expert parallel (world_size W > 1), between 4 and 6 as a bulk-synchronous pipeline does it:
 //   a. NCCL all-to-all of the kept row counts per (source, expert): rank r receives the counts of
 //      its experts from every source; they and the local counts go to the host (the one sync);
@@ -140,6 +143,10 @@ struct Pipeline::Impl {
   DeviceBuffer rerun_ptrs, rerun_out;
   std::size_t rerun_out_bytes = 0;
 
+  // The shared expert's rows, [max_tokens] each (empty without one): GEMM0 output, activation,
+  // GEMM1 output (which the combine adds).
+  DeviceBuffer shared_pre, shared_h, shared_out;
+
   Impl(const LayerConfig& c, const ExpertWeights& weights, Communicator* communicator);
   std::int32_t* plan(int which) const {  // 0 count, 1 begin, 2 offset, 3 kept
     return counts.as<std::int32_t>() + which * cfg.experts;
@@ -159,8 +166,41 @@ struct Pipeline::Impl {
   template <class T>
   void expert_ffn(long long rows, const std::int32_t* row_expert, void** ptr_arrays,
                   cudaStream_t stream);
+  // The shared expert of every token of x, into shared_out.
+  template <class T>
+  void shared_expert(const void* x, int tokens, cudaStream_t stream);
   void prepare_rerun(cudaStream_t stream);
 };
+
+template <class T>
+void Pipeline::Impl::shared_expert(const void* x, int tokens, cudaStream_t stream) {
+  namespace k = kernels;
+  const cudaDataType_t type = cuda_type(cfg.dtype);
+  const cublasComputeType_t compute = expert_compute_type(cfg.dtype);
+  const int hidden = static_cast<int>(cfg.hidden);
+  const int width = static_cast<int>(cfg.shared_ffn);
+  const int w1c = static_cast<int>(cfg.shared_w1_columns());
+  const float one = 1.f, zero = 0.f;
+  // pre^T [w1c, T] = shared_w1^T [w1c, H] . x^T [H, T]
+  MONOMOE_CUBLAS(cublasGemmEx(handles.blas, CUBLAS_OP_N, CUBLAS_OP_N, w1c, tokens, hidden, &one,
+                              w.shared_w1, type, w1c, x, type, hidden, &zero, shared_pre.as(), type,
+                              w1c, compute, CUBLAS_GEMM_DEFAULT));
+  const k::ActivationParams<T> ap{.pre = shared_pre.as<const T>(),
+                                  .b1 = static_cast<const T*>(w.shared_b1),
+                                  .h = shared_h.as<T>(),
+                                  .row_expert = nullptr,
+                                  .rows = tokens,
+                                  .ffn = width,
+                                  .w1_cols = w1c,
+                                  .act = cfg.activation};
+  k::activation_kernel<T><<<elementwise_blocks(static_cast<long long>(tokens) * (width / 4)),
+                            k::kElementwiseThreads, 0, stream>>>(ap);
+  MONOMOE_CHECK_LAUNCH(activation_kernel);
+  // out^T [H, T] = shared_w2^T [H, S] . h^T [S, T]
+  MONOMOE_CUBLAS(cublasGemmEx(handles.blas, CUBLAS_OP_N, CUBLAS_OP_N, hidden, tokens, width, &one,
+                              w.shared_w2, type, hidden, shared_h.as(), type, width, &zero,
+                              shared_out.as(), type, hidden, compute, CUBLAS_GEMM_DEFAULT));
+}
 
 template <class T>
 void Pipeline::Impl::expert_ffn(long long rows, const std::int32_t* row_expert, void** ptr_arrays,
@@ -245,7 +285,14 @@ Pipeline::Impl::Impl(const LayerConfig& c, const ExpertWeights& weights, Communi
   require_pointer("weights.w2", w.w2, true);
   require_pointer("weights.b1", w.b1, cfg.bias);
   require_pointer("weights.b2", w.b2, cfg.bias);
-  if (!cfg.bias) w.b1 = w.b2 = nullptr;  // biases are ignored, not half-used
+  const bool shared = cfg.shared_ffn > 0;
+  require_pointer("weights.shared_w1", w.shared_w1, shared);
+  require_pointer("weights.shared_w2", w.shared_w2, shared);
+  require_pointer("weights.shared_b1", w.shared_b1, shared && cfg.bias);
+  require_pointer("weights.shared_b2", w.shared_b2, shared && cfg.bias);
+  // Biases are ignored, not half-used; so is a shared expert the config does not have.
+  if (!cfg.bias) w.b1 = w.b2 = w.shared_b1 = w.shared_b2 = nullptr;
+  if (!shared) w.shared_w1 = w.shared_b1 = w.shared_w2 = w.shared_b2 = nullptr;
   elem = element_bytes(cfg.dtype);
 
   const std::size_t e = sz(cfg.experts);
@@ -269,6 +316,11 @@ Pipeline::Impl::Impl(const LayerConfig& c, const ExpertWeights& weights, Communi
   xp = DeviceBuffer(bytes(slots, sz(cfg.hidden), elem));
   pre = DeviceBuffer(bytes(rows_cap, sz(cfg.w1_columns()), elem));
   h = DeviceBuffer(bytes(rows_cap, sz(cfg.ffn), elem));
+  if (shared) {
+    shared_pre = DeviceBuffer(bytes(sz(cfg.max_tokens), sz(cfg.shared_w1_columns()), elem));
+    shared_h = DeviceBuffer(bytes(sz(cfg.max_tokens), sz(cfg.shared_ffn), elem));
+    shared_out = DeviceBuffer(bytes(sz(cfg.max_tokens), sz(cfg.hidden), elem));
+  }
   if (world > 1) {
     recv = DeviceBuffer(bytes(rows_cap, sz(cfg.hidden), elem));
     recv_counts = DeviceBuffer(e * sizeof(std::int32_t));
@@ -330,6 +382,8 @@ void Pipeline::Impl::forward(const void* x, int tokens, void* y, cudaStream_t st
     MONOMOE_CUDA(cudaEventRecord(handles.done, stream));
     return;
   }
+
+  if (w.shared_w1) shared_expert<T>(x, tokens, stream);
 
   // 1. logits^T [E, T] = gate^T [E, H] . x^T [H, T]: fp32 output, strict fp32 math for every
   // dtype (cublasGemmEx takes bf16 or fp32 inputs with an fp32 output under COMPUTE_32F_PEDANTIC).
@@ -432,6 +486,8 @@ void Pipeline::Impl::combine(int tokens, const void* out, const void* b2, void* 
   if (tokens == 0) return;
   const kernels::CombineParams<T> cp{.out = static_cast<const T*>(out),
                                      .b2 = static_cast<const T*>(b2),
+                                     .shared = w.shared_w1 ? shared_out.as<const T>() : nullptr,
+                                     .shared_b2 = static_cast<const T*>(w.shared_b2),
                                      .slot_row = slot_row.as<const std::int32_t>(),
                                      .topk_expert = topk_expert.as<const std::int32_t>(),
                                      .topk_weight = topk_weight.as<const float>(),

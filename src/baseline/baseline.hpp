@@ -1,8 +1,9 @@
 // The conventional, unfused expert-parallel MoE pipeline, for side-by-side timing against the fused
 // kernel: cuBLAS gate GEMM -> softmax/top-k kernel -> permute -> [NCCL all-to-all of counts and
 // rows] -> grouped GEMMs -> activation -> grouped GEMMs -> [all-to-all back] -> un-permute and
-// weighted combine. Same math and weight layouts as MoELayer; bulk-synchronous (the host reads the
-// row counts once per forward, as such pipelines do).
+// weighted combine, plus a shared expert when the config has one (dense cuBLAS GEMMs over all
+// tokens, added in the combine). Same math and weight layouts as MoELayer; bulk-synchronous (the
+// host reads the row counts once per forward, as such pipelines do).
 #pragma once
 
 #include <cuda_runtime_api.h>

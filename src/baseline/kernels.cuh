@@ -2,9 +2,11 @@
 //   gate_topk  softmax + top-k per token (one warp per token)   -> experts, weights, counts
 //   plan       per-expert offsets, capacity, GEMM pointer arrays (one block)
 //   permute    sorted (expert, token) list -> expert-contiguous rows of x (one warp per row)
-//   activation bias + activation of the first grouped GEMM's output (elementwise)
+//   activation bias + activation of the first grouped GEMM's output, or of the shared expert's
+//              first GEMM (elementwise)
 //   add_bias   out_row += b2 of its expert (expert parallel: the owner adds b2 before the return)
-//   combine    y_t = sum_j kept_j * w_j * (out_row + b2) in ascending j (one block per token)
+//   combine    y_t = shared_t + shared b2 + sum_j kept_j * w_j * (out_row + b2) in ascending j
+//              (one block per token)
 // The stable sort between gate_topk and plan is cub::DeviceRadixSort, called from the host.
 #pragma once
 
@@ -267,7 +269,7 @@ struct ActivationParams {
   const T* pre;  // [rows, w1_cols]: GEMM0 output
   const T* b1;   // [experts, w1_cols] or nullptr
   T* h;          // [rows, ffn]
-  const std::int32_t* row_expert;
+  const std::int32_t* row_expert;  // nullptr: every row is the shared expert's (b1 is one row)
   long long rows;
   int ffn, w1_cols;
   Activation act;
@@ -288,7 +290,8 @@ __global__ void __launch_bounds__(kElementwiseThreads) activation_kernel(Activat
     const long long r = g / groups_per_row;
     const int q = static_cast<int>(g % groups_per_row) * 4;
     const T* pre = p.pre + r * p.w1_cols;
-    const T* bias = p.b1 ? p.b1 + static_cast<long long>(p.row_expert[r]) * p.w1_cols : nullptr;
+    const long long expert = p.row_expert ? p.row_expert[r] : 0;
+    const T* bias = p.b1 ? p.b1 + expert * p.w1_cols : nullptr;
     float v[4], b[4] = {0.f, 0.f, 0.f, 0.f}, out[4];
     load4(pre + q, v);
     if (bias) load4(bias + q, b);
@@ -353,6 +356,8 @@ template <class T>
 struct CombineParams {
   const T* out;  // [rows, hidden]: GEMM1 output
   const T* b2;   // [experts, hidden] or nullptr
+  const T* shared;     // [tokens, hidden]: the shared expert's GEMM1 output, or nullptr
+  const T* shared_b2;  // [hidden] or nullptr
   const std::int32_t* slot_row;
   const std::int32_t* topk_expert;
   const float* topk_weight;
@@ -360,14 +365,22 @@ struct CombineParams {
   int topk, hidden;
 };
 
-// Every token is written, dropped choices add nothing, and the sum runs over j = 0..k-1 in order,
-// so y does not depend on how rows were laid out or which GEMM produced them first.
+// Every token is written, dropped choices add nothing, and the sum starts from the shared expert's
+// output and runs over j = 0..k-1 in order, so y does not depend on how rows were laid out or which
+// GEMM produced them first.
 template <class T>
 __global__ void __launch_bounds__(kCombineThreads) combine_kernel(CombineParams<T> p) {
   const long long t = blockIdx.x;
   const std::int32_t* rows = p.slot_row + t * p.topk;
   for (int q = static_cast<int>(threadIdx.x) * 4; q < p.hidden; q += kCombineThreads * 4) {
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    if (p.shared) {
+      float b[4] = {0.f, 0.f, 0.f, 0.f};
+      load4(p.shared + t * p.hidden + q, acc);
+      if (p.shared_b2) load4(p.shared_b2 + q, b);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[i] += b[i];
+    }
     for (int j = 0; j < p.topk; ++j) {
       const int row = rows[j];
       if (row < 0) continue;

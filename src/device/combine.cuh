@@ -1,5 +1,6 @@
 // Combine role: y[t] = sum over choices j = 0..k-1, in that order, of w[t, j] * stage[t * k + j]
-// for the choices that capacity kept. A fixed order makes the output bit-identical run to run.
+// for the choices that capacity kept, then, with a shared expert, its slices' rows
+// shared_stage[t * m + i], i = 0..m-1. A fixed order makes the output bit-identical run to run.
 #pragma once
 
 #include "device/epilogue.cuh"
@@ -29,20 +30,24 @@ __device__ void run_combine(const Params& p, KernelSmem<P>& sm, int token_tile, 
   const int groups = cols / 8;        // 8-column groups of a row
   const int vecs = cols / kVecElems;  // 16-byte copies of a row
   const int k = p.topk;
+  const int m = p.shared_slices;
+  const int n = k + m;  // rows summed per token
 
   // Shared memory: weights [rows][k], kept flags [rows][k], then two buffers of staged rows
-  // [chunk][k][cols]: chunk c + 1 is copied in while chunk c is summed and stored.
+  // [chunk][n][cols] (the k choices, then the shared slices): chunk c + 1 is copied in while chunk
+  // c is summed and stored.
   constexpr int kHead =
       (kTileRows * kMaxTopK * (static_cast<int>(sizeof(float)) + 1) + 127) / 128 * 128;
   constexpr int kHalf = (static_cast<int>(sizeof(sm.gemm.buffer)) - kHead) / 2 / 128 * 128;
-  static_assert(kHalf >= kMaxTopK * kCombineColsMax * static_cast<int>(sizeof(Elem)),
-                "each buffer holds every choice of at least one token row");
+  static_assert(kHalf >= (kMaxTopK + kMaxSharedSlices) * kCombineColsMax *
+                             static_cast<int>(sizeof(Elem)),
+                "each buffer holds every row of at least one token");
   float* weight = reinterpret_cast<float*>(sm.gemm.buffer);
   unsigned char* kept = reinterpret_cast<unsigned char*>(weight + kTileRows * kMaxTopK);
   const auto staged = [&](int c) {  // the buffer of chunk c
     return reinterpret_cast<Elem*>(sm.gemm.buffer + kHead + (c & 1) * kHalf);
   };
-  const int chunk_rows = min(rows, kHalf / (k * cols * static_cast<int>(sizeof(Elem))));
+  const int chunk_rows = min(rows, kHalf / (n * cols * static_cast<int>(sizeof(Elem))));
   const int chunks = (rows + chunk_rows - 1) / chunk_rows;
 
   __syncthreads();  // the block's previous task is done with the buffer
@@ -54,19 +59,39 @@ __device__ void run_combine(const Params& p, KernelSmem<P>& sm, int token_tile, 
   __syncthreads();
 
   const Elem* tile_stage = stage + static_cast<long long>(first) * k * p.hidden + col0;
+  const Elem* tile_shared = static_cast<const Elem*>(p.shared_stage) +
+                            static_cast<long long>(first) * m * p.hidden + col0;
   // Issues chunk c's copies as one cp.async group (an empty group past the last chunk, so that
   // every iteration below waits for the same count).
   const auto issue = [&](int c) {
     if (c < chunks) {
       const int r0 = c * chunk_rows;
-      const int copies = min(chunk_rows, rows - r0) * k * vecs;
+      const int copies = min(chunk_rows, rows - r0) * n * vecs;
       Elem* dst = staged(c);
-      for (int i = threadIdx.x; i < copies; i += kThreads) {
-        const int rj = i / vecs, v = i - rj * vecs;  // rj = (row - r0) * k + choice
-        const int ch = r0 * k + rj;                  // the choice's index in the tile
-        cp_async_16(dst + rj * cols + v * kVecElems,
-                    tile_stage + static_cast<long long>(ch) * p.hidden + v * kVecElems,
-                    kept[ch] != 0);
+      // rj = (row - r0) * n + j; with no shared expert n == k, and rj is the choice's index in
+      // the tile less r0 * k (the loop without a division by n).
+      if (m == 0) {
+        for (int i = threadIdx.x; i < copies; i += kThreads) {
+          const int rj = i / vecs, v = i - rj * vecs;
+          const int ch = r0 * k + rj;
+          cp_async_16(dst + rj * cols + v * kVecElems,
+                      tile_stage + static_cast<long long>(ch) * p.hidden + v * kVecElems,
+                      kept[ch] != 0);
+        }
+      } else {
+        for (int i = threadIdx.x; i < copies; i += kThreads) {
+          const int rj = i / vecs, v = i - rj * vecs;
+          Elem* to = dst + rj * cols + v * kVecElems;
+          const int r = rj / n, j = rj - r * n;
+          if (j < k) {
+            const int ch = (r0 + r) * k + j;
+            cp_async_16(to, tile_stage + static_cast<long long>(ch) * p.hidden + v * kVecElems,
+                        kept[ch] != 0);
+          } else {
+            const long long row = static_cast<long long>(r0 + r) * m + (j - k);
+            cp_async_16(to, tile_shared + row * p.hidden + v * kVecElems, true);
+          }
+        }
       }
     }
     cp_async_commit();
@@ -87,9 +112,15 @@ __device__ void run_combine(const Params& p, KernelSmem<P>& sm, int token_tile, 
         if (!kept[ch]) continue;
         const float w = weight[ch];
         float v[8];
-        smem_load8(src + (r * k + j) * cols + g * 8, v);
+        smem_load8(src + (r * n + j) * cols + g * 8, v);
 #pragma unroll
         for (int q = 0; q < 8; ++q) acc[q] = fmaf(w, v[q], acc[q]);
+      }
+      for (int j = k; j < n; ++j) {  // the shared expert's slices, weight 1
+        float v[8];
+        smem_load8(src + (r * n + j) * cols + g * 8, v);
+#pragma unroll
+        for (int q = 0; q < 8; ++q) acc[q] += v[q];
       }
       store8(y + static_cast<long long>(first + r0 + r) * p.hidden + col0 + g * 8, acc);
     }

@@ -138,10 +138,49 @@ __device__ __forceinline__ RecvRow recv_row(const Params& p, const RecvTile& t, 
   return {q.source, q.first + r};
 }
 
-// K slices per GEMM task this call, with peers: the subscriber wrote it before it published the
-// first GEMM task, and this block acquired a task head since (queue.cuh).
-__device__ __forceinline__ int ep_k_split(const Params& p) {
-  return max(1, __ldcg(&p.control->k_split));
+// With peers, what the subscriber decided once every header arrived: the K slices per GEMM task
+// and the row tiles it listed (Control::k_split, Control::row_tiles; the shared expert's tiles
+// follow those). It wrote both before it published the first GEMM task, and this block acquired a
+// task head since (queue.cuh), so they are final: read at the block's first GEMM task and kept in
+// shared memory for its later ones (TaskSmem::ep_listed < 0 until then; a load per task had sat
+// on every task's start). Called by every thread.
+struct EpPlan {
+  int k_split, listed;
+};
+__device__ __forceinline__ EpPlan ep_plan(const Params& p, TaskSmem& ts) {
+  if (ts.ep_listed >= 0) return {ts.ep_k_split, ts.ep_listed};
+  const EpPlan plan{max(1, __ldcg(&p.control->k_split)), __ldcg(&p.control->row_tiles)};
+  __syncthreads();  // every thread read ts.ep_listed before thread 0 writes it
+  if (threadIdx.x == 0) {
+    ts.ep_k_split = plan.k_split;
+    ts.ep_listed = plan.listed;
+  }
+  return plan;
+}
+
+// A GEMM task's row tile with peers: listed tile i (the subscriber's recv_tiles), or past them a
+// tile of the shared expert (shared_tile: this rank's own tokens). rows <= 0: no such tile
+// (reported as bad_task).
+struct EpTile {
+  RecvTile recv;      // a listed tile
+  SharedTile shared;  // a shared tile (recv.rows == 0)
+  int expert;         // local expert, or experts_local + the shared slice
+  int rows;
+};
+__device__ __forceinline__ EpTile ep_tile(const Params& p, int listed, int i) {
+  EpTile t{};
+  if (i < listed) {
+    t.recv = p.recv_tiles[i];
+    if (valid_recv_tile(p, i, t.recv)) {
+      t.expert = t.recv.expert_local;
+      t.rows = t.recv.rows;
+    }
+    return t;
+  }
+  t.shared = shared_tile(p, i - listed);
+  t.expert = p.experts_local + t.shared.slice;
+  t.rows = t.shared.rows;
+  return t;
 }
 
 // GEMM0 task (i, b) of row tile i: column tile b / k_split, K slice b % k_split. Rows from the
@@ -149,22 +188,26 @@ __device__ __forceinline__ int ep_k_split(const Params& p) {
 template <class P>
 __device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   using Elem = typename P::Elem;
-  const RecvTile t = p.recv_tiles[i];
-  if (!valid_recv_tile(p, i, t)) {
+  const EpPlan plan = ep_plan(p, sm.task);
+  const EpTile t = ep_tile(p, plan.listed, i);
+  if (t.rows <= 0) {
     if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, i, t.rows);
     return;
   }
-  const int slices = ep_k_split(p);
+  const int slices = plan.k_split;
   const int col_tile = b / slices, slice = b % slices;
   const KSlice ks = k_slice(p.hidden, slice, slices);
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
     const Elem* src = nullptr;
-    if (r < t.rows) {
-      const RecvRow q = recv_row(p, t, r);
+    const Elem* x = static_cast<const Elem*>(p.x);
+    if (r < t.rows && t.recv.rows == 0) {
+      src = x + static_cast<long long>(t.shared.token0 + r) * p.hidden;
+    } else if (r < t.rows) {
+      const RecvRow q = recv_row(p, t.recv, r);
       if (q.source == p.rank) {
         const int token = __ldcg(p.expert_rows + q.index) / p.topk;
-        src = static_cast<const Elem*>(p.x) + static_cast<long long>(token) * p.hidden;
+        src = x + static_cast<long long>(token) * p.hidden;
       } else {
         src = reinterpret_cast<const Elem*>(p.window + p.wl.inbox) +
               (static_cast<long long>(q.source) * p.wl.rows_per_source + q.index) * p.hidden;
@@ -172,12 +215,12 @@ __device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
     }
     sm.gemm.rows[r] = src ? src + ks.first : nullptr;
   }
-  if (!gemm0_math<P>(p, sm, t.expert_local, t.rows, col_tile, ks.first, ks.count)) return;
+  if (!gemm0_math<P>(p, sm, t.expert, t.rows, col_tile, ks.first, ks.count)) return;
   if (slices > 1 &&
       !finish_k_split<P>(p, sm, 0, i * p.gemm0_col_tiles + col_tile, slice, slices, t.rows)) {
     return;  // another slice's block finishes this tile
   }
-  gemm0_epilogue<P>(p, sm, t.expert_local, t.rows, i * kTileRows, col_tile);
+  gemm0_epilogue<P>(p, sm, t.expert, t.rows, i * kTileRows, col_tile);
   publish_block_writes();
   if (threadIdx.x == 0) {
     const int done = atomicAdd(p.rowtile_done + i, 1) + 1;
@@ -188,21 +231,22 @@ __device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   }
 }
 
-// GEMM1 of row tile i: each result row goes straight into its source rank's stage buffer, then
-// each source's per-token-tile counters learn how many of its rows landed.
+// GEMM1 of row tile i: each result row goes straight into its source rank's stage buffer (a shared
+// tile's into this rank's shared_stage), then each source's per-token-tile counters learn how many
+// of its rows landed.
 template <class P>
 __device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   using Elem = typename P::Elem;
-  const RecvTile t = p.recv_tiles[i];
-  if (!valid_recv_tile(p, i, t)) {
+  const EpPlan plan = ep_plan(p, sm.task);
+  const EpTile t = ep_tile(p, plan.listed, i);
+  if (t.rows <= 0) {
     if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, i, t.rows);
     return;
   }
-  const int slices = ep_k_split(p);
+  const int slices = plan.k_split;
   const int col_tile = b / slices, slice = b % slices;
   const KSlice ks = k_slice(p.ffn, slice, slices);
-  if (!gemm1_math<P>(p, sm, t.expert_local, t.rows, i * kTileRows, col_tile, ks.first,
-                     ks.count)) {
+  if (!gemm1_math<P>(p, sm, t.expert, t.rows, i * kTileRows, col_tile, ks.first, ks.count)) {
     return;
   }
   if (slices > 1 &&
@@ -211,15 +255,17 @@ __device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   }
   const LsaTransport tr(p);
   // The rows' ids: this rank's own routing, or the ids their source sent with them.
-  set_gemm1_rows<Elem>(p, sm.task, t.rows, [&](int r) {
-    const RecvRow q = recv_row(p, t, r);
+  set_gemm1_rows(sm.task, t.rows, [&](int r) {
+    if (t.recv.rows == 0) return shared_dest<Elem>(p, t.shared.slice, t.shared.token0 + r);
+    const RecvRow q = recv_row(p, t.recv, r);
     const int* ids = q.source == p.rank
                          ? p.expert_rows
                          : reinterpret_cast<const int*>(p.window + p.wl.ids) +
                                static_cast<long long>(q.source) * p.wl.rows_per_source;
-    return Gemm1Dest{__ldcg(ids + q.index), q.source, tr.at<Elem>(p.wl.stage, q.source)};
+    return stage_dest<Elem>(p, tr.at<Elem>(p.wl.stage, q.source), __ldcg(ids + q.index),
+                            q.source);
   });
-  gemm1_epilogue<P>(p, sm, t.expert_local, t.rows, col_tile);
+  gemm1_epilogue<P>(p, sm, t.expert, t.rows, col_tile);
   __threadfence_system();  // the result rows precede the counter updates, also across GPUs
   __syncthreads();
   for_each_token_tile_run(sm.task, t.rows, [&](int source, int tt, int len) {
@@ -331,11 +377,13 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
     if (n >= 0) {
       // Every tile this rank computes is known now: how many K slices its GEMM tasks get
       // (route.cuh), written before any GEMM task is published (the processors read it there).
-      const int slices = plan_k_split(p, n);
+      // The shared expert's tiles (this rank's own tokens) follow the listed ones.
+      const int tiles = n + shared_tiles(p);
+      const int slices = plan_k_split(p, tiles);
       sm.route.k_split = slices;
       p.control->k_split = slices;
       p.control->total_tasks = static_cast<unsigned int>(
-          n * (p.gemm0_col_tiles + p.gemm1_col_tiles) * slices +
+          tiles * (p.gemm0_col_tiles + p.gemm1_col_tiles) * slices +
           p.token_tiles * p.combine_col_tiles);
       __threadfence();
       st_release_gpu(&p.control->total_ready, 1u);
@@ -346,8 +394,10 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
   if (n < 0) return;
   // Tiles of this rank's own tokens only are ready now: every thread publishes some (the block's
   // barrier above made the listing visible to it, and push_tasks' fence passes it on).
-  for (int i = static_cast<int>(threadIdx.x); i < n; i += kThreads) {
-    if (!has_remote_rows(p, p.recv_tiles[i])) {
+  // The shared expert's tiles then, so that they run while peers' rows are still on their way.
+  const int own_tiles = n + shared_tiles(p);
+  for (int i = static_cast<int>(threadIdx.x); i < own_tiles; i += kThreads) {
+    if (i >= n || !has_remote_rows(p, p.recv_tiles[i])) {
       push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
       if (shared_events) atomicMax(shared_events + ev_own_published, global_ns());
     }

@@ -26,6 +26,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   if (threadIdx.x == 0) {
     init_tma_barriers(sm.gemm.full_tma, P::kStages);
     sm.gemm.tma_phase = 0;
+    sm.task.ep_listed = -1;  // ep.cuh, ep_plan
   }
   long long* trace = p.trace && threadIdx.x == 0 ? p.trace + blockIdx.x * kTraceStride : nullptr;
   if (trace) {

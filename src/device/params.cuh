@@ -17,6 +17,8 @@ inline constexpr int kTileCols = 128;  // output columns per GEMM task
 inline constexpr int kMaxExperts = 256;
 inline constexpr int kMaxTopK = 8;
 inline constexpr int kMaxWorld = 64;
+// The shared expert runs as at most this many slices of a routed expert's width (Limits).
+inline constexpr int kMaxSharedSlices = 8;
 // Calls of at most this many token tiles (decode) are routed by one block, with no grid barrier
 // (route_alone.cuh, Params::route_alone).
 inline constexpr int kRouteAloneTiles = 4;
@@ -164,6 +166,15 @@ struct Params {
   const void* b1;       // [E, w1_columns] or nullptr
   const void* w2;       // [E, I, H]
   const void* b2;       // [E, H] or nullptr
+  // The shared expert (docs/shared-experts.md), or shared_slices == 0: slices of width I, each
+  // run as row tiles of this rank's own tokens counted after the routed row tiles (shared_tile,
+  // processor.cuh). Its whole weights, in the routed experts' layout: slice j is W1's columns
+  // [j I, (j + 1) I) (swiglu: and the up columns S + j I ...), W2's K rows [j I, (j + 1) I).
+  int shared_slices;        // shared_ffn / I
+  const void* shared_w1;    // [H, S1] or [S1, H]; S = shared_slices * I, S1 = S or 2 S (swiglu)
+  const void* shared_b1;    // [S1] or nullptr
+  const void* shared_w2;    // [S, H] or [H, S]
+  const void* shared_b2;    // [H] or nullptr: added by slice 0 only
 
   // Workspace.
   Control* control;
@@ -187,6 +198,7 @@ struct Params {
   int* expert_rows;            // [rows]: token * k + choice, grouped by expert, token order inside
   void* hidden_act;            // [rows, I]
   void* stage;                 // [S * k, H]
+  void* shared_stage;          // [S * shared_slices, H]: the shared expert's slices' results
   Task* tasks;                 // [max_tasks]
   int max_tasks;
   // This call's epoch (see task_head), in the shared workspace: advanced on the stream just before
@@ -223,6 +235,13 @@ struct Params {
   // unused by the other kernels.
   CUtensorMap tma_w2;  // (64-byte aligned by its type)
   CUtensorMap tma_h;   // hidden_act [rows][ffn] (GEMM1's A rows), boxes of 128 rows x 128 bytes
+  CUtensorMap tma_w2_shared;  // shared_w2 as one expert of K = S (a slice offsets K by j I)
 };
+
+// Row tiles of the shared expert in a call: every slice over every token tile of this rank's own
+// tokens. They follow the routed row tiles in the task numbering (processor.cuh, shared_tile).
+__device__ __forceinline__ int shared_tiles(const Params& p) {
+  return p.shared_slices * p.token_tiles;
+}
 
 }  // namespace monomoe::device

@@ -30,6 +30,20 @@ __device__ __forceinline__ RowTile locate_row_tile(const Params& p, const RouteS
   return rt;
 }
 
+// The shared expert's row tile `index` (counted from the first one after the routed tiles): slice
+// index / token_tiles over token tile index % token_tiles. Its rows are the tile's tokens in order,
+// its activations hidden_act's rows from (routed tiles + index) * 128, like any row tile's with
+// peers. Invalid (rows 0) outside [0, shared_tiles).
+struct SharedTile {
+  int slice, token0, rows;
+};
+__device__ __forceinline__ SharedTile shared_tile(const Params& p, int index) {
+  if (index < 0 || index >= shared_tiles(p)) return {0, 0, 0};
+  const int slice = index / p.token_tiles;
+  const int token0 = (index - slice * p.token_tiles) * kTileRows;
+  return {slice, token0, min(kTileRows, p.tokens - token0)};
+}
+
 // The columns of GEMM0 column tile `col_tile`. SwiGLU: kHalf gate columns (col0...) and the matching
 // kHalf up columns (ffn + col0...) make kHalf outputs. Otherwise kBN consecutive columns, fewer in
 // the last tile.
@@ -51,6 +65,37 @@ __device__ __forceinline__ Gemm0Cols gemm0_cols(const Params& p, int col_tile) {
   return c;
 }
 
+// Where GEMM0 column tile `col_tile` of `expert` reads W1 and b1: expert < experts_local is a
+// routed expert ([hidden, w1_cols] at w1 + expert * hidden * w1_cols); beyond, slice expert -
+// experts_local of the shared expert, columns of its whole [hidden, shared w1 columns] matrix (or
+// the transposes for [out, in] weights): slice j's columns start at j * ffn, its swiglu up half at
+// shared_ffn + j * ffn, so the weights need no repacking. lo, hi: the tile's two column halves in
+// that matrix (Gemm0Cols' col0, col_hi, offset); b1 indexed by the same columns.
+template <class P>
+struct W1Tile {
+  const typename P::Elem* w1;  // the matrix
+  const typename P::Elem* b1;  // its bias vector, or nullptr
+  int cols;                    // its columns (its row pitch [in, out], its rows [out, in])
+  int lo, hi;
+};
+template <class P>
+__device__ __forceinline__ W1Tile<P> w1_tile(const Params& p, int expert, const Gemm0Cols& c) {
+  using Elem = typename P::Elem;
+  const bool swiglu = p.act == Act::swiglu;
+  if (expert < p.experts_local) {
+    const long long at = static_cast<long long>(expert) * c.w1_cols;
+    return {static_cast<const Elem*>(p.w1) + at * p.hidden,
+            p.has_bias ? static_cast<const Elem*>(p.b1) + at : nullptr, c.w1_cols, c.col0,
+            c.col_hi};
+  }
+  const int width = p.shared_slices * p.ffn;
+  const int first = (expert - p.experts_local) * p.ffn;
+  const int lo = first + c.col0;
+  return {static_cast<const Elem*>(p.shared_w1),
+          p.has_bias ? static_cast<const Elem*>(p.shared_b1) : nullptr, swiglu ? 2 * width : width,
+          lo, swiglu ? width + lo : c.col_hi + first};
+}
+
 // Weight element offset of K position k in a matrix whose rows are K ([K, N], row pitch ldn) or,
 // for [out, in] weights, whose rows are N ([N, K]): where a K slice's B starts.
 template <class P>
@@ -67,11 +112,11 @@ __device__ bool gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   using Elem = typename P::Elem;
   using Gemm = TileGemm<P, P::kExpertBN>;
   const Gemm0Cols c = gemm0_cols<P>(p, col_tile);
-  // W1 of an expert: [hidden, w1_cols], or [w1_cols, hidden] for [out, in] weights.
-  const int ldb = P::kWeightsKMajor ? p.hidden : c.w1_cols;
-  const Elem* w1 = static_cast<const Elem*>(p.w1) +
-                   static_cast<long long>(expert) * p.hidden * c.w1_cols + k_offset<P>(k_first, ldb);
-  return Gemm::run(sm.gemm, w1, ldb, c.col0, c.col_hi, c.valid_lo, c.valid_hi, k_count, rows);
+  const W1Tile<P> w = w1_tile<P>(p, expert, c);
+  // W1: [hidden, cols], or [cols, hidden] for [out, in] weights.
+  const int ldb = P::kWeightsKMajor ? p.hidden : w.cols;
+  return Gemm::run(sm.gemm, w.w1 + k_offset<P>(k_first, ldb), ldb, w.lo, w.hi, c.valid_lo,
+                   c.valid_hi, k_count, rows);
 }
 
 // GEMM0's epilogue: hidden_act[hidden_row0 + r, cols of col_tile] = act(C[r] + b1) for r < rows.
@@ -81,11 +126,10 @@ __device__ void gemm0_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
   using Elem = typename P::Elem;
   using Gemm = TileGemm<P, P::kExpertBN>;
   const Gemm0Cols c = gemm0_cols<P>(p, col_tile);
-  const Elem* b1 = p.has_bias ? static_cast<const Elem*>(p.b1) + static_cast<long long>(expert) * c.w1_cols
-                              : nullptr;
+  const W1Tile<P> w = w1_tile<P>(p, expert, c);
   Elem* h = static_cast<Elem*>(p.hidden_act);
   epilogue_gemm0<P>(Gemm::result(sm.gemm), Gemm::kCPitch, Gemm::kBN / 2, rows, c.out_cols,
-                    p.act == Act::swiglu, p.act, b1, c.col0, c.col_hi,
+                    p.act == Act::swiglu, p.act, w.b1, w.lo, w.hi,
                     h + static_cast<long long>(hidden_row0) * p.ffn + c.col0, p.ffn);
 }
 
@@ -106,19 +150,27 @@ __device__ bool gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   }
   const int col0 = col_tile * Gemm::kBN;
   const int out_cols = min(Gemm::kBN, p.hidden - col0);
-  // W2 of an expert: [ffn, hidden], or [hidden, ffn] for [out, in] weights.
-  const int ldb = P::kWeightsKMajor ? p.ffn : p.hidden;
-  const Elem* w2 = static_cast<const Elem*>(p.w2) +
-                   static_cast<long long>(expert) * p.ffn * p.hidden + k_offset<P>(k_first, ldb);
+  // W2 of a routed expert: [ffn, hidden], or [hidden, ffn] for [out, in] weights. The shared
+  // expert's whole W2 ([S, hidden] or [hidden, S]) is read as one expert of depth S, slice j from
+  // K = j * ffn (its TMA map likewise: one expert, layer.cu).
+  const bool shared = expert >= p.experts_local;
+  const int depth = shared ? p.shared_slices * p.ffn : p.ffn;
+  const int k0 = (shared ? (expert - p.experts_local) * p.ffn : 0) + k_first;
+  const int ldb = P::kWeightsKMajor ? depth : p.hidden;
+  const Elem* w2 = shared ? static_cast<const Elem*>(p.shared_w2)
+                          : static_cast<const Elem*>(p.w2) +
+                                static_cast<long long>(expert) * p.ffn * p.hidden;
+  w2 += k_offset<P>(k0, ldb);
   // A rows are contiguous here: both operands by TMA where the kernel can (StageLoads::kTmaCapable;
   // the other kernels ignore t).
   TmaTile t;
-  t.map = &p.tma_w2;
-  t.expert = expert;
-  t.k0 = k_first;
+  t.map = shared ? &p.tma_w2_shared : &p.tma_w2;
+  t.expert = shared ? 0 : expert;
+  t.k0 = k0;
   t.p = &p;
   t.map_a = &p.tma_h;
   t.a_row0 = hidden_row0;
+  t.a_k0 = k_first;
   return Gemm::template run<true>(sm.gemm, w2, ldb, col0, col0 + kHalf, min(kHalf, out_cols),
                                   max(0, out_cols - kHalf), k_count, rows, t);
 }
@@ -132,8 +184,12 @@ __device__ void gemm1_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
   using Gemm = TileGemm<P, P::kExpertBN>;
   const int col0 = col_tile * Gemm::kBN;
   const int out_cols = min(Gemm::kBN, p.hidden - col0);
-  const Elem* b2 = p.has_bias ? static_cast<const Elem*>(p.b2) + static_cast<long long>(expert) * p.hidden
-                              : nullptr;
+  // The shared expert's b2 once: with its first slice.
+  const Elem* b2 = !p.has_bias                   ? nullptr
+                   : expert < p.experts_local    ? static_cast<const Elem*>(p.b2) +
+                                                    static_cast<long long>(expert) * p.hidden
+                   : expert == p.experts_local   ? static_cast<const Elem*>(p.shared_b2)
+                                                 : nullptr;
   epilogue_gemm1<P>(Gemm::result(sm.gemm), Gemm::kCPitch, rows, out_cols, sm.task.row_out, b2,
                     col0);
 }
@@ -182,13 +238,31 @@ __device__ bool finish_k_split(const Params& p, KernelSmem<P>& sm, int phase, in
   return true;
 }
 
+// The rows of a GEMM task's row tile with no peers: a routed expert's tile (located in the routing
+// summary), or past the routed tiles a tile of the shared expert (shared_tile).
+struct AloneTile {
+  int expert;       // the routed expert, or experts_local + the shared slice
+  int rows;         // 1..128 (0: no such tile)
+  int hidden_row0;  // its first row of hidden_act
+  int first;        // routed: its first row in expert_rows; shared: -1
+  int token0;       // shared: its first token (its rows are the tokens from there, in order)
+};
+__device__ __forceinline__ AloneTile alone_tile(const Params& p, const RouteSmem& rs, int tile) {
+  if (tile < rs.row_tiles) {
+    const RowTile rt = locate_row_tile(p, rs, tile);
+    return {rt.expert, rt.rows, rt.first, rt.first, 0};
+  }
+  const SharedTile st = shared_tile(p, tile - rs.row_tiles);
+  return {p.experts_local + st.slice, st.rows, tile * kTileRows, -1, st.token0};
+}
+
 // GEMM0 task (tile, b): column tile b / k_split, K slice b % k_split (k_split == 1: whole K).
 template <class P>
 __device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   using Elem = typename P::Elem;
-  const RowTile rt = locate_row_tile(p, sm.route, tile);
-  if (rt.rows <= 0 || rt.expert >= p.experts) {
-    if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, tile, rt.rows);
+  const AloneTile at = alone_tile(p, sm.route, tile);
+  if (at.rows <= 0) {
+    if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, tile, at.rows);
     return;
   }
   const int slices = sm.route.k_split;
@@ -198,18 +272,19 @@ __device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
     const Elem* src = nullptr;
-    if (r < rt.rows) {
-      const int token = __ldcg(p.expert_rows + rt.first + r) / p.topk;
+    if (r < at.rows) {
+      const int token =
+          at.first >= 0 ? __ldcg(p.expert_rows + at.first + r) / p.topk : at.token0 + r;
       src = x + static_cast<long long>(token) * p.hidden + ks.first;
     }
     sm.gemm.rows[r] = src;
   }
-  if (!gemm0_math<P>(p, sm, rt.expert, rt.rows, col_tile, ks.first, ks.count)) return;
+  if (!gemm0_math<P>(p, sm, at.expert, at.rows, col_tile, ks.first, ks.count)) return;
   if (slices > 1 &&
-      !finish_k_split<P>(p, sm, 0, tile * p.gemm0_col_tiles + col_tile, slice, slices, rt.rows)) {
+      !finish_k_split<P>(p, sm, 0, tile * p.gemm0_col_tiles + col_tile, slice, slices, at.rows)) {
     return;  // another slice's block finishes this tile
   }
-  gemm0_epilogue<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile);
+  gemm0_epilogue<P>(p, sm, at.expert, at.rows, at.hidden_row0, col_tile);
 
   publish_block_writes();
   if (threadIdx.x == 0) {
@@ -221,28 +296,42 @@ __device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   }
 }
 
-// Where one row of a GEMM1 tile goes: its (token, choice) id at its source, that source's rank, and
-// the source's stage buffer (this rank's own, or a peer's in its window).
+// Where one row of a GEMM1 tile goes: its row of a stage buffer (this rank's own, or a peer's in
+// its window), the token there (of the source's tokens) and the source's rank.
 struct Gemm1Dest {
-  int id;
+  void* row;
+  int token;
   int source;
-  void* stage;
 };
+
+// A routed row: (token, choice) id `id` of `source`, whose stage buffer is `stage`.
+template <class Elem>
+__device__ __forceinline__ Gemm1Dest stage_dest(const Params& p, void* stage, int id, int source) {
+  return {static_cast<Elem*>(stage) + static_cast<long long>(id) * p.hidden, id / p.topk, source};
+}
+
+// A row of the shared expert's slice `slice` for this rank's token `token`: shared_stage
+// [tokens][shared_slices][hidden].
+template <class Elem>
+__device__ __forceinline__ Gemm1Dest shared_dest(const Params& p, int slice, int token) {
+  return {static_cast<Elem*>(p.shared_stage) +
+              (static_cast<long long>(token) * p.shared_slices + slice) * p.hidden,
+          token, p.rank};
+}
 
 // GEMM1's destinations of rows r < rows of a tile, dest(r) each (threads r < 128): row_out,
 // token_tile and row_source (past the end: nullptr, -1, 0); then a barrier, before the epilogue and
 // the counters read them.
-template <class Elem, class Dest>
-__device__ __forceinline__ void set_gemm1_rows(const Params& p, TaskSmem& ts, int rows,
-                                               Dest&& dest) {
+template <class Dest>
+__device__ __forceinline__ void set_gemm1_rows(TaskSmem& ts, int rows, Dest&& dest) {
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
     void* out = nullptr;
     int tt = -1, source = 0;
     if (r < rows) {
       const Gemm1Dest d = dest(r);
-      out = static_cast<Elem*>(d.stage) + static_cast<long long>(d.id) * p.hidden;
-      tt = d.id / p.topk / kTileRows;
+      out = d.row;
+      tt = d.token / kTileRows;
       source = d.source;
     }
     ts.row_out[r] = out;
@@ -275,24 +364,28 @@ __device__ __forceinline__ void for_each_token_tile_run(const TaskSmem& ts, int 
 template <class P>
 __device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   using Elem = typename P::Elem;
-  const RowTile rt = locate_row_tile(p, sm.route, tile);
-  if (rt.rows <= 0 || rt.expert >= p.experts) {
-    if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, tile, rt.rows);
+  const AloneTile at = alone_tile(p, sm.route, tile);
+  if (at.rows <= 0) {
+    if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, tile, at.rows);
     return;
   }
   const int slices = sm.route.k_split;
   const int col_tile = b / slices, slice = b % slices;
   const KSlice ks = k_slice(p.ffn, slice, slices);
-  if (!gemm1_math<P>(p, sm, rt.expert, rt.rows, rt.first, col_tile, ks.first, ks.count)) return;
+  if (!gemm1_math<P>(p, sm, at.expert, at.rows, at.hidden_row0, col_tile, ks.first, ks.count)) {
+    return;
+  }
   const int group = tile * p.gemm1_col_tiles + col_tile;
-  if (slices > 1 && !finish_k_split<P>(p, sm, 1, group, slice, slices, rt.rows)) return;
-  set_gemm1_rows<Elem>(p, sm.task, rt.rows, [&](int r) {
-    return Gemm1Dest{__ldcg(p.expert_rows + rt.first + r), 0, p.stage};
+  if (slices > 1 && !finish_k_split<P>(p, sm, 1, group, slice, slices, at.rows)) return;
+  set_gemm1_rows(sm.task, at.rows, [&](int r) {
+    return at.first >= 0
+               ? stage_dest<Elem>(p, p.stage, __ldcg(p.expert_rows + at.first + r), 0)
+               : shared_dest<Elem>(p, at.expert - p.experts_local, at.token0 + r);
   });
-  gemm1_epilogue<P>(p, sm, rt.expert, rt.rows, col_tile);
+  gemm1_epilogue<P>(p, sm, at.expert, at.rows, col_tile);
 
   publish_block_writes();
-  for_each_token_tile_run(sm.task, rt.rows, [&](int, int tt, int len) {
+  for_each_token_tile_run(sm.task, at.rows, [&](int, int tt, int len) {
     const int done = atomicAdd(p.tokentile_done + tt, len) + len;
     if (done == __ldcg(p.tokentile_target + tt)) {
       __threadfence();

@@ -86,9 +86,11 @@ __device__ __forceinline__ void summarize_kept(const Params& p, RouteSmem& rs) {
       rs.tile_base[p.experts] = tiles_incl;
       rs.row_tiles = tiles_incl;
       // With peers this rank computes the tiles it receives, which only the subscriber learns
-      // (subscribe_ep decides their split; the processors read it from Control).
-      rs.k_split = p.world > 1 ? 1 : plan_k_split(p, tiles_incl);
-      rs.total_tasks = tiles_incl * (p.gemm0_col_tiles + p.gemm1_col_tiles) * rs.k_split +
+      // (subscribe_ep decides their split; the processors read it from Control). The shared
+      // expert's tiles follow the routed ones (processor.cuh, shared_tile).
+      const int tiles = tiles_incl + shared_tiles(p);
+      rs.k_split = p.world > 1 ? 1 : plan_k_split(p, tiles);
+      rs.total_tasks = tiles * (p.gemm0_col_tiles + p.gemm1_col_tiles) * rs.k_split +
                        p.token_tiles * p.combine_col_tiles;
     }
   }
@@ -158,7 +160,10 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
     atomicAdd(&kept_in_tile, kept);
   }
   __syncthreads();
-  if (threadIdx.x == 0) p.tokentile_target[tile] = kept_in_tile * p.gemm1_col_tiles;
+  // The tile's rows: the kept choices, and each token once per shared slice.
+  if (threadIdx.x == 0) {
+    p.tokentile_target[tile] = (kept_in_tile + rows * p.shared_slices) * p.gemm1_col_tiles;
+  }
   __syncthreads();
 }
 

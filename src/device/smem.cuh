@@ -42,6 +42,9 @@ struct TaskSmem {
   int token_tile[kTileRows];
   unsigned char row_source[kTileRows];
   int queue_base;
+  // world > 1: the call's K split and listed row tiles, once known (ep.cuh, ep_plan); -1 before.
+  int ep_k_split;
+  int ep_listed;
 };
 static_assert(kMaxWorld <= 256, "TaskSmem::row_source holds a rank in a byte");
 

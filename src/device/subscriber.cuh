@@ -12,9 +12,10 @@ namespace monomoe::device {
 
 template <class P>
 __device__ void publish_initial_tasks(const Params& p, KernelSmem<P>& sm) {
-  // GEMM0 tasks of every row tile: column tile c, K slice s as b = c * k_split + s (processor.cuh).
+  // GEMM0 tasks of every row tile, the shared expert's after the routed ones: column tile c, K
+  // slice s as b = c * k_split + s (processor.cuh).
   const int per_tile = p.gemm0_col_tiles * sm.route.k_split;
-  const int n = sm.route.row_tiles * per_tile;
+  const int n = (sm.route.row_tiles + shared_tiles(p)) * per_tile;
   if (threadIdx.x == 0) {
     const unsigned int base = atomicAdd(&p.control->queue_tail, static_cast<unsigned int>(n));
     sm.task.queue_base = static_cast<int>(base);

@@ -94,6 +94,12 @@ void LayerConfig::validate(std::size_t device_memory_bytes) const {
     reject("ffn", std::to_string(ffn),
            "must be a multiple of " + std::to_string(Limits::kShapeMultiple) + " (the kernel's tile)");
   }
+  require_range("shared_ffn", shared_ffn, 0, Limits::kMaxSharedSlices * ffn);
+  if (shared_ffn % ffn != 0) {
+    reject("shared_ffn", std::to_string(shared_ffn),
+           "must be 0 (no shared expert) or a multiple of ffn = " + std::to_string(ffn) +
+               " (it runs as slices of a routed expert's width)");
+  }
   require_range("world_size", world_size, 1, Limits::kMaxWorld);
   require_range("rank", rank, 0, world_size - 1);
   require_range("experts", experts, 1, Limits::kMaxExperts);
@@ -137,6 +143,10 @@ std::size_t LayerConfig::weight_bytes() const {
   if (bias) {
     n = checked_add(n, checked_mul(el, u(w1_columns() + hidden), "hidden"), "hidden");
   }
+  // The shared expert, replicated: W1, W2 (and b1, b2).
+  n = checked_add(n, checked_mul(u(hidden), u(shared_w1_columns() + shared_ffn), "shared_ffn"),
+                  "shared_ffn");
+  if (bias && shared_ffn > 0) n = checked_add(n, u(shared_w1_columns() + hidden), "shared_ffn");
   return checked_mul(n, elem, "hidden");
 }
 
@@ -148,6 +158,7 @@ std::string LayerConfig::describe() const {
                             " dtype=", to_string(dtype), " renorm=", renormalize,
                             " capacity=", capacity_factor, " bias=", bias, " world=", world_size);
   if (weight_layout != WeightLayout::in_out) s += text::cat(" weights=", to_string(weight_layout));
+  if (shared_ffn > 0) s += text::cat(" shared_ffn=", shared_ffn);
   return s;
 }
 

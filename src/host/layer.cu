@@ -27,6 +27,8 @@ namespace monomoe {
 static_assert(sizeof(device::Control) == 72, "workspace.cpp reserves 72 bytes for Control");
 static_assert(detail::TileShape::kRows == device::kTileRows &&
               detail::TileShape::kCols == device::kTileCols);
+static_assert(Limits::kMaxSharedSlices == device::kMaxSharedSlices &&
+              Limits::kMaxTopK == device::kMaxTopK && Limits::kMaxExperts == device::kMaxExperts);
 
 namespace {
 
@@ -137,6 +139,7 @@ struct MoELayer::Impl {
   // which GEMM1 reads B through.
   bool tma() const { return device::gemm1_by_tma(cfg.dtype, cfg.weight_layout); }
   CUtensorMap tma_w2{};
+  CUtensorMap tma_w2_shared{};  // the shared expert's W2 (LayerConfig.shared_ffn > 0)
   // hidden_act's map (GEMM1's A rows), encoded again when the shared workspace has moved.
   const void* tma_h_base = nullptr;
   CUtensorMap tma_h{};
@@ -194,6 +197,18 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
     need(weights.b1, "b1");
     need(weights.b2, "b2");
   }
+  if (config.shared_ffn > 0) {
+    need(weights.shared_w1, "shared_w1");
+    need(weights.shared_w2, "shared_w2");
+    if (config.bias) {
+      need(weights.shared_b1, "shared_b1");
+      need(weights.shared_b2, "shared_b2");
+    }
+  } else if (weights.shared_w1 || weights.shared_b1 || weights.shared_w2 || weights.shared_b2) {
+    // Weights the layer would not read: most likely LayerConfig.shared_ffn was forgotten.
+    throw ConfigError("ExpertWeights.shared_*: set, but LayerConfig.shared_ffn = 0 (no shared "
+                      "expert); set shared_ffn to the shared expert's width, or pass null");
+  }
 
   const int per_sm = device::forward_blocks_per_sm(config.dtype, config.weight_layout);
   if (per_sm < 1) {
@@ -229,6 +244,16 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
       m.tma_w2 = detail::tile_tensor_map(weights.w2, el, config.hidden, config.ffn, half,
                                          config.dtype, "ExpertWeights.w2");
     }
+    // The shared expert's W2 as one expert of depth shared_ffn (a slice offsets K, processor.cuh).
+    if (config.shared_ffn > 0 && config.weight_layout == WeightLayout::in_out) {
+      m.tma_w2_shared = detail::tile_tensor_map(weights.shared_w2, 1, config.shared_ffn,
+                                                config.hidden, k_tile, config.dtype,
+                                                "ExpertWeights.shared_w2");
+    } else if (config.shared_ffn > 0) {
+      m.tma_w2_shared = detail::tile_tensor_map(weights.shared_w2, 1, config.hidden,
+                                                config.shared_ffn, half, config.dtype,
+                                                "ExpertWeights.shared_w2");
+    }
   }
   m.plan = detail::plan_workspace(config);
   m.shared = detail::SharedWorkspace::of(comm);
@@ -252,6 +277,7 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
                {"renormalize", config.renormalize ? 1 : 0},
                {"capacity_factor (bits)", bits(config.capacity_factor)},
                {"bias", config.bias ? 1 : 0},
+               {"shared_ffn", config.shared_ffn},
                {"world_size", config.world_size},
                // The shared window's layout also depends on the layers built before this one.
                {"shared window's arrival flags per source (of the layers built before)",
@@ -391,13 +417,19 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.w2 = m.weights.w2;
   p.b2 = m.weights.b2;
   if (m.tma()) p.tma_w2 = m.tma_w2;
+  p.shared_slices = static_cast<int>(c.shared_slices());
+  p.shared_w1 = m.weights.shared_w1;
+  p.shared_b1 = m.weights.shared_b1;
+  p.shared_w2 = m.weights.shared_w2;
+  p.shared_b2 = m.weights.shared_b2;
+  if (m.tma()) p.tma_w2_shared = m.tma_w2_shared;
 
   p.control = m.at<device::Control>(m.plan.control);
   int* words = m.at<int>(m.plan.control + sizeof(device::Control));
   p.expert_count = words;
   p.expert_dropped = p.expert_count + c.experts;
   p.rowtile_done = p.expert_dropped + c.experts;
-  p.tokentile_done = p.rowtile_done + m.plan.row_tiles;
+  p.tokentile_done = p.rowtile_done + m.plan.gemm_tiles;
   p.tokentile_target = p.tokentile_done + m.plan.token_tiles;
   p.split_done = p.tokentile_target + m.plan.token_tiles;
   p.split_partial = m.at<float>(m.plan.split_partial);
@@ -429,6 +461,7 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
     p.tma_h = m.tma_h;
   }
   p.stage = m.at(m.plan.stage);
+  p.shared_stage = m.at(m.plan.shared_stage);
   const detail::SharedLayout& fixed = m.shared->layout();
   p.tasks = reinterpret_cast<device::Task*>(m.shared->base() + fixed.tasks);
   p.max_tasks = static_cast<int>(m.plan.max_tasks);

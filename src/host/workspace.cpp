@@ -45,12 +45,14 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   p.row_tiles = static_cast<std::int64_t>(
       checked_mul(u(cfg.world_size), u(tiles_per_source), "max_tokens"));
   p.recv_parts = device::recv_parts_bound(p.row_tiles);
+  p.shared_tiles = cfg.shared_slices() * p.token_tiles;  // <= 8 * 2^17
+  p.gemm_tiles = p.row_tiles + p.shared_tiles;
   // SwiGLU GEMM0 tiles produce half a tile of output columns each.
   const std::int64_t gemm0_cols = cfg.w1_columns() / TileShape::kCols;
   const std::int64_t gemm1_cols = cfg.hidden / TileShape::kCols;
   // With split K a call has at most 2 * kSplitGroups GEMM tasks (device/route.cuh, plan_k_split).
   const std::size_t gemm_tasks =
-      std::max(checked_mul(u(p.row_tiles), u(gemm0_cols + gemm1_cols), "max_tokens"),
+      std::max(checked_mul(u(p.gemm_tiles), u(gemm0_cols + gemm1_cols), "max_tokens"),
                u(2 * TileShape::kSplitGroups));
   // Combine tasks: narrower for calls of few token tiles (device/split.hpp, combine_cols_for).
   const std::size_t tasks = checked_add(
@@ -63,7 +65,7 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   Arena a;
   constexpr std::size_t kControlHeader = 72;  // sizeof(device::Control), checked in layer.cu
   const std::int64_t control_words =
-      2 * cfg.experts + p.row_tiles + 2 * p.token_tiles + 2 * TileShape::kSplitGroups;
+      2 * cfg.experts + p.gemm_tiles + 2 * p.token_tiles + 2 * TileShape::kSplitGroups;
   p.control_bytes =
       checked_add(kControlHeader, checked_mul(u(control_words), 4, "max_tokens"), "max_tokens");
   p.control = a.take(p.control_bytes, "control");
@@ -83,20 +85,25 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
       a.take(checked_mul(checked_mul(u(p.token_tiles), u(cfg.experts), "experts"), 4, "experts"),
              "experts");
   p.expert_rows = a.take(checked_mul(u(p.rows_in), 4, "max_tokens"), "max_tokens");
-  // Row tile i of GEMM0/GEMM1 owns rows [i * 128, i * 128 + rows) when world > 1.
+  // Row tile i of GEMM0/GEMM1 owns rows [i * 128, i * 128 + rows) when world > 1, and so does a
+  // shared tile always (its index counts the routed tiles before it).
   const std::size_t hidden_rows =
-      std::max(u(p.rows_in), checked_mul(u(p.row_tiles), u(TileShape::kRows), "max_tokens"));
+      std::max(u(p.rows_in), checked_mul(u(p.gemm_tiles), u(TileShape::kRows), "max_tokens"));
   p.hidden_rows = static_cast<std::int64_t>(hidden_rows);
   p.hidden_act =
       a.take(checked_mul(checked_mul(hidden_rows, u(cfg.ffn), "ffn"), elem, "ffn"), "ffn");
   p.stage = a.take(checked_mul(checked_mul(choices, u(cfg.hidden), "hidden"), elem, "hidden"),
                    "hidden");
+  const std::size_t shared_rows =
+      checked_mul(u(cfg.max_tokens), u(cfg.shared_slices()), "shared_ffn");
+  p.shared_stage = a.take(
+      checked_mul(checked_mul(shared_rows, u(cfg.hidden), "hidden"), elem, "hidden"), "hidden");
   p.recv_tiles = a.take(checked_mul(u(p.row_tiles), 16, "max_tokens"), "max_tokens");
   p.recv_part = a.take(checked_mul(u(p.recv_parts), 16, "max_tokens"), "max_tokens");
   // The kernel's expert GEMM tasks are 128 x expert_cols (layer.cu: gemm0/gemm1_col_tiles).
   const std::int64_t ecols = TileShape::expert_cols(cfg.dtype, cfg.weight_layout);
   p.split_room = device::k_split_room(
-      p.row_tiles, static_cast<int>((cfg.w1_columns() + ecols - 1) / ecols),
+      p.gemm_tiles, static_cast<int>((cfg.w1_columns() + ecols - 1) / ecols),
       static_cast<int>((cfg.hidden + ecols - 1) / ecols), static_cast<int>(cfg.hidden),
       static_cast<int>(cfg.ffn));
   p.split_partial_bytes = u(2 * p.split_room * TileShape::kRows * ecols * 4);

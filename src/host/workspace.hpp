@@ -36,11 +36,16 @@ struct WorkspacePlan {
   std::int64_t experts_padded = 0;  // gate columns, padded to a multiple of kCols
   std::int64_t rows_in = 0;         // most rows (token copies) this rank's experts can receive
   std::int64_t row_tiles = 0;       // most GEMM row tiles over all (source, expert) segments
+  // The shared expert's row tiles (shared_slices x token_tiles, after the routed ones), and most
+  // GEMM row tiles in all (row_tiles + shared_tiles): the row tile counters, hidden_act's rows,
+  // the GEMM tasks and the split-K room cover them.
+  std::int64_t shared_tiles = 0;
+  std::int64_t gemm_tiles = 0;
   std::int64_t recv_parts = 0;      // world > 1: most parts of those tiles (device/pack.hpp)
   std::int64_t max_tasks = 0;       // queue capacity: the first max_tasks of the shared task slots
 
   // Control words, zeroed before every forward by the call's prologue kernel: the Control header,
-  // then int expert_count[E], expert_dropped[E], rowtile_done[row_tiles],
+  // then int expert_count[E], expert_dropped[E], rowtile_done[gemm_tiles],
   // tokentile_done[token_tiles], tokentile_target[token_tiles], split_done[2][kSplitGroups].
   std::size_t control = 0, control_bytes = 0;
   std::size_t gate = 0;         // elem [hidden, experts_padded]: zero-padded copy of the gate
@@ -55,6 +60,8 @@ struct WorkspacePlan {
   std::size_t hidden_act = 0;   // elem [hidden_rows, ffn]: activation output of GEMM0
   std::int64_t hidden_rows = 0;  // rows of hidden_act
   std::size_t stage = 0;        // elem [max_tokens * k, hidden]: expert outputs before combine
+  // elem [max_tokens * shared_slices, hidden]: the shared expert's slices' outputs (none: empty)
+  std::size_t shared_stage = 0;
   std::size_t recv_tiles = 0;   // RecvTile (16 bytes) [row_tiles] (world > 1)
   std::size_t recv_part = 0;    // RecvPart (16 bytes) [recv_parts] (world > 1)
   // float [2, split_room, 128, expert_cols]: split-K partial tiles (device::k_split_room)

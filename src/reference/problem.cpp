@@ -40,6 +40,10 @@ enum class Stream : std::uint64_t {
   b2 = 6,
   routing_ids = 7,
   routing_weights = 8,
+  shared_w1 = 9,
+  shared_b1 = 10,
+  shared_w2 = 11,
+  shared_b2 = 12,
 };
 
 class UniformStream {
@@ -141,8 +145,19 @@ Problem make_problem(const LayerConfig& config, const std::vector<std::int64_t>&
     p.b1.resize(e * c1);
     p.b2.resize(e * h);
   }
+  const std::size_t sf = sz(config.shared_ffn);
+  const std::size_t sc1 = sz(config.shared_w1_columns());
+  p.shared_w1.resize(h * sc1);
+  p.shared_w2.resize(sf * h);
+  if (config.bias && sf > 0) {
+    p.shared_b1.resize(sc1);
+    p.shared_b2.resize(h);
+  }
+  // W2 of the shared expert: the same rule as the routed ones' over its own fan-in.
+  const double shared_w2_scale = sf > 0 ? std::sqrt(3.0 / static_cast<double>(sf)) : 0.0;
 
-  // Jobs: one per rank's x, then one per expert (its W1, W2 and biases), then the gate.
+  // Jobs: one per rank's x, then one per expert (its W1, W2 and biases), then the gate (and the
+  // shared expert).
   const std::size_t world = tokens.size();
   run_jobs(world + e + 1, [&](std::size_t job) {
     if (job < world) {
@@ -159,6 +174,14 @@ Problem make_problem(const LayerConfig& config, const std::vector<std::int64_t>&
       }
     } else {
       fill(p.gate.data(), p.gate.size(), UniformStream(seed, Stream::gate, 0), gate_scale, bf16);
+      fill(p.shared_w1.data(), p.shared_w1.size(), UniformStream(seed, Stream::shared_w1, 0),
+           w1_scale, bf16);
+      fill(p.shared_w2.data(), p.shared_w2.size(), UniformStream(seed, Stream::shared_w2, 0),
+           shared_w2_scale, bf16);
+      fill(p.shared_b1.data(), p.shared_b1.size(), UniformStream(seed, Stream::shared_b1, 0),
+           bias_scale, bf16);
+      fill(p.shared_b2.data(), p.shared_b2.size(), UniformStream(seed, Stream::shared_b2, 0),
+           bias_scale, bf16);
     }
   });
   return p;

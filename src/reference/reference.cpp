@@ -6,7 +6,9 @@
 //      kept, the rest dropped and counted (skipped when dropless);
 //   3. experts: for choice j = 0, 1, ..., k-1 in turn, every kept row (token, j) runs through
 //      FFN_{e_j} and y_t += w_j * FFN_{e_j}(x_t). Rows of one expert are processed in blocks so
-//      that a weight tile is read once per block, not once per token.
+//      that a weight tile is read once per block, not once per token;
+//   4. the shared expert (config.shared_ffn > 0): y_t += FFN_shared(x_t) for every token, from its
+//      whole weights (the kernel runs it in slices: an error in the slicing shows here).
 // Determinism: every output element is a sum taken in one fixed order (ascending hidden/ffn index;
 // choices in ascending j) by one code path, whatever the blocking and thread count, and phases are
 // separated by joins. So the result is bit-identical for any number of threads.
@@ -99,6 +101,13 @@ void validate_problem(const Problem& p) {
   if (c.bias) {
     require_size("b1", p.b1.size(), e * c1);
     require_size("b2", p.b2.size(), e * h);
+  }
+  const std::size_t sc1 = sz(c.shared_w1_columns());
+  require_size("shared_w1", p.shared_w1.size(), h * sc1);
+  require_size("shared_w2", p.shared_w2.size(), sz(c.shared_ffn) * h);
+  if (c.bias && c.shared_ffn > 0) {
+    require_size("shared_b1", p.shared_b1.size(), sc1);
+    require_size("shared_b2", p.shared_b2.size(), h);
   }
   if (!p.routing_given() && p.topk_weights.empty()) return;
   // A given routing: sizes, and ids as the kernel accepts them (in range, distinct per token).
@@ -275,15 +284,37 @@ struct Scratch {
   std::vector<double> x, pre, act, out;
 };
 
-// y[row] += w * FFN_e(x[row]) for the rows of one block; `choice` names which top-k slot.
+// One FFN's weights, [in, out] as Problem stores them: a routed expert's slices of w1..b2, or the
+// shared expert's (b1, b2 nullptr without biases).
+struct FfnWeights {
+  const float* w1;  // [hidden, c1]
+  const float* b1;  // [c1]
+  const float* w2;  // [ffn, hidden]
+  const float* b2;  // [hidden]
+  std::size_t ffn, c1;
+};
+
+FfnWeights expert_weights(const Problem& p, std::size_t e) {
+  const LayerConfig& c = p.config;
+  const std::size_t h = sz(c.hidden), f = sz(c.ffn), c1 = sz(c.w1_columns());
+  return {p.w1.data() + e * h * c1, c.bias ? p.b1.data() + e * c1 : nullptr,
+          p.w2.data() + e * f * h, c.bias ? p.b2.data() + e * h : nullptr, f, c1};
+}
+
+FfnWeights shared_weights(const Problem& p) {
+  const LayerConfig& c = p.config;
+  return {p.shared_w1.data(), c.bias ? p.shared_b1.data() : nullptr, p.shared_w2.data(),
+          c.bias ? p.shared_b2.data() : nullptr, sz(c.shared_ffn), sz(c.shared_w1_columns())};
+}
+
+// y[row] += weight_of(row) * FFN(x[row]) for the rows of one block.
+template <class WeightOf>
 void run_block(const Problem& p, Result& res, const std::vector<Row>& rows, const Block& blk,
-               std::size_t choice, Scratch& s) {
+               const FfnWeights& wt, const WeightOf& weight_of, Scratch& s) {
   const LayerConfig& c = p.config;
   const std::size_t h = sz(c.hidden);
-  const std::size_t f = sz(c.ffn);
-  const std::size_t c1 = sz(c.w1_columns());
-  const std::size_t k = sz(c.topk);
-  const std::size_t e = blk.expert;
+  const std::size_t f = wt.ffn;
+  const std::size_t c1 = wt.c1;
   const std::size_t n = blk.end - blk.begin;
   const std::size_t padded = (n + kGroupRows - 1) / kGroupRows * kGroupRows;
 
@@ -297,9 +328,8 @@ void run_block(const Problem& p, Result& res, const std::vector<Row>& rows, cons
     std::copy(xr, xr + h, s.x.begin() + static_cast<std::ptrdiff_t>(i * h));
   }
 
-  block_gemm(s.x.data(), padded, h, p.w1.data() + e * h * c1, c1, s.pre.data());
-  const float* b1 = c.bias ? p.b1.data() + e * c1 : nullptr;
-  const auto b1_at = [&](std::size_t col) { return b1 ? static_cast<double>(b1[col]) : 0.0; };
+  block_gemm(s.x.data(), padded, h, wt.w1, c1, s.pre.data());
+  const auto b1_at = [&](std::size_t col) { return wt.b1 ? static_cast<double>(wt.b1[col]) : 0.0; };
   for (std::size_t i = 0; i < padded; ++i) {
     const double* pre = s.pre.data() + i * c1;
     double* a = s.act.data() + i * f;
@@ -321,17 +351,15 @@ void run_block(const Problem& p, Result& res, const std::vector<Row>& rows, cons
       }
     }
   }
-  block_gemm(s.act.data(), padded, f, p.w2.data() + e * f * h, h, s.out.data());
+  block_gemm(s.act.data(), padded, f, wt.w2, h, s.out.data());
 
-  const float* b2 = c.bias ? p.b2.data() + e * h : nullptr;
   for (std::size_t i = 0; i < n; ++i) {
     const Row& row = rows[blk.begin + i];
-    RankResult& rr = res.ranks[sz(row.rank)];
-    const double w = rr.topk_weight[sz(row.token) * k + choice];
-    double* y = rr.y.data() + sz(row.token) * h;
+    const double w = weight_of(row);
+    double* y = res.ranks[sz(row.rank)].y.data() + sz(row.token) * h;
     const double* o = s.out.data() + i * h;
     for (std::size_t q = 0; q < h; ++q) {
-      const double ffn = b2 ? o[q] + static_cast<double>(b2[q]) : o[q];
+      const double ffn = wt.b2 ? o[q] + static_cast<double>(wt.b2[q]) : o[q];
       y[q] += w * ffn;
     }
   }
@@ -496,7 +524,29 @@ Result run(const Problem& p, int threads, const ForcedRoutes& forced) {
     }
     parallel_for(blocks.size(), threads, [&](std::size_t i, std::size_t worker) {
       const Block& blk = blocks[i];
-      run_block(p, res, rows_of[blk.expert], blk, j, scratch[worker]);
+      const auto weight_of = [&](const Row& row) {
+        return res.ranks[sz(row.rank)].topk_weight[sz(row.token) * k + j];
+      };
+      run_block(p, res, rows_of[blk.expert], blk, expert_weights(p, blk.expert), weight_of,
+                scratch[worker]);
+    });
+  }
+
+  // Phase 4: the shared expert, every token of every rank with weight 1, after the k choices.
+  if (c.shared_ffn > 0) {
+    std::vector<Row> all;
+    for (std::size_t r = 0; r < world; ++r) {
+      for (std::size_t t = 0; t < sz(p.tokens[r]); ++t) {
+        all.push_back({static_cast<std::int32_t>(r), static_cast<std::int64_t>(t)});
+      }
+    }
+    blocks.clear();
+    for (std::size_t b = 0; b < all.size(); b += kBlockRows) {
+      blocks.push_back({0, b, std::min(all.size(), b + kBlockRows)});
+    }
+    const FfnWeights shared = shared_weights(p);
+    parallel_for(blocks.size(), threads, [&](std::size_t i, std::size_t worker) {
+      run_block(p, res, all, blocks[i], shared, [](const Row&) { return 1.0; }, scratch[worker]);
     });
   }
   return res;

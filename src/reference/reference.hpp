@@ -20,6 +20,11 @@ struct Problem {
   std::vector<float> b1;                     // [experts, w1_columns] (empty when !config.bias)
   std::vector<float> w2;                     // [experts, ffn, hidden]
   std::vector<float> b2;                     // [experts, hidden] (empty when !config.bias)
+  // The shared expert (config.shared_ffn > 0; empty otherwise), the same on every rank, [in, out]:
+  std::vector<float> shared_w1;              // [hidden, shared_w1_columns]
+  std::vector<float> shared_b1;              // [shared_w1_columns] (empty when !config.bias)
+  std::vector<float> shared_w2;              // [shared_ffn, hidden]
+  std::vector<float> shared_b2;              // [hidden] (empty when !config.bias)
   // Routing given by the caller (MoELayer::forward with a Routing), or both empty: the gate routes.
   // [world][tokens[r] * topk]: each token's expert ids (distinct, in [0, experts)) and weights,
   // used as they are: no softmax, no renormalization; the gate is not read.
@@ -71,7 +76,7 @@ struct Result {
 // (Problem.topk_ids) the tokens take it as it is (margin 1.0). With
 // capacity_factor > 0, each (source rank, expert) keeps the first config.capacity(tokens[r]) of
 // its choices in ascending token order. y_t sums kept w_j * FFN_{e_j}(x_t) over j = 0..k-1 in
-// that order. Throws ConfigError when the config or a tensor's size is invalid.
+// that order, then adds FFN_shared(x_t) when config.shared_ffn > 0. Throws ConfigError when the config or a tensor's size is invalid.
 Result run(const Problem& p, int threads = 0);
 
 // Choices decided elsewhere for some tokens of one rank: a GPU's fp32 gate may pick another expert

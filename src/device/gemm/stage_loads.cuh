@@ -280,7 +280,7 @@ struct StageLoads : TileShapes<P, BN> {
     SmemElem* sa = reinterpret_cast<SmemElem*>(sm.buffer) + stage * (kTileRows * kBK);
     SmemElem* sb = reinterpret_cast<SmemElem*>(sm.buffer) + kElemsA + stage * (BN * kBK);
     mbar_expect_bytes(&sm.full_tma[stage], kBytes);
-    tma_load_box(sa, t.map_a, &sm.full_tma[stage], t.k0 + kt * kBK, t.a_row0, 0);
+    tma_load_box(sa, t.map_a, &sm.full_tma[stage], t.a_k0 + kt * kBK, t.a_row0, 0);
 #pragma unroll
     for (int box = 0; box < kBoxes; ++box) {
       const int half_box = box % (kBoxes / 2);

@@ -12,11 +12,13 @@
 namespace monomoe::device {
 
 // Where a tile GEMM's operands come from when TMA loads them: B's map (the weights), its expert
-// (the map's third coordinate), the first K row of the task's K range, and A's map and first row.
+// (the map's third coordinate), the first K row of the task's K range there, and A's map, first
+// row and first K column (a shared expert's slice starts deeper in its W2 than in its A rows).
 struct TmaTile {
   const CUtensorMap* map = nullptr;  // the weights
   int expert = 0;
   int k0 = 0;
+  int a_k0 = 0;
   const Params* p = nullptr;  // for the bounded wait (abort, timeout)
   int col_lo = 0, col_hi = 0;  // the tile's two column halves (set by the tile GEMM)
   const CUtensorMap* map_a = nullptr;  // A's rows (GEMM1: hidden_act [rows][ffn])
