@@ -1028,20 +1028,19 @@ TEST(LayerGpu, InvalidForwardPointers) {
 }
 
 // Every weight pointer: null, misaligned, host memory; a bias only when the config has biases.
-TEST(LayerGpu, InvalidWeightPointers) {
-  MONOMOE_REQUIRE_GPU();
-  LayerConfig c = small(DType::bf16, Activation::gelu);
-  reference::Problem pr = reference::make_problem(c, {16}, 1);
-  bench::DeviceProblem dev(pr, 0);
+// A weight field of ExpertWeights and its name.
+using WeightField = std::pair<const char*, const void* ExpertWeights::*>;
+
+// Each of `fields` of `good` (valid weights of c) made null, misaligned or host memory in turn:
+// the layer's construction refuses it, naming it.
+void expect_each_weight_refused(const LayerConfig& c, const ExpertWeights& good,
+                                const std::vector<WeightField>& fields) {
   std::vector<unsigned char> host(64);
-  const std::pair<const char*, const void* ExpertWeights::*> fields[] = {
-      {"gate", &ExpertWeights::gate}, {"w1", &ExpertWeights::w1}, {"b1", &ExpertWeights::b1},
-      {"w2", &ExpertWeights::w2},     {"b2", &ExpertWeights::b2}};
   for (const auto& [name, field] : fields) {
     SCOPED_TRACE(name);
     const std::string full = std::string("ExpertWeights.") + name;
     for (int kind = 0; kind < 3; ++kind) {
-      ExpertWeights w = dev.weights();
+      ExpertWeights w = good;
       w.*field = kind == 0   ? nullptr
                  : kind == 1 ? static_cast<const char*>(w.*field) + 2
                              : static_cast<const void*>(host.data());
@@ -1049,6 +1048,19 @@ TEST(LayerGpu, InvalidWeightPointers) {
                           {full.c_str(), kind == 0 ? "null" : kind == 1 ? "aligned" : "not CUDA memory"});
     }
   }
+}
+
+TEST(LayerGpu, InvalidWeightPointers) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c = small(DType::bf16, Activation::gelu);
+  reference::Problem pr = reference::make_problem(c, {16}, 1);
+  bench::DeviceProblem dev(pr, 0);
+  expect_each_weight_refused(c, dev.weights(),
+                             {{"gate", &ExpertWeights::gate},
+                              {"w1", &ExpertWeights::w1},
+                              {"b1", &ExpertWeights::b1},
+                              {"w2", &ExpertWeights::w2},
+                              {"b2", &ExpertWeights::b2}});
   LayerConfig nb = c;
   nb.bias = false;
   ExpertWeights w = dev.weights();
@@ -1061,20 +1073,13 @@ TEST(LayerGpu, InvalidWeightPointers) {
   sc.shared_ffn = c.ffn;
   reference::Problem spr = reference::make_problem(sc, {16}, 2);
   bench::DeviceProblem sdev(spr, 0);
-  const std::pair<const char*, const void* ExpertWeights::*> shared_fields[] = {
-      {"shared_w1", &ExpertWeights::shared_w1}, {"shared_b1", &ExpertWeights::shared_b1},
-      {"shared_w2", &ExpertWeights::shared_w2}, {"shared_b2", &ExpertWeights::shared_b2}};
+  const std::vector<WeightField> shared_fields = {{"shared_w1", &ExpertWeights::shared_w1},
+                                                  {"shared_b1", &ExpertWeights::shared_b1},
+                                                  {"shared_w2", &ExpertWeights::shared_w2},
+                                                  {"shared_b2", &ExpertWeights::shared_b2}};
+  expect_each_weight_refused(sc, sdev.weights(), shared_fields);
   for (const auto& [name, field] : shared_fields) {
     SCOPED_TRACE(name);
-    const std::string full = std::string("ExpertWeights.") + name;
-    for (int kind = 0; kind < 3; ++kind) {
-      ExpertWeights sw = sdev.weights();
-      sw.*field = kind == 0   ? nullptr
-                  : kind == 1 ? static_cast<const char*>(sw.*field) + 2
-                              : static_cast<const void*>(host.data());
-      expect_config_error([&] { MoELayer layer(sc, single_gpu(), sw); },
-                          {full.c_str(), kind == 0 ? "null" : kind == 1 ? "aligned" : "not CUDA memory"});
-    }
     ExpertWeights extra = dev.weights();  // c has no shared expert
     extra.*field = sdev.weights().*field;
     expect_config_error([&] { MoELayer layer(c, single_gpu(), extra); },
