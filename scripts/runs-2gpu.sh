@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Issue 19's 2-GPU runs that need only the CLI, in one device call: the straggler delays, the soak,
-# issue 10's four shapes, 2-GPU compute-sanitizer memcheck, the token sweep. Each run has its own
-# time bound; a one-line result per run on stdout, the logs in $OUT (or ./out)/r2-logs.tar.gz
-# (r2-*.log, the sweep's CSV and plot). Exit status 1 when a run failed (its status, a FAIL line)
-# or a straggler delay D cost more than D + 10% of the undelayed median (issue 13's bound).
-# Env: ONLY (space-separated subset of: stragglers soak shapes memcheck sweep; default all),
+# issue 10's four shapes, issue 14's shared expert, 2-GPU compute-sanitizer memcheck (a shared
+# expert in one run), the token sweep. Each run has its own time bound; a one-line result per run
+# on stdout, the logs in $OUT (or ./out)/r2-logs.tar.gz (r2-*.log, the sweep's CSV and plot). Exit
+# status 1 when a run failed (its status, a FAIL line), a straggler delay D cost more than D + 10%
+# of the undelayed median (issue 13's bound), or the shared expert added more than 1.1x its FLOPs
+# at the layer's own FFN rate without it (issue 14's bound).
+# Env: ONLY (space-separated subset of: stragglers soak shapes shared memcheck sweep; default all),
 #      CALLS (soak calls, default 10000), GPU_BUILD_DIR (default ./build-gpu), BUILD (0: use the
 #      CLI already in GPU_BUILD_DIR, e.g. from gpu-check.sh earlier in the same call).
 set -uo pipefail
@@ -39,6 +41,7 @@ one() {  # one <log name> <seconds> <args...>: run, print the result lines
     "$OUT/r2-$name.log" | grep -v "^#" | tail -12
 }
 median_of() { awk '$1 == "monomoe" && $2 ~ /^[0-9.]+$/ {print $2; exit}' "$OUT/r2-$1.log"; }
+tflops_of() { awk '$1 == "monomoe" && $2 ~ /^[0-9.]+$/ {print $5; exit}' "$OUT/r2-$1.log"; }
 if want stragglers; then
   for d in 0 100 1000 10000; do
     one "delay-$d" 60 "$mm" bench --gpus 2 --no-ceiling --delay-rank 1 --delay-us "$d"
@@ -65,12 +68,29 @@ if want shapes; then
     one "shape-$i" 90 "$mm" bench --gpus 2 --no-ceiling $s
   done
 fi
+if want shared; then
+  # Issue 14: a shared expert of width 2048 on the default shape (8192 tokens, hidden 2048) adds at
+  # most 1.1x its own FLOPs (2 x 8192 x 2048 x 2048 x 2) at the layer's FFN rate without it.
+  for g in 2 1; do
+    one "shared-$g-none" 60 "$mm" bench --gpus "$g" --no-ceiling
+    one "shared-$g-2048" 60 "$mm" bench --gpus "$g" --no-ceiling --shared-ffn 2048
+    verdict=$(awk -v a="$(median_of "shared-$g-none")" -v b="$(median_of "shared-$g-2048")" \
+                  -v r="$(tflops_of "shared-$g-none")" 'BEGIN {
+      bound = r > 0 ? 1.1 * 2 * 8192 * 2048 * 2048 * 2 / (r * 1e12) * 1e3 : 0
+      added = b - a
+      printf "%s (+%.3f ms on %s, bound 1.1x its FLOPs at %s TFLOP/s = %.3f ms)",
+             (bound > 0 && a > 0 && b > 0 && added <= bound ? "ok" : "OVER"), added, a, r, bound }')
+    echo "shared expert 2048, $g GPU(s): $verdict"
+    [[ "$verdict" == ok* ]] || failed=$((failed + 1))
+  done
+fi
 if want memcheck; then
   cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  for dtype in bf16 tf32; do
-    one "memcheck-$dtype" 120 "$cs" --tool memcheck --report-api-errors no --target-processes all \
+  for run in "bf16" "tf32" "bf16 --shared-ffn 512"; do
+    # shellcheck disable=SC2086  # a run is a dtype and maybe more flags
+    one "memcheck-${run// /}" 120 "$cs" --tool memcheck --report-api-errors no --target-processes all \
       --error-exitcode 99 "$mm" bench --gpus 2 --tokens 300 --hidden 256 --ffn 256 --experts 16 \
-      --topk 2 --timeout 300 --dtype "$dtype" --no-baseline --no-ceiling --no-floor --warmup 0 --iters 1
+      --topk 2 --timeout 300 --no-baseline --no-ceiling --no-floor --warmup 0 --iters 1 --dtype $run
   done
 fi
 want sweep && one sweep 150 "$mm" bench --gpus 2 --no-ceiling --sweep tokens --csv "$OUT/r2-sweep.csv" --plot "$OUT/r2-sweep.png"
