@@ -169,12 +169,34 @@ struct Pipeline::Impl {
   // The shared expert of every token of x, into shared_out.
   template <class T>
   void shared_expert(const void* x, int tokens, cudaStream_t stream);
+  // h[r] = act(pre[r] + b1 of row_expert[r]) for `rows` rows of w1_cols pre-activations (b1 one
+  // vector when row_expert is null): the step between the two GEMMs of the experts and of the
+  // shared expert.
+  template <class T>
+  void activate(const T* pre, const T* b1, T* h, const std::int32_t* row_expert, long long rows,
+                int ffn, int w1_cols, cudaStream_t stream);
   void prepare_rerun(cudaStream_t stream);
 };
 
 template <class T>
-void Pipeline::Impl::shared_expert(const void* x, int tokens, cudaStream_t stream) {
+void Pipeline::Impl::activate(const T* pre, const T* b1, T* h, const std::int32_t* row_expert,
+                              long long rows, int ffn, int w1_cols, cudaStream_t stream) {
   namespace k = kernels;
+  const k::ActivationParams<T> ap{.pre = pre,
+                                  .b1 = b1,
+                                  .h = h,
+                                  .row_expert = row_expert,
+                                  .rows = rows,
+                                  .ffn = ffn,
+                                  .w1_cols = w1_cols,
+                                  .act = cfg.activation};
+  k::activation_kernel<T>
+      <<<elementwise_blocks(rows * (ffn / 4)), k::kElementwiseThreads, 0, stream>>>(ap);
+  MONOMOE_CHECK_LAUNCH(activation_kernel);
+}
+
+template <class T>
+void Pipeline::Impl::shared_expert(const void* x, int tokens, cudaStream_t stream) {
   const cudaDataType_t type = cuda_type(cfg.dtype);
   const cublasComputeType_t compute = expert_compute_type(cfg.dtype);
   const int hidden = static_cast<int>(cfg.hidden);
@@ -185,17 +207,8 @@ void Pipeline::Impl::shared_expert(const void* x, int tokens, cudaStream_t strea
   MONOMOE_CUBLAS(cublasGemmEx(handles.blas, CUBLAS_OP_N, CUBLAS_OP_N, w1c, tokens, hidden, &one,
                               w.shared_w1, type, w1c, x, type, hidden, &zero, shared_pre.as(), type,
                               w1c, compute, CUBLAS_GEMM_DEFAULT));
-  const k::ActivationParams<T> ap{.pre = shared_pre.as<const T>(),
-                                  .b1 = static_cast<const T*>(w.shared_b1),
-                                  .h = shared_h.as<T>(),
-                                  .row_expert = nullptr,
-                                  .rows = tokens,
-                                  .ffn = width,
-                                  .w1_cols = w1c,
-                                  .act = cfg.activation};
-  k::activation_kernel<T><<<elementwise_blocks(static_cast<long long>(tokens) * (width / 4)),
-                            k::kElementwiseThreads, 0, stream>>>(ap);
-  MONOMOE_CHECK_LAUNCH(activation_kernel);
+  activate<T>(shared_pre.as<const T>(), static_cast<const T*>(w.shared_b1), shared_h.as<T>(),
+              nullptr, tokens, width, w1c, stream);
   // out^T [H, T] = shared_w2^T [H, S] . h^T [S, T]
   MONOMOE_CUBLAS(cublasGemmEx(handles.blas, CUBLAS_OP_N, CUBLAS_OP_N, hidden, tokens, width, &one,
                               w.shared_w2, type, hidden, shared_h.as(), type, width, &zero,
@@ -205,7 +218,6 @@ void Pipeline::Impl::shared_expert(const void* x, int tokens, cudaStream_t strea
 template <class T>
 void Pipeline::Impl::expert_ffn(long long rows, const std::int32_t* row_expert, void** ptr_arrays,
                                 cudaStream_t stream) {
-  namespace k = kernels;
   const int groups = static_cast<int>(rows_of.size());
   const cudaDataType_t type = cuda_type(cfg.dtype);
   const cublasComputeType_t compute = expert_compute_type(cfg.dtype);
@@ -228,17 +240,8 @@ void Pipeline::Impl::expert_ffn(long long rows, const std::int32_t* row_expert, 
   };
   gemm0();
   const int ffn = static_cast<int>(cfg.ffn);
-  const k::ActivationParams<T> ap{.pre = pre.as<const T>(),
-                                  .b1 = static_cast<const T*>(w.b1),
-                                  .h = h.as<T>(),
-                                  .row_expert = row_expert,
-                                  .rows = rows,
-                                  .ffn = ffn,
-                                  .w1_cols = static_cast<int>(cfg.w1_columns()),
-                                  .act = cfg.activation};
-  k::activation_kernel<T>
-      <<<elementwise_blocks(rows * (ffn / 4)), k::kElementwiseThreads, 0, stream>>>(ap);
-  MONOMOE_CHECK_LAUNCH(activation_kernel);
+  activate<T>(pre.as<const T>(), static_cast<const T*>(w.b1), h.as<T>(), row_expert, rows, ffn,
+              static_cast<int>(cfg.w1_columns()), stream);
   if (cutlass) {
     cutlass->run(rows_of, static_cast<int>(cfg.hidden), ffn, ptrs(4), ptrs(3), ptrs(5), stream);
     return;

@@ -237,22 +237,20 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
     const std::int64_t el = config.experts_per_rank();
     const std::int64_t half = device::expert_tile_cols(config.dtype, config.weight_layout) / 2;
     const auto k_tile = static_cast<std::int64_t>(128 / element_bytes(config.dtype));
-    if (config.weight_layout == WeightLayout::in_out) {
-      m.tma_w2 = detail::tile_tensor_map(weights.w2, el, config.ffn, config.hidden, k_tile,
-                                         config.dtype, "ExpertWeights.w2");
-    } else {
-      m.tma_w2 = detail::tile_tensor_map(weights.w2, el, config.hidden, config.ffn, half,
-                                         config.dtype, "ExpertWeights.w2");
-    }
+    // A W2 of `count` experts of depth K = `depth`, by the layout's rule.
+    const auto w2_map = [&](const void* w2, std::int64_t count, std::int64_t depth,
+                            const char* what) {
+      return config.weight_layout == WeightLayout::in_out
+                 ? detail::tile_tensor_map(w2, count, depth, config.hidden, k_tile, config.dtype,
+                                           what)
+                 : detail::tile_tensor_map(w2, count, config.hidden, depth, half, config.dtype,
+                                           what);
+    };
+    m.tma_w2 = w2_map(weights.w2, el, config.ffn, "ExpertWeights.w2");
     // The shared expert's W2 as one expert of depth shared_ffn (a slice offsets K, processor.cuh).
-    if (config.shared_ffn > 0 && config.weight_layout == WeightLayout::in_out) {
-      m.tma_w2_shared = detail::tile_tensor_map(weights.shared_w2, 1, config.shared_ffn,
-                                                config.hidden, k_tile, config.dtype,
-                                                "ExpertWeights.shared_w2");
-    } else if (config.shared_ffn > 0) {
-      m.tma_w2_shared = detail::tile_tensor_map(weights.shared_w2, 1, config.hidden,
-                                                config.shared_ffn, half, config.dtype,
-                                                "ExpertWeights.shared_w2");
+    if (config.shared_ffn > 0) {
+      m.tma_w2_shared =
+          w2_map(weights.shared_w2, 1, config.shared_ffn, "ExpertWeights.shared_w2");
     }
   }
   m.plan = detail::plan_workspace(config);
