@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "baseline/baseline.hpp"
+#include "bench/device_problem.hpp"
 #include "gpu_problem.hpp"
 #include "gpu_test.hpp"
 #include "layer_gpu_test.hpp"
@@ -24,18 +25,6 @@ namespace {
 // Tokens whose k-th and (k+1)-th gate probabilities are closer than this may route differently
 // on the GPU (fp32 gate vs float64 reference); they are left out of the comparison.
 constexpr double kNearTie = 1e-4;
-
-double tolerance(DType d) {
-  switch (d) {
-    case DType::fp32:
-      return 1e-5;
-    case DType::tf32:
-      return 2e-3;
-    case DType::bf16:
-      return 2e-2;
-  }
-  return 0.0;
-}
 
 // The layer tests' small config with room for 256 tokens (the baseline has no kernel wait bound).
 LayerConfig small(DType dtype, Activation act) {
@@ -106,7 +95,7 @@ void expect_matches(const reference::Problem& pr, const reference::RankResult& r
   EXPECT_GT(compared, 0u) << "every token is a near-tie: nothing was compared";
   EXPECT_LT(weight_error, 1e-5) << "largest gate weight error";
   const double err = reference::relative_error(y, ref.y, c.hidden, mask);
-  EXPECT_LT(err, tolerance(c.dtype))
+  EXPECT_LT(err, bench::tolerance(c.dtype))
       << "relative error over " << compared << " of " << tokens << " tokens";
 }
 

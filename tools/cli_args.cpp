@@ -190,7 +190,9 @@ std::vector<Option> layer_options() {
       {"--topk", "K", with_default("experts per token", n(d.topk))},
       {"--act", "relu|gelu|silu|swiglu",
        with_default("expert activation", to_string(d.activation))},
-      {"--dtype", "bf16|tf32|fp32", with_default("input/weight precision", to_string(d.dtype))},
+      {"--dtype", "bf16|tf32|fp32|fp8",
+       with_default("input/weight precision (fp8: `reference` only, with --weight-layout out-in)",
+                    to_string(d.dtype))},
       {"--weight-layout", "in-out|out-in",
        with_default("how expert and gate weights are stored; out-in is PyTorch nn.Linear's",
                     to_string(d.weight_layout))},
@@ -228,7 +230,7 @@ LayerFlags parse_layer_flags(const ParsedArgs& args) {
   }
   if (args.has("--dtype")) {
     const auto d = parse_dtype(args.value("--dtype"));
-    if (!d) bad_value("--dtype", args.value("--dtype"), "one of bf16, tf32, fp32");
+    if (!d) bad_value("--dtype", args.value("--dtype"), "one of bf16, tf32, fp32, fp8");
     c.dtype = *d;
   }
   if (args.has("--weight-layout")) {

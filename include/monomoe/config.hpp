@@ -14,6 +14,11 @@ enum class DType {
   bf16,  // bf16 inputs and weights, tensor cores, fp32 accumulation
   tf32,  // fp32 inputs and weights, TF32 tensor-core math, fp32 accumulation
   fp32,  // fp32 inputs and weights, strict fp32 FMA math
+  // E4M3 weights with an fp32 scale per 128 x 128 block (ExpertWeights.*_scale; [out, in] layout
+  // only, as FP8 checkpoints store them), bf16 x, y, gate and biases; activations quantized to
+  // E4M3 per token per 128 channels before each expert GEMM; fp32 accumulation. The numerics:
+  // docs/fp8.md. The CPU reference runs it; the kernel does not yet (MoELayer refuses it).
+  fp8,
 };
 
 // How each expert weight matrix is stored (row-major either way):
@@ -27,13 +32,15 @@ enum class WeightLayout {
 std::string_view to_string(Activation a);
 std::string_view to_string(DType d);
 std::string_view to_string(WeightLayout l);  // "in-out", "out-in"
-// Parse "relu"/"gelu"/"silu"/"swiglu" and "bf16"/"tf32"/"fp32"; nullopt when unknown.
+// Parse "relu"/"gelu"/"silu"/"swiglu" and "bf16"/"tf32"/"fp32"/"fp8"; nullopt when unknown.
 std::optional<Activation> parse_activation(std::string_view s);
 std::optional<DType> parse_dtype(std::string_view s);
 std::optional<WeightLayout> parse_weight_layout(std::string_view s);  // "in-out" / "out-in"
 
-// Bytes of one input/weight element of a dtype (2 for bf16, 4 otherwise).
+// Bytes of one element of x, y, the gate and the biases of a dtype (2 for bf16 and fp8, 4
+// otherwise), and of one expert weight element (1 for fp8, element_bytes otherwise).
 std::size_t element_bytes(DType d);
+std::size_t weight_element_bytes(DType d);
 
 // Limits the kernel is built for. Shapes are runtime values within these bounds.
 struct Limits {

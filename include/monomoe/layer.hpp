@@ -40,6 +40,16 @@ struct ExpertWeights {
   const void* shared_b1 = nullptr;
   const void* shared_w2 = nullptr;
   const void* shared_b2 = nullptr;
+  // DType::fp8 only (null otherwise): the fp32 scale of every 128 x 128 block of each [out, in]
+  // matrix, [out / 128, in / 128] row-major per matrix, the value meant being e4m3 * scale (the
+  // `weight_scale_inv` tensors of Hugging Face FP8 checkpoints, passed as they are):
+  //   w1_scale [experts_per_rank, w1_columns / 128, hidden / 128], w2_scale [experts_per_rank,
+  //   hidden / 128, ffn / 128], shared_w1_scale [S1 / 128, hidden / 128], shared_w2_scale
+  //   [hidden / 128, S / 128].
+  const void* w1_scale = nullptr;
+  const void* w2_scale = nullptr;
+  const void* shared_w1_scale = nullptr;
+  const void* shared_w2_scale = nullptr;
 };
 
 // Routing decided outside the layer (a sigmoid-with-bias router, group-limited top-k, ...), for one

@@ -24,6 +24,7 @@ std::string_view to_string(DType d) {
     case DType::bf16: return "bf16";
     case DType::tf32: return "tf32";
     case DType::fp32: return "fp32";
+    case DType::fp8: return "fp8";
   }
   return "?";
 }
@@ -51,13 +52,14 @@ std::optional<Activation> parse_activation(std::string_view s) {
 }
 
 std::optional<DType> parse_dtype(std::string_view s) {
-  for (auto d : {DType::bf16, DType::tf32, DType::fp32}) {
+  for (auto d : {DType::bf16, DType::tf32, DType::fp32, DType::fp8}) {
     if (s == to_string(d)) return d;
   }
   return std::nullopt;
 }
 
-std::size_t element_bytes(DType d) { return d == DType::bf16 ? 2 : 4; }
+std::size_t element_bytes(DType d) { return d == DType::bf16 || d == DType::fp8 ? 2 : 4; }
+std::size_t weight_element_bytes(DType d) { return d == DType::fp8 ? 1 : element_bytes(d); }
 
 std::int64_t LayerConfig::capacity(std::int64_t tokens) const {
   if (capacity_factor <= 0.0) return tokens;
@@ -100,6 +102,11 @@ void LayerConfig::validate(std::size_t device_memory_bytes) const {
            "must be 0 (no shared expert) or a multiple of ffn = " + std::to_string(ffn) +
                " (it runs as slices of a routed expert's width)");
   }
+  if (dtype == DType::fp8 && weight_layout != WeightLayout::out_in) {
+    reject("weight_layout", std::string(to_string(weight_layout)),
+           "dtype fp8 takes [out, in] weights (weight_layout out_in), the layout of FP8 "
+           "checkpoints and of their 128 x 128 block scales");
+  }
   require_range("world_size", world_size, 1, Limits::kMaxWorld);
   require_range("rank", rank, 0, world_size - 1);
   require_range("experts", experts, 1, Limits::kMaxExperts);
@@ -134,20 +141,25 @@ std::size_t LayerConfig::weight_bytes() const {
   using detail::checked_add;
   using detail::checked_mul;
   const auto u = [](std::int64_t v) { return static_cast<std::size_t>(v); };
-  const std::size_t elem = element_bytes(dtype);
   const std::size_t el = u(experts_per_rank());
-  std::size_t n = checked_mul(u(hidden), u(experts), "experts");  // gate, replicated
-  n = checked_add(n, checked_mul(checked_mul(el, u(hidden), "hidden"), u(w1_columns()), "ffn"),
-                  "ffn");
-  n = checked_add(n, checked_mul(checked_mul(el, u(ffn), "ffn"), u(hidden), "hidden"), "hidden");
+  // Expert matrix elements: this rank's experts' W1 and W2, and the replicated shared expert's.
+  std::size_t matrices =
+      checked_mul(checked_mul(el, u(hidden), "hidden"), u(w1_columns() + ffn), "ffn");
+  matrices = checked_add(
+      matrices, checked_mul(u(hidden), u(shared_w1_columns() + shared_ffn), "shared_ffn"),
+      "shared_ffn");
+  // Elements of x's type: the replicated gate, and the biases.
+  std::size_t small = checked_mul(u(hidden), u(experts), "experts");
   if (bias) {
-    n = checked_add(n, checked_mul(el, u(w1_columns() + hidden), "hidden"), "hidden");
+    small = checked_add(small, checked_mul(el, u(w1_columns() + hidden), "hidden"), "hidden");
+    if (shared_ffn > 0) small = checked_add(small, u(shared_w1_columns() + hidden), "shared_ffn");
   }
-  // The shared expert, replicated: W1, W2 (and b1, b2).
-  n = checked_add(n, checked_mul(u(hidden), u(shared_w1_columns() + shared_ffn), "shared_ffn"),
-                  "shared_ffn");
-  if (bias && shared_ffn > 0) n = checked_add(n, u(shared_w1_columns() + hidden), "shared_ffn");
-  return checked_mul(n, elem, "hidden");
+  std::size_t bytes = checked_add(checked_mul(matrices, weight_element_bytes(dtype), "hidden"),
+                                  checked_mul(small, element_bytes(dtype), "hidden"), "hidden");
+  if (dtype == DType::fp8) {  // an fp32 scale per 128 x 128 block (hidden and ffn are multiples)
+    bytes = checked_add(bytes, matrices / (128 * 128) * 4, "hidden");
+  }
+  return bytes;
 }
 
 std::size_t LayerConfig::workspace_bytes() const { return detail::plan_workspace(*this).total; }

@@ -177,6 +177,10 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
   cudaDeviceProp prop{};
   MONOMOE_CUDA(cudaGetDeviceProperties(&prop, m.device));
   config.validate(prop.totalGlobalMem);
+  if (config.dtype == DType::fp8) {  // branch fp8: the reference runs it, the kernel not yet
+    throw ConfigError("LayerConfig.dtype = fp8: the kernel does not run fp8 yet (the CPU reference "
+                      "does: `monomoe reference --dtype fp8`; docs/fp8.md); use bf16");
+  }
   if (config.world_size != comm.world() || config.rank != comm.rank()) {
     throw ConfigError("LayerConfig.world_size/rank = " + std::to_string(config.world_size) + "/" +
                       std::to_string(config.rank) + " do not match the Communicator's " +

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "monomoe/error.hpp"
+#include "reference/fp8.hpp"
 #include "reference/reference.hpp"
 
 namespace monomoe::reference {
@@ -98,6 +99,20 @@ std::size_t sz(std::int64_t v) {
   return static_cast<std::size_t>(v);
 }
 
+// fp8: a matrix stored [in, out] replaced by its E4M3 values, blocked as its [out, in]
+// orientation; scale gets [out / 128, in / 128]. The blocks are the same squares either way, so
+// the storage is quantized as it is and only the small scale array is transposed.
+void quantize_in_out(float* w, std::size_t in_rows, std::size_t out_cols, float* scale) {
+  const std::size_t b = sz(fp8::kBlock);
+  std::vector<float> scale_in_out((in_rows / b) * (out_cols / b));
+  fp8::quantize_weight_blocks(w, in_rows, out_cols, w, scale_in_out.data());
+  for (std::size_t ib = 0; ib < in_rows / b; ++ib) {
+    for (std::size_t ob = 0; ob < out_cols / b; ++ob) {
+      scale[ob * (in_rows / b) + ib] = scale_in_out[ib * (out_cols / b) + ob];
+    }
+  }
+}
+
 }  // namespace
 
 Problem make_problem(const LayerConfig& config, const std::vector<std::int64_t>& tokens,
@@ -119,7 +134,10 @@ Problem make_problem(const LayerConfig& config, const std::vector<std::int64_t>&
     }
   }
 
-  const bool bf16 = config.dtype == DType::bf16;
+  // fp8's x, gate and biases are bf16; its expert matrices are quantized below.
+  const bool fp8 = config.dtype == DType::fp8;
+  const bool bf16 = config.dtype == DType::bf16 || fp8;
+  const bool bf16_matrices = config.dtype == DType::bf16;
   const std::size_t h = sz(config.hidden);
   const std::size_t f = sz(config.ffn);
   const std::size_t e = sz(config.experts);
@@ -155,6 +173,20 @@ Problem make_problem(const LayerConfig& config, const std::vector<std::int64_t>&
   }
   // W2 of the shared expert: the same rule as the routed ones' over its own fan-in.
   const double shared_w2_scale = sf > 0 ? std::sqrt(3.0 / static_cast<double>(sf)) : 0.0;
+  const std::size_t blocks = sz(fp8::kBlock) * sz(fp8::kBlock);
+  if (fp8) {
+    p.w1_scale.resize(e * h * c1 / blocks);
+    p.w2_scale.resize(e * f * h / blocks);
+    p.shared_w1_scale.resize(h * sc1 / blocks);
+    p.shared_w2_scale.resize(sf * h / blocks);
+  }
+  // A matrix stored [in, out] (in_rows x out_cols) filled from a stream, and for fp8 quantized
+  // per block with its scales [out / 128, in / 128] into `scale`.
+  const auto fill_matrix = [&](float* w, std::size_t in_rows, std::size_t out_cols,
+                               const UniformStream& stream, double a, float* scale) {
+    fill(w, in_rows * out_cols, stream, a, bf16_matrices);
+    if (fp8) quantize_in_out(w, in_rows, out_cols, scale);
+  };
 
   // Jobs: one per rank's x, then one per expert (its W1, W2 and biases), then the gate (and the
   // shared expert).
@@ -166,18 +198,20 @@ Problem make_problem(const LayerConfig& config, const std::vector<std::int64_t>&
       fill(x.data(), x.size(), UniformStream(seed, Stream::x, job), x_scale, bf16);
     } else if (job < world + e) {
       const std::size_t ex = job - world;
-      fill(p.w1.data() + ex * h * c1, h * c1, UniformStream(seed, Stream::w1, ex), w1_scale, bf16);
-      fill(p.w2.data() + ex * f * h, f * h, UniformStream(seed, Stream::w2, ex), w2_scale, bf16);
+      fill_matrix(p.w1.data() + ex * h * c1, h, c1, UniformStream(seed, Stream::w1, ex), w1_scale,
+                  fp8 ? p.w1_scale.data() + ex * h * c1 / blocks : nullptr);
+      fill_matrix(p.w2.data() + ex * f * h, f, h, UniformStream(seed, Stream::w2, ex), w2_scale,
+                  fp8 ? p.w2_scale.data() + ex * f * h / blocks : nullptr);
       if (config.bias) {
         fill(p.b1.data() + ex * c1, c1, UniformStream(seed, Stream::b1, ex), bias_scale, bf16);
         fill(p.b2.data() + ex * h, h, UniformStream(seed, Stream::b2, ex), bias_scale, bf16);
       }
     } else {
       fill(p.gate.data(), p.gate.size(), UniformStream(seed, Stream::gate, 0), gate_scale, bf16);
-      fill(p.shared_w1.data(), p.shared_w1.size(), UniformStream(seed, Stream::shared_w1, 0),
-           w1_scale, bf16);
-      fill(p.shared_w2.data(), p.shared_w2.size(), UniformStream(seed, Stream::shared_w2, 0),
-           shared_w2_scale, bf16);
+      fill_matrix(p.shared_w1.data(), h, sc1, UniformStream(seed, Stream::shared_w1, 0), w1_scale,
+                  p.shared_w1_scale.data());
+      fill_matrix(p.shared_w2.data(), sf, h, UniformStream(seed, Stream::shared_w2, 0),
+                  shared_w2_scale, p.shared_w2_scale.data());
       fill(p.shared_b1.data(), p.shared_b1.size(), UniformStream(seed, Stream::shared_b1, 0),
            bias_scale, bf16);
       fill(p.shared_b2.data(), p.shared_b2.size(), UniformStream(seed, Stream::shared_b2, 0),

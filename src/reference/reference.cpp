@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "monomoe/error.hpp"
+#include "reference/fp8.hpp"
 
 namespace monomoe::reference {
 
@@ -108,6 +109,13 @@ void validate_problem(const Problem& p) {
   if (c.bias && c.shared_ffn > 0) {
     require_size("shared_b1", p.shared_b1.size(), sc1);
     require_size("shared_b2", p.shared_b2.size(), h);
+  }
+  if (c.dtype == DType::fp8) {
+    const std::size_t b = sz(fp8::kBlock) * sz(fp8::kBlock);
+    require_size("w1_scale", p.w1_scale.size(), e * h * c1 / b);
+    require_size("w2_scale", p.w2_scale.size(), e * sz(c.ffn) * h / b);
+    require_size("shared_w1_scale", p.shared_w1_scale.size(), h * sc1 / b);
+    require_size("shared_w2_scale", p.shared_w2_scale.size(), sz(c.shared_ffn) * h / b);
   }
   if (!p.routing_given() && p.topk_weights.empty()) return;
   // A given routing: sizes, and ids as the kernel accepts them (in range, distinct per token).
@@ -218,13 +226,21 @@ static_assert(kBlockRows % kGroupRows == 0);
 // out[r, n] = sum_{d ascending} in[r, d] * w[d, n] for r < rows (a multiple of kGroupRows),
 // n < cols, d < depth. Each element is summed from 0.0 in ascending d by the same statement for
 // every row, so its value does not depend on the tiling or on the other rows of the block.
+// With `scale` (fp8), w holds E4M3 values and the weight is w[d, n] * scale[(n / 128) * (depth /
+// 128) + d / 128] (its [out, in] blocks), exact in float64; depth and cols are multiples of 128.
 void block_gemm(const double* in, std::size_t rows, std::size_t depth, const float* w,
-                std::size_t cols, double* out) {
+                std::size_t cols, double* out, const float* scale = nullptr) {
+  static_assert(kDepthTile == fp8::kBlock && kColTile % fp8::kBlock == 0,
+                "a depth tile is one row of scale blocks");
   double acc[kGroupRows][kColTile];
+  double col_scale[kColTile];  // fp8: the scale of each column of the current (n0, d0) tile
   for (std::size_t n0 = 0; n0 < cols; n0 += kColTile) {
     const std::size_t nn = std::min(kColTile, cols - n0);
     for (std::size_t d0 = 0; d0 < depth; d0 += kDepthTile) {
       const std::size_t dd = std::min(kDepthTile, depth - d0);
+      for (std::size_t n = 0; scale && n < nn; ++n) {
+        col_scale[n] = scale[(n0 + n) / kDepthTile * (depth / kDepthTile) + d0 / kDepthTile];
+      }
       for (std::size_t r0 = 0; r0 < rows; r0 += kGroupRows) {
         for (std::size_t g = 0; g < kGroupRows; ++g) {
           if (d0 == 0) {
@@ -241,7 +257,7 @@ void block_gemm(const double* in, std::size_t rows, std::size_t depth, const flo
           const float* wr = w + d * cols + n0;
           const double x0 = a0[d], x1 = a1[d], x2 = a2[d], x3 = a3[d];
           for (std::size_t n = 0; n < nn; ++n) {
-            const double wv = wr[n];
+            const double wv = scale ? wr[n] * col_scale[n] : wr[n];
             acc[0][n] += x0 * wv;
             acc[1][n] += x1 * wv;
             acc[2][n] += x2 * wv;
@@ -292,19 +308,52 @@ struct FfnWeights {
   const float* w2;  // [ffn, hidden]
   const float* b2;  // [hidden]
   std::size_t ffn, c1;
+  const float* w1_scale;  // fp8: [c1 / 128, hidden / 128]; nullptr otherwise
+  const float* w2_scale;  // fp8: [hidden / 128, ffn / 128]
 };
 
 FfnWeights expert_weights(const Problem& p, std::size_t e) {
   const LayerConfig& c = p.config;
   const std::size_t h = sz(c.hidden), f = sz(c.ffn), c1 = sz(c.w1_columns());
-  return {p.w1.data() + e * h * c1, c.bias ? p.b1.data() + e * c1 : nullptr,
-          p.w2.data() + e * f * h, c.bias ? p.b2.data() + e * h : nullptr, f, c1};
+  const bool fp8 = c.dtype == DType::fp8;
+  const std::size_t b = sz(fp8::kBlock) * sz(fp8::kBlock);
+  return {p.w1.data() + e * h * c1,
+          c.bias ? p.b1.data() + e * c1 : nullptr,
+          p.w2.data() + e * f * h,
+          c.bias ? p.b2.data() + e * h : nullptr,
+          f,
+          c1,
+          fp8 ? p.w1_scale.data() + e * h * c1 / b : nullptr,
+          fp8 ? p.w2_scale.data() + e * f * h / b : nullptr};
 }
 
 FfnWeights shared_weights(const Problem& p) {
   const LayerConfig& c = p.config;
-  return {p.shared_w1.data(), c.bias ? p.shared_b1.data() : nullptr, p.shared_w2.data(),
-          c.bias ? p.shared_b2.data() : nullptr, sz(c.shared_ffn), sz(c.shared_w1_columns())};
+  const bool fp8 = c.dtype == DType::fp8;
+  return {p.shared_w1.data(),
+          c.bias ? p.shared_b1.data() : nullptr,
+          p.shared_w2.data(),
+          c.bias ? p.shared_b2.data() : nullptr,
+          sz(c.shared_ffn),
+          sz(c.shared_w1_columns()),
+          fp8 ? p.shared_w1_scale.data() : nullptr,
+          fp8 ? p.shared_w2_scale.data() : nullptr};
+}
+
+// fp8: each row of `rows` rows of `width` (a multiple of 128) doubles replaced by its values
+// quantized per 128 channels (fp8::quantize_group, from the values rounded to float) times the
+// group's scale: what the layer's expert GEMMs multiply.
+void quantize_rows(double* v, std::size_t rows, std::size_t width) {
+  const std::size_t b = sz(fp8::kBlock);
+  float in[fp8::kBlock], q[fp8::kBlock];
+  for (std::size_t r = 0; r < rows; ++r) {
+    for (std::size_t g = 0; g < width; g += b) {
+      double* group = v + r * width + g;
+      for (std::size_t i = 0; i < b; ++i) in[i] = static_cast<float>(group[i]);
+      const double scale = fp8::quantize_group(in, b, q);
+      for (std::size_t i = 0; i < b; ++i) group[i] = static_cast<double>(q[i]) * scale;
+    }
+  }
 }
 
 // y[row] += weight_of(row) * FFN(x[row]) for the rows of one block.
@@ -328,7 +377,9 @@ void run_block(const Problem& p, Result& res, const std::vector<Row>& rows, cons
     std::copy(xr, xr + h, s.x.begin() + static_cast<std::ptrdiff_t>(i * h));
   }
 
-  block_gemm(s.x.data(), padded, h, wt.w1, c1, s.pre.data());
+  const bool fp8 = wt.w1_scale != nullptr;
+  if (fp8) quantize_rows(s.x.data(), n, h);
+  block_gemm(s.x.data(), padded, h, wt.w1, c1, s.pre.data(), wt.w1_scale);
   const auto b1_at = [&](std::size_t col) { return wt.b1 ? static_cast<double>(wt.b1[col]) : 0.0; };
   for (std::size_t i = 0; i < padded; ++i) {
     const double* pre = s.pre.data() + i * c1;
@@ -351,7 +402,8 @@ void run_block(const Problem& p, Result& res, const std::vector<Row>& rows, cons
       }
     }
   }
-  block_gemm(s.act.data(), padded, f, wt.w2, h, s.out.data());
+  if (fp8) quantize_rows(s.act.data(), n, f);
+  block_gemm(s.act.data(), padded, f, wt.w2, h, s.out.data(), wt.w2_scale);
 
   for (std::size_t i = 0; i < n; ++i) {
     const Row& row = rows[blk.begin + i];

@@ -25,6 +25,13 @@ struct Problem {
   std::vector<float> shared_b1;              // [shared_w1_columns] (empty when !config.bias)
   std::vector<float> shared_w2;              // [shared_ffn, hidden]
   std::vector<float> shared_b2;              // [hidden] (empty when !config.bias)
+  // DType::fp8 (empty otherwise): w1, w2 and the shared W1, W2 hold E4M3 values, and each matrix
+  // one fp32 scale per 128 x 128 block of its [out, in] orientation, [out / 128, in / 128]
+  // row-major, the value meant being e4m3 * scale (ExpertWeights' *_scale; docs/fp8.md).
+  std::vector<float> w1_scale;               // [experts, w1_columns / 128, hidden / 128]
+  std::vector<float> w2_scale;               // [experts, hidden / 128, ffn / 128]
+  std::vector<float> shared_w1_scale;        // [shared_w1_columns / 128, hidden / 128]
+  std::vector<float> shared_w2_scale;        // [hidden / 128, shared_ffn / 128]
   // Routing given by the caller (MoELayer::forward with a Routing), or both empty: the gate routes.
   // [world][tokens[r] * topk]: each token's expert ids (distinct, in [0, experts)) and weights,
   // used as they are: no softmax, no renormalization; the gate is not read.
@@ -35,7 +42,9 @@ struct Problem {
 };
 
 // Makes a problem with fresh inputs from `seed`: x ~ U(-1, 1); weights scaled by 1/sqrt(fan-in) so
-// that logits, activations and outputs are O(1). Rounded to bf16 when config.dtype is bf16.
+// that logits, activations and outputs are O(1). Rounded to bf16 when config.dtype is bf16; for
+// fp8, x, the gate and the biases rounded to bf16 and every expert matrix (the shared one too)
+// quantized per 128 x 128 block (fp8::quantize_weight_blocks) into E4M3 values and scales.
 Problem make_problem(const LayerConfig& config, const std::vector<std::int64_t>& tokens,
                      std::uint64_t seed);
 
@@ -76,7 +85,10 @@ struct Result {
 // (Problem.topk_ids) the tokens take it as it is (margin 1.0). With
 // capacity_factor > 0, each (source rank, expert) keeps the first config.capacity(tokens[r]) of
 // its choices in ascending token order. y_t sums kept w_j * FFN_{e_j}(x_t) over j = 0..k-1 in
-// that order, then adds FFN_shared(x_t) when config.shared_ffn > 0. Throws ConfigError when the config or a tensor's size is invalid.
+// that order, then adds FFN_shared(x_t) when config.shared_ffn > 0. For fp8 every FFN takes its
+// input quantized per 128 channels (fp8::quantize_group: x, then the activation h, each rounded
+// to float first) and its weights dequantized (e4m3 * scale), both exactly as the layer defines
+// them; the sums stay float64. Throws ConfigError when the config or a tensor's size is invalid.
 Result run(const Problem& p, int threads = 0);
 
 // Choices decided elsewhere for some tokens of one rank: a GPU's fp32 gate may pick another expert
