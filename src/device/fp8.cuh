@@ -1,0 +1,45 @@
+// DType::fp8 on the device: E4M3 rounding and the per-128-channel quantization of docs/fp8.md, the
+// same values as the CPU reference's src/reference/fp8.hpp (tests/test_fp8_gpu.cu compares them).
+// The first piece of the fp8 kernel; nothing in the persistent kernel uses it yet.
+#pragma once
+
+#include <cuda_fp8.h>
+
+namespace monomoe::device {
+
+inline constexpr float kFp8Max = 448.f;  // largest finite E4M3 value
+inline constexpr int kFp8Group = 128;    // channels per activation scale
+
+// v rounded to nearest E4M3, ties to even, saturated to +-448; NaN stays NaN
+// (cvt.rn.satfinite.e4m3x2.f32).
+__device__ __forceinline__ __nv_fp8_storage_t to_e4m3(float v) {
+  return __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
+}
+
+__device__ __forceinline__ float from_e4m3(__nv_fp8_storage_t q) {
+  return static_cast<float>(__half(__nv_cvt_fp8_to_halfraw(q, __NV_E4M3)));
+}
+
+// One warp quantizes one group of kFp8Group values, kFp8Group / 32 = 4 per lane (v, lane's
+// elements 4 lane .. 4 lane + 3): q = e4m3(v * (448 / amax)), returns the group's scale amax / 448
+// (1 for a group of zeros; NaN, with every q NaN, when any value is NaN: fmaxf would drop it, so
+// NaN is tracked apart). Every lane gets the scale.
+__device__ __forceinline__ float quantize_group_warp(const float (&v)[4],
+                                                     __nv_fp8_storage_t (&q)[4]) {
+  float amax = 0.f;
+  bool nan = false;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    amax = fmaxf(amax, fabsf(v[i]));
+    nan = nan || isnan(v[i]);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+  if (__any_sync(0xffffffffu, nan)) amax = __int_as_float(0x7fffffff);
+  const float inv = amax == 0.f ? 1.f : kFp8Max / amax;  // IEEE division (no fast math)
+#pragma unroll
+  for (int i = 0; i < 4; ++i) q[i] = to_e4m3(v[i] * inv);
+  return amax == 0.f ? 1.f : amax / kFp8Max;
+}
+
+}  // namespace monomoe::device

@@ -1,0 +1,127 @@
+// The device's E4M3 rounding and group quantization (src/device/fp8.cuh) against the CPU
+// reference's (src/reference/fp8.hpp), value for value (label gpu): the kernel's fp8 path will be
+// compared with that reference, so both must define the same numbers.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "device/fp8.cuh"
+#include "gpu_test.hpp"
+#include "reference/fp8.hpp"
+
+namespace monomoe {
+namespace {
+
+__global__ void round_kernel(const float* in, float* out, int n) {
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < n) out[i] = device::from_e4m3(device::to_e4m3(in[i]));
+}
+
+// Group g (128 values) by warp g: its E4M3 values (as floats) and its scale.
+__global__ void group_kernel(const float* in, float* q, float* scale, int groups) {
+  const int g = static_cast<int>(blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32);
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  if (g >= groups) return;
+  float v[4];
+  __nv_fp8_storage_t qv[4];
+  for (int i = 0; i < 4; ++i) v[i] = in[g * 128 + lane * 4 + i];
+  const float s = device::quantize_group_warp(v, qv);
+  for (int i = 0; i < 4; ++i) q[g * 128 + lane * 4 + i] = device::from_e4m3(qv[i]);
+  if (lane == 0) scale[g] = s;
+}
+
+std::vector<float> on_gpu_round(const std::vector<float>& in) {
+  const int n = static_cast<int>(in.size());
+  float *din = nullptr, *dout = nullptr;
+  EXPECT_EQ(cudaMalloc(&din, in.size() * 4), cudaSuccess);
+  EXPECT_EQ(cudaMalloc(&dout, in.size() * 4), cudaSuccess);
+  cudaMemcpy(din, in.data(), in.size() * 4, cudaMemcpyHostToDevice);
+  round_kernel<<<(n + 255) / 256, 256>>>(din, dout, n);
+  std::vector<float> out(in.size());
+  EXPECT_EQ(cudaMemcpy(out.data(), dout, out.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  cudaFree(din);
+  cudaFree(dout);
+  return out;
+}
+
+bool same(float a, float b) {  // equal, both NaN, or the same zero
+  return (std::isnan(a) && std::isnan(b)) || std::memcmp(&a, &b, sizeof(float)) == 0;
+}
+
+TEST(Fp8Gpu, CvtRoundsAsTheReference) {
+  MONOMOE_REQUIRE_GPU();
+  std::vector<float> in;
+  // Every value near every E4M3 value and midpoint, both signs; magnitudes across the range and
+  // beyond it; the special values.
+  for (int e = -12; e <= 10; ++e) {
+    for (int m = 0; m < 64; ++m) {
+      const float v = std::ldexp(1.f + static_cast<float>(m) / 64.f, e);
+      for (float x : {v, std::nextafter(v, 0.f), std::nextafter(v, 1e30f)}) {
+        in.push_back(x);
+        in.push_back(-x);
+      }
+    }
+  }
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> exponent(-14.f, 10.f);
+  for (int i = 0; i < 100000; ++i) in.push_back(std::exp2(exponent(rng)) * (i % 2 ? 1.f : -1.f));
+  for (float v : {0.f, -0.f, 448.f, 464.f, 1e30f, std::numeric_limits<float>::infinity(),
+                  -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN(),
+                  std::numeric_limits<float>::denorm_min()}) {
+    in.push_back(v);
+  }
+  const std::vector<float> out = on_gpu_round(in);
+  int wrong = 0;
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    const float want = reference::fp8::round_e4m3(in[i]);
+    if (!same(out[i], want) && ++wrong <= 10) {
+      ADD_FAILURE() << "e4m3(" << in[i] << "): GPU " << out[i] << ", reference " << want;
+    }
+  }
+  EXPECT_EQ(wrong, 0) << "of " << in.size();
+}
+
+TEST(Fp8Gpu, GroupQuantizationAsTheReference) {
+  MONOMOE_REQUIRE_GPU();
+  constexpr int kGroups = 512;
+  std::vector<float> in(kGroups * 128);
+  std::mt19937 rng(6);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (int g = 0; g < kGroups; ++g) {
+    const float spread = std::exp2(static_cast<float>(g % 24) - 12.f);  // tiny to large groups
+    for (int i = 0; i < 128; ++i) in[g * 128 + i] = normal(rng) * spread;
+  }
+  for (int i = 0; i < 128; ++i) in[3 * 128 + i] = 0.f;  // a group of zeros
+  in[7 * 128 + 40] = std::numeric_limits<float>::quiet_NaN();  // a poisoned group
+  float *din = nullptr, *dq = nullptr, *ds = nullptr;
+  ASSERT_EQ(cudaMalloc(&din, in.size() * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dq, in.size() * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&ds, kGroups * 4), cudaSuccess);
+  cudaMemcpy(din, in.data(), in.size() * 4, cudaMemcpyHostToDevice);
+  group_kernel<<<kGroups / 8, 256>>>(din, dq, ds, kGroups);
+  std::vector<float> q(in.size()), s(kGroups);
+  ASSERT_EQ(cudaMemcpy(q.data(), dq, q.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(s.data(), ds, s.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  cudaFree(din);
+  cudaFree(dq);
+  cudaFree(ds);
+  int wrong = 0;
+  std::vector<float> want(128);
+  for (int g = 0; g < kGroups; ++g) {
+    const float scale = reference::fp8::quantize_group(in.data() + g * 128, 128, want.data());
+    bool ok = same(s[g], scale);
+    for (int i = 0; i < 128; ++i) ok = ok && same(q[g * 128 + i], want[i]);
+    if (!ok && ++wrong <= 5) ADD_FAILURE() << "group " << g << ": scale GPU " << s[g] << ", reference " << scale;
+  }
+  EXPECT_EQ(wrong, 0);
+  EXPECT_EQ(s[3], 1.f);
+  EXPECT_TRUE(std::isnan(s[7]));
+}
+
+}  // namespace
+}  // namespace monomoe
