@@ -12,6 +12,7 @@
 #include "monomoe/error.hpp"
 #include "reference/fp8.hpp"
 #include "reference/reference.hpp"
+#include "rel_diff.hpp"
 
 namespace monomoe {
 namespace {
@@ -240,14 +241,7 @@ std::vector<double> fp8_y(const Problem& p, const RankResult& rr, Idx rank) {
   return y;
 }
 
-double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  double num = 0.0, den = 0.0;
-  for (Idx i = 0; i < a.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return std::sqrt(num / den);
-}
+using test::rel_diff;
 
 TEST(ReferenceFp8, ProblemHoldsE4m3WeightsWithBlockScalesAndBf16Rest) {
   const LayerConfig c = fp8_config(Activation::swiglu, true, 1);

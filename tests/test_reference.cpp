@@ -13,6 +13,7 @@
 #include "monomoe/config.hpp"
 #include "monomoe/error.hpp"
 #include "reference/reference.hpp"
+#include "rel_diff.hpp"
 
 namespace monomoe::reference {
 namespace {
@@ -116,14 +117,7 @@ std::vector<double> naive_y(const Problem& p, const RankResult& rr, Idx rank) {
   return y;
 }
 
-double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  double num = 0.0, den = 0.0;
-  for (Idx i = 0; i < a.size(); ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
+using test::rel_diff;
 
 bool same_bits(const std::vector<double>& a, const std::vector<double>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
