@@ -17,6 +17,7 @@
 #include <cute/tensor.hpp>
 
 #include "gpu_test.hpp"
+#include "reference/fp8.hpp"
 
 namespace monomoe {
 namespace {
@@ -29,10 +30,13 @@ using SmemLayout = decltype(cute::tile_to_shape(
 
 // out [128, 128] = sum over k-tiles kb of (A[:, kb] . B[:, kb]^T) * sa[row, kb] * sb[kb]: A [128,
 // depth] and B [128, depth] row-major E4M3 (K contiguous: token rows and [out, in] weights), sa
-// [128, depth / 128], sb [depth / 128] (one column block: the tile is 128 wide).
+// [128, depth / 128], sb [depth / 128] (one column block: the tile is 128 wide). With q, also the
+// tile requantized as GEMM0's epilogue will requantize the activation: per row (its 128 columns,
+// one group), from the accumulator registers: q [128, 128] E4M3, q_scale [128].
 __global__ void __launch_bounds__(256) fp8_tile_kernel(const cute::float_e4m3_t* a,
                                                       const cute::float_e4m3_t* b, const float* sa,
-                                                      const float* sb, int depth, float* out) {
+                                                      const float* sb, int depth, float* out,
+                                                      std::uint8_t* q, float* q_scale) {
   using namespace cute;
   // Raw bytes (float_e4m3_t has a constructor, which __shared__ arrays may not run).
   __shared__ alignas(1024) std::uint8_t smem_a[kRows * kDepthTile];
@@ -72,9 +76,37 @@ __global__ void __launch_bounds__(256) fp8_tile_kernel(const cute::float_e4m3_t*
     __syncthreads();  // every warpgroup's MMAs have read the stage before it is overwritten
   }
   for (int i = 0; i < size(acc); ++i) out[get<0>(coord(i)) * kCols + get<1>(coord(i))] = acc(i);
+  if (q == nullptr) return;
+  // Requantization per row: a thread holds 32 columns of each of its two rows (wgmma's
+  // accumulator layout: the four lanes of a quad share a row), so a row's amax is the thread's
+  // then two shuffles over the quad. NaN is tracked apart (fmaxf drops it), as quantize_group_warp.
+  const int row0 = get<0>(coord(0));
+  float amax[2] = {0.f, 0.f};
+  int nan[2] = {0, 0};
+  for (int i = 0; i < size(acc); ++i) {
+    const int slot = get<0>(coord(i)) == row0 ? 0 : 1;
+    amax[slot] = fmaxf(amax[slot], fabsf(acc(i)));
+    nan[slot] |= isnan(acc(i)) ? 1 : 0;
+  }
+  float inv[2];
+  for (int s = 0; s < 2; ++s) {
+    for (int off = 1; off < 4; off <<= 1) {
+      amax[s] = fmaxf(amax[s], __shfl_xor_sync(0xffffffffu, amax[s], off));
+      nan[s] |= __shfl_xor_sync(0xffffffffu, nan[s], off);
+    }
+    if (nan[s]) amax[s] = __int_as_float(0x7fffffff);
+    inv[s] = amax[s] == 0.f ? 1.f : 448.f / amax[s];
+  }
+  for (int i = 0; i < size(acc); ++i) {
+    const int r = get<0>(coord(i));
+    const int slot = r == row0 ? 0 : 1;
+    q[r * kCols + get<1>(coord(i))] =
+        __nv_cvt_float_to_fp8(acc(i) * inv[slot], __NV_SATFINITE, __NV_E4M3);
+    if (get<1>(coord(i)) == 0) q_scale[r] = amax[slot] == 0.f ? 1.f : amax[slot] / 448.f;
+  }
 }
 
-TEST(Fp8Gpu, TileGemmWithPromotionMatchesFloat64) {
+TEST(Fp8Gpu, TileGemmWithPromotionAndRequantization) {
   MONOMOE_REQUIRE_GPU();
   constexpr int kDepth = 512;  // 4 k-tiles
   constexpr int kTiles = kDepth / kDepthTile;
@@ -101,6 +133,9 @@ TEST(Fp8Gpu, TileGemmWithPromotionMatchesFloat64) {
     }
   }
   void *da = nullptr, *db = nullptr, *dsa = nullptr, *dsb = nullptr, *dout = nullptr;
+  void *dq = nullptr, *dqs = nullptr;
+  ASSERT_EQ(cudaMalloc(&dq, kRows * kCols), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dqs, kRows * 4), cudaSuccess);
   ASSERT_EQ(cudaMalloc(&da, a.size()), cudaSuccess);
   ASSERT_EQ(cudaMalloc(&db, b.size()), cudaSuccess);
   ASSERT_EQ(cudaMalloc(&dsa, sa.size() * 4), cudaSuccess);
@@ -114,11 +149,27 @@ TEST(Fp8Gpu, TileGemmWithPromotionMatchesFloat64) {
   fp8_tile_kernel<<<1, 256>>>(static_cast<const cute::float_e4m3_t*>(da),
                               static_cast<const cute::float_e4m3_t*>(db),
                               static_cast<const float*>(dsa), static_cast<const float*>(dsb), kDepth,
-                              static_cast<float*>(dout));
+                              static_cast<float*>(dout), static_cast<std::uint8_t*>(dq),
+                              static_cast<float*>(dqs));
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
-  std::vector<float> got(want.size());
+  std::vector<float> got(want.size()), q_scale(kRows);
+  std::vector<__nv_fp8_e4m3> q(kRows * kCols);
   ASSERT_EQ(cudaMemcpy(got.data(), dout, got.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-  for (void* p : {da, db, dsa, dsb, dout}) cudaFree(p);
+  ASSERT_EQ(cudaMemcpy(q.data(), dq, q.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(q_scale.data(), dqs, q_scale.size() * 4, cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  for (void* p : {da, db, dsa, dsb, dout, dq, dqs}) cudaFree(p);
+  // The requantization, from the registers, equals the reference's rule applied to the tile the
+  // kernel wrote, value for value (the same fp32 inputs): the quad reduction found each row's amax.
+  int wrong_rows = 0;
+  std::vector<float> rule(kCols);
+  for (int r = 0; r < kRows; ++r) {
+    const float scale = reference::fp8::quantize_group(got.data() + r * kCols, kCols, rule.data());
+    bool ok = scale == q_scale[r];
+    for (int n = 0; n < kCols; ++n) ok = ok && float(q[r * kCols + n]) == rule[n];
+    if (!ok && ++wrong_rows <= 3) ADD_FAILURE() << "row " << r << " requantized differently";
+  }
+  EXPECT_EQ(wrong_rows, 0);
   double num = 0.0, den = 0.0;
   int bad = 0;
   for (std::size_t i = 0; i < want.size(); ++i) {
