@@ -123,5 +123,51 @@ TEST(Fp8Gpu, GroupQuantizationAsTheReference) {
   EXPECT_TRUE(std::isnan(s[7]));
 }
 
+__global__ void rows_kernel(const __nv_bfloat16* x, int rows, int hidden, __nv_fp8_storage_t* q,
+                            float* scale) {
+  device::quantize_rows(x, rows, hidden, q, scale);
+}
+
+// x rows (bf16) as the kernel will quantize them before GEMM0 and dispatch: every (row, group)
+// equal to the reference's rule, with a grid much smaller than the groups (the grid-stride loop).
+TEST(Fp8Gpu, RowsQuantizeAsTheReference) {
+  MONOMOE_REQUIRE_GPU();
+  constexpr int kRowsX = 300, kHidden = 1024;
+  std::mt19937 rng(8);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<__nv_bfloat16> x(kRowsX * kHidden);
+  std::vector<float> xf(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    x[i] = __float2bfloat16(u(rng) * (1.f + static_cast<float>(i / kHidden % 7)));
+    xf[i] = __bfloat162float(x[i]);
+  }
+  void *dx = nullptr, *dq = nullptr, *ds = nullptr;
+  ASSERT_EQ(cudaMalloc(&dx, x.size() * 2), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dq, x.size()), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&ds, x.size() / 128 * 4), cudaSuccess);
+  cudaMemcpy(dx, x.data(), x.size() * 2, cudaMemcpyHostToDevice);
+  rows_kernel<<<7, 128>>>(static_cast<const __nv_bfloat16*>(dx), kRowsX, kHidden,
+                          static_cast<__nv_fp8_storage_t*>(dq), static_cast<float*>(ds));
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  std::vector<__nv_fp8_storage_t> q(x.size());
+  std::vector<float> s(x.size() / 128);
+  ASSERT_EQ(cudaMemcpy(q.data(), dq, q.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(s.data(), ds, s.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  for (void* p : {dx, dq, ds}) cudaFree(p);
+  int wrong = 0;
+  std::vector<float> want(128);
+  for (std::size_t g = 0; g < s.size(); ++g) {
+    const float scale = reference::fp8::quantize_group(xf.data() + g * 128, 128, want.data());
+    bool ok = scale == s[g];
+    for (int i = 0; i < 128; ++i) {
+      __nv_fp8_e4m3 v;
+      v.__x = q[g * 128 + i];
+      ok = ok && float(v) == want[i];
+    }
+    if (!ok && ++wrong <= 3) ADD_FAILURE() << "group " << g;
+  }
+  EXPECT_EQ(wrong, 0);
+}
+
 }  // namespace
 }  // namespace monomoe

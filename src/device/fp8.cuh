@@ -3,6 +3,7 @@
 // The first piece of the fp8 kernel; nothing in the persistent kernel uses it yet.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
 namespace monomoe::device {
@@ -40,6 +41,29 @@ __device__ __forceinline__ float quantize_group_warp(const float (&v)[4],
 #pragma unroll
   for (int i = 0; i < 4; ++i) q[i] = to_e4m3(v[i] * inv);
   return amax == 0.f ? 1.f : amax / kFp8Max;
+}
+
+// x [rows, hidden] (bf16, hidden a multiple of 128) quantized as the expert GEMMs take it: each
+// (row, 128-channel group) by one warp of the grid; q [rows, hidden] E4M3, scale [rows, hidden /
+// 128]. A grid-stride loop: any launch shape covers any size (warps of the grid in any number).
+__device__ __forceinline__ void quantize_rows(const __nv_bfloat16* x, int rows, int hidden,
+                                              __nv_fp8_storage_t* q, float* scale) {
+  const int groups_per_row = hidden / kFp8Group;
+  const long long groups = static_cast<long long>(rows) * groups_per_row;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const long long warps = static_cast<long long>(gridDim.x) * blockDim.x / 32;
+  for (long long g = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+       g < groups; g += warps) {
+    const long long at = g * kFp8Group + lane * 4;  // the group's first element is g * 128
+    float v[4];
+    __nv_fp8_storage_t out[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = __bfloat162float(x[at + i]);
+    const float s = quantize_group_warp(v, out);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) q[at + i] = out[i];
+    if (lane == 0) scale[g] = s;
+  }
 }
 
 }  // namespace monomoe::device
