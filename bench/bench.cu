@@ -337,10 +337,15 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     }
     rows_min += std::popcount(peers);
   }
-  const double row_bytes =
+  // A row out is x as the expert GEMMs read it (fp8: E4M3 values and their scales,
+  // device::operand_pitch), a row back one of y's type.
+  const double row_back =
       static_cast<double>(cfg.hidden) * static_cast<double>(element_bytes(cfg.dtype));
-  const double bytes = 2.0 * static_cast<double>(rows_out) * row_bytes;
-  const double bytes_min = 2.0 * static_cast<double>(rows_min) * row_bytes;
+  const double row_out = cfg.dtype == DType::fp8
+                             ? static_cast<double>(device::operand_pitch(cfg.hidden, true))
+                             : row_back;
+  const double bytes = static_cast<double>(rows_out) * (row_out + row_back);
+  const double bytes_min = static_cast<double>(rows_min) * (row_out + row_back);
   if (rank > 0) {  // rank 0 prints them under its table
     print_nvlink_bytes(bytes, bytes_min, out, tag + "NVLink bytes: ");
     print_rank_rows(layer.stats(), s, cfg.topk, out, tag + "rows its experts ran: ");
@@ -348,23 +353,36 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
 
   std::unique_ptr<baseline::Pipeline> base;
   Comparison base_cmp;
+  const std::string base_note = baseline_note(cfg.dtype);
   if (o.baseline) {
-    // The baseline takes [in, out] weights only: the same weights in that layout.
-    LayerConfig base_cfg = cfg;
-    base_cfg.weight_layout = WeightLayout::in_out;
-    base = std::make_unique<baseline::Pipeline>(base_cfg, dev.weights_in_out(), comm);
+    // The baseline takes [in, out] weights only: the same weights in that layout (fp8: dequantized
+    // to bf16, which it runs instead; baseline_config).
+    base = std::make_unique<baseline::Pipeline>(baseline_config(cfg), dev.weights_in_out(), comm);
     base->use_cutlass_grouped_gemm(o.baseline_cutlass);
     if (rank == 0) {
       out << "baseline expert GEMMs: "
-          << (o.baseline_cutlass ? "CUTLASS sm90 grouped GEMM" : "cuBLAS grouped batched GEMM") << "\n";
+          << (o.baseline_cutlass ? "CUTLASS sm90 grouped GEMM" : "cuBLAS grouped batched GEMM");
+      if (!base_note.empty()) out << "; baseline: " << base_note;
+      out << "\n";
     }
     dev.poison_y();
     base->forward(dev.x(), s, dev.y(), stream);
     MONOMOE_CUDA(cudaStreamSynchronize(stream));
     std::vector<float> bw;
     base->routing(experts, bw);
-    base_cmp = compare(pr, ex.result, dev.y_host(), experts, ex.tokens, rank);
-    out << tag << "correctness baseline: " << base_cmp.summary() << std::endl;
+    if (base_note.empty()) {
+      base_cmp = compare(pr, ex.result, dev.y_host(), experts, ex.tokens, rank);
+    } else {
+      // fp8: the baseline computes something else (bf16 on the dequantized weights, activations
+      // not quantized), so it is checked against that problem's reference, on the same tokens, at
+      // bf16's tolerance; against the fp8 reference it would differ by the quantization itself.
+      const reference::Problem bpr = baseline_problem(pr);
+      const Expected bex = expected_output(bpr, rank, o.sample_tokens, o.seed);
+      base_cmp = compare(bpr, bex.result, dev.y_host(), experts, bex.tokens, rank);
+    }
+    out << tag << "correctness baseline"
+        << (base_note.empty() ? "" : " (against its bf16 reference)") << ": " << base_cmp.summary()
+        << std::endl;
   }
   if (!fused.passed || (base && !base_cmp.passed)) {
     // Every rank must take the same path (the layers' calls are collective): a failing rank exits
@@ -509,6 +527,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   row("monomoe", tf, bytes);
   if (base) {
     row("baseline", tb, base_bytes);
+    if (!base_note.empty()) out << "baseline: " << base_note << "\n";
     out << "speed-up (baseline / monomoe, median): " << std::setprecision(2)
         << tb.median_ms / tf.median_ms << "x\n";
   }
@@ -531,6 +550,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
   // and the chip's dense GEMM rate with the time the FFN's FLOP take at it.
   if (base) {
     out << "baseline expert FFN alone (grouped GEMM0 + activation + grouped GEMM1"
+        << (base_note.empty() ? "" : ", bf16 on dequantized fp8 weights")
         << (world > 1 ? ", rank 0's own, on the rows it received" : "") << "): ";
     if (ffn_rows == 0) {
       out << "no rows\n";
@@ -580,7 +600,10 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     if (base) {
       js << ",\n  \"baseline\": {\"median_ms\": " << tb.median_ms << ", \"min_ms\": " << tb.min_ms
          << ", \"tflops\": " << ffn_tflops(tb.median_ms) << ", \"bytes_sent\": " << base_bytes
-         << ", \"expert_gemm\": \"" << (o.baseline_cutlass ? "cutlass" : "cublas") << "\"},\n  \"speedup\": "
+         << ", \"expert_gemm\": \"" << (o.baseline_cutlass ? "cutlass" : "cublas")
+         << "\", \"dtype\": \"" << to_string(baseline_config(cfg).dtype) << "\"";
+      if (!base_note.empty()) js << ", \"note\": \"" << base_note << "\"";
+      js << "},\n  \"speedup\": "
          << tb.median_ms / tf.median_ms;
       js << ",\n  \"baseline_ffn\": {\"median_ms\": " << tffn.median_ms
          << ", \"min_ms\": " << tffn.min_ms << ", \"tflops\": " << ffn_alone_tflops

@@ -1,10 +1,13 @@
 #include "bench/ceiling.hpp"
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
 #include <algorithm>
 #include <cstddef>
+#include <string>
 #include <type_traits>
 
 #include "baseline/check.hpp"
@@ -33,6 +36,8 @@ __global__ void __launch_bounds__(kFillThreads)
     const float u = static_cast<float>(z >> 40) * 0x1p-23f - 1.0f;  // 24 bits -> [-1, 1)
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       p[i] = __float2bfloat16_rn(u);
+    } else if constexpr (std::is_same_v<T, __nv_fp8_e4m3>) {
+      p[i] = __nv_fp8_e4m3(u);  // round to nearest: random mantissas, as for bf16
     } else {
       p[i] = u;
     }
@@ -62,10 +67,109 @@ cublasComputeType_t compute_type(DType dtype) {
   return dtype == DType::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
 }
 
+// cuBLASLt objects of the fp8 GEMM, each released by its owner when a later call throws.
+struct LtHandle {
+  cublasLtHandle_t h = nullptr;
+  LtHandle() { MONOMOE_CUBLAS(cublasLtCreate(&h)); }
+  LtHandle(const LtHandle&) = delete;
+  LtHandle& operator=(const LtHandle&) = delete;
+  ~LtHandle() {
+    if (h) cublasLtDestroy(h);
+  }
+};
+struct LtMatmulDesc {
+  cublasLtMatmulDesc_t d = nullptr;
+  LtMatmulDesc(cublasComputeType_t compute, cudaDataType_t scale) {
+    MONOMOE_CUBLAS(cublasLtMatmulDescCreate(&d, compute, scale));
+  }
+  LtMatmulDesc(const LtMatmulDesc&) = delete;
+  LtMatmulDesc& operator=(const LtMatmulDesc&) = delete;
+  ~LtMatmulDesc() {
+    if (d) cublasLtMatmulDescDestroy(d);
+  }
+  template <class V>
+  void set(cublasLtMatmulDescAttributes_t attr, const V& v) {
+    MONOMOE_CUBLAS(cublasLtMatmulDescSetAttribute(d, attr, &v, sizeof(v)));
+  }
+};
+struct LtLayout {
+  cublasLtMatrixLayout_t l = nullptr;
+  LtLayout(cudaDataType_t type, std::int64_t rows, std::int64_t cols, std::int64_t ld) {
+    MONOMOE_CUBLAS(cublasLtMatrixLayoutCreate(&l, type, static_cast<std::uint64_t>(rows),
+                                              static_cast<std::uint64_t>(cols), ld));
+  }
+  LtLayout(const LtLayout&) = delete;
+  LtLayout& operator=(const LtLayout&) = delete;
+  ~LtLayout() {
+    if (l) cublasLtMatrixLayoutDestroy(l);
+  }
+};
+struct LtPreference {
+  cublasLtMatmulPreference_t p = nullptr;
+  LtPreference() { MONOMOE_CUBLAS(cublasLtMatmulPreferenceCreate(&p)); }
+  LtPreference(const LtPreference&) = delete;
+  LtPreference& operator=(const LtPreference&) = delete;
+  ~LtPreference() {
+    if (p) cublasLtMatmulPreferenceDestroy(p);
+  }
+};
+
+// Workspace offered to cuBLASLt's fp8 GEMM: what its Hopper kernels ask for at most (split-K and
+// stream-K partials); less could leave the fastest algorithm out.
+constexpr std::size_t kLtWorkspaceBytes = std::size_t{32} << 20;
+
+// The fp8 ceiling: D [m, n] = (a_scale * A) . (b_scale * B) with E4M3 A and B, a bf16 D and fp32
+// accumulation, through cuBLASLt (cublasGemmEx takes no fp8). cuBLASLt's fp8 GEMM wants A
+// transposed ("TN"): column-major A^T stored [k, m] (each of C's rows is a K-contiguous row, as
+// the layer's token rows are) and B [k, n] (each column K-contiguous, as [out, in] weights are).
+// Per-tensor scales of 1 (the simplest form every CUDA 12/13 cuBLASLt offers on sm_90); fast
+// accumulation off, so that the tensor cores' partial sums are promoted to fp32 as the layer's
+// per-128-K-block promotion does.
+Timing time_fp8_gemm(const DenseCeiling& c, const void* a, const void* b, void* d, int warmup,
+                     int iterations, cudaStream_t stream) {
+  const baseline::DeviceBuffer scales(2 * sizeof(float)), workspace(kLtWorkspaceBytes);
+  const float ones[2] = {1.f, 1.f};
+  MONOMOE_CUDA(cudaMemcpy(scales.as(), ones, sizeof(ones), cudaMemcpyHostToDevice));
+  const LtHandle lt;
+  LtMatmulDesc desc(CUBLAS_COMPUTE_32F, CUDA_R_32F);
+  desc.set(CUBLASLT_MATMUL_DESC_TRANSA, std::int32_t{CUBLAS_OP_T});  // attribute type int32_t
+  desc.set(CUBLASLT_MATMUL_DESC_TRANSB, std::int32_t{CUBLAS_OP_N});
+  desc.set(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, static_cast<const void*>(scales.as<float>()));
+  desc.set(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, static_cast<const void*>(scales.as<float>() + 1));
+  desc.set(CUBLASLT_MATMUL_DESC_FAST_ACCUM, std::int8_t{0});
+  const LtLayout la(CUDA_R_8F_E4M3, c.k, c.m, c.k);  // A^T, column-major [k, m]
+  const LtLayout lb(CUDA_R_8F_E4M3, c.k, c.n, c.k);
+  const LtLayout ld(CUDA_R_16BF, c.m, c.n, c.m);  // C (beta = 0, not read) and D
+  const LtPreference pref;
+  const std::uint64_t ws = kLtWorkspaceBytes;
+  MONOMOE_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+      pref.p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  cublasLtMatmulHeuristicResult_t best{};
+  int found = 0;
+  MONOMOE_CUBLAS(cublasLtMatmulAlgoGetHeuristic(lt.h, desc.d, la.l, lb.l, ld.l, ld.l, pref.p, 1,
+                                                &best, &found));
+  if (found == 0 || best.state != CUBLAS_STATUS_SUCCESS) {
+    throw CudaError("dense ceiling: cuBLASLt has no algorithm for the fp8 GEMM " +
+                    std::to_string(c.m) + " x " + std::to_string(c.n) + " x " +
+                    std::to_string(c.k) + " (E4M3 A^T and B, bf16 D, fp32 compute) on this GPU" +
+                    (found == 0 ? std::string()
+                                : std::string(": ") + cublasGetStatusName(best.state)) +
+                    "; --no-ceiling leaves the ceiling out");
+  }
+  const float one = 1.f, zero = 0.f;
+  return time_calls(
+      [&] {
+        MONOMOE_CUBLAS(cublasLtMatmul(lt.h, desc.d, &one, a, la.l, b, lb.l, &zero, d, ld.l, d,
+                                      ld.l, &best.algo, workspace.as(), kLtWorkspaceBytes,
+                                      stream));
+      },
+      warmup, iterations, stream);
+}
+
 }  // namespace
 
 void fill_uniform(void* p, std::int64_t n, DType dtype, std::uint64_t seed, cudaStream_t stream) {
-  if (dtype == DType::bf16) {
+  if (dtype == DType::bf16 || dtype == DType::fp8) {  // fp8's x is bf16
     fill_uniform<__nv_bfloat16>(p, n, seed, stream);
   } else {
     fill_uniform<float>(p, n, seed, stream);
@@ -89,19 +193,32 @@ DenseCeiling dense_ceiling_shape(DType dtype) {
       c.m = c.n = c.k = 4096;
       c.math = "fp32 FMA, no tensor cores";
       break;
-    case DType::fp8:  // bench refuses fp8 before this (the kernel does not run it yet)
-      throw ConfigError("dense ceiling: no fp8 GEMM measured yet (docs/fp8.md)");
+    case DType::fp8:
+      c.m = c.n = c.k = 8192;
+      c.math = "fp8 e4m3 in (per-tensor scales, cuBLASLt), bf16 out, fp32 accumulate";
+      break;
   }
   return c;
 }
 
 DenseCeiling measure_dense_ceiling(DType dtype, int warmup, int iterations, cudaStream_t stream) {
   DenseCeiling c = dense_ceiling_shape(dtype);
-  const std::size_t elem = element_bytes(dtype);
-  const auto bytes = [&](std::int64_t rows, std::int64_t cols) {
+  const auto bytes = [&](std::int64_t rows, std::int64_t cols, std::size_t elem) {
     return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols) * elem;
   };
-  const baseline::DeviceBuffer a(bytes(c.m, c.k)), b(bytes(c.k, c.n)), out(bytes(c.m, c.n));
+  if (dtype == DType::fp8) {
+    // E4M3 operands (1 byte), a bf16 output: 64 + 64 + 128 MiB, and cuBLASLt's workspace.
+    const baseline::DeviceBuffer a(bytes(c.k, c.m, 1)), b(bytes(c.k, c.n, 1)),
+        out(bytes(c.m, c.n, 2));
+    fill_uniform<__nv_fp8_e4m3>(a.as(), c.m * c.k, 1, stream);
+    fill_uniform<__nv_fp8_e4m3>(b.as(), c.k * c.n, 2, stream);
+    c.timing = time_fp8_gemm(c, a.as(), b.as(), out.as(), warmup, iterations, stream);
+    c.tflops = tflops(gemm_flop(c.m, c.n, c.k), c.timing.median_ms);
+    return c;
+  }
+  const std::size_t elem = element_bytes(dtype);
+  const baseline::DeviceBuffer a(bytes(c.m, c.k, elem)), b(bytes(c.k, c.n, elem)),
+      out(bytes(c.m, c.n, elem));
   if (dtype == DType::bf16) {
     fill_uniform<__nv_bfloat16>(a.as(), c.m * c.k, 1, stream);
     fill_uniform<__nv_bfloat16>(b.as(), c.k * c.n, 2, stream);

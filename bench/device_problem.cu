@@ -1,6 +1,7 @@
 #include "bench/device_problem.hpp"
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -11,27 +12,77 @@
 #include <utility>
 
 #include "host/check.hpp"
+#include "monomoe/error.hpp"
+#include "reference/fp8.hpp"
 
 namespace monomoe::bench {
 
 namespace {
 
-// A device buffer holding float values converted to the element type of `dtype`.
+// How a tensor is stored on the device.
+enum class Elem { bf16, f32, e4m3 };
+
+// x, y, the gate and the biases: bf16 for bf16 and fp8, float for tf32 and fp32.
+Elem activation_elem(DType d) {
+  return d == DType::bf16 || d == DType::fp8 ? Elem::bf16 : Elem::f32;
+}
+// The expert matrices (routed and shared): E4M3 for fp8, else as the activations.
+Elem matrix_elem(DType d) { return d == DType::fp8 ? Elem::e4m3 : activation_elem(d); }
+
+std::size_t elem_bytes(Elem e) {
+  return e == Elem::e4m3 ? 1 : e == Elem::bf16 ? 2 : 4;
+}
+
+// v as E4M3 bytes. The values are E4M3 values already (make_problem quantized them), so the
+// conversion must be exact: a value that is not one would reach the GPU changed and the comparison
+// would blame the kernel. `what` names the tensor in the error.
+std::vector<__nv_fp8_e4m3> to_e4m3(const float* v, std::size_t n, const char* what) {
+  std::vector<__nv_fp8_e4m3> q(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    q[i] = __nv_fp8_e4m3(v[i]);
+    const float back = static_cast<float>(q[i]);
+    if (back != v[i] && !(std::isnan(back) && std::isnan(v[i]))) {
+      std::ostringstream os;
+      os << "bench::DeviceProblem: " << what << " element " << i << " = " << v[i]
+         << " is not an E4M3 value (it converts to " << back
+         << "); an fp8 problem's expert matrices must hold E4M3 values, as "
+            "reference::make_problem makes them";
+      throw ConfigError(os.str());
+    }
+  }
+  return q;
+}
+
+// A device buffer holding n float values converted to `elem` (nullptr when n is 0). `what` names
+// the tensor in the error of an E4M3 conversion that is not exact.
 struct Buffer {
   void* ptr = nullptr;
   Buffer() = default;
-  Buffer(const float* v, std::size_t n, DType dtype) {
+  Buffer(const float* v, std::size_t n, Elem elem, const char* what = "a tensor") {
     if (n == 0) return;
-    const std::size_t bytes = n * element_bytes(dtype);
+    // Converted before allocating, so that a conversion that throws leaves nothing to free.
+    std::vector<__nv_bfloat16> bf16;
+    std::vector<__nv_fp8_e4m3> e4m3;
+    const void* src = v;
+    if (elem == Elem::bf16) {
+      bf16.resize(n);
+      for (std::size_t i = 0; i < n; ++i) bf16[i] = __float2bfloat16_rn(v[i]);
+      src = bf16.data();
+    } else if (elem == Elem::e4m3) {
+      e4m3 = to_e4m3(v, n, what);
+      src = e4m3.data();
+    }
+    const std::size_t bytes = n * elem_bytes(elem);
     MONOMOE_CUDA(cudaMalloc(&ptr, bytes));
-    if (dtype == DType::bf16) {
-      std::vector<__nv_bfloat16> h(n);
-      for (std::size_t i = 0; i < n; ++i) h[i] = __float2bfloat16_rn(v[i]);
-      MONOMOE_CUDA(cudaMemcpy(ptr, h.data(), bytes, cudaMemcpyHostToDevice));
-    } else {
-      MONOMOE_CUDA(cudaMemcpy(ptr, v, bytes, cudaMemcpyHostToDevice));
+    const cudaError_t copied = cudaMemcpy(ptr, src, bytes, cudaMemcpyHostToDevice);
+    if (copied != cudaSuccess) {
+      cudaFree(ptr);  // the destructor of a half-built Buffer does not run
+      ptr = nullptr;
+      MONOMOE_CUDA(copied);
     }
   }
+  Buffer(const std::vector<float>& v, Elem elem, const char* what = "a tensor")
+      : Buffer(v.data(), v.size(), elem, what) {}
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
   Buffer& operator=(Buffer&& o) noexcept {
@@ -57,6 +108,36 @@ std::vector<float> transposed(const float* v, std::size_t count, std::size_t row
   return out;
 }
 
+constexpr std::size_t kScaleBlock = static_cast<std::size_t>(reference::fp8::kBlock);
+
+// Each of `count` fp8 matrices as the reference stores them, [in, out] E4M3 values, with its block
+// scales [out / 128, in / 128] (Problem's *_scale), dequantized in the same [in, out] layout:
+// e4m3 * scale as an fp32 product (what a GPU dequantization computes), rounded to bf16.
+std::vector<float> dequantized_bf16(const float* w, const float* scale, std::size_t count,
+                                    std::size_t in, std::size_t out) {
+  const std::size_t in_blocks = in / kScaleBlock, out_blocks = out / kScaleBlock;
+  std::vector<float> d(count * in * out);
+  for (std::size_t m = 0; m < count; ++m) {
+    const float* wm = w + m * in * out;
+    const float* sm = scale + m * in_blocks * out_blocks;
+    for (std::size_t i = 0; i < in; ++i) {
+      for (std::size_t o = 0; o < out; ++o) {
+        const float s = sm[(o / kScaleBlock) * in_blocks + i / kScaleBlock];
+        d[m * in * out + i * out + o] = reference::round_bf16(wm[i * out + o] * s);
+      }
+    }
+  }
+  return d;
+}
+
+// An fp8 problem's vector must have the size its config gives (a problem built by hand may not).
+void require_values(const char* name, const std::vector<float>& v, std::size_t n) {
+  if (v.size() != n) {
+    throw ConfigError("bench::DeviceProblem: Problem." + std::string(name) + " has " +
+                      std::to_string(v.size()) + " values, the config needs " + std::to_string(n));
+  }
+}
+
 // A device copy of host bytes (nullptr when empty).
 struct Bytes {
   void* ptr = nullptr;
@@ -64,7 +145,12 @@ struct Bytes {
   Bytes(const void* v, std::size_t bytes) {
     if (bytes == 0) return;
     MONOMOE_CUDA(cudaMalloc(&ptr, bytes));
-    MONOMOE_CUDA(cudaMemcpy(ptr, v, bytes, cudaMemcpyHostToDevice));
+    const cudaError_t copied = cudaMemcpy(ptr, v, bytes, cudaMemcpyHostToDevice);
+    if (copied != cudaSuccess) {
+      cudaFree(ptr);
+      ptr = nullptr;
+      MONOMOE_CUDA(copied);
+    }
   }
   Bytes(const Bytes&) = delete;
   Bytes& operator=(const Bytes&) = delete;
@@ -85,10 +171,97 @@ struct DeviceProblem::Impl {
   bool routing_given = false;
   Buffer x, y, gate, w1, b1, w2, b2;
   Buffer shared_w1, shared_b1, shared_w2, shared_b2;  // empty when the config has no shared expert
+  Buffer w1_scale, w2_scale, shared_w1_scale, shared_w2_scale;  // fp8 only: fp32 block scales
   Bytes topk_ids, topk_weights;  // int32 / float [tokens, topk] when the routing is given
-  // [in, out] copies when the config's layout is [out, in]
+  // [in, out] copies for the baseline when the config's layout is [out, in] (fp8: always, bf16
+  // dequantized)
   Buffer gate_t, w1_t, w2_t, shared_w1_t, shared_w2_t;
+
+  // The gate and the expert matrices (routed and shared) of rank `rank`: the layer's and the
+  // baseline's copies.
+  void upload_matrices(const reference::Problem& pr, int rank);
+  void upload_fp8_matrices(const reference::Problem& pr, int rank);
 };
+
+void DeviceProblem::Impl::upload_matrices(const reference::Problem& pr, int rank) {
+  const LayerConfig& c = pr.config;
+  const Elem el_type = matrix_elem(c.dtype);
+  const std::size_t el = static_cast<std::size_t>(c.experts_per_rank());
+  const std::size_t e0 = static_cast<std::size_t>(rank) * el;
+  const std::size_t h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
+  const std::size_t w1c = static_cast<std::size_t>(c.w1_columns());
+  gate = Buffer(pr.gate, el_type);
+  w1 = Buffer(pr.w1.data() + e0 * h * w1c, el * h * w1c, el_type);
+  w2 = Buffer(pr.w2.data() + e0 * f * h, el * f * h, el_type);
+  // The shared expert is replicated: every rank gets all of it.
+  const std::size_t sf = static_cast<std::size_t>(c.shared_ffn);
+  const std::size_t sw1c = static_cast<std::size_t>(c.shared_w1_columns());
+  shared_w1 = Buffer(pr.shared_w1, el_type);
+  shared_w2 = Buffer(pr.shared_w2, el_type);
+  if (c.weight_layout == WeightLayout::out_in) {
+    // The layer gets [out, in]; the [in, out] copies stay for weights_in_out() (the baseline).
+    gate_t = std::move(gate);  // move-assignment swaps: gate is empty after
+    w1_t = std::move(w1);
+    w2_t = std::move(w2);
+    shared_w1_t = std::move(shared_w1);
+    shared_w2_t = std::move(shared_w2);
+    const std::size_t e = static_cast<std::size_t>(c.experts);
+    gate = Buffer(transposed(pr.gate.data(), 1, h, e), el_type);
+    w1 = Buffer(transposed(pr.w1.data() + e0 * h * w1c, el, h, w1c), el_type);
+    w2 = Buffer(transposed(pr.w2.data() + e0 * f * h, el, f, h), el_type);
+    if (sf > 0) {
+      shared_w1 = Buffer(transposed(pr.shared_w1.data(), 1, h, sw1c), el_type);
+      shared_w2 = Buffer(transposed(pr.shared_w2.data(), 1, sf, h), el_type);
+    }
+  }
+}
+
+void DeviceProblem::Impl::upload_fp8_matrices(const reference::Problem& pr, int rank) {
+  const LayerConfig& c = pr.config;
+  const std::size_t el = static_cast<std::size_t>(c.experts_per_rank());
+  const std::size_t e0 = static_cast<std::size_t>(rank) * el;
+  const std::size_t e = static_cast<std::size_t>(c.experts);
+  const std::size_t h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
+  const std::size_t w1c = static_cast<std::size_t>(c.w1_columns());
+  const std::size_t sf = static_cast<std::size_t>(c.shared_ffn);
+  const std::size_t sw1c = static_cast<std::size_t>(c.shared_w1_columns());
+  const std::size_t blk = kScaleBlock * kScaleBlock;
+  require_values("w1", pr.w1, e * h * w1c);
+  require_values("w2", pr.w2, e * f * h);
+  require_values("shared_w1", pr.shared_w1, h * sw1c);
+  require_values("shared_w2", pr.shared_w2, sf * h);
+  require_values("w1_scale", pr.w1_scale, e * h * w1c / blk);
+  require_values("w2_scale", pr.w2_scale, e * f * h / blk);
+  require_values("shared_w1_scale", pr.shared_w1_scale, h * sw1c / blk);
+  require_values("shared_w2_scale", pr.shared_w2_scale, sf * h / blk);
+  const float* w1_in_out = pr.w1.data() + e0 * h * w1c;
+  const float* w2_in_out = pr.w2.data() + e0 * f * h;
+  const float* w1_s = pr.w1_scale.data() + e0 * h * w1c / blk;
+  const float* w2_s = pr.w2_scale.data() + e0 * f * h / blk;
+  // The layer's: the gate bf16 and every matrix E4M3, [out, in] (fp8 takes no other layout), with
+  // the scales as the problem holds them ([out / 128, in / 128] per matrix already).
+  gate = Buffer(transposed(pr.gate.data(), 1, h, e), Elem::bf16);
+  w1 = Buffer(transposed(w1_in_out, el, h, w1c), Elem::e4m3, "w1");
+  w2 = Buffer(transposed(w2_in_out, el, f, h), Elem::e4m3, "w2");
+  w1_scale = Buffer(w1_s, el * h * w1c / blk, Elem::f32);
+  w2_scale = Buffer(w2_s, el * f * h / blk, Elem::f32);
+  if (sf > 0) {
+    shared_w1 = Buffer(transposed(pr.shared_w1.data(), 1, h, sw1c), Elem::e4m3, "shared_w1");
+    shared_w2 = Buffer(transposed(pr.shared_w2.data(), 1, sf, h), Elem::e4m3, "shared_w2");
+    shared_w1_scale = Buffer(pr.shared_w1_scale, Elem::f32);
+    shared_w2_scale = Buffer(pr.shared_w2_scale, Elem::f32);
+  }
+  // The baseline's (weights_in_out): [in, out] and bf16, dequantized as baseline_problem() does.
+  gate_t = Buffer(pr.gate, Elem::bf16);
+  w1_t = Buffer(dequantized_bf16(w1_in_out, w1_s, el, h, w1c), Elem::bf16);
+  w2_t = Buffer(dequantized_bf16(w2_in_out, w2_s, el, f, h), Elem::bf16);
+  if (sf > 0) {
+    shared_w1_t = Buffer(
+        dequantized_bf16(pr.shared_w1.data(), pr.shared_w1_scale.data(), 1, h, sw1c), Elem::bf16);
+    shared_w2_t = Buffer(
+        dequantized_bf16(pr.shared_w2.data(), pr.shared_w2_scale.data(), 1, sf, h), Elem::bf16);
+  }
+}
 
 DeviceProblem::DeviceProblem(const reference::Problem& pr, int rank) : impl_(std::make_unique<Impl>()) {
   const LayerConfig& c = pr.config;
@@ -96,48 +269,23 @@ DeviceProblem::DeviceProblem(const reference::Problem& pr, int rank) : impl_(std
   m.dtype = c.dtype;
   m.tokens = pr.tokens.at(static_cast<std::size_t>(rank));
   m.hidden = c.hidden;
+  const Elem act = activation_elem(c.dtype);
   const std::size_t el = static_cast<std::size_t>(c.experts_per_rank());
   const std::size_t e0 = static_cast<std::size_t>(rank) * el;
-  const std::size_t h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
+  const std::size_t h = static_cast<std::size_t>(c.hidden);
   const std::size_t w1c = static_cast<std::size_t>(c.w1_columns());
-  const auto& xr = pr.x.at(static_cast<std::size_t>(rank));
-  m.x = Buffer(xr.data(), xr.size(), c.dtype);
-  std::vector<float> zeros(static_cast<std::size_t>(m.tokens) * h, 0.f);
-  m.y = Buffer(zeros.data(), zeros.size(), c.dtype);
-  m.gate = Buffer(pr.gate.data(), pr.gate.size(), c.dtype);
-  m.w1 = Buffer(pr.w1.data() + e0 * h * w1c, el * h * w1c, c.dtype);
-  m.w2 = Buffer(pr.w2.data() + e0 * f * h, el * f * h, c.dtype);
-  // The shared expert is replicated: every rank gets all of it.
-  const std::size_t sf = static_cast<std::size_t>(c.shared_ffn);
-  const std::size_t sw1c = static_cast<std::size_t>(c.shared_w1_columns());
-  m.shared_w1 = Buffer(pr.shared_w1.data(), pr.shared_w1.size(), c.dtype);
-  m.shared_w2 = Buffer(pr.shared_w2.data(), pr.shared_w2.size(), c.dtype);
-  if (c.weight_layout == WeightLayout::out_in) {
-    // The layer gets [out, in]; the [in, out] copies stay for weights_in_out() (the baseline).
-    m.gate_t = std::move(m.gate);  // move-assignment swaps: m.gate is empty after
-    m.w1_t = std::move(m.w1);
-    m.w2_t = std::move(m.w2);
-    m.shared_w1_t = std::move(m.shared_w1);
-    m.shared_w2_t = std::move(m.shared_w2);
-    const std::size_t e = static_cast<std::size_t>(c.experts);
-    const std::vector<float> gate = transposed(pr.gate.data(), 1, h, e);
-    const std::vector<float> w1 = transposed(pr.w1.data() + e0 * h * w1c, el, h, w1c);
-    const std::vector<float> w2 = transposed(pr.w2.data() + e0 * f * h, el, f, h);
-    m.gate = Buffer(gate.data(), gate.size(), c.dtype);
-    m.w1 = Buffer(w1.data(), w1.size(), c.dtype);
-    m.w2 = Buffer(w2.data(), w2.size(), c.dtype);
-    if (sf > 0) {
-      const std::vector<float> sw1 = transposed(pr.shared_w1.data(), 1, h, sw1c);
-      const std::vector<float> sw2 = transposed(pr.shared_w2.data(), 1, sf, h);
-      m.shared_w1 = Buffer(sw1.data(), sw1.size(), c.dtype);
-      m.shared_w2 = Buffer(sw2.data(), sw2.size(), c.dtype);
-    }
+  m.x = Buffer(pr.x.at(static_cast<std::size_t>(rank)), act);
+  m.y = Buffer(std::vector<float>(static_cast<std::size_t>(m.tokens) * h, 0.f), act);
+  if (c.dtype == DType::fp8) {
+    m.upload_fp8_matrices(pr, rank);
+  } else {
+    m.upload_matrices(pr, rank);
   }
   if (c.bias) {
-    m.b1 = Buffer(pr.b1.data() + e0 * w1c, el * w1c, c.dtype);
-    m.b2 = Buffer(pr.b2.data() + e0 * h, el * h, c.dtype);
-    m.shared_b1 = Buffer(pr.shared_b1.data(), pr.shared_b1.size(), c.dtype);
-    m.shared_b2 = Buffer(pr.shared_b2.data(), pr.shared_b2.size(), c.dtype);
+    m.b1 = Buffer(pr.b1.data() + e0 * w1c, el * w1c, act);
+    m.b2 = Buffer(pr.b2.data() + e0 * h, el * h, act);
+    m.shared_b1 = Buffer(pr.shared_b1, act);
+    m.shared_b2 = Buffer(pr.shared_b2, act);
   }
   m.routing_given = pr.routing_given();
   if (m.routing_given) {
@@ -160,7 +308,11 @@ ExpertWeights DeviceProblem::weights() const {
                        .shared_w1 = m.shared_w1.ptr,
                        .shared_b1 = m.shared_b1.ptr,
                        .shared_w2 = m.shared_w2.ptr,
-                       .shared_b2 = m.shared_b2.ptr};
+                       .shared_b2 = m.shared_b2.ptr,
+                       .w1_scale = m.w1_scale.ptr,
+                       .w2_scale = m.w2_scale.ptr,
+                       .shared_w1_scale = m.shared_w1_scale.ptr,
+                       .shared_w2_scale = m.shared_w2_scale.ptr};
 }
 ExpertWeights DeviceProblem::weights_in_out() const {
   const Impl& m = *impl_;
@@ -171,6 +323,8 @@ ExpertWeights DeviceProblem::weights_in_out() const {
   w.w2 = m.w2_t.ptr;
   w.shared_w1 = m.shared_w1_t.ptr;
   w.shared_w2 = m.shared_w2_t.ptr;
+  // fp8: the copies are dequantized bf16, which carry no scales.
+  w.w1_scale = w.w2_scale = w.shared_w1_scale = w.shared_w2_scale = nullptr;
   return w;
 }
 const void* DeviceProblem::x() const { return impl_->x.ptr; }
@@ -203,7 +357,7 @@ std::vector<float> DeviceProblem::y_host() const {
   std::vector<float> out(n);
   if (n == 0) return out;
   MONOMOE_CUDA(cudaDeviceSynchronize());
-  if (impl_->dtype == DType::bf16) {
+  if (activation_elem(impl_->dtype) == Elem::bf16) {  // bf16 and fp8
     std::vector<__nv_bfloat16> h(n);
     MONOMOE_CUDA(cudaMemcpy(h.data(), impl_->y.ptr, n * 2, cudaMemcpyDeviceToHost));
     for (std::size_t i = 0; i < n; ++i) out[i] = __bfloat162float(h[i]);
@@ -211,6 +365,47 @@ std::vector<float> DeviceProblem::y_host() const {
     MONOMOE_CUDA(cudaMemcpy(out.data(), impl_->y.ptr, n * 4, cudaMemcpyDeviceToHost));
   }
   return out;
+}
+
+LayerConfig baseline_config(const LayerConfig& config) {
+  LayerConfig c = config;
+  c.weight_layout = WeightLayout::in_out;
+  if (c.dtype == DType::fp8) c.dtype = DType::bf16;
+  return c;
+}
+
+reference::Problem baseline_problem(const reference::Problem& pr) {
+  if (pr.config.dtype != DType::fp8) return pr;
+  const LayerConfig& c = pr.config;
+  const std::size_t e = static_cast<std::size_t>(c.experts);
+  const std::size_t h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
+  const std::size_t w1c = static_cast<std::size_t>(c.w1_columns());
+  const std::size_t sf = static_cast<std::size_t>(c.shared_ffn);
+  const std::size_t sw1c = static_cast<std::size_t>(c.shared_w1_columns());
+  const std::size_t blk = kScaleBlock * kScaleBlock;
+  require_values("w1_scale", pr.w1_scale, e * h * w1c / blk);
+  require_values("w2_scale", pr.w2_scale, e * f * h / blk);
+  require_values("shared_w1_scale", pr.shared_w1_scale, h * sw1c / blk);
+  require_values("shared_w2_scale", pr.shared_w2_scale, sf * h / blk);
+  reference::Problem b = pr;
+  b.config = baseline_config(c);
+  b.w1 = dequantized_bf16(pr.w1.data(), pr.w1_scale.data(), e, h, w1c);
+  b.w2 = dequantized_bf16(pr.w2.data(), pr.w2_scale.data(), e, f, h);
+  if (sf > 0) {
+    b.shared_w1 = dequantized_bf16(pr.shared_w1.data(), pr.shared_w1_scale.data(), 1, h, sw1c);
+    b.shared_w2 = dequantized_bf16(pr.shared_w2.data(), pr.shared_w2_scale.data(), 1, sf, h);
+  }
+  b.w1_scale.clear();
+  b.w2_scale.clear();
+  b.shared_w1_scale.clear();
+  b.shared_w2_scale.clear();
+  return b;
+}
+
+std::string baseline_note(DType dtype) {
+  return dtype == DType::fp8
+             ? "bf16 on dequantized fp8 weights: no fp8 grouped GEMM in the baseline"
+             : "";
 }
 
 double tolerance(DType dtype) {
@@ -354,6 +549,10 @@ reference::Problem sample_tokens(const reference::Problem& pr,
   s.shared_b1 = pr.shared_b1;
   s.shared_w2 = pr.shared_w2;
   s.shared_b2 = pr.shared_b2;
+  s.w1_scale = pr.w1_scale;
+  s.w2_scale = pr.w2_scale;
+  s.shared_w1_scale = pr.shared_w1_scale;
+  s.shared_w2_scale = pr.shared_w2_scale;
   return s;
 }
 

@@ -14,8 +14,12 @@ namespace monomoe::bench {
 
 // Owns device buffers holding rank `rank`'s x and experts of `problem` and the whole shared expert
 // (replicated: every rank holds all of it) in the layouts of include/monomoe/layer.hpp, in the
-// config's weight_layout (bf16 for DType::bf16, float otherwise), plus an output buffer, and the
-// rank's given routing when the problem has one.
+// config's weight_layout, plus an output buffer, and the rank's given routing when the problem has
+// one. Element types: bf16 for DType::bf16, float for tf32 and fp32; for fp8 the expert matrices
+// (routed and shared) as E4M3 bytes with their fp32 block scales (ExpertWeights.*_scale), and x, y,
+// the gate and the biases bf16. An fp8 problem's matrices must hold E4M3 values (make_problem's
+// do): every value is checked to convert exactly, and Error names the tensor and the element that
+// does not.
 class DeviceProblem {
  public:
   DeviceProblem(const reference::Problem& problem, int rank);
@@ -24,8 +28,10 @@ class DeviceProblem {
   DeviceProblem& operator=(const DeviceProblem&) = delete;
 
   ExpertWeights weights() const;  // in the problem's LayerConfig.weight_layout
-  // The same weights stored [in, out] (for the baseline pipeline, which takes only that layout);
-  // a second copy on the device when the problem's layout is [out, in].
+  // The weights for the baseline pipeline, which takes [in, out] weights only, in the precision of
+  // baseline_config(): the same weights stored [in, out] (a second copy on the device when the
+  // problem's layout is [out, in]); for fp8, a bf16 copy of the expert matrices dequantized as
+  // baseline_problem() does (the scale pointers null), with the bf16 gate and biases.
   ExpertWeights weights_in_out() const;
   const void* x() const;
   void* y();
@@ -44,7 +50,22 @@ class DeviceProblem {
   std::unique_ptr<Impl> impl_;
 };
 
-// Tolerance on ||y - ref|| / ||ref|| for a precision: fp32 1e-5, tf32 2e-3, bf16 2e-2.
+// The baseline pipeline (src/baseline) of a layer config: [in, out] weights (all it takes), and for
+// fp8 bf16, because the baseline has no fp8 grouped GEMM: it runs bf16 on the fp8 weights
+// dequantized (baseline_problem). Other precisions keep theirs.
+LayerConfig baseline_config(const LayerConfig& config);
+// What the baseline computes, as a problem for the reference: `problem` itself, except for fp8 a
+// bf16 problem (baseline_config) whose expert matrices are the E4M3 values times their block scales
+// in fp32, rounded to bf16 (x, the gate and the biases are bf16 already), and which quantizes no
+// activation. The baseline is compared with this problem's reference at bf16's tolerance: against
+// the fp8 reference it would differ by fp8's quantization error itself (some 3.6 %, docs/fp8.md),
+// which is not a fault of either path.
+reference::Problem baseline_problem(const reference::Problem& problem);
+// How bench names the baseline's math when it differs from the layer's ("" when it does not).
+std::string baseline_note(DType dtype);
+
+// Tolerance on ||y - ref|| / ||ref|| for a precision: fp32 1e-5, tf32 2e-3, bf16 2e-2, fp8 2e-2
+// (against the fp8 reference, which quantizes as the layer does).
 double tolerance(DType dtype);
 // Tokens whose gate margin (k-th minus (k+1)-th probability) is below this may legitimately route
 // differently on the GPU (fp32 gate vs float64 reference); they are left out of the comparison.

@@ -62,9 +62,12 @@ double expert_weight_bytes(const LayerConfig& cfg) {
   const double h = static_cast<double>(cfg.hidden);
   const double w1 = static_cast<double>(cfg.w1_columns());
   const double f = static_cast<double>(cfg.ffn);
-  double elems = h * w1 + f * h;
-  if (cfg.bias) elems += w1 + h;
-  return elems * static_cast<double>(element_bytes(cfg.dtype));
+  const double matrices = h * w1 + f * h;
+  double bytes = matrices * static_cast<double>(weight_element_bytes(cfg.dtype));
+  // fp8: one fp32 scale per 128 x 128 block of each matrix, read with it.
+  if (cfg.dtype == DType::fp8) bytes += matrices / (128.0 * 128.0) * 4.0;
+  if (cfg.bias) bytes += (w1 + h) * static_cast<double>(element_bytes(cfg.dtype));
+  return bytes;
 }
 
 double shared_weight_bytes(const LayerConfig& cfg) {

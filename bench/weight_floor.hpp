@@ -23,7 +23,8 @@ struct HbmRead {
 // times the layer (`warmup` untimed calls, the median of `iterations`). Allocates and frees them.
 HbmRead measure_hbm_read(std::size_t bytes, int warmup, int iterations, cudaStream_t stream);
 
-// Bytes of one expert's weights (W1, W2 and the biases when the config has them).
+// Bytes of one expert's weights (W1, W2 and the biases when the config has them; fp8: E4M3
+// matrices, their fp32 block scales and bf16 biases).
 double expert_weight_bytes(const LayerConfig& cfg);
 // Bytes of the shared expert's weights (the same parts; 0 when the config has none). Every token
 // passes through it, so a forward with any token reads all of them.

@@ -2,7 +2,8 @@
 // one forked process per GPU) and on virtual ranks of one GPU (test_virtual_ranks.cu): every
 // precision and activation, uneven and empty ranks, skewed routing, capacity with drops, 1 and 32
 // experts per rank, a few tokens per rank at top-8, and routing given by the caller (each rank its
-// own tokens'). Small shapes: the float64 reference of all ranks stays fast.
+// own tokens'). Small shapes: the float64 reference of all ranks stays fast. ep_fp8_cases: the same
+// kinds of case in DType::fp8.
 #pragma once
 
 #include <cstdint>
@@ -141,6 +142,55 @@ inline std::vector<EpCase> ep_shared_expert_cases(int w) {
                {300, 0, 384, 7}, -1, true});
   v.push_back({"bf16 gelu top-8, shared expert 2 x ffn, a few tokens per rank",
                with_shared(ep_base(DType::bf16, Activation::gelu, 16 * w, 8), 2), {9, 3, 0, 17}});
+  for (EpCase& c : v) {
+    c.cfg.world_size = w;
+    c.tokens.resize(static_cast<std::size_t>(w), c.tokens.back());
+  }
+  return v;
+}
+
+// DType::fp8 cases for `w` ranks (E4M3 experts with 128 x 128 block scales, [out, in] weights,
+// the only layout fp8 takes): every activation, uneven ranks and a rank without tokens, capacity
+// with drops (by the natural routing: the skew's bias would not be a bf16 value of the gate), 32
+// experts per rank, a few tokens per rank at top-8, a shared expert, routing given by the caller
+// (with drops), no biases.
+inline std::vector<EpCase> ep_fp8_cases(int w) {
+  const auto fp8 = [](Activation act, std::int64_t experts, std::int64_t topk) {
+    LayerConfig c = ep_base(DType::fp8, act, experts, topk);
+    c.weight_layout = WeightLayout::out_in;
+    return c;
+  };
+  std::vector<EpCase> v;
+  v.push_back({"fp8 relu", fp8(Activation::relu, 4 * w, 2), {300, 200, 384, 1}});
+  v.push_back(
+      {"fp8 gelu, a rank with 0 tokens", fp8(Activation::gelu, 4 * w, 2), {0, 300, 0, 128}});
+  v.push_back({"fp8 silu top-3", fp8(Activation::silu, 4 * w, 3), {129, 256, 7, 300}});
+  v.push_back({"fp8 swiglu", fp8(Activation::swiglu, 4 * w, 2), {384, 333, 222, 111}});
+  {
+    LayerConfig c = fp8(Activation::gelu, 4 * w, 2);
+    c.capacity_factor = 0.5;
+    v.push_back({"fp8 gelu, capacity 0.5 with drops", c, {384, 200, 384, 100}});
+  }
+  v.push_back({"fp8 swiglu 32 experts per rank, top-4", fp8(Activation::swiglu, 32 * w, 4),
+               {384, 333, 222, 111}});
+  v.push_back({"fp8 swiglu top-8, a few tokens per rank", fp8(Activation::swiglu, 16 * w, 8),
+               {9, 3, 0, 17}});
+  {
+    LayerConfig c = fp8(Activation::silu, 4 * w, 2);
+    c.shared_ffn = 2 * c.ffn;
+    v.push_back({"fp8 silu, shared expert 2 x ffn, rank 1 without tokens", c, {300, 0, 384, 7}});
+  }
+  {
+    LayerConfig c = fp8(Activation::gelu, 4 * w, 3);
+    c.capacity_factor = 0.5;
+    v.push_back({"fp8 gelu top-3, given routing, capacity 0.5 with drops", c,
+                 {384, 200, 384, 100}, -1, true});
+  }
+  {
+    LayerConfig c = fp8(Activation::relu, 4 * w, 2);
+    c.bias = false;
+    v.push_back({"fp8 relu, no bias", c, {200, 100, 150, 50}});
+  }
   for (EpCase& c : v) {
     c.cfg.world_size = w;
     c.tokens.resize(static_cast<std::size_t>(w), c.tokens.back());

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -191,6 +192,71 @@ TEST(BaselineGpu, SharedExpert) {
   LayerConfig c = small(DType::bf16, Activation::gelu);
   c.shared_ffn = c.ffn;
   check_case({"shared expert, cutlass bf16", c, 256}, seed++, true);
+}
+
+// DType::fp8 as bench runs its baseline, which has no fp8 grouped GEMM: bf16 on the fp8 weights
+// dequantized (bench::baseline_config, DeviceProblem::weights_in_out: E4M3 x block scale in fp32,
+// rounded to bf16, [in, out]), against the reference of that bf16 problem
+// (bench::baseline_problem): every activation, a shared expert, without biases, with capacity
+// drops, on cuBLAS's and on CUTLASS's grouped GEMM. It also prints how far that reference is from
+// the fp8 one (fp8's quantization, docs/fp8.md: why the baseline is not compared with the fp8
+// reference).
+TEST(BaselineGpu, Fp8RunsBf16OnDequantizedWeights) {
+  MONOMOE_REQUIRE_GPU();
+  std::uint64_t seed = 900;
+  struct Fp8Case {
+    std::string name;
+    Activation act;
+    std::int64_t shared_slices;
+    bool bias;
+    double capacity;
+  };
+  const Fp8Case cases[] = {
+      {"relu", Activation::relu, 0, true, 0.0},
+      {"gelu, shared expert 2 x ffn", Activation::gelu, 2, true, 0.0},
+      {"silu, no bias", Activation::silu, 0, false, 0.0},
+      {"swiglu, shared expert 1 x ffn, capacity 0.5", Activation::swiglu, 1, true, 0.5},
+  };
+  for (const Fp8Case& k : cases) {
+    for (bool cutlass : {false, true}) {
+      LayerConfig c = small(DType::fp8, k.act);
+      c.weight_layout = WeightLayout::out_in;
+      c.shared_ffn = k.shared_slices * c.ffn;
+      c.bias = k.bias;
+      c.capacity_factor = k.capacity;
+      const std::string name = "fp8 " + k.name + (cutlass ? ", cutlass" : ", cublas");
+      SCOPED_TRACE(name);
+      // With capacity a near-tie anywhere could move the drops (the gate is the same in both
+      // problems): such a case takes a seed without one.
+      const std::uint64_t s = k.capacity > 0 ? seed_without_near_ties({name, c, 256}, seed) : seed;
+      ++seed;
+      const reference::Problem pr = reference::make_problem(c, {256}, s);
+      const reference::Problem bpr = bench::baseline_problem(pr);
+      ASSERT_EQ(bpr.config.dtype, DType::bf16);
+      ASSERT_EQ(bpr.config.weight_layout, WeightLayout::in_out);
+      ASSERT_TRUE(bpr.w1_scale.empty());
+      const reference::Result ref = reference::run(bpr);
+      bench::DeviceProblem dev(pr, 0);
+      baseline::Pipeline pipe(bench::baseline_config(c), dev.weights_in_out());
+      pipe.use_cutlass_grouped_gemm(cutlass);
+      const Stream stream;
+      dev.poison_y();
+      // The poison runs on the legacy stream, which a non-blocking stream does not wait for.
+      MONOMOE_ASSERT_CUDA(cudaDeviceSynchronize());
+      pipe.forward(dev.x(), 256, dev.y(), stream.s);
+      std::vector<std::int32_t> experts;
+      std::vector<float> weights;
+      pipe.routing(experts, weights);
+      expect_matches(bpr, ref.ranks[0], dev.y_host(), experts, weights);
+      EXPECT_EQ(pipe.dropped(), ref.dropped);
+      if (!cutlass) {
+        const reference::Result fp8_ref = reference::run(pr);
+        std::vector<float> bf16_y(ref.ranks[0].y.begin(), ref.ranks[0].y.end());
+        std::printf("%s: the bf16 reference on the dequantized weights is %.4f from the fp8 one\n",
+                    name.c_str(), reference::relative_error(bf16_y, fp8_ref.ranks[0].y));
+      }
+    }
+  }
 }
 
 TEST(BaselineGpu, NoBiasNoRenormalize) {

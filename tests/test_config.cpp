@@ -159,7 +159,11 @@ INSTANTIATE_TEST_SUITE_P(
                   [](LayerConfig& c) { c.timeout_seconds = -1.0; },
                   {"timeout_seconds"}},
         Rejection{
-            "timeout_nan", [](LayerConfig& c) { c.timeout_seconds = kNaN; }, {"timeout_seconds"}}),
+            "timeout_nan", [](LayerConfig& c) { c.timeout_seconds = kNaN; }, {"timeout_seconds"}},
+        // FP8 checkpoints store [out, in] matrices with [out / 128, in / 128] block scales.
+        Rejection{"fp8_with_in_out_weights",
+                  [](LayerConfig& c) { c.dtype = DType::fp8; },
+                  {"weight_layout", "in-out", "fp8"}}),
     [](const ::testing::TestParamInfo<Rejection>& info) { return std::string(info.param.name); });
 
 TEST(Config, RejectsLayerLargerThanDeviceMemory) {
@@ -186,6 +190,27 @@ TEST(Config, WeightBytesMatchTheShapes) {
   c.dtype = DType::bf16;
   n = 256 * 8 + local * (256 * 768 + 384 * 256);
   EXPECT_EQ(c.weight_bytes(), n * 2);
+}
+
+// fp8 with [out, in] weights: E4M3 matrices (1 byte), an fp32 scale per 128 x 128 block of each,
+// and the gate and biases in bf16 (2 bytes), the shared expert's included.
+TEST(Config, Fp8WeightBytesCountE4m3ScalesAndBf16) {
+  LayerConfig c;
+  c.hidden = 256;
+  c.ffn = 384;
+  c.experts = 8;
+  c.world_size = 2;
+  c.activation = Activation::swiglu;
+  c.dtype = DType::fp8;
+  c.weight_layout = WeightLayout::out_in;
+  c.shared_ffn = 384;
+  EXPECT_NO_THROW(c.validate());
+  const std::size_t local = 4;  // experts 8 over world 2
+  const std::size_t matrices = local * (768 * 256 + 256 * 384) + (768 * 256 + 256 * 384);
+  const std::size_t small = 256 * 8 + local * (768 + 256) + (768 + 256);
+  EXPECT_EQ(c.weight_bytes(), matrices * 1 + matrices / (128 * 128) * 4 + small * 2);
+  EXPECT_EQ(element_bytes(DType::fp8), 2u);
+  EXPECT_EQ(weight_element_bytes(DType::fp8), 1u);
 }
 
 // No field-by-field valid config can overflow 64 bits (the largest needs ~2^51 bytes), so the size

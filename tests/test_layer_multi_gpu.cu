@@ -65,17 +65,22 @@ int run_cases(int rank, int world, const UniqueId& id, const std::vector<test::E
     failed += ok ? 0 : 1;
     if (tc.given_routing) continue;  // the baseline routes with its own gate only
 
-    // The conventional pipeline on the same inputs (its forward is collective too).
-    LayerConfig base_cfg = c;  // the baseline takes [in, out] weights only
-    base_cfg.weight_layout = WeightLayout::in_out;
-    baseline::Pipeline pipe(base_cfg, dev.weights_in_out(), comm);
+    // The conventional pipeline on the same inputs (its forward is collective too), with [in, out]
+    // weights (all it takes); for fp8 in bf16 on the dequantized weights, compared with that bf16
+    // problem's reference (bench::baseline_problem: against the fp8 one it would differ by the
+    // quantization itself).
+    const bool fp8 = c.dtype == DType::fp8;
+    const reference::Problem fp8_base = fp8 ? bench::baseline_problem(pr) : reference::Problem{};
+    const reference::Result fp8_base_ref = fp8 ? reference::run(fp8_base) : reference::Result{};
+    const reference::Problem& bpr = fp8 ? fp8_base : pr;
+    const reference::RankResult& bref = fp8 ? fp8_base_ref.ranks[rank] : ref.ranks[rank];
+    baseline::Pipeline pipe(bench::baseline_config(c), dev.weights_in_out(), comm);
     dev.poison_y();
     pipe.forward(dev.x(), dev.tokens(), dev.y(), nullptr);
     std::vector<std::int32_t> experts;
     std::vector<float> weights;
     pipe.routing(experts, weights);
-    const bench::Comparison bc =
-        bench::compare(pr, ref.ranks[rank], dev.y_host(), experts, {}, rank);
+    const bench::Comparison bc = bench::compare(bpr, bref, dev.y_host(), experts, {}, rank);
     const std::int64_t want_drops = bc.expected_dropped;
     const bool bok = bc.passed && pipe.dropped() == want_drops;
     std::printf("[rank %d/%d] %s baseline %s: %s dropped=%lld/%lld\n", rank, world,
@@ -121,6 +126,10 @@ TEST(LayerMultiGpu, FourRanks) { run_world(4, test::ep_cases, true); }
 // rank's own tokens beside the exchanged rows).
 TEST(LayerMultiGpu, SharedExpertTwoRanks) { run_world(2, test::ep_shared_expert_cases, false); }
 TEST(LayerMultiGpu, SharedExpertFourRanks) { run_world(4, test::ep_shared_expert_cases, false); }
+// DType::fp8 over NVLink, the fused layer against the fp8 reference and the baseline (bf16 on the
+// dequantized weights) against its own.
+TEST(LayerMultiGpu, Fp8TwoRanks) { run_world(2, test::ep_fp8_cases, false); }
+TEST(LayerMultiGpu, Fp8FourRanks) { run_world(4, test::ep_fp8_cases, false); }
 
 // Routings given by hand that make every kind of row tile (pack_cases.hpp), on real GPUs: each
 // rank's output against the float64 reference, three calls bit-identical, its tile counts as the

@@ -194,6 +194,19 @@ void run_shared_expert(int world) {
 TEST(LayerVirtualRanks, SharedExpertTwoRanks) { run_shared_expert(2); }
 TEST(LayerVirtualRanks, SharedExpertFourRanks) { run_shared_expert(4); }
 
+// DType::fp8 with peers (ep_cases.hpp, ep_fp8_cases): every rank's output against the float64
+// reference of the fp8 layer (docs/fp8.md) at bench::tolerance(fp8), twice, bit-identical, drops
+// counted. Whether the few-rows split or packing happens is the kernel's choice here: not required.
+void run_fp8(int world) {
+  MONOMOE_REQUIRE_GPU();
+  const Tally t = run_cases(world, test::ep_fp8_cases(world));
+  std::printf("%d virtual ranks, fp8: %d failed rank-calls, %d split K, %d with packed row tiles\n",
+              world, t.failed, t.split, t.packed);
+}
+
+TEST(LayerVirtualRanks, Fp8TwoRanks) { run_fp8(2); }
+TEST(LayerVirtualRanks, Fp8FourRanks) { run_fp8(4); }
+
 // Routings given by hand that make every kind of row tile (pack_cases.hpp: a source's full tile,
 // an exact 128, remainders of up to 7 sources packed with the owner's own rows, remainders cut
 // between two tiles, one source only, none): every rank's output against the float64 reference,

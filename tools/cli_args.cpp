@@ -191,7 +191,8 @@ std::vector<Option> layer_options() {
       {"--act", "relu|gelu|silu|swiglu",
        with_default("expert activation", to_string(d.activation))},
       {"--dtype", "bf16|tf32|fp32|fp8",
-       with_default("input/weight precision (fp8: `reference` only, with --weight-layout out-in)",
+       with_default("input/weight precision (fp8: E4M3 expert weights with 128 x 128 block "
+                    "scales, bf16 x, gate and biases; needs --weight-layout out-in)",
                     to_string(d.dtype))},
       {"--weight-layout", "in-out|out-in",
        with_default("how expert and gate weights are stored; out-in is PyTorch nn.Linear's",

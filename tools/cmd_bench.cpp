@@ -88,9 +88,12 @@ int run_bench_command(const ParsedArgs& args) {
   if (g != "auto" && g != "cublas" && g != "cutlass") {
     throw ConfigError(concat("invalid --baseline-gemm = ", g, ": must be auto, cublas or cutlass"));
   }
-  o.baseline_cutlass = g == "cutlass" || (g == "auto" && o.config.dtype == DType::bf16);
-  if (g == "cutlass" && o.config.dtype != DType::bf16) {
-    throw ConfigError("--baseline-gemm cutlass runs bf16 only (--dtype bf16)");
+  // fp8's baseline runs bf16 on the dequantized weights: the stronger bf16 GEMMs serve it too.
+  const bool bf16_baseline = o.config.dtype == DType::bf16 || o.config.dtype == DType::fp8;
+  o.baseline_cutlass = g == "cutlass" || (g == "auto" && bf16_baseline);
+  if (g == "cutlass" && !bf16_baseline) {
+    throw ConfigError("--baseline-gemm cutlass runs bf16 only (--dtype bf16, or fp8 whose baseline "
+                      "is bf16)");
   }
   o.ceiling = !args.has("--no-ceiling");
   o.weight_floor = !args.has("--no-floor");
@@ -253,10 +256,12 @@ Command bench_command() {
           "the table: the baseline's expert FFN alone (its grouped GEMMs and activation, rerun on\n"
           "its last forward's rows), the GPU's dense GEMM ceiling (one large cuBLAS GEMM in the\n"
           "config's precision) and the compute floor (FFN FLOP / ceiling) with monomoe's distance\n"
-          "to it. With --graph, monomoe's row times replays of a CUDA graph captured from one\n"
-          "forward() (the launch cost of a graph instead of the host-side calls), and the\n"
-          "replays' output must be bit-identical to forward()'s. Exit status 1 when a result is\n"
-          "wrong. Example:\n"
+          "to it. With --dtype fp8 the baseline runs bf16 on the dequantized weights (it has no\n"
+          "fp8 grouped GEMM; it is checked against that bf16 problem's reference) and the ceiling\n"
+          "is one cuBLASLt E4M3 GEMM with per-tensor scales. With --graph, monomoe's row times\n"
+          "replays of a CUDA graph captured from one forward() (the launch cost of a graph\n"
+          "instead of the host-side calls), and the replays' output must be bit-identical to\n"
+          "forward()'s. Exit status 1 when a result is wrong. Example:\n"
           "  monomoe bench --gpus 1 --experts 128 --topk 4 --json out.json",
       .options = with_join_options(with_layer_options({
           {"--gpus", "all|N", "GPUs to use, one worker each (default all visible)"},
@@ -266,7 +271,8 @@ Command bench_command() {
           {"--no-baseline", "", "time monomoe only (no baseline, no baseline FFN alone)"},
           {"--baseline-gemm", "auto|cublas|cutlass",
            "the baseline's grouped expert GEMMs: CUTLASS's sm90 grouped GEMM (bf16 only) or cuBLAS; "
-           "auto (default): CUTLASS for bf16, cuBLAS otherwise"},
+           "auto (default): CUTLASS for bf16 and fp8 (whose baseline runs bf16 on the dequantized "
+           "weights), cuBLAS otherwise"},
           {"--no-ceiling", "", "skip the dense cuBLAS GEMM ceiling and the compute floor"},
           {"--no-floor", "",
            "skip the HBM read measurement and the weight-read floor (2 GiB of device memory while "
@@ -302,8 +308,8 @@ Command check_command() {
       .details =
           "Draws --cases configurations (shapes, experts, top-k, activation, precision, capacity,\n"
           "skewed routing, token counts, a shared expert) from --seed, runs each on the GPU and\n"
-          "compares it with the float64 reference. One PASS/FAIL line per case; exit status 1 if\n"
-          "any fails.\n"
+          "compares it with the float64 reference (fp8 only in cases with out-in weights). One\n"
+          "PASS/FAIL line per case; exit status 1 if any fails.\n"
           "With --virtual-ranks W every case runs W expert-parallel ranks in this process on\n"
           "the first visible GPU (the multi-rank path without a second GPU; every rank checked).",
       .options = with_join_options({

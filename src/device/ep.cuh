@@ -62,10 +62,11 @@ __device__ __forceinline__ bool peer_started(const Params& p, int peer) {
 // time; each lands in the owner's inbox segment for this source, rows in expert then token order.
 template <class P>
 __device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm, long long* trace) {
-  using Elem = typename P::Elem;
+  // The rows as the expert GEMMs read them (fp8: quantized, with their scales).
+  using Op = typename ExpertTiles<P>::Elem;
   const LsaTransport tr(p);
-  const Elem* x = static_cast<const Elem*>(p.x);
-  const int chunks = p.hidden * static_cast<int>(sizeof(Elem)) / 16;  // 16-byte pieces per row
+  const Op* x = expert_x<P>(p);
+  const int chunks = p.x_pitch * static_cast<int>(sizeof(Op)) / 16;  // 16-byte pieces per row
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   if (trace) trace[kTraceEp + ev_dispatch_start] = global_ns();
@@ -86,15 +87,21 @@ __device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm, long long* tra
     if (!sm.task.task.a) return;
     // Row i of segment (source = this rank) on `dest`: experts of `dest` in order, then positions.
     const int seg_first = rt.first - sm.route.row_base[dest * p.experts_local];
-    Elem* inbox = tr.at<Elem>(p.wl.inbox, dest) +
-                  (static_cast<long long>(p.rank) * p.wl.rows_per_source + seg_first) * p.hidden;
+    Op* inbox = tr.at<Op>(p.wl.inbox, dest) +
+                (static_cast<long long>(p.rank) * p.wl.rows_per_source + seg_first) * p.x_pitch;
     int* ids = tr.at<int>(p.wl.ids, dest) + static_cast<long long>(p.rank) * p.wl.rows_per_source +
                seg_first;
     for (int r = warp; r < rt.rows; r += kThreads / 32) {
       const int id = __ldcg(p.expert_rows + rt.first + r);
-      const uint4* src = reinterpret_cast<const uint4*>(x + static_cast<long long>(id / p.topk) * p.hidden);
-      uint4* dst = reinterpret_cast<uint4*>(inbox + static_cast<long long>(r) * p.hidden);
-      for (int c = lane; c < chunks; c += 32) dst[c] = __ldg(src + c);
+      const uint4* src =
+          reinterpret_cast<const uint4*>(x + static_cast<long long>(id / p.topk) * p.x_pitch);
+      uint4* dst = reinterpret_cast<uint4*>(inbox + static_cast<long long>(r) * p.x_pitch);
+      // fp8's rows were written in this launch (the gate phase): through L2, not the read-only path.
+      if constexpr (ExpertTiles<P>::kBlockScaled) {
+        for (int c = lane; c < chunks; c += 32) dst[c] = __ldcg(src + c);
+      } else {
+        for (int c = lane; c < chunks; c += 32) dst[c] = __ldg(src + c);
+      }
       if (lane == 0) ids[r] = id;
     }
     __threadfence_system();
@@ -187,7 +194,6 @@ __device__ __forceinline__ EpTile ep_tile(const Params& p, int listed, int i) {
 // inbox segments of their sources (or from x for this rank's own tokens).
 template <class P>
 __device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
-  using Elem = typename P::Elem;
   const EpPlan plan = ep_plan(p, sm.task);
   const EpTile t = ep_tile(p, plan.listed, i);
   if (t.rows <= 0) {
@@ -198,22 +204,23 @@ __device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   const int col_tile = b / slices, slice = b % slices;
   const KSlice ks = k_slice(p.hidden, slice, slices);
   if (threadIdx.x < kTileRows) {
+    using Op = typename ExpertTiles<P>::Elem;
     const int r = static_cast<int>(threadIdx.x);
-    const Elem* src = nullptr;
-    const Elem* x = static_cast<const Elem*>(p.x);
+    const Op* src = nullptr;
+    const Op* x = expert_x<P>(p);
     if (r < t.rows && t.recv.rows == 0) {
-      src = x + static_cast<long long>(t.shared.token0 + r) * p.hidden;
+      src = x + static_cast<long long>(t.shared.token0 + r) * p.x_pitch;
     } else if (r < t.rows) {
       const RecvRow q = recv_row(p, t.recv, r);
       if (q.source == p.rank) {
         const int token = __ldcg(p.expert_rows + q.index) / p.topk;
-        src = x + static_cast<long long>(token) * p.hidden;
+        src = x + static_cast<long long>(token) * p.x_pitch;
       } else {
-        src = reinterpret_cast<const Elem*>(p.window + p.wl.inbox) +
-              (static_cast<long long>(q.source) * p.wl.rows_per_source + q.index) * p.hidden;
+        src = reinterpret_cast<const Op*>(p.window + p.wl.inbox) +
+              (static_cast<long long>(q.source) * p.wl.rows_per_source + q.index) * p.x_pitch;
       }
     }
-    sm.gemm.rows[r] = src ? src + ks.first : nullptr;
+    set_a_row(sm.gemm, r, src, p.hidden, ks.first);
   }
   if (!gemm0_math<P>(p, sm, t.expert, t.rows, col_tile, ks.first, ks.count)) return;
   if (slices > 1 &&

@@ -4,6 +4,7 @@
 
 #include <cuda_bf16.h>
 
+#include "device/fp8.cuh"
 #include "device/gemm/precision.cuh"
 #include "device/gemm/tile_gemm.cuh"  // ld_shared_16
 
@@ -196,6 +197,90 @@ __device__ __forceinline__ void epilogue_gemm0(const float* c, int pitch, int ha
     default:
       epilogue_gemm0_rows<P, Act::silu, false>(c, pitch, half, rows, groups, b1, col0, col_hi, out,
                                                out_pitch);
+      break;
+  }
+}
+
+// fp8's GEMM0 (Fp8Tiles): each row's kScaleBlock outputs of the tile are one quantization group of
+// the activation (docs/fp8.md). v = act(C[r] + b1[lo...]); SwiGLU: v = silu(G[r] + b1[lo...]) *
+// (C[r] + b1[hi...]), G the gate columns' result (gemm0_math). Then, per row, amax = max |v| in
+// fp32, q = e4m3(v * (448 / amax)), scale = amax / 448 (1 for zeros, NaN rows stay NaN), exactly
+// the reference's rule: h[r] gets the 128 E4M3 bytes at column col0 and the scale at float
+// col0 / 128 past its ffn values. 16 threads per row (8 columns each, a half-warp), the amax by
+// shuffles within the half-warp.
+template <class P, Act A, bool kSwiglu>
+__device__ __forceinline__ void epilogue_gemm0_fp8_rows(const float* c, const float* g, int pitch,
+                                                        int rows, const typename P::Elem* b1,
+                                                        int lo, int hi, unsigned char* h,
+                                                        int h_pitch, int ffn, int col0) {
+  static_assert(kScaleBlock / 8 == 16 && kThreads % 16 == 0, "16 threads a row");
+  const int cc = (static_cast<int>(threadIdx.x) % 16) * 8;
+  const unsigned int half_warp = 0xffffu << (threadIdx.x & 16u);
+  float bg[8], bu[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) bg[j] = bu[j] = 0.f;
+  if (b1) {
+    load8(b1 + lo + cc, bg);
+    if constexpr (kSwiglu) load8(b1 + hi + cc, bu);
+  }
+  for (int r = static_cast<int>(threadIdx.x) / 16; r < rows; r += kThreads / 16) {
+    float v[8];
+    smem_load8(c + r * pitch + cc, v);
+    if constexpr (kSwiglu) {
+      float gate[8];
+      smem_load8(g + r * pitch + cc, gate);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = activate_for<P>(Act::silu, gate[j] + bg[j]) * (v[j] + bu[j]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = activate_for<P>(A, v[j] + bg[j]);
+    }
+    float amax = 0.f;
+    bool nan = false;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      amax = fmaxf(amax, fabsf(v[j]));
+      nan = nan || isnan(v[j]);
+    }
+#pragma unroll
+    for (int off = 8; off > 0; off >>= 1) {
+      amax = fmaxf(amax, __shfl_xor_sync(half_warp, amax, off));
+      nan = __shfl_xor_sync(half_warp, nan ? 1 : 0, off) != 0 || nan;
+    }
+    if (nan) amax = __int_as_float(0x7fffffff);
+    const float inv = amax == 0.f ? 1.f : kFp8Max / amax;
+    unsigned int word[2] = {0u, 0u};
+#pragma unroll
+    for (int j = 0; j < 8; ++j) word[j / 4] |= static_cast<unsigned int>(to_e4m3(v[j] * inv)) << (8 * (j % 4));
+    unsigned char* row = h + static_cast<long long>(r) * h_pitch;
+    *reinterpret_cast<uint2*>(row + col0 + cc) = make_uint2(word[0], word[1]);
+    if (cc == 0) {
+      reinterpret_cast<float*>(row + ffn)[col0 / kScaleBlock] = amax == 0.f ? 1.f : amax / kFp8Max;
+    }
+  }
+}
+
+template <class P>
+__device__ __forceinline__ void epilogue_gemm0_fp8(const float* c, const float* g, int pitch,
+                                                   int rows, Act act, const typename P::Elem* b1,
+                                                   int lo, int hi, unsigned char* h, int h_pitch,
+                                                   int ffn, int col0) {
+  switch (act) {
+    case Act::swiglu:
+      epilogue_gemm0_fp8_rows<P, Act::swiglu, true>(c, g, pitch, rows, b1, lo, hi, h, h_pitch,
+                                                    ffn, col0);
+      break;
+    case Act::relu:
+      epilogue_gemm0_fp8_rows<P, Act::relu, false>(c, g, pitch, rows, b1, lo, hi, h, h_pitch,
+                                                   ffn, col0);
+      break;
+    case Act::gelu:
+      epilogue_gemm0_fp8_rows<P, Act::gelu, false>(c, g, pitch, rows, b1, lo, hi, h, h_pitch,
+                                                   ffn, col0);
+      break;
+    default:
+      epilogue_gemm0_fp8_rows<P, Act::silu, false>(c, g, pitch, rows, b1, lo, hi, h, h_pitch,
+                                                   ffn, col0);
       break;
   }
 }

@@ -1,15 +1,18 @@
 // DType::fp8 on the device: E4M3 rounding and the per-128-channel quantization of docs/fp8.md, the
-// same values as the CPU reference's src/reference/fp8.hpp (tests/test_fp8_gpu.cu compares them).
-// The first piece of the fp8 kernel; nothing in the persistent kernel uses it yet.
+// same values as the CPU reference's src/reference/fp8.hpp (tests/test_fp8_gpu.cu compares them):
+// x's rows quantized by the gate phase (quantize_x_groups), the activation by GEMM0's epilogue
+// (epilogue.cuh, epilogue_gemm0_fp8).
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
+#include "device/params.cuh"
+
 namespace monomoe::device {
 
 inline constexpr float kFp8Max = 448.f;  // largest finite E4M3 value
-inline constexpr int kFp8Group = 128;    // channels per activation scale
+inline constexpr int kFp8Group = kScaleBlock;  // channels per activation scale
 
 // v rounded to nearest E4M3, ties to even, saturated to +-448; NaN stays NaN
 // (cvt.rn.satfinite.e4m3x2.f32).
@@ -63,6 +66,37 @@ __device__ __forceinline__ void quantize_rows(const __nv_bfloat16* x, int rows, 
 #pragma unroll
     for (int i = 0; i < 4; ++i) q[at + i] = out[i];
     if (lane == 0) scale[g] = s;
+  }
+}
+
+// fp8: the groups of x's rows [first, first + rows) whose first channel lies in [k_lo, k_hi),
+// quantized into Params::x_quant (values at the group's columns, the scale at float g past the
+// row's hidden values), one (row, group) per warp of the block. Slices of K that tile [0, hidden)
+// quantize every group exactly once (the gate phase's K slices, gate.cuh).
+__device__ __forceinline__ void quantize_x_groups(const Params& p, int first, int rows, int k_lo,
+                                                  int k_hi) {
+  const int g_lo = (k_lo + kFp8Group - 1) / kFp8Group;
+  const int groups = (k_hi + kFp8Group - 1) / kFp8Group - g_lo;
+  if (groups <= 0) return;
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const auto* x = static_cast<const __nv_bfloat16*>(p.x);
+  auto* q = static_cast<unsigned char*>(p.x_quant);
+  for (int i = warp; i < rows * groups; i += static_cast<int>(blockDim.x) / 32) {
+    const long long row = first + i / groups;
+    const int col = (g_lo + i % groups) * kFp8Group;
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(x + row * p.hidden + col) + lane);
+    const __nv_bfloat16* b = reinterpret_cast<const __nv_bfloat16*>(&raw);
+    float v[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = __bfloat162float(b[j]);
+    __nv_fp8_storage_t out[4];
+    const float s = quantize_group_warp(v, out);
+    unsigned char* dst = q + row * p.x_pitch;
+    reinterpret_cast<unsigned int*>(dst + col)[lane] =
+        static_cast<unsigned int>(out[0]) | static_cast<unsigned int>(out[1]) << 8 |
+        static_cast<unsigned int>(out[2]) << 16 | static_cast<unsigned int>(out[3]) << 24;
+    if (lane == 0) reinterpret_cast<float*>(dst + p.hidden)[col / kFp8Group] = s;
   }
 }
 

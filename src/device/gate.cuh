@@ -4,6 +4,7 @@
 // taken as they are (take_given_routing), leaving the same per-token arrays and counts.
 #pragma once
 
+#include "device/fp8.cuh"
 #include "device/gemm/tile_gemm.cuh"
 #include "device/smem.cuh"
 #include "device/sync.cuh"
@@ -23,6 +24,18 @@ __device__ __forceinline__ void warp_argmax(float& v, int& e) {
   }
 }
 
+// fp8 (block-scaled expert tiles): token tile `tile`'s x rows quantized for the expert GEMMs over
+// channels [k_lo, k_hi) (quantize_x_groups), by the block that gates (or takes the given routing
+// of) that part of the tile: routing, which every expert GEMM and dispatch wait for, waits for it.
+template <class P>
+__device__ __forceinline__ void quantize_for_experts(const Params& p, int tile, int k_lo,
+                                                     int k_hi) {
+  if constexpr (ExpertTiles<P>::kBlockScaled) {
+    const int first = tile * kTileRows;
+    quantize_x_groups(p, first, min(kTileRows, p.tokens - first), k_lo, k_hi);
+  }
+}
+
 // Partial logits of one token tile over K slice `split` of p.gate_splits (the whole K when 1):
 // logits[split, t, :] = x[t, slice] * gate[slice, :]. Slices are whole kGateKStep-deep steps
 // (device/split.hpp: gate_split_for), a multiple of every precision's k-tile.
@@ -36,6 +49,7 @@ __device__ void gate_gemm(const Params& p, KernelSmem<P>& sm, int tile, int spli
   const Elem* x = static_cast<const Elem*>(p.x);
   const int first = tile * kTileRows;
   const int rows = min(kTileRows, p.tokens - first);
+  quantize_for_experts<P>(p, tile, k0, k0 + k_len);
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
     sm.gemm.rows[r] = r < rows ? x + static_cast<long long>(first + r) * p.hidden + k0 : nullptr;

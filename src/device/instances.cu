@@ -19,6 +19,7 @@ int forward_blocks_per_sm(DType dtype, WeightLayout layout) {
 
 namespace {
 // f(P{}) for the precision P of `dtype` and `layout` (the precisions are empty tag types).
+// fp8 exists with [out, in] weights only (LayerConfig::validate): its tiles answer for both layouts.
 template <class F>
 auto with_precision(DType dtype, WeightLayout layout, F&& f) {
   const auto of_layout = [&](auto kmajor) {
@@ -27,7 +28,7 @@ auto with_precision(DType dtype, WeightLayout layout, F&& f) {
       case DType::bf16: return f(PrecBf16<K>{});
       case DType::tf32: return f(PrecTf32<K>{});
       case DType::fp32: break;
-      case DType::fp8: break;  // no kernel yet (MoELayer refuses fp8 before asking)
+      case DType::fp8: return f(PrecFp8{});
     }
     return f(PrecFp32<K>{});
   };
@@ -42,8 +43,8 @@ int expert_tile_cols(DType dtype, WeightLayout layout) {
 
 bool gemm1_by_tma(DType dtype, WeightLayout layout) {
   return with_precision(dtype, layout, [](auto p) {
-    using P = decltype(p);
-    return StageLoads<P, P::kExpertBN>::kTmaCapable;
+    using T = ExpertTiles<decltype(p)>;
+    return StageLoads<T, T::kExpertBN>::kTmaCapable;
   });
 }
 

@@ -1,4 +1,5 @@
-// The members of Instances<KMajorB> (launch.hpp): the three precisions of one weight layout.
+// The members of Instances<KMajorB> (launch.hpp): the three precisions of one weight layout, and
+// fp8 with [out, in] weights.
 // Included only by instances_in_out.cu and instances_out_in.cu, which instantiate it.
 #pragma once
 
@@ -52,11 +53,14 @@ int Instances<KMajorB>::smem_bytes(DType dtype) {
   static_assert(kernel_smem_bytes<PrecBf16<KMajorB>>() <= kMaxSmemPerBlock);
   static_assert(kernel_smem_bytes<PrecTf32<KMajorB>>() <= kMaxSmemPerBlock);
   static_assert(kernel_smem_bytes<PrecFp32<KMajorB>>() <= kMaxSmemPerBlock);
+  static_assert(kernel_smem_bytes<PrecFp8>() <= kMaxSmemPerBlock);
   switch (dtype) {
     case DType::bf16: return kernel_smem_bytes<PrecBf16<KMajorB>>();
     case DType::tf32: return kernel_smem_bytes<PrecTf32<KMajorB>>();
     case DType::fp32: return kernel_smem_bytes<PrecFp32<KMajorB>>();
-    case DType::fp8: break;  // no kernel yet: MoELayer refuses fp8
+    case DType::fp8:  // [out, in] weights only (LayerConfig::validate refuses the other layout)
+      if constexpr (KMajorB) return kernel_smem_bytes<PrecFp8>();
+      break;
   }
   return 0;
 }
@@ -67,7 +71,9 @@ int Instances<KMajorB>::blocks_per_sm(DType dtype) {
     case DType::bf16: return detail::blocks_per_sm<PrecBf16<KMajorB>>();
     case DType::tf32: return detail::blocks_per_sm<PrecTf32<KMajorB>>();
     case DType::fp32: return detail::blocks_per_sm<PrecFp32<KMajorB>>();
-    case DType::fp8: break;
+    case DType::fp8:
+      if constexpr (KMajorB) return detail::blocks_per_sm<PrecFp8>();
+      break;
   }
   return 0;
 }
@@ -79,7 +85,9 @@ cudaError_t Instances<KMajorB>::launch(DType dtype, const Params& params, int gr
     case DType::bf16: return detail::launch<PrecBf16<KMajorB>>(params, grid, stream);
     case DType::tf32: return detail::launch<PrecTf32<KMajorB>>(params, grid, stream);
     case DType::fp32: return detail::launch<PrecFp32<KMajorB>>(params, grid, stream);
-    case DType::fp8: break;
+    case DType::fp8:
+      if constexpr (KMajorB) return detail::launch<PrecFp8>(params, grid, stream);
+      break;
   }
   return cudaErrorInvalidValue;
 }

@@ -51,6 +51,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
       // The caller routed: its choices replace the gate GEMM, softmax and top-k.
       for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) {
         take_given_routing(p, sm.route, tile);
+        quantize_for_experts<P>(p, tile, 0, p.hidden);
       }
     } else {
       // Gate GEMM over (token tile, K slice) items: S slices, S times as many blocks work on it,

@@ -15,6 +15,8 @@ inline constexpr int kTileRows = 128;  // rows (token copies) per GEMM task and 
 static_assert(kTileRows == kPackTileRows);
 inline constexpr int kTileCols = 128;  // output columns per GEMM task
 inline constexpr int kMaxExperts = 256;
+// DType::fp8: channels per activation scale, and the edge of a weight scale's block.
+inline constexpr int kScaleBlock = 128;
 inline constexpr int kMaxTopK = 8;
 inline constexpr int kMaxWorld = 64;
 // The shared expert runs as at most this many slices of a routed expert's width (Limits).
@@ -175,6 +177,20 @@ struct Params {
   const void* shared_b1;    // [S1] or nullptr
   const void* shared_w2;    // [S, H] or [H, S]
   const void* shared_b2;    // [H] or nullptr: added by slice 0 only
+  // DType::fp8 (docs/fp8.md; nullptr otherwise): the weights above are E4M3, [out, in], with one
+  // fp32 scale per 128 x 128 block, [out / 128][in / 128] per matrix (ExpertWeights::*_scale).
+  const float* w1_scale;         // [E][w1_columns / 128][H / 128]
+  const float* w2_scale;         // [E][H / 128][I / 128]
+  const float* shared_w1_scale;  // [S1 / 128][H / 128]
+  const float* shared_w2_scale;  // [H / 128][S / 128]
+
+  // The rows the expert GEMMs read, in their operand type (ExpertTiles<P>::Elem): x itself (x_pitch
+  // = H, h_pitch = I), or for fp8 x quantized (x_quant, written by the gate phase) and hidden_act
+  // as E4M3 rows whose values are followed by their scales (one fp32 per 128 channels), each row
+  // x_pitch / h_pitch bytes (a multiple of 16). The inbox's rows are x_pitch elements too.
+  void* x_quant;  // fp8: [S][x_pitch] bytes; nullptr otherwise
+  int x_pitch;
+  int h_pitch;
 
   // Workspace.
   Control* control;
@@ -196,7 +212,7 @@ struct Params {
   std::uint8_t* topk_kept;     // [S, k]
   int* tile_counts;            // [token_tiles, E]: counts, then exclusive prefix over tiles
   int* expert_rows;            // [rows]: token * k + choice, grouped by expert, token order inside
-  void* hidden_act;            // [rows, I]
+  void* hidden_act;            // [rows, h_pitch]
   void* stage;                 // [S * k, H]
   void* shared_stage;          // [S * shared_slices, H]: the shared expert's slices' results
   Task* tasks;                 // [max_tasks]

@@ -50,16 +50,20 @@ __device__ __forceinline__ SharedTile shared_tile(const Params& p, int index) {
 struct Gemm0Cols {
   int w1_cols, col0, col_hi, out_cols, valid_lo, valid_hi;
 };
+// Block-scaled (fp8) SwiGLU tiles make kBN outputs instead, one quantization group of the
+// activation (docs/fp8.md): the tile GEMM runs twice, over kBN gate columns (col0...) and kBN up
+// columns (col_hi...), each as two halves of kHalf (gemm0_math).
 template <class P>
 __device__ __forceinline__ Gemm0Cols gemm0_cols(const Params& p, int col_tile) {
   constexpr int kBN = P::kExpertBN;
   constexpr int kHalf = kBN / 2;
+  constexpr bool kWholeGroups = ExpertTiles<P>::kBlockScaled;
   const bool swiglu = p.act == Act::swiglu;
   Gemm0Cols c;
   c.w1_cols = swiglu ? 2 * p.ffn : p.ffn;
-  c.col0 = col_tile * (swiglu ? kHalf : kBN);
+  c.col0 = col_tile * (swiglu && !kWholeGroups ? kHalf : kBN);
   c.col_hi = swiglu ? p.ffn + c.col0 : c.col0 + kHalf;
-  c.out_cols = swiglu ? kHalf : min(kBN, p.ffn - c.col0);
+  c.out_cols = swiglu ? (kWholeGroups ? kBN : kHalf) : min(kBN, p.ffn - c.col0);
   c.valid_lo = min(kHalf, c.out_cols);
   c.valid_hi = swiglu ? kHalf : max(0, c.out_cols - kHalf);
   return c;
@@ -71,29 +75,64 @@ __device__ __forceinline__ Gemm0Cols gemm0_cols(const Params& p, int col_tile) {
 // the transposes for [out, in] weights): slice j's columns start at j * ffn, its swiglu up half at
 // shared_ffn + j * ffn, so the weights need no repacking. lo, hi: the tile's two column halves in
 // that matrix (Gemm0Cols' col0, col_hi, offset); b1 indexed by the same columns.
+// fp8: scale, the matrix's block scales ([cols / 128][hidden / 128]).
 template <class P>
 struct W1Tile {
-  const typename P::Elem* w1;  // the matrix
-  const typename P::Elem* b1;  // its bias vector, or nullptr
+  const typename ExpertTiles<P>::Elem* w1;  // the matrix
+  const typename P::Elem* b1;               // its bias vector, or nullptr
   int cols;                    // its columns (its row pitch [in, out], its rows [out, in])
   int lo, hi;
+  const float* scale;
 };
 template <class P>
 __device__ __forceinline__ W1Tile<P> w1_tile(const Params& p, int expert, const Gemm0Cols& c) {
   using Elem = typename P::Elem;
+  using W = typename ExpertTiles<P>::Elem;
   const bool swiglu = p.act == Act::swiglu;
   if (expert < p.experts_local) {
     const long long at = static_cast<long long>(expert) * c.w1_cols;
-    return {static_cast<const Elem*>(p.w1) + at * p.hidden,
+    return {static_cast<const W*>(p.w1) + at * p.hidden,
             p.has_bias ? static_cast<const Elem*>(p.b1) + at : nullptr, c.w1_cols, c.col0,
-            c.col_hi};
+            c.col_hi,
+            p.w1_scale ? p.w1_scale + at / kScaleBlock * (p.hidden / kScaleBlock) : nullptr};
   }
   const int width = p.shared_slices * p.ffn;
   const int first = (expert - p.experts_local) * p.ffn;
   const int lo = first + c.col0;
-  return {static_cast<const Elem*>(p.shared_w1),
+  return {static_cast<const W*>(p.shared_w1),
           p.has_bias ? static_cast<const Elem*>(p.shared_b1) : nullptr, swiglu ? 2 * width : width,
-          lo, swiglu ? width + lo : c.col_hi + first};
+          lo, swiglu ? width + lo : c.col_hi + first, p.shared_w1_scale};
+}
+
+// fp8: where the block scales of weight column (output) `col` start for K position k in a [cols,
+// depth] matrix whose scales are `scale` ([cols / 128][depth / 128]): one per 128-deep k-tile
+// from k on. nullptr for the other precisions.
+__device__ __forceinline__ const float* weight_scales(const float* scale, int col, int depth,
+                                                     int k) {
+  return scale ? scale + static_cast<long long>(col / kScaleBlock) * (depth / kScaleBlock) +
+                     k / kScaleBlock
+               : nullptr;
+}
+
+// Row r of an expert GEMM's A operand (threads r < 128): `row` (nullptr: zeros) from K position
+// k on. Block-scaled tiles: the row's `width` values are followed by their scales, one float per
+// 128 (x_rows, the inbox, fp8's hidden_act), from k / 128 on.
+template <class P>
+__device__ __forceinline__ void set_a_row(GemmSmem<P>& g, int r, const void* row, int width,
+                                          int k) {
+  using Op = typename ExpertTiles<P>::Elem;
+  const Op* src = static_cast<const Op*>(row);
+  g.rows[r] = src ? src + k : nullptr;
+  if constexpr (ExpertTiles<P>::kBlockScaled) {
+    g.row_scales[r] = src ? reinterpret_cast<const float*>(src + width) + k / kScaleBlock : nullptr;
+  }
+}
+
+// The expert GEMMs' copy of x: x itself, or (fp8) x quantized by the gate phase.
+template <class P>
+__device__ __forceinline__ const typename ExpertTiles<P>::Elem* expert_x(const Params& p) {
+  using Op = typename ExpertTiles<P>::Elem;
+  return static_cast<const Op*>(ExpertTiles<P>::kBlockScaled ? p.x_quant : p.x);
 }
 
 // Weight element offset of K position k in a matrix whose rows are K ([K, N], row pitch ldn) or,
@@ -106,31 +145,59 @@ __device__ __forceinline__ long long k_offset(int k, int ldn) {
 // GEMM0's MMAs for one row tile over K range [k_first, k_first + k_count): the fp32 tile is left in
 // shared memory. A rows from sm.gemm.rows (filled by the caller, already offset by k_first). False
 // when the launch is giving up (a TMA wait timed out or another block aborted): no result.
+// fp8 SwiGLU: the gate columns' tile first, its result moved past the pipeline (GemmSmem's second
+// result tile, read by the epilogue), then the up columns' tile.
 template <class P>
 __device__ bool gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int rows, int col_tile,
                            int k_first, int k_count) {
-  using Elem = typename P::Elem;
-  using Gemm = TileGemm<P, P::kExpertBN>;
+  using T = ExpertTiles<P>;
+  using Gemm = TileGemm<T, T::kExpertBN>;
   const Gemm0Cols c = gemm0_cols<P>(p, col_tile);
   const W1Tile<P> w = w1_tile<P>(p, expert, c);
   // W1: [hidden, cols], or [cols, hidden] for [out, in] weights.
-  const int ldb = P::kWeightsKMajor ? p.hidden : w.cols;
-  return Gemm::run(sm.gemm, w.w1 + k_offset<P>(k_first, ldb), ldb, w.lo, w.hi, c.valid_lo,
-                   c.valid_hi, k_count, rows);
+  const int ldb = T::kWeightsKMajor ? p.hidden : w.cols;
+  const auto* w1 = w.w1 + k_offset<T>(k_first, ldb);
+  if constexpr (T::kBlockScaled) {
+    constexpr int kHalf = Gemm::kBN / 2;
+    const auto run = [&](int lo) {
+      TmaTile t;  // the weight scales only (GEMM0 loads by cp.async)
+      t.b_scale_lo = t.b_scale_hi = weight_scales(w.scale, lo, p.hidden, k_first);
+      return Gemm::run(sm.gemm, w1, ldb, lo, lo + kHalf, kHalf, kHalf, k_count, rows, t);
+    };
+    if (p.act != Act::swiglu) return run(w.lo);
+    if (!run(w.lo)) return false;
+    constexpr int kFloat4 = kTileRows * Gemm::kCPitch / 4;
+    const auto* from = reinterpret_cast<const float4*>(Gemm::result(sm.gemm));
+    auto* to = reinterpret_cast<float4*>(sm.gemm.buffer + GemmSmem<P>::Experts::kPipeBytes);
+    for (int i = threadIdx.x; i < kFloat4; i += kThreads) to[i] = from[i];
+    return run(w.hi);  // (its first barrier orders the copy before the stages are refilled)
+  } else {
+    return Gemm::run(sm.gemm, w1, ldb, w.lo, w.hi, c.valid_lo, c.valid_hi, k_count, rows);
+  }
 }
 
 // GEMM0's epilogue: hidden_act[hidden_row0 + r, cols of col_tile] = act(C[r] + b1) for r < rows.
+// fp8: the row's 128 outputs (one group) quantized to E4M3 with their scale (epilogue_gemm0_fp8).
 template <class P>
 __device__ void gemm0_epilogue(const Params& p, KernelSmem<P>& sm, int expert, int rows,
                                int hidden_row0, int col_tile) {
-  using Elem = typename P::Elem;
-  using Gemm = TileGemm<P, P::kExpertBN>;
+  using T = ExpertTiles<P>;
+  using Gemm = TileGemm<T, T::kExpertBN>;
+  using Op = typename T::Elem;
   const Gemm0Cols c = gemm0_cols<P>(p, col_tile);
   const W1Tile<P> w = w1_tile<P>(p, expert, c);
-  Elem* h = static_cast<Elem*>(p.hidden_act);
-  epilogue_gemm0<P>(Gemm::result(sm.gemm), Gemm::kCPitch, Gemm::kBN / 2, rows, c.out_cols,
-                    p.act == Act::swiglu, p.act, w.b1, w.lo, w.hi,
-                    h + static_cast<long long>(hidden_row0) * p.ffn + c.col0, p.ffn);
+  Op* h = static_cast<Op*>(p.hidden_act) + static_cast<long long>(hidden_row0) * p.h_pitch;
+  if constexpr (T::kBlockScaled) {
+    const float* gate = p.act == Act::swiglu
+                            ? reinterpret_cast<const float*>(sm.gemm.buffer +
+                                                             GemmSmem<P>::Experts::kPipeBytes)
+                            : nullptr;
+    epilogue_gemm0_fp8<P>(Gemm::result(sm.gemm), gate, Gemm::kCPitch, rows, p.act, w.b1, w.lo,
+                          w.hi, reinterpret_cast<unsigned char*>(h), p.h_pitch, p.ffn, c.col0);
+  } else {
+    epilogue_gemm0<P>(Gemm::result(sm.gemm), Gemm::kCPitch, Gemm::kBN / 2, rows, c.out_cols,
+                      p.act == Act::swiglu, p.act, w.b1, w.lo, w.hi, h + c.col0, p.h_pitch);
+  }
 }
 
 // GEMM1's MMAs over K range [k_first, k_first + k_count) of one row tile: A rows are
@@ -139,14 +206,16 @@ __device__ void gemm0_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
 template <class P>
 __device__ bool gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int rows,
                            int hidden_row0, int col_tile, int k_first, int k_count) {
-  using Elem = typename P::Elem;
-  using Gemm = TileGemm<P, P::kExpertBN>;
+  using T = ExpertTiles<P>;
+  using Op = typename T::Elem;
+  using Gemm = TileGemm<T, T::kExpertBN>;
   constexpr int kHalf = Gemm::kBN / 2;
-  const Elem* h = static_cast<const Elem*>(p.hidden_act);
+  const Op* h = static_cast<const Op*>(p.hidden_act);
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
-    sm.gemm.rows[r] =
-        r < rows ? h + static_cast<long long>(hidden_row0 + r) * p.ffn + k_first : nullptr;
+    set_a_row(sm.gemm, r, r < rows ? h + static_cast<long long>(hidden_row0 + r) * p.h_pitch
+                                   : nullptr,
+              p.ffn, k_first);
   }
   const int col0 = col_tile * Gemm::kBN;
   const int out_cols = min(Gemm::kBN, p.hidden - col0);
@@ -156,11 +225,17 @@ __device__ bool gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   const bool shared = expert >= p.experts_local;
   const int depth = shared ? p.shared_slices * p.ffn : p.ffn;
   const int k0 = (shared ? (expert - p.experts_local) * p.ffn : 0) + k_first;
-  const int ldb = P::kWeightsKMajor ? depth : p.hidden;
-  const Elem* w2 = shared ? static_cast<const Elem*>(p.shared_w2)
-                          : static_cast<const Elem*>(p.w2) +
-                                static_cast<long long>(expert) * p.ffn * p.hidden;
-  w2 += k_offset<P>(k0, ldb);
+  const int ldb = T::kWeightsKMajor ? depth : p.hidden;
+  const Op* w2 = shared ? static_cast<const Op*>(p.shared_w2)
+                        : static_cast<const Op*>(p.w2) +
+                              static_cast<long long>(expert) * p.ffn * p.hidden;
+  w2 += k_offset<T>(k0, ldb);
+  // fp8: W2's block scales, [hidden / 128][depth / 128] per expert.
+  const float* w2_scale =
+      shared ? p.shared_w2_scale
+             : (p.w2_scale ? p.w2_scale + static_cast<long long>(expert) * (p.hidden / kScaleBlock) *
+                                              (p.ffn / kScaleBlock)
+                           : nullptr);
   // A rows are contiguous here: both operands by TMA where the kernel can (StageLoads::kTmaCapable;
   // the other kernels ignore t).
   TmaTile t;
@@ -171,6 +246,8 @@ __device__ bool gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   t.map_a = &p.tma_h;
   t.a_row0 = hidden_row0;
   t.a_k0 = k_first;
+  t.b_scale_lo = weight_scales(w2_scale, col0, depth, k0);
+  t.b_scale_hi = weight_scales(w2_scale, col0 + kHalf, depth, k0);
   return Gemm::template run<true>(sm.gemm, w2, ldb, col0, col0 + kHalf, min(kHalf, out_cols),
                                   max(0, out_cols - kHalf), k_count, rows, t);
 }
@@ -181,7 +258,7 @@ template <class P>
 __device__ void gemm1_epilogue(const Params& p, KernelSmem<P>& sm, int expert, int rows,
                                int col_tile) {
   using Elem = typename P::Elem;
-  using Gemm = TileGemm<P, P::kExpertBN>;
+  using Gemm = TileGemm<ExpertTiles<P>, P::kExpertBN>;
   const int col0 = col_tile * Gemm::kBN;
   const int out_cols = min(Gemm::kBN, p.hidden - col0);
   // The shared expert's b2 once: with its first slice.
@@ -202,7 +279,7 @@ __device__ void gemm1_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
 template <class P>
 __device__ bool finish_k_split(const Params& p, KernelSmem<P>& sm, int phase, int group, int slice,
                                int slices, int rows) {
-  using Gemm = TileGemm<P, P::kExpertBN>;
+  using Gemm = TileGemm<ExpertTiles<P>, P::kExpertBN>;
   constexpr int kBN = Gemm::kBN;
   constexpr int kVec = kBN / 4;  // float4 per row
   float* tile = reinterpret_cast<float*>(sm.gemm.buffer);  // [128][kCPitch], Gemm::result
@@ -259,7 +336,6 @@ __device__ __forceinline__ AloneTile alone_tile(const Params& p, const RouteSmem
 // GEMM0 task (tile, b): column tile b / k_split, K slice b % k_split (k_split == 1: whole K).
 template <class P>
 __device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int b) {
-  using Elem = typename P::Elem;
   const AloneTile at = alone_tile(p, sm.route, tile);
   if (at.rows <= 0) {
     if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, tile, at.rows);
@@ -268,16 +344,16 @@ __device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   const int slices = sm.route.k_split;
   const int col_tile = b / slices, slice = b % slices;
   const KSlice ks = k_slice(p.hidden, slice, slices);
-  const Elem* x = static_cast<const Elem*>(p.x);
+  const auto* x = expert_x<P>(p);
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
-    const Elem* src = nullptr;
+    const void* src = nullptr;
     if (r < at.rows) {
       const int token =
           at.first >= 0 ? __ldcg(p.expert_rows + at.first + r) / p.topk : at.token0 + r;
-      src = x + static_cast<long long>(token) * p.hidden + ks.first;
+      src = x + static_cast<long long>(token) * p.x_pitch;
     }
-    sm.gemm.rows[r] = src;
+    set_a_row(sm.gemm, r, src, p.hidden, ks.first);
   }
   if (!gemm0_math<P>(p, sm, at.expert, at.rows, col_tile, ks.first, ks.count)) return;
   if (slices > 1 &&

@@ -69,6 +69,7 @@ __device__ int route_own_tiles(const Params& p, KernelSmem<P>& sm) {
   if (p.given_ids) {
     for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) {
       take_given_routing(p, sm.route, tile);
+      quantize_for_experts<P>(p, tile, 0, p.hidden);
       if (tile_routed_last(p)) last = tile;
     }
     return last;

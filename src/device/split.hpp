@@ -61,6 +61,15 @@ MONOMOE_HOST_DEVICE constexpr int k_split_room(long long max_row_tiles, int gemm
   return static_cast<int>(room < kSplitTargetMax ? room : kSplitTargetMax);
 }
 
+// The row pitch, in elements of the expert GEMMs' operand type, of a matrix whose rows hold
+// `width` operand values: width itself, or for fp8 (scaled) the E4M3 values followed by their
+// fp32 scales (one per 128 channels), padded to 16 bytes (TMA and cp.async copy 16-byte pieces).
+// Params::x_pitch, h_pitch (device/params.cuh); the workspace plan sizes x_quant, hidden_act and
+// the inbox with it.
+MONOMOE_HOST_DEVICE constexpr long long operand_pitch(long long width, bool scaled) {
+  return scaled ? width + (width / 128 * 4 + 15) / 16 * 16 : width;
+}
+
 // K slice `slice` of `slices` over a depth of `depth` elements: [first, first + count), whole
 // `step`-deep steps (depth is a multiple of step), the remainder spread over the first slices.
 struct KSlice {

@@ -88,13 +88,14 @@ std::string describe_kernel_error(const device::ErrorRecord& e, const LayerConfi
   return s;
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
-
-// Throws ConfigError unless `p` is non-null, 16-byte aligned and memory that GPU `device` reads
+// Throws ConfigError unless `p` is non-null, `align`-byte aligned and memory that GPU `device` reads
 // at full speed: device memory of that GPU, or managed memory. `what` names the argument.
-void check_device_pointer(const void* p, const std::string& what, int device) {
+void check_device_pointer(const void* p, const std::string& what, int device,
+                          std::uintptr_t align = 16) {
   if (!p) throw ConfigError(what + " is null");
-  if (!aligned16(p)) throw ConfigError(what + " is not 16-byte aligned");
+  if ((reinterpret_cast<std::uintptr_t>(p) & (align - 1)) != 0) {
+    throw ConfigError(what + " is not " + std::to_string(align) + "-byte aligned");
+  }
   cudaPointerAttributes a{};
   if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
     (void)cudaGetLastError();  // clear the sticky-free error of an unknown pointer
@@ -177,10 +178,6 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
   cudaDeviceProp prop{};
   MONOMOE_CUDA(cudaGetDeviceProperties(&prop, m.device));
   config.validate(prop.totalGlobalMem);
-  if (config.dtype == DType::fp8) {  // branch fp8: the reference runs it, the kernel not yet
-    throw ConfigError("LayerConfig.dtype = fp8: the kernel does not run fp8 yet (the CPU reference "
-                      "does: `monomoe reference --dtype fp8`; docs/fp8.md); use bf16");
-  }
   if (config.world_size != comm.world() || config.rank != comm.rank()) {
     throw ConfigError("LayerConfig.world_size/rank = " + std::to_string(config.world_size) + "/" +
                       std::to_string(config.rank) + " do not match the Communicator's " +
@@ -208,10 +205,29 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
       need(weights.shared_b1, "shared_b1");
       need(weights.shared_b2, "shared_b2");
     }
-  } else if (weights.shared_w1 || weights.shared_b1 || weights.shared_w2 || weights.shared_b2) {
+  } else if (weights.shared_w1 || weights.shared_b1 || weights.shared_w2 || weights.shared_b2 ||
+             weights.shared_w1_scale || weights.shared_w2_scale) {
     // Weights the layer would not read: most likely LayerConfig.shared_ffn was forgotten.
     throw ConfigError("ExpertWeights.shared_*: set, but LayerConfig.shared_ffn = 0 (no shared "
                       "expert); set shared_ffn to the shared expert's width, or pass null");
+  }
+  // fp8's block scales (docs/fp8.md): required with fp8, refused otherwise (they would be ignored).
+  // They are read one float at a time: 4-byte alignment (a rank's slice of a checkpoint's scales).
+  if (config.dtype == DType::fp8) {
+    const auto need_scale = [&](const void* p, const char* name) {
+      check_device_pointer(p, std::string("ExpertWeights.") + name, m.device, 4);
+    };
+    need_scale(weights.w1_scale, "w1_scale");
+    need_scale(weights.w2_scale, "w2_scale");
+    if (config.shared_ffn > 0) {
+      need_scale(weights.shared_w1_scale, "shared_w1_scale");
+      need_scale(weights.shared_w2_scale, "shared_w2_scale");
+    }
+  } else if (weights.w1_scale || weights.w2_scale || weights.shared_w1_scale ||
+             weights.shared_w2_scale) {
+    throw ConfigError("ExpertWeights.*_scale: set, but LayerConfig.dtype = " +
+                      std::string(to_string(config.dtype)) +
+                      " (block scales belong to dtype fp8's E4M3 weights); pass null");
   }
 
   const int per_sm = device::forward_blocks_per_sm(config.dtype, config.weight_layout);
@@ -240,7 +256,7 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
     // tma_stage). Each box row is 128 bytes, so a k-tile is 128 bytes of K.
     const std::int64_t el = config.experts_per_rank();
     const std::int64_t half = device::expert_tile_cols(config.dtype, config.weight_layout) / 2;
-    const auto k_tile = static_cast<std::int64_t>(128 / element_bytes(config.dtype));
+    const auto k_tile = static_cast<std::int64_t>(128 / weight_element_bytes(config.dtype));
     // A W2 of `count` experts of depth K = `depth`, by the layout's rule.
     const auto w2_map = [&](const void* w2, std::int64_t count, std::int64_t depth,
                             const char* what) {
@@ -404,8 +420,10 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.timeout_ns = static_cast<long long>(c.timeout_seconds * 1e9);
   p.token_tiles = static_cast<int>((tokens + device::kTileRows - 1) / device::kTileRows);
   // Expert GEMM tasks are 128 x bn; SwiGLU tasks read bn/2 gate and bn/2 up columns.
+  // fp8's SwiGLU tasks make bn outputs (one quantization group), from bn gate and bn up columns.
   const std::int64_t bn = device::expert_tile_cols(c.dtype, c.weight_layout);
-  p.gemm0_col_tiles = static_cast<int>(c.activation == Activation::swiglu
+  const bool fp8 = c.dtype == DType::fp8;
+  p.gemm0_col_tiles = static_cast<int>(c.activation == Activation::swiglu && !fp8
                                            ? c.ffn / (bn / 2)
                                            : (c.ffn + bn - 1) / bn);
   p.gemm1_col_tiles = static_cast<int>((c.hidden + bn - 1) / bn);
@@ -425,6 +443,13 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.shared_w2 = m.weights.shared_w2;
   p.shared_b2 = m.weights.shared_b2;
   if (m.tma()) p.tma_w2_shared = m.tma_w2_shared;
+  p.w1_scale = static_cast<const float*>(m.weights.w1_scale);
+  p.w2_scale = static_cast<const float*>(m.weights.w2_scale);
+  p.shared_w1_scale = static_cast<const float*>(m.weights.shared_w1_scale);
+  p.shared_w2_scale = static_cast<const float*>(m.weights.shared_w2_scale);
+  p.x_quant = fp8 ? m.at(m.plan.x_quant) : nullptr;
+  p.x_pitch = static_cast<int>(device::operand_pitch(c.hidden, fp8));
+  p.h_pitch = static_cast<int>(device::operand_pitch(c.ffn, fp8));
 
   p.control = m.at<device::Control>(m.plan.control);
   int* words = m.at<int>(m.plan.control + sizeof(device::Control));
@@ -436,7 +461,11 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.split_done = p.tokentile_target + m.plan.token_tiles;
   p.split_partial = m.at<float>(m.plan.split_partial);
   p.split_room = static_cast<int>(m.plan.split_room);
-  p.split_target = std::min(m.grid, device::kSplitTargetMax);
+  // fp8's SwiGLU tiles (two tile GEMMs a task, processor.cuh) do not split K: a target of one
+  // block never splits (device/split.hpp, k_split_for).
+  p.split_target = fp8 && c.activation == Activation::swiglu
+                       ? 1
+                       : std::min(m.grid, device::kSplitTargetMax);
   p.error = m.error();
   p.logits = m.at<float>(m.plan.logits);
   // The gate GEMM's K split over blocks to spare: halves for a large call, more slices for a few
@@ -457,7 +486,7 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   if (m.tma()) {
     if (m.tma_h_base != p.hidden_act) {
       m.tma_h = detail::tile_tensor_map(p.hidden_act, 1, m.plan.hidden_rows, c.ffn,
-                                        device::kTileRows, c.dtype, "hidden_act");
+                                        device::kTileRows, c.dtype, "hidden_act", p.h_pitch);
       m.tma_h_base = p.hidden_act;
     }
     p.tma_h = m.tma_h;

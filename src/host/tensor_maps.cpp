@@ -32,13 +32,15 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
 
 CUtensorMap tile_tensor_map(const void* base, std::int64_t count, std::int64_t rows,
                             std::int64_t cols, std::int64_t box_rows, DType dtype,
-                            const char* what) {
-  const auto elem = static_cast<cuuint64_t>(element_bytes(dtype));
-  const CUtensorMapDataType type =
-      dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+                            const char* what, std::int64_t pitch) {
+  const auto elem = static_cast<cuuint64_t>(weight_element_bytes(dtype));
+  const CUtensorMapDataType type = dtype == DType::bf16  ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                   : dtype == DType::fp8 ? CU_TENSOR_MAP_DATA_TYPE_UINT8
+                                                         : CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows),
                               static_cast<cuuint64_t>(count)};
-  const cuuint64_t strides[2] = {dims[0] * elem, dims[0] * dims[1] * elem};  // bytes, dims 1 and 2
+  const cuuint64_t row = static_cast<cuuint64_t>(pitch > 0 ? pitch : cols) * elem;
+  const cuuint64_t strides[2] = {row, row * dims[1]};  // bytes, dims 1 and 2
   const cuuint32_t box[3] = {static_cast<cuuint32_t>(128 / elem), static_cast<cuuint32_t>(box_rows),
                              1};
   const cuuint32_t elem_strides[3] = {1, 1, 1};

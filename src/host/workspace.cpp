@@ -90,8 +90,15 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
   const std::size_t hidden_rows =
       std::max(u(p.rows_in), checked_mul(u(p.gemm_tiles), u(TileShape::kRows), "max_tokens"));
   p.hidden_rows = static_cast<std::int64_t>(hidden_rows);
-  p.hidden_act =
-      a.take(checked_mul(checked_mul(hidden_rows, u(cfg.ffn), "ffn"), elem, "ffn"), "ffn");
+  // Bytes of a row of x and of the activation as the expert GEMMs read them (fp8: E4M3 values and
+  // their scales, device::operand_pitch).
+  const bool fp8 = cfg.dtype == DType::fp8;
+  const std::size_t x_row =
+      fp8 ? u(device::operand_pitch(cfg.hidden, true)) : checked_mul(u(cfg.hidden), elem, "hidden");
+  const std::size_t h_row =
+      fp8 ? u(device::operand_pitch(cfg.ffn, true)) : checked_mul(u(cfg.ffn), elem, "ffn");
+  p.x_quant = a.take(fp8 ? checked_mul(u(cfg.max_tokens), x_row, "max_tokens") : 0, "max_tokens");
+  p.hidden_act = a.take(checked_mul(hidden_rows, h_row, "ffn"), "ffn");
   p.stage = a.take(checked_mul(checked_mul(choices, u(cfg.hidden), "hidden"), elem, "hidden"),
                    "hidden");
   const std::size_t shared_rows =
@@ -121,8 +128,7 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
     w.reset = w.done;
     w.reset_bytes = u(p.token_tiles) * 4;
     const std::size_t rows_in = checked_mul(world, u(rows_per_source), "max_tokens");
-    w.inbox = b.take(checked_mul(checked_mul(rows_in, u(cfg.hidden), "hidden"), elem, "hidden"),
-                     "hidden");
+    w.inbox = b.take(checked_mul(rows_in, x_row, "hidden"), "hidden");
     w.ids = b.take(checked_mul(rows_in, 4, "max_tokens"), "max_tokens");
     w.stage = b.take(checked_mul(checked_mul(choices, u(cfg.hidden), "hidden"), elem, "hidden"),
                      "hidden");

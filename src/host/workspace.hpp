@@ -57,7 +57,11 @@ struct WorkspacePlan {
   std::size_t topk_kept = 0;    // uint8 [max_tokens, k]
   std::size_t tile_counts = 0;  // int32 [token_tiles, experts]
   std::size_t expert_rows = 0;  // int32 [rows_in]: token*k + choice, grouped by expert
-  std::size_t hidden_act = 0;   // elem [hidden_rows, ffn]: activation output of GEMM0
+  // fp8: x quantized for the expert GEMMs, [max_tokens, x_pitch] bytes (E4M3 values, then the
+  // scales: device::operand_pitch); empty otherwise.
+  std::size_t x_quant = 0;
+  // elem [hidden_rows, ffn] (fp8: [hidden_rows, h_pitch] bytes): activation output of GEMM0
+  std::size_t hidden_act = 0;
   std::int64_t hidden_rows = 0;  // rows of hidden_act
   std::size_t stage = 0;        // elem [max_tokens * k, hidden]: expert outputs before combine
   // elem [max_tokens * shared_slices, hidden]: the shared expert's slices' outputs (none: empty)

@@ -240,7 +240,7 @@ void skew_gate_towards(Problem& p, std::int64_t expert, float bias) {
   }
   float& g = p.gate[sz(expert)];  // row 0, column `expert`
   g += bias;
-  if (c.dtype == DType::bf16) g = round_bf16(g);
+  if (c.dtype == DType::bf16 || c.dtype == DType::fp8) g = round_bf16(g);  // fp8's gate is bf16
 }
 
 void give_random_routing(Problem& p, std::uint64_t seed) {

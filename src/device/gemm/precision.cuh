@@ -32,6 +32,7 @@ struct PrecBf16 {
   static constexpr bool kWgmma = true;
   static constexpr bool kFastActivations = true;  // epilogue.cuh, activate_fast
   static constexpr bool kWeightsKMajor = KMajorB;
+  static constexpr bool kBlockScaled = false;  // fp8's expert tiles only (Fp8Tiles)
   static constexpr cute::GMMA::Major kMajorB = KMajorB ? cute::GMMA::Major::K : cute::GMMA::Major::MN;
   template <int BN>
   using TiledMma = std::conditional_t<
@@ -83,6 +84,7 @@ struct PrecTf32 {
   // the [out, in] kernel spills 316 bytes with them, 364 without (ptxas, sm_90a).
   static constexpr bool kFastActivations = true;
   static constexpr bool kWeightsKMajor = KMajorB;
+  static constexpr bool kBlockScaled = false;
   template <int BN>
   using TiledMma = std::conditional_t<
       KMajorB,
@@ -126,6 +128,7 @@ struct PrecFp32 {
   static constexpr bool kWgmma = false;
   static constexpr bool kFastActivations = false;  // erff and an IEEE division, as the reference
   static constexpr bool kWeightsKMajor = KMajorB;
+  static constexpr bool kBlockScaled = false;
   static constexpr int kExpertBN = 128;
   template <int BN>
   using TiledMma = decltype(cute::make_tiled_mma(
@@ -135,6 +138,65 @@ struct PrecFp32 {
   using SmemAtomB = std::conditional_t<KMajorB, SmemAtomF32K, SmemAtomF32N>;
   using CopyA = cute::Copy_Atom<cute::UniversalCopy<float>, float>;
   using CopyB = cute::Copy_Atom<cute::UniversalCopy<float>, float>;
+};
+
+// DType::fp8 (docs/fp8.md). The kernel's precision is PrecFp8: bf16 for everything but the expert
+// GEMMs (x, y, the gate GEMM, biases, the stage rows, the combine: PrecBf16 with [out, in]
+// weights), whose tiles are Fp8Tiles': E4M3 x E4M3 on wgmma m64n128k32 (fp32 accumulation), both
+// operands K-major from 128-byte swizzled shared memory (the token rows, and the [out, in]
+// weights: FP8 wgmma has no transpose). A k-tile is 128 deep, exactly one scale block: each
+// k-tile's MMAs go into a fresh fragment, which is then scaled by its rows' activation scales and
+// its column half's weight scale and added to the fp32 accumulator (the promotion;
+// tile_gemm.cuh). 128-column tiles: the fresh fragment doubles the accumulator registers.
+struct Fp8Tiles {
+  using Elem = cute::float_e4m3_t;  // as stored in global memory (1 byte)
+  using SmemElem = cute::float_e4m3_t;
+  static constexpr int kBlockK = 128;  // 128-byte rows in shared memory; one scale block deep
+  static constexpr int kStages = 4;
+  static constexpr int kExpertBN = 128;
+  static constexpr bool kRoundToTf32 = false;
+  static constexpr bool kRegisterWeights = false;
+  static constexpr bool kWgmma = true;
+  static constexpr bool kFastActivations = true;
+  static constexpr bool kWeightsKMajor = true;
+  static constexpr bool kBlockScaled = true;
+  template <int BN>
+  using TiledMma = decltype(cute::make_tiled_mma(
+      cute::SM90::GMMA::MMA_64x128x32_F32E4M3E4M3_SS_TN<>{},
+      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+  using SmemAtomA = cute::GMMA::Layout_K_SW128_Atom<SmemElem>;  // 8 x 128
+  using SmemAtomB = cute::GMMA::Layout_K_SW128_Atom<SmemElem>;
+  using CopyA = void;
+  using CopyB = void;
+};
+
+// The kernel's precision for DType::fp8 ([out, in] weights only): bf16's with [out, in] weights
+// for the gate, the I/O and the combine, Fp8Tiles for the expert GEMMs (ExpertTiles).
+struct PrecFp8 : PrecBf16<true> {
+  static constexpr int kExpertBN = Fp8Tiles::kExpertBN;
+};
+
+// The tiles of precision P's expert GEMMs: P's own, fp8's E4M3 tiles for PrecFp8.
+template <class P>
+struct ExpertTilesOf {
+  using type = P;
+};
+template <>
+struct ExpertTilesOf<PrecFp8> {
+  using type = Fp8Tiles;
+};
+template <class P>
+using ExpertTiles = typename ExpertTilesOf<P>::type;
+
+// The kernel precision whose shared memory (GemmSmem) a tile precision's GEMMs use: itself, or
+// PrecFp8 for fp8's expert tiles (one buffer for the gate's bf16 tiles and the E4M3 ones).
+template <class T>
+struct SmemOwnerOf {
+  using type = T;
+};
+template <>
+struct SmemOwnerOf<Fp8Tiles> {
+  using type = PrecFp8;
 };
 
 // fp32 -> tf32 rounded to nearest, ties away from zero, as a float (low 13 bits zero).

@@ -77,12 +77,26 @@ struct TileShapes {
   static constexpr int kBufferBytes = kPipeBytes > kCBytes ? kPipeBytes : kCBytes;
 };
 
+// The shared memory of kernel precision P's tile GEMMs (its own tiles, and its expert tiles'
+// where they differ: fp8's, SmemOwnerOf).
 template <class P>
 struct GemmSmem {
+  static_assert(ExpertTiles<P>::kStages == P::kStages, "one set of TMA stage barriers");
+  using Experts = TileShapes<ExpertTiles<P>, ExpertTiles<P>::kExpertBN>;
   static constexpr int kWide = TileShapes<P, P::kExpertBN>::kBufferBytes;
   static constexpr int kNarrow = TileShapes<P, kTileCols>::kBufferBytes;
-  alignas(1024) unsigned char buffer[kWide > kNarrow ? kWide : kNarrow];  // wgmma: 1024-B atoms
-  const typename P::Elem* rows[kTileRows];  // A row sources; nullptr rows read as zeros
+  // fp8's SwiGLU tiles keep their gate half's fp32 result past the pipeline while the up half's
+  // runs (processor.cuh, gemm0_math): a second result tile after the stages.
+  static constexpr int kSecondResult = ExpertTiles<P>::kBlockScaled ? Experts::kCBytes : 0;
+  static constexpr int kExpertBytes =
+      ExpertTiles<P>::kBlockScaled ? Experts::kPipeBytes + kSecondResult : Experts::kBufferBytes;
+  static constexpr int kOwn = kWide > kNarrow ? kWide : kNarrow;
+  alignas(1024) unsigned char buffer[kOwn > kExpertBytes ? kOwn : kExpertBytes];  // 1024-B atoms
+  // A row sources, as the tile's Elem (P's, or its expert tiles'); nullptr rows read as zeros.
+  const void* rows[kTileRows];
+  // Block-scaled tiles (fp8): each A row's activation scales from the task's first k-tile on (one
+  // per 128-deep k-tile); nullptr past the valid rows (scale 0). One unused slot elsewhere.
+  const float* row_scales[ExpertTiles<P>::kBlockScaled ? kTileRows : 1];
   // Stages filled by TMA (tma.cuh): a barrier per pipeline stage, initialized once per launch, and
   // the parity of each stage's next phase (bit s), the same in every thread between tile GEMMs.
   unsigned long long full_tma[P::kStages];
@@ -102,7 +116,7 @@ struct StageLoads : TileShapes<P, BN> {
   using Shapes = TileShapes<P, BN>;
   using Elem = typename P::Elem;
   using SmemElem = typename P::SmemElem;
-  using Smem = GemmSmem<P>;
+  using Smem = GemmSmem<typename SmemOwnerOf<P>::type>;
   using typename Shapes::SmemLayoutA;
   using typename Shapes::SmemLayoutB;
   static constexpr int kBN = BN;
@@ -228,7 +242,7 @@ struct StageLoads : TileShapes<P, BN> {
     const int k = kt * kBK + c.a_k;
 #pragma unroll
     for (int i = 0; i < kChunksA; ++i) {
-      const Elem* src = sm.rows[c.a_row0 + i * kRowsPerPassA];
+      const Elem* src = static_cast<const Elem*>(sm.rows[c.a_row0 + i * kRowsPerPassA]);
       copy(i, sa + i * c.a_step, src ? src + k : c.b_src, src != nullptr);
     }
     if constexpr (P::kWeightsKMajor) {

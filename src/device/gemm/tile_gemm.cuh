@@ -169,6 +169,9 @@ struct TileGemm : StageLoads<P, BN> {
     Tensor tCrB = thr.make_fragment_B(tCsB);
     Tensor acc = partition_fragment_C(tiled, Shape<Int<kTileRows>, Int<BN>>{});
     clear(acc);
+    // Block-scaled tiles (fp8): each k-tile's sums go into `part` first, then are scaled into acc
+    // (promote). Unused otherwise.
+    Tensor part = partition_fragment_C(tiled, Shape<Int<kTileRows>, Int<BN>>{});
 
     const int k_tiles = k_total / kBK;
     const ChunkPlan chunks = plan_chunks(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi);
@@ -211,6 +214,40 @@ struct TileGemm : StageLoads<P, BN> {
       return landed;
     };
     warpgroup_fence_operand(acc);
+    // The promotion of block-scaled tiles: after k-tile kt's MMAs are complete, acc += part *
+    // (scale of the element's row for kt) * (scale of its column half for kt). wgmma's fp32
+    // fragment of m64nBN (per warpgroup): element i of thread t lies in row (t % 128) / 32 * 16 +
+    // (t % 32) / 4 + 8 * ((i / 2) % 2) of the warpgroup's 64, column (i / 4) * 8 + (t % 4) * 2 +
+    // i % 2: two rows per thread, and the high column half from i = BN / 4 on (the second half of
+    // the thread's BN / 2 elements).
+    const int my_row = static_cast<int>(threadIdx.x) / 32 * 16 + static_cast<int>(threadIdx.x) % 32 / 4;
+    float a_scale[2] = {0.f, 0.f};
+    float b_scale[2] = {0.f, 0.f};
+    // k-tile kt's scales (loaded while its MMAs run): the rows' activation scales were written in
+    // this launch (x quantized by the gate phase, h by GEMM0's epilogue): read through L2.
+    const auto load_scales = [&](int kt) {
+      if constexpr (P::kBlockScaled) {
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+          const float* rs = sm.row_scales[my_row + 8 * s];
+          a_scale[s] = rs ? __ldcg(rs + kt) : 0.f;
+        }
+        b_scale[0] = __ldg(sm.tma.b_scale_lo + kt);
+        b_scale[1] = __ldg(sm.tma.b_scale_hi + kt);
+      }
+    };
+    const auto promote = [&] {
+      if constexpr (P::kBlockScaled) {
+        static_assert(decltype(size(acc))::value == BN / 2, "wgmma m64nBN: BN / 2 floats a thread");
+        warpgroup_fence_operand(part);
+        const float s[2][2] = {{a_scale[0] * b_scale[0], a_scale[0] * b_scale[1]},
+                               {a_scale[1] * b_scale[0], a_scale[1] * b_scale[1]}};
+#pragma unroll
+        for (int i = 0; i < decltype(size(acc))::value; ++i) {
+          acc(i) = fmaf(part(i), s[(i / 2) % 2][i >= BN / 4 ? 1 : 0], acc(i));
+        }
+      }
+    };
     bool ok = true;
     // kDeep (few rows: bf16's expert tiles of at most 64 rows; only the first warpgroup computes,
     // its MMAs of a k-tile take half a full tile's, and the task streams its weights from HBM, 32
@@ -239,8 +276,19 @@ struct TileGemm : StageLoads<P, BN> {
       }
       const auto issue_mmas = [&] {
         warpgroup_arrive();
-        gemm(tiled, tCrA(_, _, _, stage), tCrB(_, _, _, stage), acc);
+        if constexpr (P::kBlockScaled) {
+          // Fresh sums for this k-tile: its first k-block overwrites the fragment.
+          tiled.accumulate_ = GMMA::ScaleOut::Zero;
+#pragma unroll
+          for (int kb = 0; kb < decltype(size<2>(tCrA))::value; ++kb) {
+            gemm(tiled, tCrA(_, _, kb, stage), tCrB(_, _, kb, stage), part);
+            tiled.accumulate_ = GMMA::ScaleOut::One;
+          }
+        } else {
+          gemm(tiled, tCrA(_, _, _, stage), tCrB(_, _, _, stage), acc);
+        }
         warpgroup_commit_batch();
+        load_scales(kt);
       };
       if (!kDeep && mma) issue_mmas();
       // Deep: into the stage of k-tile kt - 1, before this k-tile's MMAs; otherwise after them.
@@ -252,8 +300,10 @@ struct TileGemm : StageLoads<P, BN> {
           issue_mmas();
           warpgroup_wait<0>();
         } else {
-          warpgroup_wait<kInFlight>();
+          // Block-scaled: the promotion reads this k-tile's sums, so none stays pending.
+          warpgroup_wait<P::kBlockScaled ? 0 : kInFlight>();
         }
+        promote();
       }
     }
     warpgroup_wait<0>();

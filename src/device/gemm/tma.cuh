@@ -23,6 +23,10 @@ struct TmaTile {
   int col_lo = 0, col_hi = 0;  // the tile's two column halves (set by the tile GEMM)
   const CUtensorMap* map_a = nullptr;  // A's rows (GEMM1: hidden_act [rows][ffn])
   int a_row0 = 0;                      // the tile's first row there
+  // Block-scaled tiles (fp8): the weight scales of the tile's two column halves, one per 128-deep
+  // k-tile from the task's first (every tile GEMM reads them, by TMA or not).
+  const float* b_scale_lo = nullptr;
+  const float* b_scale_hi = nullptr;
 };
 
 __device__ __forceinline__ unsigned int smem_addr(const void* ptr) {
