@@ -22,9 +22,9 @@ struct DenseCeiling {
 // The GEMM shape and math for a precision: bf16 inputs and output with fp32 accumulation
 // (CUBLAS_COMPUTE_32F) for bf16, TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32) for tf32, plain
 // fp32 (CUBLAS_COMPUTE_32F) for fp32; for fp8 one cuBLASLt GEMM of E4M3 inputs (A transposed, the
-// form cuBLASLt's fp8 GEMM takes) with per-tensor fp32 scales, a bf16 output and fp32 accumulation
-// without fast accumulation (not the layer's 128 x 128 block scales: the dense rate with the
-// least scaling work, an upper bound for block-scaled GEMMs); 8192^3 for the tensor-core maths,
+// form cuBLASLt's fp8 GEMM takes) with no scales (ceiling.cu says why), a bf16 output and fp32
+// accumulation without fast accumulation (not the layer's 128 x 128 block scales: the dense rate
+// with the least scaling work, an upper bound for block-scaled GEMMs); 8192^3 for the tensor-core maths,
 // 4096^3 for plain fp32 (some 2 ms a call for bf16 on an H200-class GPU). Timing is left empty.
 DenseCeiling dense_ceiling_shape(DType dtype);
 

@@ -258,7 +258,7 @@ Command bench_command() {
           "config's precision) and the compute floor (FFN FLOP / ceiling) with monomoe's distance\n"
           "to it. With --dtype fp8 the baseline runs bf16 on the dequantized weights (it has no\n"
           "fp8 grouped GEMM; it is checked against that bf16 problem's reference) and the ceiling\n"
-          "is one cuBLASLt E4M3 GEMM with per-tensor scales. With --graph, monomoe's row times\n"
+          "is one cuBLASLt E4M3 GEMM without scales. With --graph, monomoe's row times\n"
           "replays of a CUDA graph captured from one forward() (the launch cost of a graph\n"
           "instead of the host-side calls), and the replays' output must be bit-identical to\n"
           "forward()'s. Exit status 1 when a result is wrong. Example:\n"
