@@ -138,6 +138,22 @@ void require_values(const char* name, const std::vector<float>& v, std::size_t n
   }
 }
 
+// An fp8 problem's four block-scale vectors, each the size its matrix needs: one scale per
+// 128 x 128 block of every expert's W1 and W2 and of the shared expert's.
+void require_fp8_scales(const reference::Problem& pr) {
+  const LayerConfig& c = pr.config;
+  const std::size_t e = static_cast<std::size_t>(c.experts);
+  const std::size_t h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
+  const std::size_t w1c = static_cast<std::size_t>(c.w1_columns());
+  const std::size_t sf = static_cast<std::size_t>(c.shared_ffn);
+  const std::size_t sw1c = static_cast<std::size_t>(c.shared_w1_columns());
+  const std::size_t blk = kScaleBlock * kScaleBlock;
+  require_values("w1_scale", pr.w1_scale, e * h * w1c / blk);
+  require_values("w2_scale", pr.w2_scale, e * f * h / blk);
+  require_values("shared_w1_scale", pr.shared_w1_scale, h * sw1c / blk);
+  require_values("shared_w2_scale", pr.shared_w2_scale, sf * h / blk);
+}
+
 // A device copy of host bytes (nullptr when empty).
 struct Bytes {
   void* ptr = nullptr;
@@ -230,10 +246,7 @@ void DeviceProblem::Impl::upload_fp8_matrices(const reference::Problem& pr, int 
   require_values("w2", pr.w2, e * f * h);
   require_values("shared_w1", pr.shared_w1, h * sw1c);
   require_values("shared_w2", pr.shared_w2, sf * h);
-  require_values("w1_scale", pr.w1_scale, e * h * w1c / blk);
-  require_values("w2_scale", pr.w2_scale, e * f * h / blk);
-  require_values("shared_w1_scale", pr.shared_w1_scale, h * sw1c / blk);
-  require_values("shared_w2_scale", pr.shared_w2_scale, sf * h / blk);
+  require_fp8_scales(pr);
   const float* w1_in_out = pr.w1.data() + e0 * h * w1c;
   const float* w2_in_out = pr.w2.data() + e0 * f * h;
   const float* w1_s = pr.w1_scale.data() + e0 * h * w1c / blk;
@@ -382,11 +395,7 @@ reference::Problem baseline_problem(const reference::Problem& pr) {
   const std::size_t w1c = static_cast<std::size_t>(c.w1_columns());
   const std::size_t sf = static_cast<std::size_t>(c.shared_ffn);
   const std::size_t sw1c = static_cast<std::size_t>(c.shared_w1_columns());
-  const std::size_t blk = kScaleBlock * kScaleBlock;
-  require_values("w1_scale", pr.w1_scale, e * h * w1c / blk);
-  require_values("w2_scale", pr.w2_scale, e * f * h / blk);
-  require_values("shared_w1_scale", pr.shared_w1_scale, h * sw1c / blk);
-  require_values("shared_w2_scale", pr.shared_w2_scale, sf * h / blk);
+  require_fp8_scales(pr);
   reference::Problem b = pr;
   b.config = baseline_config(c);
   b.w1 = dequantized_bf16(pr.w1.data(), pr.w1_scale.data(), e, h, w1c);

@@ -1,10 +1,12 @@
-// A prototype of the fp8 kernel's expert tile (docs/fp8.md, "The kernel"), alone: a 128 x 128
-// output tile of E4M3 x E4M3 on wgmma (m64n128k32, both operands K-major from 128-byte swizzled
-// shared memory, two warpgroups), each 128-deep k-tile into a fresh fragment that is then scaled
-// by its rows' and its column block's scales and added to the fp32 accumulator (the promotion).
-// Against the same sums in float64 (label gpu). The persistent kernel does not use it yet: it
-// checks the CuTe atoms, the shared-memory layout, the accumulator's (row, column) mapping and the
-// promotion before they go into the tile GEMM.
+// The building blocks of the fp8 kernel's expert tile (docs/fp8.md, "The kernel as built"), alone
+// and unpipelined: a 128 x 128 output tile of E4M3 x E4M3 on wgmma (m64n128k32, both operands
+// K-major from 128-byte swizzled shared memory, two warpgroups), each 128-deep k-tile into a
+// fresh fragment that is then scaled by its rows' and its column block's scales and added to the
+// fp32 accumulator (the promotion), against the same sums in float64 (label gpu); and a
+// requantization of the tile per row straight from the accumulator registers (a quad reduction),
+// the form a register epilogue would take (the kernel's epilogue requantizes from the fp32 tile
+// in shared memory today). When the layer's fp8 results go wrong, this separates the CuTe atoms,
+// the layout and the promotion's arithmetic from the kernel's pipeline.
 #include <cuda_fp8.h>
 #include <gtest/gtest.h>
 

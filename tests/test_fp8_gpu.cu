@@ -123,16 +123,28 @@ TEST(Fp8Gpu, GroupQuantizationAsTheReference) {
   EXPECT_TRUE(std::isnan(s[7]));
 }
 
-__global__ void rows_kernel(const __nv_bfloat16* x, int rows, int hidden, __nv_fp8_storage_t* q,
-                            float* scale) {
-  device::quantize_rows(x, rows, hidden, q, scale);
+// The kernel's quantization of x for the expert GEMMs (device::quantize_x_groups, called by the
+// gate phase per K slice): block b takes rows b * 64 ... over K in three slices on 64-deep bounds,
+// as the gate's slices fall, one boundary inside a group ([0, 192), [192, 448), [448, hidden)):
+// each group must be quantized exactly once, by the slice where it starts.
+__global__ void rows_kernel(device::Params p) {
+  for (int first = static_cast<int>(blockIdx.x) * 64; first < p.tokens;
+       first += static_cast<int>(gridDim.x) * 64) {
+    const int rows = min(64, p.tokens - first);
+    device::quantize_x_groups(p, first, rows, 0, 192);
+    device::quantize_x_groups(p, first, rows, 192, 448);
+    device::quantize_x_groups(p, first, rows, 448, p.hidden);
+  }
 }
 
-// x rows (bf16) as the kernel will quantize them before GEMM0 and dispatch: every (row, group)
-// equal to the reference's rule, with a grid much smaller than the groups (the grid-stride loop).
+// x rows (bf16) as the kernel quantizes them before GEMM0 and dispatch: every (row, group) equal to
+// the reference's rule, in the packed rows the expert GEMMs read (values, then the row's scales),
+// with fewer blocks than row blocks (the grid-stride loop). The buffer is poisoned first (0xFF:
+// NaN as E4M3 and as fp32), so that a group no slice took shows.
 TEST(Fp8Gpu, RowsQuantizeAsTheReference) {
   MONOMOE_REQUIRE_GPU();
   constexpr int kRowsX = 300, kHidden = 1024;
+  const int pitch = static_cast<int>(device::operand_pitch(kHidden, true));
   std::mt19937 rng(8);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   std::vector<__nv_bfloat16> x(kRowsX * kHidden);
@@ -141,30 +153,40 @@ TEST(Fp8Gpu, RowsQuantizeAsTheReference) {
     x[i] = __float2bfloat16(u(rng) * (1.f + static_cast<float>(i / kHidden % 7)));
     xf[i] = __bfloat162float(x[i]);
   }
-  void *dx = nullptr, *dq = nullptr, *ds = nullptr;
+  const std::size_t bytes = static_cast<std::size_t>(kRowsX) * pitch;
+  void *dx = nullptr, *dq = nullptr;
   ASSERT_EQ(cudaMalloc(&dx, x.size() * 2), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dq, x.size()), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&ds, x.size() / 128 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dq, bytes), cudaSuccess);
   cudaMemcpy(dx, x.data(), x.size() * 2, cudaMemcpyHostToDevice);
-  rows_kernel<<<7, 128>>>(static_cast<const __nv_bfloat16*>(dx), kRowsX, kHidden,
-                          static_cast<__nv_fp8_storage_t*>(dq), static_cast<float*>(ds));
+  cudaMemset(dq, 0xFF, bytes);
+  device::Params p{};
+  p.tokens = kRowsX;
+  p.hidden = kHidden;
+  p.x = dx;
+  p.x_quant = dq;
+  p.x_pitch = pitch;
+  rows_kernel<<<3, 128>>>(p);
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
-  std::vector<__nv_fp8_storage_t> q(x.size());
-  std::vector<float> s(x.size() / 128);
-  ASSERT_EQ(cudaMemcpy(q.data(), dq, q.size(), cudaMemcpyDeviceToHost), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(s.data(), ds, s.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-  for (void* p : {dx, dq, ds}) cudaFree(p);
+  std::vector<unsigned char> q(bytes);
+  ASSERT_EQ(cudaMemcpy(q.data(), dq, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+  for (void* ptr : {dx, dq}) cudaFree(ptr);
   int wrong = 0;
   std::vector<float> want(128);
-  for (std::size_t g = 0; g < s.size(); ++g) {
-    const float scale = reference::fp8::quantize_group(xf.data() + g * 128, 128, want.data());
-    bool ok = scale == s[g];
-    for (int i = 0; i < 128; ++i) {
-      __nv_fp8_e4m3 v;
-      v.__x = q[g * 128 + i];
-      ok = ok && float(v) == want[i];
+  for (int r = 0; r < kRowsX; ++r) {
+    const unsigned char* row = q.data() + static_cast<std::size_t>(r) * pitch;
+    for (int g = 0; g < kHidden / 128; ++g) {
+      const float scale =
+          reference::fp8::quantize_group(xf.data() + r * kHidden + g * 128, 128, want.data());
+      float got_scale;
+      std::memcpy(&got_scale, row + kHidden + 4 * g, 4);
+      bool ok = scale == got_scale;
+      for (int i = 0; i < 128; ++i) {
+        __nv_fp8_e4m3 v;
+        v.__x = row[g * 128 + i];
+        ok = ok && float(v) == want[i];
+      }
+      if (!ok && ++wrong <= 3) ADD_FAILURE() << "row " << r << " group " << g;
     }
-    if (!ok && ++wrong <= 3) ADD_FAILURE() << "group " << g;
   }
   EXPECT_EQ(wrong, 0);
 }

@@ -26,7 +26,10 @@
 namespace monomoe {
 namespace {
 
+using test::expect_config_error;
+using test::expect_each_weight_refused;
 using test::single_gpu;
+using test::WeightField;
 
 // The layer tests' small config (512 tokens at most, hidden = ffn = 256, 8 experts, top-2) in fp8,
 // whose weights are [out, in] only.
@@ -63,31 +66,10 @@ reference::Problem make(const Case& tc, std::uint64_t seed) {
 // (a given one read back bit for bit), the drops in total and per expert. Returns the call's stats.
 ForwardStats check_case(const Case& tc, std::uint64_t seed) {
   SCOPED_TRACE(tc.name + ", seed " + std::to_string(seed));
-  const reference::Problem pr = make(tc, seed);
-  const reference::Result ref = reference::run(pr);
-  bench::DeviceProblem dev(pr, 0);
-  MoELayer layer(tc.cfg, single_gpu(), dev.weights());
-  dev.poison_y();
-  dev.forward(layer);
-  const ForwardStats stats = layer.stats();
-  std::vector<std::int32_t> experts;
-  std::vector<float> weights;
-  layer.routing(experts, weights);
-  const bench::Comparison cmp = bench::compare(pr, ref.ranks[0], dev.y_host(), experts);
-  EXPECT_TRUE(cmp.passed) << cmp.summary();
-  if (tc.given_routing) {
-    EXPECT_EQ(experts, pr.topk_ids[0]);
-    EXPECT_EQ(weights, pr.topk_weights[0]);
-  }
-  EXPECT_EQ(stats.dropped, ref.dropped);
-  EXPECT_EQ(stats.dropped_per_expert.size(), ref.dropped_per_expert.size());
-  for (std::size_t e = 0; e < ref.dropped_per_expert.size() && e < stats.dropped_per_expert.size();
-       ++e) {
-    EXPECT_EQ(stats.dropped_per_expert[e], ref.dropped_per_expert[e]) << "expert " << e;
-  }
-  std::printf("%s: %s dropped=%lld k_split=%lld\n", tc.name.c_str(), cmp.summary().c_str(),
-              static_cast<long long>(stats.dropped), static_cast<long long>(stats.k_split));
-  return stats;
+  const test::CheckedForward f = test::forward_and_compare(make(tc, seed), tc.given_routing);
+  std::printf("%s: %s dropped=%lld k_split=%lld\n", tc.name.c_str(), f.cmp.summary().c_str(),
+              static_cast<long long>(f.stats.dropped), static_cast<long long>(f.stats.k_split));
+  return f.stats;
 }
 
 // Every activation, biases on and off, the default widths and wider ones (hidden 384 = 3 scale
@@ -230,23 +212,6 @@ TEST(LayerGpu, Fp8Decode) {
   }
 }
 
-// Passes when `f` throws ConfigError whose message contains every one of `words`.
-template <class F>
-void expect_config_error(F&& f, std::initializer_list<const char*> words) {
-  try {
-    f();
-    ADD_FAILURE() << "expected a ConfigError";
-  } catch (const ConfigError& e) {
-    const std::string msg = e.what();
-    for (const char* w : words) {
-      EXPECT_NE(msg.find(w), std::string::npos) << "message lacks '" << w << "': " << msg;
-    }
-  }
-}
-
-// A scale field of ExpertWeights and its name.
-using ScaleField = std::pair<const char*, const void* ExpertWeights::*>;
-
 // What fp8 refuses, naming the field: [in, out] weights (LayerConfig.weight_layout); a block-scale
 // pointer that is null, misaligned or host memory (checked as every weight pointer is); the shared
 // expert's scales without a shared expert; scales given to another precision (the config was
@@ -264,25 +229,11 @@ TEST(LayerGpu, Fp8RefusesInOutLayoutAndBadScales) {
   expect_config_error([&] { MoELayer layer(in_out, single_gpu(), good); },
                       {"weight_layout", "in-out"});
 
-  const std::vector<ScaleField> scales = {{"w1_scale", &ExpertWeights::w1_scale},
-                                          {"w2_scale", &ExpertWeights::w2_scale},
-                                          {"shared_w1_scale", &ExpertWeights::shared_w1_scale},
-                                          {"shared_w2_scale", &ExpertWeights::shared_w2_scale}};
-  std::vector<unsigned char> host(64);
-  for (const auto& [name, field] : scales) {
-    SCOPED_TRACE(name);
-    const std::string full = std::string("ExpertWeights.") + name;
-    for (int kind = 0; kind < 3; ++kind) {
-      ExpertWeights w = good;
-      w.*field = kind == 0   ? nullptr
-                 : kind == 1 ? static_cast<const char*>(w.*field) + 2
-                             : static_cast<const void*>(host.data());
-      expect_config_error([&] { MoELayer layer(c, single_gpu(), w); },
-                          {full.c_str(), kind == 0   ? "null"
-                                         : kind == 1 ? "aligned"
-                                                     : "not CUDA memory"});
-    }
-  }
+  const std::vector<WeightField> scales = {{"w1_scale", &ExpertWeights::w1_scale},
+                                           {"w2_scale", &ExpertWeights::w2_scale},
+                                           {"shared_w1_scale", &ExpertWeights::shared_w1_scale},
+                                           {"shared_w2_scale", &ExpertWeights::shared_w2_scale}};
+  expect_each_weight_refused(c, good, scales);
   // The shared expert's scales with shared_ffn = 0 (its weights left out too).
   LayerConfig no_shared = c;
   no_shared.shared_ffn = 0;

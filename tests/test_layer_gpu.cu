@@ -72,7 +72,10 @@ void expect_matched_then_repeated(const LayerConfig& c, std::int64_t tokens, std
     }
   }
 }
+using test::expect_config_error;
+using test::expect_each_weight_refused;
 using test::single_gpu;
+using test::WeightField;
 
 // Runs the layer once on fresh inputs and compares every token with the reference.
 void check_case(const Case& tc, std::uint64_t seed) {
@@ -80,27 +83,8 @@ void check_case(const Case& tc, std::uint64_t seed) {
   reference::Problem pr = reference::make_problem(tc.cfg, {tc.tokens}, seed);
   if (tc.skew_expert >= 0) reference::skew_gate_towards(pr, tc.skew_expert, 50.f);
   if (tc.given_routing) reference::give_random_routing(pr, seed);
-  const reference::Result ref = reference::run(pr);
-  bench::DeviceProblem dev(pr, 0);
-  MoELayer layer(tc.cfg, single_gpu(), dev.weights());
-  dev.poison_y();
-  dev.forward(layer);
-  const ForwardStats stats = layer.stats();
-  std::vector<std::int32_t> experts;
-  std::vector<float> weights;
-  layer.routing(experts, weights);
-  const auto cmp = bench::compare(pr, ref.ranks[0], dev.y_host(), experts);
-  EXPECT_TRUE(cmp.passed) << cmp.summary();
+  const bench::Comparison cmp = test::forward_and_compare(pr, tc.given_routing).cmp;
   if (tc.max_error > 0.0) EXPECT_LE(cmp.rel_error, tc.max_error) << cmp.summary();
-  if (tc.given_routing) {
-    // routing() reads back what was given, bit for bit.
-    EXPECT_EQ(experts, pr.topk_ids[0]);
-    EXPECT_EQ(weights, pr.topk_weights[0]);
-  }
-  EXPECT_EQ(stats.dropped, ref.dropped);
-  for (std::size_t e = 0; e < ref.dropped_per_expert.size(); ++e) {
-    EXPECT_EQ(stats.dropped_per_expert[e], ref.dropped_per_expert[e]) << "expert " << e;
-  }
 }
 
 TEST(LayerGpu, EveryPrecisionAndActivation) {
@@ -942,17 +926,6 @@ TEST(LayerGpu, ManyLayersCostOneWorkspace) {
       << "32 layers: " << all << " bytes, one: " << one;
 }
 
-// `fn` throws ConfigError whose message contains every piece of `names`.
-template <class Fn>
-void expect_config_error(Fn&& fn, std::initializer_list<const char*> names) {
-  try {
-    fn();
-    ADD_FAILURE() << "no ConfigError";
-  } catch (const ConfigError& e) {
-    for (const char* n : names) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
-  }
-}
-
 // The subject of the argument-check tests: a small bf16 layer built over a 16-token problem.
 struct ArgumentCheckLayer {
   LayerConfig c = small(DType::bf16, Activation::gelu);
@@ -1027,28 +1000,8 @@ TEST(LayerGpu, InvalidForwardPointers) {
   layer.synchronize();
 }
 
-// Every weight pointer: null, misaligned, host memory; a bias only when the config has biases.
-// A weight field of ExpertWeights and its name.
-using WeightField = std::pair<const char*, const void* ExpertWeights::*>;
-
-// Each of `fields` of `good` (valid weights of c) made null, misaligned or host memory in turn:
-// the layer's construction refuses it, naming it.
-void expect_each_weight_refused(const LayerConfig& c, const ExpertWeights& good,
-                                const std::vector<WeightField>& fields) {
-  std::vector<unsigned char> host(64);
-  for (const auto& [name, field] : fields) {
-    SCOPED_TRACE(name);
-    const std::string full = std::string("ExpertWeights.") + name;
-    for (int kind = 0; kind < 3; ++kind) {
-      ExpertWeights w = good;
-      w.*field = kind == 0   ? nullptr
-                 : kind == 1 ? static_cast<const char*>(w.*field) + 2
-                             : static_cast<const void*>(host.data());
-      expect_config_error([&] { MoELayer layer(c, single_gpu(), w); },
-                          {full.c_str(), kind == 0 ? "null" : kind == 1 ? "aligned" : "not CUDA memory"});
-    }
-  }
-}
+// Every weight pointer: null, misaligned, host memory; a bias only when the config has biases
+// (expect_each_weight_refused, layer_gpu_test.hpp).
 
 TEST(LayerGpu, InvalidWeightPointers) {
   MONOMOE_REQUIRE_GPU();

@@ -17,7 +17,8 @@ enum class DType {
   // E4M3 weights with an fp32 scale per 128 x 128 block (ExpertWeights.*_scale; [out, in] layout
   // only, as FP8 checkpoints store them), bf16 x, y, gate and biases; activations quantized to
   // E4M3 per token per 128 channels before each expert GEMM; fp32 accumulation. The numerics:
-  // docs/fp8.md. The CPU reference runs it; the kernel does not yet (MoELayer refuses it).
+  // docs/fp8.md (correct today, but slower than bf16: docs/fp8.md says why). The Python op does
+  // not take it yet.
   fp8,
 };
 

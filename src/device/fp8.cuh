@@ -46,29 +46,6 @@ __device__ __forceinline__ float quantize_group_warp(const float (&v)[4],
   return amax == 0.f ? 1.f : amax / kFp8Max;
 }
 
-// x [rows, hidden] (bf16, hidden a multiple of 128) quantized as the expert GEMMs take it: each
-// (row, 128-channel group) by one warp of the grid; q [rows, hidden] E4M3, scale [rows, hidden /
-// 128]. A grid-stride loop: any launch shape covers any size (warps of the grid in any number).
-__device__ __forceinline__ void quantize_rows(const __nv_bfloat16* x, int rows, int hidden,
-                                              __nv_fp8_storage_t* q, float* scale) {
-  const int groups_per_row = hidden / kFp8Group;
-  const long long groups = static_cast<long long>(rows) * groups_per_row;
-  const int lane = static_cast<int>(threadIdx.x % 32);
-  const long long warps = static_cast<long long>(gridDim.x) * blockDim.x / 32;
-  for (long long g = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-       g < groups; g += warps) {
-    const long long at = g * kFp8Group + lane * 4;  // the group's first element is g * 128
-    float v[4];
-    __nv_fp8_storage_t out[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) v[i] = __bfloat162float(x[at + i]);
-    const float s = quantize_group_warp(v, out);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) q[at + i] = out[i];
-    if (lane == 0) scale[g] = s;
-  }
-}
-
 // fp8: the groups of x's rows [first, first + rows) whose first channel lies in [k_lo, k_hi),
 // quantized into Params::x_quant (values at the group's columns, the scale at float g past the
 // row's hidden values), one (row, group) per warp of the block. Slices of K that tile [0, hidden)
