@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Issue 19's 2-GPU runs that need only the CLI, in one device call: the straggler delays, the soak,
-# issue 10's four shapes, issue 14's shared expert, 2-GPU compute-sanitizer memcheck (a shared
-# expert in one run), the token sweep. Each run has its own time bound; a one-line result per run
+# issue 10's four shapes, issue 14's shared expert and its fp8 shape, 2-GPU compute-sanitizer
+# memcheck (a shared expert in one run), the token sweep. Each run has its own time bound; a one-line result per run
 # on stdout, the logs in $OUT (or ./out)/r2-logs.tar.gz (r2-*.log, the sweep's CSV and plot). Exit
 # status 1 when a run failed (its status, a FAIL line), a straggler delay D cost more than D + 10%
 # of the undelayed median (issue 13's bound), or the shared expert added more than 1.1x its FLOPs
 # at the layer's own FFN rate without it (issue 14's bound).
-# Env: ONLY (space-separated subset of: stragglers soak shapes shared memcheck sweep; default all),
+# Env: ONLY (space-separated subset of: stragglers soak shapes shared fp8 memcheck sweep; default
+#      all; fp8 alone takes minutes: its shape has 6.4 GB of weights made on the host),
 #      CALLS (soak calls, default 10000), GPU_BUILD_DIR (default ./build-gpu), BUILD (0: use the
 #      CLI already in GPU_BUILD_DIR, e.g. from gpu-check.sh earlier in the same call).
 set -uo pipefail
@@ -82,6 +83,19 @@ if want shared; then
              (bound > 0 && a > 0 && b > 0 && added <= bound ? "ok" : "OVER"), added, a, r, bound }')
     echo "shared expert 2048, $g GPU(s): $verdict"
     [[ "$verdict" == ok* ]] || failed=$((failed + 1))
+  done
+fi
+if want fp8; then
+  # Issue 14: --hidden 4096 --ffn 2048 --experts 256 --topk 6 --act swiglu in fp8 at 8192 and 64
+  # tokens per GPU, next to bf16 with the same ([out, in]) weights. Most of each run is the host
+  # making 6.4 GB of weights (and fp8's dequantized bf16 copy for the baseline): 64 sampled tokens
+  # keep the float64 reference short, and each run gets 300 s.
+  for t in 8192 64; do
+    for d in fp8 bf16; do
+      one "fp8-shape-$d-$t" 300 "$mm" bench --gpus 2 --no-ceiling --sample 64 --hidden 4096 \
+        --ffn 2048 --experts 256 --topk 6 --act swiglu --weight-layout out-in --dtype "$d" \
+        --tokens "$t"
+    done
   done
 fi
 if want memcheck; then

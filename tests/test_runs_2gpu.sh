@@ -36,7 +36,8 @@ run() { (cd "$dir/repo" && BUILD=0 GPU_BUILD_DIR="$dir/build" OUT="$1" scripts/r
 
 # Everything, every bound kept.
 out=$(run "$dir/out1") || fail "run 1: status $?: $out"
-[ "$(grep -c "^bench" "$FAKE_CALLS")" -eq 16 ] || fail "run 1: $(grep -c "^bench" "$FAKE_CALLS") bench calls, not 16"
+[ "$(grep -c "^bench" "$FAKE_CALLS")" -eq 20 ] || fail "run 1: $(grep -c "^bench" "$FAKE_CALLS") bench calls, not 20"
+grep -q -- "--act swiglu --weight-layout out-in --dtype fp8 --tokens 64$" "$FAKE_CALLS" || fail "run 1: fp8 shape"
 grep -q "^bench --gpus 2 --no-ceiling --delay-rank 1 --delay-us 10000$" "$FAKE_CALLS" || fail "run 1: straggler flags"
 grep -q "^soak --gpus 2 --calls 10000$" "$FAKE_CALLS" || fail "run 1: soak flags"
 grep -q -- "--hidden 8192 --ffn 2048 --experts 64 --topk 4 --tokens 4096$" "$FAKE_CALLS" || fail "run 1: shape 4"
