@@ -11,6 +11,7 @@
 #include <sstream>
 #include <utility>
 
+#include "bench/host_convert.hpp"
 #include "host/check.hpp"
 #include "monomoe/error.hpp"
 #include "reference/fp8.hpp"
@@ -33,26 +34,6 @@ std::size_t elem_bytes(Elem e) {
   return e == Elem::e4m3 ? 1 : e == Elem::bf16 ? 2 : 4;
 }
 
-// v as E4M3 bytes. The values are E4M3 values already (make_problem quantized them), so the
-// conversion must be exact: a value that is not one would reach the GPU changed and the comparison
-// would blame the kernel. `what` names the tensor in the error.
-std::vector<__nv_fp8_e4m3> to_e4m3(const float* v, std::size_t n, const char* what) {
-  std::vector<__nv_fp8_e4m3> q(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    q[i] = __nv_fp8_e4m3(v[i]);
-    const float back = static_cast<float>(q[i]);
-    if (back != v[i] && !(std::isnan(back) && std::isnan(v[i]))) {
-      std::ostringstream os;
-      os << "bench::DeviceProblem: " << what << " element " << i << " = " << v[i]
-         << " is not an E4M3 value (it converts to " << back
-         << "); an fp8 problem's expert matrices must hold E4M3 values, as "
-            "reference::make_problem makes them";
-      throw ConfigError(os.str());
-    }
-  }
-  return q;
-}
-
 // A device buffer holding n float values converted to `elem` (nullptr when n is 0). `what` names
 // the tensor in the error of an E4M3 conversion that is not exact.
 struct Buffer {
@@ -65,8 +46,7 @@ struct Buffer {
     std::vector<__nv_fp8_e4m3> e4m3;
     const void* src = v;
     if (elem == Elem::bf16) {
-      bf16.resize(n);
-      for (std::size_t i = 0; i < n; ++i) bf16[i] = __float2bfloat16_rn(v[i]);
+      bf16 = to_bf16(v, n);
       src = bf16.data();
     } else if (elem == Elem::e4m3) {
       e4m3 = to_e4m3(v, n, what);
@@ -94,41 +74,7 @@ struct Buffer {
   }
 };
 
-// Each of `count` row-major [rows, cols] matrices stored one after the other, transposed to
-// [cols, rows]: the [in, out] weights of the reference as [out, in].
-std::vector<float> transposed(const float* v, std::size_t count, std::size_t rows, std::size_t cols) {
-  std::vector<float> out(count * rows * cols);
-  for (std::size_t m = 0; m < count; ++m) {
-    const float* src = v + m * rows * cols;
-    float* dst = out.data() + m * rows * cols;
-    for (std::size_t r = 0; r < rows; ++r) {
-      for (std::size_t c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
-    }
-  }
-  return out;
-}
-
 constexpr std::size_t kScaleBlock = static_cast<std::size_t>(reference::fp8::kBlock);
-
-// Each of `count` fp8 matrices as the reference stores them, [in, out] E4M3 values, with its block
-// scales [out / 128, in / 128] (Problem's *_scale), dequantized in the same [in, out] layout:
-// e4m3 * scale as an fp32 product (what a GPU dequantization computes), rounded to bf16.
-std::vector<float> dequantized_bf16(const float* w, const float* scale, std::size_t count,
-                                    std::size_t in, std::size_t out) {
-  const std::size_t in_blocks = in / kScaleBlock, out_blocks = out / kScaleBlock;
-  std::vector<float> d(count * in * out);
-  for (std::size_t m = 0; m < count; ++m) {
-    const float* wm = w + m * in * out;
-    const float* sm = scale + m * in_blocks * out_blocks;
-    for (std::size_t i = 0; i < in; ++i) {
-      for (std::size_t o = 0; o < out; ++o) {
-        const float s = sm[(o / kScaleBlock) * in_blocks + i / kScaleBlock];
-        d[m * in * out + i * out + o] = reference::round_bf16(wm[i * out + o] * s);
-      }
-    }
-  }
-  return d;
-}
 
 // An fp8 problem's vector must have the size its config gives (a problem built by hand may not).
 void require_values(const char* name, const std::vector<float>& v, std::size_t n) {

@@ -6,17 +6,16 @@
 // values do not depend on how many threads fill them, and growing one tensor (more tokens, another
 // rank) leaves the others unchanged.
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "monomoe/error.hpp"
 #include "reference/fp8.hpp"
+#include "reference/parallel.hpp"
 #include "reference/reference.hpp"
 
 namespace monomoe::reference {
@@ -73,26 +72,6 @@ void fill(float* out, std::size_t n, const UniformStream& s, double a, bool bf16
     const float v = s.at(i, a);
     out[i] = bf16 ? round_bf16(v) : v;
   }
-}
-
-// Runs job(0..n-1) on a few threads. The jobs write disjoint ranges, so the result is the same
-// for any thread count.
-template <class Job>
-void run_jobs(std::size_t n, const Job& job) {
-  const std::size_t hw = std::max(1u, std::thread::hardware_concurrency());
-  const std::size_t threads = std::min(hw, n);
-  if (threads <= 1) {
-    for (std::size_t i = 0; i < n; ++i) job(i);
-    return;
-  }
-  std::atomic<std::size_t> next{0};
-  std::vector<std::thread> pool;
-  for (std::size_t t = 0; t < threads; ++t) {
-    pool.emplace_back([&] {
-      for (std::size_t i = next++; i < n; i = next++) job(i);
-    });
-  }
-  for (std::thread& th : pool) th.join();
 }
 
 std::size_t sz(std::int64_t v) {
@@ -191,7 +170,7 @@ Problem make_problem(const LayerConfig& config, const std::vector<std::int64_t>&
   // Jobs: one per rank's x, then one per expert (its W1, W2 and biases), then the gate (and the
   // shared expert).
   const std::size_t world = tokens.size();
-  run_jobs(world + e + 1, [&](std::size_t job) {
+  parallel_for(world + e + 1, 0, [&](std::size_t job, std::size_t) {
     if (job < world) {
       std::vector<float>& x = p.x[job];
       x.resize(sz(tokens[job]) * h);

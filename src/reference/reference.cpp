@@ -15,19 +15,17 @@
 #include "reference/reference.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <exception>
 #include <limits>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "monomoe/error.hpp"
 #include "reference/fp8.hpp"
+#include "reference/parallel.hpp"
 
 namespace monomoe::reference {
 
@@ -35,35 +33,6 @@ namespace {
 
 std::size_t sz(std::int64_t v) {
   return static_cast<std::size_t>(v);
-}
-
-// Runs job(item, worker) for item in [0, n) on up to `threads` workers (dynamic scheduling). Jobs
-// must write disjoint data. The first exception thrown by a job is rethrown after the join.
-template <class Job>
-void parallel_for(std::size_t n, int threads, const Job& job) {
-  const std::size_t workers = std::min(static_cast<std::size_t>(std::max(threads, 1)), n);
-  if (workers <= 1) {
-    for (std::size_t i = 0; i < n; ++i) job(i, std::size_t{0});
-    return;
-  }
-  std::atomic<std::size_t> next{0};
-  std::exception_ptr error;
-  std::mutex error_mutex;
-  std::vector<std::thread> pool;
-  pool.reserve(workers);
-  for (std::size_t w = 0; w < workers; ++w) {
-    pool.emplace_back([&, w] {
-      try {
-        for (std::size_t i = next++; i < n; i = next++) job(i, w);
-      } catch (...) {
-        const std::lock_guard<std::mutex> lock(error_mutex);
-        if (!error) error = std::current_exception();
-        next = n;  // stop handing out work
-      }
-    });
-  }
-  for (std::thread& t : pool) t.join();
-  if (error) std::rethrow_exception(error);
 }
 
 void require_size(const char* what, std::size_t have, std::size_t want) {
