@@ -49,9 +49,9 @@ Problem make_problem(const LayerConfig& config, const std::vector<std::int64_t>&
                      std::uint64_t seed);
 
 // Routing skew for tests: sets feature 0 of every token of every rank to 1.0 and adds `bias` to
-// gate[0, expert] (rounded to bf16 for bf16 problems), so that logit `expert` of every token grows
-// by `bias`. A gate change alone cannot do this: x ~ U(-1, 1) flips the sign of any column's
-// contribution. With bias ~50 every token picks `expert` first (p ~ 1), and its other choices
+// gate[0, expert] (rounded to bf16 for bf16 and fp8 problems, whose gate is bf16), so that logit
+// `expert` of every token grows by `bias`. A gate change alone cannot do this: x ~ U(-1, 1) flips
+// the sign of any column's contribution. With bias ~50 every token picks `expert` first (p ~ 1), and its other choices
 // get weights ~ e^-50 with tiny margins. Throws ConfigError if expert is not in [0, experts).
 void skew_gate_towards(Problem& p, std::int64_t expert, float bias);
 
