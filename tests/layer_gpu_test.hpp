@@ -86,12 +86,13 @@ void expect_config_error(Fn&& fn, std::initializer_list<const char*> names) {
     fn();
     ADD_FAILURE() << "no ConfigError";
   } catch (const ConfigError& e) {
-    for (const char* n : names) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+    for (const char* n : names)
+      EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
   }
 }
 
 // A pointer field of ExpertWeights and its name.
-using WeightField = std::pair<const char*, const void* ExpertWeights::*>;
+using WeightField = std::pair<const char*, const void * ExpertWeights::*>;
 
 // Each of `fields` of `good` (valid weights of c) made null, misaligned or host memory in turn:
 // the layer's construction refuses it, naming it.
@@ -107,7 +108,9 @@ inline void expect_each_weight_refused(const LayerConfig& c, const ExpertWeights
                  : kind == 1 ? static_cast<const char*>(w.*field) + 2
                              : static_cast<const void*>(host.data());
       expect_config_error([&] { MoELayer layer(c, single_gpu(), w); },
-                          {full.c_str(), kind == 0 ? "null" : kind == 1 ? "aligned" : "not CUDA memory"});
+                          {full.c_str(), kind == 0   ? "null"
+                                         : kind == 1 ? "aligned"
+                                                     : "not CUDA memory"});
     }
   }
 }

@@ -96,7 +96,7 @@ __device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm, long long* tra
       const uint4* src =
           reinterpret_cast<const uint4*>(x + static_cast<long long>(id / p.topk) * p.x_pitch);
       uint4* dst = reinterpret_cast<uint4*>(inbox + static_cast<long long>(r) * p.x_pitch);
-      // fp8's rows were written in this launch (the gate phase): through L2, not the read-only path.
+      // fp8's rows were written in this launch (by the gate phase): read through L2.
       if constexpr (ExpertTiles<P>::kBlockScaled) {
         for (int c = lane; c < chunks; c += 32) dst[c] = __ldcg(src + c);
       } else {

@@ -230,7 +230,8 @@ __device__ __forceinline__ void epilogue_gemm0_fp8_rows(const float* c, const fl
       float gate[8];
       smem_load8(g + r * pitch + cc, gate);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] = activate_for<P>(Act::silu, gate[j] + bg[j]) * (v[j] + bu[j]);
+      for (int j = 0; j < 8; ++j)
+        v[j] = activate_for<P>(Act::silu, gate[j] + bg[j]) * (v[j] + bu[j]);
     } else {
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[j] = activate_for<P>(A, v[j] + bg[j]);
@@ -251,7 +252,8 @@ __device__ __forceinline__ void epilogue_gemm0_fp8_rows(const float* c, const fl
     const float inv = amax == 0.f ? 1.f : kFp8Max / amax;
     unsigned int word[2] = {0u, 0u};
 #pragma unroll
-    for (int j = 0; j < 8; ++j) word[j / 4] |= static_cast<unsigned int>(to_e4m3(v[j] * inv)) << (8 * (j % 4));
+    for (int j = 0; j < 8; ++j)
+      word[j / 4] |= static_cast<unsigned int>(to_e4m3(v[j] * inv)) << (8 * (j % 4));
     unsigned char* row = h + static_cast<long long>(r) * h_pitch;
     *reinterpret_cast<uint2*>(row + col0 + cc) = make_uint2(word[0], word[1]);
     if (cc == 0) {
@@ -267,20 +269,20 @@ __device__ __forceinline__ void epilogue_gemm0_fp8(const float* c, const float* 
                                                    int ffn, int col0) {
   switch (act) {
     case Act::swiglu:
-      epilogue_gemm0_fp8_rows<P, Act::swiglu, true>(c, g, pitch, rows, b1, lo, hi, h, h_pitch,
-                                                    ffn, col0);
+      epilogue_gemm0_fp8_rows<P, Act::swiglu, true>(c, g, pitch, rows, b1, lo, hi, h, h_pitch, ffn,
+                                                    col0);
       break;
     case Act::relu:
-      epilogue_gemm0_fp8_rows<P, Act::relu, false>(c, g, pitch, rows, b1, lo, hi, h, h_pitch,
-                                                   ffn, col0);
+      epilogue_gemm0_fp8_rows<P, Act::relu, false>(c, g, pitch, rows, b1, lo, hi, h, h_pitch, ffn,
+                                                   col0);
       break;
     case Act::gelu:
-      epilogue_gemm0_fp8_rows<P, Act::gelu, false>(c, g, pitch, rows, b1, lo, hi, h, h_pitch,
-                                                   ffn, col0);
+      epilogue_gemm0_fp8_rows<P, Act::gelu, false>(c, g, pitch, rows, b1, lo, hi, h, h_pitch, ffn,
+                                                   col0);
       break;
     default:
-      epilogue_gemm0_fp8_rows<P, Act::silu, false>(c, g, pitch, rows, b1, lo, hi, h, h_pitch,
-                                                   ffn, col0);
+      epilogue_gemm0_fp8_rows<P, Act::silu, false>(c, g, pitch, rows, b1, lo, hi, h, h_pitch, ffn,
+                                                   col0);
       break;
   }
 }

@@ -11,7 +11,7 @@
 
 namespace monomoe::device {
 
-inline constexpr float kFp8Max = 448.f;  // largest finite E4M3 value
+inline constexpr float kFp8Max = 448.f;        // largest finite E4M3 value
 inline constexpr int kFp8Group = kScaleBlock;  // channels per activation scale
 
 // v rounded to nearest E4M3, ties to even, saturated to +-448; NaN stays NaN
@@ -38,7 +38,8 @@ __device__ __forceinline__ float quantize_group_warp(const float (&v)[4],
     nan = nan || isnan(v[i]);
   }
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+  for (int off = 16; off > 0; off >>= 1)
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
   if (__any_sync(0xffffffffu, nan)) amax = __int_as_float(0x7fffffff);
   const float inv = amax == 0.f ? 1.f : kFp8Max / amax;  // IEEE division (no fast math)
 #pragma unroll

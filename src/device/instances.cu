@@ -19,7 +19,8 @@ int forward_blocks_per_sm(DType dtype, WeightLayout layout) {
 
 namespace {
 // f(P{}) for the precision P of `dtype` and `layout` (the precisions are empty tag types).
-// fp8 exists with [out, in] weights only (LayerConfig::validate): its tiles answer for both layouts.
+// fp8 exists with [out, in] weights only (LayerConfig::validate): its tiles answer for both
+// layouts.
 template <class F>
 auto with_precision(DType dtype, WeightLayout layout, F&& f) {
   const auto of_layout = [&](auto kmajor) {
@@ -28,7 +29,8 @@ auto with_precision(DType dtype, WeightLayout layout, F&& f) {
       case DType::bf16: return f(PrecBf16<K>{});
       case DType::tf32: return f(PrecTf32<K>{});
       case DType::fp32: break;
-      case DType::fp8: return f(PrecFp8{});
+      case DType::fp8:
+        return f(PrecFp8{});
     }
     return f(PrecFp32<K>{});
   };

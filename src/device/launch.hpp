@@ -1,7 +1,8 @@
 // Host-side entry points of the persistent kernel. Its instantiations, all of them: one per
 // (precision, weight layout) = 3 x 2, and fp8 (PrecFp8, [out, in] weights only): 7, compiled in two
 // translation units, one per layout (instances_in_out.cu, instances_out_in.cu, from
-// instances.cuh), so that a build compiles them in parallel. Activation, shapes, expert count and top-k are runtime values.
+// instances.cuh), so that a build compiles them in parallel. Activation, shapes, expert count and
+// top-k are runtime values.
 #pragma once
 
 #include <cuda_runtime_api.h>

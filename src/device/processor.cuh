@@ -92,7 +92,9 @@ __device__ __forceinline__ W1Tile<P> w1_tile(const Params& p, int expert, const 
   if (expert < p.experts_local) {
     const long long at = static_cast<long long>(expert) * c.w1_cols;
     return {static_cast<const W*>(p.w1) + at * p.hidden,
-            p.has_bias ? static_cast<const Elem*>(p.b1) + at : nullptr, c.w1_cols, c.col0,
+            p.has_bias ? static_cast<const Elem*>(p.b1) + at : nullptr,
+            c.w1_cols,
+            c.col0,
             c.col_hi,
             p.w1_scale ? p.w1_scale + at / kScaleBlock * (p.hidden / kScaleBlock) : nullptr};
   }
@@ -100,15 +102,18 @@ __device__ __forceinline__ W1Tile<P> w1_tile(const Params& p, int expert, const 
   const int first = (expert - p.experts_local) * p.ffn;
   const int lo = first + c.col0;
   return {static_cast<const W*>(p.shared_w1),
-          p.has_bias ? static_cast<const Elem*>(p.shared_b1) : nullptr, swiglu ? 2 * width : width,
-          lo, swiglu ? width + lo : c.col_hi + first, p.shared_w1_scale};
+          p.has_bias ? static_cast<const Elem*>(p.shared_b1) : nullptr,
+          swiglu ? 2 * width : width,
+          lo,
+          swiglu ? width + lo : c.col_hi + first,
+          p.shared_w1_scale};
 }
 
 // fp8: where the block scales of weight column (output) `col` start for K position k in a [cols,
 // depth] matrix whose scales are `scale` ([cols / 128][depth / 128]): one per 128-deep k-tile
 // from k on. nullptr for the other precisions.
 __device__ __forceinline__ const float* weight_scales(const float* scale, int col, int depth,
-                                                     int k) {
+                                                      int k) {
   return scale ? scale + static_cast<long long>(col / kScaleBlock) * (depth / kScaleBlock) +
                      k / kScaleBlock
                : nullptr;
@@ -188,12 +193,12 @@ __device__ void gemm0_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
   const W1Tile<P> w = w1_tile<P>(p, expert, c);
   Op* h = static_cast<Op*>(p.hidden_act) + static_cast<long long>(hidden_row0) * p.h_pitch;
   if constexpr (T::kBlockScaled) {
-    const float* gate = p.act == Act::swiglu
-                            ? reinterpret_cast<const float*>(sm.gemm.buffer +
-                                                             GemmSmem<P>::Experts::kPipeBytes)
-                            : nullptr;
-    epilogue_gemm0_fp8<P>(Gemm::result(sm.gemm), gate, Gemm::kCPitch, rows, p.act, w.b1, w.lo,
-                          w.hi, reinterpret_cast<unsigned char*>(h), p.h_pitch, p.ffn, c.col0);
+    const float* gate =
+        p.act == Act::swiglu
+            ? reinterpret_cast<const float*>(sm.gemm.buffer + GemmSmem<P>::Experts::kPipeBytes)
+            : nullptr;
+    epilogue_gemm0_fp8<P>(Gemm::result(sm.gemm), gate, Gemm::kCPitch, rows, p.act, w.b1, w.lo, w.hi,
+                          reinterpret_cast<unsigned char*>(h), p.h_pitch, p.ffn, c.col0);
   } else {
     epilogue_gemm0<P>(Gemm::result(sm.gemm), Gemm::kCPitch, Gemm::kBN / 2, rows, c.out_cols,
                       p.act == Act::swiglu, p.act, w.b1, w.lo, w.hi, h + c.col0, p.h_pitch);
@@ -213,9 +218,9 @@ __device__ bool gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   const Op* h = static_cast<const Op*>(p.hidden_act);
   if (threadIdx.x < kTileRows) {
     const int r = static_cast<int>(threadIdx.x);
-    set_a_row(sm.gemm, r, r < rows ? h + static_cast<long long>(hidden_row0 + r) * p.h_pitch
-                                   : nullptr,
-              p.ffn, k_first);
+    set_a_row(sm.gemm, r,
+              r < rows ? h + static_cast<long long>(hidden_row0 + r) * p.h_pitch : nullptr, p.ffn,
+              k_first);
   }
   const int col0 = col_tile * Gemm::kBN;
   const int out_cols = min(Gemm::kBN, p.hidden - col0);
@@ -226,15 +231,15 @@ __device__ bool gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   const int depth = shared ? p.shared_slices * p.ffn : p.ffn;
   const int k0 = (shared ? (expert - p.experts_local) * p.ffn : 0) + k_first;
   const int ldb = T::kWeightsKMajor ? depth : p.hidden;
-  const Op* w2 = shared ? static_cast<const Op*>(p.shared_w2)
-                        : static_cast<const Op*>(p.w2) +
-                              static_cast<long long>(expert) * p.ffn * p.hidden;
+  const Op* w2 =
+      shared ? static_cast<const Op*>(p.shared_w2)
+             : static_cast<const Op*>(p.w2) + static_cast<long long>(expert) * p.ffn * p.hidden;
   w2 += k_offset<T>(k0, ldb);
   // fp8: W2's block scales, [hidden / 128][depth / 128] per expert.
   const float* w2_scale =
       shared ? p.shared_w2_scale
-             : (p.w2_scale ? p.w2_scale + static_cast<long long>(expert) * (p.hidden / kScaleBlock) *
-                                              (p.ffn / kScaleBlock)
+             : (p.w2_scale ? p.w2_scale + static_cast<long long>(expert) *
+                                              (p.hidden / kScaleBlock) * (p.ffn / kScaleBlock)
                            : nullptr);
   // A rows are contiguous here: both operands by TMA where the kernel can (StageLoads::kTmaCapable;
   // the other kernels ignore t).

@@ -24,7 +24,8 @@ std::string_view to_string(DType d) {
     case DType::bf16: return "bf16";
     case DType::tf32: return "tf32";
     case DType::fp32: return "fp32";
-    case DType::fp8: return "fp8";
+    case DType::fp8:
+      return "fp8";
   }
   return "?";
 }
@@ -58,8 +59,12 @@ std::optional<DType> parse_dtype(std::string_view s) {
   return std::nullopt;
 }
 
-std::size_t element_bytes(DType d) { return d == DType::bf16 || d == DType::fp8 ? 2 : 4; }
-std::size_t weight_element_bytes(DType d) { return d == DType::fp8 ? 1 : element_bytes(d); }
+std::size_t element_bytes(DType d) {
+  return d == DType::bf16 || d == DType::fp8 ? 2 : 4;
+}
+std::size_t weight_element_bytes(DType d) {
+  return d == DType::fp8 ? 1 : element_bytes(d);
+}
 
 std::int64_t LayerConfig::capacity(std::int64_t tokens) const {
   if (capacity_factor <= 0.0) return tokens;
@@ -145,9 +150,9 @@ std::size_t LayerConfig::weight_bytes() const {
   // Expert matrix elements: this rank's experts' W1 and W2, and the replicated shared expert's.
   std::size_t matrices =
       checked_mul(checked_mul(el, u(hidden), "hidden"), u(w1_columns() + ffn), "ffn");
-  matrices = checked_add(
-      matrices, checked_mul(u(hidden), u(shared_w1_columns() + shared_ffn), "shared_ffn"),
-      "shared_ffn");
+  matrices = checked_add(matrices,
+                         checked_mul(u(hidden), u(shared_w1_columns() + shared_ffn), "shared_ffn"),
+                         "shared_ffn");
   // Elements of x's type: the replicated gate, and the biases.
   std::size_t small = checked_mul(u(hidden), u(experts), "experts");
   if (bias) {

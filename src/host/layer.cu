@@ -88,8 +88,8 @@ std::string describe_kernel_error(const device::ErrorRecord& e, const LayerConfi
   return s;
 }
 
-// Throws ConfigError unless `p` is non-null, `align`-byte aligned and memory that GPU `device` reads
-// at full speed: device memory of that GPU, or managed memory. `what` names the argument.
+// Throws ConfigError unless `p` is non-null, `align`-byte aligned and memory that GPU `device`
+// reads at full speed: device memory of that GPU, or managed memory. `what` names the argument.
 void check_device_pointer(const void* p, const std::string& what, int device,
                           std::uintptr_t align = 16) {
   if (!p) throw ConfigError(what + " is null");
@@ -423,9 +423,8 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   // fp8's SwiGLU tasks make bn outputs (one quantization group), from bn gate and bn up columns.
   const std::int64_t bn = device::expert_tile_cols(c.dtype, c.weight_layout);
   const bool fp8 = c.dtype == DType::fp8;
-  p.gemm0_col_tiles = static_cast<int>(c.activation == Activation::swiglu && !fp8
-                                           ? c.ffn / (bn / 2)
-                                           : (c.ffn + bn - 1) / bn);
+  p.gemm0_col_tiles = static_cast<int>(
+      c.activation == Activation::swiglu && !fp8 ? c.ffn / (bn / 2) : (c.ffn + bn - 1) / bn);
   p.gemm1_col_tiles = static_cast<int>((c.hidden + bn - 1) / bn);
   p.combine_cols = device::combine_cols_for(p.token_tiles, static_cast<int>(c.hidden));
   p.combine_col_tiles = static_cast<int>((c.hidden + p.combine_cols - 1) / p.combine_cols);
@@ -463,9 +462,8 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.split_room = static_cast<int>(m.plan.split_room);
   // fp8's SwiGLU tiles (two tile GEMMs a task, processor.cuh) do not split K: a target of one
   // block never splits (device/split.hpp, k_split_for).
-  p.split_target = fp8 && c.activation == Activation::swiglu
-                       ? 1
-                       : std::min(m.grid, device::kSplitTargetMax);
+  p.split_target =
+      fp8 && c.activation == Activation::swiglu ? 1 : std::min(m.grid, device::kSplitTargetMax);
   p.error = m.error();
   p.logits = m.at<float>(m.plan.logits);
   // The gate GEMM's K split over blocks to spare: halves for a large call, more slices for a few

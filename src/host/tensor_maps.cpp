@@ -31,8 +31,8 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
 }  // namespace
 
 CUtensorMap tile_tensor_map(const void* base, std::int64_t count, std::int64_t rows,
-                            std::int64_t cols, std::int64_t box_rows, DType dtype,
-                            const char* what, std::int64_t pitch) {
+                            std::int64_t cols, std::int64_t box_rows, DType dtype, const char* what,
+                            std::int64_t pitch) {
   const auto elem = static_cast<cuuint64_t>(weight_element_bytes(dtype));
   const CUtensorMapDataType type = dtype == DType::bf16  ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
                                    : dtype == DType::fp8 ? CU_TENSOR_MAP_DATA_TYPE_UINT8

@@ -19,7 +19,7 @@ namespace monomoe::detail {
 // activation buffer (count 1): rows x ffn, boxes of a tile's 128 rows. Throws ConfigError (naming
 // `what`) when the driver refuses the map.
 CUtensorMap tile_tensor_map(const void* base, std::int64_t count, std::int64_t rows,
-                            std::int64_t cols, std::int64_t box_rows, DType dtype,
-                            const char* what, std::int64_t pitch = 0);
+                            std::int64_t cols, std::int64_t box_rows, DType dtype, const char* what,
+                            std::int64_t pitch = 0);
 
 }  // namespace monomoe::detail

@@ -16,7 +16,7 @@
 
 namespace monomoe::reference::fp8 {
 
-inline constexpr float kMax = 448.f;       // largest finite E4M3 value
+inline constexpr float kMax = 448.f;         // largest finite E4M3 value
 inline constexpr std::int64_t kBlock = 128;  // channels per activation group, block edge of weights
 
 // v rounded to the nearest E4M3 value, ties to even, saturated to +-448 (what

@@ -28,10 +28,10 @@ struct Problem {
   // DType::fp8 (empty otherwise): w1, w2 and the shared W1, W2 hold E4M3 values, and each matrix
   // one fp32 scale per 128 x 128 block of its [out, in] orientation, [out / 128, in / 128]
   // row-major, the value meant being e4m3 * scale (ExpertWeights' *_scale; docs/fp8.md).
-  std::vector<float> w1_scale;               // [experts, w1_columns / 128, hidden / 128]
-  std::vector<float> w2_scale;               // [experts, hidden / 128, ffn / 128]
-  std::vector<float> shared_w1_scale;        // [shared_w1_columns / 128, hidden / 128]
-  std::vector<float> shared_w2_scale;        // [hidden / 128, shared_ffn / 128]
+  std::vector<float> w1_scale;         // [experts, w1_columns / 128, hidden / 128]
+  std::vector<float> w2_scale;         // [experts, hidden / 128, ffn / 128]
+  std::vector<float> shared_w1_scale;  // [shared_w1_columns / 128, hidden / 128]
+  std::vector<float> shared_w2_scale;  // [hidden / 128, shared_ffn / 128]
   // Routing given by the caller (MoELayer::forward with a Routing), or both empty: the gate routes.
   // [world][tokens[r] * topk]: each token's expert ids (distinct, in [0, experts)) and weights,
   // used as they are: no softmax, no renormalization; the gate is not read.
@@ -51,8 +51,9 @@ Problem make_problem(const LayerConfig& config, const std::vector<std::int64_t>&
 // Routing skew for tests: sets feature 0 of every token of every rank to 1.0 and adds `bias` to
 // gate[0, expert] (rounded to bf16 for bf16 and fp8 problems, whose gate is bf16), so that logit
 // `expert` of every token grows by `bias`. A gate change alone cannot do this: x ~ U(-1, 1) flips
-// the sign of any column's contribution. With bias ~50 every token picks `expert` first (p ~ 1), and its other choices
-// get weights ~ e^-50 with tiny margins. Throws ConfigError if expert is not in [0, experts).
+// the sign of any column's contribution. With bias ~50 every token picks `expert` first (p ~ 1),
+// and its other choices get weights ~ e^-50 with tiny margins. Throws ConfigError if expert is not
+// in [0, experts).
 void skew_gate_towards(Problem& p, std::int64_t expert, float bias);
 
 // Gives every token of every rank a routing from a router other than the softmax gate: k distinct
@@ -81,14 +82,14 @@ struct Result {
 };
 
 // Runs the layer. threads = 0 uses std::thread::hardware_concurrency(). The result does not depend
-// on the thread count (bit-identical). Top-k ties go to the lower expert index; with a given routing
-// (Problem.topk_ids) the tokens take it as it is (margin 1.0). With
-// capacity_factor > 0, each (source rank, expert) keeps the first config.capacity(tokens[r]) of
-// its choices in ascending token order. y_t sums kept w_j * FFN_{e_j}(x_t) over j = 0..k-1 in
-// that order, then adds FFN_shared(x_t) when config.shared_ffn > 0. For fp8 every FFN takes its
-// input quantized per 128 channels (fp8::quantize_group: x, then the activation h, each rounded
-// to float first) and its weights dequantized (e4m3 * scale), both exactly as the layer defines
-// them; the sums stay float64. Throws ConfigError when the config or a tensor's size is invalid.
+// on the thread count (bit-identical). Top-k ties go to the lower expert index; with a given
+// routing (Problem.topk_ids) the tokens take it as it is (margin 1.0). With capacity_factor > 0,
+// each (source rank, expert) keeps the first config.capacity(tokens[r]) of its choices in ascending
+// token order. y_t sums kept w_j * FFN_{e_j}(x_t) over j = 0..k-1 in that order, then adds
+// FFN_shared(x_t) when config.shared_ffn > 0. For fp8 every FFN takes its input quantized per 128
+// channels (fp8::quantize_group: x, then the activation h, each rounded to float first) and its
+// weights dequantized (e4m3 * scale), both exactly as the layer defines them; the sums stay
+// float64. Throws ConfigError when the config or a tensor's size is invalid.
 Result run(const Problem& p, int threads = 0);
 
 // Choices decided elsewhere for some tokens of one rank: a GPU's fp32 gate may pick another expert

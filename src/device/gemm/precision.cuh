@@ -161,9 +161,9 @@ struct Fp8Tiles {
   static constexpr bool kWeightsKMajor = true;
   static constexpr bool kBlockScaled = true;
   template <int BN>
-  using TiledMma = decltype(cute::make_tiled_mma(
-      cute::SM90::GMMA::MMA_64x128x32_F32E4M3E4M3_SS_TN<>{},
-      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+  using TiledMma =
+      decltype(cute::make_tiled_mma(cute::SM90::GMMA::MMA_64x128x32_F32E4M3E4M3_SS_TN<>{},
+                                    cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
   using SmemAtomA = cute::GMMA::Layout_K_SW128_Atom<SmemElem>;  // 8 x 128
   using SmemAtomB = cute::GMMA::Layout_K_SW128_Atom<SmemElem>;
   using CopyA = void;

@@ -220,7 +220,8 @@ struct TileGemm : StageLoads<P, BN> {
     // (t % 32) / 4 + 8 * ((i / 2) % 2) of the warpgroup's 64, column (i / 4) * 8 + (t % 4) * 2 +
     // i % 2: two rows per thread, and the high column half from i = BN / 4 on (the second half of
     // the thread's BN / 2 elements).
-    const int my_row = static_cast<int>(threadIdx.x) / 32 * 16 + static_cast<int>(threadIdx.x) % 32 / 4;
+    const int my_row =
+        static_cast<int>(threadIdx.x) / 32 * 16 + static_cast<int>(threadIdx.x) % 32 / 4;
     float a_scale[2] = {0.f, 0.f};
     float b_scale[2] = {0.f, 0.f};
     // k-tile kt's scales (loaded while its MMAs run): the rows' activation scales were written in
