@@ -84,15 +84,22 @@ void require_values(const char* name, const std::vector<float>& v, std::size_t n
   }
 }
 
+// A config's extents as sizes: experts (all ranks'), hidden, ffn, W1's columns, shared_ffn and
+// the shared W1's columns.
+struct Extents {
+  std::size_t experts, hidden, ffn, w1_columns, shared_ffn, shared_w1_columns;
+};
+Extents extents_of(const LayerConfig& c) {
+  const auto u = [](std::int64_t v) { return static_cast<std::size_t>(v); };
+  return {u(c.experts), u(c.hidden), u(c.ffn), u(c.w1_columns()), u(c.shared_ffn),
+          u(c.shared_w1_columns())};
+}
+
 // An fp8 problem's four block-scale vectors, each the size its matrix needs: one scale per
 // 128 x 128 block of every expert's W1 and W2 and of the shared expert's.
 void require_fp8_scales(const reference::Problem& pr) {
   const LayerConfig& c = pr.config;
-  const std::size_t e = static_cast<std::size_t>(c.experts);
-  const std::size_t h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
-  const std::size_t w1c = static_cast<std::size_t>(c.w1_columns());
-  const std::size_t sf = static_cast<std::size_t>(c.shared_ffn);
-  const std::size_t sw1c = static_cast<std::size_t>(c.shared_w1_columns());
+  const auto [e, h, f, w1c, sf, sw1c] = extents_of(c);
   const std::size_t blk = kScaleBlock * kScaleBlock;
   require_values("w1_scale", pr.w1_scale, e * h * w1c / blk);
   require_values("w2_scale", pr.w2_scale, e * f * h / blk);
@@ -150,14 +157,11 @@ void DeviceProblem::Impl::upload_matrices(const reference::Problem& pr, int rank
   const Elem el_type = matrix_elem(c.dtype);
   const std::size_t el = static_cast<std::size_t>(c.experts_per_rank());
   const std::size_t e0 = static_cast<std::size_t>(rank) * el;
-  const std::size_t h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
-  const std::size_t w1c = static_cast<std::size_t>(c.w1_columns());
+  const auto [e, h, f, w1c, sf, sw1c] = extents_of(c);
   gate = Buffer(pr.gate, el_type);
   w1 = Buffer(pr.w1.data() + e0 * h * w1c, el * h * w1c, el_type);
   w2 = Buffer(pr.w2.data() + e0 * f * h, el * f * h, el_type);
   // The shared expert is replicated: every rank gets all of it.
-  const std::size_t sf = static_cast<std::size_t>(c.shared_ffn);
-  const std::size_t sw1c = static_cast<std::size_t>(c.shared_w1_columns());
   shared_w1 = Buffer(pr.shared_w1, el_type);
   shared_w2 = Buffer(pr.shared_w2, el_type);
   if (c.weight_layout == WeightLayout::out_in) {
@@ -167,7 +171,6 @@ void DeviceProblem::Impl::upload_matrices(const reference::Problem& pr, int rank
     w2_t = std::move(w2);
     shared_w1_t = std::move(shared_w1);
     shared_w2_t = std::move(shared_w2);
-    const std::size_t e = static_cast<std::size_t>(c.experts);
     gate = Buffer(transposed(pr.gate.data(), 1, h, e), el_type);
     w1 = Buffer(transposed(pr.w1.data() + e0 * h * w1c, el, h, w1c), el_type);
     w2 = Buffer(transposed(pr.w2.data() + e0 * f * h, el, f, h), el_type);
@@ -182,11 +185,7 @@ void DeviceProblem::Impl::upload_fp8_matrices(const reference::Problem& pr, int 
   const LayerConfig& c = pr.config;
   const std::size_t el = static_cast<std::size_t>(c.experts_per_rank());
   const std::size_t e0 = static_cast<std::size_t>(rank) * el;
-  const std::size_t e = static_cast<std::size_t>(c.experts);
-  const std::size_t h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
-  const std::size_t w1c = static_cast<std::size_t>(c.w1_columns());
-  const std::size_t sf = static_cast<std::size_t>(c.shared_ffn);
-  const std::size_t sw1c = static_cast<std::size_t>(c.shared_w1_columns());
+  const auto [e, h, f, w1c, sf, sw1c] = extents_of(c);
   const std::size_t blk = kScaleBlock * kScaleBlock;
   require_values("w1", pr.w1, e * h * w1c);
   require_values("w2", pr.w2, e * f * h);
@@ -336,11 +335,7 @@ LayerConfig baseline_config(const LayerConfig& config) {
 reference::Problem baseline_problem(const reference::Problem& pr) {
   if (pr.config.dtype != DType::fp8) return pr;
   const LayerConfig& c = pr.config;
-  const std::size_t e = static_cast<std::size_t>(c.experts);
-  const std::size_t h = static_cast<std::size_t>(c.hidden), f = static_cast<std::size_t>(c.ffn);
-  const std::size_t w1c = static_cast<std::size_t>(c.w1_columns());
-  const std::size_t sf = static_cast<std::size_t>(c.shared_ffn);
-  const std::size_t sw1c = static_cast<std::size_t>(c.shared_w1_columns());
+  const auto [e, h, f, w1c, sf, sw1c] = extents_of(c);
   require_fp8_scales(pr);
   reference::Problem b = pr;
   b.config = baseline_config(c);
