@@ -465,14 +465,17 @@ bool check_forward(MoELayer& layer, const DeviceProblem& dev, const reference::P
 
 reference::Problem sample_tokens(const reference::Problem& pr,
                                  const std::vector<std::int64_t>& tokens, int rank) {
-  reference::Problem s;
-  s.config = pr.config;
+  // Every weight and scale as it is (a field Problem gains later comes along); this rank's
+  // sampled tokens alone.
+  reference::Problem s = pr;
+  s.x = std::vector<std::vector<float>>(1);  // (move-assigned: the copied rows are freed)
+  s.topk_ids = {};
+  s.topk_weights = {};
   s.config.world_size = 1;
   s.config.rank = 0;
   s.config.max_tokens = std::max<std::int64_t>(1, static_cast<std::int64_t>(tokens.size()));
   s.tokens = {static_cast<std::int64_t>(tokens.size())};
   const std::size_t h = static_cast<std::size_t>(pr.config.hidden);
-  s.x.resize(1);
   for (std::int64_t t : tokens) {
     const float* row = pr.x.at(static_cast<std::size_t>(rank)).data() + static_cast<std::size_t>(t) * h;
     s.x[0].insert(s.x[0].end(), row, row + h);
@@ -490,19 +493,6 @@ reference::Problem sample_tokens(const reference::Problem& pr,
                                weights.begin() + at + k);
     }
   }
-  s.gate = pr.gate;
-  s.w1 = pr.w1;
-  s.b1 = pr.b1;
-  s.w2 = pr.w2;
-  s.b2 = pr.b2;
-  s.shared_w1 = pr.shared_w1;
-  s.shared_b1 = pr.shared_b1;
-  s.shared_w2 = pr.shared_w2;
-  s.shared_b2 = pr.shared_b2;
-  s.w1_scale = pr.w1_scale;
-  s.w2_scale = pr.w2_scale;
-  s.shared_w1_scale = pr.shared_w1_scale;
-  s.shared_w2_scale = pr.shared_w2_scale;
   return s;
 }
 
