@@ -291,18 +291,25 @@ struct TileGemm : StageLoads<P, BN> {
         warpgroup_commit_batch();
         load_scales(kt);
       };
-      if (!kDeep && mma) issue_mmas();
-      // Deep: into the stage of k-tile kt - 1, before this k-tile's MMAs; otherwise after them.
+      // Deep and block-scaled: the refill first, then this k-tile's MMAs, waited for at once.
+      // Block-scaled (fp8) refills first because its gathered GEMM0's cp.async addressing live
+      // beside `part` in flight and `acc` needed more registers than the kernel has: ptxas then
+      // serialized every wgmma of the kernel (advisory C7512: each MMA waited for before the
+      // next issued, the fp8 k-tile ~2.5x bf16's time per FLOP; ncu, perf log 2026-11-30 18:08).
+      constexpr bool kRefillFirst = kDeep || P::kBlockScaled;
+      if (!kRefillFirst && mma) issue_mmas();
+      // Deep: into the stage of k-tile kt - 1; block-scaled: of k-tile kt - 2 (its MMAs were
+      // waited for in iteration kt - 2); otherwise after this k-tile's MMAs were issued.
       const int next = kt + (kDeep ? kStages - 1 : kAhead);
       if (next < k_tiles) refill(next, next % kStages);
       cp_async_commit();
       if (mma) {
-        if constexpr (kDeep) {
+        if constexpr (kRefillFirst) {
           issue_mmas();
+          // Block-scaled: the promotion reads this k-tile's sums, so none stays pending.
           warpgroup_wait<0>();
         } else {
-          // Block-scaled: the promotion reads this k-tile's sums, so none stays pending.
-          warpgroup_wait<P::kBlockScaled ? 0 : kInFlight>();
+          warpgroup_wait<kInFlight>();
         }
         promote();
       }
