@@ -139,8 +139,9 @@ __global__ void rows_kernel(device::Params p) {
 
 // x rows (bf16) as the kernel quantizes them before GEMM0 and dispatch: every (row, group) equal to
 // the reference's rule, in the packed rows the expert GEMMs read (values, then the row's scales),
-// with fewer blocks than row blocks (the grid-stride loop). The buffer is poisoned first (0xFF:
-// NaN as E4M3 and as fp32), so that a group no slice took shows.
+// with fewer blocks than row blocks (the grid-stride loop); a group of zeros and one holding a NaN
+// among them. The buffer is poisoned first (0xFE: -448 as E4M3, -1.7e38 as fp32; not NaN, which
+// the NaN group must hold), so that a group no slice took shows.
 TEST(Fp8Gpu, RowsQuantizeAsTheReference) {
   MONOMOE_REQUIRE_GPU();
   constexpr int kRowsX = 300, kHidden = 1024;
@@ -151,14 +152,17 @@ TEST(Fp8Gpu, RowsQuantizeAsTheReference) {
   std::vector<float> xf(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) {
     x[i] = __float2bfloat16(u(rng) * (1.f + static_cast<float>(i / kHidden % 7)));
-    xf[i] = __bfloat162float(x[i]);
   }
+  // A group of zeros (scale 1, every q 0) and a group holding a NaN (scale and every q NaN).
+  for (int c = 0; c < 128; ++c) x[5 * kHidden + 128 + c] = __float2bfloat16(0.f);
+  x[7 * kHidden + 2 * 128 + 77] = __float2bfloat16(std::nanf(""));
+  for (std::size_t i = 0; i < x.size(); ++i) xf[i] = __bfloat162float(x[i]);
   const std::size_t bytes = static_cast<std::size_t>(kRowsX) * pitch;
   void *dx = nullptr, *dq = nullptr;
   ASSERT_EQ(cudaMalloc(&dx, x.size() * 2), cudaSuccess);
   ASSERT_EQ(cudaMalloc(&dq, bytes), cudaSuccess);
   cudaMemcpy(dx, x.data(), x.size() * 2, cudaMemcpyHostToDevice);
-  cudaMemset(dq, 0xFF, bytes);
+  cudaMemset(dq, 0xFE, bytes);
   device::Params p{};
   p.tokens = kRowsX;
   p.hidden = kHidden;
@@ -179,11 +183,12 @@ TEST(Fp8Gpu, RowsQuantizeAsTheReference) {
           reference::fp8::quantize_group(xf.data() + r * kHidden + g * 128, 128, want.data());
       float got_scale;
       std::memcpy(&got_scale, row + kHidden + 4 * g, 4);
-      bool ok = scale == got_scale;
+      const auto same = [](float a, float b) { return a == b || (std::isnan(a) && std::isnan(b)); };
+      bool ok = same(scale, got_scale);
       for (int i = 0; i < 128; ++i) {
         __nv_fp8_e4m3 v;
         v.__x = row[g * 128 + i];
-        ok = ok && float(v) == want[i];
+        ok = ok && same(float(v), want[i]);
       }
       if (!ok && ++wrong <= 3) ADD_FAILURE() << "row " << r << " group " << g;
     }

@@ -49,32 +49,80 @@ __device__ __forceinline__ float quantize_group_warp(const float (&v)[4],
 
 // fp8: the groups of x's rows [first, first + rows) whose first channel lies in [k_lo, k_hi),
 // quantized into Params::x_quant (values at the group's columns, the scale at float g past the
-// row's hidden values), one (row, group) per warp of the block. Slices of K that tile [0, hidden)
-// quantize every group exactly once (the gate phase's K slices, gate.cuh).
+// row's hidden values). Slices of K that tile [0, hidden) quantize every group exactly once (the
+// gate phase's K slices, gate.cuh). Throughput-bound, not latency-bound: a half-warp takes a
+// group (8 values, one 16-byte load, a lane), and each warp loads kXUnroll pairs of groups before
+// it reduces any, so that many loads are in flight. (One group per warp at a time, a load then its
+// reductions then the next, took ~95 us of a default-config call before routing could start:
+// ncu, perf log 2026-11-30 18:08.) The rule is quantize_group_warp's: q = e4m3(v * (448 / amax)),
+// scale amax / 448, 1 for a group of zeros, NaN everywhere in a group holding a NaN.
 __device__ __forceinline__ void quantize_x_groups(const Params& p, int first, int rows, int k_lo,
                                                   int k_hi) {
+  constexpr int kLanes = kFp8Group / 8;     // lanes per group: 8 bf16 values (16 bytes) a lane
+  constexpr int kPerWarp = 32 / kLanes;     // groups a warp quantizes side by side
+  constexpr int kXUnroll = 4;               // such pairs loaded before the first is reduced
+  constexpr int kStep = kPerWarp * kXUnroll;
   const int g_lo = (k_lo + kFp8Group - 1) / kFp8Group;
   const int groups = (k_hi + kFp8Group - 1) / kFp8Group - g_lo;
   if (groups <= 0) return;
+  const int total = rows * groups;
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int half = lane / kLanes, j = lane % kLanes;
+  const int warps = static_cast<int>(blockDim.x) / 32;
   const auto* x = static_cast<const __nv_bfloat16*>(p.x);
   auto* q = static_cast<unsigned char*>(p.x_quant);
-  for (int i = warp; i < rows * groups; i += static_cast<int>(blockDim.x) / 32) {
-    const long long row = first + i / groups;
-    const int col = (g_lo + i % groups) * kFp8Group;
-    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(x + row * p.hidden + col) + lane);
-    const __nv_bfloat16* b = reinterpret_cast<const __nv_bfloat16*>(&raw);
-    float v[4];
+  // (warp-uniform bounds: every lane takes part in the shuffles; a half past the end computes on
+  // zeros and stores nothing)
+  for (int base = warp * kStep; base < total; base += warps * kStep) {
+    uint4 raw[kXUnroll];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) v[j] = __bfloat162float(b[j]);
-    __nv_fp8_storage_t out[4];
-    const float s = quantize_group_warp(v, out);
-    unsigned char* dst = q + row * p.x_pitch;
-    reinterpret_cast<unsigned int*>(dst + col)[lane] =
-        static_cast<unsigned int>(out[0]) | static_cast<unsigned int>(out[1]) << 8 |
-        static_cast<unsigned int>(out[2]) << 16 | static_cast<unsigned int>(out[3]) << 24;
-    if (lane == 0) reinterpret_cast<float*>(dst + p.hidden)[col / kFp8Group] = s;
+    for (int u = 0; u < kXUnroll; ++u) {
+      const int i = base + u * kPerWarp + half;
+      raw[u] = make_uint4(0, 0, 0, 0);
+      if (i < total) {
+        const long long row = first + i / groups;
+        const int col = (g_lo + i % groups) * kFp8Group;
+        raw[u] = __ldg(reinterpret_cast<const uint4*>(x + row * p.hidden + col) + j);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kXUnroll; ++u) {
+      const __nv_bfloat16* b = reinterpret_cast<const __nv_bfloat16*>(&raw[u]);
+      float v[8];
+      float amax = 0.f;
+      unsigned int nan = 0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        v[e] = __bfloat162float(b[e]);
+        amax = fmaxf(amax, fabsf(v[e]));
+        nan |= isnan(v[e]) ? 1u : 0u;
+      }
+      // Over the group's kLanes lanes (xor offsets below kLanes stay inside the half-warp).
+#pragma unroll
+      for (int off = kLanes / 2; off > 0; off >>= 1) {
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+        nan |= __shfl_xor_sync(0xffffffffu, nan, off);
+      }
+      if (nan) amax = __int_as_float(0x7fffffff);  // fmaxf drops NaN
+      const float inv = amax == 0.f ? 1.f : kFp8Max / amax;  // IEEE division (no fast math)
+      const int i = base + u * kPerWarp + half;
+      if (i < total) {
+        const long long row = first + i / groups;
+        const int col = (g_lo + i % groups) * kFp8Group;
+        unsigned int w[2] = {0, 0};
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          w[e / 4] |= static_cast<unsigned int>(to_e4m3(v[e] * inv)) << (8 * (e % 4));
+        }
+        unsigned char* dst = q + row * p.x_pitch;
+        reinterpret_cast<uint2*>(dst + col)[j] = make_uint2(w[0], w[1]);
+        if (j == 0) {
+          reinterpret_cast<float*>(dst + p.hidden)[col / kFp8Group] =
+              amax == 0.f ? 1.f : amax / kFp8Max;
+        }
+      }
+    }
   }
 }
 
