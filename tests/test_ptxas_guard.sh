@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # cmake/ptxas_guard.sh against stand-in compilers (no nvcc needed): it passes a compile's
 # arguments through with -Xptxas -v appended, drops ptxas's report lines, keeps everything else,
-# returns the compile's status, and fails a compile whose ptxas output holds advisory C7510.
+# returns the compile's status, and fails a compile whose ptxas output says wgmma instructions were
+# serialized (advisories C7510 and C7512).
 set -u
 guard=${1:?usage: test_ptxas_guard.sh <path of cmake/ptxas_guard.sh>}
 dir=$(mktemp -d)
@@ -40,4 +41,10 @@ out=$(FAKE_STDERR="${report}${c7510}" "$guard" "$dir/cc" -c foo.cu 2>&1)
 rc=$?
 [ $rc -ne 0 ] || fail "C7510: the guard let it through"
 [[ "$out" == *"C7510"* ]] || fail "C7510: not named in the output: $out"
-echo "PASS: ptxas_guard.sh passes clean compiles, keeps failures, fails on C7510"
+# ... and for lack of registers (the message ptxas printed for the fp8 kernel, 2026-11-30).
+c7512="ptxas info    : (C7512) Potential Performance Loss: wgmma.mma_async instructions are serialized due to insufficient register resources for the function 'k'\n"
+out=$(FAKE_STDERR="${report}${c7512}" "$guard" "$dir/cc" -c foo.cu 2>&1)
+rc=$?
+[ $rc -ne 0 ] || fail "C7512: the guard let it through"
+[[ "$out" == *"C7512"* ]] || fail "C7512: not named in the output: $out"
+echo "PASS: ptxas_guard.sh passes clean compiles, keeps failures, fails on C7510 and C7512"
