@@ -9,6 +9,16 @@ rows [0, shared_ffn) gate, [shared_ffn, 2 shared_ffn) up), ``shared_b1`` [shared
 ``shared_w2`` [hidden, shared_ffn], ``shared_b2`` [hidden]. The kernel reads them in place at every
 forward, so an optimizer step or ``load_state_dict`` between calls takes effect.
 
+With ``dtype=torch.float8_e4m3fn`` (FP8 experts, the format of DeepSeek-V3's and Qwen3's FP8
+checkpoints; docs/fp8.md) the expert matrices ``w1``, ``w2``, ``shared_w1``, ``shared_w2`` are
+E4M3, each with an fp32 scale per 128 x 128 block of its [out, in] matrix: ``w1_scale``
+[experts_per_rank, w1_columns / 128, hidden / 128], ``w2_scale`` [experts_per_rank, hidden / 128,
+ffn / 128], ``shared_w1_scale`` [shared_w1_columns / 128, hidden / 128], ``shared_w2_scale``
+[hidden / 128, shared_ffn / 128]. The value meant is ``e4m3 * scale``: a Hugging Face checkpoint's
+``weight_scale_inv`` tensors are these scales as they are. x, y, the gate and the biases stay
+bf16; the kernel quantizes the activations per token per 128 channels. FP8 parameters do not
+require gradients (the layer has no backward pass).
+
 With a process group of W > 1 ranks (one process per GPU, as torchrun starts them) rank r owns
 experts [r E/W, (r+1) E/W); building the module, its first forward after the parameters moved to
 new memory, and every forward are collective: all ranks do them in the same order.
@@ -48,6 +58,24 @@ from . import _C
 _ACTIVATIONS = ("relu", "gelu", "silu", "swiglu")
 # The shared expert's parameters, in the order the C++ layer and the op take them.
 _SHARED = ("shared_w1", "shared_b1", "shared_w2", "shared_b2")
+# fp8's block scales, in the order the C++ layer and the op take them (None for other dtypes).
+_SCALES = ("w1_scale", "w2_scale", "shared_w1_scale", "shared_w2_scale")
+_FP8_MAX = 448.0  # largest finite E4M3 value
+_BLOCK = 128      # the scales' block: 128 x 128 weights
+
+
+def _quantize_blocks(w: torch.Tensor) -> tuple:
+    """(E4M3 values, fp32 scales) of `w` [..., out, in] per 128 x 128 block, by the rule of
+    docs/fp8.md (the C++ reference's): scale = amax / 448, q = e4m3(w * (448 / amax)); a block of
+    zeros gets scale 1. `w` in fp32; out and in multiples of 128."""
+    *lead, rows, cols = w.shape
+    blocks = w.reshape(*lead, rows // _BLOCK, _BLOCK, cols // _BLOCK, _BLOCK)
+    amax = blocks.abs().amax(dim=(-3, -1), keepdim=True)
+    zero = amax == 0
+    inv = torch.where(zero, torch.ones_like(amax), _FP8_MAX / amax)
+    scale = torch.where(zero, torch.ones_like(amax), amax / _FP8_MAX)
+    q = (blocks * inv).to(torch.float8_e4m3fn).reshape(w.shape)
+    return q, scale.reshape(*lead, rows // _BLOCK, cols // _BLOCK)
 
 # The C++ layers by handle: the custom op takes an int, so that torch.compile sees tensors and an
 # int, never a Python object.
@@ -93,11 +121,16 @@ def moe_forward(x: torch.Tensor, gate: torch.Tensor, w1: torch.Tensor, b1: Optio
                 shared_w1: Optional[torch.Tensor] = None,
                 shared_b1: Optional[torch.Tensor] = None,
                 shared_w2: Optional[torch.Tensor] = None,
-                shared_b2: Optional[torch.Tensor] = None) -> torch.Tensor:
+                shared_b2: Optional[torch.Tensor] = None,
+                w1_scale: Optional[torch.Tensor] = None,
+                w2_scale: Optional[torch.Tensor] = None,
+                shared_w1_scale: Optional[torch.Tensor] = None,
+                shared_w2_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """y = MoE(x) by the layer `handle` (built over exactly these weight tensors, the shared
-    expert's included when it has one), on the current stream. The weights are arguments so that
-    graph capture and compilers see what it reads; so is a given routing (topk_ids int32,
-    topk_weights float32, [tokens, topk], checked by MoE.forward), which replaces the gate's."""
+    expert's included when it has one, and fp8's block scales), on the current stream. The
+    weights are arguments so that graph capture and compilers see what it reads; so is a given
+    routing (topk_ids int32, topk_weights float32, [tokens, topk], checked by MoE.forward), which
+    replaces the gate's."""
     y = torch.empty_like(x)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     if topk_ids is None and topk_weights is None:
@@ -111,7 +144,8 @@ def moe_forward(x: torch.Tensor, gate: torch.Tensor, w1: torch.Tensor, b1: Optio
 
 @moe_forward.register_fake
 def _(x, gate, w1, b1, w2, b2, handle, topk_ids=None, topk_weights=None, shared_w1=None,
-      shared_b1=None, shared_w2=None, shared_b2=None):
+      shared_b1=None, shared_w2=None, shared_b2=None, w1_scale=None, w2_scale=None,
+      shared_w1_scale=None, shared_w2_scale=None):
     return torch.empty_like(x)
 
 
@@ -130,8 +164,10 @@ class MoE(torch.nn.Module):
         hidden, ffn, experts, topk: model width, expert FFN width (each half for SwiGLU), experts
             over all ranks (divisible by the group's size), experts per token (1..8).
         act: "relu", "gelu", "silu" or "swiglu".
-        dtype: torch.bfloat16 (tensor cores, fp32 accumulation) or torch.float32 (then
-            ``fp32_math`` = "tf32" for TF32 tensor-core math, or "fp32" for strict fp32).
+        dtype: torch.bfloat16 (tensor cores, fp32 accumulation), torch.float32 (then
+            ``fp32_math`` = "tf32" for TF32 tensor-core math, or "fp32" for strict fp32), or
+            torch.float8_e4m3fn (FP8 experts with 128 x 128 block scales, x and y in bf16; see
+            the module's docstring; hidden, ffn and shared_ffn multiples of 128).
         group: the torch.distributed process group whose ranks share the experts (None: one GPU).
         max_tokens: most tokens one forward may take on this rank.
         capacity_factor: 0 = dropless; > 0 caps rows per (source rank, expert), drops counted.
@@ -151,14 +187,18 @@ class MoE(torch.nn.Module):
         super().__init__()
         if act not in _ACTIVATIONS:
             raise _C.ConfigError(f"act = {act!r}: must be one of {', '.join(_ACTIVATIONS)}")
+        fp8 = dtype == torch.float8_e4m3fn
         if dtype == torch.bfloat16:
             kernel_dtype = "bf16"
         elif dtype == torch.float32:
             if fp32_math not in ("tf32", "fp32"):
                 raise _C.ConfigError(f"fp32_math = {fp32_math!r}: must be 'tf32' or 'fp32'")
             kernel_dtype = fp32_math
+        elif fp8:
+            kernel_dtype = "fp8"
         else:
-            raise _C.ConfigError(f"dtype = {dtype}: must be torch.bfloat16 or torch.float32")
+            raise _C.ConfigError(f"dtype = {dtype}: must be torch.bfloat16, torch.float32 or "
+                                 "torch.float8_e4m3fn")
         world, rank = _group_shape(group)
         cfg = _C.LayerConfig()
         cfg.max_tokens, cfg.hidden, cfg.ffn, cfg.experts, cfg.topk = (max_tokens, hidden, ffn,
@@ -172,11 +212,26 @@ class MoE(torch.nn.Module):
         self.group = group
         if device is None:
             device = torch.device("cuda", torch.cuda.current_device())
-        kw = dict(device=device, dtype=dtype)
+        # fp8: the expert matrices E4M3 (and their fp32 block scales), all else bf16.
+        kw = dict(device=device, dtype=torch.bfloat16 if fp8 else dtype)
+        wkw = dict(device=device, dtype=dtype)
+
+        def matrix(*shape):
+            return torch.nn.Parameter(torch.empty(*shape, **wkw), requires_grad=not fp8)
+
+        def scales(*shape):  # [..., out / 128, in / 128] of a matrix [..., out, in]
+            if not fp8:
+                return None
+            blocks = shape[:-2] + (shape[-2] // _BLOCK, shape[-1] // _BLOCK)
+            return torch.nn.Parameter(torch.empty(*blocks, device=device, dtype=torch.float32),
+                                      requires_grad=False)
+
         local, w1_rows = cfg.experts_per_rank(), cfg.w1_columns()
         self.gate = torch.nn.Parameter(torch.empty(experts, hidden, **kw))
-        self.w1 = torch.nn.Parameter(torch.empty(local, w1_rows, hidden, **kw))
-        self.w2 = torch.nn.Parameter(torch.empty(local, hidden, ffn, **kw))
+        self.w1 = matrix(local, w1_rows, hidden)
+        self.w2 = matrix(local, hidden, ffn)
+        self.register_parameter("w1_scale", scales(local, w1_rows, hidden))
+        self.register_parameter("w2_scale", scales(local, hidden, ffn))
         if bias:
             self.b1 = torch.nn.Parameter(torch.empty(local, w1_rows, **kw))
             self.b2 = torch.nn.Parameter(torch.empty(local, hidden, **kw))
@@ -185,11 +240,13 @@ class MoE(torch.nn.Module):
             self.register_parameter("b2", None)
         shared_w1_rows = cfg.shared_w1_columns()
         if shared_ffn > 0:
-            self.shared_w1 = torch.nn.Parameter(torch.empty(shared_w1_rows, hidden, **kw))
-            self.shared_w2 = torch.nn.Parameter(torch.empty(hidden, shared_ffn, **kw))
+            self.shared_w1 = matrix(shared_w1_rows, hidden)
+            self.shared_w2 = matrix(hidden, shared_ffn)
+            self.register_parameter("shared_w1_scale", scales(shared_w1_rows, hidden))
+            self.register_parameter("shared_w2_scale", scales(hidden, shared_ffn))
         else:
-            self.register_parameter("shared_w1", None)
-            self.register_parameter("shared_w2", None)
+            for name in ("shared_w1", "shared_w2", "shared_w1_scale", "shared_w2_scale"):
+                self.register_parameter(name, None)
         if shared_ffn > 0 and bias:
             self.shared_b1 = torch.nn.Parameter(torch.empty(shared_w1_rows, **kw))
             self.shared_b2 = torch.nn.Parameter(torch.empty(hidden, **kw))
@@ -202,19 +259,28 @@ class MoE(torch.nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        """nn.Linear's default: uniform in +-1/sqrt(fan_in) for weights and biases. With several
+        """nn.Linear's default: uniform in +-1/sqrt(fan_in) for weights and biases (fp8: drawn in
+        fp32, then quantized per 128 x 128 block into the matrix and its scales). With several
         ranks the gate and the shared expert (replicated) come from the group's rank 0
         (collective)."""
         hidden, ffn, shared_ffn = self.config.hidden, self.config.ffn, self.config.shared_ffn
-        for p, fan_in in ((self.gate, hidden), (self.w1, hidden), (self.b1, hidden),
-                          (self.w2, ffn), (self.b2, ffn), (self.shared_w1, hidden),
-                          (self.shared_b1, hidden), (self.shared_w2, shared_ffn),
-                          (self.shared_b2, shared_ffn)):
-            if p is not None:
-                bound = 1.0 / math.sqrt(fan_in)
+        for name, fan_in in (("gate", hidden), ("w1", hidden), ("b1", hidden), ("w2", ffn),
+                             ("b2", ffn), ("shared_w1", hidden), ("shared_b1", hidden),
+                             ("shared_w2", shared_ffn), ("shared_b2", shared_ffn)):
+            p = getattr(self, name)
+            if p is None:
+                continue
+            bound = 1.0 / math.sqrt(fan_in)
+            scale = getattr(self, name + "_scale", None)
+            if scale is None:
                 p.uniform_(-bound, bound)
+            else:
+                w = torch.empty(p.shape, device=p.device, dtype=torch.float32)
+                q, s = _quantize_blocks(w.uniform_(-bound, bound))
+                p.copy_(q)
+                scale.copy_(s)
         if self.config.world_size > 1:
-            for p in (self.gate,) + self._shared_parameters():
+            for p in (self.gate,) + self._shared_parameters() + self._shared_scales():
                 if p is not None:
                     dist.broadcast(p.data, src=dist.get_global_rank(self.group, 0),
                                    group=self.group)
@@ -222,6 +288,14 @@ class MoE(torch.nn.Module):
     def _shared_parameters(self) -> tuple:
         """(shared_w1, shared_b1, shared_w2, shared_b2), None where the module has none."""
         return tuple(getattr(self, name) for name in _SHARED)
+
+    def _scales(self) -> tuple:
+        """fp8's (w1_scale, w2_scale, shared_w1_scale, shared_w2_scale), None where the module
+        has none (every one for other dtypes)."""
+        return tuple(getattr(self, name) for name in _SCALES)
+
+    def _shared_scales(self) -> tuple:
+        return self._scales()[2:]
 
     def extra_repr(self) -> str:
         return self.config.describe()
@@ -231,7 +305,7 @@ class MoE(torch.nn.Module):
         """The C++ layer over the current parameter memory, (re)built when that memory moved."""
         pointers = tuple(0 if p is None else p.data_ptr()
                          for p in (self.gate, self.w1, self.b1, self.w2, self.b2)
-                         + self._shared_parameters())
+                         + self._shared_parameters() + self._scales())
         if self._handle is None or pointers != self._pointers:
             if torch.cuda.is_current_stream_capturing():
                 raise RuntimeError("monomoe.MoE: the layer is built (allocated) at the first "
@@ -266,7 +340,7 @@ class MoE(torch.nn.Module):
         if topk_ids is not None and topk_ids.dtype == torch.int64:
             topk_ids = topk_ids.clamp(-2**31, 2**31 - 1).to(torch.int32)
         return moe_forward(x, self.gate, self.w1, self.b1, self.w2, self.b2, self._layer_handle(),
-                           topk_ids, topk_weights, *self._shared_parameters())
+                           topk_ids, topk_weights, *self._shared_parameters(), *self._scales())
 
     @torch.compiler.disable
     def synchronize(self) -> None:

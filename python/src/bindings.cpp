@@ -78,7 +78,8 @@ NB_MODULE(_C, m) {
       .def_prop_rw(
           "dtype", [](const LayerConfig& c) { return std::string(to_string(c.dtype)); },
           [](LayerConfig& c, const std::string& v) {
-            c.dtype = parse_field<monomoe::DType>(v, monomoe::parse_dtype, "dtype", "bf16, tf32, fp32");
+            c.dtype = parse_field<monomoe::DType>(v, monomoe::parse_dtype, "dtype",
+                                                  "bf16, tf32, fp32, fp8");
           })
       .def_prop_rw(
           "weight_layout",
@@ -123,7 +124,8 @@ NB_MODULE(_C, m) {
            [](MoELayer* self, const LayerConfig& c, Communicator& comm, std::uintptr_t gate,
               std::uintptr_t w1, std::uintptr_t b1, std::uintptr_t w2, std::uintptr_t b2,
               std::uintptr_t shared_w1, std::uintptr_t shared_b1, std::uintptr_t shared_w2,
-              std::uintptr_t shared_b2) {
+              std::uintptr_t shared_b2, std::uintptr_t w1_scale, std::uintptr_t w2_scale,
+              std::uintptr_t shared_w1_scale, std::uintptr_t shared_w2_scale) {
              new (self) MoELayer(c, comm,
                                  monomoe::ExpertWeights{.gate = address(gate),
                                                         .w1 = address(w1),
@@ -133,13 +135,21 @@ NB_MODULE(_C, m) {
                                                         .shared_w1 = address(shared_w1),
                                                         .shared_b1 = address(shared_b1),
                                                         .shared_w2 = address(shared_w2),
-                                                        .shared_b2 = address(shared_b2)});
+                                                        .shared_b2 = address(shared_b2),
+                                                        .w1_scale = address(w1_scale),
+                                                        .w2_scale = address(w2_scale),
+                                                        .shared_w1_scale =
+                                                            address(shared_w1_scale),
+                                                        .shared_w2_scale =
+                                                            address(shared_w2_scale)});
            },
            "config"_a, "comm"_a, "gate"_a, "w1"_a, "b1"_a, "w2"_a, "b2"_a, "shared_w1"_a = 0,
-           "shared_b1"_a = 0, "shared_w2"_a = 0, "shared_b2"_a = 0,
+           "shared_b1"_a = 0, "shared_w2"_a = 0, "shared_b2"_a = 0, "w1_scale"_a = 0,
+           "w2_scale"_a = 0, "shared_w1_scale"_a = 0, "shared_w2_scale"_a = 0,
            nb::keep_alive<1, 3>(),  // the communicator outlives the layer
            "device addresses of this rank's weights and of the shared expert (config.shared_ffn > "
-           "0), in config.weight_layout (0 for no bias, no shared expert)")
+           "0), in config.weight_layout (0 for no bias, no shared expert); with dtype fp8 also "
+           "the fp32 128 x 128 block scales of w1, w2 and the shared expert's (0 otherwise)")
       .def("forward",
            [](MoELayer& l, std::uintptr_t x, std::int64_t tokens, std::uintptr_t y,
               std::uintptr_t stream, std::optional<std::uintptr_t> topk_ids,

@@ -56,6 +56,8 @@ def test_state_dict_round_trip():
     (dict(dtype=torch.float16), "dtype"),
     (dict(dtype=torch.float32, fp32_math="fp64"), "fp32_math"),
     (dict(shared_ffn=500), "shared_ffn"),
+    (dict(dtype=torch.float8_e4m3fn, hidden=192), "hidden"),  # fp8: multiples of 128
+    (dict(dtype=torch.float8_e4m3fn, ffn=320), "ffn"),
 ])
 def test_invalid_configs_name_the_field(kw, message):
     with pytest.raises(ValueError, match=message):
@@ -129,3 +131,60 @@ def test_fake_implementation_takes_a_given_routing():
                   op(x, gate, gate, None, gate, None, 1),
                   op(x, gate, gate, None, gate, None, 1, None, None, gate, None, gate, None)):
             assert y.shape == x.shape and y.dtype == x.dtype
+
+
+def test_fp8_parameters():
+    # E4M3 expert matrices with fp32 scales per 128 x 128 block; the gate and biases bf16.
+    m = meta_moe(dtype=torch.float8_e4m3fn, shared_ffn=768)
+    f8, bf, f32 = torch.float8_e4m3fn, torch.bfloat16, torch.float32
+    got = {k: (tuple(v.shape), v.dtype) for k, v in m.state_dict().items()}
+    assert got == {"gate": ((8, 256), bf), "w1": ((8, 768, 256), f8), "w1_scale": ((8, 6, 2), f32),
+                   "b1": ((8, 768), bf), "w2": ((8, 256, 384), f8), "w2_scale": ((8, 2, 3), f32),
+                   "b2": ((8, 256), bf), "shared_w1": ((1536, 256), f8),
+                   "shared_w1_scale": ((12, 2), f32), "shared_b1": ((1536,), bf),
+                   "shared_w2": ((256, 768), f8), "shared_w2_scale": ((2, 6), f32),
+                   "shared_b2": ((256,), bf)}
+    # No backward pass: the E4M3 matrices and their scales are not trainable.
+    assert {n for n, p in m.named_parameters() if not p.requires_grad} == {
+        "w1", "w2", "w1_scale", "w2_scale", "shared_w1", "shared_w2", "shared_w1_scale",
+        "shared_w2_scale"}
+    assert "dtype=fp8" in repr(m)
+    assert not any(k.endswith("_scale") for k in meta_moe().state_dict())
+
+
+def test_fp8_initial_weights_are_quantized_per_block():
+    import math
+    m = meta_moe(dtype=torch.float8_e4m3fn, device="cpu", act="gelu")
+    for w, s, fan_in in ((m.w1, m.w1_scale, 256), (m.w2, m.w2_scale, 384)):
+        e, rows, cols = w.shape
+        q = w.float().reshape(e, rows // 128, 128, cols // 128, 128)
+        # Every block reaches +-448 (scale = its amax / 448) ...
+        assert torch.equal(q.abs().amax(dim=(2, 4)), torch.full_like(s, 448.0))
+        # ... of values drawn within nn.Linear's bound.
+        bound = 1.0 / math.sqrt(fan_in)
+        assert (s > 0).all() and (s * 448 <= bound * (1 + 1e-6)).all()
+
+
+def test_fp8_quantization_rule():
+    from monomoe.module import _quantize_blocks
+    w = torch.zeros(256, 128)
+    w[128:] = torch.linspace(-3.0, 2.5, 128 * 128).reshape(128, 128)
+    q, s = _quantize_blocks(w)
+    assert q.dtype == torch.float8_e4m3fn and tuple(s.shape) == (2, 1)
+    assert s[0, 0].item() == 1.0 and (q[:128].float() == 0).all()  # a block of zeros
+    assert s[1, 0].item() == torch.tensor(3.0 / 448.0).item()      # amax / 448, in fp32
+    assert q[128:].float().min().item() == -448.0
+    # Round to nearest E4M3 (3 mantissa bits; subnormals below 2^-6 step by 2^-9).
+    err = (q[128:].float() * s[1, 0] - w[128:]).abs()
+    assert (err <= w[128:].abs() * 2.0**-4 + 2.0**-10 * s[1, 0]).all()
+
+
+def test_fp8_state_dict_round_trip():
+    a = meta_moe(dtype=torch.float8_e4m3fn, device="cpu")
+    b = meta_moe(dtype=torch.float8_e4m3fn, device="cpu")
+    b.load_state_dict(a.state_dict())
+    for k, v in a.state_dict().items():
+        u = b.state_dict()[k]
+        if v.dtype == torch.float8_e4m3fn:  # compared as bytes
+            v, u = v.view(torch.uint8), u.view(torch.uint8)
+        assert torch.equal(v, u), k

@@ -1,5 +1,6 @@
 # monomoe.MoE on one GPU against a plain PyTorch implementation of the same layer (eager, fp32
-# math on the same weights), the gate read at every forward, a routing given to forward (with
+# math on the same weights; fp8: on the dequantized weights, with the activations quantized by
+# the same rule), the gate read at every forward, a routing given to forward (with
 # capacity drops, int32 and int64 ids, a bad id reported), torch.compile of a module that calls
 # it, and CUDA-graph capture and replay. Marker gpu: skipped without a GPU.
 import pytest
@@ -9,27 +10,54 @@ from conftest import cuda_or_skip
 pytestmark = pytest.mark.gpu
 
 
-def ffn(cfg, x, w1, b1, w2, b2, width):
-    """act(x W1^T + b1) W2^T + b2 in fp32, weights [out, in]; SwiGLU's W1 rows [0, width) gate."""
+def quantize_rows(t):
+    """t [rows, k] (fp32) quantized per row per 128 columns by the rule of docs/fp8.md (amax / 448
+    the scale, e4m3(v * (448 / amax)) the value; a group of zeros scale 1) and dequantized: the
+    values fp8's expert GEMMs read."""
+    import torch
+    g = t.reshape(t.shape[0], -1, 128)
+    amax = g.abs().amax(dim=-1, keepdim=True)
+    zero = amax == 0
+    inv = torch.where(zero, torch.ones_like(amax), 448.0 / amax)
+    scale = torch.where(zero, torch.ones_like(amax), amax / 448.0)
+    return ((g * inv).to(torch.float8_e4m3fn).float() * scale).reshape(t.shape)
+
+
+def weight(m, name):
+    """Parameter `name` in fp32; fp8: e4m3 * its 128 x 128 block scale."""
+    w = getattr(m, name)
+    s = getattr(m, name + "_scale", None)
+    if w is None or s is None:
+        return None if w is None else w.float()
+    return w.float() * s.repeat_interleave(128, dim=-2).repeat_interleave(128, dim=-1)
+
+
+def ffn(cfg, x, w1, b1, w2, b2, width, quant=None):
+    """act(x W1^T + b1) W2^T + b2 in fp32, weights [out, in]; SwiGLU's W1 rows [0, width) gate;
+    `quant` (fp8) applied to x and to the activation before each GEMM."""
     import torch.nn.functional as F
-    h = x @ w1.float().t()
+    q = quant or (lambda t: t)
+    h = q(x) @ w1.float().t()
     if b1 is not None:
         h = h + b1.float()
     if cfg.activation == "swiglu":
         h = F.silu(h[:, :width]) * h[:, width:]
     else:
         h = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}[cfg.activation](h)
-    o = h @ w2.float().t()
+    o = q(h) @ w2.float().t()
     return o if b2 is None else o + b2.float()
 
 
-def reference(m, x, topk_ids=None, topk_weights=None):
+def reference(m, x, topk_ids=None, topk_weights=None, quantize=True):
     """The layer in plain PyTorch, fp32: softmax gate, top-k (ties to the lower expert),
     renormalized weights, or the given experts and weights as they are; with a capacity factor,
     each expert keeps its first capacity(tokens) choices in ascending token order; expert FFNs,
-    weighted sum; plus the shared expert of every token when the module has one."""
+    weighted sum; plus the shared expert of every token when the module has one. fp8: on the
+    dequantized weights, the activations quantized (unless `quantize` is False)."""
     import torch
     cfg = m.config
+    quant = quantize_rows if cfg.dtype == "fp8" and quantize else None
+    w1, w2 = weight(m, "w1"), weight(m, "w2")
     xf = x.float()
     if topk_ids is None:
         probs = torch.softmax(xf @ m.gate.float().t(), dim=-1)
@@ -49,11 +77,12 @@ def reference(m, x, topk_ids=None, topk_weights=None):
         rows, slot = ((ids == e) & kept).nonzero(as_tuple=True)
         if rows.numel() == 0:
             continue
-        o = ffn(cfg, xf[rows], m.w1[e], None if m.b1 is None else m.b1[e], m.w2[e],
-                None if m.b2 is None else m.b2[e], cfg.ffn)
+        o = ffn(cfg, xf[rows], w1[e], None if m.b1 is None else m.b1[e], w2[e],
+                None if m.b2 is None else m.b2[e], cfg.ffn, quant)
         y.index_add_(0, rows, o * w[rows, slot].unsqueeze(1))
     if cfg.shared_ffn > 0:
-        y += ffn(cfg, xf, m.shared_w1, m.shared_b1, m.shared_w2, m.shared_b2, cfg.shared_ffn)
+        y += ffn(cfg, xf, weight(m, "shared_w1"), m.shared_b1, weight(m, "shared_w2"),
+                 m.shared_b2, cfg.shared_ffn, quant)
     return y
 
 
@@ -79,6 +108,29 @@ def test_matches_plain_pytorch(act, dtype_name, shared_slices, bias):
     torch.cuda.synchronize()
     assert torch.isfinite(y.float()).all()
     assert rel_err(y, ref) < (2e-2 if dtype_name == "bf16" else 2e-3)
+
+
+# fp8 (E4M3 experts with 128 x 128 block scales, x and y bf16), a shared expert and no biases.
+@pytest.mark.parametrize("act", ["gelu", "swiglu"])
+@pytest.mark.parametrize("shared_slices,bias", [(0, True), (1, False)])
+def test_fp8_matches_plain_pytorch(act, shared_slices, bias):
+    torch = cuda_or_skip()
+    import monomoe
+    torch.manual_seed(10 + shared_slices)
+    m = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=2, act=act,
+                    dtype=torch.float8_e4m3fn, max_tokens=512, bias=bias,
+                    shared_ffn=shared_slices * 256)
+    x = torch.randn(300, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        y = m(x)
+        ref = reference(m, x)
+        unquantized = reference(m, x, quantize=False)
+    torch.cuda.synchronize()
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+    assert rel_err(y, ref) < 2e-2
+    # The tolerance tells the kernel's quantized activations from unquantized ones (E4M3's 3
+    # mantissa bits: a few percent), so the comparison above checks the quantization too.
+    assert rel_err(unquantized, ref) > 2e-2
 
 
 def test_modules_of_different_sizes_share_the_workspace():
@@ -257,7 +309,7 @@ def test_errors_name_the_argument():
         m(torch.randn(256, 32, device="cuda", dtype=torch.bfloat16).t())
 
 
-@pytest.mark.parametrize("dtype_name", ["bf16", "tf32"])
+@pytest.mark.parametrize("dtype_name", ["bf16", "tf32", "fp8"])
 def test_cuda_graph_replays_match_eager(dtype_name):
     """m(x) captured once in a torch.cuda.CUDAGraph, replayed with new contents copied into the
     static input (and, halfway, parameters changed in place): every replay bit-identical to an
@@ -265,9 +317,10 @@ def test_cuda_graph_replays_match_eager(dtype_name):
     torch = cuda_or_skip()
     import monomoe
     torch.manual_seed(3)
-    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "tf32": torch.float32, "fp8": torch.float8_e4m3fn}[dtype_name]
     m = monomoe.MoE(hidden=256, ffn=256, experts=8, topk=2, act="swiglu", dtype=dtype,
                     max_tokens=512)
+    dtype = m.gate.dtype  # x's (fp8: bf16)
     static_x = torch.randn(300, 256, device="cuda", dtype=dtype)
     replays = 200
     with torch.no_grad():
@@ -284,7 +337,7 @@ def test_cuda_graph_replays_match_eager(dtype_name):
         for i in range(replays):
             if i == replays // 2:
                 m.gate[5] += 3.0  # in place, as an optimizer step: replays read it like eager calls
-                m.w1.mul_(1.5)
+                (m.w1_scale if dtype_name == "fp8" else m.w1).mul_(1.5)
             x = torch.randn(300, 256, device="cuda", dtype=dtype)
             static_x.copy_(x)
             static_y.fill_(float("nan"))  # a replay that leaves an element unwritten shows
@@ -295,7 +348,7 @@ def test_cuda_graph_replays_match_eager(dtype_name):
             assert torch.equal(static_y.view(torch.uint8), eager.view(torch.uint8)), \
                 f"replay {i}: not bit-identical to the eager call"
         ref = reference(m, static_x)
-    assert rel_err(static_y, ref) < (2e-2 if dtype_name == "bf16" else 2e-3)
+    assert rel_err(static_y, ref) < (2e-3 if dtype_name == "tf32" else 2e-2)
 
 
 def test_first_forward_inside_capture_is_refused():
