@@ -27,24 +27,33 @@ def process_group():
 
 
 def gathered(torch, dist, m):
-    """The layer's weights with every rank's experts (all-gathered), for the reference."""
+    """The layer's weights with every rank's experts (all-gathered), for the reference; fp8's
+    E4M3 matrices travel as bytes, with their block scales."""
     def cat(p):
         if p is None:
             return None
-        parts = [torch.empty_like(p) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, p.data.contiguous())
-        return torch.cat(parts, dim=0)
+        data = p.data.contiguous()
+        fp8 = data.dtype == torch.float8_e4m3fn
+        if fp8:
+            data = data.view(torch.uint8)
+        parts = [torch.empty_like(data) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, data)
+        whole = torch.cat(parts, dim=0)
+        return whole.view(torch.float8_e4m3fn) if fp8 else whole
     return types.SimpleNamespace(config=m.config, gate=m.gate, w1=cat(m.w1), b1=cat(m.b1),
-                                 w2=cat(m.w2), b2=cat(m.b2))
+                                 w2=cat(m.w2), b2=cat(m.b2), w1_scale=cat(m.w1_scale),
+                                 w2_scale=cat(m.w2_scale))
 
 
 @pytest.mark.parametrize("act", ["gelu", "swiglu"])
-def test_expert_parallel_matches_plain_pytorch(act):
+@pytest.mark.parametrize("dtype_name", ["bf16", "fp8"])
+def test_expert_parallel_matches_plain_pytorch(act, dtype_name):
     torch, dist = process_group()
     import monomoe
     world, rank = dist.get_world_size(), dist.get_rank()
     torch.manual_seed(100)  # the same parameters on every rank before each keeps its experts
-    m = monomoe.MoE(hidden=256, ffn=256, experts=4 * world, topk=2, act=act,
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float8_e4m3fn
+    m = monomoe.MoE(hidden=256, ffn=256, experts=4 * world, topk=2, act=act, dtype=dtype,
                     group=dist.group.WORLD, max_tokens=512)
     ref_m = gathered(torch, dist, m)
     torch.manual_seed(200 + rank)  # different tokens on every rank; the last rank has none
