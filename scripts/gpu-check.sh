@@ -18,7 +18,9 @@
 #      `pip install --no-build-isolation` the package into <build dir>/pip, as a user would, and run
 #      the GPU pytest suite against that install; log gpu-pip.log), GPU_BUILD_DIR (the build
 #      directory, default ./build-gpu; e.g. /tmp/ab-build-<variant> after `scripts/ab.sh run` in the
-#      same call, whose kernels are then not compiled again: run from ab/<variant>).
+#      same call, whose kernels are then not compiled again: run from ab/<variant>), PROBE (1:
+#      also run the fp8 warp-specialized GEMM probe, bench/probes/fp8_ws_gemm.cu, after the
+#      tests; log gpu-probe.log).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -92,6 +94,11 @@ if [ "${PIP:-0}" = 1 ]; then
     PYTHONPATH=$GB/pip:$here/third_party/python timeout 300 python3 -m pytest -q -rs \
       -m gpu -p no:cacheprovider python/tests; } > "$OUT/gpu-pip.log" 2>&1
   echo "pip install . + pytest -m gpu rc=$?: $(tail -1 "$OUT/gpu-pip.log")" | tee -a "$OUT/gpu-summary.log"
+fi
+if [ "${PROBE:-0}" = 1 ]; then
+  timeout 200 "$GB"/bench/fp8_ws_gemm > "$OUT/gpu-probe.log" 2>&1
+  echo "probe fp8_ws_gemm rc=$?: $(tail -1 "$OUT/gpu-probe.log")" | tee -a "$OUT/gpu-summary.log"
+  grep -E "check|TFLOP" "$OUT/gpu-probe.log" | tee -a "$OUT/gpu-summary.log"
 fi
 [ "${1:-all}" = quick ] && exit 0
 fi
