@@ -309,6 +309,7 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
            << std::endl;
 
   progress << "[3/7] uploading and checking correctness..." << std::endl;
+  t0 = std::chrono::steady_clock::now();
   Communicator comm(w.id, rank, world, w.device);
   launch::finish_rendezvous(w);
   DeviceProblem dev(pr, rank);
@@ -391,6 +392,10 @@ int bench_rank(const BenchOptions& o, const launch::WorkerContext& w, std::ostre
     return 1;
   }
 
+  // (With large weights this step is long: the host's conversions for the GPU, and fp8's
+  // dequantized copy and second reference for the baseline.)
+  progress << "      done in " << std::fixed << std::setprecision(1) << seconds_since(t0) << " s"
+           << std::endl;
   progress << "[4/7] timing monomoe (" << o.warmup << " warm-up + " << o.iterations
            << (o.graph ? " replays of a CUDA graph of one forward()" : " calls") << ")..."
            << std::endl;
