@@ -19,6 +19,9 @@ ffn / 128], ``shared_w1_scale`` [shared_w1_columns / 128, hidden / 128], ``share
 bf16; the kernel quantizes the activations per token per 128 channels. FP8 parameters do not
 require gradients (the layer has no backward pass).
 
+``load_hf_experts(state_dict, prefix)`` fills the module from a Hugging Face MoE block's tensors
+(DeepSeek, Qwen-MoE and Mixtral names; FP8 checkpoints with their ``weight_scale_inv``).
+
 With a process group of W > 1 ranks (one process per GPU, as torchrun starts them) rank r owns
 experts [r E/W, (r+1) E/W); building the module, its first forward after the parameters moved to
 new memory, and every forward are collective: all ranks do them in the same order.
@@ -296,6 +299,108 @@ class MoE(torch.nn.Module):
 
     def _shared_scales(self) -> tuple:
         return self._scales()[2:]
+
+    @torch.no_grad()
+    def load_hf_experts(self, state_dict, prefix: str = "") -> None:
+        """Copies a Hugging Face MoE block's weights (DeepSeek-V2/V3, Qwen2/3-MoE, Mixtral) from
+        `state_dict` into this module, for this rank's experts only. The keys under `prefix` (e.g.
+        "model.layers.3.mlp."; Mixtral's "model.layers.3.block_sparse_moe."):
+            gate.weight                                     -> gate
+            experts.{e}.gate_proj.weight (Mixtral: w1)      -> w1[e, :ffn]    (SwiGLU's gate half)
+            experts.{e}.up_proj.weight   (Mixtral: w3)      -> w1[e, ffn:]    (its up half)
+            experts.{e}.down_proj.weight (Mixtral: w2)      -> w2[e]
+            shared_experts.* (DeepSeek) or shared_expert.* (Qwen2-MoE), the same three names,
+                                                            -> shared_w1, shared_w2
+        with `.weight_scale_inv` beside each E4M3 weight in FP8 checkpoints. An FP8 checkpoint
+        loads into an fp8 module as it is, and into a bf16 or fp32 one dequantized (e4m3 *
+        weight_scale_inv); a bf16 checkpoint into an fp8 module is quantized per 128 x 128 block
+        (docs/fp8.md's rule). The module must be built with act="swiglu", bias=False (these
+        experts have no biases) and the checkpoint's widths; a missing key or a tensor of another
+        shape raises ValueError naming the key. Routers other than a softmax over gate.weight
+        (DeepSeek-V3's sigmoid with e_score_correction_bias and group-limited top-k) are not this
+        module's gate: compute their routing and pass it to forward (topk_ids, topk_weights). A
+        Qwen2-MoE shared_expert_gate (a sigmoid on the shared expert's output) is refused."""
+        cfg = self.config
+        if cfg.activation != "swiglu":
+            raise _C.ConfigError(f"load_hf_experts: act = {cfg.activation!r}; these checkpoints'"
+                                 " experts are SwiGLU (build the module with act='swiglu')")
+        if cfg.bias:
+            raise _C.ConfigError("load_hf_experts: bias = True; these checkpoints' experts have "
+                                 "no biases (build the module with bias=False)")
+        if prefix + "shared_expert_gate.weight" in state_dict:
+            raise _C.ConfigError(f"{prefix}shared_expert_gate.weight: a gate on the shared "
+                                 "expert's output is not supported (the shared expert is added "
+                                 "with weight 1)")
+        hidden, ffn = cfg.hidden, cfg.ffn
+
+        def tensor(key, shape):
+            t = state_dict.get(key)
+            if t is None:
+                raise _C.ConfigError(f"{key}: not in the state dict")
+            if tuple(t.shape) != shape:
+                raise _C.ConfigError(f"{key}: shape {tuple(t.shape)}, expected {shape} for "
+                                     f"hidden = {hidden}, ffn = {ffn}")
+            return t
+
+        def matrix(key, rows, cols):
+            """(weight, its block scales or None) of `key`; the scales only beside E4M3."""
+            w = tensor(key + ".weight", (rows, cols))
+            if w.dtype != torch.float8_e4m3fn:
+                return w, None
+            return w, tensor(key + ".weight_scale_inv", (rows // _BLOCK, cols // _BLOCK))
+
+        def store(dst, dst_scale, parts):
+            """dst (and dst_scale) <- the row-wise concatenation of `parts` [(w, scale)]."""
+            if dst_scale is not None and all(sc is not None for _, sc in parts):
+                dst.copy_(torch.cat([w.to(dst.device) for w, _ in parts]))
+                dst_scale.copy_(torch.cat([sc.to(dst_scale.device) for _, sc in parts]))
+                return
+            values = torch.cat([w.to(dst.device, torch.float32) if sc is None else
+                                w.to(dst.device, torch.float32) *
+                                sc.to(dst.device, torch.float32)
+                                .repeat_interleave(_BLOCK, 0).repeat_interleave(_BLOCK, 1)
+                                for w, sc in parts])
+            if dst_scale is None:
+                dst.copy_(values)
+            else:
+                q, sc = _quantize_blocks(values)
+                dst.copy_(q)
+                dst_scale.copy_(sc)
+
+        def find(base):
+            """The (gate, up, down) keys of the FFN at `base`, in either naming; None if absent."""
+            for gate, up, down in (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2")):
+                if base + gate + ".weight" in state_dict:
+                    return base + gate, base + up, base + down
+            return None
+
+        def names(base):
+            found = find(base)
+            if found is None:
+                raise _C.ConfigError(f"{base}gate_proj.weight: not in the state dict (nor "
+                                     f"Mixtral's {base}w1.weight)")
+            return found
+
+        self.gate.copy_(tensor(prefix + "gate.weight", (cfg.experts, hidden)))
+        local = cfg.experts_per_rank()
+        for i in range(local):
+            gate, up, down = names(f"{prefix}experts.{cfg.rank * local + i}.")
+            store(self.w1[i], None if self.w1_scale is None else self.w1_scale[i],
+                  [matrix(gate, ffn, hidden), matrix(up, ffn, hidden)])
+            store(self.w2[i], None if self.w2_scale is None else self.w2_scale[i],
+                  [matrix(down, hidden, ffn)])
+        if cfg.shared_ffn > 0:
+            sf = cfg.shared_ffn
+            base = next((prefix + b for b in ("shared_experts.", "shared_expert.")
+                         if find(prefix + b) is not None), None)
+            if base is None:
+                raise _C.ConfigError(f"{prefix}shared_experts.gate_proj.weight: not in the state "
+                                     f"dict (nor {prefix}shared_expert.gate_proj.weight), and "
+                                     f"shared_ffn = {sf}")
+            gate, up, down = names(base)
+            store(self.shared_w1, self.shared_w1_scale,
+                  [matrix(gate, sf, hidden), matrix(up, sf, hidden)])
+            store(self.shared_w2, self.shared_w2_scale, [matrix(down, hidden, sf)])
 
     def extra_repr(self) -> str:
         return self.config.describe()

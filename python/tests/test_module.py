@@ -188,3 +188,104 @@ def test_fp8_state_dict_round_trip():
         if v.dtype == torch.float8_e4m3fn:  # compared as bytes
             v, u = v.view(torch.uint8), u.view(torch.uint8)
         assert torch.equal(v, u), k
+
+
+def hf_state_dict(experts, hidden, ffn, shared=0, fp8=False, mixtral=False, prefix="mlp."):
+    """A Hugging Face MoE block's tensors (DeepSeek/Qwen names, or Mixtral's w1/w3/w2), random;
+    fp8: E4M3 weights with weight_scale_inv per 128 x 128 block."""
+    from monomoe.module import _quantize_blocks
+    g = torch.Generator().manual_seed(5)
+    sd = {prefix + "gate.weight": torch.randn(experts, hidden, generator=g).bfloat16()}
+    names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
+
+    def add(base, width):
+        for name, shape in zip(names, ((width, hidden), (width, hidden), (hidden, width))):
+            w = torch.randn(*shape, generator=g) * 0.05
+            if fp8:
+                q, s = _quantize_blocks(w)
+                sd[f"{base}{name}.weight"], sd[f"{base}{name}.weight_scale_inv"] = q, s
+            else:
+                sd[f"{base}{name}.weight"] = w.bfloat16()
+    for e in range(experts):
+        add(f"{prefix}experts.{e}.", ffn)
+    if shared:
+        add(prefix + "shared_experts.", shared)
+    return sd
+
+
+def dequantized(sd, key):
+    w = sd[key + ".weight"]
+    s = sd.get(key + ".weight_scale_inv")
+    if s is None:
+        return w.float()
+    return w.float() * s.repeat_interleave(128, 0).repeat_interleave(128, 1)
+
+
+@pytest.mark.parametrize("mixtral", [False, True])
+def test_load_hf_experts_bf16(mixtral):
+    sd = hf_state_dict(8, 256, 384, shared=768, mixtral=mixtral)
+    m = meta_moe(device="cpu", bias=False, shared_ffn=768)
+    m.load_hf_experts(sd, prefix="mlp.")
+    g, u, d = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
+    assert torch.equal(m.gate, sd["mlp.gate.weight"])
+    for e in range(8):
+        assert torch.equal(m.w1[e, :384], sd[f"mlp.experts.{e}.{g}.weight"])
+        assert torch.equal(m.w1[e, 384:], sd[f"mlp.experts.{e}.{u}.weight"])
+        assert torch.equal(m.w2[e], sd[f"mlp.experts.{e}.{d}.weight"])
+    assert torch.equal(m.shared_w1[:768], sd[f"mlp.shared_experts.{g}.weight"])
+    assert torch.equal(m.shared_w2, sd[f"mlp.shared_experts.{d}.weight"])
+
+
+def test_load_hf_experts_fp8_as_it_is_and_dequantized():
+    sd = hf_state_dict(8, 256, 384, shared=384, fp8=True)
+    m = meta_moe(device="cpu", bias=False, shared_ffn=384, dtype=torch.float8_e4m3fn)
+    m.load_hf_experts(sd, prefix="mlp.")
+    as_bytes = lambda t: t.view(torch.uint8)  # noqa: E731
+    for e in (0, 7):
+        key = f"mlp.experts.{e}."
+        assert torch.equal(as_bytes(m.w1[e, 384:]), as_bytes(sd[key + "up_proj.weight"]))
+        assert torch.equal(m.w1_scale[e, :3], sd[key + "gate_proj.weight_scale_inv"])
+        assert torch.equal(m.w1_scale[e, 3:], sd[key + "up_proj.weight_scale_inv"])
+        assert torch.equal(m.w2_scale[e], sd[key + "down_proj.weight_scale_inv"])
+    assert torch.equal(m.shared_w2_scale, sd["mlp.shared_experts.down_proj.weight_scale_inv"])
+    # The same FP8 checkpoint into a bf16 module: e4m3 * weight_scale_inv, rounded to bf16.
+    b = meta_moe(device="cpu", bias=False, shared_ffn=384)
+    b.load_hf_experts(sd, prefix="mlp.")
+    assert torch.equal(b.w2[3], dequantized(sd, "mlp.experts.3.down_proj").bfloat16())
+    assert torch.equal(b.shared_w1[384:], dequantized(sd, "mlp.shared_experts.up_proj").bfloat16())
+
+
+def test_load_hf_experts_bf16_into_fp8_quantizes():
+    sd = hf_state_dict(8, 256, 384)
+    m = meta_moe(device="cpu", bias=False, dtype=torch.float8_e4m3fn)
+    m.load_hf_experts(sd, prefix="mlp.")
+    w = m.w1[2].float() * m.w1_scale[2].repeat_interleave(128, 0).repeat_interleave(128, 1)
+    ref = torch.cat([sd["mlp.experts.2.gate_proj.weight"], sd["mlp.experts.2.up_proj.weight"]])
+    # E4M3: 3 mantissa bits, half an ulp 2^-4 relative; subnormals step by 2^-9 of the scale.
+    tol = ref.float().abs() * 2.0**-4 + m.w1_scale[2].repeat_interleave(128, 0) \
+        .repeat_interleave(128, 1) * 2.0**-10
+    assert ((w - ref.float()).abs() <= tol).all()
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda sd: sd.pop("mlp.experts.5.down_proj.weight"), "mlp.experts.5.down_proj.weight"),
+    (lambda sd: sd.update({"mlp.gate.weight": torch.zeros(8, 128)}), "mlp.gate.weight: shape"),
+    (lambda sd: sd.update({"mlp.shared_expert_gate.weight": torch.zeros(1, 256)}),
+     "shared_expert_gate"),
+])
+def test_load_hf_experts_names_the_key(change, message):
+    sd = hf_state_dict(8, 256, 384)
+    change(sd)
+    m = meta_moe(device="cpu", bias=False)
+    with pytest.raises(ValueError, match=message):
+        m.load_hf_experts(sd, prefix="mlp.")
+
+
+def test_load_hf_experts_refuses_other_modules():
+    sd = hf_state_dict(8, 256, 384)
+    with pytest.raises(ValueError, match="bias"):
+        meta_moe(device="cpu").load_hf_experts(sd, prefix="mlp.")
+    with pytest.raises(ValueError, match="act"):
+        meta_moe(device="cpu", bias=False, act="gelu").load_hf_experts(sd, prefix="mlp.")
+    with pytest.raises(ValueError, match="shared_experts"):
+        meta_moe(device="cpu", bias=False, shared_ffn=384).load_hf_experts(sd, prefix="mlp.")
