@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(256) fp8_tile_kernel(const cute::float_e4m3_t*
   if (q == nullptr) return;
   // Requantization per row: a thread holds 32 columns of each of its two rows (wgmma's
   // accumulator layout: the four lanes of a quad share a row), so a row's amax is the thread's
-  // then two shuffles over the quad. NaN is tracked apart (fmaxf drops it), as quantize_group_warp.
+  // then two shuffles over the quad. NaN is tracked apart (fmaxf drops it), as quantize_x_groups.
   const int row0 = get<0>(coord(0));
   float amax[2] = {0.f, 0.f};
   int nan[2] = {0, 0};

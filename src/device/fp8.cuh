@@ -24,38 +24,16 @@ __device__ __forceinline__ float from_e4m3(__nv_fp8_storage_t q) {
   return static_cast<float>(__half(__nv_cvt_fp8_to_halfraw(q, __NV_E4M3)));
 }
 
-// One warp quantizes one group of kFp8Group values, kFp8Group / 32 = 4 per lane (v, lane's
-// elements 4 lane .. 4 lane + 3): q = e4m3(v * (448 / amax)), returns the group's scale amax / 448
-// (1 for a group of zeros; NaN, with every q NaN, when any value is NaN: fmaxf would drop it, so
-// NaN is tracked apart). Every lane gets the scale.
-__device__ __forceinline__ float quantize_group_warp(const float (&v)[4],
-                                                     __nv_fp8_storage_t (&q)[4]) {
-  float amax = 0.f;
-  bool nan = false;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    amax = fmaxf(amax, fabsf(v[i]));
-    nan = nan || isnan(v[i]);
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1)
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-  if (__any_sync(0xffffffffu, nan)) amax = __int_as_float(0x7fffffff);
-  const float inv = amax == 0.f ? 1.f : kFp8Max / amax;  // IEEE division (no fast math)
-#pragma unroll
-  for (int i = 0; i < 4; ++i) q[i] = to_e4m3(v[i] * inv);
-  return amax == 0.f ? 1.f : amax / kFp8Max;
-}
-
 // fp8: the groups of x's rows [first, first + rows) whose first channel lies in [k_lo, k_hi),
 // quantized into Params::x_quant (values at the group's columns, the scale at float g past the
 // row's hidden values). Slices of K that tile [0, hidden) quantize every group exactly once (the
-// gate phase's K slices, gate.cuh). Throughput-bound, not latency-bound: a half-warp takes a
+// gate phase's K slices, gate.cuh). The rule (docs/fp8.md): q = e4m3(v * (448 / amax)), scale
+// amax / 448; a group of zeros has scale 1; a group holding a NaN is NaN everywhere (fmaxf would
+// drop it, so NaN is tracked apart). Throughput-bound, not latency-bound: a half-warp takes a
 // group (8 values, one 16-byte load, a lane), and each warp loads kXUnroll pairs of groups before
-// it reduces any, so that many loads are in flight. (One group per warp at a time, a load then its
-// reductions then the next, took ~95 us of a default-config call before routing could start:
-// ncu, perf log 2026-11-30 18:08.) The rule is quantize_group_warp's: q = e4m3(v * (448 / amax)),
-// scale amax / 448, 1 for a group of zeros, NaN everywhere in a group holding a NaN.
+// it reduces any, so that many loads are in flight. (One group per warp at a time, a load then
+// its reductions then the next, was latency-bound: fp8's first task started ~95 us after bf16's,
+// and this form took 50 us off; perf log 2026-11-30 18:08, 18:44.)
 __device__ __forceinline__ void quantize_x_groups(const Params& p, int first, int rows, int k_lo,
                                                   int k_hi) {
   constexpr int kLanes = kFp8Group / 8;     // lanes per group: 8 bf16 values (16 bytes) a lane

@@ -292,10 +292,11 @@ struct TileGemm : StageLoads<P, BN> {
         load_scales(kt);
       };
       // Deep and block-scaled: the refill first, then this k-tile's MMAs, waited for at once.
-      // Block-scaled (fp8) refills first because its gathered GEMM0's cp.async addressing live
-      // beside `part` in flight and `acc` needed more registers than the kernel has: ptxas then
-      // serialized every wgmma of the kernel (advisory C7512: each MMA waited for before the
-      // next issued, the fp8 k-tile ~2.5x bf16's time per FLOP; ncu, perf log 2026-11-30 18:08).
+      // Block-scaled (fp8) refills first because GEMM0's cp.async addressing, live beside `part`
+      // in flight and `acc`, needed more registers than the kernel has: ptxas then serialized
+      // every wgmma of the kernel (advisory C7512: each MMA waited for before the next issued;
+      // perf log 2026-11-30 18:08). Removing that did not make fp8 faster (18:30): most likely
+      // the two warpgroups' MMAs interleave on the tensor cores.
       constexpr bool kRefillFirst = kDeep || P::kBlockScaled;
       if (!kRefillFirst && mma) issue_mmas();
       // Deep: into the stage of k-tile kt - 1; block-scaled: of k-tile kt - 2 (its MMAs were
