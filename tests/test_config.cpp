@@ -174,14 +174,21 @@ TEST(Config, RejectsLayerLargerThanDeviceMemory) {
   EXPECT_TRUE(rejected(c, {"max_tokens"}, std::size_t{1} << 20));
 }
 
-TEST(Config, WeightBytesMatchTheShapes) {
+// The weight-bytes tests' shape: hidden 256, ffn 384 (SwiGLU: W1 768 columns), 8 experts over 2
+// ranks (4 local).
+LayerConfig two_rank_swiglu(DType dtype) {
   LayerConfig c;
   c.hidden = 256;
   c.ffn = 384;
   c.experts = 8;
   c.world_size = 2;
   c.activation = Activation::swiglu;
-  c.dtype = DType::fp32;
+  c.dtype = dtype;
+  return c;
+}
+
+TEST(Config, WeightBytesMatchTheShapes) {
+  LayerConfig c = two_rank_swiglu(DType::fp32);
   // Gate [H, E] + per local expert W1 [H, 2I], W2 [I, H], b1 [2I], b2 [H]; 4 bytes each.
   const std::size_t local = 4;  // experts 8 over world 2
   std::size_t n = 256 * 8 + local * (256 * 768 + 384 * 256 + 768 + 256);
@@ -195,13 +202,7 @@ TEST(Config, WeightBytesMatchTheShapes) {
 // fp8 with [out, in] weights: E4M3 matrices (1 byte), an fp32 scale per 128 x 128 block of each,
 // and the gate and biases in bf16 (2 bytes), the shared expert's included.
 TEST(Config, Fp8WeightBytesCountE4m3ScalesAndBf16) {
-  LayerConfig c;
-  c.hidden = 256;
-  c.ffn = 384;
-  c.experts = 8;
-  c.world_size = 2;
-  c.activation = Activation::swiglu;
-  c.dtype = DType::fp8;
+  LayerConfig c = two_rank_swiglu(DType::fp8);
   c.weight_layout = WeightLayout::out_in;
   c.shared_ffn = 384;
   EXPECT_NO_THROW(c.validate());
