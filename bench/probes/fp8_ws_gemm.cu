@@ -24,6 +24,10 @@
 // Run:  ./fp8_ws_gemm                     the default shape (8192 tokens, top-2, 64 experts,
 //                                         K 2048, N 2048) and two more; checks and timings
 //       ./fp8_ws_gemm T topk E K N        one shape (K and N multiples of 128)
+//       PROBE_DEPTH=4 PROBE_SERIAL=1 PROBE_GLOBAL_SCALES=1 PROBE_ROW_TMA=1 ./fp8_ws_gemm ...
+//                                         knobs (Params): fewer stages, a tile's loads only after
+//                                         the previous tile's stores, row scales from global
+//                                         memory, A by one-row TMA boxes
 // Status: written 2026-11-30 without a GPU (the session's device time was spent); compiled here,
 // not yet run. Its first run is its own test: every check must PASS before any timing counts.
 #include <cublas_v2.h>
@@ -82,6 +86,20 @@ struct TileQueue {
 };
 
 struct Params {
+  // Knobs that take away what the persistent kernel's fp8 tiles lack (docs/fp8.md), to see which
+  // of them its k-tiles pay for: `depth` stages of the ring used (2..kStages; the kernel has 4,
+  // with 2 k-tiles loading ahead), `serial` (1: the producer starts a tile's loads only after
+  // the consumers stored the previous tile, as a task of the kernel starts its pipeline after the
+  // previous task's epilogue), `global_scales` (1: the consumers read the row scales from global
+  // memory per k-block, as the kernel does, not from the stage), `row_tma` (1: A's 128 rows of a
+  // stage as 128 one-row boxes, the 128-byte swizzle applied by TMA from each row's shared-memory
+  // address: how the kernel's GEMM0 could gather token rows that are not contiguous).
+  int depth;
+  int serial;
+  int global_scales;
+  int row_tma;
+  const float* sa;  // [K / 128][sa_ld]
+  int sa_ld;
   const Tile* tiles;
   int num_tiles;
   int num_k_blocks;  // K / 128
@@ -233,6 +251,7 @@ struct SharedStorage {
   alignas(128) float sa[kStagesT][kSaPitch];
   uint64_t full[kStagesT];
   uint64_t empty[kStagesT];
+  uint64_t tile_done;  // Params::serial: every consumer warp arrives once a tile is stored
   Tile tile[kStagesT];
 };
 using Smem = SharedStorage<kStages>;
@@ -240,35 +259,57 @@ using Smem = SharedStorage<kStages>;
 struct PipeState {
   int stage = 0;
   uint32_t phase = 0;
-  __device__ void advance() {
-    if (++stage == kStages) {
+  __device__ void advance(int depth) {
+    if (++stage == depth) {
       stage = 0;
       phase ^= 1;
     }
   }
 };
 
-// ---- Producer: one thread claims tiles and keeps the ring full ----
+// ---- Producer: one warp claims tiles and keeps the ring full (lane 0 alone but for row_tma's
+// row boxes, which its 32 lanes issue) ----
 __device__ __forceinline__ void producer(Smem& sm, const CUtensorMap* map_a,
-                                         const CUtensorMap* map_b, const CUtensorMap* map_sa,
-                                         const Params& p) {
+                                         const CUtensorMap* map_a_row, const CUtensorMap* map_b,
+                                         const CUtensorMap* map_sa, const Params& p) {
   constexpr uint32_t kStageBytes = sizeof(sm.a[0]) + sizeof(sm.b[0]) + kSaBox * sizeof(float);
   PipeState ps;
+  int tiles_loaded = 0;
+  const int lane = threadIdx.x % 32;
+  const bool leader = lane == 0;
   for (;;) {
-    const int t = atomicAdd(&p.queue->next, 1);
+    int t = 0;
+    if (leader) t = atomicAdd(&p.queue->next, 1);
+    t = __shfl_sync(~0u, t, 0);
     if (t >= p.num_tiles || wedged()) break;
     const Tile tile = p.tiles[t];
-    for (int kb = 0; kb < p.num_k_blocks; ++kb, ps.advance()) {
+    if (p.serial && tiles_loaded > 0) mbar_wait(&sm.tile_done, (tiles_loaded - 1) & 1, 5);
+    ++tiles_loaded;
+    for (int kb = 0; kb < p.num_k_blocks; ++kb, ps.advance(p.depth)) {
       mbar_wait(&sm.empty[ps.stage], ps.phase ^ 1, 1);
-      if (kb == 0) sm.tile[ps.stage] = tile;
-      mbar_arrive_expect_tx(&sm.full[ps.stage], kStageBytes);
-      tma_load_2d(sm.a[ps.stage], map_a, &sm.full[ps.stage], kb * kBK, tile.a_row);
-      tma_load_2d(sm.b[ps.stage], map_b, &sm.full[ps.stage], kb * kBK, tile.b_row);
-      // SA is [K / 128][ld]: this k-block's row scales from the 4-aligned row at or before the
-      // tile's first (rows past the end of A arrive as zeros and scale rows nobody stores).
-      tma_load_2d(sm.sa[ps.stage], map_sa, &sm.full[ps.stage], tile.a_row & ~3, kb);
+      if (leader) {
+        if (kb == 0) sm.tile[ps.stage] = tile;
+        mbar_arrive_expect_tx(&sm.full[ps.stage], kStageBytes);
+      }
+      if (p.row_tma) {
+#pragma unroll
+        for (int i = 0; i < kBM / 32; ++i) {
+          const int r = lane + 32 * i;
+          tma_load_2d(sm.a[ps.stage] + r * kBK, map_a_row, &sm.full[ps.stage], kb * kBK,
+                      tile.a_row + r);
+        }
+      } else if (leader) {
+        tma_load_2d(sm.a[ps.stage], map_a, &sm.full[ps.stage], kb * kBK, tile.a_row);
+      }
+      if (leader) {
+        tma_load_2d(sm.b[ps.stage], map_b, &sm.full[ps.stage], kb * kBK, tile.b_row);
+        // SA is [K / 128][ld]: this k-block's row scales from the 4-aligned row at or before the
+        // tile's first (rows past the end of A arrive as zeros and scale rows nobody stores).
+        tma_load_2d(sm.sa[ps.stage], map_sa, &sm.full[ps.stage], tile.a_row & ~3, kb);
+      }
     }
   }
+  if (!leader) return;
   mbar_wait(&sm.empty[ps.stage], ps.phase ^ 1, 2);
   sm.tile[ps.stage] = Tile{0, 0, 0, 0};
   mbar_arrive(&sm.full[ps.stage]);
@@ -325,8 +366,15 @@ __device__ __forceinline__ void mainloop(Smem& sm, const Params& p, const Tile& 
       wgmma_commit();
       // While the MMAs run: this k-block's scales.
       const float b_scale = __ldg(sb + kb);
-      const float s0 = sm.sa[ps.stage][sa0] * b_scale;
-      const float s1 = sm.sa[ps.stage][sa0 + 8] * b_scale;
+      float s0, s1;
+      if (p.global_scales) {
+        const float* row_sa = p.sa + size_t(kb) * p.sa_ld + tile.a_row + r0;
+        s0 = __ldcg(row_sa) * b_scale;
+        s1 = __ldcg(row_sa + 8) * b_scale;
+      } else {
+        s0 = sm.sa[ps.stage][sa0] * b_scale;
+        s1 = sm.sa[ps.stage][sa0 + 8] * b_scale;
+      }
       wgmma_wait<0>();
       fence_regs(part);
       // The stage is read (MMAs retired, scales in registers): the producer may refill it while
@@ -337,7 +385,7 @@ __device__ __forceinline__ void mainloop(Smem& sm, const Params& p, const Tile& 
     } else {
       if (lane == 0) mbar_arrive(&sm.empty[ps.stage]);
     }
-    ps.advance();
+    ps.advance(p.depth);
   }
 }
 
@@ -355,13 +403,16 @@ __device__ __forceinline__ void consumer(Smem& sm, const Params& p, int cw) {
     } else {
       mainloop<false>(sm, p, tile, cw, ps, acc, part);
     }
+    __syncwarp();
+    if (threadIdx.x % 32 == 0) mbar_arrive(&sm.tile_done);
   }
 }
 
 __global__ void __launch_bounds__(kThreads, 1)
     fp8_grouped_gemm_ws(const __grid_constant__ CUtensorMap map_a,
                         const __grid_constant__ CUtensorMap map_b,
-                        const __grid_constant__ CUtensorMap map_sa, const Params p) {
+                        const __grid_constant__ CUtensorMap map_sa,
+                        const __grid_constant__ CUtensorMap map_a_row, const Params p) {
   extern __shared__ uint8_t smem_raw[];
   const uint32_t pad = (1024 - (smem_u32(smem_raw) & 1023)) & 1023;
   auto& sm = *reinterpret_cast<Smem*>(smem_raw + pad);
@@ -369,10 +420,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("prefetch.tensormap [%0];" ::"l"(&map_a) : "memory");
     asm volatile("prefetch.tensormap [%0];" ::"l"(&map_b) : "memory");
     asm volatile("prefetch.tensormap [%0];" ::"l"(&map_sa) : "memory");
+    asm volatile("prefetch.tensormap [%0];" ::"l"(&map_a_row) : "memory");
     for (int s = 0; s < kStages; ++s) {
       mbar_init(&sm.full[s], 1);
       mbar_init(&sm.empty[s], kConsumerWarps);
     }
+    mbar_init(&sm.tile_done, kConsumerWarps);
     asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;" ::
                      : "memory");
   }
@@ -380,7 +433,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int role = __shfl_sync(~0u, threadIdx.x / 128, 0);
   if (role == 0) {
     setmaxnreg_dec<kProducerRegs>();
-    if (threadIdx.x == 0) producer(sm, &map_a, &map_b, &map_sa, p);
+    if (threadIdx.x < 32) producer(sm, &map_a, &map_a_row, &map_b, &map_sa, p);
   } else {
     setmaxnreg_inc<kConsumerRegs>();
     consumer(sm, p, role - 1);
@@ -602,7 +655,11 @@ static float bits_to_float(unsigned u) {
   return f;
 }
 
-static bool run_case(const Shape& s, cublasHandle_t blas, int sms, Wedge* wedge) {
+struct Knobs {
+  int depth, serial, global_scales, row_tma;
+};
+static bool run_case(const Shape& s, const Knobs& knobs, cublasHandle_t blas, int sms,
+                     Wedge* wedge) {
   const Routing r = route(s, 1234u + s.experts);
   const std::vector<Tile> tiles = make_tiles(r, s.N);
   const int E = s.experts, N = s.N, K = s.K, rows = r.rows;
@@ -648,15 +705,18 @@ static bool run_case(const Shape& s, cublasHandle_t blas, int sms, Wedge* wedge)
   }
   const CUtensorMap map_a = make_tmap(A, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, rows, K, K, kBK, kBM,
                                       CU_TENSOR_MAP_SWIZZLE_128B);
+  const CUtensorMap map_a_row = make_tmap(A, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, rows, K, K, kBK, 1,
+                                          CU_TENSOR_MAP_SWIZZLE_128B);
   const CUtensorMap map_b = make_tmap(B, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, uint64_t(E) * N, K, K,
                                       kBK, kBN, CU_TENSOR_MAP_SWIZZLE_128B);
   const CUtensorMap map_sa = make_tmap(SA, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, K / 128, ld, ld,
                                        kSaBox, 1, CU_TENSOR_MAP_SWIZZLE_NONE);
-  const Params p{d_tiles, int(tiles.size()), K / kBK, N, SB, C, queue};
+  const Params p{knobs.depth, knobs.serial, knobs.global_scales, knobs.row_tma, SA, ld, d_tiles,
+                 int(tiles.size()), K / kBK, N, SB, C, queue};
   constexpr size_t smem = sizeof(Smem) + 1024;
   CUDA_CHECK(cudaFuncSetAttribute(fp8_grouped_gemm_ws, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(smem)));
-  auto ws = [&] { fp8_grouped_gemm_ws<<<sms, kThreads, smem>>>(map_a, map_b, map_sa, p); };
+  auto ws = [&] { fp8_grouped_gemm_ws<<<sms, kThreads, smem>>>(map_a, map_b, map_sa, map_a_row, p); };
 
   CUDA_CHECK(cudaMemset(C, 0xFF, (nC + nGuard) * sizeof(__nv_bfloat16)));
   ws();
@@ -719,13 +779,25 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
+  const auto env = [](const char* name, int fallback) {
+    const char* v = getenv(name);
+    return v && *v ? atoi(v) : fallback;
+  };
+  const Knobs knobs{env("PROBE_DEPTH", kStages), env("PROBE_SERIAL", 0),
+                    env("PROBE_GLOBAL_SCALES", 0), env("PROBE_ROW_TMA", 0)};
+  if (knobs.depth < 2 || knobs.depth > kStages) {
+    fprintf(stderr, "PROBE_DEPTH must be 2..%d\n", kStages);
+    return 1;
+  }
+  printf("knobs: PROBE_DEPTH %d (stages in the ring)  PROBE_SERIAL %d  PROBE_GLOBAL_SCALES %d  "
+         "PROBE_ROW_TMA %d\n", knobs.depth, knobs.serial, knobs.global_scales, knobs.row_tma);
   bool ok = true;
   Wedge *wedge, *wedge_dev;  // mapped host memory: see mbar_wait
   CUDA_CHECK(cudaHostAlloc(&wedge, sizeof(Wedge), cudaHostAllocMapped));
   memset(wedge, 0, sizeof(Wedge));
   CUDA_CHECK(cudaHostGetDevicePointer(&wedge_dev, wedge, 0));
   CUDA_CHECK(cudaMemcpyToSymbol(g_wedge, &wedge_dev, sizeof(wedge_dev)));
-  for (const Shape& s : shapes) ok &= run_case(s, blas, prop.multiProcessorCount, wedge);
+  for (const Shape& s : shapes) ok &= run_case(s, knobs, blas, prop.multiProcessorCount, wedge);
   CUBLAS_CHECK(cublasDestroy(blas));
   printf("\n%s\n", ok ? "ALL CHECKS PASSED" : "SOME CHECKS FAILED");
   return ok ? 0 : 1;
