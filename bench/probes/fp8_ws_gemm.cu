@@ -28,8 +28,8 @@
 //                                         knobs (Params): fewer stages, a tile's loads only after
 //                                         the previous tile's stores, row scales from global
 //                                         memory, A by one-row TMA boxes
-// Status: written 2026-11-30 without a GPU (the session's device time was spent); compiled here,
-// not yet run. Its first run is its own test: every check must PASS before any timing counts.
+// Status: run on an H200 on 2026-11-30 (perf log 19:48-20:05, docs/fp8.md): every check PASS,
+// 647 TFLOP/s at the default shape (0.65 us a k-tile); with the kernel's constraints ~0.76 us.
 #include <cublas_v2.h>
 #include <cuda.h>
 #include <cudaTypedefs.h>
