@@ -133,10 +133,11 @@ struct Wedge {
   int set;      // 0: no wait timed out
   int block;    // the first waiter that timed out: its block, thread,
   int thread;
-  int barrier;  // barrier (byte offset in shared memory; full[] before empty[]) and parity
+  int barrier;  // the barrier's shared-memory address, and the parity waited for
   int parity;
   int site;     // 1 producer: empty stage, 2 producer: the stop stage, 3 consumer: a tile's first
-                // stage, 4 consumer: a later k-block's stage
+                // stage, 4 consumer: a later k-block's stage, 5 producer (serial): the previous
+                // tile's stores
 };
 __device__ Wedge* g_wedge;
 __device__ int g_wedged;  // 1 once a wait timed out (the program stops at the first wedge)
