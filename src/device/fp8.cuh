@@ -50,6 +50,14 @@ __device__ __forceinline__ void quantize_x_groups(const Params& p, int first, in
   const int warps = static_cast<int>(blockDim.x) / 32;
   const auto* x = static_cast<const __nv_bfloat16*>(p.x);
   auto* q = static_cast<unsigned char*>(p.x_quant);
+  // Group i of this call: its token row and first channel.
+  struct Group {
+    long long row;
+    int col;
+  };
+  const auto group_at = [&](int i) {
+    return Group{first + i / groups, (g_lo + i % groups) * kFp8Group};
+  };
   // (warp-uniform bounds: every lane takes part in the shuffles; a half past the end computes on
   // zeros and stores nothing)
   for (int base = warp * kStep; base < total; base += warps * kStep) {
@@ -59,9 +67,8 @@ __device__ __forceinline__ void quantize_x_groups(const Params& p, int first, in
       const int i = base + u * kPerWarp + half;
       raw[u] = make_uint4(0, 0, 0, 0);
       if (i < total) {
-        const long long row = first + i / groups;
-        const int col = (g_lo + i % groups) * kFp8Group;
-        raw[u] = __ldg(reinterpret_cast<const uint4*>(x + row * p.hidden + col) + j);
+        const Group g = group_at(i);
+        raw[u] = __ldg(reinterpret_cast<const uint4*>(x + g.row * p.hidden + g.col) + j);
       }
     }
 #pragma unroll
@@ -86,17 +93,16 @@ __device__ __forceinline__ void quantize_x_groups(const Params& p, int first, in
       const float inv = amax == 0.f ? 1.f : kFp8Max / amax;  // IEEE division (no fast math)
       const int i = base + u * kPerWarp + half;
       if (i < total) {
-        const long long row = first + i / groups;
-        const int col = (g_lo + i % groups) * kFp8Group;
+        const Group g = group_at(i);
         unsigned int w[2] = {0, 0};
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
           w[e / 4] |= static_cast<unsigned int>(to_e4m3(v[e] * inv)) << (8 * (e % 4));
         }
-        unsigned char* dst = q + row * p.x_pitch;
-        reinterpret_cast<uint2*>(dst + col)[j] = make_uint2(w[0], w[1]);
+        unsigned char* dst = q + g.row * p.x_pitch;
+        reinterpret_cast<uint2*>(dst + g.col)[j] = make_uint2(w[0], w[1]);
         if (j == 0) {
-          reinterpret_cast<float*>(dst + p.hidden)[col / kFp8Group] =
+          reinterpret_cast<float*>(dst + p.hidden)[g.col / kFp8Group] =
               amax == 0.f ? 1.f : amax / kFp8Max;
         }
       }

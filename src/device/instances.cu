@@ -29,8 +29,7 @@ auto with_precision(DType dtype, WeightLayout layout, F&& f) {
       case DType::bf16: return f(PrecBf16<K>{});
       case DType::tf32: return f(PrecTf32<K>{});
       case DType::fp32: break;
-      case DType::fp8:
-        return f(PrecFp8{});
+      case DType::fp8: return f(PrecFp8{});
     }
     return f(PrecFp32<K>{});
   };

@@ -24,8 +24,7 @@ std::string_view to_string(DType d) {
     case DType::bf16: return "bf16";
     case DType::tf32: return "tf32";
     case DType::fp32: return "fp32";
-    case DType::fp8:
-      return "fp8";
+    case DType::fp8: return "fp8";
   }
   return "?";
 }
