@@ -98,12 +98,19 @@ const char* task_type_name(TaskTrace::Type t) {
 }
 
 // Per task type of a traced forward: how many ran, their median and 90th-percentile duration, when
-// the first started and the last ended (whether the phases overlap, and the tail of each).
+// the first started and the last ended (whether the phases overlap, and the tail of each); for
+// GEMM tasks also the medians of its three parts: from taken to its tile GEMM's start (the row
+// table, waits), the tile GEMM (operands and MMAs), and after it (K-split sums, epilogue,
+// publication).
 void print_task_types(const std::vector<TaskTrace>& tasks, std::ostream& out) {
   out << "tasks by type (us; the first " << MoELayer::kTaskTraceRecords << " of each block):\n";
+  const auto median = [](std::vector<double>& v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
   for (const TaskTrace::Type type : kTaskTypes) {
     const char* name = task_type_name(type);
-    std::vector<double> len;
+    std::vector<double> len, before, math, after;
     double first = 0.0, last = 0.0;
     for (const TaskTrace& t : tasks) {
       if (t.type != type) continue;
@@ -111,26 +118,48 @@ void print_task_types(const std::vector<TaskTrace>& tasks, std::ostream& out) {
       first = len.empty() ? s : std::min(first, s);
       last = len.empty() ? e : std::max(last, e);
       len.push_back(e - s);
+      if (t.math_start >= 0) {
+        const double ms = static_cast<double>(t.math_start) * 1e-3;
+        const double me = static_cast<double>(t.math_end) * 1e-3;
+        before.push_back(ms - s);
+        math.push_back(me - ms);
+        after.push_back(e - me);
+      }
     }
     std::ostringstream line;
     line << "  " << std::left << std::setw(8) << name << std::right << std::setw(6) << len.size();
     if (!len.empty()) {
-      std::sort(len.begin(), len.end());
-      line << std::fixed << std::setprecision(1) << "  median " << len[len.size() / 2] << "  p90 "
+      line << std::fixed << std::setprecision(1) << "  median " << median(len) << "  p90 "
            << len[len.size() * 9 / 10] << "  first start " << first << "  last end " << last;
+    }
+    if (!math.empty()) {
+      line << std::fixed << std::setprecision(1) << "  (parts: before " << median(before)
+           << ", tile GEMM " << median(math) << ", after " << median(after) << ")";
     }
     out << line.str() << "\n";
   }
 }
 
-// Every task of a traced forward as CSV: block, type, a, b, start_us, end_us.
+// Every task of a traced forward as CSV: block, type, a, b, start_us, math_start_us,
+// math_end_us (its tile GEMM's; empty for combine tasks), end_us.
 void write_task_csv(const std::vector<TaskTrace>& tasks, const std::string& path) {
   std::ofstream f(path);
   if (!f) throw std::runtime_error("cannot write --trace-tasks file " + path);
-  f << "block,type,a,b,start_us,end_us\n" << std::fixed << std::setprecision(3);
+  f << "block,type,a,b,start_us,math_start_us,math_end_us,end_us\n" << std::fixed
+    << std::setprecision(3);
+  const auto us = [&](std::int64_t ns) {
+    if (ns >= 0) f << static_cast<double>(ns) * 1e-3;
+  };
   for (const TaskTrace& t : tasks) {
-    f << t.block << ',' << task_type_name(t.type) << ',' << t.a << ',' << t.b << ','
-      << static_cast<double>(t.start) * 1e-3 << ',' << static_cast<double>(t.end) * 1e-3 << '\n';
+    f << t.block << ',' << task_type_name(t.type) << ',' << t.a << ',' << t.b << ',';
+    us(t.start);
+    f << ',';
+    us(t.math_start);
+    f << ',';
+    us(t.math_end);
+    f << ',';
+    us(t.end);
+    f << '\n';
   }
 }
 

@@ -700,8 +700,9 @@ TEST(LayerGpu, TraceIsOrderedAndCountsEveryTask) {
   EXPECT_TRUE(bench::compare(pr, ref.ranks[0], dev.y_host(), experts).passed);
 
   // The task records: every task once (fewer than kTaskTraceRecords per block here), each inside
-  // its block's task loop and after the block's previous task; the counts by type and every
-  // combine task's (token tile, column tile) as planned.
+  // its block's task loop and after the block's previous task, a GEMM task's tile GEMM inside the
+  // task and a combine task without one; the counts by type and every combine task's (token
+  // tile, column tile) as planned.
   const std::vector<TaskTrace> recs = layer.task_trace();
   ASSERT_EQ(static_cast<std::int64_t>(recs.size()), tasks);
   std::int64_t gemm0 = 0, gemm1 = 0;
@@ -716,6 +717,14 @@ TEST(LayerGpu, TraceIsOrderedAndCountsEveryTask) {
     EXPECT_LE(t.start, t.end);
     EXPECT_LE(t.end, b.end);
     if (i > 0 && recs[i - 1].block == t.block) EXPECT_LE(recs[i - 1].end, t.start);
+    if (t.type == TaskTrace::Type::combine) {
+      EXPECT_EQ(t.math_start, -1);
+      EXPECT_EQ(t.math_end, -1);
+    } else {
+      EXPECT_LE(t.start, t.math_start);
+      EXPECT_LE(t.math_start, t.math_end);
+      EXPECT_LE(t.math_end, t.end);
+    }
     switch (t.type) {
       case TaskTrace::Type::gemm0: ++gemm0; break;
       case TaskTrace::Type::gemm1: ++gemm1; break;

@@ -283,7 +283,8 @@ Command bench_command() {
            "back; profiling)"},
           {"--trace-tasks", "FILE",
            "with the trace, write every task of that forward as CSV to FILE (block, type, a, b, "
-           "start_us, end_us; rank R > 0 of several: FILE.rankR)"},
+           "start_us, math_start_us, math_end_us, end_us: math_* its tile GEMM's start and end, "
+           "empty for combine tasks; rank R > 0 of several: FILE.rankR)"},
           {"--graph", "", "time monomoe as replays of a CUDA graph of one forward() (checked "
                           "bit-identical to forward())"},
           {"--delay-rank", "R", "with --delay-us: the rank that arrives late (a straggler)"},

@@ -124,6 +124,11 @@ struct TaskTrace {
   std::int32_t a = 0;      // GEMM0 / GEMM1: row tile; combine: token tile
   std::int32_t b = 0;      // GEMM: column tile (x K slices when split); combine: column tile
   std::int64_t start = 0;  // taken from the queue
+  // GEMM tasks: when its tile GEMM(s) began (operands' first loads) and ended (the fp32 result in
+  // shared memory), before the K-split sums, the epilogue and the publication; -1 for a combine
+  // task (or a launch that gave up)
+  std::int64_t math_start = -1;
+  std::int64_t math_end = -1;
   std::int64_t end = 0;    // done
 };
 

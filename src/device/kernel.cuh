@@ -107,6 +107,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
     if (trace) {
       wait_ns += t_got - t_ask;
       if (tasks == 0) first_task = t_got;
+      sm.task.math_start = sm.task.math_end = 0;  // (thread 0's: it writes and reads them)
     }
     switch (static_cast<TaskType>(task.head)) {
       case TaskType::gemm0:
@@ -129,10 +130,12 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
         combine_ns += t_ask - t_got;
       }
       if (tasks < kTaskRecords) {
-        long long* rec = trace + kTraceSlots + 3 * tasks;
+        long long* rec = trace + kTraceSlots + kTaskWords * tasks;
         rec[0] = t_got;
-        rec[1] = t_ask;
-        rec[2] = static_cast<long long>(task.head & 0xffu) << 56 |
+        rec[1] = sm.task.math_start;
+        rec[2] = sm.task.math_end;
+        rec[3] = t_ask;
+        rec[4] = static_cast<long long>(task.head & 0xffu) << 56 |
                  static_cast<long long>(task.a & 0xfffffff) << 28 | (task.b & 0xfffffff);
       }
       ++tasks;

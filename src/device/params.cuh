@@ -39,10 +39,12 @@ enum TraceEvent : int {
   kTraceEvents = 7
 };
 inline constexpr int kTraceSlots = kTraceEp + kTraceEvents;
-// Then, per block, its first kTaskRecords tasks: taken (ns), done (ns), and the task packed as
-// type << 56 | a << 28 | b (a, b < 2^28). A block's record is kTraceStride words.
+// Then, per block, its first kTaskRecords tasks, kTaskWords each: taken (ns), its tile GEMM's start
+// and end (ns; 0 when it ran none: combine, or a launch giving up), done (ns), and the task packed
+// as type << 56 | a << 28 | b (a, b < 2^28). A block's record is kTraceStride words.
 inline constexpr int kTaskRecords = 256;
-inline constexpr int kTraceStride = kTraceSlots + 3 * kTaskRecords;
+inline constexpr int kTaskWords = 5;
+inline constexpr int kTraceStride = kTraceSlots + kTaskWords * kTaskRecords;
 
 enum class Act : int { relu = 0, gelu = 1, silu = 2, swiglu = 3 };
 

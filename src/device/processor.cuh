@@ -153,8 +153,8 @@ __device__ __forceinline__ long long k_offset(int k, int ldn) {
 // fp8 SwiGLU: the gate columns' tile first, its result moved past the pipeline (GemmSmem's second
 // result tile, read by the epilogue), then the up columns' tile.
 template <class P>
-__device__ bool gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int rows, int col_tile,
-                           int k_first, int k_count) {
+__device__ bool gemm0_tiles(const Params& p, KernelSmem<P>& sm, int expert, int rows, int col_tile,
+                            int k_first, int k_count) {
   using T = ExpertTiles<P>;
   using Gemm = TileGemm<T, T::kExpertBN>;
   const Gemm0Cols c = gemm0_cols<P>(p, col_tile);
@@ -179,6 +179,26 @@ __device__ bool gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   } else {
     return Gemm::run(sm.gemm, w1, ldb, w.lo, w.hi, c.valid_lo, c.valid_hi, k_count, rows);
   }
+}
+
+// A task's tile GEMM(s) with the trace on: thread 0 notes when they began and ended
+// (TaskSmem::math_start / math_end, recorded per task by the kernel's task loop), so that a task's
+// time splits into its start, its MMAs and what follows them (K-split sums, epilogue, publication).
+template <class P, class Math>
+__device__ __forceinline__ bool traced_math(const Params& p, KernelSmem<P>& sm, Math&& math) {
+  const bool traced = p.trace && threadIdx.x == 0;
+  if (traced) sm.task.math_start = global_ns();
+  const bool ok = math();
+  if (traced && ok) sm.task.math_end = global_ns();
+  return ok;
+}
+
+template <class P>
+__device__ __forceinline__ bool gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int rows,
+                                           int col_tile, int k_first, int k_count) {
+  return traced_math(p, sm, [&] {
+    return gemm0_tiles<P>(p, sm, expert, rows, col_tile, k_first, k_count);
+  });
 }
 
 // GEMM0's epilogue: hidden_act[hidden_row0 + r, cols of col_tile] = act(C[r] + b1) for r < rows.
@@ -209,8 +229,8 @@ __device__ void gemm0_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
 // hidden_act[hidden_row0 + r] (set here), the fp32 tile is left in shared memory. False as
 // gemm0_math.
 template <class P>
-__device__ bool gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int rows,
-                           int hidden_row0, int col_tile, int k_first, int k_count) {
+__device__ bool gemm1_tiles(const Params& p, KernelSmem<P>& sm, int expert, int rows,
+                            int hidden_row0, int col_tile, int k_first, int k_count) {
   using T = ExpertTiles<P>;
   using Op = typename T::Elem;
   using Gemm = TileGemm<T, T::kExpertBN>;
@@ -255,6 +275,14 @@ __device__ bool gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int r
   t.b_scale_hi = weight_scales(w2_scale, col0 + kHalf, depth, k0);
   return Gemm::template run<true>(sm.gemm, w2, ldb, col0, col0 + kHalf, min(kHalf, out_cols),
                                   max(0, out_cols - kHalf), k_count, rows, t);
+}
+
+template <class P>
+__device__ __forceinline__ bool gemm1_math(const Params& p, KernelSmem<P>& sm, int expert, int rows,
+                                           int hidden_row0, int col_tile, int k_first, int k_count) {
+  return traced_math(p, sm, [&] {
+    return gemm1_tiles<P>(p, sm, expert, rows, hidden_row0, col_tile, k_first, k_count);
+  });
 }
 
 // GEMM1's epilogue: sm.task.row_out[r][cols of col_tile] = C[r] + b2 for r < rows (set_gemm1_rows;

@@ -45,6 +45,10 @@ struct TaskSmem {
   // world > 1: the call's K split and listed row tiles, once known (ep.cuh, ep_plan); -1 before.
   int ep_k_split;
   int ep_listed;
+  // With the trace (Params::trace), thread 0's: when the current task's tile GEMM began and ended
+  // (processor.cuh, traced_math; 0 when it ran none).
+  long long math_start;
+  long long math_end;
 };
 static_assert(kMaxWorld <= 256, "TaskSmem::row_source holds a rank in a byte");
 

@@ -607,15 +607,18 @@ std::vector<TaskTrace> MoELayer::task_trace() {
     const long long* r = raw.block(b);
     const long long recorded = std::min<long long>(r[6], device::kTaskRecords);
     for (long long i = 0; i < recorded; ++i) {
-      const long long* rec = r + device::kTraceSlots + 3 * i;
-      const unsigned long long packed = static_cast<unsigned long long>(rec[2]);
+      const long long* rec = r + device::kTraceSlots + device::kTaskWords * i;
+      const unsigned long long packed = static_cast<unsigned long long>(rec[4]);
       TaskTrace t;
       t.block = b;
       t.type = static_cast<TaskTrace::Type>(packed >> 56);
       t.a = static_cast<std::int32_t>((packed >> 28) & 0xfffffff);
       t.b = static_cast<std::int32_t>(packed & 0xfffffff);
       t.start = rec[0] - raw.t0;
-      t.end = rec[1] - raw.t0;
+      const bool math = rec[1] != 0 && rec[2] != 0;
+      t.math_start = math ? rec[1] - raw.t0 : -1;
+      t.math_end = math ? rec[2] - raw.t0 : -1;
+      t.end = rec[3] - raw.t0;
       out.push_back(t);
     }
   }
