@@ -149,11 +149,40 @@ inline std::vector<EpCase> ep_shared_expert_cases(int w) {
   return v;
 }
 
+// fp8 SwiGLU with so few rows per rank that its GEMM tasks split K (split.hpp: two experts a rank,
+// a handful of tokens, so one row tile per expert; hidden 512 and ffn 384, 4 and 3 scale blocks,
+// which 2 slices do not divide evenly) on up to 4 virtual ranks of one GPU: each slice stores its
+// gate and up results, the last sums both. With a shared expert (its tiles split too), and
+// without biases. Part of ep_fp8_cases; the virtual-rank test also runs them alone and requires
+// a split.
+inline std::vector<EpCase> ep_fp8_swiglu_split_cases(int w) {
+  const auto swiglu = [w] {
+    LayerConfig c = ep_base(DType::fp8, Activation::swiglu, 2 * w, 2);
+    c.weight_layout = WeightLayout::out_in;
+    c.hidden = 512;
+    c.ffn = 384;
+    return c;
+  };
+  std::vector<EpCase> v;
+  v.push_back({"fp8 swiglu, split K, a few tokens per rank", swiglu(), {3, 1, 0, 5}});
+  {
+    LayerConfig c = swiglu();
+    c.shared_ffn = c.ffn;
+    c.bias = false;
+    v.push_back({"fp8 swiglu, split K, shared expert 1 x ffn, no bias", c, {1, 4, 2, 0}});
+  }
+  for (EpCase& c : v) {
+    c.cfg.world_size = w;
+    c.tokens.resize(static_cast<std::size_t>(w), c.tokens.back());
+  }
+  return v;
+}
+
 // DType::fp8 cases for `w` ranks (E4M3 experts with 128 x 128 block scales, [out, in] weights,
 // the only layout fp8 takes): every activation, uneven ranks and a rank without tokens, capacity
 // with drops (by the natural routing: the skew's bias would not be a bf16 value of the gate), 32
 // experts per rank, a few tokens per rank at top-8, a shared expert, routing given by the caller
-// (with drops), no biases.
+// (with drops), no biases, and SwiGLU tasks split in K (ep_fp8_swiglu_split_cases).
 inline std::vector<EpCase> ep_fp8_cases(int w) {
   const auto fp8 = [](Activation act, std::int64_t experts, std::int64_t topk) {
     LayerConfig c = ep_base(DType::fp8, act, experts, topk);
@@ -195,6 +224,7 @@ inline std::vector<EpCase> ep_fp8_cases(int w) {
     c.cfg.world_size = w;
     c.tokens.resize(static_cast<std::size_t>(w), c.tokens.back());
   }
+  for (const EpCase& c : ep_fp8_swiglu_split_cases(w)) v.push_back(c);
   return v;
 }
 

@@ -158,6 +158,41 @@ TEST(LayerGpu, Fp8GivenRouting) {
   check_case({"fp8 given routing silu, shared expert 1 x ffn", c, 300, -1, true}, seed++);
 }
 
+// One layer of c, two calls of `tokens` tokens into a poisoned y: the first against the reference,
+// the second bit-identical to it (a split task's slices are summed in slice order, whichever block
+// finishes it). Returns the first call's stats.
+ForwardStats check_repeated(const std::string& name, const LayerConfig& c, std::int64_t tokens,
+                            std::uint64_t seed) {
+  SCOPED_TRACE(name);
+  const reference::Problem pr = make({name, c, tokens}, seed);
+  const reference::Result ref = reference::run(pr);
+  bench::DeviceProblem dev(pr, 0);
+  MoELayer layer(c, single_gpu(), dev.weights());
+  std::vector<float> first;
+  ForwardStats first_stats;
+  for (int call = 0; call < 2; ++call) {
+    dev.poison_y();
+    dev.forward(layer);
+    const ForwardStats st = layer.stats();
+    const std::vector<float> y = dev.y_host();
+    if (call == 0) {
+      std::vector<std::int32_t> experts;
+      std::vector<float> weights;
+      layer.routing(experts, weights);
+      const bench::Comparison cmp = bench::compare(pr, ref.ranks[0], y, experts);
+      EXPECT_TRUE(cmp.passed) << cmp.summary() << " (k_split " << st.k_split << ")";
+      std::printf("%s: %s k_split=%lld\n", name.c_str(), cmp.summary().c_str(),
+                  static_cast<long long>(st.k_split));
+      first = y;
+      first_stats = st;
+    } else {
+      EXPECT_EQ(0, std::memcmp(first.data(), y.data(), y.size() * sizeof(float)))
+          << "the second call's output differs bitwise";
+    }
+  }
+  return first_stats;
+}
+
 // Few tokens (the decode shape): 1 and 100 tokens, one or a few token tiles, few rows per expert
 // (where the kernel may split a GEMM task's K, in whole 128-deep scale blocks), at the small shape
 // and at a deeper one with top-8; each call against the reference, then repeated into a poisoned y
@@ -175,32 +210,37 @@ TEST(LayerGpu, Fp8Decode) {
   deep.topk = 8;
   for (const LayerConfig& c : {small, deep}) {
     for (std::int64_t tokens : {1, 100}) {
-      const std::string name = "fp8 decode, " + std::to_string(tokens) + " tokens, hidden " +
-                               std::to_string(c.hidden) + ", top-" + std::to_string(c.topk);
-      SCOPED_TRACE(name);
-      const reference::Problem pr = make({name, c, tokens}, seed++);
-      const reference::Result ref = reference::run(pr);
-      bench::DeviceProblem dev(pr, 0);
-      MoELayer layer(c, single_gpu(), dev.weights());
-      std::vector<float> first;
-      for (int call = 0; call < 2; ++call) {
-        dev.poison_y();
-        dev.forward(layer);
-        const ForwardStats st = layer.stats();
-        const std::vector<float> y = dev.y_host();
-        if (call == 0) {
-          std::vector<std::int32_t> experts;
-          std::vector<float> weights;
-          layer.routing(experts, weights);
-          const bench::Comparison cmp = bench::compare(pr, ref.ranks[0], y, experts);
-          EXPECT_TRUE(cmp.passed) << cmp.summary() << " (k_split " << st.k_split << ")";
-          std::printf("%s: %s k_split=%lld\n", name.c_str(), cmp.summary().c_str(),
-                      static_cast<long long>(st.k_split));
-          first = y;
-        } else {
-          EXPECT_EQ(0, std::memcmp(first.data(), y.data(), y.size() * sizeof(float)))
-              << "the second call's output differs bitwise";
-        }
+      check_repeated("fp8 decode, " + std::to_string(tokens) + " tokens, hidden " +
+                         std::to_string(c.hidden) + ", top-" + std::to_string(c.topk),
+                     c, tokens, seed++);
+    }
+  }
+}
+
+// fp8 SwiGLU GEMM0 tasks split K as the other tasks do (docs/fp8.md): each slice stores its gate
+// and up results (two tiles a slot), the last to arrive sums both in slice order. Few tokens (1, 3,
+// 17) at K depths the slices do not divide evenly (hidden 1024 = 8 scale blocks, ffn 768 = 6),
+// with and without biases, and with a shared expert (its tiles split too): against the reference,
+// repeated bit-identical, and one token must split.
+TEST(LayerGpu, Fp8SwigluSplitK) {
+  MONOMOE_REQUIRE_GPU();
+  std::uint64_t seed = 8700;
+  LayerConfig c = fp8_config(Activation::swiglu);
+  c.max_tokens = 64;
+  c.hidden = 1024;
+  c.ffn = 768;
+  for (std::int64_t shared : {0, 2}) {
+    for (bool bias : {true, false}) {
+      c.shared_ffn = shared * c.ffn;
+      c.bias = bias;
+      for (std::int64_t tokens : {1, 3, 17}) {
+        const ForwardStats st = check_repeated(
+            "fp8 swiglu split K, " + std::to_string(tokens) + " tokens" +
+                (shared > 0 ? ", shared expert 2 x ffn" : "") + (bias ? "" : ", no bias"),
+            c, tokens, seed++);
+        // One token at top-2: 2 routed row tiles (and 2 of the shared expert) x at most 8 column
+        // tiles a phase: split on any GPU of 64+ blocks.
+        if (tokens == 1) EXPECT_GT(st.k_split, 1) << "one token should split K";
       }
     }
   }

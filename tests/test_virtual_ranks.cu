@@ -207,6 +207,19 @@ void run_fp8(int world) {
 TEST(LayerVirtualRanks, Fp8TwoRanks) { run_fp8(2); }
 TEST(LayerVirtualRanks, Fp8FourRanks) { run_fp8(4); }
 
+// fp8 SwiGLU GEMM0 tasks split in K with peers (ep_cases.hpp, ep_fp8_swiglu_split_cases: a slice
+// stores its gate and up results, the last sums both, run_gemm0_ep): against the reference, twice,
+// bit-identical, and some rank-call must have split.
+TEST(LayerVirtualRanks, Fp8SwigluSplitK) {
+  MONOMOE_REQUIRE_GPU();
+  for (int world : {2, 4}) {
+    const Tally t = run_cases(world, test::ep_fp8_swiglu_split_cases(world));
+    std::printf("%d virtual ranks, fp8 swiglu: %d failed rank-calls, %d split K\n", world, t.failed,
+                t.split);
+    EXPECT_GT(t.split, 0) << world << " virtual ranks: no rank-call split K";
+  }
+}
+
 // Routings given by hand that make every kind of row tile (pack_cases.hpp: a source's full tile,
 // an exact 128, remainders of up to 7 sources packed with the owner's own rows, remainders cut
 // between two tiles, one source only, none): every rank's output against the float64 reference,

@@ -168,10 +168,13 @@ TEST(Workspace, PrefixForTheLargestHoldsEveryLayer) {
 // The split-K rule (device/split.hpp) against the bounds the workspace plan and the kernel's
 // counter/partial indexing rely on, over a grid of shapes and block counts.
 TEST(Workspace, SplitKStaysWithinItsPlannedRoom) {
+  using monomoe::device::gemm0_results;
   using monomoe::device::k_split_for;
   using monomoe::device::k_split_room;
   using monomoe::device::kMaxKSplit;
   using monomoe::device::kSplitTargetMax;
+  using monomoe::device::split_partial_tiles;
+  using monomoe::device::split_slots_first_tile;
   int splits = 0;
   for (int target : {1, 2, 16, 33, 66, 114, 132, 148, kSplitTargetMax}) {
     for (int rows = 0; rows <= 200; rows += rows < 20 ? 1 : 13) {
@@ -192,6 +195,15 @@ TEST(Workspace, SplitKStaysWithinItsPlannedRoom) {
               ASSERT_LE(rows * g * s, room) << "the partial tiles the plan sized (workspace.cpp)";
             }
             ASSERT_LE(rows * (g0 + g1) * s, 2 * kSplitTargetMax) << "queue room (workspace.cpp)";
+            // The partial tiles: GEMM0's slots end where GEMM1's start, GEMM1's where fp8
+            // SwiGLU's gate tiles start, and those within the plan's tiles.
+            ASSERT_EQ(split_slots_first_tile(0, 0, room), 0);
+            ASSERT_LE(rows * g0 * s, split_slots_first_tile(1, 0, room));
+            ASSERT_LE(split_slots_first_tile(1, 0, room) + rows * g1 * s,
+                      split_partial_tiles(room, 1));
+            ASSERT_LE(split_slots_first_tile(0, 1, room) + rows * g0 * s,
+                      split_partial_tiles(room, 2));
+            ASSERT_GE(split_slots_first_tile(0, 1, room), split_partial_tiles(room, 1));
           }
         }
       }
@@ -208,6 +220,72 @@ TEST(Workspace, SplitKStaysWithinItsPlannedRoom) {
   EXPECT_EQ(k_split_room(200, 16, 16, 2048, 2048), kSplitTargetMax);
   EXPECT_EQ(k_split_room(200, 16, 16, 2048, 128), 0);
   EXPECT_EQ(k_split_room(4, 2, 1, 256, 256), 16);
+  // A second set of GEMM0 slots (the gate tiles) for block-scaled (fp8) SwiGLU only.
+  EXPECT_EQ(gemm0_results(true, true), 2);
+  EXPECT_EQ(gemm0_results(true, false), 1);
+  EXPECT_EQ(gemm0_results(false, true), 1);
+  EXPECT_EQ(split_partial_tiles(kSplitTargetMax, 2), 3 * kSplitTargetMax);
+}
+
+// The split-K partial tiles a layer's plan sizes (host/workspace.cpp) against the kernel's indexing
+// (processor.cuh, finish_k_split): split_room slots of one tile per phase, and for fp8 SwiGLU a
+// second set for GEMM0's gate tiles. Every call the layer can make (row tiles up to the plan's, any
+// block count) that splits stays inside the region.
+TEST(Workspace, SplitPartialsHoldEverySlotsTiles) {
+  using namespace monomoe;
+  using monomoe::device::kSplitTargetMax;
+  const auto u = [](std::int64_t v) { return static_cast<std::size_t>(v); };
+  for (DType d : {DType::bf16, DType::fp32, DType::fp8}) {
+    for (Activation a : {Activation::gelu, Activation::swiglu}) {
+      LayerConfig c;
+      c.max_tokens = 64;
+      c.hidden = 1024;
+      c.ffn = 768;
+      c.experts = 8;
+      c.topk = 2;
+      c.dtype = d;
+      c.activation = a;
+      if (d == DType::fp8) c.weight_layout = WeightLayout::out_in;
+      SCOPED_TRACE(c.describe());
+      const detail::WorkspacePlan p = detail::plan_workspace(c);
+      ASSERT_GT(p.split_room, 0);
+      const std::int64_t bn = detail::TileShape::expert_cols(d, c.weight_layout);
+      const std::size_t tile_bytes = u(128 * bn * 4);
+      const bool two = d == DType::fp8 && a == Activation::swiglu;
+      const int results0 = device::gemm0_results(d == DType::fp8, a == Activation::swiglu);
+      EXPECT_EQ(results0, two ? 2 : 1);
+      EXPECT_EQ(p.split_partial_bytes, u(p.split_room * (results0 + 1)) * tile_bytes);
+      EXPECT_LE(p.split_partial + p.split_partial_bytes, p.body_bytes);
+      // The column tiles the kernel plans with (layer.cu): SwiGLU reads bn / 2 gate and bn / 2 up
+      // columns a task, except fp8's, which makes bn outputs from bn of each.
+      const int g0 = static_cast<int>(
+          a == Activation::swiglu && d != DType::fp8 ? c.ffn / (bn / 2) : (c.ffn + bn - 1) / bn);
+      const int g1 = static_cast<int>((c.hidden + bn - 1) / bn);
+      const long long room = p.split_room;
+      const long long gate0 = device::split_slots_first_tile(0, 1, room);
+      int splits = 0;
+      for (int target = 2; target <= kSplitTargetMax; ++target) {
+        for (int rows = 1; rows <= p.gemm_tiles; ++rows) {
+          const int s = device::k_split_for(rows, g0, g1, static_cast<int>(c.hidden),
+                                            static_cast<int>(c.ffn), target);
+          if (s == 1) continue;
+          ++splits;
+          // finish_k_split's bound (slots), then past the last tile each set of slots has.
+          ASSERT_LE(rows * g0 * s, room);
+          ASSERT_LE(rows * g1 * s, room);
+          const long long end0 = device::split_slots_first_tile(0, 0, room) + rows * g0 * s;
+          const long long end1 = device::split_slots_first_tile(1, 0, room) + rows * g1 * s;
+          ASSERT_LE(end0, device::split_slots_first_tile(1, 0, room));
+          ASSERT_LE(u(end1) * tile_bytes, p.split_partial_bytes);
+          if (two) {  // the gate tiles, after GEMM1's
+            ASSERT_LE(end1, gate0);
+            ASSERT_LE(u(gate0 + rows * g0 * s) * tile_bytes, p.split_partial_bytes);
+          }
+        }
+      }
+      EXPECT_GT(splits, 0);
+    }
+  }
 }
 
 // The packing of received rows into row tiles (device/pack.hpp) over random and adversarial

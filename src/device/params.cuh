@@ -202,8 +202,10 @@ struct Params {
   int* tokentile_done;
   int* tokentile_target;       // expert rows kept in each token tile x gemm1_col_tiles
   int* split_done;             // [2, kSplitTargetMax]: K slices finished per (phase, task group)
-  float* split_partial;        // [2, split_room, 128, kExpertBN]: fp32 partial tiles
-  int split_room;              // partial tiles per phase (k_split_room: the workspace plan's)
+  // fp32 partial tiles [split_partial_tiles(split_room, gemm0_results), 128, kExpertBN]: GEMM0's
+  // slots, GEMM1's, then fp8 SwiGLU GEMM0's gate tiles' (split.hpp, split_slots_first_tile)
+  float* split_partial;
+  int split_room;              // partial slots per phase (k_split_room: the workspace plan's)
   int split_target;            // min(grid, kSplitTargetMax): tasks the split aims for
   ErrorRecord* error;
   float* logits;               // [gate_splits, S, experts_padded]: partial sums over K slices

@@ -147,11 +147,23 @@ __device__ __forceinline__ long long k_offset(int k, int ldn) {
   return P::kWeightsKMajor ? static_cast<long long>(k) : static_cast<long long>(k) * ldn;
 }
 
+// fp8 SwiGLU GEMM0: where the gate columns' fp32 result waits while the up columns' tile GEMM runs:
+// GemmSmem's second result tile, past the pipeline stages (so the up tile's loads leave it alone)
+// and past the result tile (the up columns' result), with the result tile's row pitch.
+template <class P>
+__device__ __forceinline__ float* gate_result(KernelSmem<P>& sm) {
+  using Experts = typename GemmSmem<P>::Experts;
+  static_assert(ExpertTiles<P>::kBlockScaled, "only fp8's SwiGLU tasks keep a second result");
+  static_assert(Experts::kPipeBytes >= Experts::kCBytes, "the gate result past the result tile");
+  return reinterpret_cast<float*>(sm.gemm.buffer + Experts::kPipeBytes);
+}
+
 // GEMM0's MMAs for one row tile over K range [k_first, k_first + k_count): the fp32 tile is left in
 // shared memory. A rows from sm.gemm.rows (filled by the caller, already offset by k_first). False
 // when the launch is giving up (a TMA wait timed out or another block aborted): no result.
-// fp8 SwiGLU: the gate columns' tile first, its result moved past the pipeline (GemmSmem's second
-// result tile, read by the epilogue), then the up columns' tile.
+// fp8 SwiGLU: the gate columns' tile first, its result moved to gate_result (read by the epilogue;
+// with split K, stored and summed beside the up result by finish_k_split), then the up columns'
+// tile.
 template <class P>
 __device__ bool gemm0_tiles(const Params& p, KernelSmem<P>& sm, int expert, int rows, int col_tile,
                             int k_first, int k_count) {
@@ -173,7 +185,7 @@ __device__ bool gemm0_tiles(const Params& p, KernelSmem<P>& sm, int expert, int 
     if (!run(w.lo)) return false;
     constexpr int kFloat4 = kTileRows * Gemm::kCPitch / 4;
     const auto* from = reinterpret_cast<const float4*>(Gemm::result(sm.gemm));
-    auto* to = reinterpret_cast<float4*>(sm.gemm.buffer + GemmSmem<P>::Experts::kPipeBytes);
+    auto* to = reinterpret_cast<float4*>(gate_result<P>(sm));
     for (int i = threadIdx.x; i < kFloat4; i += kThreads) to[i] = from[i];
     return run(w.hi);  // (its first barrier orders the copy before the stages are refilled)
   } else {
@@ -213,10 +225,7 @@ __device__ void gemm0_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
   const W1Tile<P> w = w1_tile<P>(p, expert, c);
   Op* h = static_cast<Op*>(p.hidden_act) + static_cast<long long>(hidden_row0) * p.h_pitch;
   if constexpr (T::kBlockScaled) {
-    const float* gate =
-        p.act == Act::swiglu
-            ? reinterpret_cast<const float*>(sm.gemm.buffer + GemmSmem<P>::Experts::kPipeBytes)
-            : nullptr;
+    const float* gate = p.act == Act::swiglu ? gate_result<P>(sm) : nullptr;
     epilogue_gemm0_fp8<P>(Gemm::result(sm.gemm), gate, Gemm::kCPitch, rows, p.act, w.b1, w.lo, w.hi,
                           reinterpret_cast<unsigned char*>(h), p.h_pitch, p.ffn, c.col0);
   } else {
@@ -305,44 +314,67 @@ __device__ void gemm1_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
 }
 
 // Split K: this block computed K slice `slice` of task group `group` (row tile x column tile) of
-// `phase` (0: GEMM0, 1: GEMM1) into shared memory. Stores it as partial tile group * slices + slice
-// of the phase's half, and returns true in the one block that finishes the group: the last slice
+// `phase` (0: GEMM0, 1: GEMM1) into shared memory. Stores it in slot group * slices + slice of the
+// phase's partial tiles, and returns true in the one block that finishes the group: the last slice
 // to arrive, which then holds the sum of all slices, added in slice order (so the result does not
-// depend on which block came last), in shared memory for the epilogue.
+// depend on which block came last), in shared memory for the epilogue. fp8 SwiGLU's GEMM0 leaves
+// a second result, the gate columns' (gate_result; split.hpp, gemm0_results): it is stored and
+// summed the same way in its own slots, back where it was, so gemm0_epilogue reads both as after a
+// whole-K task.
 template <class P>
 __device__ bool finish_k_split(const Params& p, KernelSmem<P>& sm, int phase, int group, int slice,
                                int slices, int rows) {
-  using Gemm = TileGemm<ExpertTiles<P>, P::kExpertBN>;
+  using T = ExpertTiles<P>;
+  using Gemm = TileGemm<T, T::kExpertBN>;
   constexpr int kBN = Gemm::kBN;
   constexpr int kVec = kBN / 4;  // float4 per row
-  float* tile = reinterpret_cast<float*>(sm.gemm.buffer);  // [128][kCPitch], Gemm::result
   constexpr long long kTileFloats = static_cast<long long>(kTileRows) * kBN;
-  if (group * slices + slices > p.split_room) {  // the plan's bound (split.hpp), kept honest
+  // The plan's bound in slots (split.hpp: k_split_room; the region holds every result's slots,
+  // split_partial_tiles), kept honest.
+  if (group * slices + slices > p.split_room) {
     if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, group * slices + slice, p.split_room);
     return false;
   }
-  float* partials = p.split_partial + phase * static_cast<long long>(p.split_room) * kTileFloats;
+  // The slots of result `j` of this phase from the group's first on: [slices][128][kBN].
+  const auto slots = [&](int j) {
+    return reinterpret_cast<float4*>(
+        p.split_partial +
+        (split_slots_first_tile(phase, j, p.split_room) + static_cast<long long>(group) * slices) *
+            kTileFloats);
+  };
+  // fp8 SwiGLU GEMM0: the gate result too (a compile-time false for the other precisions).
+  const bool gate = phase == 0 && gemm0_results(T::kBlockScaled, p.act == Act::swiglu) == 2;
+  const auto store = [&](const float* tile, float4* mine) {
+    for (int i = threadIdx.x; i < rows * kVec; i += kThreads) {
+      const int r = i / kVec, v = i % kVec;
+      mine[i] = *reinterpret_cast<const float4*>(tile + r * Gemm::kCPitch + v * 4);
+    }
+  };
+  // Adds the slots in slice order into `tile` ([128][kCPitch] in shared memory).
+  const auto sum_into = [&](float* tile, const float4* first) {
+    for (int i = threadIdx.x; i < rows * kVec; i += kThreads) {
+      float4 sum = __ldcg(first + i);
+      for (int s = 1; s < slices; ++s) {
+        const float4 v = __ldcg(first + s * (kTileFloats / 4) + i);
+        sum.x += v.x;
+        sum.y += v.y;
+        sum.z += v.z;
+        sum.w += v.w;
+      }
+      const int r = i / kVec, c = i % kVec;
+      *reinterpret_cast<float4*>(tile + r * Gemm::kCPitch + c * 4) = sum;
+    }
+  };
+  float* tile = reinterpret_cast<float*>(sm.gemm.buffer);  // [128][kCPitch], Gemm::result
   int* done = p.split_done + phase * kSplitTargetMax;
-  float4* mine = reinterpret_cast<float4*>(partials + (static_cast<long long>(group) * slices + slice) *
-                                                          kTileFloats);
-  for (int i = threadIdx.x; i < rows * kVec; i += kThreads) {
-    const int r = i / kVec, v = i % kVec;
-    mine[i] = *reinterpret_cast<const float4*>(tile + r * Gemm::kCPitch + v * 4);
+  store(tile, slots(0) + slice * (kTileFloats / 4));
+  if constexpr (T::kBlockScaled) {
+    if (gate) store(gate_result<P>(sm), slots(1) + slice * (kTileFloats / 4));
   }
   if (!arrive_last(done + group, slices)) return false;  // every slice's stores precede the reads
-  const float4* first = reinterpret_cast<const float4*>(partials + static_cast<long long>(group) *
-                                                                     slices * kTileFloats);
-  for (int i = threadIdx.x; i < rows * kVec; i += kThreads) {
-    float4 sum = __ldcg(first + i);
-    for (int s = 1; s < slices; ++s) {
-      const float4 v = __ldcg(first + s * (kTileFloats / 4) + i);
-      sum.x += v.x;
-      sum.y += v.y;
-      sum.z += v.z;
-      sum.w += v.w;
-    }
-    const int r = i / kVec, c = i % kVec;
-    *reinterpret_cast<float4*>(tile + r * Gemm::kCPitch + c * 4) = sum;
+  sum_into(tile, slots(0));
+  if constexpr (T::kBlockScaled) {
+    if (gate) sum_into(gate_result<P>(sm), slots(1));
   }
   __syncthreads();
   return true;

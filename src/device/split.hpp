@@ -7,8 +7,9 @@
 // range is cut into up to kMaxKSplit slices that different blocks run; the last slice to finish
 // sums the partial tiles (in slice order) and runs the epilogue. At most kSplitTargetMax blocks
 // are planned for: per phase (GEMM0, GEMM1) at most kSplitTargetMax / 2 task groups and
-// kSplitTargetMax partial tiles: each phase has its own kSplitTargetMax counters (2 *
-// kSplitTargetMax control words in all) and its own k_split_room partial tiles.
+// kSplitTargetMax partial slots, one per (group, slice): each phase has its own kSplitTargetMax
+// counters (2 * kSplitTargetMax control words in all) and its own k_split_room slots of one partial
+// tile; fp8 SwiGLU's GEMM0 stores two results a slice, in two sets of slots (gemm0_results).
 #pragma once
 
 #if defined(__CUDACC__)
@@ -45,11 +46,12 @@ MONOMOE_HOST_DEVICE constexpr int k_split_for(int row_tiles, int gemm0_cols, int
   return slices < 1 ? 1 : slices;
 }
 
-// Partial tiles one phase can need in a layer whose calls have at most `max_row_tiles` row tiles:
-// a split call has groups * S partial tiles per phase, groups <= its row tiles x the wider phase's
-// column tiles (at most kSplitTargetMax / 2 when S > 1) and S <= min(kMaxKSplit, depth), so at
-// most kSplitTargetMax; 0 when no call can split (a K range of one 128-deep step). The workspace
-// plan sizes the partial tiles with it, so a small layer does not carry the default's ~40 MiB.
+// Partial slots one phase can need in a layer whose calls have at most `max_row_tiles` row tiles:
+// a split call has groups * S slots per phase, groups <= its row tiles x the wider phase's column
+// tiles (at most kSplitTargetMax / 2 when S > 1) and S <= min(kMaxKSplit, depth), so at most
+// kSplitTargetMax; 0 when no call can split (a K range of one 128-deep step). The workspace plan
+// sizes the partial tiles with it (split_partial_tiles), so a small layer does not carry the
+// default's ~40 MiB.
 MONOMOE_HOST_DEVICE constexpr int k_split_room(long long max_row_tiles, int gemm0_cols,
                                                int gemm1_cols, int hidden, int ffn) {
   const int depth = (hidden < ffn ? hidden : ffn) / 128;
@@ -59,6 +61,29 @@ MONOMOE_HOST_DEVICE constexpr int k_split_room(long long max_row_tiles, int gemm
   if (groups > kSplitTargetMax / 2) groups = kSplitTargetMax / 2;
   const long long room = groups * slices;
   return static_cast<int>(room < kSplitTargetMax ? room : kSplitTargetMax);
+}
+
+// Result tiles a GEMM0 task leaves for its epilogue: two for block-scaled (fp8) SwiGLU, whose task
+// runs the tile GEMM over 128 gate, then 128 up columns so that a 128-channel quantization group
+// of the activation never spans tasks (processor.cuh, gemm0_math); one otherwise. A split task's
+// slice stores each of them and the last slice sums each: GEMM0 has this many sets of slots.
+MONOMOE_HOST_DEVICE constexpr int gemm0_results(bool block_scaled, bool swiglu) {
+  return block_scaled && swiglu ? 2 : 1;
+}
+
+// The partial tiles of a layer whose phases have `room` slots each (k_split_room), in sets of
+// `room` tiles: GEMM0's results, GEMM1's, then, with `results0` = 2 (gemm0_results), GEMM0's second
+// results (fp8 SwiGLU's gate tiles). So every other layer's tiles are where they were, and a
+// group's slices of one result stay consecutive tiles. Where the slots of result `result` (1:
+// GEMM0's second) of `phase` start, in tiles, and the tiles in all (the workspace plan's
+// split_partial region): the host's plan and the kernel's finish_k_split compute both from the
+// layer alone.
+MONOMOE_HOST_DEVICE constexpr long long split_slots_first_tile(int phase, int result,
+                                                               long long room) {
+  return result == 0 ? phase * room : 2 * room;
+}
+MONOMOE_HOST_DEVICE constexpr long long split_partial_tiles(long long room, int results0) {
+  return room * (results0 + 1);
 }
 
 // The row pitch, in elements of the expert GEMMs' operand type, of a matrix whose rows hold

@@ -460,10 +460,9 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
   p.split_done = p.tokentile_target + m.plan.token_tiles;
   p.split_partial = m.at<float>(m.plan.split_partial);
   p.split_room = static_cast<int>(m.plan.split_room);
-  // fp8's SwiGLU tiles (two tile GEMMs a task, processor.cuh) do not split K: a target of one
-  // block never splits (device/split.hpp, k_split_for).
-  p.split_target =
-      fp8 && c.activation == Activation::swiglu ? 1 : std::min(m.grid, device::kSplitTargetMax);
+  // Every precision and activation splits K by one rule (device/split.hpp, k_split_for); fp8's
+  // SwiGLU tasks store and sum two tiles a slice, in slots the plan sized for that (gemm0_results).
+  p.split_target = std::min(m.grid, device::kSplitTargetMax);
   p.error = m.error();
   p.logits = m.at<float>(m.plan.logits);
   // The gate GEMM's K split over blocks to spare: halves for a large call, more slices for a few

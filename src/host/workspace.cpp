@@ -113,7 +113,10 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
       p.gemm_tiles, static_cast<int>((cfg.w1_columns() + ecols - 1) / ecols),
       static_cast<int>((cfg.hidden + ecols - 1) / ecols), static_cast<int>(cfg.hidden),
       static_cast<int>(cfg.ffn));
-  p.split_partial_bytes = u(2 * p.split_room * TileShape::kRows * ecols * 4);
+  // fp8 SwiGLU's GEMM0 slices store their gate and up results (device::gemm0_results).
+  const int results0 = device::gemm0_results(fp8, cfg.activation == Activation::swiglu);
+  p.split_partial_bytes =
+      u(device::split_partial_tiles(p.split_room, results0) * TileShape::kRows * ecols * 4);
   p.split_partial = a.take(p.split_partial_bytes, "split");
   p.body_bytes = a.size();
 

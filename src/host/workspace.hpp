@@ -68,7 +68,9 @@ struct WorkspacePlan {
   std::size_t shared_stage = 0;
   std::size_t recv_tiles = 0;   // RecvTile (16 bytes) [row_tiles] (world > 1)
   std::size_t recv_part = 0;    // RecvPart (16 bytes) [recv_parts] (world > 1)
-  // float [2, split_room, 128, expert_cols]: split-K partial tiles (device::k_split_room)
+  // float [split_partial_tiles(split_room, gemm0_results), 128, expert_cols]: split-K partial
+  // tiles, split_room slots per phase (device::k_split_room), and for fp8 SwiGLU split_room more
+  // for GEMM0's gate tiles
   std::int64_t split_room = 0;
   std::size_t split_partial = 0, split_partial_bytes = 0;
   std::size_t body_bytes = 0;   // the extent of these regions
