@@ -17,6 +17,10 @@
 #            one set, BENCH ARGS alone), BUDGET (seconds from the start, default 540; 0: none: a
 #            run that could end past it, by the longest run so far, is not started, and the
 #            medians of the runs made are printed: a device call has 600 s).
+#            PTXAS_GUARD (ON by default: every variant's build fails where ptxas serializes
+#            wgmma, cmake/ptxas_guard.sh; OFF for a diagnostic variant whose extra code trips it,
+#            its timings then not comparable. Passed explicitly, so that a build directory kept
+#            from an earlier call does not keep an older value.)
 # Logs: $OUT (or ./out)/ab-logs.tar.gz: ab-<variant>-<G>-<round>.log (with SETS
 #       ab-s<set>-<variant>-<G>-<round>.log) and ab-build-<variant>.log.
 set -uo pipefail
@@ -51,7 +55,8 @@ case "$cmd" in
     t0=$(date +%s)
     for v in "${names[@]}"; do
       ( cmake -S "ab/$v" -B "/tmp/ab-build-$v" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-          ${W:+-DNCCL_ROOT="$W"} -DMONOMOE_BUILD_TESTS=OFF > "$OUT/ab-build-$v.log" 2>&1 &&
+          ${W:+-DNCCL_ROOT="$W"} -DMONOMOE_BUILD_TESTS=OFF \
+          -DMONOMOE_PTXAS_GUARD="${PTXAS_GUARD:-ON}" > "$OUT/ab-build-$v.log" 2>&1 &&
         cmake --build "/tmp/ab-build-$v" -j "$jobs" --target monomoe_cli >> "$OUT/ab-build-$v.log" 2>&1
         echo "build $v rc=$?" ) &
     done

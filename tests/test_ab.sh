@@ -33,6 +33,7 @@ cat > "$dir/bin/cmake" <<CM
 if [ "\$1" = --build ]; then
   mkdir -p "\$2/tools" && cp "$dir/bin/fake-monomoe" "\$2/tools/monomoe" && chmod +x "\$2/tools/monomoe"
 else
+  echo "\$*" >> "$dir/configures"
   while [ \$# -gt 0 ]; do [ "\$1" = -B ] && mkdir -p "\$2"; shift; done
 fi
 CM
@@ -62,4 +63,14 @@ calls=$(wc -l < "$FAKE_CALLS")
 expect "BUDGET=3 s: stopped before round" "run 2"
 expect "  gpus 1  $a (1111111): 0.5" "run 2 (the median of the runs made)"
 tar -tzf "$dir/out2/ab-logs.tar.gz" | grep -q "^ab-$a-1-1.log$" || fail "run 2: log names"
+
+# The ptxas guard is passed to every configure: ON unless PTXAS_GUARD says otherwise (a kept build
+# folder must not keep an older value).
+grep -q -- "-DMONOMOE_PTXAS_GUARD=ON" "$dir/configures" || fail "guard: not ON by default"
+! grep -q -- "-DMONOMOE_PTXAS_GUARD=OFF" "$dir/configures" || fail "guard: OFF without PTXAS_GUARD"
+: > "$dir/configures"
+out=$(cd "$dir/repo" && OUT=$dir/out3 PTXAS_GUARD=OFF GPUS=1 ROUNDS=1 BUDGET=0 \
+      scripts/ab.sh run --tokens 64 2>&1) || fail "run 3: status $?: $out"
+[ "$(grep -c -- "-DMONOMOE_PTXAS_GUARD=OFF" "$dir/configures")" -eq 2 ] ||
+  fail "guard: PTXAS_GUARD=OFF did not reach both variants' configures: $(cat "$dir/configures")"
 echo "PASS"
