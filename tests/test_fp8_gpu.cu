@@ -17,22 +17,34 @@
 namespace monomoe {
 namespace {
 
-__global__ void round_kernel(const float* in, float* out, int n) {
+// out: in[i] rounded by to_e4m3; out2: by the two-value form (to_e4m3x2, as quantize_lane8 packs
+// codes), in[i] the low code of its pair (i even) or the high one.
+__global__ void round_kernel(const float* in, float* out, float* out2, int n) {
   const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-  if (i < n) out[i] = device::from_e4m3(device::to_e4m3(in[i]));
+  if (i < n) {
+    out[i] = device::from_e4m3(device::to_e4m3(in[i]));
+    const int lo = i & ~1;
+    const unsigned short two = device::to_e4m3x2(in[lo], lo + 1 < n ? in[lo + 1] : 0.f);
+    out2[i] = device::from_e4m3(static_cast<__nv_fp8_storage_t>(i == lo ? two & 0xffu : two >> 8));
+  }
 }
 
-std::vector<float> on_gpu_round(const std::vector<float>& in) {
+struct Rounded {
+  std::vector<float> one, two;  // round_kernel's out and out2
+};
+
+Rounded on_gpu_round(const std::vector<float>& in) {
   const int n = static_cast<int>(in.size());
-  float *din = nullptr, *dout = nullptr;
+  float *din = nullptr, *dout = nullptr, *dout2 = nullptr;
   EXPECT_EQ(cudaMalloc(&din, in.size() * 4), cudaSuccess);
   EXPECT_EQ(cudaMalloc(&dout, in.size() * 4), cudaSuccess);
+  EXPECT_EQ(cudaMalloc(&dout2, in.size() * 4), cudaSuccess);
   cudaMemcpy(din, in.data(), in.size() * 4, cudaMemcpyHostToDevice);
-  round_kernel<<<(n + 255) / 256, 256>>>(din, dout, n);
-  std::vector<float> out(in.size());
-  EXPECT_EQ(cudaMemcpy(out.data(), dout, out.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-  cudaFree(din);
-  cudaFree(dout);
+  round_kernel<<<(n + 255) / 256, 256>>>(din, dout, dout2, n);
+  Rounded out{std::vector<float>(in.size()), std::vector<float>(in.size())};
+  EXPECT_EQ(cudaMemcpy(out.one.data(), dout, in.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(out.two.data(), dout2, in.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  for (float* ptr : {din, dout, dout2}) cudaFree(ptr);
   return out;
 }
 
@@ -62,12 +74,16 @@ TEST(Fp8Gpu, CvtRoundsAsTheReference) {
                   std::numeric_limits<float>::denorm_min()}) {
     in.push_back(v);
   }
-  const std::vector<float> out = on_gpu_round(in);
+  const Rounded out = on_gpu_round(in);
   int wrong = 0;
   for (std::size_t i = 0; i < in.size(); ++i) {
     const float want = reference::fp8::round_e4m3(in[i]);
-    if (!same(out[i], want) && ++wrong <= 10) {
-      ADD_FAILURE() << "e4m3(" << in[i] << "): GPU " << out[i] << ", reference " << want;
+    if (!same(out.one[i], want) && ++wrong <= 10) {
+      ADD_FAILURE() << "e4m3(" << in[i] << "): GPU " << out.one[i] << ", reference " << want;
+    }
+    if (!same(out.two[i], want) && ++wrong <= 10) {
+      ADD_FAILURE() << "e4m3x2 (" << (i % 2 ? "high" : "low") << " code) of " << in[i] << ": GPU "
+                    << out.two[i] << ", reference " << want;
     }
   }
   EXPECT_EQ(wrong, 0) << "of " << in.size();
@@ -107,6 +123,11 @@ TEST(Fp8Gpu, RowsQuantizeAsTheReference) {
   // A group of zeros (scale 1, every q 0) and a group holding a NaN (scale and every q NaN).
   for (int c = 0; c < 128; ++c) x[5 * kHidden + 128 + c] = __float2bfloat16(0.f);
   x[7 * kHidden + 2 * 128 + 77] = __float2bfloat16(std::nanf(""));
+  // Groups holding an infinity (amax inf: scale inf, the finite values' codes 0, the infinity's
+  // NaN) and a negative NaN: the amax by bit patterns must order them as the reference does.
+  x[9 * kHidden + 3 * 128 + 5] = __float2bfloat16(std::numeric_limits<float>::infinity());
+  x[11 * kHidden + 4 * 128 + 100] = __float2bfloat16(-std::numeric_limits<float>::infinity());
+  x[13 * kHidden + 1 * 128 + 64] = __float2bfloat16(-std::nanf(""));
   for (std::size_t i = 0; i < x.size(); ++i) xf[i] = __bfloat162float(x[i]);
   const std::size_t bytes = static_cast<std::size_t>(kRowsX) * pitch;
   void *dx = nullptr, *dq = nullptr;

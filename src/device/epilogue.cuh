@@ -236,29 +236,10 @@ __device__ __forceinline__ void epilogue_gemm0_fp8_rows(const float* c, const fl
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[j] = activate_for<P>(A, v[j] + bg[j]);
     }
-    float amax = 0.f;
-    bool nan = false;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      amax = fmaxf(amax, fabsf(v[j]));
-      nan = nan || isnan(v[j]);
-    }
-#pragma unroll
-    for (int off = 8; off > 0; off >>= 1) {
-      amax = fmaxf(amax, __shfl_xor_sync(half_warp, amax, off));
-      nan = __shfl_xor_sync(half_warp, nan ? 1 : 0, off) != 0 || nan;
-    }
-    if (nan) amax = __int_as_float(0x7fffffff);
-    const float inv = amax == 0.f ? 1.f : kFp8Max / amax;
-    unsigned int word[2] = {0u, 0u};
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-      word[j / 4] |= static_cast<unsigned int>(to_e4m3(v[j] * inv)) << (8 * (j % 4));
+    const Fp8Lane8 out = quantize_lane8(v, half_warp);
     unsigned char* row = h + static_cast<long long>(r) * h_pitch;
-    *reinterpret_cast<uint2*>(row + col0 + cc) = make_uint2(word[0], word[1]);
-    if (cc == 0) {
-      reinterpret_cast<float*>(row + ffn)[col0 / kScaleBlock] = amax == 0.f ? 1.f : amax / kFp8Max;
-    }
+    *reinterpret_cast<uint2*>(row + col0 + cc) = out.codes;
+    if (cc == 0) reinterpret_cast<float*>(row + ffn)[col0 / kScaleBlock] = fp8_scale(out.amax);
   }
 }
 
