@@ -174,18 +174,37 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
     p.tokentile_target[tile] = (kept_in_tile + rows * p.shared_slices) * p.gemm1_col_tiles;
   }
   if (copy) {
-    // A warp per token: each 16-byte piece of its row read once, stored to each kept choice's row.
+    // Pieces lo .. lo + width - 1 (16 bytes each) of the tile's rows, consecutive threads on
+    // consecutive pieces, each read once and stored to each kept choice's row; kBatch reads in
+    // flight per thread before its stores (a loop that stored before its next read waited out a
+    // read's latency per piece: ~50 us for bf16's default config, perf log 2026-11-30 23:48).
+    constexpr int kBatch = 8;
     const int pieces = row_bytes / 16;
-    const int lo = pieces * part / parts, hi = pieces * (part + 1) / parts;
-    const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+    const int lo = pieces * part / parts, width = pieces * (part + 1) / parts - lo;
+    const int total = rows * width;
     auto* dst = static_cast<unsigned char*>(p.x_rows);
-    for (int r = warp; r < rows; r += kThreads / 32) {
-      const uint4* src = reinterpret_cast<const uint4*>(copy + static_cast<long long>(first + r) * row_bytes);
-      for (int c = lo + lane; c < hi; c += 32) {
-        const uint4 v = __ldcg(src + c);
-        for (int j = 0; j < k; ++j) {
-          const int q = rs.choice[r * k + j];
-          if (q >= 0) reinterpret_cast<uint4*>(dst + static_cast<long long>(q) * row_bytes)[c] = v;
+    for (int base = static_cast<int>(threadIdx.x); base < total; base += kThreads * kBatch) {
+      uint4 v[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = base + u * kThreads;
+        if (i < total) {
+          const int r = i / width, c = lo + i % width;
+          v[u] = __ldcg(reinterpret_cast<const uint4*>(
+                            copy + static_cast<long long>(first + r) * row_bytes) + c);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = base + u * kThreads;
+        if (i < total) {
+          const int r = i / width, c = lo + i % width;
+          for (int j = 0; j < k; ++j) {
+            const int q = rs.choice[r * k + j];
+            if (q >= 0) {
+              reinterpret_cast<uint4*>(dst + static_cast<long long>(q) * row_bytes)[c] = v[u];
+            }
+          }
         }
       }
     }
