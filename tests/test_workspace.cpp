@@ -117,7 +117,7 @@ TEST(Workspace, XRowsOnlyWhereGemm0ReadsThemByTma) {
       const detail::WorkspacePlan p = detail::plan_workspace(c);
       const auto x_row = static_cast<std::size_t>(
           d == DType::fp8 ? device::operand_pitch(c.hidden, true) : c.hidden * 2);
-      const bool by_tma = world == 1 && (d == DType::bf16 || d == DType::fp8);
+      const bool by_tma = world == 1 && d == DType::fp8;
       EXPECT_EQ(detail::TileShape::gemm0_rows_by_tma(d, world), by_tma);
       EXPECT_EQ(p.x_rows_bytes, by_tma ? static_cast<std::size_t>(p.hidden_rows) * x_row : 0u);
       EXPECT_LE(p.x_rows + p.x_rows_bytes, p.body_bytes);

@@ -25,7 +25,7 @@ struct TileShape {
   // kernels whose GEMM1 does so and whose tokens need no rounding (bf16, fp8: layer.cu checks
   // device::gemm0_rows_by_tma against this), on one rank.
   static constexpr bool gemm0_rows_by_tma(DType d, std::int64_t world) {
-    return world == 1 && (d == DType::bf16 || d == DType::fp8);
+    return world == 1 && d == DType::fp8;
   }
   // Split K (device/split.hpp): per phase (GEMM0, GEMM1) counters for kSplitGroups task groups
   // (the partial tiles are sized per layer: split_room below).
