@@ -83,7 +83,8 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
     const auto* copy =
         gemm0_by_rows(p) ? reinterpret_cast<const unsigned char*>(expert_x<P>(p)) : nullptr;
     const int row_bytes = p.x_pitch * static_cast<int>(sizeof(typename ExpertTiles<P>::Elem));
-    const int parts = copy ? max(1, min(kCopyParts, static_cast<int>(gridDim.x) / p.token_tiles)) : 1;
+    const int spare = static_cast<int>(gridDim.x) / p.token_tiles;
+    const int parts = copy ? max(1, min(kCopyParts, spare)) : 1;
     for (int item = blockIdx.x; item < p.token_tiles * parts; item += gridDim.x) {
       scatter_tile(p, sm.route, item % p.token_tiles, copy, row_bytes, item / p.token_tiles,
                    parts);

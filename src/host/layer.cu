@@ -255,9 +255,9 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
       static_cast<int>(detail::TileShape::expert_cols(config.dtype, config.weight_layout))) {
     throw std::logic_error("monomoe: the workspace plan's expert tile width differs from the kernel's");
   }
-  if (device::gemm0_rows_by_tma(config.dtype, config.weight_layout) !=
-      detail::TileShape::gemm0_rows_by_tma(config.dtype, 1)) {
-    throw std::logic_error("monomoe: the workspace plan's x_rows rule differs from the kernel's");
+  if (detail::TileShape::gemm0_rows_by_tma(config.dtype, 1) &&
+      !device::gemm0_rows_by_tma(config.dtype, config.weight_layout)) {
+    throw std::logic_error("monomoe: the workspace plan has x_rows for a kernel that gathers");
   }
   if (m.tma()) {
     // GEMM1 reads W2 by TMA. [in, out]: W2 [el][ffn][hidden], boxes of a k-tile's K rows;
@@ -276,7 +276,8 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
                                            what);
     };
     m.tma_w2 = w2_map(weights.w2, el, config.ffn, "ExpertWeights.w2");
-    // GEMM0 from x_rows reads W1 the same way: [el][hidden][w1 columns], or [el][w1 columns][hidden].
+    // GEMM0 from x_rows reads W1 the same way: [el][hidden][w1 columns], or [el][w1 columns]
+    // [hidden].
     if (detail::TileShape::gemm0_rows_by_tma(config.dtype, config.world_size)) {
       const std::int64_t cols = config.w1_columns();
       m.tma_w1 = config.weight_layout == WeightLayout::in_out
