@@ -60,6 +60,7 @@ std::vector<std::pair<std::size_t, std::size_t>> body_regions(const LayerConfig&
           {p.tile_counts, u(p.token_tiles * c.experts) * 4},
           {p.expert_rows, u(p.rows_in) * 4},
           {p.hidden_act, u(std::max(p.rows_in, p.gemm_tiles * 128) * c.ffn) * elem},
+          {p.x_rows, p.x_rows_bytes},
           {p.stage, choices * u(c.hidden) * elem},
           {p.shared_stage, u(c.max_tokens * c.shared_slices() * c.hidden) * elem},
           {p.recv_tiles, u(p.row_tiles) * 16},
@@ -97,6 +98,29 @@ TEST(Workspace, SharedPrefixDoesNotMoveWithTheConfig) {
       // What LayerConfig::workspace_bytes() reports for a layer alone.
       EXPECT_EQ(p.total, s.body + p.body_bytes);
       EXPECT_EQ(c.workspace_bytes(), p.total);
+    }
+  }
+}
+
+// GEMM0's expert-ordered copy of x (device::Params::x_rows): one rank, bf16 and fp8 only, a row of
+// the expert GEMMs' x (fp8: values and scales) per row of hidden_act.
+TEST(Workspace, XRowsOnlyWhereGemm0ReadsThemByTma) {
+  for (std::int64_t world : {1, 2}) {
+    for (DType d : {DType::bf16, DType::fp8, DType::tf32, DType::fp32}) {
+      LayerConfig c;
+      c.world_size = world;
+      c.experts = 8 * world;
+      c.max_tokens = 1000;
+      c.dtype = d;
+      if (d == DType::fp8) c.weight_layout = WeightLayout::out_in;
+      SCOPED_TRACE(c.describe());
+      const detail::WorkspacePlan p = detail::plan_workspace(c);
+      const auto x_row = static_cast<std::size_t>(
+          d == DType::fp8 ? device::operand_pitch(c.hidden, true) : c.hidden * 2);
+      const bool by_tma = world == 1 && d == DType::fp8;
+      EXPECT_EQ(detail::TileShape::gemm0_rows_by_tma(d, world), by_tma);
+      EXPECT_EQ(p.x_rows_bytes, by_tma ? static_cast<std::size_t>(p.hidden_rows) * x_row : 0u);
+      EXPECT_LE(p.x_rows + p.x_rows_bytes, p.body_bytes);
     }
   }
 }

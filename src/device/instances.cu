@@ -49,6 +49,13 @@ bool gemm1_by_tma(DType dtype, WeightLayout layout) {
   });
 }
 
+bool gemm0_rows_by_tma(DType dtype, WeightLayout layout) {
+  return with_precision(dtype, layout, [](auto p) {
+    using T = ExpertTiles<decltype(p)>;
+    return StageLoads<T, T::kExpertBN>::kTmaCapable && !T::kRoundToTf32;
+  });
+}
+
 cudaError_t launch_forward(DType dtype, WeightLayout layout, const Params& params, int grid,
                            cudaStream_t stream) {
   return layout == WeightLayout::out_in ? Instances<true>::launch(dtype, params, grid, stream)

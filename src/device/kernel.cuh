@@ -78,8 +78,16 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
     if (!grid_barrier(p, ++barrier)) return;
 
     summarize_routes(p, sm.route);
-    for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) {
-      scatter_tile(p, sm.route, tile);
+    // One rank's GEMM0 by TMA (Params::x_rows): the placement also copies x's rows into the
+    // experts' order, each token tile's by `parts` blocks when the grid has blocks to spare.
+    const auto* copy =
+        gemm0_by_rows(p) ? reinterpret_cast<const unsigned char*>(expert_x<P>(p)) : nullptr;
+    const int row_bytes = p.x_pitch * static_cast<int>(sizeof(typename ExpertTiles<P>::Elem));
+    const int spare = static_cast<int>(gridDim.x) / p.token_tiles;
+    const int parts = copy ? max(1, min(kCopyParts, spare)) : 1;
+    for (int item = blockIdx.x; item < p.token_tiles * parts; item += gridDim.x) {
+      scatter_tile(p, sm.route, item % p.token_tiles, copy, row_bytes, item / p.token_tiles,
+                   parts);
     }
     if (!grid_barrier(p, ++barrier)) return;
   }
@@ -111,11 +119,17 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
     }
     switch (static_cast<TaskType>(task.head)) {
       case TaskType::gemm0:
-        if (ep) run_gemm0_ep<P>(p, sm, task.a, task.b); else run_gemm0<P>(p, sm, task.a, task.b);
+      case TaskType::gemm1: {
+        const bool second = static_cast<TaskType>(task.head) == TaskType::gemm1;
+        if (!ep) {
+          run_gemm<P>(p, sm, second, task.a, task.b);
+        } else if (second) {
+          run_gemm1_ep<P>(p, sm, task.a, task.b);
+        } else {
+          run_gemm0_ep<P>(p, sm, task.a, task.b);
+        }
         break;
-      case TaskType::gemm1:
-        if (ep) run_gemm1_ep<P>(p, sm, task.a, task.b); else run_gemm1<P>(p, sm, task.a, task.b);
-        break;
+      }
       case TaskType::combine: run_combine<P>(p, sm, task.a, task.b); break;
       default:
         if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, static_cast<int>(task.head), 0);

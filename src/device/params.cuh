@@ -24,6 +24,8 @@ inline constexpr int kMaxSharedSlices = 8;
 // Calls of at most this many token tiles (decode) are routed by one block, with no grid barrier
 // (route_alone.cuh, Params::route_alone).
 inline constexpr int kRouteAloneTiles = 4;
+// Most blocks that share one token tile's copy of x into Params::x_rows (kernel.cuh).
+inline constexpr int kCopyParts = 4;
 // Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks, first task
 // taken, last GEMM task finished (the task loop's start when it ran none), combine time; then the
 // expert-parallel roles' events (world > 1, 0 where the block has no such role), kTraceEp + ...
@@ -193,6 +195,12 @@ struct Params {
   void* x_quant;  // fp8: [S][x_pitch] bytes; nullptr otherwise
   int x_pitch;
   int h_pitch;
+  // One rank, a call routed by the grid (not route_alone), GEMM0 by TMA (gemm0_rows_by_tma): the
+  // expert GEMMs' copy of x (x, or x_quant for fp8) row by row in the order of expert_rows, row q
+  // the token of expert_rows[q], x_pitch elements a row, written where the rows are placed
+  // (route.cuh, scatter_tile), so that GEMM0's routed tiles read their A rows by TMA as GEMM1
+  // does hidden_act's (tma_x_rows, W1 through tma_w1). nullptr otherwise: GEMM0 gathers its rows.
+  void* x_rows;  // [rows][x_pitch]
 
   // Workspace.
   Control* control;
@@ -256,6 +264,10 @@ struct Params {
   CUtensorMap tma_w2;  // (64-byte aligned by its type)
   CUtensorMap tma_h;   // hidden_act [rows][ffn] (GEMM1's A rows), boxes of 128 rows x 128 bytes
   CUtensorMap tma_w2_shared;  // shared_w2 as one expert of K = S (a slice offsets K by j I)
+  // With x_rows: w1 ([experts_local][K][N], or [experts_local][N][K]) and x_rows [rows][hidden]
+  // (pitch x_pitch), boxes as tma_w2's and tma_h's.
+  CUtensorMap tma_w1;
+  CUtensorMap tma_x_rows;
 };
 
 // Row tiles of the shared expert in a call: every slice over every token tile of this rank's own

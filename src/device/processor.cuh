@@ -234,23 +234,38 @@ __device__ void gemm0_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
   }
 }
 
-// GEMM1's MMAs over K range [k_first, k_first + k_count) of one row tile: A rows are
-// hidden_act[hidden_row0 + r] (set here), the fp32 tile is left in shared memory. False as
-// gemm0_math.
+// The operands of an expert tile GEMM whose A rows are consecutive rows of a buffer: GEMM1's
+// (hidden_act) and, with Params::x_rows, GEMM0's of routed tiles (x_rows). Both are read by TMA
+// where the kernel can (StageLoads::kTmaCapable), by cp.async from the same rows and weights
+// otherwise. One or two passes (fp8 SwiGLU's GEMM0: the gate columns' tile, then the up columns',
+// as gemm0_tiles), each over column halves lo and hi with their weight scales (fp8).
 template <class P>
-__device__ bool gemm1_tiles(const Params& p, KernelSmem<P>& sm, int expert, int rows,
-                            int hidden_row0, int col_tile, int k_first, int k_count) {
+struct RowsOperands {
+  TmaTile t;      // maps, expert, K offsets, the tile's first A row
+  const void* a;  // the tile's first A row
+  int a_pitch;    // elements from one A row to the next
+  int a_width;    // values in an A row (fp8: its scales follow them)
+  const typename ExpertTiles<P>::Elem* b;  // the weights from the K slice's start
+  int ldb;
+  int passes;
+  int lo0, hi0, lo1, hi1;
+  int valid_lo, valid_hi;
+  const float* scale_lo0;
+  const float* scale_hi0;
+  const float* scale_lo1;
+  const float* scale_hi1;
+};
+
+// GEMM1's operands for K range [k_first, ...) of one row tile: A rows hidden_act[hidden_row0 +
+// r], B the expert's W2 (or the shared expert's slice).
+template <class P>
+__device__ __forceinline__ RowsOperands<P> gemm1_operands(const Params& p, int expert,
+                                                          int hidden_row0, int col_tile,
+                                                          int k_first) {
   using T = ExpertTiles<P>;
   using Op = typename T::Elem;
   using Gemm = TileGemm<T, T::kExpertBN>;
   constexpr int kHalf = Gemm::kBN / 2;
-  const Op* h = static_cast<const Op*>(p.hidden_act);
-  if (threadIdx.x < kTileRows) {
-    const int r = static_cast<int>(threadIdx.x);
-    set_a_row(sm.gemm, r,
-              r < rows ? h + static_cast<long long>(hidden_row0 + r) * p.h_pitch : nullptr, p.ffn,
-              k_first);
-  }
   const int col0 = col_tile * Gemm::kBN;
   const int out_cols = min(Gemm::kBN, p.hidden - col0);
   // W2 of a routed expert: [ffn, hidden], or [hidden, ffn] for [out, in] weights. The shared
@@ -263,27 +278,125 @@ __device__ bool gemm1_tiles(const Params& p, KernelSmem<P>& sm, int expert, int 
   const Op* w2 =
       shared ? static_cast<const Op*>(p.shared_w2)
              : static_cast<const Op*>(p.w2) + static_cast<long long>(expert) * p.ffn * p.hidden;
-  w2 += k_offset<T>(k0, ldb);
   // fp8: W2's block scales, [hidden / 128][depth / 128] per expert.
   const float* w2_scale =
       shared ? p.shared_w2_scale
              : (p.w2_scale ? p.w2_scale + static_cast<long long>(expert) *
                                               (p.hidden / kScaleBlock) * (p.ffn / kScaleBlock)
                            : nullptr);
-  // A rows are contiguous here: both operands by TMA where the kernel can (StageLoads::kTmaCapable;
-  // the other kernels ignore t).
-  TmaTile t;
-  t.map = shared ? &p.tma_w2_shared : &p.tma_w2;
-  t.expert = shared ? 0 : expert;
-  t.k0 = k0;
-  t.p = &p;
-  t.map_a = &p.tma_h;
-  t.a_row0 = hidden_row0;
-  t.a_k0 = k_first;
-  t.b_scale_lo = weight_scales(w2_scale, col0, depth, k0);
-  t.b_scale_hi = weight_scales(w2_scale, col0 + kHalf, depth, k0);
-  return Gemm::template run<true>(sm.gemm, w2, ldb, col0, col0 + kHalf, min(kHalf, out_cols),
-                                  max(0, out_cols - kHalf), k_count, rows, t);
+  RowsOperands<P> o;
+  o.t.map = shared ? &p.tma_w2_shared : &p.tma_w2;
+  o.t.expert = shared ? 0 : expert;
+  o.t.k0 = k0;
+  o.t.p = &p;
+  o.t.map_a = &p.tma_h;
+  o.t.a_row0 = hidden_row0;
+  o.t.a_k0 = k_first;
+  o.a = static_cast<const Op*>(p.hidden_act) + static_cast<long long>(hidden_row0) * p.h_pitch;
+  o.a_pitch = p.h_pitch;
+  o.a_width = p.ffn;
+  o.b = w2 + k_offset<T>(k0, ldb);
+  o.ldb = ldb;
+  o.passes = 1;
+  o.lo0 = o.lo1 = col0;
+  o.hi0 = o.hi1 = col0 + kHalf;
+  o.valid_lo = min(kHalf, out_cols);
+  o.valid_hi = max(0, out_cols - kHalf);
+  o.scale_lo0 = o.scale_lo1 = weight_scales(w2_scale, col0, depth, k0);
+  o.scale_hi0 = o.scale_hi1 = weight_scales(w2_scale, col0 + kHalf, depth, k0);
+  return o;
+}
+
+// GEMM0's operands with Params::x_rows, for K range [k_first, ...) of a routed row tile: A rows
+// x_rows[hidden_row0 + r] (x_rows and hidden_act number rows alike), B the expert's W1.
+template <class P>
+__device__ __forceinline__ RowsOperands<P> gemm0_operands(const Params& p, int expert,
+                                                          int hidden_row0, int col_tile,
+                                                          int k_first) {
+  using T = ExpertTiles<P>;
+  using Op = typename T::Elem;
+  using Gemm = TileGemm<T, T::kExpertBN>;
+  constexpr int kHalf = Gemm::kBN / 2;
+  const Gemm0Cols c = gemm0_cols<P>(p, col_tile);
+  const W1Tile<P> w = w1_tile<P>(p, expert, c);
+  // W1: [hidden, cols], or [cols, hidden] for [out, in] weights.
+  const int ldb = T::kWeightsKMajor ? p.hidden : w.cols;
+  RowsOperands<P> o;
+  o.t.map = &p.tma_w1;
+  o.t.expert = expert;
+  o.t.k0 = k_first;
+  o.t.p = &p;
+  o.t.map_a = &p.tma_x_rows;
+  o.t.a_row0 = hidden_row0;
+  o.t.a_k0 = k_first;
+  o.a = static_cast<const Op*>(p.x_rows) + static_cast<long long>(hidden_row0) * p.x_pitch;
+  o.a_pitch = p.x_pitch;
+  o.a_width = p.hidden;
+  o.b = w.w1 + k_offset<T>(k_first, ldb);
+  o.ldb = ldb;
+  if constexpr (T::kBlockScaled) {  // whole groups: kBN gate columns, then kBN up columns
+    o.passes = p.act == Act::swiglu ? 2 : 1;
+    o.lo0 = w.lo;
+    o.hi0 = w.lo + kHalf;
+    o.lo1 = w.hi;
+    o.hi1 = w.hi + kHalf;
+    o.valid_lo = o.valid_hi = kHalf;
+    o.scale_lo0 = o.scale_hi0 = weight_scales(w.scale, w.lo, p.hidden, k_first);
+    o.scale_lo1 = o.scale_hi1 = weight_scales(w.scale, w.hi, p.hidden, k_first);
+  } else {
+    o.passes = 1;
+    o.lo0 = o.lo1 = w.lo;
+    o.hi0 = o.hi1 = w.hi;
+    o.valid_lo = c.valid_lo;
+    o.valid_hi = c.valid_hi;
+    o.scale_lo0 = o.scale_hi0 = o.scale_lo1 = o.scale_hi1 = nullptr;
+  }
+  return o;
+}
+
+// The tile GEMM(s) of `o` over k_count of K for the tile's `rows` rows: the fp32 tile is left in
+// shared memory (two passes: the first's moved to gate_result). False as gemm0_math.
+template <class P>
+__device__ bool rows_tiles(KernelSmem<P>& sm, const RowsOperands<P>& o, int rows, int k_count) {
+  using T = ExpertTiles<P>;
+  using Op = typename T::Elem;
+  using Gemm = TileGemm<T, T::kExpertBN>;
+  if (threadIdx.x < kTileRows) {
+    const int r = static_cast<int>(threadIdx.x);
+    set_a_row(sm.gemm, r,
+              r < rows ? static_cast<const Op*>(o.a) + static_cast<long long>(r) * o.a_pitch
+                       : nullptr,
+              o.a_width, o.t.a_k0);
+  }
+#pragma unroll 1
+  for (int pass = 0; pass < o.passes; ++pass) {
+    if constexpr (T::kBlockScaled) {
+      if (pass == 1) {  // (the run's first barrier orders the copy before the stages are refilled)
+        constexpr int kFloat4 = kTileRows * Gemm::kCPitch / 4;
+        const auto* from = reinterpret_cast<const float4*>(Gemm::result(sm.gemm));
+        auto* to = reinterpret_cast<float4*>(gate_result<P>(sm));
+        for (int i = threadIdx.x; i < kFloat4; i += kThreads) to[i] = from[i];
+      }
+    }
+    TmaTile t = o.t;
+    t.b_scale_lo = pass == 0 ? o.scale_lo0 : o.scale_lo1;
+    t.b_scale_hi = pass == 0 ? o.scale_hi0 : o.scale_hi1;
+    if (!Gemm::template run<true>(sm.gemm, o.b, o.ldb, pass == 0 ? o.lo0 : o.lo1,
+                                  pass == 0 ? o.hi0 : o.hi1, o.valid_lo, o.valid_hi, k_count,
+                                  rows, t)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// GEMM1's MMAs over K range [k_first, k_first + k_count) of one row tile (A rows hidden_act[
+// hidden_row0 + r]); the fp32 tile is left in shared memory. False as gemm0_math.
+template <class P>
+__device__ bool gemm1_tiles(const Params& p, KernelSmem<P>& sm, int expert, int rows,
+                            int hidden_row0, int col_tile, int k_first, int k_count) {
+  return rows_tiles<P>(sm, gemm1_operands<P>(p, expert, hidden_row0, col_tile, k_first), rows,
+                       k_count);
 }
 
 template <class P>
@@ -398,45 +511,6 @@ __device__ __forceinline__ AloneTile alone_tile(const Params& p, const RouteSmem
   return {p.experts_local + st.slice, st.rows, tile * kTileRows, -1, st.token0};
 }
 
-// GEMM0 task (tile, b): column tile b / k_split, K slice b % k_split (k_split == 1: whole K).
-template <class P>
-__device__ void run_gemm0(const Params& p, KernelSmem<P>& sm, int tile, int b) {
-  const AloneTile at = alone_tile(p, sm.route, tile);
-  if (at.rows <= 0) {
-    if (threadIdx.x == 0) raise_error(p, ErrorCode::bad_task, tile, at.rows);
-    return;
-  }
-  const int slices = sm.route.k_split;
-  const int col_tile = b / slices, slice = b % slices;
-  const KSlice ks = k_slice(p.hidden, slice, slices);
-  const auto* x = expert_x<P>(p);
-  if (threadIdx.x < kTileRows) {
-    const int r = static_cast<int>(threadIdx.x);
-    const void* src = nullptr;
-    if (r < at.rows) {
-      const int token =
-          at.first >= 0 ? __ldcg(p.expert_rows + at.first + r) / p.topk : at.token0 + r;
-      src = x + static_cast<long long>(token) * p.x_pitch;
-    }
-    set_a_row(sm.gemm, r, src, p.hidden, ks.first);
-  }
-  if (!gemm0_math<P>(p, sm, at.expert, at.rows, col_tile, ks.first, ks.count)) return;
-  if (slices > 1 &&
-      !finish_k_split<P>(p, sm, 0, tile * p.gemm0_col_tiles + col_tile, slice, slices, at.rows)) {
-    return;  // another slice's block finishes this tile
-  }
-  gemm0_epilogue<P>(p, sm, at.expert, at.rows, at.hidden_row0, col_tile);
-
-  publish_block_writes();
-  if (threadIdx.x == 0) {
-    const int done = atomicAdd(p.rowtile_done + tile, 1) + 1;
-    if (done == p.gemm0_col_tiles) {
-      __threadfence();  // acquire side of the counter: all GEMM0 tiles of the row tile precede
-      push_tasks(p, TaskType::gemm1, tile, 0, p.gemm1_col_tiles * slices);
-    }
-  }
-}
-
 // Where one row of a GEMM1 tile goes: its row of a stage buffer (this rank's own, or a peer's in
 // its window), the token there (of the source's tokens) and the source's rank.
 struct Gemm1Dest {
@@ -501,9 +575,21 @@ __device__ __forceinline__ void for_each_token_tile_run(const TaskSmem& ts, int 
   }
 }
 
-// GEMM1 task (tile, b): column tile b / k_split, K slice b % k_split (k_split == 1: whole K).
+// One rank (Params::world == 1; the expert-parallel runners are ep.cuh's): GEMM0 reads its routed
+// tiles' A rows from x_rows by TMA (when the launch has them, gemm0_by_rows) and gathers them
+// token by token otherwise (the shared expert's tiles, decode calls routed alone).
+__device__ __forceinline__ bool gemm0_by_rows(const Params& p) {
+  return p.x_rows != nullptr && !p.route_alone && p.world == 1;
+}
+
+// GEMM task (tile, b) of GEMM0 (second false) or GEMM1: column tile b / k_split, K slice b %
+// k_split (k_split == 1: whole K). GEMM0: hidden_act's rows of the tile = act(x W1 + b1); the
+// last column tile of a row tile publishes its GEMM1 tasks. GEMM1: each row's slot of the stage
+// buffer = h W2 + b2; the last contribution to a token tile publishes its combine tasks. One
+// function for both, so that the tile GEMM over consecutive A rows (rows_tiles: GEMM1, and GEMM0
+// from x_rows) is inlined once.
 template <class P>
-__device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int b) {
+__device__ void run_gemm(const Params& p, KernelSmem<P>& sm, bool second, int tile, int b) {
   using Elem = typename P::Elem;
   const AloneTile at = alone_tile(p, sm.route, tile);
   if (at.rows <= 0) {
@@ -512,12 +598,44 @@ __device__ void run_gemm1(const Params& p, KernelSmem<P>& sm, int tile, int b) {
   }
   const int slices = sm.route.k_split;
   const int col_tile = b / slices, slice = b % slices;
-  const KSlice ks = k_slice(p.ffn, slice, slices);
-  if (!gemm1_math<P>(p, sm, at.expert, at.rows, at.hidden_row0, col_tile, ks.first, ks.count)) {
+  const KSlice ks = k_slice(second ? p.ffn : p.hidden, slice, slices);
+  bool ok;
+  if (!second && !(at.first >= 0 && gemm0_by_rows(p))) {
+    const auto* x = expert_x<P>(p);
+    if (threadIdx.x < kTileRows) {
+      const int r = static_cast<int>(threadIdx.x);
+      const void* src = nullptr;
+      if (r < at.rows) {
+        const int token =
+            at.first >= 0 ? __ldcg(p.expert_rows + at.first + r) / p.topk : at.token0 + r;
+        src = x + static_cast<long long>(token) * p.x_pitch;
+      }
+      set_a_row(sm.gemm, r, src, p.hidden, ks.first);
+    }
+    ok = gemm0_math<P>(p, sm, at.expert, at.rows, col_tile, ks.first, ks.count);
+  } else {
+    const RowsOperands<P> o =
+        second ? gemm1_operands<P>(p, at.expert, at.hidden_row0, col_tile, ks.first)
+               : gemm0_operands<P>(p, at.expert, at.hidden_row0, col_tile, ks.first);
+    ok = traced_math(p, sm, [&] { return rows_tiles<P>(sm, o, at.rows, ks.count); });
+  }
+  if (!ok) return;
+  const int group = tile * (second ? p.gemm1_col_tiles : p.gemm0_col_tiles) + col_tile;
+  if (slices > 1 && !finish_k_split<P>(p, sm, second ? 1 : 0, group, slice, slices, at.rows)) {
+    return;  // another slice's block finishes this tile
+  }
+  if (!second) {
+    gemm0_epilogue<P>(p, sm, at.expert, at.rows, at.hidden_row0, col_tile);
+    publish_block_writes();
+    if (threadIdx.x == 0) {
+      const int done = atomicAdd(p.rowtile_done + tile, 1) + 1;
+      if (done == p.gemm0_col_tiles) {
+        __threadfence();  // acquire side of the counter: all GEMM0 tiles of the row tile precede
+        push_tasks(p, TaskType::gemm1, tile, 0, p.gemm1_col_tiles * slices);
+      }
+    }
     return;
   }
-  const int group = tile * p.gemm1_col_tiles + col_tile;
-  if (slices > 1 && !finish_k_split<P>(p, sm, 1, group, slice, slices, at.rows)) return;
   set_gemm1_rows(sm.task, at.rows, [&](int r) {
     return at.first >= 0
                ? stage_dest<Elem>(p, p.stage, __ldcg(p.expert_rows + at.first + r), 0)

@@ -107,10 +107,17 @@ __device__ __forceinline__ void summarize_routes(const Params& p, RouteSmem& rs)
 
 // Phase 3: places the choices of one token tile. A choice's position within its expert is the tile's
 // prefix plus the number of earlier tokens of the tile that chose the same expert.
-__device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int tile) {
+// With `copy` (Params::x_rows; row_bytes a multiple of 16): also copies each kept choice's row of
+// the expert GEMMs' x (`copy`, row_bytes apart) to its row of x_rows, bytes [part, part + 1) /
+// parts of every row, so that `parts` blocks share a tile's copy; part 0 alone writes the
+// placement (every part computes it).
+__device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int tile,
+                                             const unsigned char* copy = nullptr,
+                                             int row_bytes = 0, int part = 0, int parts = 1) {
   const int first = tile * kTileRows;
   const int rows = min(kTileRows, p.tokens - first);
   const int k = p.topk;
+  const bool place = part == 0;
   for (int i = threadIdx.x; i < rows * k; i += kThreads) {
     rs.choice[i] = __ldcg(p.topk_expert + static_cast<long long>(first) * k + i);
   }
@@ -140,8 +147,9 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
     int kept = 0;
     for (int j = 0; j < k; ++j) {
       const int e = rs.choice[r * k + j];
+      rs.choice[r * k + j] = -1;  // from here: the choice's row in expert_rows, -1 when none
       if (e < 0 || e >= p.experts) {
-        p.topk_kept[t * k + j] = 0;  // skipped like a dropped choice: combine reads no row for it
+        if (place) p.topk_kept[t * k + j] = 0;  // skipped like a dropped choice: no row for it
         continue;
       }
       // Earlier rows of the tile with the same expert: the set bits below r.
@@ -150,19 +158,58 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
       const int pos = rs.tile_prefix[e] + earlier;
       const bool keep = pos < p.capacity;
       if (keep) {
-        p.expert_rows[rs.row_base[e] + pos] = t * k + j;
+        rs.choice[r * k + j] = rs.row_base[e] + pos;
+        if (place) p.expert_rows[rs.row_base[e] + pos] = t * k + j;
         ++kept;
-      } else {
+      } else if (place) {
         atomicAdd(p.expert_dropped + e, 1);
       }
-      p.topk_kept[t * k + j] = keep ? 1 : 0;
+      if (place) p.topk_kept[t * k + j] = keep ? 1 : 0;
     }
-    atomicAdd(&kept_in_tile, kept);
+    if (place) atomicAdd(&kept_in_tile, kept);
   }
   __syncthreads();
   // The tile's rows: the kept choices, and each token once per shared slice.
-  if (threadIdx.x == 0) {
+  if (place && threadIdx.x == 0) {
     p.tokentile_target[tile] = (kept_in_tile + rows * p.shared_slices) * p.gemm1_col_tiles;
+  }
+  if (copy) {
+    // Pieces lo .. lo + width - 1 (16 bytes each) of the tile's rows, consecutive threads on
+    // consecutive pieces, each read once and stored to each kept choice's row; kBatch reads in
+    // flight per thread before its stores (a loop that stored before its next read waited out a
+    // read's latency per piece: ~50 us for bf16's default config, perf log 2026-11-30 23:48).
+    constexpr int kBatch = 8;
+    const int pieces = row_bytes / 16;
+    const int lo = pieces * part / parts, width = pieces * (part + 1) / parts - lo;
+    const int total = rows * width;
+    auto* dst = static_cast<unsigned char*>(p.x_rows);
+    for (int base = static_cast<int>(threadIdx.x); base < total; base += kThreads * kBatch) {
+      uint4 v[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = base + u * kThreads;
+        if (i < total) {
+          const int r = i / width, c = lo + i % width;
+          v[u] = __ldcg(reinterpret_cast<const uint4*>(
+                            copy + static_cast<long long>(first + r) * row_bytes) + c);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int i = base + u * kThreads;
+        if (i < total) {
+          const int r = i / width, c = lo + i % width;
+          for (int j = 0; j < k; ++j) {
+            const int q = rs.choice[r * k + j];
+            if (q >= 0) {
+              reinterpret_cast<uint4*>(dst + static_cast<long long>(q) * row_bytes)[c] = v[u];
+            }
+          }
+        }
+      }
+    }
+    // GEMM0 reads these rows by TMA (the async proxy), after the grid barrier that follows.
+    asm volatile("fence.proxy.async.global;" ::: "memory");
   }
   __syncthreads();
 }

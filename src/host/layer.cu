@@ -144,6 +144,11 @@ struct MoELayer::Impl {
   // hidden_act's map (GEMM1's A rows), encoded again when the shared workspace has moved.
   const void* tma_h_base = nullptr;
   CUtensorMap tma_h{};
+  // GEMM0 by TMA from x_rows (WorkspacePlan::x_rows_bytes > 0): the map of w1, and x_rows' map,
+  // encoded again when the shared workspace has moved.
+  CUtensorMap tma_w1{};
+  const void* tma_x_rows_base = nullptr;
+  CUtensorMap tma_x_rows{};
 
   device::CallPrologue::GateCopy gate_copy() const;
   // stats() and routing() read what the last call left in the shared area.
@@ -250,6 +255,10 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
       static_cast<int>(detail::TileShape::expert_cols(config.dtype, config.weight_layout))) {
     throw std::logic_error("monomoe: the workspace plan's expert tile width differs from the kernel's");
   }
+  if (detail::TileShape::gemm0_rows_by_tma(config.dtype, 1) &&
+      !device::gemm0_rows_by_tma(config.dtype, config.weight_layout)) {
+    throw std::logic_error("monomoe: the workspace plan has x_rows for a kernel that gathers");
+  }
   if (m.tma()) {
     // GEMM1 reads W2 by TMA. [in, out]: W2 [el][ffn][hidden], boxes of a k-tile's K rows;
     // [out, in]: W2 [el][hidden][ffn], boxes of half a tile's columns (device/gemm/stage_loads.cuh,
@@ -267,6 +276,16 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
                                            what);
     };
     m.tma_w2 = w2_map(weights.w2, el, config.ffn, "ExpertWeights.w2");
+    // GEMM0 from x_rows reads W1 the same way: [el][hidden][w1 columns], or [el][w1 columns]
+    // [hidden].
+    if (detail::TileShape::gemm0_rows_by_tma(config.dtype, config.world_size)) {
+      const std::int64_t cols = config.w1_columns();
+      m.tma_w1 = config.weight_layout == WeightLayout::in_out
+                     ? detail::tile_tensor_map(weights.w1, el, config.hidden, cols, k_tile,
+                                               config.dtype, "ExpertWeights.w1")
+                     : detail::tile_tensor_map(weights.w1, el, cols, config.hidden, half,
+                                               config.dtype, "ExpertWeights.w1");
+    }
     // The shared expert's W2 as one expert of depth shared_ffn (a slice offsets K, processor.cuh).
     if (config.shared_ffn > 0) {
       m.tma_w2_shared =
@@ -487,6 +506,18 @@ void MoELayer::Impl::forward(const void* x, std::int64_t tokens, void* y, cudaSt
       m.tma_h_base = p.hidden_act;
     }
     p.tma_h = m.tma_h;
+  }
+  // One rank, routed by the grid: GEMM0's routed tiles read x_rows by TMA (kernel.cuh copies x
+  // there while it places the rows). A call routed alone gathers (no grid barrier to order a copy).
+  p.x_rows = m.plan.x_rows_bytes > 0 && !p.route_alone ? m.at(m.plan.x_rows) : nullptr;
+  if (p.x_rows) {
+    if (m.tma_x_rows_base != p.x_rows) {
+      m.tma_x_rows = detail::tile_tensor_map(p.x_rows, 1, m.plan.hidden_rows, c.hidden,
+                                             device::kTileRows, c.dtype, "x_rows", p.x_pitch);
+      m.tma_x_rows_base = p.x_rows;
+    }
+    p.tma_x_rows = m.tma_x_rows;
+    p.tma_w1 = m.tma_w1;
   }
   p.stage = m.at(m.plan.stage);
   p.shared_stage = m.at(m.plan.shared_stage);

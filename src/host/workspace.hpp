@@ -21,6 +21,13 @@ struct TileShape {
   static constexpr std::int64_t expert_cols(DType d, WeightLayout w) {
     return d == DType::bf16 || (d == DType::tf32 && w == WeightLayout::out_in) ? 256 : 128;
   }
+  // GEMM0 reads its A rows by TMA from an expert-ordered copy of x (device::Params::x_rows): on one
+  // rank, for fp8. The bf16 kernels can too (device::gemm0_rows_by_tma; layer.cu checks that the
+  // kernel can where this says so) but were slower: copying bf16's rows cost ~43 us before the
+  // first task, more than GEMM0's tasks gained (~3 us each; perf log 2026-11-30 23:59).
+  static constexpr bool gemm0_rows_by_tma(DType d, std::int64_t world) {
+    return world == 1 && d == DType::fp8;
+  }
   // Split K (device/split.hpp): per phase (GEMM0, GEMM1) counters for kSplitGroups task groups
   // (the partial tiles are sized per layer: split_room below).
   static constexpr std::int64_t kSplitGroups = device::kSplitTargetMax;
@@ -63,6 +70,9 @@ struct WorkspacePlan {
   // elem [hidden_rows, ffn] (fp8: [hidden_rows, h_pitch] bytes): activation output of GEMM0
   std::size_t hidden_act = 0;
   std::int64_t hidden_rows = 0;  // rows of hidden_act
+  // TileShape::gemm0_rows_by_tma: x's rows in the experts' order, [hidden_rows, x row] bytes (a
+  // row as x_quant's); empty otherwise
+  std::size_t x_rows = 0, x_rows_bytes = 0;
   std::size_t stage = 0;        // elem [max_tokens * k, hidden]: expert outputs before combine
   // elem [max_tokens * shared_slices, hidden]: the shared expert's slices' outputs (none: empty)
   std::size_t shared_stage = 0;
