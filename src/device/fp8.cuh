@@ -61,18 +61,28 @@ __device__ __forceinline__ float fp8_scale(float amax) {
   return amax == 0.f ? 1.f : amax / kFp8Max;
 }
 
+// A quantized group in a row laid out as x_quant's (docs/fp8.md): this lane's 8 codes at the group's
+// columns (col: its first), and from lane j == 0 the scale at float col / 128 past the row's
+// `hidden` values.
+__device__ __forceinline__ void store_fp8_group(unsigned char* row, int hidden, int col, int j,
+                                                uint2 codes, float scale) {
+  reinterpret_cast<uint2*>(row + col)[j] = codes;
+  if (j == 0) reinterpret_cast<float*>(row + hidden)[col / kFp8Group] = scale;
+}
+
 // fp8: the groups of x's rows [first, first + rows) whose first channel lies in [k_lo, k_hi),
-// quantized into Params::x_quant (values at the group's columns, the scale at float g past the
-// row's hidden values). Slices of K that tile [0, hidden) quantize every group exactly once (the
-// gate phase's K slices, gate.cuh). A half-warp takes a group (8 values, one 16-byte load, a lane),
+// quantized and handed to store(token, col, j, codes, scale) (lane j of the group's half-warp;
+// store_fp8_group puts them in a row). Slices of K that tile [0, hidden) quantize every group
+// exactly once (the gate phase's K slices, gate.cuh; the placement's parts, route.cuh). A half-warp takes a group (8 values, one 16-byte load, a lane),
 // and each warp loads kXUnroll pairs of groups before it reduces any, so that many loads are in
 // flight (one group per warp at a time was latency-bound: perf log 2026-11-30 18:08, 18:44). The
 // groups' (row, column) advance by additions: a division per group, and a separate NaN flag and
 // its shuffles, made this loop ~850 instructions a warp per 8 groups and kept x's quantization at
 // ~45 us (issue-bound: ncu's stalls were fixed-latency waits, not loads; perf log 2026-11-30
 // 22:17).
-__device__ __forceinline__ void quantize_x_groups(const Params& p, int first, int rows, int k_lo,
-                                                  int k_hi) {
+template <class Store>
+__device__ __forceinline__ void quantize_x_groups_to(const Params& p, int first, int rows, int k_lo,
+                                                     int k_hi, Store&& store) {
   constexpr int kLanes = kFp8Group / 8;  // lanes per group: 8 bf16 values (16 bytes) a lane
   constexpr int kPerWarp = 32 / kLanes;  // groups a warp quantizes side by side
   constexpr int kXUnroll = 4;            // such pairs loaded before the first is reduced
@@ -87,7 +97,6 @@ __device__ __forceinline__ void quantize_x_groups(const Params& p, int first, in
   const int half = lane / kLanes, j = lane % kLanes;
   const int warps = static_cast<int>(blockDim.x) / 32;
   const auto* x = static_cast<const __nv_bfloat16*>(p.x);
-  auto* q = static_cast<unsigned char*>(p.x_quant);
   // Group i of this call lies in row i / groups, group i % groups of the slice; this lane's first
   // is i = warp * kStep + half, and each iteration moves it on by `step` groups.
   const int step = warps * kStep;
@@ -128,10 +137,7 @@ __device__ __forceinline__ void quantize_x_groups(const Params& p, int first, in
       for (int e = 0; e < 8; ++e) v[e] = __bfloat162float(b[e]);
       const Fp8Lane8 out = quantize_lane8(v, 0xffffffffu);  // (xor offsets < 16: within the half)
       if (base + u * kPerWarp + half < total) {
-        unsigned char* dst = q + static_cast<long long>(row[u]) * p.x_pitch;
-        reinterpret_cast<uint2*>(dst + col[u])[j] = out.codes;
-        if (j == 0)
-          reinterpret_cast<float*>(dst + p.hidden)[col[u] / kFp8Group] = fp8_scale(out.amax);
+        store(row[u], col[u], j, out.codes, fp8_scale(out.amax));
       }
     }
     row0 += step_rows;
@@ -141,6 +147,17 @@ __device__ __forceinline__ void quantize_x_groups(const Params& p, int first, in
       ++row0;
     }
   }
+}
+
+// quantize_x_groups_to into Params::x_quant, row by token.
+__device__ __forceinline__ void quantize_x_groups(const Params& p, int first, int rows, int k_lo,
+                                                  int k_hi) {
+  auto* q = static_cast<unsigned char*>(p.x_quant);
+  quantize_x_groups_to(p, first, rows, k_lo, k_hi,
+                       [&](int t, int col, int j, uint2 codes, float scale) {
+                         store_fp8_group(q + static_cast<long long>(t) * p.x_pitch, p.hidden, col,
+                                         j, codes, scale);
+                       });
 }
 
 }  // namespace monomoe::device

@@ -27,10 +27,13 @@ __device__ __forceinline__ void warp_argmax(float& v, int& e) {
 // fp8 (block-scaled expert tiles): token tile `tile`'s x rows quantized for the expert GEMMs over
 // channels [k_lo, k_hi) (quantize_x_groups), by the block that gates (or takes the given routing
 // of) that part of the tile: routing, which every expert GEMM and dispatch wait for, waits for it.
+// Not with Params::x_rows (gemm0_by_rows): the placement quantizes x into those rows itself
+// (route.cuh, fill_x_rows).
 template <class P>
 __device__ __forceinline__ void quantize_for_experts(const Params& p, int tile, int k_lo,
                                                      int k_hi) {
   if constexpr (ExpertTiles<P>::kBlockScaled) {
+    if (gemm0_by_rows(p)) return;
     const int first = tile * kTileRows;
     quantize_x_groups(p, first, min(kTileRows, p.tokens - first), k_lo, k_hi);
   }

@@ -78,16 +78,19 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
     if (!grid_barrier(p, ++barrier)) return;
 
     summarize_routes(p, sm.route);
-    // One rank's GEMM0 by TMA (Params::x_rows): the placement also copies x's rows into the
-    // experts' order, each token tile's by `parts` blocks when the grid has blocks to spare.
-    const auto* copy =
-        gemm0_by_rows(p) ? reinterpret_cast<const unsigned char*>(expert_x<P>(p)) : nullptr;
-    const int row_bytes = p.x_pitch * static_cast<int>(sizeof(typename ExpertTiles<P>::Elem));
+    // One rank's GEMM0 by TMA (Params::x_rows): the placement also writes x's rows in the
+    // experts' order (fp8: quantizes them there), each token tile's by `parts` blocks when the
+    // grid has blocks to spare.
+    const bool fill = gemm0_by_rows(p);
     const int spare = static_cast<int>(gridDim.x) / p.token_tiles;
-    const int parts = copy ? max(1, min(kCopyParts, spare)) : 1;
+    const int parts = fill ? max(1, min(kCopyParts, spare)) : 1;
+    const int row_bytes = p.x_pitch * static_cast<int>(sizeof(typename ExpertTiles<P>::Elem));
     for (int item = blockIdx.x; item < p.token_tiles * parts; item += gridDim.x) {
-      scatter_tile(p, sm.route, item % p.token_tiles, copy, row_bytes, item / p.token_tiles,
-                   parts);
+      const int tile = item % p.token_tiles, part = item / p.token_tiles;
+      scatter_tile(p, sm.route, tile, part);
+      if (fill) {
+        fill_x_rows<ExpertTiles<P>::kBlockScaled>(p, sm.route, tile, part, parts, row_bytes);
+      }
     }
     if (!grid_barrier(p, ++barrier)) return;
   }

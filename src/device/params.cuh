@@ -270,6 +270,13 @@ struct Params {
   CUtensorMap tma_x_rows;
 };
 
+// One rank (Params::world == 1; the expert-parallel runners are ep.cuh's), a call routed by the
+// grid: GEMM0 reads its routed tiles' A rows from x_rows by TMA when the launch has them, and
+// gathers them token by token otherwise (the shared expert's tiles, decode calls routed alone).
+__device__ __forceinline__ bool gemm0_by_rows(const Params& p) {
+  return p.x_rows != nullptr && !p.route_alone && p.world == 1;
+}
+
 // Row tiles of the shared expert in a call: every slice over every token tile of this rank's own
 // tokens. They follow the routed row tiles in the task numbering (processor.cuh, shared_tile).
 __device__ __forceinline__ int shared_tiles(const Params& p) {

@@ -575,13 +575,6 @@ __device__ __forceinline__ void for_each_token_tile_run(const TaskSmem& ts, int 
   }
 }
 
-// One rank (Params::world == 1; the expert-parallel runners are ep.cuh's): GEMM0 reads its routed
-// tiles' A rows from x_rows by TMA (when the launch has them, gemm0_by_rows) and gathers them
-// token by token otherwise (the shared expert's tiles, decode calls routed alone).
-__device__ __forceinline__ bool gemm0_by_rows(const Params& p) {
-  return p.x_rows != nullptr && !p.route_alone && p.world == 1;
-}
-
 // GEMM task (tile, b) of GEMM0 (second false) or GEMM1: column tile b / k_split, K slice b %
 // k_split (k_split == 1: whole K). GEMM0: hidden_act's rows of the tile = act(x W1 + b1); the
 // last column tile of a row tile publishes its GEMM1 tasks. GEMM1: each row's slot of the stage

@@ -3,6 +3,7 @@
 // capacity cut (the first `capacity` rows of each expert) and every later sum are deterministic.
 #pragma once
 
+#include "device/fp8.cuh"
 #include "device/smem.cuh"
 #include "device/sync.cuh"
 
@@ -106,14 +107,12 @@ __device__ __forceinline__ void summarize_routes(const Params& p, RouteSmem& rs)
 }
 
 // Phase 3: places the choices of one token tile. A choice's position within its expert is the tile's
-// prefix plus the number of earlier tokens of the tile that chose the same expert.
-// With `copy` (Params::x_rows; row_bytes a multiple of 16): also copies each kept choice's row of
-// the expert GEMMs' x (`copy`, row_bytes apart) to its row of x_rows, bytes [part, part + 1) /
-// parts of every row, so that `parts` blocks share a tile's copy; part 0 alone writes the
-// placement (every part computes it).
+// prefix plus the number of earlier tokens of the tile that chose the same expert. Leaves each
+// choice's row in expert_rows (-1: none) in rs.choice[r * k + j] for fill_x_rows. Part `part` of
+// `parts` blocks that share the tile (fill_x_rows): part 0 alone writes the placement, every part
+// computes it.
 __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int tile,
-                                             const unsigned char* copy = nullptr,
-                                             int row_bytes = 0, int part = 0, int parts = 1) {
+                                             int part = 0) {
   const int first = tile * kTileRows;
   const int rows = min(kTileRows, p.tokens - first);
   const int k = p.topk;
@@ -173,16 +172,50 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
   if (place && threadIdx.x == 0) {
     p.tokentile_target[tile] = (kept_in_tile + rows * p.shared_slices) * p.gemm1_col_tiles;
   }
-  if (copy) {
+  __syncthreads();
+}
+
+// Params::x_rows (gemm0_by_rows): each kept choice's row of the expert GEMMs' x, its part `part` of
+// `parts` (whole 16-byte pieces; fp8: whole groups), once scatter_tile has left the tile's rows in
+// rs.choice; fenced to the async proxy (GEMM0 reads the rows by TMA after the grid barrier that
+// follows). kQuantize (fp8): x's groups quantized here straight into each choice's row (and into
+// x_quant when the shared expert's tiles, which gather, are in the call), which the gate phase
+// then leaves alone (gate.cuh). Otherwise x's rows (row_bytes each) copied.
+template <bool kQuantize>
+__device__ __forceinline__ void fill_x_rows(const Params& p, const RouteSmem& rs, int tile, int part,
+                                            int parts, int row_bytes) {
+  const int first = tile * kTileRows;
+  const int rows = min(kTileRows, p.tokens - first);
+  const int k = p.topk;
+  auto* dst = static_cast<unsigned char*>(p.x_rows);
+  if constexpr (kQuantize) {
+    const int groups = p.hidden / kFp8Group;
+    const int g_lo = groups * part / parts, g_hi = groups * (part + 1) / parts;
+    auto* xq = p.shared_slices > 0 ? static_cast<unsigned char*>(p.x_quant) : nullptr;
+    quantize_x_groups_to(p, first, rows, g_lo * kFp8Group, g_hi * kFp8Group,
+                         [&](int t, int col, int j, uint2 codes, float scale) {
+                           const int r = t - first;
+                           for (int c = 0; c < k; ++c) {
+                             const int q = rs.choice[r * k + c];
+                             if (q < 0) continue;
+                             store_fp8_group(dst + static_cast<long long>(q) * p.x_pitch, p.hidden,
+                                             col, j, codes, scale);
+                           }
+                           if (xq) {
+                             store_fp8_group(xq + static_cast<long long>(t) * p.x_pitch, p.hidden,
+                                             col, j, codes, scale);
+                           }
+                         });
+  } else {
     // Pieces lo .. lo + width - 1 (16 bytes each) of the tile's rows, consecutive threads on
     // consecutive pieces, each read once and stored to each kept choice's row; kBatch reads in
     // flight per thread before its stores (a loop that stored before its next read waited out a
     // read's latency per piece: ~50 us for bf16's default config, perf log 2026-11-30 23:48).
     constexpr int kBatch = 8;
+    const auto* src = static_cast<const unsigned char*>(p.x);
     const int pieces = row_bytes / 16;
     const int lo = pieces * part / parts, width = pieces * (part + 1) / parts - lo;
     const int total = rows * width;
-    auto* dst = static_cast<unsigned char*>(p.x_rows);
     for (int base = static_cast<int>(threadIdx.x); base < total; base += kThreads * kBatch) {
       uint4 v[kBatch];
 #pragma unroll
@@ -190,8 +223,8 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
         const int i = base + u * kThreads;
         if (i < total) {
           const int r = i / width, c = lo + i % width;
-          v[u] = __ldcg(reinterpret_cast<const uint4*>(
-                            copy + static_cast<long long>(first + r) * row_bytes) + c);
+          v[u] = __ldg(reinterpret_cast<const uint4*>(
+                           src + static_cast<long long>(first + r) * row_bytes) + c);
         }
       }
 #pragma unroll
@@ -208,10 +241,9 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
         }
       }
     }
-    // GEMM0 reads these rows by TMA (the async proxy), after the grid barrier that follows.
-    asm volatile("fence.proxy.async.global;" ::: "memory");
   }
-  __syncthreads();
+  asm volatile("fence.proxy.async.global;" ::: "memory");
+  __syncthreads();  // rs.choice is the next scatter_tile's
 }
 
 // Route alone (Params::route_alone), in the block that routed the call's last token tile, whose
