@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "bench/device_problem.hpp"
+#include "device/params.cuh"
 #include "gpu_test.hpp"
 #include "layer_gpu_test.hpp"
 #include "monomoe/monomoe.hpp"
@@ -191,6 +192,50 @@ ForwardStats check_repeated(const std::string& name, const LayerConfig& c, std::
     }
   }
   return first_stats;
+}
+
+// Calls of more than kRouteAloneTiles token tiles, routed by the grid: on one rank fp8's GEMM0 reads
+// its routed tiles' rows by TMA from x_rows, the copy of x's quantized rows in the experts' order
+// that the placement writes (docs/fp8.md), where the calls above (at most 512 tokens) gather. Every
+// activation, biases off, a wider shape, capacity drops (rows with no x_rows row), the shared
+// expert (its tiles still gather from x_quant), a given routing; one case repeated bit for bit.
+TEST(LayerGpu, Fp8RowsByTma) {
+  MONOMOE_REQUIRE_GPU();
+  std::uint64_t seed = 8800;
+  const auto big = [](Activation a) {
+    LayerConfig c = fp8_config(a);
+    c.max_tokens = 1024;
+    return c;
+  };
+  const auto routed_by_grid = [](std::int64_t tokens) {
+    EXPECT_GT(tokens, device::kRouteAloneTiles * device::kTileRows)
+        << "a call routed alone gathers";
+    return tokens;
+  };
+  for (Activation a : {Activation::relu, Activation::gelu, Activation::silu, Activation::swiglu}) {
+    check_case({"fp8 x_rows " + act_name(a), big(a), routed_by_grid(1000)}, seed++);
+  }
+  LayerConfig c = big(Activation::swiglu);
+  c.bias = false;
+  c.hidden = 384;
+  c.ffn = 512;
+  c.experts = 16;
+  check_case({"fp8 x_rows swiglu, no bias, hidden 384, ffn 512, 16 experts", c,
+              routed_by_grid(700)},
+             seed++);
+  c = big(Activation::gelu);
+  c.capacity_factor = 0.5;
+  const ForwardStats dropped =
+      check_case({"fp8 x_rows gelu, capacity 0.5", c, routed_by_grid(900)}, seed++);
+  EXPECT_GT(dropped.dropped, 0) << "the case should drop rows";
+  c = big(Activation::swiglu);
+  c.shared_ffn = c.ffn;
+  check_case({"fp8 x_rows swiglu, shared expert 1 x ffn", c, routed_by_grid(600)}, seed++);
+  c = big(Activation::silu);
+  c.topk = 3;
+  check_case({"fp8 x_rows given routing silu, top-3", c, routed_by_grid(800), -1, true}, seed++);
+  check_repeated("fp8 x_rows gelu, repeated", big(Activation::gelu), routed_by_grid(1024),
+                 seed++);
 }
 
 // Few tokens (the decode shape): 1 and 100 tokens, one or a few token tiles, few rows per expert
