@@ -102,25 +102,31 @@ TEST(Workspace, SharedPrefixDoesNotMoveWithTheConfig) {
   }
 }
 
-// GEMM0's expert-ordered copy of x (device::Params::x_rows): one rank, bf16 and fp8 only, a row of
-// the expert GEMMs' x (fp8: values and scales) per row of hidden_act.
+// GEMM0's expert-ordered copy of x (device::Params::x_rows): one rank, fp8 and tf32 with [out, in]
+// weights only, a row of the expert GEMMs' x (fp8: values and scales; tf32: hidden floats) per row
+// of hidden_act.
 TEST(Workspace, XRowsOnlyWhereGemm0ReadsThemByTma) {
   for (std::int64_t world : {1, 2}) {
     for (DType d : {DType::bf16, DType::fp8, DType::tf32, DType::fp32}) {
-      LayerConfig c;
-      c.world_size = world;
-      c.experts = 8 * world;
-      c.max_tokens = 1000;
-      c.dtype = d;
-      if (d == DType::fp8) c.weight_layout = WeightLayout::out_in;
-      SCOPED_TRACE(c.describe());
-      const detail::WorkspacePlan p = detail::plan_workspace(c);
-      const auto x_row = static_cast<std::size_t>(
-          d == DType::fp8 ? device::operand_pitch(c.hidden, true) : c.hidden * 2);
-      const bool by_tma = world == 1 && d == DType::fp8;
-      EXPECT_EQ(detail::TileShape::gemm0_rows_by_tma(d, world), by_tma);
-      EXPECT_EQ(p.x_rows_bytes, by_tma ? static_cast<std::size_t>(p.hidden_rows) * x_row : 0u);
-      EXPECT_LE(p.x_rows + p.x_rows_bytes, p.body_bytes);
+      for (WeightLayout w : {WeightLayout::in_out, WeightLayout::out_in}) {
+        if (d == DType::fp8 && w == WeightLayout::in_out) continue;  // fp8 is [out, in] only
+        LayerConfig c;
+        c.world_size = world;
+        c.experts = 8 * world;
+        c.max_tokens = 1000;
+        c.dtype = d;
+        c.weight_layout = w;
+        SCOPED_TRACE(c.describe());
+        const detail::WorkspacePlan p = detail::plan_workspace(c);
+        const auto x_row = static_cast<std::size_t>(
+            d == DType::fp8 ? device::operand_pitch(c.hidden, true)
+                            : c.hidden * static_cast<std::int64_t>(element_bytes(d)));
+        const bool by_tma = world == 1 && (d == DType::fp8 || (d == DType::tf32 &&
+                                                                w == WeightLayout::out_in));
+        EXPECT_EQ(detail::TileShape::gemm0_rows_by_tma(d, w, world), by_tma);
+        EXPECT_EQ(p.x_rows_bytes, by_tma ? static_cast<std::size_t>(p.hidden_rows) * x_row : 0u);
+        EXPECT_LE(p.x_rows + p.x_rows_bytes, p.body_bytes);
+      }
     }
   }
 }

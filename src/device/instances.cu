@@ -52,7 +52,7 @@ bool gemm1_by_tma(DType dtype, WeightLayout layout) {
 bool gemm0_rows_by_tma(DType dtype, WeightLayout layout) {
   return with_precision(dtype, layout, [](auto p) {
     using T = ExpertTiles<decltype(p)>;
-    return StageLoads<T, T::kExpertBN>::kTmaCapable && !T::kRoundToTf32;
+    return StageLoads<T, T::kExpertBN>::kTmaCapable;
   });
 }
 

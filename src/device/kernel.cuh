@@ -89,7 +89,8 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
       const int tile = item % p.token_tiles, part = item / p.token_tiles;
       scatter_tile(p, sm.route, tile, part);
       if (fill) {
-        fill_x_rows<ExpertTiles<P>::kBlockScaled>(p, sm.route, tile, part, parts, row_bytes);
+        fill_x_rows<ExpertTiles<P>::kBlockScaled, ExpertTiles<P>::kRoundToTf32>(
+            p, sm.route, tile, part, parts, row_bytes);
       }
     }
     if (!grid_barrier(p, ++barrier)) return;

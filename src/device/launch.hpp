@@ -24,7 +24,7 @@ int expert_tile_cols(DType dtype, WeightLayout layout);
 // then encodes the tensor maps of w2 and hidden_act (Params::tma_w2, tma_h).
 bool gemm1_by_tma(DType dtype, WeightLayout layout);
 // Whether GEMM0 can read its A rows by TMA from an expert-ordered copy of x (Params::x_rows): a
-// kernel whose GEMM1 reads by TMA and whose tokens need no rounding in shared memory (not tf32).
+// kernel whose GEMM1 reads by TMA (tf32's copy is rounded on the way: route.cuh, fill_x_rows).
 bool gemm0_rows_by_tma(DType dtype, WeightLayout layout);
 // Cooperative launch of `grid` blocks: the runtime refuses a grid that cannot be co-resident.
 // Launched with cudaLaunchKernelEx and the cooperative attribute, which stream capture records as a

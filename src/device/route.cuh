@@ -4,6 +4,7 @@
 #pragma once
 
 #include "device/fp8.cuh"
+#include "device/gemm/precision.cuh"  // rna_tf32
 #include "device/smem.cuh"
 #include "device/sync.cuh"
 
@@ -180,8 +181,10 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
 // rs.choice; fenced to the async proxy (GEMM0 reads the rows by TMA after the grid barrier that
 // follows). kQuantize (fp8): x's groups quantized here straight into each choice's row (and into
 // x_quant when the shared expert's tiles, which gather, are in the call), which the gate phase
-// then leaves alone (gate.cuh). Otherwise x's rows (row_bytes each) copied.
-template <bool kQuantize>
+// then leaves alone (gate.cuh). Otherwise x's rows (row_bytes each) copied, kRound (tf32): each
+// float rounded to nearest tf32 on the way, as the gathered tiles round their tokens in shared
+// memory (TMA'd tokens reach the MMAs as they are).
+template <bool kQuantize, bool kRound>
 __device__ __forceinline__ void fill_x_rows(const Params& p, const RouteSmem& rs, int tile, int part,
                                             int parts, int row_bytes) {
   const int first = tile * kTileRows;
@@ -225,6 +228,13 @@ __device__ __forceinline__ void fill_x_rows(const Params& p, const RouteSmem& rs
           const int r = i / width, c = lo + i % width;
           v[u] = __ldg(reinterpret_cast<const uint4*>(
                            src + static_cast<long long>(first + r) * row_bytes) + c);
+          if constexpr (kRound) {
+            const float4 f = rna_tf32(
+                make_float4(__uint_as_float(v[u].x), __uint_as_float(v[u].y),
+                            __uint_as_float(v[u].z), __uint_as_float(v[u].w)));
+            v[u] = make_uint4(__float_as_uint(f.x), __float_as_uint(f.y), __float_as_uint(f.z),
+                              __float_as_uint(f.w));
+          }
         }
       }
 #pragma unroll

@@ -255,7 +255,7 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
       static_cast<int>(detail::TileShape::expert_cols(config.dtype, config.weight_layout))) {
     throw std::logic_error("monomoe: the workspace plan's expert tile width differs from the kernel's");
   }
-  if (detail::TileShape::gemm0_rows_by_tma(config.dtype, 1) &&
+  if (detail::TileShape::gemm0_rows_by_tma(config.dtype, config.weight_layout, 1) &&
       !device::gemm0_rows_by_tma(config.dtype, config.weight_layout)) {
     throw std::logic_error("monomoe: the workspace plan has x_rows for a kernel that gathers");
   }
@@ -278,7 +278,8 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
     m.tma_w2 = w2_map(weights.w2, el, config.ffn, "ExpertWeights.w2");
     // GEMM0 from x_rows reads W1 the same way: [el][hidden][w1 columns], or [el][w1 columns]
     // [hidden].
-    if (detail::TileShape::gemm0_rows_by_tma(config.dtype, config.world_size)) {
+    if (detail::TileShape::gemm0_rows_by_tma(config.dtype, config.weight_layout,
+                                             config.world_size)) {
       const std::int64_t cols = config.w1_columns();
       m.tma_w1 = config.weight_layout == WeightLayout::in_out
                      ? detail::tile_tensor_map(weights.w1, el, config.hidden, cols, k_tile,

@@ -99,7 +99,7 @@ WorkspacePlan plan_workspace(const LayerConfig& cfg) {
       fp8 ? u(device::operand_pitch(cfg.ffn, true)) : checked_mul(u(cfg.ffn), elem, "ffn");
   p.x_quant = a.take(fp8 ? checked_mul(u(cfg.max_tokens), x_row, "max_tokens") : 0, "max_tokens");
   p.hidden_act = a.take(checked_mul(hidden_rows, h_row, "ffn"), "ffn");
-  p.x_rows_bytes = TileShape::gemm0_rows_by_tma(cfg.dtype, cfg.world_size)
+  p.x_rows_bytes = TileShape::gemm0_rows_by_tma(cfg.dtype, cfg.weight_layout, cfg.world_size)
                        ? checked_mul(hidden_rows, x_row, "hidden")
                        : 0;
   p.x_rows = a.take(p.x_rows_bytes, "hidden");

@@ -22,11 +22,13 @@ struct TileShape {
     return d == DType::bf16 || (d == DType::tf32 && w == WeightLayout::out_in) ? 256 : 128;
   }
   // GEMM0 reads its A rows by TMA from an expert-ordered copy of x (device::Params::x_rows): on one
-  // rank, for fp8. The bf16 kernels can too (device::gemm0_rows_by_tma; layer.cu checks that the
-  // kernel can where this says so) but were slower: copying bf16's rows cost ~43 us before the
-  // first task, more than GEMM0's tasks gained (~3 us each; perf log 2026-11-30 23:59).
-  static constexpr bool gemm0_rows_by_tma(DType d, std::int64_t world) {
-    return world == 1 && d == DType::fp8;
+  // rank, for fp8 and for tf32 with [out, in] weights (whose gathered GEMM0 tasks took ~120 us
+  // against GEMM1's ~80, perf log 2026-11-30 10:40; the copy rounds its tokens to tf32). The bf16
+  // kernels can too (device::gemm0_rows_by_tma; layer.cu checks that the kernel can where this says
+  // so) but were slower: copying bf16's rows cost ~43 us before the first task, more than GEMM0's
+  // tasks gained (~3 us each; perf log 2026-11-30 23:59).
+  static constexpr bool gemm0_rows_by_tma(DType d, WeightLayout w, std::int64_t world) {
+    return world == 1 && (d == DType::fp8 || (d == DType::tf32 && w == WeightLayout::out_in));
   }
   // Split K (device/split.hpp): per phase (GEMM0, GEMM1) counters for kSplitGroups task groups
   // (the partial tiles are sized per layer: split_room below).
@@ -70,8 +72,8 @@ struct WorkspacePlan {
   // elem [hidden_rows, ffn] (fp8: [hidden_rows, h_pitch] bytes): activation output of GEMM0
   std::size_t hidden_act = 0;
   std::int64_t hidden_rows = 0;  // rows of hidden_act
-  // TileShape::gemm0_rows_by_tma: x's rows in the experts' order, [hidden_rows, x row] bytes (a
-  // row as x_quant's); empty otherwise
+  // TileShape::gemm0_rows_by_tma: x's rows in the experts' order, [hidden_rows, x row] bytes (fp8:
+  // a row as x_quant's; tf32: hidden floats); empty otherwise
   std::size_t x_rows = 0, x_rows_bytes = 0;
   std::size_t stage = 0;        // elem [max_tokens * k, hidden]: expert outputs before combine
   // elem [max_tokens * shared_slices, hidden]: the shared expert's slices' outputs (none: empty)
