@@ -256,6 +256,33 @@ struct RowsOperands {
   const float* scale_hi1;
 };
 
+// Where a RowsOperands reads A: `rows`' row hidden_row0 on (pitch elements apart, width values
+// each) through `map` from K position k_first; and B: `b` (ldb; from the K slice's start) of
+// expert `expert` through `map_b` from K position k0.
+template <class P>
+__device__ __forceinline__ void set_rows_a(RowsOperands<P>& o, const CUtensorMap* map,
+                                           const void* rows, int pitch, int width,
+                                           int hidden_row0, int k_first) {
+  using Op = typename ExpertTiles<P>::Elem;
+  o.t.map_a = map;
+  o.t.a_row0 = hidden_row0;
+  o.t.a_k0 = k_first;
+  o.a = static_cast<const Op*>(rows) + static_cast<long long>(hidden_row0) * pitch;
+  o.a_pitch = pitch;
+  o.a_width = width;
+}
+template <class P>
+__device__ __forceinline__ void set_rows_b(RowsOperands<P>& o, const Params& p,
+                                           const CUtensorMap* map, int expert, int k0,
+                                           const typename ExpertTiles<P>::Elem* b, int ldb) {
+  o.t.map = map;
+  o.t.expert = expert;
+  o.t.k0 = k0;
+  o.t.p = &p;
+  o.b = b;
+  o.ldb = ldb;
+}
+
 // GEMM1's operands for K range [k_first, ...) of one row tile: A rows hidden_act[hidden_row0 +
 // r], B the expert's W2 (or the shared expert's slice).
 template <class P>
@@ -285,18 +312,9 @@ __device__ __forceinline__ RowsOperands<P> gemm1_operands(const Params& p, int e
                                               (p.hidden / kScaleBlock) * (p.ffn / kScaleBlock)
                            : nullptr);
   RowsOperands<P> o;
-  o.t.map = shared ? &p.tma_w2_shared : &p.tma_w2;
-  o.t.expert = shared ? 0 : expert;
-  o.t.k0 = k0;
-  o.t.p = &p;
-  o.t.map_a = &p.tma_h;
-  o.t.a_row0 = hidden_row0;
-  o.t.a_k0 = k_first;
-  o.a = static_cast<const Op*>(p.hidden_act) + static_cast<long long>(hidden_row0) * p.h_pitch;
-  o.a_pitch = p.h_pitch;
-  o.a_width = p.ffn;
-  o.b = w2 + k_offset<T>(k0, ldb);
-  o.ldb = ldb;
+  set_rows_a(o, &p.tma_h, p.hidden_act, p.h_pitch, p.ffn, hidden_row0, k_first);
+  set_rows_b(o, p, shared ? &p.tma_w2_shared : &p.tma_w2, shared ? 0 : expert, k0,
+             w2 + k_offset<T>(k0, ldb), ldb);
   o.passes = 1;
   o.lo0 = o.lo1 = col0;
   o.hi0 = o.hi1 = col0 + kHalf;
@@ -314,7 +332,6 @@ __device__ __forceinline__ RowsOperands<P> gemm0_operands(const Params& p, int e
                                                           int hidden_row0, int col_tile,
                                                           int k_first) {
   using T = ExpertTiles<P>;
-  using Op = typename T::Elem;
   using Gemm = TileGemm<T, T::kExpertBN>;
   constexpr int kHalf = Gemm::kBN / 2;
   const Gemm0Cols c = gemm0_cols<P>(p, col_tile);
@@ -322,18 +339,8 @@ __device__ __forceinline__ RowsOperands<P> gemm0_operands(const Params& p, int e
   // W1: [hidden, cols], or [cols, hidden] for [out, in] weights.
   const int ldb = T::kWeightsKMajor ? p.hidden : w.cols;
   RowsOperands<P> o;
-  o.t.map = &p.tma_w1;
-  o.t.expert = expert;
-  o.t.k0 = k_first;
-  o.t.p = &p;
-  o.t.map_a = &p.tma_x_rows;
-  o.t.a_row0 = hidden_row0;
-  o.t.a_k0 = k_first;
-  o.a = static_cast<const Op*>(p.x_rows) + static_cast<long long>(hidden_row0) * p.x_pitch;
-  o.a_pitch = p.x_pitch;
-  o.a_width = p.hidden;
-  o.b = w.w1 + k_offset<T>(k_first, ldb);
-  o.ldb = ldb;
+  set_rows_a(o, &p.tma_x_rows, p.x_rows, p.x_pitch, p.hidden, hidden_row0, k_first);
+  set_rows_b(o, p, &p.tma_w1, expert, k_first, w.w1 + k_offset<T>(k_first, ldb), ldb);
   if constexpr (T::kBlockScaled) {  // whole groups: kBN gate columns, then kBN up columns
     o.passes = p.act == Act::swiglu ? 2 : 1;
     o.lo0 = w.lo;
