@@ -102,8 +102,8 @@ TEST(Workspace, SharedPrefixDoesNotMoveWithTheConfig) {
   }
 }
 
-// GEMM0's expert-ordered copy of x (device::Params::x_rows): one rank, bf16 and fp8 only, a row of
-// the expert GEMMs' x (fp8: values and scales) per row of hidden_act.
+// GEMM0's expert-ordered copy of x (device::Params::x_rows): one rank, fp8 only (bf16 measured
+// slower), a row of the expert GEMMs' x (values and scales) per row of hidden_act.
 TEST(Workspace, XRowsOnlyWhereGemm0ReadsThemByTma) {
   for (std::int64_t world : {1, 2}) {
     for (DType d : {DType::bf16, DType::fp8, DType::tf32, DType::fp32}) {
