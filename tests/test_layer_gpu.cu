@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <random>
@@ -141,18 +142,27 @@ TEST(LayerGpu, Tf32OutInWgmmaShapes) {
       {384, 640, 300, Activation::gelu, false}, {640, 384, 385, Activation::swiglu, true},
       {640, 128, 200, Activation::relu, true},  {384, 384, 511, Activation::silu, false},
   };
+  // And calls of more than 4 token tiles, routed by the grid: where the plan gives tf32 x_rows,
+  // GEMM0 reads its tokens by TMA from that copy, rounded to tf32 on the way (route.cuh).
+  const Shape grid_shapes[] = {{384, 640, 700, Activation::swiglu, true},
+                               {640, 384, 1000, Activation::gelu, false}};
   std::uint64_t seed = 700;
-  for (const Shape& sh : shapes) {
-    LayerConfig c = small(DType::tf32, sh.act);
-    c.weight_layout = WeightLayout::out_in;
-    c.hidden = sh.hidden;
-    c.ffn = sh.ffn;
-    c.bias = sh.bias;
-    const std::string name = "tf32 out-in, hidden " + std::to_string(sh.hidden) + ", ffn " +
-                             std::to_string(sh.ffn) + ", " + std::to_string(sh.tokens) +
-                             " tokens, " + std::string(to_string(sh.act)) +
-                             (sh.bias ? "" : ", no bias");
-    check_case({name.c_str(), c, sh.tokens, -1, false, 1e-3}, seed++);
+  for (const auto& set : {std::make_pair(shapes, std::size(shapes)),
+                          std::make_pair(grid_shapes, std::size(grid_shapes))}) {
+    for (std::size_t i = 0; i < set.second; ++i) {
+      const Shape& sh = set.first[i];
+      LayerConfig c = small(DType::tf32, sh.act);
+      c.weight_layout = WeightLayout::out_in;
+      c.hidden = sh.hidden;
+      c.ffn = sh.ffn;
+      c.bias = sh.bias;
+      c.max_tokens = std::max<std::int64_t>(c.max_tokens, sh.tokens);
+      const std::string name = "tf32 out-in, hidden " + std::to_string(sh.hidden) + ", ffn " +
+                               std::to_string(sh.ffn) + ", " + std::to_string(sh.tokens) +
+                               " tokens, " + std::string(to_string(sh.act)) +
+                               (sh.bias ? "" : ", no bias");
+      check_case({name.c_str(), c, sh.tokens, -1, false, 1e-3}, seed++);
+    }
   }
 }
 
@@ -523,49 +533,58 @@ TEST(LayerGpu, FewTokensGateSplit) {
 // expert only when dropless, so dropless here), and both match the reference.
 TEST(LayerGpu, RoutingAloneMatchesTheGridPath) {
   MONOMOE_REQUIRE_GPU();
-  for (bool given : {false, true}) {
-    SCOPED_TRACE(given ? "given routing" : "gate");
-    LayerConfig c = small(DType::bf16, Activation::gelu);
-    c.max_tokens = 640;
-    reference::Problem pr = reference::make_problem(c, {640}, given ? 1301 : 1300);
-    if (given) reference::give_random_routing(pr, 1302);
-    bench::DeviceProblem dev(pr, 0);
-    MoELayer layer(c, single_gpu(), dev.weights());
-    std::vector<float> y[2];
-    std::vector<std::int32_t> experts[2];
-    std::int64_t k_split[2] = {0, 0}, gate_splits[2] = {0, 0};
-    for (int call = 0; call < 2; ++call) {
-      const std::int64_t tokens = call == 0 ? 640 : 512;
-      reference::Problem part = pr;
-      part.tokens = {tokens};
-      part.x[0].resize(static_cast<std::size_t>(tokens * c.hidden));
-      if (given) {
-        part.topk_ids[0].resize(static_cast<std::size_t>(tokens * c.topk));
-        part.topk_weights[0].resize(static_cast<std::size_t>(tokens * c.topk));
+  // fp8 (and tf32 with [out, in] weights where the plan gives it x_rows): the grid's call reads
+  // GEMM0's rows by TMA from x_rows, the single block's gathers them: the same operands must reach
+  // the same MMAs.
+  const std::pair<DType, WeightLayout> precisions[] = {{DType::bf16, WeightLayout::in_out},
+                                                       {DType::fp8, WeightLayout::out_in},
+                                                       {DType::tf32, WeightLayout::out_in}};
+  for (const auto& [dtype, layout] : precisions) {
+    for (bool given : {false, true}) {
+      SCOPED_TRACE(std::string(to_string(dtype)) + (given ? ", given routing" : ", gate"));
+      LayerConfig c = small(dtype, Activation::gelu);
+      c.weight_layout = layout;
+      c.max_tokens = 640;
+      reference::Problem pr = reference::make_problem(c, {640}, given ? 1301 : 1300);
+      if (given) reference::give_random_routing(pr, 1302);
+      bench::DeviceProblem dev(pr, 0);
+      MoELayer layer(c, single_gpu(), dev.weights());
+      std::vector<float> y[2];
+      std::vector<std::int32_t> experts[2];
+      std::int64_t k_split[2] = {0, 0}, gate_splits[2] = {0, 0};
+      for (int call = 0; call < 2; ++call) {
+        const std::int64_t tokens = call == 0 ? 640 : 512;
+        reference::Problem part = pr;
+        part.tokens = {tokens};
+        part.x[0].resize(static_cast<std::size_t>(tokens * c.hidden));
+        if (given) {
+          part.topk_ids[0].resize(static_cast<std::size_t>(tokens * c.topk));
+          part.topk_weights[0].resize(static_cast<std::size_t>(tokens * c.topk));
+        }
+        const reference::Result ref = reference::run(part);
+        dev.poison_y();
+        if (given) {
+          layer.forward(dev.x(), tokens, dev.y(), nullptr, dev.routing());
+        } else {
+          layer.forward(dev.x(), tokens, dev.y(), nullptr);
+        }
+        const ForwardStats stats = layer.stats();
+        k_split[call] = stats.k_split;
+        gate_splits[call] = stats.gate_splits;
+        std::vector<float> weights;
+        layer.routing(experts[call], weights);
+        y[call] = dev.y_host();
+        y[call].resize(static_cast<std::size_t>(tokens * c.hidden));
+        const auto cmp = bench::compare(part, ref.ranks[0], y[call], experts[call]);
+        EXPECT_TRUE(cmp.passed) << cmp.summary() << " (" << tokens << " tokens)";
       }
-      const reference::Result ref = reference::run(part);
-      dev.poison_y();
-      if (given) {
-        layer.forward(dev.x(), tokens, dev.y(), nullptr, dev.routing());
-      } else {
-        layer.forward(dev.x(), tokens, dev.y(), nullptr);
-      }
-      const ForwardStats stats = layer.stats();
-      k_split[call] = stats.k_split;
-      gate_splits[call] = stats.gate_splits;
-      std::vector<float> weights;
-      layer.routing(experts[call], weights);
-      y[call] = dev.y_host();
-      y[call].resize(static_cast<std::size_t>(tokens * c.hidden));
-      const auto cmp = bench::compare(part, ref.ranks[0], y[call], experts[call]);
-      EXPECT_TRUE(cmp.passed) << cmp.summary() << " (" << tokens << " tokens)";
+      ASSERT_EQ(k_split[0], k_split[1]) << "the test needs the same expert K split in both calls";
+      ASSERT_EQ(gate_splits[0], gate_splits[1]);
+      experts[0].resize(experts[1].size());
+      EXPECT_EQ(experts[0], experts[1]);
+      EXPECT_EQ(0, std::memcmp(y[0].data(), y[1].data(), y[1].size() * sizeof(float)))
+          << "the same tokens' outputs differ between the grid's and the single block's routing";
     }
-    ASSERT_EQ(k_split[0], k_split[1]) << "the test needs the same expert K split in both calls";
-    ASSERT_EQ(gate_splits[0], gate_splits[1]);
-    experts[0].resize(experts[1].size());
-    EXPECT_EQ(experts[0], experts[1]);
-    EXPECT_EQ(0, std::memcmp(y[0].data(), y[1].data(), y[1].size() * sizeof(float)))
-        << "the same tokens' outputs differ between the grid's and the single block's routing";
   }
 }
 
