@@ -73,8 +73,9 @@ __device__ __forceinline__ void store_fp8_group(unsigned char* row, int hidden, 
 // fp8: the groups of x's rows [first, first + rows) whose first channel lies in [k_lo, k_hi),
 // quantized and handed to store(token, col, j, codes, scale) (lane j of the group's half-warp;
 // store_fp8_group puts them in a row). Slices of K that tile [0, hidden) quantize every group
-// exactly once (the gate phase's K slices, gate.cuh; the placement's parts, route.cuh). A half-warp takes a group (8 values, one 16-byte load, a lane),
-// and each warp loads kXUnroll pairs of groups before it reduces any, so that many loads are in
+// exactly once (the gate phase's K slices, gate.cuh; the placement's parts, route.cuh). A
+// half-warp takes a group (8 values, one 16-byte load, a lane), and each warp loads kXUnroll
+// pairs of groups before it reduces any, so that many loads are in
 // flight (one group per warp at a time was latency-bound: perf log 2026-11-30 18:08, 18:44). The
 // groups' (row, column) advance by additions: a division per group, and a separate NaN flag and
 // its shuffles, made this loop ~850 instructions a warp per 8 groups and kept x's quantization at
