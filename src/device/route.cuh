@@ -182,8 +182,8 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
 // x_quant when the shared expert's tiles, which gather, are in the call), which the gate phase
 // then leaves alone (gate.cuh). Otherwise x's rows (row_bytes each) copied.
 template <bool kQuantize>
-__device__ __forceinline__ void fill_x_rows(const Params& p, const RouteSmem& rs, int tile, int part,
-                                            int parts, int row_bytes) {
+__device__ __forceinline__ void fill_x_rows(const Params& p, const RouteSmem& rs, int tile,
+                                            int part, int parts, int row_bytes) {
   const int first = tile * kTileRows;
   const int rows = min(kTileRows, p.tokens - first);
   const int k = p.topk;
