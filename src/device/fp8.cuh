@@ -61,9 +61,9 @@ __device__ __forceinline__ float fp8_scale(float amax) {
   return amax == 0.f ? 1.f : amax / kFp8Max;
 }
 
-// A quantized group in a row laid out as x_quant's (docs/fp8.md): this lane's 8 codes at the group's
-// columns (col: its first), and from lane j == 0 the scale at float col / 128 past the row's
-// `hidden` values.
+// A quantized group in a row laid out as x_quant's (docs/fp8.md): this lane's 8 codes at the
+// group's columns (col: its first), and from lane j == 0 the scale at float col / 128 past the
+// row's `hidden` values.
 __device__ __forceinline__ void store_fp8_group(unsigned char* row, int hidden, int col, int j,
                                                 uint2 codes, float scale) {
   reinterpret_cast<uint2*>(row + col)[j] = codes;

@@ -185,8 +185,8 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
 // float rounded to nearest tf32 on the way, as the gathered tiles round their tokens in shared
 // memory (TMA'd tokens reach the MMAs as they are).
 template <bool kQuantize, bool kRound>
-__device__ __forceinline__ void fill_x_rows(const Params& p, const RouteSmem& rs, int tile, int part,
-                                            int parts, int row_bytes) {
+__device__ __forceinline__ void fill_x_rows(const Params& p, const RouteSmem& rs, int tile,
+                                            int part, int parts, int row_bytes) {
   const int first = tile * kTileRows;
   const int rows = min(kTileRows, p.tokens - first);
   const int k = p.topk;
