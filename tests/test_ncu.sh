@@ -4,21 +4,11 @@
 # skip count and the three sections with the clocks left alone, and the two exports land in $OUT.
 set -u
 src=${1:?usage: test_ncu.sh <repository root>}
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-
-mkdir -p "$dir/repo/scripts" "$dir/bin"
-cp "$src/scripts/ncu.sh" "$src/scripts/nccl-root.sh" "$dir/repo/scripts/"
-cat > "$dir/bin/cmake" <<CM
-#!/usr/bin/env bash
-if [ "\$1" = --build ]; then
-  mkdir -p "\$2/tools" && printf '#!/bin/sh\nexit 0\n' > "\$2/tools/monomoe" && chmod +x "\$2/tools/monomoe"
-else
-  echo "\$*" >> "$dir/configures"
-  while [ \$# -gt 0 ]; do [ "\$1" = -B ] && mkdir -p "\$2"; shift; done
-fi
-CM
+source "$(dirname "$0")/script_test.sh"
+scratch
+repo_with "$src" ncu.sh nccl-root.sh
+printf '#!/bin/sh\nexit 0\n' > "$dir/bin/fake-monomoe"
+stand_in_cmake
 # The stand-in ncu: a profiling call writes its report (-o NAME -> NAME.ncu-rep); -i prints text.
 cat > "$dir/bin/ncu" <<'NCU'
 #!/usr/bin/env bash
@@ -30,8 +20,8 @@ if [ "$1" = -i ]; then
 fi
 while [ $# -gt 0 ]; do [ "$1" = -o ] && touch "$2.ncu-rep"; shift; done
 NCU
-chmod +x "$dir/bin/cmake" "$dir/bin/ncu"
-export PATH="$dir/bin:$PATH" NCCL_ROOT=none NCU_CALLS=$dir/calls
+chmod +x "$dir/bin/ncu"
+export NCCL_ROOT=none NCU_CALLS=$dir/calls
 
 out=$(cd "$dir/repo" && OUT=$dir/out NCU_BUILD=$dir/build scripts/ncu.sh --dtype fp8 \
       --weight-layout out-in 2>&1) || fail "status $?: $out"
