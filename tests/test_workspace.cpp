@@ -115,8 +115,7 @@ TEST(Workspace, XRowsOnlyWhereGemm0ReadsThemByTma) {
       if (d == DType::fp8) c.weight_layout = WeightLayout::out_in;
       SCOPED_TRACE(c.describe());
       const detail::WorkspacePlan p = detail::plan_workspace(c);
-      const auto x_row = static_cast<std::size_t>(
-          d == DType::fp8 ? device::operand_pitch(c.hidden, true) : c.hidden * 2);
+      const auto x_row = static_cast<std::size_t>(device::operand_pitch(c.hidden, true));
       const bool by_tma = world == 1 && d == DType::fp8;
       EXPECT_EQ(detail::TileShape::gemm0_rows_by_tma(d, world), by_tma);
       EXPECT_EQ(p.x_rows_bytes, by_tma ? static_cast<std::size_t>(p.hidden_rows) * x_row : 0u);
