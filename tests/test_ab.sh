@@ -5,13 +5,9 @@
 # past it while the medians of the runs made are still printed.
 set -u
 src=${1:?usage: test_ab.sh <repository root>}
-dir=$(mktemp -d)
-trap 'rm -rf "$dir" /tmp/ab-build-abtest-$$-*' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-
-# A repository of the script alone: ab.sh works from its own folder's parent.
-mkdir -p "$dir/repo/scripts" "$dir/bin"
-cp "$src/scripts/ab.sh" "$src/scripts/nccl-root.sh" "$dir/repo/scripts/"
+source "$(dirname "$0")/script_test.sh"
+scratch "/tmp/ab-build-abtest-$$-*"
+repo_with "$src" ab.sh nccl-root.sh
 a=abtest-$$-a b=abtest-$$-b
 mkdir -p "$dir/repo/ab/$a" "$dir/repo/ab/$b"
 printf '%s 1111111\n%s 2222222\n' "$a" "$b" > "$dir/repo/ab/refs.txt"
@@ -27,18 +23,9 @@ ms=0.5; [[ "$0" == *-b/* ]] && ms=0.4
 echo "correctness monomoe:  PASS rel_err=0.0028"
 printf 'monomoe          %s     %s\nbaseline         1.000     0.990\n' "$ms" "$ms"
 MM
-# The stand-in cmake: configuring makes the build folder, building puts monomoe in it.
-cat > "$dir/bin/cmake" <<CM
-#!/usr/bin/env bash
-if [ "\$1" = --build ]; then
-  mkdir -p "\$2/tools" && cp "$dir/bin/fake-monomoe" "\$2/tools/monomoe" && chmod +x "\$2/tools/monomoe"
-else
-  echo "\$*" >> "$dir/configures"
-  while [ \$# -gt 0 ]; do [ "\$1" = -B ] && mkdir -p "\$2"; shift; done
-fi
-CM
-chmod +x "$dir/bin/fake-monomoe" "$dir/bin/cmake"
-export PATH="$dir/bin:$PATH" NCCL_ROOT=none FAKE_CALLS=$dir/calls
+chmod +x "$dir/bin/fake-monomoe"
+stand_in_cmake
+export NCCL_ROOT=none FAKE_CALLS=$dir/calls
 
 # Two sets, two GPU counts, three rounds, no budget.
 out=$(cd "$dir/repo" && OUT=$dir/out1 SETS="--tokens 1;--tokens 128 --graph" GPUS="1 2" ROUNDS=3 \

@@ -194,11 +194,12 @@ ForwardStats check_repeated(const std::string& name, const LayerConfig& c, std::
   return first_stats;
 }
 
-// Calls of more than kRouteAloneTiles token tiles, routed by the grid: on one rank fp8's GEMM0 reads
-// its routed tiles' rows by TMA from x_rows, the copy of x's quantized rows in the experts' order
-// that the placement writes (docs/fp8.md), where the calls above (at most 512 tokens) gather. Every
-// activation, biases off, a wider shape, capacity drops (rows with no x_rows row), the shared
-// expert (its tiles still gather from x_quant), a given routing; one case repeated bit for bit.
+// Calls of more than kRouteAloneTiles token tiles, routed by the grid: on one rank fp8's GEMM0
+// reads its routed tiles' rows by TMA from x_rows, the copy of x's quantized rows in the experts'
+// order that the placement writes (docs/fp8.md), where the calls above (at most 512 tokens)
+// gather. Every activation, biases off, a wider shape, capacity drops (rows with no x_rows row),
+// the shared expert (its tiles still gather from x_quant), a given routing; one case repeated bit
+// for bit.
 TEST(LayerGpu, Fp8RowsByTma) {
   MONOMOE_REQUIRE_GPU();
   std::uint64_t seed = 8800;

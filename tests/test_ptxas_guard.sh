@@ -5,9 +5,8 @@
 # serialized (advisories C7510 and C7512).
 set -u
 guard=${1:?usage: test_ptxas_guard.sh <path of cmake/ptxas_guard.sh>}
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
+source "$(dirname "$0")/script_test.sh"
+scratch
 
 # A stand-in compiler: records its arguments, prints what $FAKE_STDERR says, exits $FAKE_RC.
 cat > "$dir/cc" <<'CC'

@@ -4,12 +4,10 @@
 # and fails as it should, a failing run makes the exit status 1, and the logs are packed.
 set -u
 src=${1:?usage: test_runs_2gpu.sh <repository root>}
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-
-mkdir -p "$dir/repo/scripts" "$dir/build/tools" "$dir/bin"
-cp "$src/scripts/runs-2gpu.sh" "$dir/repo/scripts/"
+source "$(dirname "$0")/script_test.sh"
+scratch
+repo_with "$src" runs-2gpu.sh
+mkdir -p "$dir/build/tools"
 # The stand-in monomoe: bench's median is 0.8 ms plus the delay (plus $FAKE_EXTRA ms when delayed),
 # plus $FAKE_SHARED ms (default 0.264) with --shared-ffn, at 335 FFN TFLOP/s; soak fails when
 # FAKE_SOAK_FAIL is set. Every call appends its arguments to $FAKE_CALLS.

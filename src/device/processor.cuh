@@ -158,41 +158,6 @@ __device__ __forceinline__ float* gate_result(KernelSmem<P>& sm) {
   return reinterpret_cast<float*>(sm.gemm.buffer + Experts::kPipeBytes);
 }
 
-// GEMM0's MMAs for one row tile over K range [k_first, k_first + k_count): the fp32 tile is left in
-// shared memory. A rows from sm.gemm.rows (filled by the caller, already offset by k_first). False
-// when the launch is giving up (a TMA wait timed out or another block aborted): no result.
-// fp8 SwiGLU: the gate columns' tile first, its result moved to gate_result (read by the epilogue;
-// with split K, stored and summed beside the up result by finish_k_split), then the up columns'
-// tile.
-template <class P>
-__device__ bool gemm0_tiles(const Params& p, KernelSmem<P>& sm, int expert, int rows, int col_tile,
-                            int k_first, int k_count) {
-  using T = ExpertTiles<P>;
-  using Gemm = TileGemm<T, T::kExpertBN>;
-  const Gemm0Cols c = gemm0_cols<P>(p, col_tile);
-  const W1Tile<P> w = w1_tile<P>(p, expert, c);
-  // W1: [hidden, cols], or [cols, hidden] for [out, in] weights.
-  const int ldb = T::kWeightsKMajor ? p.hidden : w.cols;
-  const auto* w1 = w.w1 + k_offset<T>(k_first, ldb);
-  if constexpr (T::kBlockScaled) {
-    constexpr int kHalf = Gemm::kBN / 2;
-    const auto run = [&](int lo) {
-      TmaTile t;  // the weight scales only (GEMM0 loads by cp.async)
-      t.b_scale_lo = t.b_scale_hi = weight_scales(w.scale, lo, p.hidden, k_first);
-      return Gemm::run(sm.gemm, w1, ldb, lo, lo + kHalf, kHalf, kHalf, k_count, rows, t);
-    };
-    if (p.act != Act::swiglu) return run(w.lo);
-    if (!run(w.lo)) return false;
-    constexpr int kFloat4 = kTileRows * Gemm::kCPitch / 4;
-    const auto* from = reinterpret_cast<const float4*>(Gemm::result(sm.gemm));
-    auto* to = reinterpret_cast<float4*>(gate_result<P>(sm));
-    for (int i = threadIdx.x; i < kFloat4; i += kThreads) to[i] = from[i];
-    return run(w.hi);  // (its first barrier orders the copy before the stages are refilled)
-  } else {
-    return Gemm::run(sm.gemm, w1, ldb, w.lo, w.hi, c.valid_lo, c.valid_hi, k_count, rows);
-  }
-}
-
 // A task's tile GEMM(s) with the trace on: thread 0 notes when they began and ended
 // (TaskSmem::math_start / math_end, recorded per task by the kernel's task loop), so that a task's
 // time splits into its start, its MMAs and what follows them (K-split sums, epilogue, publication).
@@ -203,14 +168,6 @@ __device__ __forceinline__ bool traced_math(const Params& p, KernelSmem<P>& sm, 
   const bool ok = math();
   if (traced && ok) sm.task.math_end = global_ns();
   return ok;
-}
-
-template <class P>
-__device__ __forceinline__ bool gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int rows,
-                                           int col_tile, int k_first, int k_count) {
-  return traced_math(p, sm, [&] {
-    return gemm0_tiles<P>(p, sm, expert, rows, col_tile, k_first, k_count);
-  });
 }
 
 // GEMM0's epilogue: hidden_act[hidden_row0 + r, cols of col_tile] = act(C[r] + b1) for r < rows.
@@ -234,11 +191,11 @@ __device__ void gemm0_epilogue(const Params& p, KernelSmem<P>& sm, int expert, i
   }
 }
 
-// The operands of an expert tile GEMM whose A rows are consecutive rows of a buffer: GEMM1's
-// (hidden_act) and, with Params::x_rows, GEMM0's of routed tiles (x_rows). Both are read by TMA
-// where the kernel can (StageLoads::kTmaCapable), by cp.async from the same rows and weights
-// otherwise. One or two passes (fp8 SwiGLU's GEMM0: the gate columns' tile, then the up columns',
-// as gemm0_tiles), each over column halves lo and hi with their weight scales (fp8).
+// The operands of an expert tile GEMM: its A rows, consecutive rows of a buffer (GEMM1's
+// hidden_act; with Params::x_rows, GEMM0's x_rows) read by TMA where the kernel can
+// (StageLoads::kTmaCapable), or gathered token by token by the caller (GEMM0 otherwise: a and the
+// maps unused); and its weights. One or two passes (fp8 SwiGLU's GEMM0: the gate columns' tile,
+// then the up columns'), each over column halves lo and hi with their weight scales (fp8).
 template <class P>
 struct RowsOperands {
   TmaTile t;      // maps, expert, K offsets, the tile's first A row
@@ -325,12 +282,13 @@ __device__ __forceinline__ RowsOperands<P> gemm1_operands(const Params& p, int e
   return o;
 }
 
-// GEMM0's operands with Params::x_rows, for K range [k_first, ...) of a routed row tile: A rows
-// x_rows[hidden_row0 + r] (x_rows and hidden_act number rows alike), B the expert's W1.
+// GEMM0's weights for K range [k_first, ...) of a row tile of `expert` (a routed one, or a shared
+// slice): W1's columns of col_tile; fp8 SwiGLU: two passes, kBN gate then kBN up columns (whole
+// quantization groups of the activation). A is the caller's: x_rows' rows (set_rows_a) or rows
+// gathered from x.
 template <class P>
 __device__ __forceinline__ RowsOperands<P> gemm0_operands(const Params& p, int expert,
-                                                          int hidden_row0, int col_tile,
-                                                          int k_first) {
+                                                          int col_tile, int k_first) {
   using T = ExpertTiles<P>;
   using Gemm = TileGemm<T, T::kExpertBN>;
   constexpr int kHalf = Gemm::kBN / 2;
@@ -339,7 +297,6 @@ __device__ __forceinline__ RowsOperands<P> gemm0_operands(const Params& p, int e
   // W1: [hidden, cols], or [cols, hidden] for [out, in] weights.
   const int ldb = T::kWeightsKMajor ? p.hidden : w.cols;
   RowsOperands<P> o;
-  set_rows_a(o, &p.tma_x_rows, p.x_rows, p.x_pitch, p.hidden, hidden_row0, k_first);
   set_rows_b(o, p, &p.tma_w1, expert, k_first, w.w1 + k_offset<T>(k_first, ldb), ldb);
   if constexpr (T::kBlockScaled) {  // whole groups: kBN gate columns, then kBN up columns
     o.passes = p.act == Act::swiglu ? 2 : 1;
@@ -361,20 +318,15 @@ __device__ __forceinline__ RowsOperands<P> gemm0_operands(const Params& p, int e
   return o;
 }
 
-// The tile GEMM(s) of `o` over k_count of K for the tile's `rows` rows: the fp32 tile is left in
-// shared memory (two passes: the first's moved to gate_result). False as gemm0_math.
-template <class P>
-__device__ bool rows_tiles(KernelSmem<P>& sm, const RowsOperands<P>& o, int rows, int k_count) {
+// The tile GEMM(s) of `o` over k_count of K for the tile's `rows` rows, A's rows already in
+// sm.gemm.rows: both operands by TMA (kTma, where the kernel can) or by cp.async. The fp32 tile
+// is left in shared memory (two passes: the first's moved to gate_result, read by the epilogue;
+// with split K, stored and summed beside the other by finish_k_split). False when the launch is
+// giving up (a TMA wait timed out or another block aborted): no result.
+template <class P, bool kTma>
+__device__ bool tile_passes(KernelSmem<P>& sm, const RowsOperands<P>& o, int rows, int k_count) {
   using T = ExpertTiles<P>;
-  using Op = typename T::Elem;
   using Gemm = TileGemm<T, T::kExpertBN>;
-  if (threadIdx.x < kTileRows) {
-    const int r = static_cast<int>(threadIdx.x);
-    set_a_row(sm.gemm, r,
-              r < rows ? static_cast<const Op*>(o.a) + static_cast<long long>(r) * o.a_pitch
-                       : nullptr,
-              o.a_width, o.t.a_k0);
-  }
 #pragma unroll 1
   for (int pass = 0; pass < o.passes; ++pass) {
     if constexpr (T::kBlockScaled) {
@@ -388,13 +340,44 @@ __device__ bool rows_tiles(KernelSmem<P>& sm, const RowsOperands<P>& o, int rows
     TmaTile t = o.t;
     t.b_scale_lo = pass == 0 ? o.scale_lo0 : o.scale_lo1;
     t.b_scale_hi = pass == 0 ? o.scale_hi0 : o.scale_hi1;
-    if (!Gemm::template run<true>(sm.gemm, o.b, o.ldb, pass == 0 ? o.lo0 : o.lo1,
+    if (!Gemm::template run<kTma>(sm.gemm, o.b, o.ldb, pass == 0 ? o.lo0 : o.lo1,
                                   pass == 0 ? o.hi0 : o.hi1, o.valid_lo, o.valid_hi, k_count,
                                   rows, t)) {
       return false;
     }
   }
   return true;
+}
+
+// tile_passes over A's consecutive rows o.a, ... (set here), by TMA where the kernel can.
+template <class P>
+__device__ bool rows_tiles(KernelSmem<P>& sm, const RowsOperands<P>& o, int rows, int k_count) {
+  using Op = typename ExpertTiles<P>::Elem;
+  if (threadIdx.x < kTileRows) {
+    const int r = static_cast<int>(threadIdx.x);
+    set_a_row(sm.gemm, r,
+              r < rows ? static_cast<const Op*>(o.a) + static_cast<long long>(r) * o.a_pitch
+                       : nullptr,
+              o.a_width, o.t.a_k0);
+  }
+  return tile_passes<P, true>(sm, o, rows, k_count);
+}
+
+// GEMM0's MMAs over K range [k_first, k_first + k_count) of a row tile whose A rows the caller
+// gathered into sm.gemm.rows (already offset by k_first), by cp.async.
+template <class P>
+__device__ bool gemm0_tiles(const Params& p, KernelSmem<P>& sm, int expert, int rows, int col_tile,
+                            int k_first, int k_count) {
+  return tile_passes<P, false>(sm, gemm0_operands<P>(p, expert, col_tile, k_first), rows,
+                               k_count);
+}
+
+template <class P>
+__device__ __forceinline__ bool gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int rows,
+                                           int col_tile, int k_first, int k_count) {
+  return traced_math(p, sm, [&] {
+    return gemm0_tiles<P>(p, sm, expert, rows, col_tile, k_first, k_count);
+  });
 }
 
 // GEMM1's MMAs over K range [k_first, k_first + k_count) of one row tile (A rows hidden_act[
@@ -614,9 +597,13 @@ __device__ void run_gemm(const Params& p, KernelSmem<P>& sm, bool second, int ti
     }
     ok = gemm0_math<P>(p, sm, at.expert, at.rows, col_tile, ks.first, ks.count);
   } else {
-    const RowsOperands<P> o =
-        second ? gemm1_operands<P>(p, at.expert, at.hidden_row0, col_tile, ks.first)
-               : gemm0_operands<P>(p, at.expert, at.hidden_row0, col_tile, ks.first);
+    RowsOperands<P> o;
+    if (second) {
+      o = gemm1_operands<P>(p, at.expert, at.hidden_row0, col_tile, ks.first);
+    } else {
+      o = gemm0_operands<P>(p, at.expert, col_tile, ks.first);
+      set_rows_a(o, &p.tma_x_rows, p.x_rows, p.x_pitch, p.hidden, at.hidden_row0, ks.first);
+    }
     ok = traced_math(p, sm, [&] { return rows_tiles<P>(sm, o, at.rows, ks.count); });
   }
   if (!ok) return;

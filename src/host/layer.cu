@@ -266,31 +266,24 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
     const std::int64_t el = config.experts_per_rank();
     const std::int64_t half = device::expert_tile_cols(config.dtype, config.weight_layout) / 2;
     const auto k_tile = static_cast<std::int64_t>(128 / weight_element_bytes(config.dtype));
-    // A W2 of `count` experts of depth K = `depth`, by the layout's rule.
-    const auto w2_map = [&](const void* w2, std::int64_t count, std::int64_t depth,
-                            const char* what) {
+    // `count` experts' matrices of K = `depth` rows of `width` outputs, by the layout's rule:
+    // [count][depth][width], or [count][width][depth] for [out, in] weights.
+    const auto weight_map = [&](const void* w, std::int64_t count, std::int64_t depth,
+                                std::int64_t width, const char* what) {
       return config.weight_layout == WeightLayout::in_out
-                 ? detail::tile_tensor_map(w2, count, depth, config.hidden, k_tile, config.dtype,
-                                           what)
-                 : detail::tile_tensor_map(w2, count, config.hidden, depth, half, config.dtype,
-                                           what);
+                 ? detail::tile_tensor_map(w, count, depth, width, k_tile, config.dtype, what)
+                 : detail::tile_tensor_map(w, count, width, depth, half, config.dtype, what);
     };
-    m.tma_w2 = w2_map(weights.w2, el, config.ffn, "ExpertWeights.w2");
-    // GEMM0 from x_rows reads W1 the same way: [el][hidden][w1 columns], or [el][w1 columns]
-    // [hidden].
+    m.tma_w2 = weight_map(weights.w2, el, config.ffn, config.hidden, "ExpertWeights.w2");
+    // GEMM0 from x_rows reads W1 the same way (K = hidden, the w1 columns' outputs).
     if (detail::TileShape::gemm0_rows_by_tma(config.dtype, config.weight_layout,
                                              config.world_size)) {
-      const std::int64_t cols = config.w1_columns();
-      m.tma_w1 = config.weight_layout == WeightLayout::in_out
-                     ? detail::tile_tensor_map(weights.w1, el, config.hidden, cols, k_tile,
-                                               config.dtype, "ExpertWeights.w1")
-                     : detail::tile_tensor_map(weights.w1, el, cols, config.hidden, half,
-                                               config.dtype, "ExpertWeights.w1");
+      m.tma_w1 = weight_map(weights.w1, el, config.hidden, config.w1_columns(), "ExpertWeights.w1");
     }
     // The shared expert's W2 as one expert of depth shared_ffn (a slice offsets K, processor.cuh).
     if (config.shared_ffn > 0) {
-      m.tma_w2_shared =
-          w2_map(weights.shared_w2, 1, config.shared_ffn, "ExpertWeights.shared_w2");
+      m.tma_w2_shared = weight_map(weights.shared_w2, 1, config.shared_ffn, config.hidden,
+                                   "ExpertWeights.shared_w2");
     }
   }
   m.plan = detail::plan_workspace(config);
