@@ -255,46 +255,73 @@ __device__ __forceinline__ void zero_tile_counts(const Params& p) {
   }
 }
 
-// Rows t = first, first + warps, ... (first: this warp's index among `warps` routing warps).
+// Rows t = first, first + warps, ... (first: this warp's index among `warps` routing warps),
+// kRows of them at a time: every partial logit of those rows (kGroup slices at a time) is loaded
+// before any is used, then each row is routed. (One row at a time, a row cost ~2 us, mostly the
+// round trip of its loads: 8 rows per warp took ~17-21 us at the default config.)
 // kPerLane: the expert slots per lane this instance holds (2: up to 64 experts, a smaller loop body
-// for the common case; kMaxExperts / 32 otherwise).
-template <int kPerLane>
+// for the common case; kMaxExperts / 32 otherwise); kRows * kGroup * kPerLane loads in flight.
+template <int kPerLane, int kRows, int kGroup>
 __device__ __forceinline__ void route_spread_rows(const Params& p, int first, int warps) {
-  constexpr int kGroup = 4;  // slices whose loads are in flight together
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int slots = (p.experts + 31) / 32;  // expert slots per lane in use (see gate_route)
   const long long split_stride = static_cast<long long>(p.tokens) * p.experts_padded;
-  for (int t = first; t < p.tokens; t += warps) {
-    const float* row = p.logits + static_cast<long long>(t) * p.experts_padded;
-    float v[kPerLane];
+  for (int t0 = first; t0 < p.tokens; t0 += warps * kRows) {
+    float v[kRows][kPerLane];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) v[r][i] = -INFINITY;
+    }
 #pragma unroll 1
     for (int sl0 = 0; sl0 < p.gate_splits; sl0 += kGroup) {
-      float part[kGroup][kPerLane];
+      float part[kRows][kGroup][kPerLane];
 #pragma unroll
-      for (int q = 0; q < kGroup; ++q) {
+      for (int r = 0; r < kRows; ++r) {
+        const int t = t0 + r * warps;  // warp-uniform
+        const float* row = p.logits + static_cast<long long>(t) * p.experts_padded;
 #pragma unroll
-        for (int i = 0; i < kPerLane; ++i) {
-          if (i == slots) break;
-          const int e = lane + 32 * i;
-          part[q][i] = sl0 + q < p.gate_splits && e < p.experts
-                           ? __ldcg(row + (sl0 + q) * split_stride + e)
-                           : 0.f;
+        for (int q = 0; q < kGroup; ++q) {
+#pragma unroll
+          for (int i = 0; i < kPerLane; ++i) {
+            if (i == slots) break;
+            const int e = lane + 32 * i;
+            part[r][q][i] = t < p.tokens && sl0 + q < p.gate_splits && e < p.experts
+                                ? __ldcg(row + (sl0 + q) * split_stride + e)
+                                : 0.f;
+          }
         }
       }
+      // Slices added in split order per row (the same bits as gate_route).
 #pragma unroll
-      for (int q = 0; q < kGroup; ++q) {
+      for (int r = 0; r < kRows; ++r) {
 #pragma unroll
-        for (int i = 0; i < kPerLane; ++i) {
-          if (i == slots) break;
-          if (sl0 + q == 0) {
-            v[i] = lane + 32 * i < p.experts ? part[q][i] : -INFINITY;
-          } else if (sl0 + q < p.gate_splits) {
-            v[i] += part[q][i];
+        for (int q = 0; q < kGroup; ++q) {
+#pragma unroll
+          for (int i = 0; i < kPerLane; ++i) {
+            if (i == slots) break;
+            if (sl0 + q == 0) {
+              v[r][i] = lane + 32 * i < p.experts ? part[r][q][i] : -INFINITY;
+            } else if (sl0 + q < p.gate_splits) {
+              v[r][i] += part[r][q][i];
+            }
           }
         }
       }
     }
-    route_row(p, t, v, slots, p.tile_counts + static_cast<long long>(t / kTileRows) * p.experts);
+    // Row r is routed from v[0], the rows after it shifted down (one inlined route_row).
+#pragma unroll 1
+    for (int r = 0; r < kRows; ++r) {
+      const int t = t0 + r * warps;
+      if (t >= p.tokens) break;  // warp-uniform; later rows are past the end too
+      route_row(p, t, v[0], slots,
+                p.tile_counts + static_cast<long long>(t / kTileRows) * p.experts);
+#pragma unroll
+      for (int q = 0; q + 1 < kRows; ++q) {
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) v[q][i] = v[q + 1][i];
+      }
+    }
   }
 }
 
@@ -304,9 +331,9 @@ __device__ __forceinline__ void route_spread(const Params& p, int blocks) {
   constexpr int kWarps = kThreads / 32;
   const int first = static_cast<int>(blockIdx.x) * kWarps + static_cast<int>(threadIdx.x) / 32;
   if (p.experts <= 64) {
-    route_spread_rows<2>(p, first, blocks * kWarps);
+    route_spread_rows<2, 4, 4>(p, first, blocks * kWarps);
   } else {
-    route_spread_rows<kMaxExperts / 32>(p, first, blocks * kWarps);
+    route_spread_rows<kMaxExperts / 32, 2, 2>(p, first, blocks * kWarps);
   }
 }
 

@@ -26,6 +26,9 @@ struct PrecBf16 {
   using SmemElem = cute::bfloat16_t;
   static constexpr int kBlockK = 64;  // 128-byte rows in shared memory
   static constexpr int kStages = 4;
+  // The gate GEMM's 128 x 128 tiles (stage_loads.cuh, TileShapes::kStages): 6 stages of 32 KB in
+  // the expert tiles' 192 KB, four k-tiles loading ahead (x is read from HBM once, by ~132 blocks).
+  static constexpr int kGateStages = 6;
   static constexpr int kExpertBN = 256;  // output columns of an expert GEMM task
   static constexpr bool kRoundToTf32 = false;
   static constexpr bool kRegisterWeights = false;
@@ -78,6 +81,8 @@ struct PrecTf32 {
   // wgmma: 128 x 256 expert tiles as bf16 (twice the MMA work per k-tile and per byte of A);
   // mma.sync keeps 128 (its cp.async plan needs 8 k rows per pass of a 128-column tile).
   static constexpr int kExpertBN = KMajorB ? 256 : 128;
+  // The gate's tiles (as bf16's; with [in, out] weights the gate tile is the expert tile).
+  static constexpr int kGateStages = KMajorB ? 6 : kStages;
   static constexpr bool kRoundToTf32 = true;
   static constexpr bool kWgmma = KMajorB;
   // The fast forms (epilogue.cuh): GEMM0's outputs are rounded to tf32 (10 mantissa bits) anyway;
@@ -123,6 +128,7 @@ struct PrecFp32 {
   using SmemElem = float;
   static constexpr int kBlockK = 32;
   static constexpr int kStages = 3;
+  static constexpr int kGateStages = kStages;  // the gate tile is the expert tile
   static constexpr bool kRoundToTf32 = false;
   static constexpr bool kRegisterWeights = false;
   static constexpr bool kWgmma = false;
@@ -153,6 +159,7 @@ struct Fp8Tiles {
   using SmemElem = cute::float_e4m3_t;
   static constexpr int kBlockK = 128;  // 128-byte rows in shared memory; one scale block deep
   static constexpr int kStages = 4;
+  static constexpr int kGateStages = kStages;  // (no gate tiles: PrecFp8's are bf16's)
   static constexpr int kExpertBN = 128;
   static constexpr bool kRoundToTf32 = false;
   static constexpr bool kRegisterWeights = false;

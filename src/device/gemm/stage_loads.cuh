@@ -49,7 +49,12 @@ template <class P, int BN>
 struct TileShapes {
   using SmemElem = typename P::SmemElem;
   static constexpr int kBK = P::kBlockK;
-  static constexpr int kStages = P::kStages;
+  // The gate's tiles (kTileCols wide, and not P's expert tiles) have their own, deeper pipeline in
+  // the same buffer: cp.async only (no TMA barriers), x read from HBM. (With 4 stages a gate tile
+  // read its ~512 KB at ~30 GB/s per SM.)
+  static constexpr bool kGateTile =
+      BN == kTileCols && !(std::is_same_v<ExpertTiles<P>, P> && BN == P::kExpertBN);
+  static constexpr int kStages = kGateTile ? P::kGateStages : P::kStages;
   using SmemLayoutA = decltype(cute::tile_to_shape(
       typename P::SmemAtomA{},
       cute::make_shape(cute::Int<kTileRows>{}, cute::Int<kBK>{}, cute::Int<kStages>{})));
@@ -121,7 +126,7 @@ struct StageLoads : TileShapes<P, BN> {
   using typename Shapes::SmemLayoutB;
   static constexpr int kBN = BN;
   static constexpr int kBK = P::kBlockK;
-  static constexpr int kStages = P::kStages;
+  static constexpr int kStages = Shapes::kStages;
   static constexpr int kElemsA = Shapes::kElemsA;
   static constexpr bool kBKFirst = Shapes::kBKFirst;
   static constexpr int kCPitch = Shapes::kCPitch;
