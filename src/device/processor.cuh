@@ -599,6 +599,13 @@ __device__ void run_gemm(const Params& p, KernelSmem<P>& sm, bool second, int ti
   } else {
     RowsOperands<P> o;
     if (second) {
+      // The rows' (token, choice) ids for the epilogue's destinations, copied in the background
+      // (the copy joins the tile GEMM's first cp.async group; set_gemm1_rows below waits for it in
+      // the thread that issued it): read after the tile GEMM, they cost a global round trip in
+      // series with each task's end.
+      if (at.first >= 0 && static_cast<int>(threadIdx.x) < at.rows) {
+        cp_async_4(&sm.task.row_id[threadIdx.x], p.expert_rows + at.first + threadIdx.x);
+      }
       o = gemm1_operands<P>(p, at.expert, at.hidden_row0, col_tile, ks.first);
     } else {
       o = gemm0_operands<P>(p, at.expert, col_tile, ks.first);
@@ -624,9 +631,9 @@ __device__ void run_gemm(const Params& p, KernelSmem<P>& sm, bool second, int ti
     return;
   }
   set_gemm1_rows(sm.task, at.rows, [&](int r) {
-    return at.first >= 0
-               ? stage_dest<Elem>(p, p.stage, __ldcg(p.expert_rows + at.first + r), 0)
-               : shared_dest<Elem>(p, at.expert - p.experts_local, at.token0 + r);
+    if (at.first < 0) return shared_dest<Elem>(p, at.expert - p.experts_local, at.token0 + r);
+    cp_async_wait<0>();  // this thread's copy of row r's id (landed with the tile GEMM's loads)
+    return stage_dest<Elem>(p, p.stage, sm.task.row_id[r], 0);
   });
   gemm1_epilogue<P>(p, sm, at.expert, at.rows, col_tile);
 
