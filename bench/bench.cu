@@ -256,18 +256,35 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
   layer.set_trace(false);
   if (!task_csv.empty()) write_task_csv(tasks, task_csv);
   // min, median, 90th percentile and max over the blocks, and which block had the max (a phase
-  // that ends with a grid barrier waits for its slowest block).
-  const auto stat = [&](auto field) {
-    std::vector<std::pair<double, std::size_t>> v;
-    for (std::size_t i = 0; i < tr.size(); ++i) {
-      v.emplace_back(static_cast<double>(field(tr[i])) * 1e-3, i);
-    }
+  // that ends with a grid barrier waits for its slowest block); the text ends inside the
+  // parenthesis of that block.
+  using Samples = std::vector<std::pair<double, std::size_t>>;  // (us, block)
+  const auto summary = [](Samples v) {
     std::sort(v.begin(), v.end());
     std::ostringstream os;
     os << std::fixed << std::setprecision(1) << "min " << v.front().first << "  median "
        << v[v.size() / 2].first << "  p90 " << v[v.size() * 9 / 10].first << "  max "
-       << v.back().first << " us (block " << v.back().second << ")";
+       << v.back().first << " us (block " << v.back().second;
     return os.str();
+  };
+  const auto stat = [&](auto field) {
+    Samples v;
+    for (std::size_t i = 0; i < tr.size(); ++i) {
+      v.emplace_back(static_cast<double>(field(tr[i])) * 1e-3, i);
+    }
+    return summary(std::move(v)) + ")";
+  };
+  // A routing stamp's line over the blocks that have it (e.g. those with gate GEMM items); no
+  // line when none has.
+  const auto stamp_line = [&](const char* name, std::int64_t BlockTrace::*field) {
+    Samples v;
+    for (std::size_t i = 0; i < tr.size(); ++i) {
+      if (tr[i].*field >= 0) v.emplace_back(static_cast<double>(tr[i].*field) * 1e-3, i);
+    }
+    if (v.empty()) return std::string();
+    const std::size_t n = v.size();
+    return "  " + std::string(name) + summary(std::move(v)) + "; " + std::to_string(n) +
+           " blocks)\n";
   };
   if (rank > 0) {
     // The other ranks: their phase ends in one line, then their roles' events.
@@ -285,7 +302,11 @@ void print_trace(MoELayer& layer, DeviceProblem& dev, std::int64_t tokens, cudaS
   out << "trace (the last of " << kTraceCalls << " back-to-back forwards, " << took.str()
       << " ms by events; " << whose << tr.size()
       << " blocks, us from the first block's start):\n"
+      << stamp_line("logits done   ", &BlockTrace::logits_done)
+      << stamp_line("gate barrier  ", &BlockTrace::gate_barrier)
       << "  gate done     " << stat([](const BlockTrace& b) { return b.gate_done; }) << "\n"
+      << stamp_line("scanned       ", &BlockTrace::scanned)
+      << stamp_line("placed        ", &BlockTrace::placed)
       << "  routed        " << stat([](const BlockTrace& b) { return b.routed; }) << "\n"
       << "  first task    " << stat([](const BlockTrace& b) { return b.first_task; }) << "\n"
       << "  last GEMM end " << stat([](const BlockTrace& b) { return b.last_gemm_end; }) << "\n"

@@ -766,6 +766,43 @@ TEST(LayerGpu, TraceIsOrderedAndCountsEveryTask) {
   EXPECT_TRUE(layer.task_trace().empty());
 }
 
+// A call routed by the whole grid (16 token tiles, the gate computed here): the routing phases'
+// stamps in time order. Blocks with gate GEMM items stamp their logits; with the gate split in K
+// slices every block stamps leaving the barrier before the grid-wide routing; every block stamps
+// leaving the barrier after the scan of the counts and the end of its placement items. Its output
+// is still right.
+TEST(LayerGpu, TraceStampsTheGridRoutingPhases) {
+  MONOMOE_REQUIRE_GPU();
+  LayerConfig c = small(DType::bf16, Activation::gelu);
+  c.max_tokens = 2048;
+  c.hidden = 1024;
+  c.experts = 16;
+  reference::Problem pr = reference::make_problem(c, {2048}, 23);
+  const reference::Result ref = reference::run(pr);
+  bench::DeviceProblem dev(pr, 0);
+  MoELayer layer(c, single_gpu(), dev.weights());
+  layer.set_trace(true);
+  dev.poison_y();
+  layer.forward(dev.x(), 2048, dev.y(), nullptr);
+  const std::vector<BlockTrace> tr = layer.trace();
+  ASSERT_FALSE(tr.empty());
+  const std::int64_t splits = layer.stats().gate_splits;
+  const std::int64_t items = (2048 / 128) * splits;
+  for (std::size_t b = 0; b < tr.size(); ++b) {
+    SCOPED_TRACE("block " + std::to_string(b) + ", gate_splits " + std::to_string(splits));
+    const BlockTrace& t = tr[b];
+    EXPECT_EQ(t.logits_done >= 0, static_cast<std::int64_t>(b) < items);
+    EXPECT_EQ(t.gate_barrier >= 0, splits > 1);
+    if (t.logits_done >= 0) EXPECT_LE(t.logits_done, t.gate_done);
+    if (t.logits_done >= 0 && t.gate_barrier >= 0) EXPECT_LE(t.logits_done, t.gate_barrier);
+    if (t.gate_barrier >= 0) EXPECT_LE(t.gate_barrier, t.gate_done);
+    EXPECT_GE(t.scanned, t.gate_done);
+    EXPECT_GE(t.placed, t.scanned);
+    EXPECT_LE(t.placed, t.routed);
+  }
+  EXPECT_TRUE(compare_last(layer, pr, ref.ranks[0], dev.y_host()).passed);
+}
+
 // A token whose row of x holds a NaN or an inf: its routing is defined (NaN: the k lowest experts;
 // inf: by the infinite logits), its output is not finite, and every other token's output and
 // routing are bit-identical to the run without the poisoned row (dropless). No kernel error.

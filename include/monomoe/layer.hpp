@@ -113,6 +113,12 @@ struct BlockTrace {
   std::int64_t own_published = -1;   //   ... GEMM0 tasks of the tiles of its own rows published
   std::int64_t peer_published = -1;  //   ... the last GEMM0 task of a tile with peers' rows published
   std::int64_t combine_published = -1;  // ... the last combine task published
+  // A call routed by the whole grid (more than 4 token tiles, the gate computed here), the routing
+  // phases (-1 where the block has no such stamp):
+  std::int64_t logits_done = -1;   // a block with gate GEMM items: their partial logits written
+  std::int64_t gate_barrier = -1;  // gate split in K slices: left the barrier before the routing
+  std::int64_t scanned = -1;       // left the barrier after the scan of the expert counts
+  std::int64_t placed = -1;        // its share of the placement (and of x_rows' copy) done
 };
 
 // One task of a traced forward (MoELayer::task_trace): which block ran it, what it was, when

@@ -62,8 +62,12 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
       for (int item = blockIdx.x; item < gate_items; item += gridDim.x) {
         gate_gemm<P>(p, sm, item / p.gate_splits, item % p.gate_splits);
       }
+      if (trace && static_cast<int>(blockIdx.x) < gate_items) {
+        trace[kTraceEp + ev_logits_done] = global_ns();
+      }
       if (p.gate_splits > 1) {
         if (!grid_barrier(p, ++barrier)) return;
+        if (trace) trace[kTraceEp + ev_gate_barrier] = global_ns();
         route_spread(p, static_cast<int>(gridDim.x));
       } else {
         for (int tile = blockIdx.x; tile < p.token_tiles; tile += gridDim.x) {
@@ -76,6 +80,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
 
     scan_tile_counts(p);
     if (!grid_barrier(p, ++barrier)) return;
+    if (trace) trace[kTraceEp + ev_scanned] = global_ns();
 
     summarize_routes(p, sm.route);
     // One rank's GEMM0 by TMA (Params::x_rows): the placement also writes x's rows in the
@@ -93,6 +98,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
             p, sm.route, tile, part, parts, row_bytes);
       }
     }
+    if (trace) trace[kTraceEp + ev_placed] = global_ns();
     if (!grid_barrier(p, ++barrier)) return;
   }
 

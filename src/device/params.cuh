@@ -28,7 +28,7 @@ inline constexpr int kRouteAloneTiles = 4;
 inline constexpr int kCopyParts = 4;
 // Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks, first task
 // taken, last GEMM task finished (the task loop's start when it ran none), combine time; then the
-// expert-parallel roles' events (world > 1, 0 where the block has no such role), kTraceEp + ...
+// expert-parallel roles' and the routing phases' events (0 where the block has none), kTraceEp + ...
 inline constexpr int kTraceEp = 10;
 enum TraceEvent : int {
   ev_dispatch_start = 0,   // a dispatch block: began copying rows to peers
@@ -38,7 +38,12 @@ enum TraceEvent : int {
   ev_own_published = 4,    //   ... GEMM0 tasks of the tiles of this rank's own rows published
   ev_peer_published = 5,   //   ... the last GEMM0 task of a tile with peers' rows published
   ev_combine_published = 6,  // ... the last combine task published
-  kTraceEvents = 7
+  // The routing phases of a call routed by the grid (0 where the block has no such stamp):
+  ev_logits_done = 7,      // a block with gate GEMM items: its items' partial logits written
+  ev_gate_barrier = 8,     // split gate (gate_splits > 1): left the barrier before route_spread
+  ev_scanned = 9,          // left the barrier after the scan of the tiles' expert counts
+  ev_placed = 10,          // its placement items done (scatter_tile, x_rows' copy), before the barrier
+  kTraceEvents = 11
 };
 inline constexpr int kTraceSlots = kTraceEp + kTraceEvents;
 // Then, per block, its first kTaskRecords tasks, kTaskWords each: taken (ns), its tile GEMM's start

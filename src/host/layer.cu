@@ -616,6 +616,10 @@ std::vector<BlockTrace> MoELayer::trace() {
     t.own_published = event(device::ev_own_published);
     t.peer_published = event(device::ev_peer_published);
     t.combine_published = event(device::ev_combine_published);
+    t.logits_done = event(device::ev_logits_done);
+    t.gate_barrier = event(device::ev_gate_barrier);
+    t.scanned = event(device::ev_scanned);
+    t.placed = event(device::ev_placed);
     out.push_back(t);
   }
   return out;
