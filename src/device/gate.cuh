@@ -257,8 +257,9 @@ __device__ __forceinline__ void zero_tile_counts(const Params& p) {
 
 // Rows t = first, first + warps, ... (first: this warp's index among `warps` routing warps),
 // kRows of them at a time: every partial logit of those rows (kGroup slices at a time) is loaded
-// before any is used, then each row is routed. (One row at a time, a row cost ~2 us, mostly the
-// round trip of its loads: 8 rows per warp took ~17-21 us at the default config.)
+// before any is used, then each row is routed. (One row at a time: the top-8 shape's routing with
+// 128 experts took ~12 us longer; the default config's, 64 experts, the same: perf log
+// 2026-12-01 01:55.)
 // kPerLane: the expert slots per lane this instance holds (2: up to 64 experts, a smaller loop body
 // for the common case; kMaxExperts / 32 otherwise); kRows * kGroup * kPerLane loads in flight.
 template <int kPerLane, int kRows, int kGroup>

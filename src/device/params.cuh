@@ -28,7 +28,8 @@ inline constexpr int kRouteAloneTiles = 4;
 inline constexpr int kCopyParts = 4;
 // Trace slots per block: start, gate done, routed, end, queue wait, gemm time, tasks, first task
 // taken, last GEMM task finished (the task loop's start when it ran none), combine time; then the
-// expert-parallel roles' and the routing phases' events (0 where the block has none), kTraceEp + ...
+// expert-parallel roles' and the routing phases' events (0 where the block has none), kTraceEp +
+// ...
 inline constexpr int kTraceEp = 10;
 enum TraceEvent : int {
   ev_dispatch_start = 0,   // a dispatch block: began copying rows to peers
@@ -42,7 +43,7 @@ enum TraceEvent : int {
   ev_logits_done = 7,      // a block with gate GEMM items: its items' partial logits written
   ev_gate_barrier = 8,     // split gate (gate_splits > 1): left the barrier before route_spread
   ev_scanned = 9,          // left the barrier after the scan of the tiles' expert counts
-  ev_placed = 10,          // its placement items done (scatter_tile, x_rows' copy), before the barrier
+  ev_placed = 10,          // its placement items (scatter_tile, x_rows' copy) done
   kTraceEvents = 11
 };
 inline constexpr int kTraceSlots = kTraceEp + kTraceEvents;

@@ -601,8 +601,9 @@ __device__ void run_gemm(const Params& p, KernelSmem<P>& sm, bool second, int ti
     if (second) {
       // The rows' (token, choice) ids for the epilogue's destinations, copied in the background
       // (the copy joins the tile GEMM's first cp.async group; set_gemm1_rows below waits for it in
-      // the thread that issued it): read after the tile GEMM, they cost a global round trip in
-      // series with each task's end.
+      // the thread that issued it) rather than read after the tile GEMM, in series with the
+      // task's end. (Measured: the task's end about as long as before, 4.6 vs 4.7 us, perf log
+      // 2026-12-01 01:55; the round trip was not what it waits for.)
       if (at.first >= 0 && static_cast<int>(threadIdx.x) < at.rows) {
         cp_async_4(&sm.task.row_id[threadIdx.x], p.expert_rows + at.first + threadIdx.x);
       }

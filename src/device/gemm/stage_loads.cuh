@@ -55,8 +55,9 @@ struct TileShapes {
   using SmemElem = typename P::SmemElem;
   static constexpr int kBK = P::kBlockK;
   // The gate's tiles (kTileCols wide, and not P's expert tiles) have their own, deeper pipeline in
-  // the same buffer: cp.async only (no TMA barriers), x read from HBM. (With 4 stages a gate tile
-  // read its ~512 KB at ~30 GB/s per SM.)
+  // the same buffer: cp.async only (no TMA barriers), x read from HBM. (6 stages instead of 4
+  // measured level at the default config, perf log 2026-12-01 01:55: the loads' depth is not what
+  // the gate phase waits for there; kept, as it costs no shared memory.)
   static constexpr bool kGateTile =
       BN == kTileCols && !(std::is_same_v<ExpertTiles<P>, P> && BN == P::kExpertBN);
   static constexpr int kStages = kGateTile ? P::kGateStages : P::kStages;
