@@ -108,6 +108,33 @@ TEST(SmemLayout, TmaWhereTheLayoutAllows) {
   EXPECT_FALSE((StageLoads<PrecBf16<false>, kTileCols>::kTmaCapable));  // the gate's tiles
 }
 
+// The gate's 128-wide tiles run a deeper pipeline than the expert tiles where they are not the
+// precision's expert tiles (stage_loads.cuh, TileShapes::kGateTile), inside the buffer the expert
+// tiles need anyway: the deeper pipeline costs no shared memory.
+template <class P>
+void expect_gate_pipeline_in_the_expert_buffer(int gate_stages) {
+  using Gate = TileShapes<P, kTileCols>;
+  using Expert = TileShapes<ExpertTiles<P>, ExpertTiles<P>::kExpertBN>;
+  EXPECT_EQ(Gate::kStages, gate_stages);
+  EXPECT_EQ(Expert::kStages, ExpertTiles<P>::kStages);  // the expert tiles keep theirs
+  EXPECT_LE(Gate::kBufferBytes,
+            std::max(Expert::kBufferBytes, static_cast<int>(GemmSmem<P>::kExpertBytes)));
+}
+TEST(SmemLayout, GateTilesPipelineDeeperInTheExpertBuffer) {
+  EXPECT_TRUE((TileShapes<PrecBf16<false>, kTileCols>::kGateTile));
+  EXPECT_FALSE((TileShapes<PrecBf16<false>, PrecBf16<false>::kExpertBN>::kGateTile));
+  expect_gate_pipeline_in_the_expert_buffer<PrecBf16<false>>(6);
+  expect_gate_pipeline_in_the_expert_buffer<PrecBf16<true>>(6);
+  expect_gate_pipeline_in_the_expert_buffer<PrecTf32<true>>(6);
+  expect_gate_pipeline_in_the_expert_buffer<PrecFp8>(6);  // fp8's gate: bf16 [out, in] tiles
+  // Where the gate's tile is the expert tile (128 wide), one pipeline serves both, unchanged.
+  EXPECT_FALSE((TileShapes<PrecTf32<false>, kTileCols>::kGateTile));
+  EXPECT_FALSE((TileShapes<PrecFp32<false>, kTileCols>::kGateTile));
+  EXPECT_FALSE((TileShapes<Fp8Tiles, Fp8Tiles::kExpertBN>::kGateTile));
+  expect_gate_pipeline_in_the_expert_buffer<PrecTf32<false>>(PrecTf32<false>::kStages);
+  expect_gate_pipeline_in_the_expert_buffer<PrecFp32<false>>(PrecFp32<false>::kStages);
+}
+
 TEST(SmemLayout, ExpertBTileIsWhereTmaBoxesLand) {
   BOffsets<PrecBf16<false>::kExpertBN> off;
   constexpr int kBN = PrecBf16<false>::kExpertBN, kBK = PrecBf16<false>::kBlockK;
