@@ -599,14 +599,6 @@ __device__ void run_gemm(const Params& p, KernelSmem<P>& sm, bool second, int ti
   } else {
     RowsOperands<P> o;
     if (second) {
-      // The rows' (token, choice) ids for the epilogue's destinations, copied in the background
-      // (the copy joins the tile GEMM's first cp.async group; set_gemm1_rows below waits for it in
-      // the thread that issued it) rather than read after the tile GEMM, in series with the
-      // task's end. (Measured: the task's end about as long as before, 4.6 vs 4.7 us, perf log
-      // 2026-12-01 01:55; the round trip was not what it waits for.)
-      if (at.first >= 0 && static_cast<int>(threadIdx.x) < at.rows) {
-        cp_async_4(&sm.task.row_id[threadIdx.x], p.expert_rows + at.first + threadIdx.x);
-      }
       o = gemm1_operands<P>(p, at.expert, at.hidden_row0, col_tile, ks.first);
     } else {
       o = gemm0_operands<P>(p, at.expert, col_tile, ks.first);
@@ -632,9 +624,9 @@ __device__ void run_gemm(const Params& p, KernelSmem<P>& sm, bool second, int ti
     return;
   }
   set_gemm1_rows(sm.task, at.rows, [&](int r) {
-    if (at.first < 0) return shared_dest<Elem>(p, at.expert - p.experts_local, at.token0 + r);
-    cp_async_wait<0>();  // this thread's copy of row r's id (landed with the tile GEMM's loads)
-    return stage_dest<Elem>(p, p.stage, sm.task.row_id[r], 0);
+    return at.first >= 0
+               ? stage_dest<Elem>(p, p.stage, __ldcg(p.expert_rows + at.first + r), 0)
+               : shared_dest<Elem>(p, at.expert - p.experts_local, at.token0 + r);
   });
   gemm1_epilogue<P>(p, sm, at.expert, at.rows, col_tile);
 

@@ -41,9 +41,6 @@ struct TaskSmem {
   void* row_out[kTileRows];
   int token_tile[kTileRows];
   unsigned char row_source[kTileRows];
-  // GEMM1 without peers: row r's (token, choice) id, copied from expert_rows by thread r while the
-  // tile GEMM runs (processor.cuh, run_gemm), read by the same thread for row_out.
-  int row_id[kTileRows];
   int queue_base;
   // world > 1: the call's K split and listed row tiles, once known (ep.cuh, ep_plan); -1 before.
   int ep_k_split;

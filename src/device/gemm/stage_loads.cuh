@@ -36,11 +36,6 @@ __device__ __forceinline__ float4 ld_shared_16(const void* smem) {
                : "memory");
   return v;
 }
-// One 4-byte cp.async (through L1: .cg copies only 16 bytes).
-__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(smem_addr(smem)), "l"(gmem)
-               : "memory");
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
