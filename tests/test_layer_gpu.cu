@@ -493,8 +493,8 @@ TEST(LayerGpu, FewRowsSplitK) {
 // gate_split_for: up to 32 slices of 64), whose partial logits the routing adds in slice order:
 // every precision and weight layout, a deep gate (hidden 2048: 32 slices at one token) and uneven
 // slices (hidden 1152 = 18 steps of 64 over 16 slices), 128 and 256 gate columns, against the
-// reference, bit-identical when repeated, and the split reported by stats(). 40 tokens: more than
-// kRouteAloneSpreadRows, so their rows are routed on several blocks (route_alone.cuh).
+// reference, bit-identical when repeated, and the split reported by stats(). 16, 40 and 128 tokens:
+// more than kRouteAloneSpreadRows, so their rows are routed on several blocks (route_alone.cuh).
 TEST(LayerGpu, FewTokensGateSplit) {
   MONOMOE_REQUIRE_GPU();
   std::uint64_t seed = 1200;

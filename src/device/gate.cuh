@@ -157,13 +157,109 @@ __device__ __forceinline__ void route_row(const Params& p, int t, float (&v)[kPe
   }
 }
 
+// The logits of rows [first, first + rows): logit[r * experts + e] = the sum over the gate's K
+// slices, in split order, of p.logits[slice][first + r][e]. A thread takes kPairs (row, expert)
+// pairs at a time and loads kGroup slices of each before adding any (kPairs x kGroup loads in
+// flight: the splits' count sets the shape, 2 slices or up to 32). Staging every slice in shared
+// memory first and adding them per warp had taken ~27 us for 16 rows of 32 slices (perf log
+// 2026-12-01 03:3x).
+template <int kPairs, int kGroup>
+__device__ __forceinline__ void sum_gate_slices(const Params& p, float* logit, int first,
+                                                int rows) {
+  const long long split_stride = static_cast<long long>(p.tokens) * p.experts_padded;
+  const int n = rows * p.experts;
+  for (int base = 0; base < n; base += kThreads * kPairs) {
+    float acc[kPairs];
+    const float* at[kPairs];
+#pragma unroll
+    for (int j = 0; j < kPairs; ++j) {
+      const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
+      const int r = i / p.experts, e = i - r * p.experts;
+      at[j] = i < n ? p.logits + static_cast<long long>(first + r) * p.experts_padded + e : nullptr;
+      acc[j] = 0.f;
+    }
+#pragma unroll 1
+    for (int sl0 = 0; sl0 < p.gate_splits; sl0 += kGroup) {
+      float part[kPairs][kGroup];
+#pragma unroll
+      for (int j = 0; j < kPairs; ++j) {
+#pragma unroll
+        for (int q = 0; q < kGroup; ++q) {
+          part[j][q] = at[j] && sl0 + q < p.gate_splits ? __ldcg(at[j] + (sl0 + q) * split_stride)
+                                                        : 0.f;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kPairs; ++j) {
+#pragma unroll
+        for (int q = 0; q < kGroup; ++q) {
+          if (sl0 + q == 0) {
+            acc[j] = part[j][q];
+          } else if (sl0 + q < p.gate_splits) {
+            acc[j] += part[j][q];
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kPairs; ++j) {
+      const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
+      if (i < n) logit[i] = acc[j];
+    }
+  }
+}
+
+// Rows [0, rows) of summed logits (logit: [row][expert], the GEMM buffer), whose first token is
+// `first`, routed a row per warp (route_row) into `count` (shared memory: one tile's rows), or,
+// with count == nullptr, into each row's tile's row of p.tile_counts (global atomics); a chunk of
+// rows at a time where they do not all fit the buffer (fp32's holds fewer than 128 rows of 256
+// experts). Ends with the rows routed (the counts in shared memory complete).
+template <class P>
+__device__ __forceinline__ void sum_and_route(const Params& p, KernelSmem<P>& sm, int first,
+                                              int rows, int* count) {
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  constexpr int kPerLane = kMaxExperts / 32;
+  // Expert slots per lane in use (the rest hold -inf and change no max, sum or choice): the loops
+  // below stop there, a uniform branch, so 64 experts cost 2 slots' work, not kPerLane's.
+  const int slots = (p.experts + 31) / 32;
+  float* logit = reinterpret_cast<float*>(sm.gemm.buffer);
+  constexpr int kBufferFloats = static_cast<int>(sizeof(sm.gemm.buffer) / sizeof(float));
+  static_assert(kMaxExperts <= kBufferFloats, "a row's logits fit the buffer");
+  const int chunk_rows = min(kTileRows, kBufferFloats / p.experts);
+  for (int r0 = 0; r0 < rows; r0 += chunk_rows) {
+    const int chunk = min(chunk_rows, rows - r0);
+    __syncthreads();  // the buffer free (the gate GEMM's, or the previous chunk's routing)
+    if (p.gate_splits <= 2) {
+      sum_gate_slices<8, 2>(p, logit, first + r0, chunk);
+    } else {
+      sum_gate_slices<2, 8>(p, logit, first + r0, chunk);
+    }
+    __syncthreads();  // the chunk's logits summed
+    for (int rc = warp; rc < chunk; rc += kThreads / 32) {
+      const int t = first + r0 + rc;
+      float v[kPerLane];
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        if (i == slots) break;
+        const int e = lane + 32 * i;
+        v[i] = e < p.experts ? logit[rc * p.experts + e] : -INFINITY;
+      }
+      route_row(p, t, v, slots,
+                count ? count
+                      : p.tile_counts + static_cast<long long>(t / kTileRows) * p.experts);
+    }
+  }
+  __syncthreads();  // every row routed
+}
+
 // Softmax and top-k of one token tile from its logits (partials summed in split order: the same
 // bits whatever block computed them), and the tile's per-expert counts (also left in
-// sm.route.count). The tile's partial logits are first staged in shared memory (the GEMM buffer,
-// idle here) by the whole block, every load in flight at once, a chunk of rows at a time; the warps
-// then take rows from there (a warp per row had loaded its own logits: up to 8 dependent round
-// trips for a row of 32 slices). Used when a block routes whole tiles: one K slice (each block
-// routes the tiles it computed, no barrier) and route_alone; route_spread below otherwise.
+// sm.route.count), by sum_and_route: every (row, expert)'s partials added by one thread into
+// shared memory, then a warp per row. (Staging every slice in shared memory and adding them per
+// warp had taken ~74 us for 16 rows of 32 slices and 128 experts: perf log 2026-12-01 03:4x.)
+// Used when a block routes whole tiles: one K slice (each block routes the tiles it computed, no
+// barrier) and route_alone's calls of few tokens; route_spread below otherwise.
 template <class P>
 __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
   const int first = tile * kTileRows;
@@ -171,69 +267,7 @@ __device__ void gate_route(const Params& p, KernelSmem<P>& sm, int tile) {
   if (threadIdx.x < kMaxExperts) sm.route.count[threadIdx.x] = 0;
   // Logits written by this block are visible (other blocks' are, after a grid barrier or the
   // tile's slice count: route_alone.cuh); the gate GEMM is done with the buffer.
-  __syncthreads();
-  const long long split_stride = static_cast<long long>(p.tokens) * p.experts_padded;
-
-  const int warp = static_cast<int>(threadIdx.x) / 32;
-  const int lane = static_cast<int>(threadIdx.x) % 32;
-  constexpr int kPerLane = kMaxExperts / 32;
-  // Expert slots per lane in use (the rest hold -inf and change no max, sum or choice): the loops
-  // below stop there, a uniform branch, so 64 experts cost 2 slots' work, not kPerLane's.
-  const int slots = (p.experts + 31) / 32;
-  // Staged: [slice][row of the chunk][expert], the real experts only. A row of every slice fits
-  // (kMaxGateSplit x kMaxExperts floats = 32 KB, less than any precision's buffer).
-  float* staged = reinterpret_cast<float*>(sm.gemm.buffer);
-  constexpr int kBufferFloats = static_cast<int>(sizeof(sm.gemm.buffer) / sizeof(float));
-  static_assert(kMaxGateSplit * kMaxExperts <= kBufferFloats, "one row of every gate slice");
-  const int splits = p.gate_splits;
-  const int row_floats = splits * p.experts;  // one row, every slice
-  const int chunk_rows = min(rows, kBufferFloats / row_floats);
-  for (int r0 = 0; r0 < rows; r0 += chunk_rows) {
-    const int chunk = min(chunk_rows, rows - r0);
-    const int slice_floats = chunk * p.experts;
-    const int n = splits * slice_floats;
-    constexpr int kInFlight = 16;  // loads per thread issued before their stores
-    for (int base = 0; base < n; base += kThreads * kInFlight) {
-      float got[kInFlight];
-#pragma unroll
-      for (int j = 0; j < kInFlight; ++j) {
-        const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
-        got[j] = 0.f;
-        if (i < n) {  // i = (slice * chunk + row) * experts + expert
-          const int sl = i / slice_floats, in_slice = i - sl * slice_floats;
-          const int r = in_slice / p.experts, e = in_slice - r * p.experts;
-          got[j] = __ldcg(p.logits + sl * split_stride +
-                          static_cast<long long>(first + r0 + r) * p.experts_padded + e);
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < kInFlight; ++j) {
-        const int i = base + j * kThreads + static_cast<int>(threadIdx.x);
-        if (i < n) staged[i] = got[j];
-      }
-    }
-    __syncthreads();  // the chunk staged
-    for (int rc = warp; rc < chunk; rc += kThreads / 32) {
-      const int t = first + r0 + rc;
-      // This lane's logits of the row: slices added in split order (-inf past the experts).
-      float v[kPerLane];
-#pragma unroll
-      for (int i = 0; i < kPerLane; ++i) {
-        if (i == slots) break;
-        const int e = lane + 32 * i;
-        if (e < p.experts) {
-          const float* at = staged + rc * p.experts + e;
-          v[i] = at[0];
-#pragma unroll 1
-          for (int sl = 1; sl < splits; ++sl) v[i] += at[sl * slice_floats];
-        } else {
-          v[i] = -INFINITY;
-        }
-      }
-      route_row(p, t, v, slots, sm.route.count);
-    }
-    __syncthreads();  // the chunk's rows read (and the counts complete after the last chunk)
-  }
+  sum_and_route(p, sm, first, rows, sm.route.count);
   for (int e = threadIdx.x; e < p.experts; e += kThreads) {
     p.tile_counts[static_cast<long long>(tile) * p.experts + e] = sm.route.count[e];
   }

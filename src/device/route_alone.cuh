@@ -12,10 +12,11 @@
 //   others  wait for that one flag and compute the routing summary from the expert counts.
 // A call of more than kRouteAloneSpreadRows tokens routes its rows on several blocks instead: one
 // block routing a 128-token tile (softmax and top-8 of 128 experts, 16 rows per warp) took ~87 us
-// of a 2-GPU decode call (perf log 2026-11-30 06:00). The block that completes a tile's gate
-// clears the tile's counts and counts the tile gated (Control::tiles_gated); the first
-// ceil(tokens / 8) blocks wait for every tile, each warp routes a row (route_spread's rows, counts
-// by atomics), and the last of them to finish (Control::rows_routed) places every choice.
+// of a 2-GPU decode call (perf log 2026-11-30 06:00), and 16 rows ~74 us on one GPU (2026-12-01).
+// The block that completes a tile's gate clears the tile's counts and counts the tile gated
+// (Control::tiles_gated); the first blocks, a row each (more when rows outnumber blocks), wait for
+// every tile, sum and route their rows (gate.cuh, sum_and_route: counts by atomics), and the last
+// of them to finish (Control::rows_routed) places every choice.
 // The outputs are those of the general path, bit for bit, for the same gate split.
 #pragma once
 
@@ -32,18 +33,21 @@ __device__ __forceinline__ bool tile_routed_last(const Params& p) {
 }
 
 // Calls of more tokens than this route their rows on several blocks (above).
-inline constexpr int kRouteAloneSpreadRows = 16;
+inline constexpr int kRouteAloneSpreadRows = 8;
 // route_own_tiles' value for the block that places every choice with every tile's counts in
 // p.tile_counts (it holds none in shared memory): no tile index matches it.
 inline constexpr int kCountsInGlobal = kRouteAloneTiles;
 
-// The spread routing's rows, after this block's gate items: the first ceil(tokens / 8) blocks wait
-// for every tile's gate, route a row per warp and count themselves done. Returns kCountsInGlobal in
-// the last of them (which then places every choice), -1 elsewhere (also when the wait gave up:
-// recorded, and the wait for Control::routed then gives up too).
-__device__ __forceinline__ int route_spread_alone(const Params& p) {
-  constexpr int kWarps = kThreads / 32;
-  const int routers = min(static_cast<int>(gridDim.x), (p.tokens + kWarps - 1) / kWarps);
+// The spread routing's rows, after this block's gate items: the first blocks (one per row, or
+// ceil(tokens / grid) rows each when there are more rows than blocks) wait for every tile's gate,
+// sum their rows' partial logits and route them (sum_and_route, counts by atomics) and count
+// themselves done. Returns kCountsInGlobal in the last of them (which then places every choice),
+// -1 elsewhere (also when the wait gave up: recorded, and the wait for Control::routed then gives
+// up too).
+template <class P>
+__device__ __forceinline__ int route_spread_alone(const Params& p, KernelSmem<P>& sm) {
+  const int per_block = (p.tokens + static_cast<int>(gridDim.x) - 1) / static_cast<int>(gridDim.x);
+  const int routers = (p.tokens + per_block - 1) / per_block;
   if (static_cast<int>(blockIdx.x) >= routers) return -1;
   __shared__ int ok;
   if (threadIdx.x == 0) {
@@ -52,7 +56,8 @@ __device__ __forceinline__ int route_spread_alone(const Params& p) {
   }
   __syncthreads();
   if (!ok) return -1;
-  route_spread(p, routers);
+  const int first = static_cast<int>(blockIdx.x) * per_block;
+  sum_and_route(p, sm, first, min(per_block, p.tokens - first), nullptr);
   return arrive_last(&p.control->rows_routed, static_cast<unsigned int>(routers))
              ? kCountsInGlobal
              : -1;
@@ -96,7 +101,7 @@ __device__ int route_own_tiles(const Params& p, KernelSmem<P>& sm) {
     gate_route<P>(p, sm, tile);
     if (tile_routed_last(p)) last = tile;
   }
-  return spread ? route_spread_alone(p) : last;
+  return spread ? route_spread_alone(p, sm) : last;
 }
 
 // The block that routed the last tile (own_tile >= 0) places every choice and raises the flag;
