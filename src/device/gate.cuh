@@ -159,10 +159,11 @@ __device__ __forceinline__ void route_row(const Params& p, int t, float (&v)[kPe
 
 // The logits of rows [first, first + rows): logit[r * experts + e] = the sum over the gate's K
 // slices, in split order, of p.logits[slice][first + r][e]. A thread takes kPairs (row, expert)
-// pairs at a time and loads kGroup slices of each before adding any (kPairs x kGroup loads in
-// flight: the splits' count sets the shape, 2 slices or up to 32). Staging every slice in shared
-// memory first and adding them per warp had taken ~27 us for 16 rows of 32 slices (perf log
-// 2026-12-01 03:3x).
+// pairs at a time and loads kGroup slices of each before adding any: kPairs x kGroup loads in
+// flight (sum_and_route picks the shape from the split count: 8 x 2 for one or two slices, 2 x 8
+// for up to 32; 16 loads keep the bf16 kernel at its 248 registers, 32 had taken it to 254).
+// Staging every slice in shared memory first and adding them per warp had taken ~27 us for 16
+// rows of 32 slices and 64 experts (perf log 2026-12-01 03:20).
 template <int kPairs, int kGroup>
 __device__ __forceinline__ void sum_gate_slices(const Params& p, float* logit, int first,
                                                 int rows) {
@@ -257,7 +258,7 @@ __device__ __forceinline__ void sum_and_route(const Params& p, KernelSmem<P>& sm
 // bits whatever block computed them), and the tile's per-expert counts (also left in
 // sm.route.count), by sum_and_route: every (row, expert)'s partials added by one thread into
 // shared memory, then a warp per row. (Staging every slice in shared memory and adding them per
-// warp had taken ~74 us for 16 rows of 32 slices and 128 experts: perf log 2026-12-01 03:4x.)
+// warp had taken ~74 us for 16 rows of 32 slices and 128 experts: perf log 2026-12-01 03:53.)
 // Used when a block routes whole tiles: one K slice (each block routes the tiles it computed, no
 // barrier) and route_alone's calls of few tokens; route_spread below otherwise.
 template <class P>
