@@ -364,19 +364,13 @@ __device__ bool rows_tiles(KernelSmem<P>& sm, const RowsOperands<P>& o, int rows
 }
 
 // GEMM0's MMAs over K range [k_first, k_first + k_count) of a row tile whose A rows the caller
-// gathered into sm.gemm.rows (already offset by k_first), by cp.async.
-template <class P>
-__device__ bool gemm0_tiles(const Params& p, KernelSmem<P>& sm, int expert, int rows, int col_tile,
-                            int k_first, int k_count) {
-  return tile_passes<P, false>(sm, gemm0_operands<P>(p, expert, col_tile, k_first), rows,
-                               k_count);
-}
-
+// gathered into sm.gemm.rows (already offset by k_first), by cp.async; traced (traced_math).
 template <class P>
 __device__ __forceinline__ bool gemm0_math(const Params& p, KernelSmem<P>& sm, int expert, int rows,
                                            int col_tile, int k_first, int k_count) {
   return traced_math(p, sm, [&] {
-    return gemm0_tiles<P>(p, sm, expert, rows, col_tile, k_first, k_count);
+    return tile_passes<P, false>(sm, gemm0_operands<P>(p, expert, col_tile, k_first), rows,
+                                 k_count);
   });
 }
 
