@@ -20,7 +20,9 @@
 #      directory, default ./build-gpu; e.g. /tmp/ab-build-<variant> after `scripts/ab.sh run` in the
 #      same call, whose kernels are then not compiled again: run from ab/<variant>), PROBE (1:
 #      also run the fp8 warp-specialized GEMM probe, bench/probes/fp8_ws_gemm.cu, after the
-#      tests; log gpu-probe.log).
+#      tests; log gpu-probe.log), CLUSTER_PROBE (1: also run bench/probes/cluster_coop.cu, whether
+#      a cooperative launch of one block per SM can run in 2-CTA clusters; log
+#      gpu-cluster-probe.log).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -99,6 +101,11 @@ if [ "${PROBE:-0}" = 1 ]; then
   timeout 200 "$GB"/bench/fp8_ws_gemm > "$OUT/gpu-probe.log" 2>&1
   echo "probe fp8_ws_gemm rc=$?: $(tail -1 "$OUT/gpu-probe.log")" | tee -a "$OUT/gpu-summary.log"
   grep -E "check|TFLOP" "$OUT/gpu-probe.log" | tee -a "$OUT/gpu-summary.log"
+fi
+if [ "${CLUSTER_PROBE:-0}" = 1 ]; then
+  timeout 60 "$GB"/bench/cluster_coop > "$OUT/gpu-cluster-probe.log" 2>&1
+  echo "probe cluster_coop rc=$?" | tee -a "$OUT/gpu-summary.log"
+  cat "$OUT/gpu-cluster-probe.log" | tee -a "$OUT/gpu-summary.log"
 fi
 [ "${1:-all}" = quick ] && exit 0
 fi
