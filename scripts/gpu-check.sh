@@ -105,7 +105,7 @@ fi
 if [ "${CLUSTER_PROBE:-0}" = 1 ]; then
   timeout 60 "$GB"/bench/cluster_coop > "$OUT/gpu-cluster-probe.log" 2>&1
   echo "probe cluster_coop rc=$?" | tee -a "$OUT/gpu-summary.log"
-  cat "$OUT/gpu-cluster-probe.log" | tee -a "$OUT/gpu-summary.log"
+  tee -a "$OUT/gpu-summary.log" < "$OUT/gpu-cluster-probe.log"
 fi
 [ "${1:-all}" = quick ] && exit 0
 fi
