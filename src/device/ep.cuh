@@ -233,7 +233,7 @@ __device__ void run_gemm0_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
     const int done = atomicAdd(p.rowtile_done + i, 1) + 1;
     if (done == p.gemm0_col_tiles) {
       __threadfence();
-      push_tasks(p, TaskType::gemm1, i, 0, p.gemm1_col_tiles * slices);
+      push_tasks(p, 0, TaskType::gemm1, i, 0, p.gemm1_col_tiles * slices);
     }
   }
 }
@@ -405,7 +405,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
   const int own_tiles = n + shared_tiles(p);
   for (int i = static_cast<int>(threadIdx.x); i < own_tiles; i += kThreads) {
     if (i >= n || !has_remote_rows(p, p.recv_tiles[i])) {
-      push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
+      push_tasks(p, 0, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
       if (shared_events) atomicMax(shared_events + ev_own_published, global_ns());
     }
   }
@@ -428,7 +428,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
       }
     }
     if (remote) {
-      push_tasks(p, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
+      push_tasks(p, 0, TaskType::gemm0, i, 0, p.gemm0_col_tiles * sm.route.k_split);
       if (shared_events) atomicMax(shared_events + ev_peer_published, global_ns());
     }
   }
@@ -436,7 +436,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
   for (int tt = lane; tt < p.token_tiles; tt += 32) {
     const unsigned int target = static_cast<unsigned int>(__ldcg(p.tokentile_target + tt));
     if (target > 0 && !wait_flag(p, done + tt, target, -1, 3)) return;
-    push_tasks(p, TaskType::combine, tt, 0, p.combine_col_tiles);
+    push_tasks(p, 0, TaskType::combine, tt, 0, p.combine_col_tiles);
     if (shared_events) atomicMax(shared_events + ev_combine_published, global_ns());
   }
 }

@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   if (ep && blockIdx.x == 0 && threadIdx.x == 0) announce_start(p);
   // Every token tile's choices and weights (topk_expert, topk_weight) and per-expert counts, then
   // each choice's row in its expert's list and every block's routing summary (sm.route).
-  bool publisher = blockIdx.x == 0;  // alone: the block that publishes the first tasks
+  bool publisher = blockIdx.x == 0;  // alone: the block that records the split, publishes empty tiles
   if (p.route_alone) {
     // Few token tiles (decode): the block that routes the last one places every choice, the
     // others wait for it; no grid barrier (route_alone.cuh).
@@ -119,7 +119,11 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   long long wait_ns = 0, gemm_ns = 0, combine_ns = 0, tasks = 0;
   long long t_ask = trace ? global_ns() : 0;
   long long first_task = 0, last_gemm_end = t_ask;
-  while (pop_task(p, sm.task, ep ? -1 : sm.route.total_tasks)) {
+  if (threadIdx.x == 0) {  // read by thread 0 after pop_task's first barrier
+    sm.task.queue = {ep ? -1 : sm.route.total_tasks, ep ? 0 : sm.route.implicit_tasks,
+                     p.gemm0_col_tiles * sm.route.k_split, !ep, 0};
+  }
+  while (pop_task(p, sm.task)) {
     const Task task = sm.task.task;
     const long long t_got = trace ? global_ns() : 0;
     if (trace) {

@@ -612,7 +612,8 @@ __device__ void run_gemm(const Params& p, KernelSmem<P>& sm, bool second, int ti
       const int done = atomicAdd(p.rowtile_done + tile, 1) + 1;
       if (done == p.gemm0_col_tiles) {
         __threadfence();  // acquire side of the counter: all GEMM0 tiles of the row tile precede
-        push_tasks(p, TaskType::gemm1, tile, 0, p.gemm1_col_tiles * slices);
+        push_tasks(p, sm.route.implicit_tasks, TaskType::gemm1, tile, 0,
+                   p.gemm1_col_tiles * slices);
       }
     }
     return;
@@ -629,7 +630,7 @@ __device__ void run_gemm(const Params& p, KernelSmem<P>& sm, bool second, int ti
     const int done = atomicAdd(p.tokentile_done + tt, len) + len;
     if (done == __ldcg(p.tokentile_target + tt)) {
       __threadfence();
-      push_tasks(p, TaskType::combine, tt, 0, p.combine_col_tiles);
+      push_tasks(p, sm.route.implicit_tasks, TaskType::combine, tt, 0, p.combine_col_tiles);
     }
   });
 }

@@ -1,6 +1,12 @@
 // The task queue: a slot array in global memory. Producers reserve slots with one atomic on the tail
 // and publish each slot by a release store of its head word; consumers take slots in order with one
 // atomic on the head and acquire the head word. Atomics decide only where work runs.
+// One rank alone: the first `implicit` indices are the call's GEMM0 tasks, row tile by row tile
+// (index i: row tile i / per_tile, b = i % per_tile), known to every block from its routing summary
+// (RouteSmem::implicit_tasks): no slot holds them, and the routing that orders them before their
+// use is the grid barrier (or Control::routed) every block passed. Pushed tasks take slots from
+// `implicit` on, and each block's first claim is index blockIdx.x, without the head's atomic (later
+// claims count from gridDim.x): a block's first task starts as soon as its routing summary is done.
 #pragma once
 
 #include "device/smem.cuh"
@@ -19,10 +25,12 @@ __device__ __forceinline__ void release_heads(const Params& p, Task* slots, int 
   for (int i = first; i < n; i += step) st_relaxed_gpu(&slots[i].head, head);
 }
 
-// Publishes `count` tasks (type, a, b_first + i). One thread calls it.
-__device__ __forceinline__ void push_tasks(const Params& p, TaskType type, int a, int b_first,
-                                           int count) {
-  const unsigned int base = atomicAdd(&p.control->queue_tail, static_cast<unsigned int>(count));
+// Publishes `count` tasks (type, a, b_first + i) in slots from `first_slot` on (the call's implicit
+// tasks come before: RouteSmem::implicit_tasks, 0 with peers). One thread calls it.
+__device__ __forceinline__ void push_tasks(const Params& p, int first_slot, TaskType type, int a,
+                                           int b_first, int count) {
+  const unsigned int base = static_cast<unsigned int>(first_slot) +
+                            atomicAdd(&p.control->queue_tail, static_cast<unsigned int>(count));
   if (base + count > static_cast<unsigned int>(p.max_tasks)) {
     raise_error(p, ErrorCode::bad_task, static_cast<int>(base) + count, p.max_tasks);
     return;
@@ -57,21 +65,34 @@ __device__ __forceinline__ bool wait_slot_or_end(const Params& p, unsigned int i
 }
 
 // Takes the next task for the whole block (thread 0 waits, the block reads sm.task). Returns false
-// when all `total` tasks are taken or the launch aborted. total < 0: the count comes from the
-// subscriber (world > 1).
-__device__ __forceinline__ bool pop_task(const Params& p, TaskSmem& ts, int total) {
+// when all tasks are taken or the launch aborted. What the block takes is in ts.queue (set once by
+// thread 0 before the first call; in shared memory rather than registers held across the task
+// loop): `total` tasks (< 0: the count comes from the subscriber, world > 1), the first `implicit`
+// GEMM0 tasks known without a slot (one rank alone; per_tile of them per row tile), and whether the
+// block's first claim is index blockIdx.x (one rank alone: every block enters the task loop right
+// after routing; with peers the subscriber and the dispatch blocks come late, and the tasks they
+// would hold back are the first published).
+__device__ __forceinline__ bool pop_task(const Params& p, TaskSmem& ts) {
   __syncthreads();  // everyone is done with the previous task descriptor
   if (threadIdx.x == 0) {
+    QueueView& q = ts.queue;
     ts.task.head = 0;
-    const unsigned int idx = atomicAdd(&p.control->queue_head, 1u);
-    if (total < 0) {
+    const unsigned int idx = q.claims++ == 0 && q.first_by_block
+                                 ? blockIdx.x
+                                 : (q.first_by_block ? gridDim.x : 0u) +
+                                       atomicAdd(&p.control->queue_head, 1u);
+    if (q.total < 0) {
       if (wait_slot_or_end(p, idx)) {
         const Task* slot = p.tasks + idx;
         ts.task.head = __ldcg(&slot->head) & 3u;
         ts.task.a = __ldcg(&slot->a);
         ts.task.b = __ldcg(&slot->b);
       }
-    } else if (idx < static_cast<unsigned int>(total)) {
+    } else if (idx < static_cast<unsigned int>(q.implicit)) {
+      ts.task.head = static_cast<unsigned long long>(TaskType::gemm0);
+      ts.task.a = static_cast<int>(idx) / q.per_tile;
+      ts.task.b = static_cast<int>(idx) % q.per_tile;
+    } else if (idx < static_cast<unsigned int>(q.total)) {
       Task* slot = p.tasks + idx;
       if (wait_at_least(p, &slot->head, call_epoch(p) << 2, ErrorCode::timeout_queue,
                         static_cast<int>(idx))) {

@@ -94,6 +94,7 @@ __device__ __forceinline__ void summarize_kept(const Params& p, RouteSmem& rs) {
       rs.k_split = p.world > 1 ? 1 : plan_k_split(p, tiles);
       rs.total_tasks = tiles * (p.gemm0_col_tiles + p.gemm1_col_tiles) * rs.k_split +
                        p.token_tiles * p.combine_col_tiles;
+      rs.implicit_tasks = p.world > 1 ? 0 : tiles * p.gemm0_col_tiles * rs.k_split;
     }
   }
   __syncthreads();

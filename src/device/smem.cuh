@@ -18,6 +18,7 @@ struct RouteSmem {
   int row_tiles;                   // row tiles over all experts
   int total_tasks;
   int k_split;                     // K slices per expert GEMM task this call (1: no split)
+  int implicit_tasks;              // alone: the GEMM0 tasks the queue holds without slots (queue.cuh)
 };
 
 // world > 1, the subscriber (block 0, ep.cuh): every source's header and the sums its parallel
@@ -32,9 +33,19 @@ struct SubscriberSmem {
   int packed;                     // tiles with rows of several sources
 };
 
+// What a block takes from the task queue (queue.cuh, pop_task), thread 0's.
+struct QueueView {
+  int total;            // tasks of the launch (< 0: world > 1, the subscriber's count)
+  int implicit;         // alone: the first GEMM0 tasks, known without slots
+  int per_tile;         // GEMM0 tasks per row tile
+  bool first_by_block;  // alone: the block's first claim is index blockIdx.x
+  long long claims;     // claims so far
+};
+
 // Per-task scratch of the processor and combine roles.
 struct TaskSmem {
   Task task;
+  QueueView queue;
   // GEMM1, per row of the tile: where its result goes (row token * k + choice of its source's stage
   // buffer, a peer's with peers; nullptr past the end), its token tile there (-1 past the end) and
   // its source (0 alone): a packed tile (pack.hpp) returns rows to several ranks.
