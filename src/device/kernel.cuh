@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
   if (ep && blockIdx.x == 0 && threadIdx.x == 0) announce_start(p);
   // Every token tile's choices and weights (topk_expert, topk_weight) and per-expert counts, then
   // each choice's row in its expert's list and every block's routing summary (sm.route).
-  bool publisher = blockIdx.x == 0;  // alone: the block that records the split, publishes empty tiles
+  bool publisher = blockIdx.x == 0;  // alone: records the split, publishes empty tiles' combines
   if (p.route_alone) {
     // Few token tiles (decode): the block that routes the last one places every choice, the
     // others wait for it; no grid barrier (route_alone.cuh).

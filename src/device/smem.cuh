@@ -18,7 +18,7 @@ struct RouteSmem {
   int row_tiles;                   // row tiles over all experts
   int total_tasks;
   int k_split;                     // K slices per expert GEMM task this call (1: no split)
-  int implicit_tasks;              // alone: the GEMM0 tasks the queue holds without slots (queue.cuh)
+  int implicit_tasks;              // alone: GEMM0 tasks the queue holds without slots (queue.cuh)
 };
 
 // world > 1, the subscriber (block 0, ep.cuh): every source's header and the sums its parallel
