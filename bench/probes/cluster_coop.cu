@@ -25,7 +25,8 @@
 // bench/probes/cluster_coop.cu -o cluster_coop
 // Run:   ./cluster_coop [smem_bytes]     default: the device's opt-in maximum per block, less
 //                                        the probe's static shared memory
-// Status: written 2026-12-01, not yet run on a GPU.
+// Status: run on an H200 on 2026-12-01: every check PASS (66 clusters of 2 with 232,432 B each;
+// docs/perf-log.md, 2026-12-01 ~07:31).
 #include <cuda_runtime.h>
 
 #include <cstdio>
