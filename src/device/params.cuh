@@ -180,7 +180,7 @@ struct Params {
   const void* b2;       // [E, H] or nullptr
   // The shared expert (docs/shared-experts.md), or shared_slices == 0: slices of width I, each
   // run as row tiles of this rank's own tokens counted after the routed row tiles (shared_tile,
-  // processor.cuh). Its whole weights, in the routed experts' layout: slice j is W1's columns
+  // operands.cuh). Its whole weights, in the routed experts' layout: slice j is W1's columns
   // [j I, (j + 1) I) (swiglu: and the up columns S + j I ...), W2's K rows [j I, (j + 1) I).
   int shared_slices;        // shared_ffn / I
   const void* shared_w1;    // [H, S1] or [S1, H]; S = shared_slices * I, S1 = S or 2 S (swiglu)
@@ -284,7 +284,7 @@ __device__ __forceinline__ bool gemm0_by_rows(const Params& p) {
 }
 
 // Row tiles of the shared expert in a call: every slice over every token tile of this rank's own
-// tokens. They follow the routed row tiles in the task numbering (processor.cuh, shared_tile).
+// tokens. They follow the routed row tiles in the task numbering (operands.cuh, shared_tile).
 __device__ __forceinline__ int shared_tiles(const Params& p) {
   return p.shared_slices * p.token_tiles;
 }

@@ -89,7 +89,7 @@ __device__ __forceinline__ void summarize_kept(const Params& p, RouteSmem& rs) {
       rs.row_tiles = tiles_incl;
       // With peers this rank computes the tiles it receives, which only the subscriber learns
       // (subscribe_ep decides their split; the processors read it from Control). The shared
-      // expert's tiles follow the routed ones (processor.cuh, shared_tile).
+      // expert's tiles follow the routed ones (operands.cuh, shared_tile).
       const int tiles = tiles_incl + shared_tiles(p);
       rs.k_split = p.world > 1 ? 1 : plan_k_split(p, tiles);
       rs.total_tasks = tiles * (p.gemm0_col_tiles + p.gemm1_col_tiles) * rs.k_split +

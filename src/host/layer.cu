@@ -280,7 +280,7 @@ MoELayer::MoELayer(const LayerConfig& config, Communicator& comm, const ExpertWe
                                              config.world_size)) {
       m.tma_w1 = weight_map(weights.w1, el, config.hidden, config.w1_columns(), "ExpertWeights.w1");
     }
-    // The shared expert's W2 as one expert of depth shared_ffn (a slice offsets K, processor.cuh).
+    // The shared expert's W2 as one expert of depth shared_ffn (a slice offsets K, operands.cuh).
     if (config.shared_ffn > 0) {
       m.tma_w2_shared = weight_map(weights.shared_w2, 1, config.shared_ffn, config.hidden,
                                    "ExpertWeights.shared_w2");
