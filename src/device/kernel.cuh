@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
         p.control->k_split = sm.route.k_split;
         p.control->row_tiles = sm.route.row_tiles;
       }
-      publish_initial_tasks<P>(p, sm);
+      publish_empty_token_tiles<P>(p, sm);
     }
   } else if (blockIdx.x == 0) {
     subscribe_ep<P>(p, sm, trace);

@@ -16,7 +16,7 @@ namespace monomoe::device {
 // tasks of token tiles that expect no expert rows (every choice dropped by capacity), which nothing
 // else would, in slots after those.
 template <class P>
-__device__ void publish_initial_tasks(const Params& p, KernelSmem<P>& sm) {
+__device__ void publish_empty_token_tiles(const Params& p, KernelSmem<P>& sm) {
   for (int tt = threadIdx.x; tt < p.token_tiles; tt += kThreads) {
     if (__ldcg(p.tokentile_target + tt) == 0) {
       push_tasks(p, sm.route.implicit_tasks, TaskType::combine, tt, 0, p.combine_col_tiles);
