@@ -50,13 +50,13 @@ __device__ void run_combine(const Params& p, KernelSmem<P>& sm, int token_tile, 
   const int chunk_rows = min(rows, kHalf / (n * cols * static_cast<int>(sizeof(Elem))));
   const int chunks = (rows + chunk_rows - 1) / chunk_rows;
 
-  __syncthreads();  // the block's previous task is done with the buffer
+  sync_workers();  // the block's previous task is done with the buffer
   for (int i = threadIdx.x; i < rows * k; i += kThreads) {
     const long long id = static_cast<long long>(first) * k + i;
     kept[i] = __ldcg(p.topk_kept + id) != 0;
     weight[i] = __ldcg(p.topk_weight + id);
   }
-  __syncthreads();
+  sync_workers();
 
   const Elem* tile_stage = stage + static_cast<long long>(first) * k * p.hidden + col0;
   const Elem* tile_shared = static_cast<const Elem*>(p.shared_stage) +
@@ -100,7 +100,7 @@ __device__ void run_combine(const Params& p, KernelSmem<P>& sm, int token_tile, 
   issue(1);
   for (int c = 0; c < chunks; ++c) {
     cp_async_wait<1>();  // chunk c landed (this thread's copies; chunk c + 1 may be in flight)
-    __syncthreads();     // every thread's copies of chunk c
+    sync_workers();     // every thread's copies of chunk c
     const int r0 = c * chunk_rows;
     const int chunk = min(chunk_rows, rows - r0);
     const Elem* src = staged(c);
@@ -124,7 +124,7 @@ __device__ void run_combine(const Params& p, KernelSmem<P>& sm, int token_tile, 
       }
       store8(y + static_cast<long long>(first + r0 + r) * p.hidden + col0 + g * 8, acc);
     }
-    __syncthreads();  // chunk c's buffer read before chunk c + 2 is copied into it
+    sync_workers();  // chunk c's buffer read before chunk c + 2 is copied into it
     issue(c + 2);
   }
   cp_async_wait<0>();  // the empty groups

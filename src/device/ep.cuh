@@ -72,9 +72,9 @@ __device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm, long long* tra
   if (trace) trace[kTraceEp + ev_dispatch_start] = global_ns();
   for (;;) {
     if (threadIdx.x == 0) sm.task.queue_base = static_cast<int>(atomicAdd(&p.control->dispatch_next, 1u));
-    __syncthreads();
+    sync_workers();
     const int item = sm.task.queue_base;
-    __syncthreads();
+    sync_workers();
     if (item >= sm.route.row_tiles || aborted(p)) {
       if (trace) trace[kTraceEp + ev_dispatch_end] = global_ns();
       return;
@@ -83,7 +83,7 @@ __device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm, long long* tra
     const int dest = rt.expert / p.experts_local;
     if (dest == p.rank || rt.rows <= 0) continue;
     if (threadIdx.x == 0) sm.task.task.a = peer_started(p, dest) ? 1 : 0;
-    __syncthreads();
+    sync_workers();
     if (!sm.task.task.a) return;
     // Row i of segment (source = this rank) on `dest`: experts of `dest` in order, then positions.
     const int seg_first = rt.first - sm.route.row_base[dest * p.experts_local];
@@ -105,7 +105,7 @@ __device__ void dispatch_rows(const Params& p, KernelSmem<P>& sm, long long* tra
       if (lane == 0) ids[r] = id;
     }
     __threadfence_system();
-    __syncthreads();
+    sync_workers();
     if (threadIdx.x == 0) {
       const int seg_tile = item - sm.route.tile_base[dest * p.experts_local];
       tr.signal_u64(arrived_offset(p, p.rank, seg_tile), dest, call_epoch(p));
@@ -157,7 +157,7 @@ struct EpPlan {
 __device__ __forceinline__ EpPlan ep_plan(const Params& p, TaskSmem& ts) {
   if (ts.ep_listed >= 0) return {ts.ep_k_split, ts.ep_listed};
   const EpPlan plan{max(1, __ldcg(&p.control->k_split)), __ldcg(&p.control->row_tiles)};
-  __syncthreads();  // every thread read ts.ep_listed before thread 0 writes it
+  sync_workers();  // every thread read ts.ep_listed before thread 0 writes it
   if (threadIdx.x == 0) {
     ts.ep_k_split = plan.k_split;
     ts.ep_listed = plan.listed;
@@ -274,7 +274,7 @@ __device__ void run_gemm1_ep(const Params& p, KernelSmem<P>& sm, int i, int b) {
   });
   gemm1_epilogue<P>(p, sm, t.expert, t.rows, col_tile);
   __threadfence_system();  // the result rows precede the counter updates, also across GPUs
-  __syncthreads();
+  sync_workers();
   for_each_token_tile_run(sm.task, t.rows, [&](int source, int tt, int len) {
     tr.add(p.wl.done + 4ull * tt, source, len);
   });
@@ -300,7 +300,7 @@ inline __device__ __noinline__ PackResult list_recv_tiles(const Params& p, Subsc
     ss.parts[e] = c.parts;
     if (c.packed > 0) atomicAdd(&ss.packed, c.packed);
   }
-  __syncthreads();
+  sync_workers();
   PackResult out{0, 0, ss.packed, true};
   for (int e = 0; e < el; ++e) {
     out.tiles += ss.tiles[e];
@@ -356,7 +356,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
     sm.sub.packed = 0;
     sm.task.queue_base = ok ? 0 : -1;
   }
-  __syncthreads();
+  sync_workers();
   if (sm.task.queue_base < 0) return;
   // 2b. The headers into shared memory, then the row tiles this rank computes, listed by the
   //     whole block (pack.hpp's rule: in local expert order, an expert's partial tiles from
@@ -367,9 +367,9 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
   for (int i = static_cast<int>(threadIdx.x); i < p.world * el; i += kThreads) {
     sm.sub.header[i] = __ldcg(header + i);
   }
-  __syncthreads();
+  sync_workers();
   const PackResult pr = list_recv_tiles(p, sm.sub, sm.route.row_base + p.rank * el);
-  __syncthreads();
+  sync_workers();
   if (threadIdx.x == 0) {
     int n = -1;
     if (trace) trace[kTraceEp + ev_tiles_listed] = global_ns();
@@ -396,7 +396,7 @@ __device__ void subscribe_ep(const Params& p, KernelSmem<P>& sm, long long* trac
       st_release_gpu(&p.control->total_ready, 1u);
     }
   }
-  __syncthreads();
+  sync_workers();
   const int n = sm.task.queue_base;
   if (n < 0) return;
   // Tiles of this rank's own tokens only are ready now: every thread publishes some (the block's

@@ -230,13 +230,13 @@ __device__ __forceinline__ void sum_and_route(const Params& p, KernelSmem<P>& sm
   const int chunk_rows = min(kTileRows, kBufferFloats / p.experts);
   for (int r0 = 0; r0 < rows; r0 += chunk_rows) {
     const int chunk = min(chunk_rows, rows - r0);
-    __syncthreads();  // the buffer free (the gate GEMM's, or the previous chunk's routing)
+    sync_workers();  // the buffer free (the gate GEMM's, or the previous chunk's routing)
     if (p.gate_splits <= 2) {
       sum_gate_slices<8, 2>(p, logit, first + r0, chunk);
     } else {
       sum_gate_slices<2, 8>(p, logit, first + r0, chunk);
     }
-    __syncthreads();  // the chunk's logits summed
+    sync_workers();  // the chunk's logits summed
     for (int rc = warp; rc < chunk; rc += kThreads / 32) {
       const int t = first + r0 + rc;
       float v[kPerLane];
@@ -251,7 +251,7 @@ __device__ __forceinline__ void sum_and_route(const Params& p, KernelSmem<P>& sm
                       : p.tile_counts + static_cast<long long>(t / kTileRows) * p.experts);
     }
   }
-  __syncthreads();  // every row routed
+  sync_workers();  // every row routed
 }
 
 // Softmax and top-k of one token tile from its logits (partials summed in split order: the same
@@ -384,7 +384,7 @@ __device__ __forceinline__ void take_given_routing(const Params& p, RouteSmem& r
   const int first = tile * kTileRows;
   const int rows = min(kTileRows, p.tokens - first);
   if (threadIdx.x < kMaxExperts) rs.count[threadIdx.x] = 0;
-  __syncthreads();
+  sync_workers();
   if (static_cast<int>(threadIdx.x) < rows) {
     const int base = (first + static_cast<int>(threadIdx.x)) * p.topk;  // < 2^24 * 8
     int chosen[kMaxTopK];
@@ -410,7 +410,7 @@ __device__ __forceinline__ void take_given_routing(const Params& p, RouteSmem& r
       if (e >= 0) atomicAdd(&rs.count[e], 1);
     }
   }
-  __syncthreads();
+  sync_workers();
   for (int e = threadIdx.x; e < p.experts; e += kThreads) {
     p.tile_counts[static_cast<long long>(tile) * p.experts + e] = rs.count[e];
   }

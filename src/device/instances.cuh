@@ -17,7 +17,7 @@ int blocks_per_sm() {
     return 0;
   }
   int blocks = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, moe_forward_kernel<P>, kThreads,
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, moe_forward_kernel<P>, block_threads<P>(),
                                                     kernel_smem_bytes<P>()) != cudaSuccess) {
     return 0;
   }
@@ -33,7 +33,7 @@ cudaError_t launch(const Params& params, int grid, cudaStream_t stream) {
   cooperative.val.cooperative = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(grid);
-  config.blockDim = dim3(kThreads);
+  config.blockDim = dim3(block_threads<P>());
   config.dynamicSmemBytes = static_cast<size_t>(kernel_smem_bytes<P>());
   config.stream = stream;
   config.attrs = &cooperative;

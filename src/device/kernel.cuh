@@ -9,25 +9,17 @@
 #include "device/ep.cuh"
 #include "device/gate.cuh"
 #include "device/processor.cuh"
+#include "device/producer.cuh"
 #include "device/route.cuh"
 #include "device/route_alone.cuh"
 #include "device/subscriber.cuh"
 
 namespace monomoe::device {
 
+// The workers' part of the kernel (threads 0..kThreads-1): every role, from the gate to the
+// end of the task loop. Inlined once (its tile GEMMs' wgmma must not cross a call).
 template <class P>
-__global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_constant__ Params p) {
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
-  // wgmma's swizzled operand tiles need 1024-byte alignment; the launch adds that much slack.
-  const unsigned int misalign = static_cast<unsigned int>(__cvta_generic_to_shared(smem_raw)) & 1023u;
-  auto& sm = *reinterpret_cast<KernelSmem<P>*>(smem_raw + ((1024u - misalign) & 1023u));
-
-  // The tile GEMM's TMA barriers (GEMM1, tma.cuh); the first use follows a block barrier.
-  if (threadIdx.x == 0) {
-    init_tma_barriers(sm.gemm.full_tma, P::kStages);
-    sm.gemm.tma_phase = 0;
-    sm.task.ep_listed = -1;  // ep.cuh, ep_plan
-  }
+__device__ __forceinline__ void run_workers(const Params& p, KernelSmem<P>& sm) {
   long long* trace = p.trace && threadIdx.x == 0 ? p.trace + blockIdx.x * kTraceStride : nullptr;
   if (trace) {
     trace[0] = global_ns();
@@ -177,6 +169,43 @@ __global__ void __launch_bounds__(kThreads, 1) moe_forward_kernel(const __grid_c
     trace[7] = tasks > 0 ? first_task : trace[3];
     trace[8] = last_gemm_end;
     trace[9] = combine_ns;
+  }
+}
+
+template <class P>
+__global__ void __launch_bounds__(block_threads<P>(), 1)
+    moe_forward_kernel(const __grid_constant__ Params p) {
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  // wgmma's swizzled operand tiles need 1024-byte alignment; the launch adds that much slack.
+  const unsigned int misalign = static_cast<unsigned int>(__cvta_generic_to_shared(smem_raw)) & 1023u;
+  auto& sm = *reinterpret_cast<KernelSmem<P>*>(smem_raw + ((1024u - misalign) & 1023u));
+
+  // The tile GEMM's TMA barriers (GEMM1, tma.cuh); the first use follows a block barrier.
+  if (threadIdx.x == 0) {
+    init_tma_barriers(sm.gemm.full_tma, P::kStages);
+    if constexpr (P::kProducer) {
+      init_tma_barriers(sm.gemm.empty_tma, P::kStages, kThreads / 32);  // one arrival per warp
+    }
+    sm.gemm.tma_phase = 0;
+    sm.task.ep_listed = -1;  // ep.cuh, ep_plan
+  }
+  // The producer warpgroup (producer.cuh) leaves the workers its registers and serves their TMA
+  // tile GEMMs until the stop command (below) or an abort. The workers never wait
+  // for it at a block barrier: theirs is named barrier 1 of kThreads threads (sync_workers).
+  if constexpr (P::kProducer) {
+    __syncthreads();  // (once, every thread) the barriers are initialized before the first wait
+    if (threadIdx.x >= kThreads) {
+      setmaxnreg_dec<kProducerRegs>();
+      if (threadIdx.x < kThreads + 32) produce_stages<P>(p, sm.gemm);
+      return;
+    }
+    setmaxnreg_inc<kWorkerRegs>();
+  }
+  run_workers<P>(p, sm);
+  // The stop command, on every way out of the workers' part (the producer may wait for a command
+  // at its named barrier, which has no timeout).
+  if constexpr (P::kProducer) {
+    if (threadIdx.x < 32) command_producer(sm.gemm, -1);
   }
 }
 

@@ -199,7 +199,7 @@ __device__ bool finish_k_split(const Params& p, KernelSmem<P>& sm, int phase, in
   if constexpr (T::kBlockScaled) {
     if (gate) sum_into(gate_result<P>(sm), slots(1));
   }
-  __syncthreads();
+  sync_workers();
   return true;
 }
 
@@ -263,7 +263,7 @@ __device__ __forceinline__ void set_gemm1_rows(TaskSmem& ts, int rows, Dest&& de
     ts.token_tile[r] = tt;
     ts.row_source[r] = static_cast<unsigned char>(source);
   }
-  __syncthreads();
+  sync_workers();
 }
 
 // Calls count(source, token_tile, rows) once per run of a GEMM1 tile's rows that share a source and

@@ -73,7 +73,7 @@ __device__ __forceinline__ bool wait_slot_or_end(const Params& p, unsigned int i
 // after routing; with peers the subscriber and the dispatch blocks come late, and the tasks they
 // would hold back are the first published).
 __device__ __forceinline__ bool pop_task(const Params& p, TaskSmem& ts) {
-  __syncthreads();  // everyone is done with the previous task descriptor
+  sync_workers();  // everyone is done with the previous task descriptor
   if (threadIdx.x == 0) {
     QueueView& q = ts.queue;
     ts.task.head = 0;
@@ -102,7 +102,7 @@ __device__ __forceinline__ bool pop_task(const Params& p, TaskSmem& ts) {
       }
     }
   }
-  __syncthreads();
+  sync_workers();
   return ts.task.head != 0;
 }
 

@@ -15,8 +15,9 @@ namespace monomoe::device {
 // (a serial loop would pay one L2 round trip per tile).
 __device__ __forceinline__ void scan_tile_counts(const Params& p) {
   const int lane = static_cast<int>(threadIdx.x) % 32;
-  const int warp = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x) / 32;
-  const int warps = static_cast<int>(gridDim.x * blockDim.x) / 32;
+  // Worker warps only (kThreads, not blockDim: a producer warpgroup never runs this).
+  const int warp = static_cast<int>(blockIdx.x * kThreads + threadIdx.x) / 32;
+  const int warps = static_cast<int>(gridDim.x) * kThreads / 32;
   for (int e = warp; e < p.experts; e += warps) {
     int run = 0;
     for (int base = 0; base < p.token_tiles; base += 32) {
@@ -49,7 +50,7 @@ __device__ __forceinline__ int plan_k_split(const Params& p, int row_tiles) {
 // consecutive experts per lane and one warp scan (one thread over the experts had taken a shared
 // memory round trip per expert in every block: ~1 us at 64 experts).
 __device__ __forceinline__ void summarize_kept(const Params& p, RouteSmem& rs) {
-  __syncthreads();  // rs.kept complete
+  sync_workers();  // rs.kept complete
   if (threadIdx.x < 32) {
     constexpr int kPerLane = kMaxExperts / 32;
     const int lane = static_cast<int>(threadIdx.x);
@@ -97,7 +98,7 @@ __device__ __forceinline__ void summarize_kept(const Params& p, RouteSmem& rs) {
       rs.implicit_tasks = p.world > 1 ? 0 : tiles * p.gemm0_col_tiles * rs.k_split;
     }
   }
-  __syncthreads();
+  sync_workers();
 }
 
 // Every block: rows kept per expert and the prefix sums that place experts' rows and row tiles.
@@ -131,7 +132,7 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
   if (threadIdx.x == 0) kept_in_tile = 0;
   constexpr int kWords = kTileRows / 32;
   for (int i = threadIdx.x; i < p.experts * kWords; i += kThreads) (&rs.row_mask[0][0])[i] = 0;
-  __syncthreads();
+  sync_workers();
   // Which rows chose each expert (a token chooses an expert at most once; the gate skips a given
   // routing's repeats): OR is order-free.
   for (int i = threadIdx.x; i < rows * k; i += kThreads) {
@@ -141,7 +142,7 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
     // skipped here.
     if (e >= 0 && e < p.experts) atomicOr(&rs.row_mask[e][r / 32], 1u << (r % 32));
   }
-  __syncthreads();
+  sync_workers();
   if (static_cast<int>(threadIdx.x) < rows) {
     const int r = static_cast<int>(threadIdx.x);
     const int t = first + r;
@@ -169,12 +170,12 @@ __device__ __forceinline__ void scatter_tile(const Params& p, RouteSmem& rs, int
     }
     if (place) atomicAdd(&kept_in_tile, kept);
   }
-  __syncthreads();
+  sync_workers();
   // The tile's rows: the kept choices, and each token once per shared slice.
   if (place && threadIdx.x == 0) {
     p.tokentile_target[tile] = (kept_in_tile + rows * p.shared_slices) * p.gemm1_col_tiles;
   }
-  __syncthreads();
+  sync_workers();
 }
 
 // Params::x_rows (gemm0_by_rows): each kept choice's row of the expert GEMMs' x, its part `part` of
@@ -255,7 +256,7 @@ __device__ __forceinline__ void fill_x_rows(const Params& p, const RouteSmem& rs
     }
   }
   asm volatile("fence.proxy.async.global;" ::: "memory");
-  __syncthreads();  // rs.choice is the next scatter_tile's
+  sync_workers();  // rs.choice is the next scatter_tile's
 }
 
 // Route alone (Params::route_alone), in the block that routed the call's last token tile, whose

@@ -54,7 +54,7 @@ __device__ __forceinline__ int route_spread_alone(const Params& p, KernelSmem<P>
     ok = wait_at_least(p, &p.control->tiles_gated, static_cast<unsigned int>(p.token_tiles),
                        ErrorCode::timeout_route, 1);
   }
-  __syncthreads();
+  sync_workers();
   if (!ok) return -1;
   const int first = static_cast<int>(blockIdx.x) * per_block;
   sum_and_route(p, sm, first, min(per_block, p.tokens - first), nullptr);
@@ -118,7 +118,7 @@ __device__ __forceinline__ bool place_routes_alone(const Params& p, RouteSmem& r
   if (threadIdx.x == 0) {
     ok = wait_at_least(p, &p.control->routed, 1u, ErrorCode::timeout_route, 0);
   }
-  __syncthreads();
+  sync_workers();
   if (!ok) return false;
   summarize_routes(p, rs);
   return true;

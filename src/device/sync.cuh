@@ -8,6 +8,26 @@
 
 namespace monomoe::device {
 
+// The block barrier of the worker threads (threads 0..kThreads-1, which run every role): named
+// barrier 1, so that a precision's producer warpgroup (P::kProducer: threads kThreads.., issuing
+// the tile GEMM's TMA loads, kernel.cuh) never has to take part. The same ordering as
+// __syncthreads among the workers; without a producer the workers are the block. Through the
+// compiler's intrinsic: the same barrier as inline `bar.sync 1, 256` with a memory clobber, which
+// made ptxas spill ~100 bytes in the task loop and the GEMM0 tasks ~5% slower (perf log
+// 2026-12-01 ~11:50).
+__device__ __forceinline__ void sync_workers() { __barrier_sync_count(1, kThreads); }
+// sync_workers, returning whether `pred` held in every worker thread.
+__device__ __forceinline__ bool sync_workers_and(bool pred) {
+  int all;
+  asm volatile(
+      "{\n.reg .pred p, q;\nsetp.ne.s32 p, %1, 0;\nbar.red.and.pred q, 1, %2, p;\n"
+      "selp.s32 %0, 1, 0, q;\n}\n"
+      : "=r"(all)
+      : "r"(static_cast<int>(pred)), "n"(kThreads)
+      : "memory");
+  return all != 0;
+}
+
 __device__ __forceinline__ long long global_ns() {
   long long t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -105,7 +125,7 @@ __device__ __forceinline__ bool wait_at_least(const Params& p, const Word* word,
 // each thread's fence orders its own writes, the barrier all of them before the signal.
 __device__ __forceinline__ void publish_block_writes() {
   __threadfence();
-  __syncthreads();
+  sync_workers();
 }
 
 // Counts this block's arrival at `counter` (Word: int or unsigned int) once its global writes are
@@ -119,7 +139,7 @@ __device__ __forceinline__ bool arrive_last(Word* counter, Word expected) {
     last = atomicAdd(counter, Word{1}) == expected - 1;
     if (last) __threadfence();  // acquire side: the other arrivals' writes precede what follows
   }
-  __syncthreads();
+  sync_workers();
   return last != 0;
 }
 
@@ -133,7 +153,7 @@ __device__ __forceinline__ bool grid_barrier(const Params& p, unsigned int n) {
     ok = wait_at_least(p, &p.control->barrier, n * gridDim.x, ErrorCode::timeout_barrier,
                        static_cast<int>(n));
   }
-  __syncthreads();
+  sync_workers();
   return ok != 0;
 }
 

@@ -21,7 +21,7 @@
 //                  multi-rank code runs unchanged where only one GPU is available
 //
 // Ordering contract (DESIGN.md): payload stores, then every writer thread's __threadfence_system()
-// and a __syncthreads(), then ONE release store (signal) or atomic (add) by one thread; the reader
+// and a sync_workers(), then ONE release store (signal) or atomic (add) by one thread; the reader
 // acquires the flag before it reads any payload. System scope serves both kinds of peers.
 #pragma once
 

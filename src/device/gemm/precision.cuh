@@ -13,6 +13,12 @@
 
 #include "device/params.cuh"
 
+// 1: the bf16 kernels have a producer warpgroup (PrecBf16::kProducer); 0: none (every thread of
+// a block runs the tile GEMM's loads as well as its MMAs). A setting for measurements.
+#ifndef MONOMOE_PRODUCER
+#define MONOMOE_PRODUCER 1
+#endif
+
 namespace monomoe::device {
 
 // bf16 operands on Hopper's warpgroup tensor cores (wgmma m64nBNk16, both operands read from
@@ -33,6 +39,9 @@ struct PrecBf16 {
   static constexpr bool kRoundToTf32 = false;
   static constexpr bool kRegisterWeights = false;
   static constexpr bool kWgmma = true;
+  // A producer warpgroup (kernel.cuh) issues the TMA loads of the expert tiles whose operands are
+  // both contiguous (GEMM1), so that their k-loops wait on stage barriers, not on block barriers.
+  static constexpr bool kProducer = MONOMOE_PRODUCER != 0;
   static constexpr bool kFastActivations = true;  // epilogue.cuh, activate_fast
   static constexpr bool kWeightsKMajor = KMajorB;
   static constexpr bool kBlockScaled = false;  // fp8's expert tiles only (Fp8Tiles)
@@ -85,6 +94,7 @@ struct PrecTf32 {
   static constexpr int kGateStages = KMajorB ? 6 : kStages;
   static constexpr bool kRoundToTf32 = true;
   static constexpr bool kWgmma = KMajorB;
+  static constexpr bool kProducer = false;
   // The fast forms (epilogue.cuh): GEMM0's outputs are rounded to tf32 (10 mantissa bits) anyway;
   // the [out, in] kernel spills 316 bytes with them, 364 without (ptxas, sm_90a).
   static constexpr bool kFastActivations = true;
@@ -132,6 +142,7 @@ struct PrecFp32 {
   static constexpr bool kRoundToTf32 = false;
   static constexpr bool kRegisterWeights = false;
   static constexpr bool kWgmma = false;
+  static constexpr bool kProducer = false;
   static constexpr bool kFastActivations = false;  // erff and an IEEE division, as the reference
   static constexpr bool kWeightsKMajor = KMajorB;
   static constexpr bool kBlockScaled = false;
@@ -164,6 +175,7 @@ struct Fp8Tiles {
   static constexpr bool kRoundToTf32 = false;
   static constexpr bool kRegisterWeights = false;
   static constexpr bool kWgmma = true;
+  static constexpr bool kProducer = false;
   static constexpr bool kFastActivations = true;
   static constexpr bool kWeightsKMajor = true;
   static constexpr bool kBlockScaled = true;
@@ -181,6 +193,7 @@ struct Fp8Tiles {
 // for the gate, the I/O and the combine, Fp8Tiles for the expert GEMMs (ExpertTiles).
 struct PrecFp8 : PrecBf16<true> {
   static constexpr int kExpertBN = Fp8Tiles::kExpertBN;
+  static constexpr bool kProducer = false;  // its expert tiles keep every thread's loads
 };
 
 // The tiles of precision P's expert GEMMs: P's own, fp8's E4M3 tiles for PrecFp8.
@@ -205,6 +218,14 @@ template <>
 struct SmemOwnerOf<Fp8Tiles> {
   using type = PrecFp8;
 };
+
+// The threads of a block of precision P's kernel: the kThreads workers, which run every role, and
+// where P has one the producer warpgroup (kernel.cuh, produce_stages).
+inline constexpr int kProducerThreads = 128;
+template <class P>
+constexpr int block_threads() {
+  return kThreads + (P::kProducer ? kProducerThreads : 0);
+}
 
 // fp32 -> tf32 rounded to nearest, ties away from zero, as a float (low 13 bits zero).
 __device__ __forceinline__ float rna_tf32(float f) {

@@ -107,8 +107,27 @@ struct GemmSmem {
   // the parity of each stage's next phase (bit s), the same in every thread between tile GEMMs.
   unsigned long long full_tma[P::kStages];
   unsigned int tma_phase;
+  // With a producer warpgroup (P::kProducer, producer.cuh): a barrier per stage that the worker
+  // warps complete once their MMAs have read it (one arrival each), and the command's k-tiles to
+  // load (of `tma`; < 0: the block is done), written by thread 0 (command_producer).
+  unsigned long long empty_tma[P::kStages];
+  int cmd_k_tiles;
   TmaTile tma;  // the current tile GEMM's (run_wgmma), kept here rather than in registers
 };
+
+// Workers' warp 0 (every lane): hands the producer warpgroup (producer.cuh) its next command,
+// k_tiles k-tiles of g.tma (< 0: stop), once the workers are done with the buffer (their barrier
+// precedes: a result tile's reads, a gathered stage).
+template <class P>
+__device__ __forceinline__ void command_producer(GemmSmem<P>& g, int k_tiles) {
+  if (threadIdx.x == 0) {
+    g.cmd_k_tiles = k_tiles;
+    // The workers' generic-proxy use of the buffer before the producer's TMA writes.
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  }
+  __syncwarp();
+  asm volatile("bar.arrive 2, %0;" ::"n"(kCommandThreads) : "memory");
+}
 
 // How a pipeline stage of a 128 x BN tile is filled: A's gathered rows and B's weight tile by
 // cp.async from every thread (a per-thread plan computed once per tile), or both (GEMM1's

@@ -65,6 +65,11 @@ struct TileGemm : StageLoads<P, BN> {
     if constexpr (kRs && (MONOMOE_TF32_RS_GEMM0 || (kTma && kTmaCapable))) {
       return run_wgmma_rs<kTma>(sm, b, ldb, col_lo, col_hi, valid_lo, valid_hi, k_total, tma);
     } else if constexpr (P::kWgmma) {
+      // The producer warpgroup loads both operands (kByProducer: bf16's GEMM1 tiles, whatever
+      // their rows: it keeps every stage loading, as the deep pipeline below does for few rows).
+      if constexpr (kByProducer && kTma) {
+        return run_wgmma_ws(sm, col_lo, col_hi, k_total, rows, tma);
+      }
       // Few rows: the deep pipeline (run_wgmma), its own instantiation (one loop for both kept more
       // state live and spilled in the [out, in] kernel).
       if constexpr (kDeepCapable && kTma) {  // GEMM1 (TMA): GEMM0's gathers spilled with it
@@ -96,6 +101,9 @@ struct TileGemm : StageLoads<P, BN> {
   // last tile of an expert, decode calls) the second warpgroup's rows are all zeros, so it issues
   // no MMAs (its accumulators stay cleared) and only helps load the operands: half the tensor-core
   // work, on tiles that are bound by the weights' bytes.
+  // Tiles whose TMA loads the producer warpgroup issues (producer.cuh): the TMA tiles of a kernel
+  // precision with a producer.
+  static constexpr bool kByProducer = SmemOwnerOf<P>::type::kProducer && kTmaCapable;
   // Tiles that may take the deep pipeline (run_wgmma's kDeep): bf16's expert tiles.
   static constexpr bool kDeepCapable = !P::kRoundToTf32 && BN == P::kExpertBN && P::kWgmma &&
                                        !P::kRegisterWeights;
@@ -144,7 +152,7 @@ struct TileGemm : StageLoads<P, BN> {
   }
   // kTma (GEMM1): thread 0 issues each stage's boxes where the cp.async path has every thread
   // copy 12 16-byte chunks; every thread waits on the stage's barrier before the k-tile's
-  // barrier, which is then __syncthreads_and of the waits, so that a wait that gives up (abort,
+  // barrier, which is then sync_workers_and of the waits, so that a wait that gives up (abort,
   // timeout: recorded) ends the loop in every thread at once.
   template <bool kTma, bool kDeep>
   static __device__ bool run_wgmma(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
@@ -156,7 +164,7 @@ struct TileGemm : StageLoads<P, BN> {
       sm.tma.col_lo = col_lo;
       sm.tma.col_hi = col_hi;
     }
-    __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
+    sync_workers();  // sm.rows written by the caller; the previous result fully consumed
 
     typename P::template TiledMma<BN> tiled;
     auto thr = tiled.get_thread_slice(threadIdx.x);
@@ -268,12 +276,12 @@ struct TileGemm : StageLoads<P, BN> {
       if constexpr (by_tma) {
         // stage kt complete for every thread (its barrier); k-tile kt-1-kInFlight done (deep: kt-1).
         // A wait that gave up ends the loop in every thread at once.
-        if (!__syncthreads_and(ready)) {
+        if (!sync_workers_and(ready)) {
           ok = false;
           break;
         }
       } else {
-        __syncthreads();  // stage kt complete for every thread's copies; kt-1-kInFlight done
+        sync_workers();  // stage kt complete for every thread's copies; kt-1-kInFlight done
       }
       const auto issue_mmas = [&] {
         warpgroup_arrive();
@@ -318,8 +326,69 @@ struct TileGemm : StageLoads<P, BN> {
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc);
     cp_async_wait<0>();
-    __syncthreads();  // all MMAs have read the pipeline: the buffer becomes the result tile
+    sync_workers();  // all MMAs have read the pipeline: the buffer becomes the result tile
     if (!ok) return false;  // (TMA stages may still be landing: the launch is giving up)
+    if (threadIdx.x == 0) sm.tma_phase = phase;  // read again after the next call's first barrier
+    store_result(sm, thr, acc);
+    return true;
+  }
+
+  // kByProducer: run_wgmma's TMA tile without the loads and the block barriers. Warp 0 hands the
+  // tile (sm.tma) and its k-tile count to the producer (producer.cuh), which fills the stages as
+  // the worker warps release them; each thread waits for stage kt's barrier, its warpgroup issues
+  // the k-tile's MMAs and waits until only those are pending, and each warp then releases the
+  // stage of k-tile kt - 1 (its MMAs are done): 3 k-tiles load while one computes, and no warp
+  // waits for another within the loop. A wait that gives up (abort, timeout: recorded) does not
+  // leave the loop (wgmma needs the whole warpgroup): its k-tiles are computed from whatever the
+  // stage holds, the later waits give up at once, and the tile reports false after the loop.
+  static __device__ bool run_wgmma_ws(Smem& sm, int col_lo, int col_hi, int k_total, int rows,
+                                      TmaTile tma) {
+    using namespace cute;
+    static_assert(kByProducer);
+    const int k_tiles = k_total / kBK;
+    if (threadIdx.x == 0) {
+      sm.tma = tma;
+      sm.tma.col_lo = col_lo;
+      sm.tma.col_hi = col_hi;
+    }
+    sync_workers();  // the previous result fully consumed (and sm.rows, unused here, written)
+    // (No command without k-tiles: the producer must have taken each command before the next.)
+    if (threadIdx.x < 32 && k_tiles > 0) command_producer(sm, k_tiles);
+
+    typename P::template TiledMma<BN> tiled;
+    auto thr = tiled.get_thread_slice(threadIdx.x);
+    SmemElem* sa_ptr = reinterpret_cast<SmemElem*>(sm.buffer);
+    Tensor sA = make_tensor(make_smem_ptr(sa_ptr), SmemLayoutA{});
+    Tensor sB = make_tensor(make_smem_ptr(sa_ptr + kElemsA), SmemLayoutB{});
+    Tensor tCsA = thr.partition_A(sA);
+    Tensor tCsB = thr.partition_B(sB);
+    Tensor tCrA = thr.make_fragment_A(tCsA);
+    Tensor tCrB = thr.make_fragment_B(tCsB);
+    Tensor acc = partition_fragment_C(tiled, Shape<Int<kTileRows>, Int<BN>>{});
+    clear(acc);
+    // Warpgroup-uniform: with at most 64 rows the second warpgroup's rows are zeros; it only waits
+    // and releases.
+    const bool mma = rows > kTileRows / 2 || threadIdx.x < kThreads / 2;
+    const bool releaser = threadIdx.x % 32 == 0;
+    unsigned int phase = sm.tma_phase;  // bit s: the parity of stage s's next phase
+    bool landed = true;
+    warpgroup_fence_operand(acc);
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      const int stage = kt % kStages;
+      landed &= wait_stage<true>(sm, kt, phase);
+      if (mma) {
+        warpgroup_arrive();
+        gemm(tiled, tCrA(_, _, _, stage), tCrB(_, _, _, stage), acc);
+        warpgroup_commit_batch();
+        warpgroup_wait<1>();
+      }
+      if (kt > 0 && releaser) mbar_arrive(&sm.empty_tma[(kt - 1) % kStages]);
+    }
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(acc);
+    if (k_tiles > 0 && releaser) mbar_arrive(&sm.empty_tma[(k_tiles - 1) % kStages]);
+    // Every MMA has read the pipeline: the buffer becomes the result tile.
+    if (!sync_workers_and(landed)) return false;
     if (threadIdx.x == 0) sm.tma_phase = phase;  // read again after the next call's first barrier
     store_result(sm, thr, acc);
     return true;
@@ -348,7 +417,7 @@ struct TileGemm : StageLoads<P, BN> {
       sm.tma.col_lo = col_lo;
       sm.tma.col_hi = col_hi;
     }
-    __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
+    sync_workers();  // sm.rows written by the caller; the previous result fully consumed
 
     TiledMmaRs tiled;
     auto thr = tiled.get_thread_slice(threadIdx.x);
@@ -397,7 +466,7 @@ struct TileGemm : StageLoads<P, BN> {
       const bool ready = prepare(kt);
       // Stage kt complete for every thread; k-tile kt-2's groups done (each warpgroup left at most
       // k-tile kt-1's in flight), so the refill below may overwrite its stage.
-      if (!__syncthreads_and(ready)) {
+      if (!sync_workers_and(ready)) {
         ok = false;
         break;
       }
@@ -419,7 +488,7 @@ struct TileGemm : StageLoads<P, BN> {
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc);
     cp_async_wait<0>();
-    __syncthreads();  // all MMAs have read the pipeline: the buffer becomes the result tile
+    sync_workers();  // all MMAs have read the pipeline: the buffer becomes the result tile
     if (!ok) return false;
     if (threadIdx.x == 0) sm.tma_phase = phase;
     // C^T into the result tile: element (column m, row n) at n * kCPitch + m.
@@ -428,7 +497,7 @@ struct TileGemm : StageLoads<P, BN> {
                                         make_stride(Int<1>{}, Int<kCPitch>{})));
     Tensor tCsC = thr.partition_C(sC);
     copy(acc, tCsC);
-    __syncthreads();
+    sync_workers();
     return true;
   }
 
@@ -441,14 +510,14 @@ struct TileGemm : StageLoads<P, BN> {
                     make_stride(Int<kCPitch>{}, Int<1>{})));
     Tensor tCsC = thr.partition_C(sC);
     copy(acc, tCsC);
-    __syncthreads();
+    sync_workers();
   }
 
   // Ampere-style: ldmatrix/ld.shared into registers, mma.sync (tf32) or FMA (fp32).
   static __device__ void run_mma_sync(Smem& sm, const Elem* b, int ldb, int col_lo, int col_hi,
                                       int valid_lo, int valid_hi, int k_total) {
     using namespace cute;
-    __syncthreads();  // sm.rows written by the caller; the previous result fully consumed
+    sync_workers();  // sm.rows written by the caller; the previous result fully consumed
 
     typename P::template TiledMma<BN> mma;
     auto thr = mma.get_thread_slice(threadIdx.x);
@@ -480,7 +549,7 @@ struct TileGemm : StageLoads<P, BN> {
       cp_async_wait<kStages - 2>();
       // Stage kt has landed for every thread, and every thread is done with stage kt-1, which the
       // load below overwrites.
-      __syncthreads();
+      sync_workers();
       const int next = kt + kStages - 1;
       if (next < k_tiles) load_stage(sm, chunks, ldb, next, next % kStages);
       cp_async_commit();
@@ -498,7 +567,7 @@ struct TileGemm : StageLoads<P, BN> {
       }
     }
     cp_async_wait<0>();
-    __syncthreads();  // all MMAs have read the pipeline: the buffer becomes the result tile
+    sync_workers();  // all MMAs have read the pipeline: the buffer becomes the result tile
     store_result(sm, thr, acc);
   }
 };

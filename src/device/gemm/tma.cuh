@@ -33,12 +33,24 @@ __device__ __forceinline__ unsigned int smem_addr(const void* ptr) {
   return static_cast<unsigned int>(__cvta_generic_to_shared(ptr));
 }
 
-// Once per launch, thread 0: `count` barriers of one arrival each, made visible to the TMA unit.
-__device__ __forceinline__ void init_tma_barriers(unsigned long long* bars, int count) {
+// Once per launch, thread 0: `count` barriers of `arrivals` arrivals each (the stage barriers of
+// TMA loads: one, the thread that announces the bytes), made visible to the TMA unit.
+__device__ __forceinline__ void init_tma_barriers(unsigned long long* bars, int count,
+                                                  unsigned int arrivals = 1) {
   for (int s = 0; s < count; ++s) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bars + s)));
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bars + s)),
+                 "r"(arrivals));
   }
   asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;" ::: "memory");
+}
+
+// Threads of a producer command's named barrier (producer.cuh): the producer warp and the
+// workers' warp 0.
+inline constexpr int kCommandThreads = 64;
+
+// One arrival (release: this thread's preceding accesses to shared memory come first).
+__device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
 }
 
 __device__ __forceinline__ void mbar_expect_bytes(unsigned long long* bar, unsigned int bytes) {
