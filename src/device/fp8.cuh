@@ -96,7 +96,9 @@ __device__ __forceinline__ void quantize_x_groups_to(const Params& p, int first,
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int half = lane / kLanes, j = lane % kLanes;
-  const int warps = kThreads / 32;  // the worker warps (a producer warpgroup never runs this)
+  // The block's warps: fp8's kernel has no producer warpgroup (PrecFp8::kProducer), and the unit
+  // tests run this with smaller blocks.
+  const int warps = static_cast<int>(blockDim.x) / 32;
   const auto* x = static_cast<const __nv_bfloat16*>(p.x);
   // Group i of this call lies in row i / groups, group i % groups of the slice; this lane's first
   // is i = warp * kStep + half, and each iteration moves it on by `step` groups.

@@ -195,6 +195,7 @@ struct PrecFp8 : PrecBf16<true> {
   static constexpr int kExpertBN = Fp8Tiles::kExpertBN;
   static constexpr bool kProducer = false;  // its expert tiles keep every thread's loads
 };
+static_assert(!PrecFp8::kProducer, "fp8.cuh's quantize_x_groups_to counts the block's warps");
 
 // The tiles of precision P's expert GEMMs: P's own, fp8's E4M3 tiles for PrecFp8.
 template <class P>
