@@ -12,9 +12,9 @@ namespace monomoe::device {
 // barrier 1, so that a precision's producer warpgroup (P::kProducer: threads kThreads.., issuing
 // the tile GEMM's TMA loads, kernel.cuh) never has to take part. The same ordering as
 // __syncthreads among the workers; without a producer the workers are the block. Through the
-// compiler's intrinsic: the same barrier as inline `bar.sync 1, 256` with a memory clobber, which
-// made ptxas spill ~100 bytes in the task loop and the GEMM0 tasks ~5% slower (perf log
-// 2026-12-01 ~11:50).
+// compiler's intrinsic: the same barrier as inline `bar.sync 1, 256` with a memory clobber, with
+// which ptxas spilled ~100 bytes in the task loop and GEMM0's tasks ran ~5% longer (perf log
+// 2026-12-01 11:15, 11:25).
 __device__ __forceinline__ void sync_workers() { __barrier_sync_count(1, kThreads); }
 // sync_workers, returning whether `pred` held in every worker thread.
 __device__ __forceinline__ bool sync_workers_and(bool pred) {
