@@ -17,7 +17,8 @@ int blocks_per_sm() {
     return 0;
   }
   int blocks = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, moe_forward_kernel<P>, block_threads<P>(),
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, moe_forward_kernel<P>,
+                                                    block_threads<P>(),
                                                     kernel_smem_bytes<P>()) != cudaSuccess) {
     return 0;
   }

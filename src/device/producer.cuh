@@ -1,5 +1,5 @@
 // Producer role (precisions with P::kProducer: bf16). Threads kThreads.. of every block form one
-// warpgroup that hands most of its registers to the workers (setmaxnreg) and, in one thread,
+// warpgroup that hands most of its registers to the workers (setmaxnreg) and, in one warp (lane 0),
 // issues the TMA loads of the workers' tile GEMMs whose operands are both contiguous (GEMM1:
 // TileGemm::run_wgmma_ws): per tile GEMM one command (the k-tiles to load; the operands are in
 // GemmSmem::tma), each k-tile into its stage once the worker warps have released the stage's
