@@ -663,6 +663,33 @@ TEST(LayerGpu, KernelErrorsReachTheHost) {
   EXPECT_TRUE(compare_last(layer, pr, ref.ranks[0], good.y_host()).passed);
 }
 
+// A call whose waits all give up (a 100 ns bound: the first grid barrier or routing wait times out
+// and every block leaves early) ends and reports a kernel error instead of hanging, also in the
+// bf16 kernels, whose producer warpgroup (producer.cuh) must be told to stop on every way out of
+// the workers' part; then a layer with the default bound computes the same problem right.
+TEST(LayerGpu, AbortedCallEndsWithTheProducer) {
+  MONOMOE_REQUIRE_GPU();
+  for (const WeightLayout layout : {WeightLayout::in_out, WeightLayout::out_in}) {
+    SCOPED_TRACE(layout == WeightLayout::in_out ? "in-out" : "out-in");
+    LayerConfig c = small(DType::bf16, Activation::gelu);
+    c.weight_layout = layout;
+    reference::Problem pr = reference::make_problem(c, {2048}, 11);
+    bench::DeviceProblem dev(pr, 0);
+    LayerConfig hasty = c;
+    hasty.timeout_seconds = 1e-7;
+    {
+      MoELayer layer(hasty, single_gpu(), dev.weights());
+      layer.forward(dev.x(), 2048, dev.y(), nullptr);
+      EXPECT_THROW(layer.synchronize(), KernelError);
+    }
+    const reference::Result ref = reference::run(pr);
+    MoELayer layer(c, single_gpu(), dev.weights());
+    dev.poison_y();
+    layer.forward(dev.x(), 2048, dev.y(), nullptr);
+    EXPECT_TRUE(compare_last(layer, pr, ref.ranks[0], dev.y_host()).passed);
+  }
+}
+
 // The profiling trace: one record per block, its phases in time order, every task counted, and
 // the output of a traced forward still right.
 TEST(LayerGpu, TraceIsOrderedAndCountsEveryTask) {

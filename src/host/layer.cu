@@ -46,8 +46,13 @@ std::string describe_kernel_error(const device::ErrorRecord& e, const LayerConfi
                " s: the task that should fill it was never published");
       break;
     case device::ErrorCode::timeout_tma:
-      s += cat("a GEMM1 stage (rows of the activation buffer and weights, loaded by TMA) did not "
-               "land within ", timeout_s, " s (thread ", e.detail0, ")");
+      if (e.detail0 >= device::kThreads) {  // the producer warpgroup (producer.cuh), at 4x
+        s += cat("the producer warpgroup waited ", 4 * timeout_s,
+                 " s for the workers to release a GEMM1 stage (thread ", e.detail0, ")");
+      } else {
+        s += cat("a GEMM1 stage (rows of the activation buffer and weights, loaded by TMA) did "
+                 "not land within ", timeout_s, " s (thread ", e.detail0, ")");
+      }
       break;
     case device::ErrorCode::timeout_route:
       s += cat("the block routing this call (of few token tiles) did not finish within ", timeout_s,
